@@ -1,0 +1,482 @@
+"""TLS certificates and SSH keys, laid out and shaped as Docker Machine 0.16 made them.
+
+Every key is RSA 2048 written as PKCS#1 PEM (``RSA PRIVATE KEY``) so that files
+are interchangeable with a docker-machine store. Certificates carry only
+``O=`` in the subject, a random 128-bit serial, and a validity window of
+1080 days starting five minutes before the current minute (VM clock skew).
+
+Files are written atomically (temp file in the same directory, fsync,
+``os.replace``) so a crash never leaves a half-written key, and the CA
+bootstrap runs under an exclusive ``flock`` so concurrent first runs agree
+on exactly one CA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from machine.errors import MachineError
+from machine.tlsclient import client_tls_context
+
+__all__ = [
+    "KEY_BITS",
+    "VALIDITY",
+    "CertPaths",
+    "bootstrap_certificates",
+    "cert_covers_host",
+    "cert_sans",
+    "client_tls_context",
+    "current_user_org",
+    "generate_ca",
+    "generate_client_cert",
+    "generate_server_cert",
+    "generate_ssh_keypair",
+    "is_expired",
+    "validate_pair",
+]
+
+KEY_BITS = 2048
+VALIDITY = timedelta(days=1080)
+CLOCK_SKEW = timedelta(minutes=5)
+LOCK_NAME = ".lock"
+LOCK_TIMEOUT = 120.0  # seconds; generating two RSA keys takes well under one
+CERT_MODE = 0o644
+KEY_MODE = 0o600
+DIR_MODE = 0o700
+
+
+@dataclass
+class CertPaths:
+    """Where the store keeps the global CA and client certificate."""
+
+    ca_cert: Path
+    ca_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def in_dir(cls, certs_dir: Path) -> CertPaths:
+        certs_dir = Path(certs_dir)
+        return cls(
+            ca_cert=certs_dir / "ca.pem",
+            ca_key=certs_dir / "ca-key.pem",
+            client_cert=certs_dir / "cert.pem",
+            client_key=certs_dir / "key.pem",
+        )
+
+
+def current_user_org() -> str:
+    """The CA organisation: ``$USER`` (``$USERNAME`` on Windows), else ``unknown``."""
+    name = os.environ.get("USERNAME" if os.name == "nt" else "USER", "")
+    return name or "unknown"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; not every filesystem allows fsync on a dir."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` so readers see either the old file or the whole new one.
+
+    ``mkstemp`` creates the temp file 0600, so key material is never briefly
+    world-readable, whatever the umask.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,  # PKCS#1 "RSA PRIVATE KEY"
+        serialization.NoEncryption(),
+    )
+
+
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+
+
+def _write_pair(cert_path: Path, key_path: Path, cert: x509.Certificate,
+                key: rsa.RSAPrivateKey) -> None:
+    """Key first: a present certificate then always has its key next to it."""
+    _atomic_write(Path(key_path), _key_pem(key), KEY_MODE)
+    _atomic_write(Path(cert_path), cert.public_bytes(serialization.Encoding.PEM), CERT_MODE)
+
+
+def _load_cert(cert_path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    except OSError as exc:
+        raise MachineError(f"Error reading certificate {cert_path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise MachineError(f"Error reading certificate {cert_path}: not a PEM certificate") from exc
+
+
+def _load_key(key_path: Path) -> rsa.RSAPrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    except OSError as exc:
+        raise MachineError(f"Error reading private key {key_path}: {exc.strerror}") from exc
+    except (ValueError, TypeError) as exc:
+        raise MachineError(f"Error reading private key {key_path}: not a PEM private key") from exc
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise MachineError(f"Error reading private key {key_path}: not an RSA key")
+    return key
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+def _validity(now: datetime | None) -> tuple[datetime, datetime]:
+    """notBefore = current minute - 5 min (skewed VM clocks); notAfter = +1080 days."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    not_before = now.replace(second=0, microsecond=0) - CLOCK_SKEW
+    return not_before, not_before + VALIDITY
+
+
+def _serial() -> int:
+    """Random 128-bit serial, as docker-machine; 0 is not a valid X.509 serial."""
+    while True:
+        serial = secrets.randbits(128)
+        if serial:
+            return serial
+
+
+def _builder(org: str, public_key: rsa.RSAPublicKey, issuer: x509.Name | None,
+             now: datetime | None) -> x509.CertificateBuilder:
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
+    not_before, not_after = _validity(now)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer if issuer is not None else subject)
+        .public_key(public_key)
+        .serial_number(_serial())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+
+
+def _key_usage(*, digital_signature: bool, key_encipherment: bool, key_agreement: bool,
+               key_cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=key_agreement,
+        key_cert_sign=key_cert_sign,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _base_usage(key_cert_sign: bool = False) -> x509.KeyUsage:
+    return _key_usage(digital_signature=True, key_encipherment=True, key_agreement=True,
+                      key_cert_sign=key_cert_sign)
+
+
+def generate_ca(cert_path: Path, key_path: Path, org: str, *,
+                now: datetime | None = None) -> None:
+    """Self-signed CA: base key usages + certSign, BasicConstraints CA:TRUE.
+
+    A SubjectKeyIdentifier is added (modern Go adds it too) so strict
+    verifiers (Python 3.13's VERIFY_X509_STRICT) accept the chain.
+    """
+    key = _new_key()
+    cert = (
+        _builder(org, key.public_key(), None, now)
+        .add_extension(_base_usage(key_cert_sign=True), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_pair(cert_path, key_path, cert, key)
+
+
+def _signed_leaf(paths: CertPaths, cert_path: Path, key_path: Path, org: str,
+                 usage: x509.KeyUsage, eku: list[x509.ObjectIdentifier],
+                 san: x509.SubjectAlternativeName | None, now: datetime | None) -> None:
+    ca_cert = _load_cert(paths.ca_cert)
+    ca_key = _load_key(paths.ca_key)
+    key = _new_key()
+    builder = (
+        _builder(org, key.public_key(), ca_cert.subject, now)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+    )
+    if san is not None:
+        builder = builder.add_extension(san, critical=False)
+    _write_pair(cert_path, key_path, builder.sign(ca_key, hashes.SHA256()), key)
+
+
+def generate_client_cert(paths: CertPaths, org: str, *, now: datetime | None = None) -> None:
+    """Client cert for ``paths.client_cert``: clientAuth, digitalSignature only."""
+    usage = _key_usage(digital_signature=True, key_encipherment=False, key_agreement=False,
+                       key_cert_sign=False)
+    _signed_leaf(paths, paths.client_cert, paths.client_key, org, usage,
+                 [ExtendedKeyUsageOID.CLIENT_AUTH], None, now)
+
+
+def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _san_extension(sans: Sequence[str]) -> x509.SubjectAlternativeName:
+    """IPs become IPAddress entries, anything else DNSName; order kept, duplicates dropped."""
+    dns: list[str] = []
+    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for raw in [*sans, "localhost"]:
+        value = raw.strip()
+        if not value:
+            continue
+        ip = _parse_ip(value)
+        if ip is not None:
+            if ip not in ips:
+                ips.append(ip)
+        elif value.lower() not in (d.lower() for d in dns):
+            dns.append(value)
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    names += [x509.IPAddress(ip) for ip in ips]
+    return x509.SubjectAlternativeName(names)
+
+
+def generate_server_cert(paths: CertPaths, cert_path: Path, key_path: Path, org: str,
+                         sans: Sequence[str], swarm_master: bool = False, *,
+                         now: datetime | None = None) -> None:
+    """Server cert signed by the store CA.
+
+    ``sans`` is the ``--tls-san`` values plus the machine IP; ``localhost`` is
+    always added, as docker-machine did. A swarm master also gets clientAuth so
+    it can dial the swarm agents.
+    """
+    eku = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if swarm_master:
+        eku.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    _signed_leaf(paths, Path(cert_path), Path(key_path), org, _base_usage(), eku,
+                 _san_extension(sans), now)
+
+
+def cert_sans(cert_path: Path) -> tuple[list[str], list[str]]:
+    """(IP addresses, DNS names) in the certificate's SubjectAlternativeName."""
+    cert = _load_cert(cert_path)
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    ips = [str(ip) for ip in ext.get_values_for_type(x509.IPAddress)]
+    return ips, list(ext.get_values_for_type(x509.DNSName))
+
+
+def cert_covers_host(cert_path: Path, host: str) -> bool:
+    """True when ``host`` (IP or DNS name) is literally present in the SANs.
+
+    This is what tells ``env``/``ls`` that a machine changed IP since its
+    server cert was made (the most common docker-machine complaint).
+    """
+    ips, dns = cert_sans(cert_path)
+    ip = _parse_ip(host)
+    if ip is not None:
+        return any(_parse_ip(v) == ip for v in ips)
+    wanted = host.strip().rstrip(".").lower()
+    return any(d.rstrip(".").lower() == wanted for d in dns)
+
+
+def is_expired(cert_path: Path, now: datetime | None = None,
+               margin: timedelta = timedelta(0)) -> bool:
+    """True when the certificate is past notAfter (or will be within ``margin``)."""
+    cert = _load_cert(cert_path)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return now + margin >= _not_after(cert)
+
+
+def _not_after(cert: x509.Certificate) -> datetime:
+    """notAfter as an aware UTC datetime (``*_utc`` only exists in cryptography >= 42)."""
+    value = getattr(cert, "not_valid_after_utc", None)
+    return value if value is not None else cert.not_valid_after.replace(tzinfo=UTC)
+
+
+def validate_pair(cert_path: Path, key_path: Path) -> None:
+    """Raise MachineError unless both files parse and the key belongs to the cert."""
+    cert = _load_cert(cert_path)
+    key = _load_key(key_path)
+    if cert.public_key() != key.public_key():
+        raise MachineError(f"Certificate {cert_path} does not match private key {key_path}")
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def _ca_problem(paths: CertPaths, now: datetime | None) -> str | None:
+    """Why the CA must be (re)made, or None when it is usable."""
+    if not paths.ca_cert.exists():
+        return "missing"
+    try:
+        validate_pair(paths.ca_cert, paths.ca_key)
+        if is_expired(paths.ca_cert, now):
+            return "outdated"
+    except MachineError:
+        return "unreadable"
+    return None
+
+
+def _client_problem(paths: CertPaths, now: datetime | None) -> str | None:
+    """Why the client cert must be (re)made; it must also chain to the current CA."""
+    if not paths.client_cert.exists():
+        return "missing"
+    try:
+        validate_pair(paths.client_cert, paths.client_key)
+        if is_expired(paths.client_cert, now):
+            return "outdated"
+        _load_cert(paths.client_cert).verify_directly_issued_by(_load_cert(paths.ca_cert))
+    except MachineError:
+        return "unreadable"
+    except (ValueError, TypeError, InvalidSignature):
+        return "not signed by the current CA"
+    return None
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """flock the lock file, polling so the wait stays bounded."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise MachineError(
+                        f"Timed out after {timeout:.0f}s waiting for certificate lock {lock_path}"
+                    ) from None
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _ensure_dir(directory: Path) -> None:
+    if directory.is_dir():
+        return
+    try:
+        directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(directory, DIR_MODE)  # mkdir's mode is filtered by the umask
+    except OSError as exc:
+        raise MachineError(
+            f"Error creating machine certificate dir {directory}: {exc.strerror}"
+        ) from exc
+
+
+def bootstrap_certificates(paths: CertPaths, log: Callable[[str], None] = print, *,
+                           now: datetime | None = None) -> bool:
+    """Create the CA and client cert if missing; remake them if expired or unreadable.
+
+    Logs ``Creating CA: <path>`` and ``Creating client certificate: <path>``
+    like docker-machine. Returns True if anything was written. A client cert
+    that no longer chains to the CA (because the CA was remade) is remade too.
+    """
+    if _ca_problem(paths, now) is None and _client_problem(paths, now) is None:
+        return False  # fast path: no lock needed to read good files
+    certs_dir = paths.ca_cert.parent
+    _ensure_dir(certs_dir)
+    _ensure_dir(paths.client_cert.parent)
+    org = current_user_org()
+    created = False
+    with _exclusive_lock(certs_dir / LOCK_NAME):
+        # Re-check under the lock: another process may have just done the work.
+        problem = _ca_problem(paths, now)
+        if problem is not None:
+            if problem != "missing":
+                log(f"CA certificate is {problem} and needs to be regenerated")
+            log(f"Creating CA: {paths.ca_cert}")
+            try:
+                generate_ca(paths.ca_cert, paths.ca_key, org, now=now)
+            except OSError as exc:
+                raise MachineError(f"Error generating CA certificate: {exc}") from exc
+            created = True
+        problem = _client_problem(paths, now)
+        if problem is not None:
+            if problem != "missing" and not created:  # after a new CA it is self-evident
+                log(f"Client certificate is {problem} and needs to be regenerated")
+            log(f"Creating client certificate: {paths.client_cert}")
+            try:
+                generate_client_cert(paths, f"{org}.<bootstrap>", now=now)
+            except OSError as exc:
+                raise MachineError(f"Error generating client certificate: {exc}") from exc
+            created = True
+    return created
+
+
+# --------------------------------------------------------------------------- ssh keys
+
+
+def generate_ssh_keypair(private_path: Path) -> None:
+    """``id_rsa`` (PKCS#1 PEM, 0600) and ``id_rsa.pub`` (one OpenSSH line, 0600 as Go wrote it)."""
+    private_path = Path(private_path)
+    key = _new_key()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    _atomic_write(private_path, _key_pem(key), KEY_MODE)
+    _atomic_write(private_path.with_name(private_path.name + ".pub"), public + b"\n", KEY_MODE)
