@@ -1,0 +1,1 @@
+"""The ``pymachine`` command line: parse, call one Host operation, print."""

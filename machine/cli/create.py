@@ -1,0 +1,161 @@
+"""``pymachine create``: docker-machine's two-phase parse, then Host.create.
+
+Phase one finds the driver (``-d``/``--driver``, else ``$MACHINE_DRIVER``);
+phase two parses the shared flags together with that driver's own flags,
+which each driver declares as data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from machine import hostoptions
+from machine.cli.common import ARGV0, Context, Parser, UsageError, parser
+from machine.drivers.base import Flag
+from machine.errors import MachineError
+
+SWARM_DISCOVERY_FORMAT = "://"
+
+
+def default_driver(environ: dict[str, str]) -> str:
+    if environ.get("MACHINE_DRIVER"):
+        return environ["MACHINE_DRIVER"]
+    return "qemu" if sys.platform.startswith("linux") else "virtualbox"
+
+
+def find_driver(args: Sequence[str], environ: dict[str, str]) -> str:
+    """docker-machine's flagHackLookup: scan argv for -d/--driver before real parsing."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        for flag in ("-d", "--driver", "-driver"):
+            if arg == flag and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+    return default_driver(environ)
+
+
+def add_shared_flags(p: Parser, environ: dict[str, str]) -> None:
+    p.add_argument("--driver", "-d", default=default_driver(environ), help="Driver to create machine with. [$MACHINE_DRIVER]")
+    p.add_argument("--engine-install-url", default=environ.get("MACHINE_DOCKER_INSTALL_URL", hostoptions.DEFAULT_INSTALL_URL),
+                   help="Custom URL to use for engine installation [$MACHINE_DOCKER_INSTALL_URL]")
+    p.add_argument("--engine-opt", action="append", default=[], help="Specify arbitrary flags to include with the created engine in the form flag=value")
+    p.add_argument("--engine-insecure-registry", action="append", default=[], help="Specify insecure registries to allow with the created engine")
+    mirror_env = [m for m in environ.get("ENGINE_REGISTRY_MIRROR", "").split(",") if m]
+    p.add_argument("--engine-registry-mirror", action="append", default=None, help="Specify registry mirrors to use [$ENGINE_REGISTRY_MIRROR]")
+    p.set_defaults(_mirror_env=mirror_env)
+    p.add_argument("--engine-label", action="append", default=[], help="Specify labels for the created engine")
+    p.add_argument("--engine-storage-driver", default="", help="Specify a storage driver to use with the engine")
+    p.add_argument("--engine-env", action="append", default=[], help="Specify environment variables to set in the engine")
+    p.add_argument("--swarm", action="store_true", help="Configure Machine to join a Swarm cluster")
+    p.add_argument("--swarm-image", default=environ.get("MACHINE_SWARM_IMAGE", hostoptions.DEFAULT_SWARM_IMAGE), help="Specify Docker image to use for Swarm [$MACHINE_SWARM_IMAGE]")
+    p.add_argument("--swarm-master", action="store_true", help="Configure Machine to be a Swarm master")
+    p.add_argument("--swarm-discovery", default="", help="Discovery service to use with Swarm")
+    p.add_argument("--swarm-strategy", default="spread", help="Define a default scheduling strategy for Swarm")
+    p.add_argument("--swarm-opt", action="append", default=[], help="Define arbitrary flags for Swarm master")
+    p.add_argument("--swarm-join-opt", action="append", default=[], help="Define arbitrary flags for Swarm join")
+    p.add_argument("--swarm-host", default=hostoptions.DEFAULT_SWARM_HOST, help="ip/socket to listen on for Swarm master")
+    p.add_argument("--swarm-addr", default="", help="addr to advertise for Swarm (default: detect and use the machine IP)")
+    p.add_argument("--swarm-experimental", action="store_true", help="Enable Swarm experimental features")
+    p.add_argument("--tls-san", action="append", default=[], help="Support extra SANs for TLS certs")
+
+
+def add_driver_flags(p: Parser, flags: Sequence[Flag], environ: dict[str, str]) -> None:
+    group = p.add_argument_group("driver options")
+    for flag in flags:
+        default = flag.env_default(environ)
+        dest = "drv_" + flag.name.replace("-", "_")
+        help_text = flag.help + (f" [${flag.env}]" if flag.env else "")
+        if flag.kind == "bool":
+            group.add_argument(f"--{flag.name}", dest=dest, action="store_true", default=bool(default), help=help_text)
+        elif flag.kind == "list":
+            group.add_argument(f"--{flag.name}", dest=dest, action="append", default=None, help=help_text)
+            p.set_defaults(**{dest + "_envdefault": list(default or [])})
+        elif flag.kind == "int":
+            group.add_argument(f"--{flag.name}", dest=dest, type=int, default=default, help=help_text)
+        else:
+            group.add_argument(f"--{flag.name}", dest=dest, default=default, help=help_text)
+
+
+def driver_values(ns: argparse.Namespace, flags: Sequence[Flag]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for flag in flags:
+        dest = "drv_" + flag.name.replace("-", "_")
+        value = getattr(ns, dest)
+        if flag.kind == "list" and value is None:
+            value = getattr(ns, dest + "_envdefault", [])
+        values[flag.name] = value
+    return values
+
+
+def options_from(ns: argparse.Namespace, ctx: Context) -> Any:
+    from machine.host import CreateOptions
+
+    mirrors = ns.engine_registry_mirror if ns.engine_registry_mirror is not None else ns._mirror_env
+    engine = hostoptions.engine_options(
+        arbitrary_flags=ns.engine_opt, env=ns.engine_env, insecure_registry=ns.engine_insecure_registry,
+        labels=ns.engine_label, storage_driver=ns.engine_storage_driver, registry_mirror=mirrors,
+        install_url=ns.engine_install_url,
+    )
+    swarm = hostoptions.swarm_options(
+        is_swarm=ns.swarm or ns.swarm_master, address=ns.swarm_addr, discovery=ns.swarm_discovery,
+        master=ns.swarm_master, host=ns.swarm_host, image=ns.swarm_image, strategy=ns.swarm_strategy,
+        arbitrary_flags=ns.swarm_opt, arbitrary_join_flags=ns.swarm_join_opt, env=ns.engine_env or None,
+        experimental=ns.swarm_experimental,
+    )
+    return CreateOptions(
+        engine=engine, swarm=swarm, tls_sans=ns.tls_san,
+        ca_cert=ctx.tls_ca_cert, ca_key=ctx.tls_ca_key,
+        client_cert=ctx.tls_client_cert, client_key=ctx.tls_client_key,
+    )
+
+
+def cmd_create(ctx: Context, args: list[str]) -> int:
+    from machine import host as hostmod
+    from machine.drivers.registry import driver_class
+    from machine.store import INVALID_NAME, valid_name
+
+    driver_name = find_driver(args, ctx.environ)
+    p = parser("create", "Create a machine.", "[arg...]")
+    add_shared_flags(p, ctx.environ)
+    wants_help = any(a in ("-h", "--help", "-help") for a in args)
+    cls = None
+    try:
+        cls = driver_class(driver_name)
+    except MachineError:
+        if not wants_help:
+            raise
+    if cls is not None:
+        add_driver_flags(p, cls.flags, ctx.environ)
+    p.add_argument("name", nargs="*")
+    ns, extra = p.parse_known_args(args)
+    bad = [a for a in extra if a.startswith("-")]
+    if bad:
+        raise UsageError(f"flag provided but not defined: {bad[0]}")
+    names = list(ns.name) + extra
+    if len(names) > 1:
+        raise UsageError(f"Invalid command line. Found extra arguments {names[1:]}")
+    if not names:
+        raise UsageError("Error: No machine name specified")
+    name = names[0]
+    _check_name(ctx, [name], valid_name, INVALID_NAME)
+    if ns.swarm_discovery and SWARM_DISCOVERY_FORMAT not in ns.swarm_discovery:
+        raise UsageError(f"Swarm Discovery URL was in the wrong format: {ns.swarm_discovery}")
+    assert cls is not None
+    driver = hostmod.prepare_driver(ctx.store, name, driver_name, driver_values(ns, cls.flags))
+    hostmod.create(ctx.store, name, driver, options_from(ns, ctx), ctx.out, argv0=ARGV0)
+    return 0
+
+
+def _check_name(ctx: Context, names: list[str], valid_name: Any, invalid: str) -> None:
+    if not names:
+        return
+    name = names[0]
+    if not valid_name(name):
+        raise MachineError(invalid)
+    if ctx.store.exists(name):
+        raise MachineError(f'Docker machine "{name}" already exists')

@@ -1,0 +1,196 @@
+"""Commands that change machines: start, stop, restart, kill, rm, provision,
+regenerate-certs, upgrade.  Multi-machine forms run concurrently."""
+
+from __future__ import annotations
+
+import sys
+
+from machine.cli.common import ARGV0, Context, UsageError, parse, parser, run_concurrently, target_names
+from machine.errors import MachineError
+
+
+def _names(ctx: Context, command: str, description: str, args: list[str]) -> list[str]:
+    p = parser(command, description, "[arg...]")
+    p.add_argument("names", nargs="*")
+    ns = parse(p, args)
+    return target_names(ctx, ns.names + ns.rest)
+
+
+def _machine(ctx: Context, name: str):
+    from machine.host import Machine
+
+    return Machine.load(ctx.store, name)
+
+
+def _each(ctx: Context, names: list[str], op: str) -> None:
+    def act(name: str) -> None:
+        with ctx.store.lock(name):
+            getattr(_machine(ctx, name), op)(ctx.out)
+
+    run_concurrently(names, act)
+
+
+def cmd_start(ctx: Context, args: list[str]) -> int:
+    _each(ctx, _names(ctx, "start", "Start a machine", args), "start")
+    ctx.out(f"Started machines may have new IP addresses. You may need to re-run the `{ARGV0} env` command.")
+    return 0
+
+
+def cmd_stop(ctx: Context, args: list[str]) -> int:
+    _each(ctx, _names(ctx, "stop", "Stop a machine", args), "stop")
+    return 0
+
+
+def cmd_restart(ctx: Context, args: list[str]) -> int:
+    _each(ctx, _names(ctx, "restart", "Restart a machine", args), "restart")
+    ctx.out(f"Restarted machines may have new IP addresses. You may need to re-run the `{ARGV0} env` command.")
+    return 0
+
+
+def cmd_kill(ctx: Context, args: list[str]) -> int:
+    _each(ctx, _names(ctx, "kill", "Kill a machine", args), "kill")
+    return 0
+
+
+def confirm(prompt: str) -> bool:
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, ValueError):
+        return False
+    return answer.strip().lower().startswith("y")
+
+
+def cmd_rm(ctx: Context, args: list[str]) -> int:
+    p = parser("rm", "Remove a machine", "[arg...]")
+    p.add_argument("--force", "-f", action="store_true", help="Remove local configuration even if machine cannot be removed, also implies an automatic yes (`-y`)")
+    p.add_argument("-y", dest="yes", action="store_true", help="Assumes automatic yes to proceed with remove, without prompting further user confirmation")
+    p.add_argument("names", nargs="*")
+    ns = parse(p, args)
+    names = ns.names + ns.rest
+    if not names:
+        raise UsageError("Error: Expected to get one or more machine names as arguments")
+    ctx.out(f"About to remove {', '.join(names)}")
+    ctx.out("WARNING: This action will delete both local reference and remote instance.")
+    if not (ns.yes or ns.force) and not confirm("Are you sure? (y/n): "):
+        return 0
+    errors: list[str] = []
+    for name in names:
+        try:
+            remove_one(ctx, name, ns.force)
+            ctx.out(f"Successfully removed {name}")
+        except MachineError as exc:
+            errors.append(f'Error removing host "{name}": {exc}')
+    if errors:
+        raise MachineError("\n".join(errors))
+    return 0
+
+
+def remove_one(ctx: Context, name: str, force: bool) -> None:
+    from machine.host import Machine
+    from machine.store import StoreError, valid_name
+
+    if not valid_name(name) or not ctx.store.exists(name):
+        from machine.errors import MachineNotFound
+
+        raise MachineNotFound(name)
+    with ctx.store.lock(name):
+        try:
+            machine = Machine.load(ctx.store, name)
+        except StoreError:
+            if not force:
+                raise
+            ctx.store.remove(name)  # a broken directory: -f removes what is there
+            return
+        machine.remove(ctx.out, force=force)
+    _forget_context(ctx, name)
+
+
+def _forget_context(ctx: Context, name: str) -> None:
+    try:
+        from machine import docker_context
+
+        docker_context.remove_context(name, environ=ctx.environ)
+    except (ImportError, OSError, MachineError):
+        pass
+
+
+def _not_provisionable(machine) -> MachineError:
+    return MachineError(
+        f'machine "{machine.name}" uses the {machine.driver.name} driver: pymachine has no SSH access to provision it'
+    )
+
+
+def cmd_provision(ctx: Context, args: list[str]) -> int:
+    names = _names(ctx, "provision", "Re-provision existing machines", args)
+
+    def act(name: str) -> None:
+        with ctx.store.lock(name):
+            machine = _machine(ctx, name)
+            if not machine.driver.provisionable:
+                raise _not_provisionable(machine)
+            from machine import provision
+
+            provision.reprovision(machine, ctx.out)
+
+    run_concurrently(names, act)
+    return 0
+
+
+def cmd_regenerate_certs(ctx: Context, args: list[str]) -> int:
+    p = parser("regenerate-certs", "Regenerate TLS Certificates for a machine", "[arg...]")
+    p.add_argument("--force", "-f", action="store_true", help="Forces certificate regeneration w/o prompting")
+    p.add_argument("--client-certs", action="store_true", help="Also regenerate client certificates and CA.")
+    p.add_argument("names", nargs="*")
+    ns = parse(p, args)
+    names = target_names(ctx, ns.names + ns.rest)
+    if not ns.force and not confirm("Regenerate TLS machine certs?  Warning: this is irreversible. (y/n): "):
+        return 0
+    if ns.client_certs:
+        regenerate_client_certs(ctx, names[0])
+
+    def act(name: str) -> None:
+        with ctx.store.lock(name):
+            machine = _machine(ctx, name)
+            ctx.out("Regenerating TLS certificates")
+            if machine.driver.provisionable:
+                from machine import provision
+
+                provision.reprovision(machine, ctx.out)
+            else:
+                from machine.host import copy_client_certs, issue_server_cert
+
+                copy_client_certs(machine)
+                issue_server_cert(machine)
+
+    run_concurrently(names, act)
+    return 0
+
+
+def regenerate_client_certs(ctx: Context, name: str) -> None:
+    """Make a new CA and client certificate (``--client-certs``)."""
+    from machine import certs
+
+    ctx.out("Regenerating local certificates")
+    tls = _machine(ctx, name).tls()
+    paths = certs.CertPaths(tls.ca_cert, tls.ca_key, tls.client_cert, tls.client_key)
+    for path in (paths.ca_cert, paths.client_cert):
+        path.unlink(missing_ok=True)
+    certs.bootstrap_certificates(paths, log=ctx.out)
+
+
+def cmd_upgrade(ctx: Context, args: list[str]) -> int:
+    names = _names(ctx, "upgrade", "Upgrade a machine to the latest version of Docker", args)
+
+    def act(name: str) -> None:
+        with ctx.store.lock(name):
+            machine = _machine(ctx, name)
+            if not machine.driver.provisionable:
+                raise _not_provisionable(machine)
+            from machine import provision
+
+            provision.upgrade(machine, ctx.out)
+
+    run_concurrently(names, act)
+    return 0

@@ -1,0 +1,194 @@
+"""Entry point: global flags, then one command module imported on demand.
+
+Global flags come before the command, as in docker-machine.  Each command
+lives in its own module and is imported only when run, so ``pymachine env``
+never pays for the SDKs, paramiko or cryptography that ``create`` needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from machine import __version__
+from machine.cli.common import ARGV0, Context, UsageError
+from machine.errors import MachineError
+from machine.store import Store, default_storage_path
+
+# command -> (module, function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "active": ("info", "cmd_active", "Print which machine is active"),
+    "config": ("env", "cmd_config", "Print the connection config for machine"),
+    "create": ("create", "cmd_create", "Create a machine"),
+    "env": ("env", "cmd_env", "Display the commands to set up the environment for the Docker client"),
+    "inspect": ("info", "cmd_inspect", "Inspect information about a machine"),
+    "ip": ("info", "cmd_ip", "Get the IP address of a machine"),
+    "kill": ("lifecycle", "cmd_kill", "Kill a machine"),
+    "ls": ("ls", "cmd_ls", "List machines"),
+    "mount": ("sshcmds", "cmd_mount", "Mount or unmount a directory from a machine with SSHFS."),
+    "provision": ("lifecycle", "cmd_provision", "Re-provision existing machines"),
+    "regenerate-certs": ("lifecycle", "cmd_regenerate_certs", "Regenerate TLS Certificates for a machine"),
+    "restart": ("lifecycle", "cmd_restart", "Restart a machine"),
+    "rm": ("lifecycle", "cmd_rm", "Remove a machine"),
+    "ssh": ("sshcmds", "cmd_ssh", "Log into or run a command on a machine with SSH."),
+    "scp": ("sshcmds", "cmd_scp", "Copy files between machines"),
+    "start": ("lifecycle", "cmd_start", "Start a machine"),
+    "status": ("info", "cmd_status", "Get the status of a machine"),
+    "stop": ("lifecycle", "cmd_stop", "Stop a machine"),
+    "upgrade": ("lifecycle", "cmd_upgrade", "Upgrade a machine to the latest version of Docker"),
+    "url": ("info", "cmd_url", "Get the URL of a machine"),
+    "use": ("use", "cmd_use", "Make a machine the current Docker CLI context (no eval needed)"),
+    "version": ("info", "cmd_version", "Show the pymachine version or a machine docker version"),
+    "help": ("main", "cmd_help", "Shows a list of commands or help for one command"),
+}
+
+# flag -> (attribute, env var, takes a value)
+GLOBAL_FLAGS: dict[str, tuple[str, str | None, bool]] = {
+    "--debug": ("debug", "MACHINE_DEBUG", False),
+    "-D": ("debug", "MACHINE_DEBUG", False),
+    "--storage-path": ("storage_path", "MACHINE_STORAGE_PATH", True),
+    "-s": ("storage_path", "MACHINE_STORAGE_PATH", True),
+    "--tls-ca-cert": ("tls_ca_cert", "MACHINE_TLS_CA_CERT", True),
+    "--tls-ca-key": ("tls_ca_key", "MACHINE_TLS_CA_KEY", True),
+    "--tls-client-cert": ("tls_client_cert", "MACHINE_TLS_CLIENT_CERT", True),
+    "--tls-client-key": ("tls_client_key", "MACHINE_TLS_CLIENT_KEY", True),
+    "--github-api-token": ("github_api_token", "MACHINE_GITHUB_API_TOKEN", True),
+    "--native-ssh": ("native_ssh", "MACHINE_NATIVE_SSH", False),
+    "--bugsnag-api-token": ("bugsnag_api_token", "MACHINE_BUGSNAG_API_TOKEN", True),
+}
+
+
+def version_line() -> str:
+    return f"{ARGV0} version {__version__}, build python"
+
+
+def app_help() -> str:
+    width = max(len(c) for c in COMMANDS) + 2
+    lines = [
+        f"Usage: {ARGV0} [OPTIONS] COMMAND [arg...]",
+        "",
+        "Create and manage machines running Docker.",
+        "",
+        f"Version: {__version__}",
+        "",
+        "Options:",
+        "  --debug, -D                Enable debug mode (every remote command and its timing) [$MACHINE_DEBUG]",
+        "  --storage-path, -s         Configures storage path [$MACHINE_STORAGE_PATH]",
+        "  --tls-ca-cert              CA to verify remotes against [$MACHINE_TLS_CA_CERT]",
+        "  --tls-ca-key               Private key to generate certificates [$MACHINE_TLS_CA_KEY]",
+        "  --tls-client-cert          Client cert to use for TLS [$MACHINE_TLS_CLIENT_CERT]",
+        "  --tls-client-key           Private key used in client TLS auth [$MACHINE_TLS_CLIENT_KEY]",
+        "  --github-api-token         Token to use for requests to the Github API [$MACHINE_GITHUB_API_TOKEN]",
+        "  --native-ssh               Use the native (Python) SSH implementation [$MACHINE_NATIVE_SSH]",
+        "  --bugsnag-api-token        Accepted for compatibility; pymachine sends no crash reports",
+        "  --help, -h                 show help",
+        "  --version, -v              print the version",
+        "",
+        "Commands:",
+    ]
+    lines += [f"  {name:<{width}}{info[2]}" for name, info in COMMANDS.items()]
+    lines += ["", f"Run '{ARGV0} COMMAND --help' for more information on a command."]
+    return "\n".join(lines)
+
+
+def cmd_help(ctx: Context, args: Sequence[str]) -> int:
+    if args and args[0] in COMMANDS and args[0] != "help":
+        return dispatch(ctx, args[0], ["--help"])
+    print(app_help())
+    return 0
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_globals(argv: Sequence[str], environ: dict[str, str]) -> tuple[dict[str, object], list[str]]:
+    values: dict[str, object] = {}
+    for _flag, (attr, env, takes) in GLOBAL_FLAGS.items():
+        if env and env in environ and attr not in values:
+            values[attr] = environ[env] if takes else _truthy(environ[env])
+    i = 0
+    args = list(argv)
+    while i < len(args) and args[i].startswith("-"):
+        arg = args[i]
+        if arg in ("-h", "--help", "-help"):
+            return {"help": True}, []
+        if arg in ("-v", "--version"):
+            return {"version": True}, []
+        name, eq, inline = arg.partition("=")
+        if name not in GLOBAL_FLAGS:
+            raise UsageError(f"flag provided but not defined: {name}")
+        attr, _env, takes = GLOBAL_FLAGS[name]
+        if takes:
+            if eq:
+                values[attr] = inline
+            elif i + 1 < len(args):
+                i += 1
+                values[attr] = args[i]
+            else:
+                raise UsageError(f"flag needs an argument: {name}")
+        else:
+            values[attr] = _truthy(inline) if eq else True
+        i += 1
+    return values, args[i:]
+
+
+def dispatch(ctx: Context, command: str, args: Sequence[str]) -> int:
+    if command not in COMMANDS:
+        raise UsageError(f"{ARGV0}: '{command}' is not a {ARGV0} command. See '{ARGV0} --help'.")
+    module_name, func_name, _ = COMMANDS[command]
+    module = sys.modules[__name__] if module_name == "main" else importlib.import_module(f"machine.cli.{module_name}")
+    result = getattr(module, func_name)(ctx, list(args))
+    return int(result or 0)
+
+
+def setup_debug(enabled: bool) -> None:
+    if enabled:
+        logging.basicConfig(
+            level=logging.DEBUG, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+        )
+        # Third-party chatter (paramiko transport, boto) stays at INFO: keys must never be logged.
+        for noisy in ("paramiko", "botocore", "boto3", "urllib3", "azure"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = dict(os.environ)
+    try:
+        values, rest = parse_globals(argv, environ)
+        if values.get("version"):
+            print(version_line())
+            return 0
+        if values.get("help") or not rest:
+            print(app_help())
+            return 0
+        setup_debug(bool(values.get("debug")))
+        storage = values.get("storage_path") or default_storage_path(environ)
+        ctx = Context(
+            store=Store(str(storage)),
+            debug=bool(values.get("debug")),
+            native_ssh=bool(values.get("native_ssh")),
+            tls_ca_cert=values.get("tls_ca_cert"),  # type: ignore[arg-type]
+            tls_ca_key=values.get("tls_ca_key"),  # type: ignore[arg-type]
+            tls_client_cert=values.get("tls_client_cert"),  # type: ignore[arg-type]
+            tls_client_key=values.get("tls_client_key"),  # type: ignore[arg-type]
+            environ=environ,
+        )
+        return dispatch(ctx, rest[0], rest[1:])
+    except MachineError as exc:
+        sys.stdout.flush()
+        sys.stderr.write(f"{exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("Interrupted.\n")
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Drivers make a host exist; they know nothing of Docker (see base.py)."""

@@ -1,0 +1,159 @@
+"""The small interface every driver implements, and flags declared as data.
+
+As libmachine did, a driver's state is the JSON object stored under
+``Driver`` in ``config.json``; pymachine keeps it as a dict (``self.config``)
+so fields it does not know survive a load/save round trip unchanged, and
+exposes the common fields as properties.  Drivers never run provisioning
+commands: they create, start and stop the box and say how to reach it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from machine.errors import MachineError
+
+Log = Callable[[str], None]
+
+
+class State(str, enum.Enum):
+    NONE = ""
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    SAVED = "Saved"
+    STOPPED = "Stopped"
+    STOPPING = "Stopping"
+    STARTING = "Starting"
+    ERROR = "Error"
+    TIMEOUT = "Timeout"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One create flag, as libmachine's mcnflag: name, kind, default, env var, help."""
+
+    name: str
+    kind: str  # "string" | "int" | "bool" | "list"
+    default: Any = None
+    env: str | None = None
+    help: str = ""
+    secret: bool = False  # never logged; not written to config.json in clear
+
+    def env_default(self, environ: Mapping[str, str]) -> Any:
+        if not self.env or self.env not in environ:
+            return self.default
+        raw = environ[self.env]
+        if self.kind == "int":
+            try:
+                return int(raw)
+            except ValueError:
+                raise MachineError(f"environment variable {self.env}={raw!r} is not a number") from None
+        if self.kind == "bool":
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if self.kind == "list":
+            return [v for v in raw.split(",") if v]
+        return raw
+
+
+BASE_FIELDS = (
+    ("IPAddress", ""),
+    ("MachineName", ""),
+    ("SSHUser", ""),
+    ("SSHPort", 0),
+    ("SSHKeyPath", ""),
+    ("StorePath", ""),
+    ("SwarmMaster", False),
+    ("SwarmHost", ""),
+    ("SwarmDiscovery", ""),
+)
+
+
+class Driver:
+    """Base class: docker-machine's BaseDriver fields plus the lifecycle interface."""
+
+    name: ClassVar[str] = ""
+    flags: ClassVar[tuple[Flag, ...]] = ()
+    #: False for drivers whose hosts are never provisioned over SSH (none).
+    provisionable: ClassVar[bool] = True
+    default_ssh_user: ClassVar[str] = "root"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    @classmethod
+    def new(cls, machine_name: str, store_path: str) -> Driver:
+        config: dict[str, Any] = {k: v for k, v in BASE_FIELDS}
+        config.update(MachineName=machine_name, StorePath=store_path)
+        config.update(cls.extra_fields())
+        return cls(config)
+
+    @classmethod
+    def extra_fields(cls) -> dict[str, Any]:
+        """Driver-specific fields with their zero values, in docker-machine's order."""
+        return {}
+
+    # Common fields -----------------------------------------------------------------------
+    @property
+    def machine_name(self) -> str:
+        return str(self.config.get("MachineName", ""))
+
+    @property
+    def store_path(self) -> str:
+        return str(self.config.get("StorePath", ""))
+
+    @property
+    def machine_dir(self) -> str:
+        return os.path.join(self.store_path, "machines", self.machine_name)
+
+    def ip(self) -> str:
+        return str(self.config.get("IPAddress", ""))
+
+    def ssh_address(self) -> tuple[str, int, str, str]:
+        """(host, port, user, key path) to reach the machine over SSH."""
+        key = str(self.config.get("SSHKeyPath") or "")
+        return self.ip(), int(self.config.get("SSHPort") or 22), str(self.config.get("SSHUser") or self.default_ssh_user), key
+
+    # Interface ---------------------------------------------------------------------------
+    def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
+        """Take the parsed ``--<driver>-*`` values (keys are flag names)."""
+
+    def pre_create_check(self) -> None:
+        """Raise PreCreateError if the machine cannot be created; must not create anything."""
+
+    def create(self, log: Log) -> None:
+        raise MachineError(f"driver {self.name} cannot create machines")
+
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def state(self, timeout: float = 10.0) -> State:
+        raise NotImplementedError
+
+    def local_state(self) -> State | None:
+        """State from local evidence only (pidfiles, saved data): no network, no SDK.
+
+        Used by ``ls`` for hosts that do not answer within the deadline.
+        """
+        return None
+
+    def start(self, log: Log) -> None:
+        raise MachineError(f"{self.name} driver does not support start")
+
+    def stop(self, log: Log) -> None:
+        raise MachineError(f"{self.name} driver does not support stop")
+
+    def restart(self, log: Log) -> None:
+        raise MachineError(f"{self.name} driver does not support restart")
+
+    def kill(self, log: Log) -> None:
+        raise MachineError(f"{self.name} driver does not support kill")
+
+    def remove(self, log: Log) -> None:
+        """Remove everything the driver made outside the machine directory."""

@@ -1,0 +1,62 @@
+"""The ``none`` driver: a record of an engine that already exists at ``--url``.
+
+Semantics are docker-machine's: always Running, no SSH, no provisioning, and
+start/stop/restart/kill are refused.  ``IPAddress`` is the URL's host *with*
+its port, as docker-machine stored it (so ``ip`` prints ``127.0.0.1:2376``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from machine.drivers.base import Driver, Flag, Log, State
+from machine.errors import MachineError
+
+
+class NoneDriver(Driver):
+    name = "none"
+    provisionable = False
+    flags = (Flag("url", "string", "", None, "URL of host when no driver is selected"),)
+
+    @classmethod
+    def extra_fields(cls) -> dict[str, Any]:
+        return {"URL": ""}
+
+    def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
+        url = str(values.get("url") or "")
+        if not url:
+            raise MachineError("--url option is required when no driver is selected")
+        parts = urlsplit(url)
+        if not parts.scheme or not parts.netloc:
+            raise MachineError(f"--url {url!r} is not a URL like tcp://HOST:PORT")
+        self.config["URL"] = url
+        self.config["IPAddress"] = parts.netloc
+
+    def create(self, log: Log) -> None:
+        return None
+
+    def url(self) -> str:
+        return str(self.config.get("URL", ""))
+
+    def state(self, timeout: float = 10.0) -> State:
+        return State.RUNNING
+
+    def local_state(self) -> State | None:
+        return State.RUNNING
+
+    def ssh_address(self) -> tuple[str, int, str, str]:
+        raise MachineError("hosts without a driver have no SSH access")
+
+    def start(self, log: Log) -> None:
+        raise MachineError("hosts without a driver cannot be started")
+
+    def stop(self, log: Log) -> None:
+        raise MachineError("hosts without a driver cannot be stopped")
+
+    def restart(self, log: Log) -> None:
+        raise MachineError("hosts without a driver cannot be restarted")
+
+    def kill(self, log: Log) -> None:
+        raise MachineError("hosts without a driver cannot be killed")

@@ -1,0 +1,94 @@
+"""Driver name -> class, imported lazily so ``env`` and ``ls`` load only what they use.
+
+Built-in drivers are listed here by module path; third-party drivers register
+through the ``pymachine.drivers`` entry-point group (consulted only for names
+that are not built in, since reading entry points costs start-up time).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from machine.drivers.base import Driver, Flag, State
+from machine.errors import MachineError
+
+BUILTIN: dict[str, str] = {
+    "none": "machine.drivers.none:NoneDriver",
+    "generic": "machine.drivers.generic:GenericDriver",
+}
+
+#: Drivers docker-machine shipped that this build does not have yet: loadable from a
+#: store (shown in ``ls``), but not creatable.
+PLANNED = (
+    "amazonec2", "azure", "digitalocean", "exoscale", "google", "hyperv", "openstack",
+    "qemu", "rackspace", "softlayer", "virtualbox", "vmwarefusion", "vmwarevcloudair",
+    "vmwarevsphere", "vmwareworkstation",
+)
+
+
+def _entry_point(name: str) -> str | None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="pymachine.drivers"):
+        if ep.name == name:
+            return ep.value
+    return None
+
+
+def available() -> list[str]:
+    return sorted(BUILTIN)
+
+
+def driver_class(name: str) -> type[Driver]:
+    target = BUILTIN.get(name)
+    if target is None:
+        target = _entry_point(name)
+    if target is None:
+        if name in PLANNED:
+            raise MachineError(
+                f'Driver "{name}" is not available in this pymachine build yet '
+                f"(available: {', '.join(available())})"
+            )
+        raise MachineError(
+            f'Driver "{name}" not found. Available drivers: {", ".join(available())} '
+            f'(or install a plugin that registers "{name}" in the pymachine.drivers entry-point group)'
+        )
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MachineError(f'Driver "{name}" cannot be loaded: {exc}') from None
+    cls = getattr(module, attr)
+    return cls
+
+
+class UnavailableDriver(Driver):
+    """Stands in for a stored machine whose driver this build lacks.
+
+    It answers from the stored JSON alone, so such machines still list, inspect
+    and remove (locally) instead of breaking the whole store.
+    """
+
+    provisionable = False
+    flags: tuple[Flag, ...] = ()
+
+    def __init__(self, config: dict[str, Any], name: str, reason: str) -> None:
+        super().__init__(config)
+        self.name = name  # type: ignore[misc]
+        self.reason = reason
+
+    def url(self) -> str:
+        ip = self.ip()
+        return f"tcp://{ip}:2376" if ip else ""
+
+    def state(self, timeout: float = 10.0) -> State:
+        raise MachineError(self.reason)
+
+
+def load_driver(name: str, config: dict[str, Any]) -> Driver:
+    try:
+        cls = driver_class(name)
+    except MachineError as exc:
+        return UnavailableDriver(config, name, str(exc))
+    return cls(config)

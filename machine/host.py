@@ -1,0 +1,237 @@
+"""A machine's lifecycle: create, start/stop/restart/kill, remove, state.
+
+The Host layer sits between the CLI and the drivers: it owns the order of
+steps and saves to the store after each one, so an interrupted create is
+visible (and removable) rather than silently lost.  A failure while the
+driver makes the box rolls back what was made; a failure while provisioning
+keeps the machine, marked with the failing step, so ``provision`` can retry.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from machine import hostoptions
+from machine.authpaths import MachineTLS, machine_tls
+from machine.drivers.base import Driver, State
+from machine.drivers.registry import driver_class, load_driver
+from machine.errors import MachineError
+from machine.store import INVALID_NAME, Host, Store, valid_name
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class CreateOptions:
+    """Everything ``create`` takes besides the driver's own flags."""
+
+    engine: dict[str, Any] = field(default_factory=hostoptions.engine_options)
+    swarm: dict[str, Any] = field(default_factory=hostoptions.swarm_options)
+    tls_sans: list[str] = field(default_factory=list)
+    ca_cert: str | None = None
+    ca_key: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # pymachine-only settings (proxy, bundle...)
+
+
+class Machine:
+    """A stored host with its driver loaded."""
+
+    def __init__(self, store: Store, host: Host) -> None:
+        self.store = store
+        self.host = host
+        self.driver: Driver = load_driver(host.driver_name, host.driver)
+
+    @classmethod
+    def load(cls, store: Store, name: str) -> Machine:
+        return cls(store, store.load(name))
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def dir(self) -> Path:
+        return self.store.machine_dir(self.name)
+
+    def tls(self) -> MachineTLS:
+        return machine_tls(self.store, self.host)
+
+    def save(self) -> None:
+        self.host.driver = self.driver.config
+        self.store.save(self.host)
+
+    def url(self) -> str:
+        return self.driver.url()
+
+    def state(self, timeout: float = 10.0) -> State:
+        return self.driver.state(timeout)
+
+    # Lifecycle -------------------------------------------------------------------------
+    def start(self, log: Log) -> None:
+        if self.driver.state() == State.RUNNING:
+            raise MachineError(f'Machine "{self.name}" is already running.')
+        log(f'Starting "{self.name}"...')
+        self.driver.start(log)
+        self.save()
+        log(f'Machine "{self.name}" was started.')
+
+    def stop(self, log: Log) -> None:
+        if self.driver.state() == State.STOPPED:
+            raise MachineError(f'Machine "{self.name}" is already stopped.')
+        log(f'Stopping "{self.name}"...')
+        self.driver.stop(log)
+        self.save()
+        log(f'Machine "{self.name}" was stopped.')
+
+    def restart(self, log: Log) -> None:
+        log(f'Restarting "{self.name}"...')
+        if self.driver.state() == State.STOPPED:
+            self.driver.start(log)
+        else:
+            self.driver.restart(log)
+        self.save()
+
+    def kill(self, log: Log) -> None:
+        if self.driver.state() == State.STOPPED:
+            raise MachineError(f'Machine "{self.name}" is already stopped.')
+        log(f'Killing "{self.name}"...')
+        self.driver.kill(log)
+        self.save()
+        log(f'Machine "{self.name}" was killed.')
+
+    def remove(self, log: Log, force: bool = False) -> None:
+        try:
+            self.driver.remove(log)
+        except MachineError:
+            if not force:
+                raise
+        self.store.remove(self.name)
+
+
+def new_host(store: Store, name: str, driver: Driver, opts: CreateOptions) -> Host:
+    auth = hostoptions.auth_options(
+        str(store.path), name,
+        ca_cert=opts.ca_cert, ca_key=opts.ca_key,
+        client_cert=opts.client_cert, client_key=opts.client_key,
+        sans=opts.tls_sans,
+    )
+    options = hostoptions.host_options(opts.engine, opts.swarm, auth)
+    if opts.extra:
+        options["Pymachine"] = opts.extra
+    return Host(name=name, driver_name=driver.name, driver=driver.config, host_options=options)
+
+
+def prepare_driver(store: Store, name: str, driver_name: str, values: Mapping[str, Any]) -> Driver:
+    """Validate everything that needs no side effect: the store stays untouched on error."""
+    if not valid_name(name):
+        raise MachineError(INVALID_NAME)
+    if store.exists(name):
+        raise MachineError(f'Docker machine "{name}" already exists')
+    cls = driver_class(driver_name)
+    driver = cls.new(name, str(store.path))
+    driver.set_config_from_flags(values)
+    return driver
+
+
+def create(
+    store: Store,
+    name: str,
+    driver: Driver,
+    opts: CreateOptions,
+    log: Log,
+    argv0: str = "pymachine",
+) -> Machine:
+    from machine import certs  # heavy (cryptography): only on create
+
+    store.ensure()
+    certs.bootstrap_certificates(
+        certs.CertPaths(
+            ca_cert=Path(opts.ca_cert) if opts.ca_cert else store.certs_dir / "ca.pem",
+            ca_key=Path(opts.ca_key) if opts.ca_key else store.certs_dir / "ca-key.pem",
+            client_cert=Path(opts.client_cert) if opts.client_cert else store.certs_dir / "cert.pem",
+            client_key=Path(opts.client_key) if opts.client_key else store.certs_dir / "key.pem",
+        ),
+        log=log,
+    )
+    log("Running pre-create checks...")
+    driver.pre_create_check()
+    store.reserve(name)
+    try:
+        with store.lock(name):
+            machine = Machine(store, new_host(store, name, driver, opts))
+            machine.driver = driver
+            machine.save()
+            log("Creating machine...")
+            driver.create(log)
+            machine.save()
+            copy_client_certs(machine)
+    except BaseException:
+        _rollback(store, name, driver, log)
+        raise
+    if not driver.provisionable:
+        issue_server_cert(machine)
+        return machine
+    from machine import provision  # paramiko and the provisioners: only when needed
+
+    provision.after_create(machine, log)
+    log(
+        "To see how to connect your Docker Client to the Docker Engine running on this "
+        f"virtual machine, run: {argv0} env {name}"
+    )
+    return machine
+
+
+def _rollback(store: Store, name: str, driver: Driver, log: Log) -> None:
+    try:
+        driver.remove(log)
+    except Exception as exc:  # the original error matters more; say what may be left
+        log(f"Warning: could not remove what the driver made for {name}: {exc}")
+    store.remove(name)
+
+
+def copy_client_certs(machine: Machine) -> None:
+    """Put ca.pem, cert.pem and key.pem in the machine dir: it is DOCKER_CERT_PATH."""
+    tls = machine.tls()
+    for src, dst, mode in (
+        (tls.ca_cert, "ca.pem", 0o600),
+        (tls.client_cert, "cert.pem", 0o600),
+        (tls.client_key, "key.pem", 0o600),
+    ):
+        target = machine.dir / dst
+        shutil.copyfile(src, target)
+        os.chmod(target, mode)
+
+
+def server_cert_sans(machine: Machine) -> list[str]:
+    from urllib.parse import urlsplit
+
+    sans = list(machine.host.auth_options.get("ServerCertSANs") or [])
+    url = machine.driver.url() if machine.driver.name == "none" else ""
+    host = urlsplit(url).hostname if url else machine.driver.ip()
+    if host:
+        sans.append(host)
+    return sans
+
+
+def issue_server_cert(machine: Machine) -> None:
+    """(Re)issue the machine's server certificate for its current address.
+
+    docker-machine gave ``none`` machines no server cert; pymachine issues one
+    so a user can start their own engine with it and ``env`` just works.
+    """
+    from machine import certs
+
+    tls = machine.tls()
+    paths = certs.CertPaths(tls.ca_cert, tls.ca_key, tls.client_cert, tls.client_key)
+    org = f"{certs.current_user_org()}.{machine.name}"
+    certs.generate_server_cert(
+        paths, machine.dir / "server.pem", machine.dir / "server-key.pem", org,
+        server_cert_sans(machine), swarm_master=bool(machine.host.swarm_options.get("Master")),
+    )

@@ -1,0 +1,273 @@
+"""What ``ls`` (and ``active``) know about each machine, gathered in parallel.
+
+docker-machine queried every host with its own 10 s timeout, so one hung
+host held the whole listing for 10 s.  Here every host is queried at once
+under ONE deadline for the whole listing (2 s by default); a host that has
+not answered by then is shown from local evidence (its driver's local state,
+the last engine version seen, marked as not fresh) with state ``Timeout``.
+Worker threads are daemons whose sockets time out at the deadline too, so
+nothing lingers after the answer is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from machine.drivers.base import State
+from machine.errors import MachineError
+from machine.store import BrokenHost, Host, Store
+
+DEFAULT_DEADLINE = 2.0
+
+
+@dataclass
+class ListItem:
+    """One row; attribute names are docker-machine's template fields."""
+
+    Name: str
+    Active: str = "-"
+    ActiveHost: bool = False
+    ActiveSwarm: bool = False
+    DriverName: str = ""
+    State: str = ""
+    URL: str = ""
+    SwarmOptions: dict[str, Any] | None = None
+    Swarm: str = ""
+    EngineOptions: dict[str, Any] | None = None
+    Error: str = ""
+    DockerVersion: str = ""
+    ResponseTime: str = ""
+    Fresh: bool = True
+    LocalState: str = ""
+    _labels: list[str] = field(default_factory=list, repr=False)
+
+    def public(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+def natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
+
+
+def format_duration(seconds: float) -> str:
+    """Go's time.Duration String() for the RESPONSE column (ms precision is enough)."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f}µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3f}".rstrip("0").rstrip(".") + "ms"
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def current_docker_context(environ: dict[str, str]) -> str | None:
+    """The Docker CLI's current context, if it is not the default one."""
+    if environ.get("DOCKER_CONTEXT"):
+        return environ["DOCKER_CONTEXT"]
+    config_dir = environ.get("DOCKER_CONFIG") or os.path.join(environ.get("HOME", ""), ".docker")
+    try:
+        data = json.loads(Path(config_dir, "config.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    ctx = data.get("currentContext") if isinstance(data, dict) else None
+    return ctx if isinstance(ctx, str) and ctx and ctx != "default" else None
+
+
+def is_active(item: ListItem, environ: dict[str, str]) -> None:
+    docker_host = environ.get("DOCKER_HOST", "")
+    if item.State != State.RUNNING.value:
+        return
+    if docker_host:
+        if item.URL and item.URL == docker_host:
+            item.ActiveHost, item.Active = True, "*"
+        elif item.SwarmOptions and item.SwarmOptions.get("Master") and swarm_url(item) == docker_host:
+            item.ActiveSwarm, item.Active = True, "* (swarm)"
+    elif current_docker_context(environ) == item.Name:
+        item.ActiveHost, item.Active = True, "*"
+
+
+def swarm_url(item: ListItem) -> str:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(item.URL).hostname or ""
+    port = urlsplit((item.SwarmOptions or {}).get("Host") or "tcp://0.0.0.0:3376").port or 3376
+    return f"tcp://{host}:{port}"
+
+
+def base_item(host: Host | BrokenHost) -> ListItem:
+    if isinstance(host, BrokenHost):
+        return ListItem(Name=host.name, DriverName=host.driver_name, State=State.ERROR.value, Error=host.error)
+    return ListItem(
+        Name=host.name,
+        DriverName=host.driver_name,
+        SwarmOptions=host.swarm_options,
+        EngineOptions=host.engine_options,
+        _labels=list(host.engine_options.get("Labels") or []),
+    )
+
+
+def query_host(store: Store, host: Host, item: ListItem, deadline: float) -> None:
+    """Fill ``item`` from the driver and the engine; runs in a worker thread."""
+    from machine import dockerapi
+    from machine.authpaths import machine_tls
+    from machine.drivers.registry import load_driver
+
+    started = time.monotonic()
+    try:
+        driver = load_driver(host.driver_name, host.driver)
+        state = driver.state(timeout=max(0.1, deadline - time.monotonic()))
+        item.State = state.value
+        if state == State.RUNNING:
+            item.URL = driver.url()
+            if item.URL:
+                tls = machine_tls(store, host)
+                try:
+                    version = dockerapi.engine_version(
+                        item.URL, tls.ca_cert, tls.client_cert, tls.client_key,
+                        timeout=max(0.1, deadline - time.monotonic()),
+                    )
+                    item.DockerVersion = f"v{version}"
+                except (OSError, MachineError, ValueError) as exc:
+                    item.DockerVersion = "Unknown"
+                    item.Error = f"Unable to query docker version: {dockerapi.describe_error(exc)}"
+    except MachineError as exc:
+        item.State = State.ERROR.value
+        if str(exc) != "Host is not running":
+            item.Error = str(exc)
+    item.ResponseTime = format_duration(time.monotonic() - started)
+
+
+def timed_out_item(store: Store, host: Host, item: ListItem, deadline_s: float) -> ListItem:
+    """What is known locally about a host that missed the deadline."""
+    from machine.drivers.registry import load_driver
+
+    cached = store.read_state(host.name)
+    local: State | None = None
+    try:
+        local = load_driver(host.driver_name, host.driver).local_state()
+    except MachineError:
+        local = None
+    out = base_item(host)
+    out.State = State.TIMEOUT.value
+    out.Fresh = False
+    out.LocalState = (local.value if local else cached.get("State", "")) or ""
+    if cached.get("DockerVersion"):
+        out.DockerVersion = f"{cached['DockerVersion']} (cached)"
+    hint = f"; last known state {out.LocalState}" if out.LocalState else ""
+    out.Error = f"no answer within {deadline_s:g}s{hint}"
+    return out
+
+
+def gather(
+    store: Store,
+    hosts: list[Host | BrokenHost],
+    environ: dict[str, str],
+    deadline_s: float = DEFAULT_DEADLINE,
+) -> list[ListItem]:
+    deadline = time.monotonic() + deadline_s
+    items: dict[str, ListItem] = {}
+    done: dict[str, threading.Event] = {}
+    for host in hosts:
+        item = base_item(host)
+        items[host.name] = item
+        if isinstance(host, BrokenHost):
+            continue
+        event = threading.Event()
+        done[host.name] = event
+
+        def work(h: Host = host, it: ListItem = item, ev: threading.Event = event) -> None:
+            try:
+                query_host(store, h, it, deadline)
+            finally:
+                ev.set()
+
+        threading.Thread(target=work, name=f"ls-{host.name}", daemon=True).start()
+
+    result: list[ListItem] = []
+    by_name = {h.name: h for h in hosts}
+    for name, item in items.items():
+        event = done.get(name)
+        if event is not None and not event.wait(max(0.0, deadline - time.monotonic())):
+            host = by_name[name]
+            assert isinstance(host, Host)
+            item = timed_out_item(store, host, item, deadline_s)
+        elif event is not None and item.State:
+            store.write_state(name, State=item.State, **({"DockerVersion": item.DockerVersion} if item.DockerVersion.startswith("v") else {}))
+        is_active(item, environ)
+        result.append(item)
+    fill_swarm_column(result)
+    result.sort(key=lambda it: natural_key(it.Name))
+    return result
+
+
+def fill_swarm_column(items: list[ListItem]) -> None:
+    masters = {
+        (it.SwarmOptions or {}).get("Discovery"): it.Name
+        for it in items
+        if (it.SwarmOptions or {}).get("Master")
+    }
+    for it in items:
+        opts = it.SwarmOptions or {}
+        if not opts.get("IsSwarm"):
+            continue
+        master = masters.get(opts.get("Discovery"), "")
+        it.Swarm = f"{master} (master)" if opts.get("Master") else master
+
+
+# Filters ---------------------------------------------------------------------------------
+def parse_filters(specs: list[str]) -> dict[str, list[str]]:
+    filters: dict[str, list[str]] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep:
+            raise MachineError("Unsupported filter syntax.")
+        key = key.lower()
+        if key not in ("driver", "state", "name", "label", "swarm"):
+            raise MachineError(f"Unsupported filter key '{key}'")
+        if key == "name":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise MachineError(f"invalid name filter {value!r}: {exc}") from None
+        filters.setdefault(key, []).append(value)
+    return filters
+
+
+def matches_static(host: Host | BrokenHost, filters: dict[str, list[str]]) -> bool:
+    """Every filter that needs no query (all but state)."""
+    driver = host.driver_name
+    if "driver" in filters and not any(driver.lower() == v.lower() for v in filters["driver"]):
+        return False
+    if "name" in filters and not any(re.search(v, host.name) for v in filters["name"]):
+        return False
+    if isinstance(host, BrokenHost):
+        return not ({"label", "swarm"} & filters.keys())
+    if "label" in filters:
+        labels = host.engine_options.get("Labels") or []
+        if not any(_label_match(v, labels) for v in filters["label"]):
+            return False
+    return True
+
+
+def _label_match(wanted: str, labels: list[str]) -> bool:
+    key, _, value = wanted.partition("=")
+    for label in labels:
+        lk, _, lv = label.partition("=")
+        if lk == key and lv.lower() == value.lower():
+            return True
+    return False
+
+
+def matches_dynamic(item: ListItem, filters: dict[str, list[str]]) -> bool:
+    if "state" in filters and not any(item.State.lower() == v.lower() for v in filters["state"]):
+        return False
+    if "swarm" in filters:
+        master = item.Swarm.replace(" (master)", "")
+        if not any(master == v for v in filters["swarm"]):
+            return False
+    return True

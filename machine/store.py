@@ -1,0 +1,293 @@
+"""The on-disk store: the only code that reads or writes it.
+
+The layout is Docker Machine 0.16's, so stores move freely between the two
+tools: ``certs/`` for the CA and client certificate, ``machines/NAME/`` for
+each machine with its ``config.json`` (ConfigVersion 3).  pymachine keeps its
+own extras where docker-machine never looks: per-machine locks under
+``locks/`` (a sibling of ``machines/``, so ``docker-machine ls`` never sees
+them) and a small ``pymachine-state.json`` cache beside ``config.json``.
+
+Writes are atomic (temp file in the same directory, fsync, rename); files are
+0600 and directories 0700.  A machine directory whose config cannot be read
+is reported as a :class:`BrokenHost`, never a crash, so one bad machine does
+not hide the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from machine.errors import MachineError, MachineNotFound
+
+CONFIG_VERSION = 3
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9\-\.]*$")
+INVALID_NAME = (
+    "Error creating machine: Invalid hostname specified. "
+    "Allowed hostname chars are: 0-9a-zA-Z . -"
+)
+STATE_FILE = "pymachine-state.json"
+
+
+class StoreError(MachineError):
+    """The store or one of its files cannot be read or written."""
+
+
+def default_storage_path(environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if env.get("MACHINE_STORAGE_PATH"):
+        return Path(env["MACHINE_STORAGE_PATH"]).expanduser()
+    home = env.get("HOME") or env.get("USERPROFILE") or str(Path.home())
+    return Path(home) / ".docker" / "machine"
+
+
+def valid_name(name: str) -> bool:
+    return bool(NAME_RE.match(name))
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def dump_json(obj: Any) -> bytes:
+    """docker-machine's ``json.MarshalIndent(v, "", "    ")``."""
+    return json.dumps(obj, indent=4, ensure_ascii=False).encode()
+
+
+@dataclass
+class Host:
+    """One machine's ``config.json``: the field names and order are docker-machine's.
+
+    ``driver`` is the driver's raw JSON; unknown top-level keys are kept in
+    ``extra`` and written back, so a config edited by another tool survives.
+    """
+
+    name: str
+    driver_name: str
+    driver: dict[str, Any]
+    host_options: dict[str, Any]
+    config_version: int = CONFIG_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "ConfigVersion": self.config_version,
+            "Driver": self.driver,
+            "DriverName": self.driver_name,
+            "HostOptions": self.host_options,
+            "Name": self.name,
+        }
+        data.update(self.extra)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, dir_name: str) -> Host:
+        if not isinstance(data, dict):
+            raise StoreError("config.json is not a JSON object")
+        version = data.get("ConfigVersion", 0)
+        if not isinstance(version, int) or version > CONFIG_VERSION:
+            raise StoreError(f"unsupported ConfigVersion {version!r} (this pymachine reads up to 3)")
+        driver_name = data.get("DriverName")
+        if not isinstance(driver_name, str) or not driver_name:
+            raise StoreError("config.json has no DriverName")
+        driver = data.get("Driver") or {}
+        if not isinstance(driver, dict):
+            raise StoreError("config.json field Driver is not an object")
+        options = data.get("HostOptions") or {}
+        if not isinstance(options, dict):
+            raise StoreError("config.json field HostOptions is not an object")
+        name = data.get("Name") or dir_name
+        known = {"ConfigVersion", "Driver", "DriverName", "HostOptions", "Name"}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(name, driver_name, driver, options, CONFIG_VERSION, extra)
+
+    # Convenience views over HostOptions -------------------------------------------------
+    @property
+    def auth_options(self) -> dict[str, Any]:
+        return self.host_options.setdefault("AuthOptions", {}) or {}
+
+    @property
+    def engine_options(self) -> dict[str, Any]:
+        return self.host_options.setdefault("EngineOptions", {}) or {}
+
+    @property
+    def swarm_options(self) -> dict[str, Any]:
+        return self.host_options.setdefault("SwarmOptions", {}) or {}
+
+
+@dataclass
+class BrokenHost:
+    """A machine directory whose config could not be loaded: shown as an error row."""
+
+    name: str
+    error: str
+    driver_name: str = "not found"
+
+
+class Store:
+    """A pymachine (and Docker Machine) store rooted at ``path``."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser().absolute()
+
+    # Paths ---------------------------------------------------------------------------------
+    @property
+    def certs_dir(self) -> Path:
+        return self.path / "certs"
+
+    @property
+    def machines_dir(self) -> Path:
+        return self.path / "machines"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.path / "cache"
+
+    def machine_dir(self, name: str) -> Path:
+        return self.machines_dir / name
+
+    def config_path(self, name: str) -> Path:
+        return self.machine_dir(name) / "config.json"
+
+    # Reading -------------------------------------------------------------------------------
+    def list_names(self) -> list[str]:
+        """Machine names in directory order (alphabetical, as Go's ReadDir)."""
+        try:
+            entries = os.listdir(self.machines_dir)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.machines_dir}: {exc.strerror}") from None
+        return sorted(e for e in entries if not e.startswith(".") and (self.machines_dir / e).is_dir())
+
+    def exists(self, name: str) -> bool:
+        return self.machine_dir(name).is_dir()
+
+    def load(self, name: str) -> Host:
+        if not valid_name(name) or not self.exists(name):
+            raise MachineNotFound(name)
+        path = self.config_path(name)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"machine {name!r} has no config.json (half-created? remove it with 'pymachine rm -f {name}')") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise StoreError(f"corrupt config.json for {name!r}: {exc}") from None
+        return Host.from_json(data, name)
+
+    def load_all(self) -> list[Host | BrokenHost]:
+        out: list[Host | BrokenHost] = []
+        for name in self.list_names():
+            try:
+                out.append(self.load(name))
+            except MachineError as exc:
+                out.append(BrokenHost(name, str(exc)))
+        return out
+
+    # Writing -------------------------------------------------------------------------------
+    def ensure(self) -> None:
+        """Create the store's directories (0700), with a clear error if impossible."""
+        for d in (self.path, self.machines_dir, self.certs_dir):
+            try:
+                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise StoreError(f"cannot create storage path {d}: {exc.strerror}") from None
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise StoreError(f"storage path {d} is not writable")
+
+    def reserve(self, name: str) -> Path:
+        """Create the machine directory; exactly one concurrent caller wins a name."""
+        self.ensure()
+        d = self.machine_dir(name)
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            raise MachineError(f'Docker machine "{name}" already exists') from None
+        except OSError as exc:
+            raise StoreError(f"cannot create {d}: {exc.strerror}") from None
+        return d
+
+    def save(self, host: Host) -> None:
+        d = self.machine_dir(host.name)
+        if not d.is_dir():
+            d.mkdir(parents=True, mode=0o700)
+        try:
+            atomic_write(self.config_path(host.name), dump_json(host.to_json()))
+        except OSError as exc:
+            raise StoreError(f"cannot save {self.config_path(host.name)}: {exc.strerror}") from None
+
+    def remove(self, name: str) -> None:
+        import shutil
+
+        d = self.machine_dir(name)
+        if not d.exists():
+            return
+        # Rename first so a crash mid-delete never leaves a half machine that looks alive.
+        tomb = self.machines_dir / f".removing-{name}-{os.getpid()}"
+        os.replace(d, tomb)
+        shutil.rmtree(tomb, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path / "locks" / f"{name}.lock")
+
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
+        """An exclusive per-machine lock, so two commands never write one config at once."""
+        import time
+
+        locks = self.path / "locks"
+        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise MachineError(f'machine "{name}" is busy: another pymachine command holds its lock') from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+    # pymachine's own per-machine cache (last state and engine version seen) ----------------
+    def read_state(self, name: str) -> dict[str, Any]:
+        try:
+            data = json.loads((self.machine_dir(name) / STATE_FILE).read_bytes())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def write_state(self, name: str, **values: Any) -> None:
+        current = self.read_state(name)
+        merged = {**current, **values}
+        if merged == current or not self.exists(name):
+            return
+        with contextlib.suppress(OSError):
+            atomic_write(self.machine_dir(name) / STATE_FILE, json.dumps(merged, indent=1).encode())
