@@ -123,7 +123,7 @@ def query_host(store: Store, host: Host, item: ListItem, deadline: float) -> Non
         state = driver.state(timeout=max(0.1, deadline - time.monotonic()))
         item.State = state.value
         if state == State.RUNNING:
-            item.URL = driver.url()
+            item.URL = driver.running_url()
             if item.URL:
                 tls = machine_tls(store, host)
                 try:

@@ -188,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except Exception as exc:  # a bug: still one line for the user, the trace with --debug
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            logging.exception("unexpected error")
+        sys.stderr.write(f"Error: {exc.__class__.__name__}: {exc} (run with --debug for details)\n")
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

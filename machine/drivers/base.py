@@ -133,6 +133,10 @@ class Driver:
     def url(self) -> str:
         raise NotImplementedError
 
+    def running_url(self) -> str:
+        """The URL when the caller has just seen the state Running (skips a second check)."""
+        return self.url()
+
     def state(self, timeout: float = 10.0) -> State:
         raise NotImplementedError
 

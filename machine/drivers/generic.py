@@ -1,0 +1,110 @@
+"""The ``generic`` driver: adopt an existing host reachable over SSH.
+
+Flags, env vars and semantics are docker-machine's: the box already exists,
+so create only copies the SSH key into the machine directory; state is a TCP
+dial of the SSH port; start/stop/kill are not supported; remove leaves the
+host alone.  Provisioning over SSH is the Host layer's job, not this one's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from machine.drivers.base import Driver, Flag, Log, State
+from machine.errors import HostNotRunning, MachineError, PreCreateError
+
+
+class GenericDriver(Driver):
+    name = "generic"
+    flags = (
+        Flag("generic-engine-port", "int", 2376, "GENERIC_ENGINE_PORT", "Docker engine port"),
+        Flag("generic-ip-address", "string", "", "GENERIC_IP_ADDRESS", "IP Address of machine"),
+        Flag("generic-ssh-user", "string", "root", "GENERIC_SSH_USER", "SSH user"),
+        Flag("generic-ssh-key", "string", "", "GENERIC_SSH_KEY", "SSH private key path (if not provided, default SSH key will be used)"),
+        Flag("generic-ssh-port", "int", 22, "GENERIC_SSH_PORT", "SSH port"),
+    )
+
+    @classmethod
+    def extra_fields(cls) -> dict[str, Any]:
+        return {"EnginePort": 2376, "SSHKey": ""}
+
+    def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
+        ip = str(values.get("generic-ip-address") or "")
+        if not ip:
+            raise MachineError("generic driver requires the --generic-ip-address option")
+        for flag in ("generic-engine-port", "generic-ssh-port"):
+            port = values.get(flag)
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise MachineError(f"--{flag} must be a port number between 1 and 65535, got {port!r}")
+        self.config.update(
+            IPAddress=ip,
+            SSHUser=str(values.get("generic-ssh-user") or "root"),
+            SSHPort=int(values["generic-ssh-port"]),
+            EnginePort=int(values["generic-engine-port"]),
+            SSHKey=os.path.expanduser(str(values.get("generic-ssh-key") or "")),
+        )
+
+    @property
+    def engine_port(self) -> int:
+        return int(self.config.get("EnginePort") or 2376)
+
+    def pre_create_check(self) -> None:
+        key = self.config.get("SSHKey")
+        if key and not os.path.isfile(key):
+            raise PreCreateError(f"SSH key does not exist: {key!r}")
+
+    def create(self, log: Log) -> None:
+        key = self.config.get("SSHKey")
+        if not key:
+            log("(%s) No SSH key specified. Assuming an existing key at the default location." % self.machine_name)
+            return
+        dest = os.path.join(self.machine_dir, os.path.basename(key))
+        log(f"({self.machine_name}) Importing SSH key...")
+        shutil.copyfile(key, dest)
+        os.chmod(dest, 0o600)
+        if os.path.exists(key + ".pub"):
+            shutil.copyfile(key + ".pub", dest + ".pub")
+            os.chmod(dest + ".pub", 0o600)
+        self.config["SSHKeyPath"] = dest
+
+    def ssh_address(self) -> tuple[str, int, str, str]:
+        key = str(self.config.get("SSHKeyPath") or "")
+        return self.ip(), int(self.config.get("SSHPort") or 22), str(self.config.get("SSHUser") or "root"), key
+
+    def state(self, timeout: float = 10.0) -> State:
+        try:
+            with socket.create_connection((self.ip(), int(self.config.get("SSHPort") or 22)), timeout=min(timeout, 15.0)):
+                return State.RUNNING
+        except OSError:
+            return State.STOPPED
+
+    def url(self) -> str:
+        if self.state(timeout=5.0) != State.RUNNING:
+            raise HostNotRunning()
+        return self.engine_url()
+
+    def running_url(self) -> str:
+        return self.engine_url()
+
+    def engine_url(self) -> str:
+        ip = self.ip()
+        host = f"[{ip}]" if ":" in ip else ip
+        return f"tcp://{host}:{self.engine_port}"
+
+    def start(self, log: Log) -> None:
+        raise MachineError("generic driver does not support start")
+
+    def stop(self, log: Log) -> None:
+        raise MachineError("generic driver does not support stop")
+
+    def kill(self, log: Log) -> None:
+        raise MachineError("generic driver does not support kill")
+
+    def restart(self, log: Log) -> None:
+        from machine.provision import ssh_run
+
+        ssh_run(self, "sudo shutdown -r now", check=False)
