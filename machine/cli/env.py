@@ -93,13 +93,8 @@ def cmd_env(ctx: Context, args: list[str]) -> int:
     if ns.unset:
         if names:
             raise UsageError("Error: Expected no machine name when the -u flag is present")
-        unset_names = list(ENV_NAMES)
-        no_proxy = None
-        if ns.no_proxy:
-            var, _ = shells.no_proxy_update(ctx.environ, "")
-            unset_names.append(var)
-            no_proxy = ctx.environ.get(var, "")
-        sys.stdout.write(shells.env_output(shell, [(n, "") for n in unset_names], argv, unset=True, no_proxy_value=no_proxy))
+        no_proxy = shells.find_no_proxy(ctx.environ) if ns.no_proxy else None
+        sys.stdout.write(shells.env_output(shell, [(n, "") for n in ENV_NAMES], argv, unset=True, no_proxy=no_proxy))
         return 0
 
     name = one_target(ctx, names)
