@@ -123,9 +123,8 @@ def new_host(store: Store, name: str, driver: Driver, opts: CreateOptions) -> Ho
         sans=opts.tls_sans,
     )
     options = hostoptions.host_options(opts.engine, opts.swarm, auth)
-    if opts.extra:
-        options["Pymachine"] = opts.extra
-    return Host(name=name, driver_name=driver.name, driver=driver.config, host_options=options)
+    return Host(name=name, driver_name=driver.name, driver=driver.config, host_options=options,
+                extra={"Pymachine": dict(opts.extra)} if opts.extra else {})
 
 
 def prepare_driver(store: Store, name: str, driver_name: str, values: Mapping[str, Any]) -> Driver:

@@ -139,6 +139,10 @@ def query_host(store: Store, host: Host, item: ListItem, deadline: float) -> Non
         item.State = State.ERROR.value
         if str(exc) != "Host is not running":
             item.Error = str(exc)
+    failed = (host.extra.get("Pymachine") or {}).get("LastError")
+    if isinstance(failed, dict):
+        item.State = State.ERROR.value
+        item.Error = f"provisioning failed at step {failed.get('Step')}: {failed.get('Message')} (run: pymachine provision {host.name})"
     item.ResponseTime = format_duration(time.monotonic() - started)
 
 

@@ -1,0 +1,192 @@
+"""Provision a machine over ONE SSH connection: detect the OS, install and
+configure the engine, install its certificates, wait for its TLS endpoint.
+
+docker-machine opened a new SSH session per command (20 for a generic
+create) and polled ``netstat`` every 3 s; here one paramiko connection
+carries every step and readiness is the engine answering ``/version`` over
+TLS with the machine's own certificates, which is what the user needs.
+
+A failed step is recorded in config.json (top-level ``Pymachine.LastError``,
+which docker-machine ignores), so ``ls`` shows the machine in state Error and
+``inspect`` names the step; a later ``provision`` clears it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from machine.errors import MachineError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from machine.drivers.base import Driver
+    from machine.host import Machine
+    from machine.ssh import SSHClient
+
+Log = Callable[[str], None]
+SSH_WAIT = 120.0
+ENGINE_WAIT = 90.0
+
+
+def ssh_target(driver: Driver):
+    from machine.sshcommands import SSHTarget
+
+    host, port, user, key = driver.ssh_address()
+    if not host:
+        raise MachineError(f'Host "{driver.machine_name}" has no address yet')
+    known = Path(driver.machine_dir) / "known_hosts"
+    return SSHTarget(host=host, port=port, user=user, key_path=Path(key) if key else None, known_hosts=known)
+
+
+def connect(driver: Driver, wait: float = 0.0) -> SSHClient:
+    from machine.ssh import SSHClient
+
+    return SSHClient.connect(ssh_target(driver), timeout=10.0, wait=wait)
+
+
+def ssh_run(driver: Driver, command: str, check: bool = True):
+    with connect(driver) as client:
+        return client.run(command, check=check)
+
+
+def engine_port(machine: Machine) -> int:
+    from urllib.parse import urlsplit
+
+    driver = machine.driver
+    url = driver.engine_url() if hasattr(driver, "engine_url") else driver.url()
+    return urlsplit(url).port or 2376
+
+
+def wait_for_engine(machine: Machine, timeout: float = ENGINE_WAIT) -> str:
+    """Poll the engine's TLS /version until it answers; returns the version."""
+    from machine import dockerapi
+
+    driver = machine.driver
+    url = driver.engine_url() if hasattr(driver, "engine_url") else driver.url()
+    tls = machine.tls()
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            return dockerapi.engine_version(url, tls.ca_cert, tls.client_cert, tls.client_key,
+                                            timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+        except (OSError, MachineError) as exc:
+            last = exc
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+    reason = dockerapi.describe_error(last) if last else "no answer"
+    raise MachineError(f"the Docker engine at {url} did not answer within {timeout:g}s: {reason}")
+
+
+def _record(machine: Machine, step: str | None, message: str | None) -> None:
+    ext: dict[str, Any] = machine.host.extra.setdefault("Pymachine", {})
+    if step is None:
+        ext.pop("LastError", None)
+        if not ext:
+            machine.host.extra.pop("Pymachine", None)
+    else:
+        ext["LastError"] = {"Step": step, "Message": message or "",
+                            "Time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    machine.save()
+
+
+def last_error(host_extra: dict[str, Any]) -> dict[str, Any] | None:
+    err = (host_extra.get("Pymachine") or {}).get("LastError")
+    return err if isinstance(err, dict) else None
+
+
+def _plan(machine: Machine, client: SSHClient, log: Log):
+    from engine.options import EngineOptions
+    from machine.host import copy_client_certs, issue_server_cert
+    from provisioners.base import ProvisionPlan
+
+    log("Copying certs to the local machine directory...")
+    copy_client_certs(machine)
+    issue_server_cert(machine)
+    tls = machine.tls()
+    engine = EngineOptions.from_json(machine.host.engine_options)
+    bundle_hook = None
+    if engine.install_source == "bundle":
+        from engine import bundle
+
+        bundle_hook = bundle.installer(Path(engine.bundle_path), log)
+    return ProvisionPlan(
+        hostname=machine.name,
+        engine=engine,
+        driver_name=machine.driver.name,
+        ca_pem=tls.ca_cert.read_bytes(),
+        server_pem=tls.server_cert.read_bytes(),
+        server_key_pem=tls.server_key.read_bytes(),
+        machine_ip=machine.driver.ip(),
+        engine_port=engine_port(machine),
+        install_bundle=bundle_hook,
+    )
+
+
+def provision_over(machine: Machine, client: SSHClient, log: Log) -> str:
+    """Run the provisioner for ``machine`` over an open connection; returns the engine version."""
+    from provisioners.base import ProvisionError
+    from provisioners.detect import detect
+
+    log("Detecting the provisioner...")
+    try:
+        provisioner = detect(client)
+    except MachineError as exc:
+        _record(machine, "detect", str(exc))
+        raise
+    log(f"Provisioning with {provisioner.name}...")
+    try:
+        plan = _plan(machine, client, log)
+        provisioner.provision(client, plan, log)
+    except ProvisionError as exc:
+        _record(machine, exc.step, str(exc))
+        raise
+    except MachineError as exc:
+        _record(machine, "prepare", str(exc))
+        raise
+    log("Checking connection to Docker...")
+    try:
+        version = wait_for_engine(machine)
+    except MachineError as exc:
+        _record(machine, "wait_for_engine", str(exc))
+        raise
+    _record(machine, None, None)
+    machine.store.write_state(machine.name, State="Running", DockerVersion=f"v{version}")
+    log("Docker is up and running!")
+    return version
+
+
+def after_create(machine: Machine, log: Log) -> None:
+    log("Waiting for machine to be running, this may take a few minutes...")
+    log("Detecting operating system of created instance...")
+    log("Waiting for SSH to be available...")
+    try:
+        client = connect(machine.driver, wait=SSH_WAIT)
+    except MachineError as exc:
+        _record(machine, "ssh", str(exc))
+        raise
+    with client:
+        provision_over(machine, client, log)
+
+
+def reprovision(machine: Machine, log: Log) -> None:
+    with connect(machine.driver, wait=10.0) as client:
+        provision_over(machine, client, log)
+
+
+def upgrade(machine: Machine, log: Log) -> None:
+    """Upgrade the engine package (or re-install the bundle), then re-provision."""
+    from provisioners.detect import detect
+
+    with connect(machine.driver, wait=10.0) as client:
+        provisioner = detect(client)
+        log(f"Upgrading docker on {machine.name} ({provisioner.name})...")
+        upgrade_cmd = getattr(provisioner, "packages_upgrade", None)
+        if callable(upgrade_cmd):
+            cmd = upgrade_cmd()
+            if cmd:
+                client.run(cmd, sudo=True, timeout=1800)
+        provision_over(machine, client, log)
