@@ -62,6 +62,15 @@ def add_shared_flags(p: Parser, environ: dict[str, str]) -> None:
     p.add_argument("--swarm-addr", default="", help="addr to advertise for Swarm (default: detect and use the machine IP)")
     p.add_argument("--swarm-experimental", action="store_true", help="Enable Swarm experimental features")
     p.add_argument("--tls-san", action="append", default=[], help="Support extra SANs for TLS certs")
+    # pymachine additions: proxy as a first-class setting, and where the engine comes from.
+    p.add_argument("--http-proxy", default="", help="HTTP proxy for package installs, the engine and containers")
+    p.add_argument("--https-proxy", default="", help="HTTPS proxy for package installs, the engine and containers")
+    p.add_argument("--no-proxy", default="", help="Comma-separated hosts that bypass the proxy (the machine's own address is always added)")
+    p.add_argument("--proxy-from-env", action="store_true", help="Copy HTTP_PROXY/HTTPS_PROXY/NO_PROXY from your environment")
+    p.add_argument("--engine-install-source", default="", choices=["", "packages", "script", "bundle", "preinstalled"],
+                   help="Where the engine comes from: distro packages (default), the install script at --engine-install-url, "
+                        "an uploaded --engine-bundle, or preinstalled (configure only)")
+    p.add_argument("--engine-bundle", default="", help="Engine bundle archive built by 'pymachine engine bundle'; installs with no network on the host")
 
 
 def add_driver_flags(p: Parser, flags: Sequence[Flag], environ: dict[str, str]) -> None:
@@ -101,6 +110,7 @@ def options_from(ns: argparse.Namespace, ctx: Context) -> Any:
         labels=ns.engine_label, storage_driver=ns.engine_storage_driver, registry_mirror=mirrors,
         install_url=ns.engine_install_url,
     )
+    engine = with_engine_extras(engine, ns, ctx)
     swarm = hostoptions.swarm_options(
         is_swarm=ns.swarm or ns.swarm_master, address=ns.swarm_addr, discovery=ns.swarm_discovery,
         master=ns.swarm_master, host=ns.swarm_host, image=ns.swarm_image, strategy=ns.swarm_strategy,
@@ -112,6 +122,35 @@ def options_from(ns: argparse.Namespace, ctx: Context) -> Any:
         ca_cert=ctx.tls_ca_cert, ca_key=ctx.tls_ca_key,
         client_cert=ctx.tls_client_cert, client_key=ctx.tls_client_key,
     )
+
+
+def with_engine_extras(engine: dict[str, Any], ns: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    """Fold pymachine's proxy and install-source settings into EngineOptions."""
+    import os
+
+    from engine.options import EngineOptions
+    from engine.proxy import ProxySettings
+
+    opts = EngineOptions.from_json(engine)
+    proxy = ProxySettings(ns.http_proxy, ns.https_proxy, ns.no_proxy)
+    if ns.proxy_from_env:
+        proxy = ProxySettings.merged(proxy, ProxySettings.from_user_environment(ctx.environ))
+    opts.proxy = proxy
+    source = ns.engine_install_source
+    if ns.engine_bundle:
+        bundle = os.path.abspath(os.path.expanduser(ns.engine_bundle))
+        if not os.path.isfile(bundle):
+            raise MachineError(f"engine bundle not found: {ns.engine_bundle}")
+        if source not in ("", "bundle"):
+            raise MachineError("--engine-bundle needs --engine-install-source bundle (or none)")
+        source, opts.bundle_path = "bundle", bundle
+    elif source == "bundle":
+        raise MachineError("--engine-install-source bundle needs --engine-bundle FILE")
+    if not source:
+        explicit_url = getattr(ns, "explicit_install_url", False) or "MACHINE_DOCKER_INSTALL_URL" in ctx.environ
+        source = "script" if explicit_url else "packages"
+    opts.install_source = source
+    return opts.to_json()
 
 
 def cmd_create(ctx: Context, args: list[str]) -> int:
@@ -146,6 +185,7 @@ def cmd_create(ctx: Context, args: list[str]) -> int:
     if ns.swarm_discovery and SWARM_DISCOVERY_FORMAT not in ns.swarm_discovery:
         raise UsageError(f"Swarm Discovery URL was in the wrong format: {ns.swarm_discovery}")
     assert cls is not None
+    ns.explicit_install_url = any(a.split("=", 1)[0] == "--engine-install-url" for a in args)
     driver = hostmod.prepare_driver(ctx.store, name, driver_name, driver_values(ns, cls.flags))
     hostmod.create(ctx.store, name, driver, options_from(ns, ctx), ctx.out, argv0=ARGV0)
     return 0
