@@ -169,9 +169,13 @@ def start_dockerd(
         "-H", f"unix://{sock}", "-H", f"tcp://127.0.0.1:{port}",
         "--tlsverify", "--tlscacert", str(ca), "--tlscert", str(server_cert), "--tlskey", str(server_key),
     ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+    try:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+    except OSError:
+        shutil.rmtree(runtime, ignore_errors=True)
+        raise
     handle = DockerdHandle(f"tcp://127.0.0.1:{port}", port, proc.pid, sock, runtime, log, proc)
     deadline = time.monotonic() + START_TIMEOUT
     for _ in range(int(START_TIMEOUT / 0.1)):
