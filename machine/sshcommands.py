@@ -33,8 +33,8 @@ class SSHTarget:
 
     @property
     def address(self) -> str:
-        """``HOST:PORT`` as used in error messages."""
-        return f"{self.host}:{self.port}"
+        """``HOST:PORT`` as used in error messages (IPv6 hosts bracketed)."""
+        return f"{_bracket(self.host)}:{self.port}"
 
 
 # Docker Machine's external-client options (libmachine/ssh/client.go), except that the
