@@ -18,6 +18,8 @@ def snapshot(root: Path) -> dict[str, tuple[int, str]]:
     if not root.exists():
         return out
     for path in sorted(root.rglob("*")):
+        if path.name == "pymachine-state.json" or "locks" in path.relative_to(root).parts:
+            continue  # ls's cache of the last state seen, and lock files: not user data
         st = path.lstat()
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
         out[str(path.relative_to(root))] = (stat.S_IMODE(st.st_mode), digest)
