@@ -138,6 +138,11 @@ class Provisioner:
     def packages_install(self, names: Iterable[str]) -> str:
         raise MachineError(f"{self.name}: installing packages is not supported on this OS")
 
+    def packages_upgrade(self) -> str | None:
+        """Command upgrading the engine's packages (for ``upgrade``), or None
+        when the engine is not package managed on this OS."""
+        return None
+
     def configure_package_proxy(self, runner: Runner, plan: ProvisionPlan) -> None:
         """Make the package manager use the proxy.  Default: environment only."""
 

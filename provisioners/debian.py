@@ -56,6 +56,12 @@ class DebianProvisioner(Provisioner):
         pkgs = " ".join(shlex.quote(n) for n in names)
         return f"{_APT} install -y --no-install-recommends {pkgs}"
 
+    def packages_upgrade(self) -> str:
+        # --only-upgrade skips whichever of the packages is not installed, so
+        # this covers docker.io and docker-ce (from the install script) alike.
+        pkgs = "docker.io docker-ce docker-ce-cli containerd.io"
+        return f"{_APT} update && {_APT} install -y --only-upgrade {pkgs}"
+
     def configure_package_proxy(self, runner: Runner, plan: ProvisionPlan) -> None:
         """apt runs under sudo, which drops proxy variables: give it a file.
         Without a proxy the file is removed, so a changed setting takes effect."""

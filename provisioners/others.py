@@ -29,6 +29,9 @@ class ArchProvisioner(Provisioner):
         pkgs = " ".join(shlex.quote(n) for n in names)
         return f"pacman -Sy --noconfirm --noprogressbar --needed {pkgs}"
 
+    def packages_upgrade(self) -> str:
+        return "pacman -Sy --noconfirm --noprogressbar docker"
+
 
 def set_sysconfig_vars(text: str, values: dict[str, str]) -> str:
     """Set ``KEY="value"`` lines in a sysconfig file, replacing existing ones."""
@@ -56,6 +59,9 @@ class SuseProvisioner(Provisioner):
     def packages_install(self, names: Iterable[str]) -> str:
         pkgs = " ".join(shlex.quote(n) for n in names)
         return f"zypper -n in {pkgs}"
+
+    def packages_upgrade(self) -> str:
+        return "zypper -n up docker"
 
     def configure_package_proxy(self, runner: Runner, plan: ProvisionPlan) -> None:
         """libzypp reads its proxy from /etc/sysconfig/proxy, not the environment."""
@@ -97,6 +103,9 @@ class AlpineProvisioner(Provisioner):
         # apk fetches through the proxy environment passed with the command.
         pkgs = " ".join(shlex.quote(n) for n in names)
         return f"apk add --no-cache {pkgs}"
+
+    def packages_upgrade(self) -> str:
+        return "apk add --no-cache --upgrade docker"
 
 
 class CoreOSProvisioner(Provisioner):

@@ -61,6 +61,13 @@ class RedHatProvisioner(Provisioner):
             f" else yum -y install {pkgs}; fi"
         )
 
+    def packages_upgrade(self) -> str:
+        pkgs = " ".join(self.engine_packages)
+        return (
+            f"if command -v dnf >/dev/null 2>&1; then dnf -y upgrade {pkgs};"
+            f" else yum -y update {pkgs}; fi"
+        )
+
     def prepare_engine_repo(self, runner: Runner, plan: ProvisionPlan, env: dict[str, str]) -> None:
         if self.repo_os:
             runner.put(DOCKER_CE_REPO_PATH, docker_ce_repo(self.repo_os).encode(), sudo=True)

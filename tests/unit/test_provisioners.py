@@ -633,6 +633,28 @@ def test_failures_are_wrapped_with_the_step_name():
     assert err.value.step == "wait_for_engine"
 
 
+@pytest.mark.parametrize(
+    ("os_release", "pattern"),
+    [
+        (DEBIAN_12, r"apt-get .* update && .* install -y --only-upgrade docker\.io docker-ce "),
+        (ROCKY_9, r"dnf -y upgrade docker-ce docker-ce-cli containerd\.io; else yum -y update"),
+        (FEDORA_39, r"dnf -y upgrade moby-engine;"),
+        (ARCH, r"^pacman -Sy --noconfirm --noprogressbar docker$"),
+        (OPENSUSE_LEAP_155, r"^zypper -n up docker$"),
+        (ALPINE_319, r"^apk add --no-cache --upgrade docker$"),
+        (FLATCAR, None),
+        (BOOT2DOCKER, None),
+    ],
+)
+def test_packages_upgrade(os_release, pattern):
+    info = parse_os_release(os_release)
+    command = select_provisioner(info)(info).packages_upgrade()
+    if pattern is None:
+        assert command is None
+    else:
+        assert re.search(pattern, command), command
+
+
 def test_boot2docker_profile():
     runner = fake_host(BOOT2DOCKER, installed=True)
     prov = Boot2DockerProvisioner(parse_os_release(BOOT2DOCKER))
