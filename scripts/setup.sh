@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what pymachine and its tests need on Debian 12, then a virtualenv in .venv.
+# Idempotent: a second run only checks.  Needs root (or sudo) for apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3 python3-venv python3-pip ca-certificates openssl
+  docker.io                      # dockerd + docker CLI for the real-engine tests and the demo
+  openssh-server openssh-client  # real sshd in tests; ssh/scp for pymachine ssh/scp
+  tinyproxy debootstrap busybox-static iproute2 util-linux gcc libc6-dev  # namespaced test hosts
+  rsync sshfs fuse3              # scp --delta, mount
+  qemu-system-x86 qemu-utils     # the qemu driver
+)
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,qemu]' boto3 'moto[server]'
+echo "setup: ready (.venv/bin/pymachine)" >&2
