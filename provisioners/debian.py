@@ -57,10 +57,15 @@ class DebianProvisioner(Provisioner):
         return f"{_APT} install -y --no-install-recommends {pkgs}"
 
     def packages_upgrade(self) -> str:
-        # --only-upgrade skips whichever of the packages is not installed, so
-        # this covers docker.io and docker-ce (from the install script) alike.
-        pkgs = "docker.io docker-ce docker-ce-cli containerd.io"
-        return f"{_APT} update && {_APT} install -y --only-upgrade {pkgs}"
+        # apt refuses a name it does not know at all (containerd.io without Docker's
+        # repo), so ask dpkg which of the engine packages this host really has:
+        # docker.io from Debian, or docker-ce from the install script.
+        pkgs = "docker.io docker-ce docker-ce-cli containerd.io containerd runc"
+        installed = (
+            f"dpkg-query -W -f='${{Status}} ${{Package}}\\n' {pkgs} 2>/dev/null"
+            " | awk '/ installed /{print $4}'"
+        )
+        return f'{_APT} update && {_APT} install -y --only-upgrade $({installed})'
 
     def configure_package_proxy(self, runner: Runner, plan: ProvisionPlan) -> None:
         """apt runs under sudo, which drops proxy variables: give it a file.

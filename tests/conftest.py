@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.hosts.fixtures"]
+
 BIN_DIR = Path(sys.executable).parent
 PYMACHINE = str(BIN_DIR / "pymachine") if (BIN_DIR / "pymachine").exists() else shutil.which("pymachine")
 CLEARED = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME", "DOCKER_CONTEXT",

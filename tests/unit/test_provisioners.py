@@ -636,7 +636,7 @@ def test_failures_are_wrapped_with_the_step_name():
 @pytest.mark.parametrize(
     ("os_release", "pattern"),
     [
-        (DEBIAN_12, r"apt-get .* update && .* install -y --only-upgrade docker\.io docker-ce "),
+        (DEBIAN_12, r"apt-get .* update && .* install -y --only-upgrade \$\(dpkg-query .* docker\.io docker-ce .*/ installed /"),
         (ROCKY_9, r"dnf -y upgrade docker-ce docker-ce-cli containerd\.io; else yum -y update"),
         (FEDORA_39, r"dnf -y upgrade moby-engine;"),
         (ARCH, r"^pacman -Sy --noconfirm --noprogressbar docker$"),
