@@ -47,6 +47,7 @@ class ListItem:
     Fresh: bool = True
     LocalState: str = ""
     _labels: list[str] = field(default_factory=list, repr=False)
+    _timed_out: bool = field(default=False, repr=False)
 
     def public(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -132,6 +133,8 @@ def query_host(store: Store, host: Host, item: ListItem, deadline: float) -> Non
                         timeout=max(0.1, deadline - time.monotonic()),
                     )
                     item.DockerVersion = f"v{version}"
+                except TimeoutError:
+                    item._timed_out = True  # the deadline ran out inside the query
                 except (OSError, MachineError, ValueError) as exc:
                     item.DockerVersion = "Unknown"
                     item.Error = f"Unable to query docker version: {dockerapi.describe_error(exc)}"
@@ -196,7 +199,7 @@ def gather(
     by_name = {h.name: h for h in hosts}
     for name, item in items.items():
         event = done.get(name)
-        if event is not None and not event.wait(max(0.0, deadline - time.monotonic())):
+        if event is not None and (not event.wait(max(0.0, deadline - time.monotonic())) or item._timed_out):
             host = by_name[name]
             assert isinstance(host, Host)
             item = timed_out_item(store, host, item, deadline_s)
