@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "config": ("env", "cmd_config", "Print the connection config for machine"),
     "create": ("create", "cmd_create", "Create a machine"),
     "env": ("env", "cmd_env", "Display the commands to set up the environment for the Docker client"),
+    "image": ("image_cmd", "cmd_image", "Build and list pymachine base VM images"),
     "inspect": ("info", "cmd_inspect", "Inspect information about a machine"),
     "ip": ("info", "cmd_ip", "Get the IP address of a machine"),
     "kill": ("lifecycle", "cmd_kill", "Kill a machine"),

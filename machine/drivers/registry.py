@@ -16,13 +16,14 @@ from machine.errors import MachineError
 BUILTIN: dict[str, str] = {
     "none": "machine.drivers.none:NoneDriver",
     "generic": "machine.drivers.generic:GenericDriver",
+    "qemu": "machine.drivers.qemu:QemuDriver",
 }
 
 #: Drivers docker-machine shipped that this build does not have yet: loadable from a
 #: store (shown in ``ls``), but not creatable.
 PLANNED = (
     "amazonec2", "azure", "digitalocean", "exoscale", "google", "hyperv", "openstack",
-    "qemu", "rackspace", "softlayer", "virtualbox", "vmwarefusion", "vmwarevcloudair",
+    "rackspace", "softlayer", "virtualbox", "vmwarefusion", "vmwarevcloudair",
     "vmwarevsphere", "vmwareworkstation",
 )
 

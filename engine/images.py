@@ -1,0 +1,465 @@
+"""pymachine's own base VM image: Debian 12 with the engine preinstalled.
+
+The image is what makes local VMs work offline: the guest boots with
+``docker.io``, ``openssh-server`` and ``cloud-init`` already on disk, so
+create only has to inject a key (NoCloud seed) and configure TLS.  It is
+built from Debian's archive with ``debootstrap``, turned into a disk with
+``mke2fs -d`` (nothing is mounted) and compressed to qcow2.  The kernel and
+initrd from inside the image are copied next to it for direct kernel boot.
+
+Images are cached under ``<store>/cache/images/<recipe hash>/``: the hash
+covers everything that decides the content, so changing the recipe rebuilds
+and an unchanged recipe reuses.  Builds happen in a temp dir under a lock
+and are renamed into place, so a half-built image is never visible.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from machine.errors import MachineError
+
+Log = Callable[[str], None]
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = (
+    "systemd-sysv",
+    "udev",
+    "dbus",  # systemd-logind needs it to act on the ACPI power button (stop)
+    "openssh-server",
+    "cloud-init",
+    "iproute2",
+    "ca-certificates",
+    "sudo",
+    "procps",
+    "kmod",
+    "iptables",
+    "docker.io",
+    "linux-image-amd64",
+)
+#: Kernel modules the initrd needs to find an ext4 root on a virtio disk.
+INITRD_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
+DISK_NAME = "disk.qcow2"
+KERNEL_NAME = "vmlinuz"
+INITRD_NAME = "initrd.img"
+MANIFEST_NAME = "manifest.json"
+BUILD_LOCK_TIMEOUT = 1800.0
+DEBOOTSTRAP_TIMEOUT = 1800.0
+
+_FILES: dict[str, tuple[str, int]] = {
+    "etc/systemd/network/80-pymachine-dhcp.network": (
+        "# pymachine: DHCP on every wired link (QEMU user networking answers).\n"
+        + "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n",
+        0o644,
+    ),
+    "etc/fstab": ("/dev/vda / ext4 defaults,errors=remount-ro 0 1\n", 0o644),
+    "etc/hostname": ("pymachine\n", 0o644),
+    "etc/hosts": ("127.0.0.1\tlocalhost\n127.0.1.1\tpymachine\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
+    "etc/resolv.conf": ("nameserver 10.0.2.3\noptions timeout:2 attempts:2\n", 0o644),
+    # Only the NoCloud seed is ever there: probing cloud metadata services
+    # would hang on a VM that cannot reach anything.  Networking is ours.
+    "etc/cloud/cloud.cfg.d/90-pymachine.cfg": (
+        "datasource_list: [ NoCloud, None ]\nnetwork:\n  config: disabled\n", 0o644
+    ),
+    "etc/ssh/sshd_config.d/50-pymachine.conf": (
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nPrintMotd no\n",
+        0o644,
+    ),
+    "etc/initramfs-tools/conf.d/pymachine.conf": ("MODULES=list\nCOMPRESS=gzip\n", 0o644),
+    "etc/initramfs-tools/modules": ("".join(m + "\n" for m in INITRD_MODULES), 0o644),
+}
+#: Units that only cost boot time on a short-lived local VM.
+_MASKED_UNITS = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "systemd-networkd-wait-online.service",
+)
+_ENABLED_UNITS = ("systemd-networkd.service", "ssh.service", "docker.service")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A built image: its directory, files and manifest."""
+
+    directory: Path
+    manifest: dict[str, Any]
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / DISK_NAME
+
+    @property
+    def kernel(self) -> Path:
+        return self.directory / KERNEL_NAME
+
+    @property
+    def initrd(self) -> Path:
+        return self.directory / INITRD_NAME
+
+    @property
+    def recipe(self) -> str:
+        return str(self.manifest.get("recipe", self.directory.name))
+
+    @property
+    def virtual_size(self) -> int:
+        return int(self.manifest.get("virtual_size", 0))
+
+
+def default_cache_dir(store_path: str | os.PathLike[str]) -> Path:
+    return Path(store_path) / "cache" / "images"
+
+
+def recipe_hash() -> str:
+    """Hash of everything that decides the image's content."""
+    digest = hashlib.sha256()
+    for part in (
+        "pymachine-image-v1",
+        SUITE,
+        MIRROR,
+        ",".join(PACKAGES),
+        ",".join(INITRD_MODULES),
+        json.dumps(_FILES, sort_keys=True),
+        ",".join(_MASKED_UNITS),
+        ",".join(_ENABLED_UNITS),
+        inspect.getsource(_debootstrap_command),
+        inspect.getsource(_apt_install),
+        inspect.getsource(_customise),
+        inspect.getsource(_make_disk),
+    ):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _read_manifest(directory: Path) -> ImageInfo | None:
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    info = ImageInfo(directory, manifest)
+    if not (info.disk.is_file() and info.kernel.is_file() and info.initrd.is_file()):
+        return None
+    return info
+
+
+def find_image(cache_dir: Path) -> ImageInfo | None:
+    """The cached image for the current recipe, or None."""
+    return _read_manifest(Path(cache_dir) / recipe_hash())
+
+
+def list_images(cache_dir: Path) -> list[ImageInfo]:
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    found = [_read_manifest(d) for d in sorted(cache_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    return [i for i in found if i is not None]
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _apt_proxy_env() -> dict[str, str]:
+    """The host's apt proxy (if any) as http_proxy for debootstrap."""
+    if os.environ.get("http_proxy") or os.environ.get("HTTP_PROXY"):
+        return {}
+    try:
+        out = subprocess.run(
+            ["apt-config", "shell", "P", "Acquire::http::Proxy"],
+            capture_output=True, text=True, timeout=10, check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    value = out.strip().partition("=")[2].strip("'\"")
+    return {"http_proxy": value} if value.startswith("http") else {}
+
+
+#: Where a failed build step's full output is kept (set while building).
+_failure_log: Path | None = None
+
+
+def _run(argv: list[str], *, timeout: float, env: dict[str, str] | None = None, what: str) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                              env={**os.environ, **(env or {})})
+    except FileNotFoundError:
+        raise MachineError(f"{what}: {argv[0]} not found (install Debian's debootstrap, e2fsprogs, qemu-utils)") from None
+    except subprocess.TimeoutExpired:
+        raise MachineError(f"{what}: timed out after {timeout:g}s") from None
+    if proc.returncode != 0:
+        where = ""
+        if _failure_log is not None:
+            _failure_log.write_text(f"$ {' '.join(argv)}\n{proc.stdout}\n{proc.stderr}")
+            where = f" (full output in {_failure_log})"
+        tail = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.startswith("E:")]
+        tail = tail or (proc.stderr or proc.stdout).strip().splitlines()
+        raise MachineError(f"{what} failed (exit {proc.returncode}): {tail[0] if tail else ''}{where}")
+    return proc.stdout
+
+
+def _debootstrap_command(root: Path) -> list[str]:
+    """A bare minbase: the real package set goes in with apt (below), which
+    orders configuration correctly where debootstrap's --include does not
+    (cloud-init's python3 stack fails to configure that way)."""
+    return ["debootstrap", "--variant=minbase", SUITE, str(root), MIRROR]
+
+
+def _apt_install(root: Path, env: dict[str, str]) -> None:
+    """apt-get install the package set in the root, /proc mounted only meanwhile."""
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\n# pymachine image build: start no services in the chroot\nexit 101\n")
+    os.chmod(policy, 0o755)
+    proc_dir = root / "proc"
+    _run(["mount", "-t", "proc", "proc", str(proc_dir)], timeout=30, what="mount /proc")
+    try:
+        _chroot(root, "apt-get", "install", "-y", "--no-install-recommends", *PACKAGES,
+                timeout=DEBOOTSTRAP_TIMEOUT, extra_env=env)
+        _chroot(root, "apt-get", "clean")
+    finally:
+        subprocess.run(["umount", "-l", str(proc_dir)], capture_output=True, timeout=60, check=False)
+        policy.unlink()
+
+
+def _chroot(root: Path, *argv: str, timeout: float = 300.0, extra_env: dict[str, str] | None = None) -> str:
+    env = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+           **(extra_env or {})}
+    return _run(["chroot", str(root), *argv], timeout=timeout, env=env, what=f"chroot {argv[0]}")
+
+
+def _customise(root: Path) -> None:
+    """Networking, sshd, cloud-init, a small initrd; no per-machine secrets left behind."""
+    for rel, (content, mode) in _FILES.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            path.unlink()
+        path.write_text(content)
+        os.chmod(path, mode)
+    for unit in _ENABLED_UNITS:
+        _chroot(root, "systemctl", "enable", unit)
+    for unit in _MASKED_UNITS:
+        _chroot(root, "systemctl", "mask", unit)
+    # Host keys and the machine id must be unique per machine: regenerated at
+    # first boot (cloud-init's ssh module, systemd's machine-id setup).
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (root / "etc/machine-id").write_text("")
+    dbus_id = root / "var/lib/dbus/machine-id"
+    if dbus_id.exists() or dbus_id.is_symlink():
+        dbus_id.unlink()
+    # A small initrd (virtio + ext4 only) boots much faster under emulation.
+    _chroot(root, "update-initramfs", "-u", "-k", "all", timeout=600.0)
+    for rel in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for entry in (root / rel).glob("*"):
+            if entry.is_file():
+                entry.unlink()
+
+
+def _kernel_files(root: Path) -> tuple[Path, Path, str]:
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise MachineError("the image has no kernel in /boot (linux-image-amd64 missing)")
+    kernel = kernels[-1]
+    version = kernel.name[len("vmlinuz-"):]
+    initrd = root / "boot" / f"initrd.img-{version}"
+    if not initrd.is_file():
+        raise MachineError(f"the image has no initrd for kernel {version}")
+    if not (root / "lib/modules" / version).is_dir():
+        raise MachineError(f"the image has no /lib/modules/{version}")
+    return kernel, initrd, version
+
+
+def _make_disk(root: Path, raw: Path, qcow2: Path) -> int:
+    """ext4 filesystem from the root directory (no mount), then compressed qcow2.
+
+    Sized at what the root uses plus room to boot; the filesystem grows to
+    the machine's disk size at first boot (cloud-init's resizefs).
+    """
+    used = int(_run(["du", "-sxb", str(root)], timeout=300, what="du").split()[0])
+    size = ((int(used * 1.3) + (768 << 20)) // (256 << 20) + 1) * (256 << 20)
+    with open(raw, "wb") as fh:
+        fh.truncate(size)
+    _run(["mke2fs", "-q", "-t", "ext4", "-L", "pymachine-root", "-d", str(root), str(raw)],
+         timeout=600, what="mke2fs")
+    _run(["qemu-img", "convert", "-O", "qcow2", "-c", str(raw), str(qcow2)], timeout=1200,
+         what="qemu-img convert")
+    raw.unlink()
+    return size
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _packages(root: Path) -> dict[str, str]:
+    out = _run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Package}\t${Version}\n"],
+               timeout=60, what="dpkg-query")
+    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+@contextmanager
+def _build_lock(cache_dir: Path, key: str, log: Log) -> Iterator[None]:
+    lock_path = cache_dir / f".{key}.lock"
+    with open(lock_path, "a+") as fh:
+        deadline = time.monotonic() + BUILD_LOCK_TIMEOUT
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    log("Another process is building this image; waiting for it...")
+                    waited = True
+                if time.monotonic() > deadline:
+                    raise MachineError(f"timed out waiting for the image build lock {lock_path}") from None
+                time.sleep(1.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_image(cache_dir: Path, log: Log) -> ImageInfo:
+    """Return the image for the current recipe, building it first if it is not cached."""
+    cache_dir = Path(cache_dir)
+    key = recipe_hash()
+    final = cache_dir / key
+    cached = _read_manifest(final)
+    if cached:
+        return cached
+    if os.geteuid() != 0:
+        raise MachineError("building the base image needs root (debootstrap, chroot); run `pymachine image build` as root")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(cache_dir, 0o755)
+    with _build_lock(cache_dir, key, log):
+        cached = _read_manifest(final)
+        if cached:
+            return cached
+        if final.exists():  # an incomplete leftover: never half-trusted
+            shutil.rmtree(final)
+        for stale in cache_dir.glob(f".build-{key}-*"):  # a crashed earlier build
+            _remove_tree(stale)
+        work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=cache_dir))
+        global _failure_log
+        _failure_log = cache_dir / "last-failed-build.log"
+        try:
+            return _build_into(work, final, key, log)
+        finally:
+            _failure_log = None
+            _remove_tree(work)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()).rstrip("/") + "/"
+    found = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            point = line.split()[4].replace("\\040", " ")
+            if (point + "/").startswith(prefix):
+                found.append(point)
+    return found
+
+
+def _remove_tree(path: Path) -> None:
+    """rm -rf that first detaches mounts below ``path`` and never crosses a filesystem.
+
+    A killed debootstrap can leave /proc, /sys or a bind-mounted /dev inside
+    the root; a plain rmtree would then descend into the host's own.
+    """
+    if not os.path.lexists(path):
+        return
+    for point in sorted(_mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=60, check=False)
+    if _mounts_under(path):
+        raise MachineError(f"{path} still has mounts below it; not removing it")
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], capture_output=True, timeout=600, check=False)
+
+
+def _keep_log(log_file: Path, cache_dir: Path) -> None:
+    """Keep a failed build's log where the user can read it (the build dir is removed)."""
+    try:
+        shutil.copyfile(log_file, cache_dir / "last-failed-build.log")
+    except OSError:
+        pass
+
+
+def _build_into(work: Path, final: Path, key: str, log: Log) -> ImageInfo:
+    started = time.monotonic()
+    root = work / "root"
+    out = work / "image"
+    out.mkdir()
+    phase = time.monotonic()
+
+    def done(name: str) -> None:
+        nonlocal phase
+        now = time.monotonic()
+        log(f"  {name} done in {now - phase:.1f}s")
+        phase = now
+
+    proxy_env = _apt_proxy_env()
+    log(f"(image) debootstrap {SUITE} (minbase)...")
+    try:
+        _run(_debootstrap_command(root), timeout=DEBOOTSTRAP_TIMEOUT, env=proxy_env, what="debootstrap")
+    except MachineError:
+        _keep_log(root / "debootstrap" / "debootstrap.log", final.parent)
+        raise
+    done("debootstrap")
+    log(f"(image) installing {len(PACKAGES)} packages with apt (engine, kernel, cloud-init, sshd)...")
+    _apt_install(root, proxy_env)
+    done("apt-get install")
+    log("(image) customising the root (networking, sshd, cloud-init, initrd)...")
+    _customise(root)
+    kernel, initrd, kernel_version = _kernel_files(root)
+    shutil.copyfile(kernel, out / KERNEL_NAME)
+    shutil.copyfile(initrd, out / INITRD_NAME)
+    packages = _packages(root)
+    done("customise")
+    log("(image) making the ext4 disk and compressing it to qcow2...")
+    size = _make_disk(root, work / "disk.raw", out / DISK_NAME)
+    done("disk")
+    from machine import __version__
+
+    manifest = {
+        "recipe": key,
+        "suite": SUITE,
+        "mirror": MIRROR,
+        "engine_version": packages.get("docker.io", ""),
+        "kernel_version": kernel_version,
+        "virtual_size": size,
+        "disk_sha256": _sha256(out / DISK_NAME),
+        "disk_bytes": (out / DISK_NAME).stat().st_size,
+        "pymachine_version": __version__,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(time.monotonic() - started, 1),
+        "packages": packages,
+    }
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    for child in out.iterdir():
+        os.chmod(child, 0o644)
+    os.chmod(out, 0o755)
+    os.rename(out, final)
+    log(f"(image) built {final} in {manifest['build_seconds']}s")
+    info = _read_manifest(final)
+    assert info is not None
+    return info

@@ -1,0 +1,53 @@
+"""``pymachine image build|ls``: pymachine's own base VM image for the qemu driver.
+
+``build`` makes (or finds) the cached image for the current recipe and prints
+where it is; ``ls`` lists cached images.  Both use the store's cache
+directory, so ``-s``/``MACHINE_STORAGE_PATH`` select which cache.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from machine.cli.common import Context, UsageError, parse, parser
+
+USAGE = "build | ls"
+
+
+def _summary(info) -> str:  # type: ignore[no-untyped-def]
+    m = info.manifest
+    size_mb = int(m.get("disk_bytes", 0)) / 1e6
+    return (f"{info.recipe}  {m.get('suite', '')}  kernel {m.get('kernel_version', '')}  "
+            f"engine {m.get('engine_version', '')}  {size_mb:.0f} MB  built {m.get('built_at', '')}")
+
+
+def cmd_image(ctx: Context, args: list[str]) -> int:
+    from engine import images
+
+    p = parser("image", "Build and list pymachine base VM images.", USAGE)
+    p.add_argument("action", nargs="?", choices=["build", "ls"])
+    ns = parse(p, args)
+    if ns.rest:
+        raise UsageError(f"Invalid command line. Found extra arguments {ns.rest}")
+    if not ns.action:
+        raise UsageError(f"pymachine image needs a subcommand: {USAGE}")
+    cache = images.default_cache_dir(ctx.store.path)
+    if ns.action == "ls":
+        found = images.list_images(cache)
+        current = images.recipe_hash()
+        ctx.out("RECIPE            SUITE     KERNEL / ENGINE / SIZE / BUILT")
+        for info in found:
+            mark = " (current)" if info.recipe == current else ""
+            ctx.out(_summary(info) + mark)
+        return 0
+    started = time.monotonic()
+    cached = images.find_image(cache)
+    info = cached or images.build_image(cache, lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush()))
+    ctx.out(str(info.directory))
+    ctx.out(_summary(info))
+    ctx.out(f"disk sha256 {info.manifest.get('disk_sha256', '')}, virtual size "
+            f"{int(info.manifest.get('virtual_size', 0)) // (1 << 20)} MB, "
+            f"{len(info.manifest.get('packages', {}))} packages"
+            + (" (cached)" if cached else f" (built in {time.monotonic() - started:.0f}s)"))
+    return 0

@@ -1,0 +1,682 @@
+"""The ``qemu`` driver: local VMs with no hypervisor service, no root daemon, no network.
+
+Each machine is one ``qemu-system-x86_64 -daemonize`` process: a qcow2
+overlay on top of the cached base image (no copy), direct kernel boot with
+the image's own kernel and initrd, a cloud-init NoCloud seed for the user and
+key, and QEMU user networking with two loopback port forwards (SSH and the
+engine).  So the machine's address is always 127.0.0.1: certificates stay
+valid when the forwarded ports change on a restart.
+
+State comes from the pidfile and /proc only, never from SSH: a pid counts
+as the machine's QEMU only if its command line names this machine's pidfile.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from machine.drivers.base import Driver, Flag, Log, State
+from machine.errors import HostNotRunning, MachineError, PreCreateError
+
+QEMU = "qemu-system-x86_64"
+QEMU_IMG = "qemu-img"
+DEBIAN_PACKAGES = "qemu-system-x86 qemu-utils"
+LOOPBACK = "127.0.0.1"
+GUEST_ENGINE_PORT = 2376
+KERNEL_APPEND = "console=ttyS0 root=/dev/vda rw"
+STOP_TIMEOUT = 60.0
+LAUNCH_TIMEOUT = 60.0
+KVM_PROBE_TIMEOUT = 8.0
+KVM_GET_API_VERSION = 0xAE00
+KVM_API_VERSION = 12
+MIN_MEMORY_MB = 256
+ACCELS = ("auto", "kvm", "hvf", "tcg")
+SOCKET_PATH_MAX = 104  # sun_path is 108 bytes on Linux, 104 on macOS
+TRUST_KVM_ENV = "PYMACHINE_QEMU_TRUST_KVM"
+
+OVERLAY = "disk.qcow2"
+SEED = "seed.iso"
+PIDFILE = "qemu.pid"
+QMP_SOCKET = "qmp.sock"
+CONSOLE_LOG = "console.log"
+QEMU_LOG = "qemu.log"
+SSH_KEY = "id_rsa"
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """Everything the QEMU command line depends on."""
+
+    machine_dir: str
+    cpus: int
+    memory_mb: int
+    accel: str
+    overlay: str
+    seed: str
+    ssh_port: int
+    engine_port: int
+    kernel: str = ""
+    initrd: str = ""
+    append: str = KERNEL_APPEND
+    restrict_network: bool = False
+    qemu: str = QEMU
+
+
+def qemu_argv(spec: VMSpec) -> list[str]:
+    d = spec.machine_dir
+    netdev = "user,id=n0"
+    if spec.restrict_network:
+        netdev += ",restrict=on"
+    netdev += (
+        f",hostfwd=tcp:{LOOPBACK}:{spec.ssh_port}-:22"
+        f",hostfwd=tcp:{LOOPBACK}:{spec.engine_port}-:{GUEST_ENGINE_PORT}"
+    )
+    argv = [
+        spec.qemu,
+        "-name", f"pymachine-{os.path.basename(d)}",
+        "-accel", spec.accel,
+        "-smp", str(spec.cpus),
+        "-m", f"{spec.memory_mb}M",
+        "-nodefaults",
+        "-display", "none",
+        "-drive", f"file={spec.overlay},if=virtio,format=qcow2,discard=unmap",
+        # The seed rides on virtio too: its driver is in the initrd, so the
+        # volume is there before cloud-init looks (a cdrom needs more modules).
+        "-drive", f"file={spec.seed},if=virtio,format=raw,readonly=on",
+        "-netdev", netdev,
+        "-device", "virtio-net-pci,netdev=n0",
+        "-device", "virtio-rng-pci",
+        "-serial", f"file:{os.path.join(d, CONSOLE_LOG)}",
+        "-qmp", f"unix:{os.path.join(d, QMP_SOCKET)},server=on,wait=off",
+        "-pidfile", os.path.join(d, PIDFILE),
+        "-daemonize",
+    ]
+    if spec.kernel:
+        argv += ["-kernel", spec.kernel, "-append", spec.append]
+        if spec.initrd:
+            argv += ["-initrd", spec.initrd]
+    return argv
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether QEMU could bind ``host:port`` (slirp binds with SO_REUSEADDR too)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(exclude: tuple[int, ...] = ()) -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+        if port not in exclude:
+            return port
+    raise MachineError("could not find a free loopback port")
+
+
+def pick_ports(fixed_ssh: int, fixed_engine: int, previous: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """Ports for (ssh, engine): fixed ones must be free; otherwise keep the
+    previous ones if still free, else pick new free ones."""
+    chosen: list[int] = []
+    for fixed, prev, what in ((fixed_ssh, previous[0], "SSH"), (fixed_engine, previous[1], "engine")):
+        if fixed:
+            if fixed in chosen or not port_is_free(fixed):
+                raise MachineError(f"the {what} port {LOOPBACK}:{fixed} is already in use")
+            chosen.append(fixed)
+        elif prev and prev not in chosen and port_is_free(prev):
+            chosen.append(prev)
+        else:
+            chosen.append(free_port(exclude=tuple(chosen)))
+    return chosen[0], chosen[1]
+
+
+def kvm_usable(device: str = "/dev/kvm") -> tuple[bool, str]:
+    """(usable, reason): /dev/kvm opens read-write and speaks API version 12."""
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return False, f"{device}: {exc.strerror}"
+    try:
+        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
+    except OSError as exc:
+        return False, f"{device}: KVM_GET_API_VERSION failed: {exc.strerror}"
+    finally:
+        os.close(fd)
+    if version != KVM_API_VERSION:
+        return False, f"{device}: unexpected KVM API version {version}"
+    return True, ""
+
+
+def probe_kvm(kernel: str, qemu: str = QEMU, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, str]:
+    """Boot the kernel under KVM with no root disk: it must reach its panic and
+    exit quickly.  Nested KVM that hangs at run time fails this (bounded)."""
+    if not kernel:
+        return False, "no kernel to probe KVM with"
+    argv = [qemu, "-accel", "kvm", "-m", "128M", "-nodefaults", "-display", "none", "-no-reboot",
+            "-serial", "stdio", "-kernel", kernel,
+            "-append", "console=ttyS0 panic=-1 root=/dev/pymachine-kvm-probe"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return False, f"a KVM test boot did not finish within {timeout:g}s"
+    except OSError as exc:
+        return False, f"cannot run {qemu}: {exc.strerror}"
+    if b"Kernel panic" in proc.stdout or b"VFS:" in proc.stdout:
+        return True, ""
+    tail = proc.stderr.decode(errors="replace").strip().splitlines()
+    return False, f"a KVM test boot failed: {tail[-1] if tail else f'exit {proc.returncode}'}"
+
+
+def choose_accel(
+    requested: str,
+    *,
+    platform: str = sys.platform,
+    kvm_check: Callable[[], tuple[bool, str]] = kvm_usable,
+    probe: Callable[[], tuple[bool, str]] = lambda: (False, "no probe"),
+    environ: Mapping[str, str] = os.environ,
+) -> tuple[str, str | None]:
+    """(accelerator, warning or None).
+
+    auto means KVM only when /dev/kvm works *and* a short test boot under it
+    finishes (nested KVM can pass the ioctl and then hang), unless
+    PYMACHINE_QEMU_TRUST_KVM=1 skips the test boot; otherwise TCG, with a warning.
+    """
+    if requested not in ACCELS:
+        raise PreCreateError(f"--qemu-accel must be one of {', '.join(ACCELS)}, got {requested!r}")
+    if requested == "tcg":
+        return "tcg", None
+    if requested == "hvf":
+        if platform != "darwin":
+            raise PreCreateError("--qemu-accel hvf is only available on macOS")
+        return "hvf", None
+    if platform == "darwin":
+        return ("hvf", None) if requested == "auto" else ("kvm", None)
+    ok, reason = kvm_check()
+    if requested == "kvm":
+        if not ok:
+            raise PreCreateError(f"KVM is not usable: {reason}")
+        return "kvm", None
+    if ok and environ.get(TRUST_KVM_ENV, "").strip().lower() not in ("1", "true", "yes", "on"):
+        ok, reason = probe()
+    if ok:
+        return "kvm", None
+    return "tcg", f"KVM is not usable ({reason}); using TCG software emulation, which is much slower"
+
+
+def parse_checksum(value: str) -> str:
+    algo, sep, digest = value.strip().partition(":")
+    if not sep:
+        algo, digest = "sha256", algo
+    digest = digest.lower()
+    if algo.lower() != "sha256" or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise PreCreateError(f"--qemu-image-checksum must be a sha256 digest (64 hex digits, optionally 'sha256:'), got {value!r}")
+    return digest
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    disk: str
+    format: str
+    virtual_size: int
+    kernel: str = ""
+    initrd: str = ""
+
+
+def image_info(path: str) -> tuple[str, int]:
+    """(format, virtual size in bytes) from ``qemu-img info``."""
+    try:
+        proc = subprocess.run([QEMU_IMG, "info", "--output=json", path], capture_output=True, text=True,
+                              timeout=60, check=False)
+    except OSError:
+        raise PreCreateError(f"{QEMU_IMG} not found: install the Debian packages {DEBIAN_PACKAGES}") from None
+    if proc.returncode != 0:
+        raise PreCreateError(f"not a disk image QEMU can read: {path}")
+    info = json.loads(proc.stdout)
+    return str(info.get("format", "raw")), int(info.get("virtual-size", 0))
+
+
+def image_from_path(path: str) -> BaseImage:
+    """A pymachine image directory (disk.qcow2 + vmlinuz + initrd.img) or a disk file.
+
+    A disk file with ``vmlinuz``/``initrd.img`` beside it boots them directly;
+    one without boots through the firmware (its own boot loader).
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise PreCreateError(f"QEMU image not found: {path}")
+    if p.is_dir():
+        directory, disk = p, p / "disk.qcow2"
+        if not disk.is_file():
+            raise PreCreateError(f"QEMU image directory has no disk.qcow2: {path}")
+    else:
+        directory, disk = p.parent, p
+    kernel, initrd = directory / "vmlinuz", directory / "initrd.img"
+    fmt, size = image_info(str(disk))
+    return BaseImage(
+        disk=str(disk.resolve()), format=fmt, virtual_size=size,
+        kernel=str(kernel.resolve()) if kernel.is_file() else "",
+        initrd=str(initrd.resolve()) if kernel.is_file() and initrd.is_file() else "",
+    )
+
+
+def _is_url(value: str) -> bool:
+    return urlsplit(value).scheme.lower() in ("http", "https", "ftp")
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- process helpers
+
+
+def _read_pid(pidfile: str) -> int | None:
+    try:
+        text = Path(pidfile).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _is_our_qemu(pid: int, pidfile: str) -> bool:
+    """The pid is alive (not a zombie) and its command line names our pidfile."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rpartition(")")[2].split()[:1] == ["Z"]:
+        return False
+    return bool(cmdline) and b"qemu-system" in os.path.basename(cmdline[0]) and pidfile.encode() in cmdline
+
+
+def _alive(pid: int) -> bool:
+    """The process still exists with a live thread.
+
+    After SIGKILL a multi-threaded QEMU's main thread turns zombie while its
+    other threads still hold the sockets (port forwards); only when they are
+    gone are the ports free again.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"]):
+            return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait for a process already known to be ours to end (not just to lose its cmdline)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+class QemuDriver(Driver):
+    name = "qemu"
+    default_ssh_user = "docker"
+    #: The base image has the engine: provisioning only configures it.
+    default_install_source = "preinstalled"
+    flags = (
+        Flag("qemu-cpu-count", "int", 1, "QEMU_CPU_COUNT", "Number of virtual CPUs"),
+        Flag("qemu-memory", "int", 1024, "QEMU_MEMORY", "Memory in MB"),
+        Flag("qemu-disk-size", "int", 20000, "QEMU_DISK_SIZE", "Disk size in MB"),
+        Flag("qemu-image", "string", "", "QEMU_IMAGE",
+             "Image directory or disk file (default: pymachine's own Debian image, built and cached on first use)"),
+        Flag("qemu-image-checksum", "string", "", "QEMU_IMAGE_CHECKSUM", "sha256 of the image's disk file"),
+        Flag("qemu-accel", "string", "auto", "QEMU_ACCEL", "Accelerator: auto, kvm, hvf or tcg"),
+        Flag("qemu-ssh-port", "int", 0, "QEMU_SSH_PORT", "Loopback port forwarded to the guest's SSH (0: pick a free one)"),
+        Flag("qemu-engine-port", "int", 0, "QEMU_ENGINE_PORT", "Loopback port forwarded to the guest's engine (0: pick a free one)"),
+        Flag("qemu-restrict-network", "bool", False, "QEMU_RESTRICT_NETWORK",
+             "Isolate the guest: no traffic leaves it except the two port forwards"),
+    )
+
+    @classmethod
+    def extra_fields(cls) -> dict[str, Any]:
+        return {
+            "CPU": 1, "Memory": 1024, "DiskSize": 20000, "ImageSource": "", "ImageChecksum": "",
+            "Accel": "auto", "AccelUsed": "", "EnginePort": 0, "FixedSSHPort": 0, "FixedEnginePort": 0,
+            "RestrictNetwork": False, "BaseDisk": "", "BaseFormat": "", "Kernel": "", "Initrd": "",
+            "KernelAppend": "", "QemuBinary": QEMU,
+        }
+
+    def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
+        for flag in ("qemu-ssh-port", "qemu-engine-port"):
+            port = values.get(flag, 0)
+            if not isinstance(port, int) or not 0 <= port < 65536:
+                raise MachineError(f"--{flag} must be a port number between 0 and 65535, got {port!r}")
+        for flag in ("qemu-cpu-count", "qemu-memory", "qemu-disk-size"):
+            if not isinstance(values.get(flag, 1), int) or values.get(flag, 1) < 1:
+                raise MachineError(f"--{flag} must be a positive number, got {values.get(flag)!r}")
+        accel = str(values.get("qemu-accel") or "auto")
+        if accel not in ACCELS:
+            raise MachineError(f"--qemu-accel must be one of {', '.join(ACCELS)}, got {accel!r}")
+        self.config.update(
+            IPAddress=LOOPBACK,
+            SSHUser=self.default_ssh_user,
+            CPU=int(values.get("qemu-cpu-count", 1)),
+            Memory=int(values.get("qemu-memory", 1024)),
+            DiskSize=int(values.get("qemu-disk-size", 20000)),
+            ImageSource=str(values.get("qemu-image") or ""),
+            ImageChecksum=str(values.get("qemu-image-checksum") or ""),
+            Accel=accel,
+            FixedSSHPort=int(values.get("qemu-ssh-port", 0)),
+            FixedEnginePort=int(values.get("qemu-engine-port", 0)),
+            SSHPort=int(values.get("qemu-ssh-port", 0)),
+            EnginePort=int(values.get("qemu-engine-port", 0)),
+            RestrictNetwork=bool(values.get("qemu-restrict-network", False)),
+        )
+
+    # -- paths ---------------------------------------------------------------------------
+    def _path(self, name: str) -> str:
+        return os.path.join(self.machine_dir, name)
+
+    @property
+    def pidfile(self) -> str:
+        return self._path(PIDFILE)
+
+    def ip(self) -> str:
+        return LOOPBACK
+
+    def ssh_address(self) -> tuple[str, int, str, str]:
+        return (LOOPBACK, int(self.config.get("SSHPort") or 0), str(self.config.get("SSHUser") or "docker"),
+                str(self.config.get("SSHKeyPath") or self._path(SSH_KEY)))
+
+    @property
+    def engine_port(self) -> int:
+        return int(self.config.get("EnginePort") or 0)
+
+    def engine_url(self) -> str:
+        return f"tcp://{LOOPBACK}:{self.engine_port}"
+
+    # -- checks --------------------------------------------------------------------------
+    def _default_cache(self) -> Path:
+        from engine.images import default_cache_dir
+
+        return default_cache_dir(self.store_path)
+
+    def pre_create_check(self) -> None:
+        for tool in (QEMU, QEMU_IMG):
+            if shutil.which(tool) is None:
+                raise PreCreateError(f"{tool} not found: install the Debian packages {DEBIAN_PACKAGES}")
+        memory = int(self.config.get("Memory") or 0)
+        if memory < MIN_MEMORY_MB:
+            raise PreCreateError(f"--qemu-memory must be at least {MIN_MEMORY_MB} MB, got {memory}")
+        if len(self._path(QMP_SOCKET)) > SOCKET_PATH_MAX:
+            raise PreCreateError(f"the machine directory path is too long for QEMU's monitor socket: {self.machine_dir}")
+        source = str(self.config.get("ImageSource") or "")
+        image = None
+        if source and _is_url(source):
+            raise PreCreateError(f"downloading QEMU images is not supported yet; pass a local path: {source}")
+        if source:
+            image = image_from_path(source.removeprefix("file://"))
+        else:
+            from engine.images import find_image
+
+            built = find_image(self._default_cache())
+            if built is not None:
+                image = BaseImage(str(built.disk), "qcow2", built.virtual_size, str(built.kernel), str(built.initrd))
+            elif shutil.which("debootstrap") is None or os.geteuid() != 0:
+                raise PreCreateError("pymachine's base image is not built yet and cannot be built here "
+                                     "(needs root and debootstrap): run `pymachine image build` as root, or pass --qemu-image")
+        if image is not None:
+            self._check_disk_size(image)
+            checksum = str(self.config.get("ImageChecksum") or "")
+            if checksum and _sha256(image.disk) != parse_checksum(checksum):
+                raise PreCreateError(f"checksum mismatch for QEMU image {image.disk}")
+        elif self.config.get("ImageChecksum"):
+            parse_checksum(str(self.config["ImageChecksum"]))
+        accel = str(self.config.get("Accel") or "auto")
+        if accel in ("kvm", "hvf"):
+            choose_accel(accel)
+        for key, what in (("FixedSSHPort", "SSH"), ("FixedEnginePort", "engine")):
+            port = int(self.config.get(key) or 0)
+            if port and not port_is_free(port):
+                raise PreCreateError(f"the {what} port {LOOPBACK}:{port} is already in use")
+        if self.config.get("FixedSSHPort") and self.config.get("FixedSSHPort") == self.config.get("FixedEnginePort"):
+            raise PreCreateError("--qemu-ssh-port and --qemu-engine-port must differ")
+
+    def _check_disk_size(self, image: BaseImage) -> None:
+        want = int(self.config.get("DiskSize") or 0) * 1024 * 1024
+        if want < image.virtual_size:
+            need = -(-image.virtual_size // (1024 * 1024))
+            raise PreCreateError(f"--qemu-disk-size must be at least the image's size, {need} MB")
+
+    # -- create ---------------------------------------------------------------------------
+    def _resolve_image(self, log: Log) -> BaseImage:
+        source = str(self.config.get("ImageSource") or "")
+        if source:
+            return image_from_path(source.removeprefix("file://"))
+        from engine.images import build_image
+
+        def image_log(message: str) -> None:
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+
+        log(f"({self.machine_name}) Using pymachine's base image (built on first use; this can take minutes)...")
+        built = build_image(self._default_cache(), image_log)
+        return BaseImage(str(built.disk), "qcow2", built.virtual_size, str(built.kernel), str(built.initrd))
+
+    def _proxy(self) -> dict[str, str] | None:
+        """Proxy settings from the machine's saved engine options (the Host saved them first)."""
+        try:
+            data = json.loads(Path(self._path("config.json")).read_text())
+            from engine.options import EngineOptions
+
+            engine = EngineOptions.from_json(data["HostOptions"]["EngineOptions"])
+            proxy = engine.effective_proxy(LOOPBACK, "localhost")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not proxy.is_set:
+            return None
+        return {"http_proxy": proxy.http_proxy, "https_proxy": proxy.https_proxy, "no_proxy": proxy.no_proxy}
+
+    def create(self, log: Log) -> None:
+        from machine import certs
+        from machine.seed import write_seed_iso
+
+        t0 = time.monotonic()
+        image = self._resolve_image(log)
+        self._check_disk_size(image)
+        self.config.update(BaseDisk=image.disk, BaseFormat=image.format, Kernel=image.kernel,
+                           Initrd=image.initrd, KernelAppend=KERNEL_APPEND if image.kernel else "")
+        accel, warning = choose_accel(
+            str(self.config.get("Accel") or "auto"),
+            probe=lambda: probe_kvm(image.kernel, str(self.config.get("QemuBinary") or QEMU)),
+        )
+        if warning:
+            log(f"({self.machine_name}) Warning: {warning}")
+        self.config["AccelUsed"] = accel
+        os.makedirs(self.machine_dir, mode=0o700, exist_ok=True)
+        log(f"({self.machine_name}) Creating SSH key...")
+        key = Path(self._path(SSH_KEY))
+        certs.generate_ssh_keypair(key)
+        self.config["SSHKeyPath"] = str(key)
+        write_seed_iso(
+            self._path(SEED), hostname=self.machine_name, user=str(self.config.get("SSHUser") or "docker"),
+            ssh_pubkey=Path(str(key) + ".pub").read_text(), proxy=self._proxy(),
+            instance_id=f"pymachine-{self.machine_name}-{uuid.uuid4().hex[:12]}",
+        )
+        log(f"({self.machine_name}) Creating a {self.config['DiskSize']} MB disk backed by {image.disk}...")
+        self._run_img(["create", "-q", "-f", "qcow2", "-F", image.format, "-b", image.disk,
+                       self._path(OVERLAY), f"{int(self.config['DiskSize'])}M"])
+        prep = time.monotonic() - t0
+        log(f"({self.machine_name}) Starting the VM ({accel}, {self.config['CPU']} CPU, {self.config['Memory']} MB)...")
+        self._launch(log)
+        log(f"({self.machine_name}) VM started (prepare {prep:.1f}s, launch {time.monotonic() - t0 - prep:.1f}s); "
+            f"SSH on {LOOPBACK}:{self.config['SSHPort']}, engine on {LOOPBACK}:{self.engine_port}")
+
+    def _run_img(self, args: list[str]) -> None:
+        try:
+            proc = subprocess.run([QEMU_IMG, *args], capture_output=True, text=True, timeout=120, check=False)
+        except OSError:
+            raise MachineError(f"{QEMU_IMG} not found: install the Debian packages {DEBIAN_PACKAGES}") from None
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()
+            raise MachineError(f"qemu-img {args[0]} failed: {tail[-1] if tail else proc.returncode}")
+
+    # -- process -----------------------------------------------------------------------
+    def spec(self) -> VMSpec:
+        c = self.config
+        return VMSpec(
+            machine_dir=self.machine_dir, cpus=int(c.get("CPU") or 1), memory_mb=int(c.get("Memory") or 1024),
+            accel=str(c.get("AccelUsed") or "tcg"), overlay=self._path(OVERLAY), seed=self._path(SEED),
+            ssh_port=int(c.get("SSHPort") or 0), engine_port=int(c.get("EnginePort") or 0),
+            kernel=str(c.get("Kernel") or ""), initrd=str(c.get("Initrd") or ""),
+            append=str(c.get("KernelAppend") or KERNEL_APPEND), restrict_network=bool(c.get("RestrictNetwork")),
+            qemu=str(c.get("QemuBinary") or QEMU),
+        )
+
+    def _launch(self, log: Log) -> None:
+        for path in (self.pidfile, self._path(QMP_SOCKET)):
+            if os.path.lexists(path):
+                os.unlink(path)
+        fixed = (int(self.config.get("FixedSSHPort") or 0), int(self.config.get("FixedEnginePort") or 0))
+        previous = (int(self.config.get("SSHPort") or 0), int(self.config.get("EnginePort") or 0))
+        for attempt in range(3):
+            ssh_port, engine_port = pick_ports(*fixed, previous=previous)
+            if (ssh_port, engine_port) != previous and any(previous):
+                log(f"({self.machine_name}) Ports changed: SSH {LOOPBACK}:{ssh_port}, engine {LOOPBACK}:{engine_port}")
+            self.config.update(SSHPort=ssh_port, EnginePort=engine_port)
+            error = self._spawn()
+            if error is None:
+                return
+            # A port grabbed by someone else between the check and QEMU's bind: pick again.
+            if "forwarding rule" in error and not all(fixed) and attempt < 2:
+                previous = (0, 0)
+                continue
+            raise MachineError(f"QEMU failed to start: {error}")
+
+    def _spawn(self) -> str | None:
+        argv = qemu_argv(self.spec())
+        with open(self._path(QEMU_LOG), "wb") as logf:
+            try:
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                      timeout=LAUNCH_TIMEOUT, check=False, start_new_session=True)
+            except FileNotFoundError:
+                raise MachineError(f"{argv[0]} not found: install the Debian packages {DEBIAN_PACKAGES}") from None
+            except subprocess.TimeoutExpired:
+                return f"{argv[0]} did not daemonize within {LAUNCH_TIMEOUT:g}s"
+        if proc.returncode == 0 and self._pid() is not None:
+            return None
+        lines = Path(self._path(QEMU_LOG)).read_text(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit status {proc.returncode}"
+
+    def _pid(self) -> int | None:
+        pid = _read_pid(self.pidfile)
+        return pid if pid is not None and _is_our_qemu(pid, self.pidfile) else None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def local_state(self) -> State:
+        return State.RUNNING if self._pid() is not None else State.STOPPED
+
+    def state(self, timeout: float = 10.0) -> State:
+        return self.local_state()
+
+    def url(self) -> str:
+        if self.local_state() != State.RUNNING:
+            raise HostNotRunning()
+        return self.engine_url()
+
+    def running_url(self) -> str:
+        return self.engine_url()
+
+    def start(self, log: Log) -> None:
+        if self._pid() is not None:
+            return
+        if not os.path.exists(self._path(OVERLAY)):
+            raise MachineError(f"the machine's disk is missing: {self._path(OVERLAY)}")
+        self._launch(log)
+
+    def stop(self, log: Log) -> None:
+        """ACPI power button through QMP; the guest gets STOP_TIMEOUT seconds, then is killed."""
+        from machine.qmp import QMPError, qmp_command
+
+        pid = self._pid()
+        if pid is None:
+            self._cleanup_runtime()
+            return
+        try:
+            qmp_command(self._path(QMP_SOCKET), "system_powerdown")
+        except QMPError as exc:
+            log(f"({self.machine_name}) Could not ask the guest to power down ({exc}); killing it")
+            self._kill_pid(pid)
+            return
+        if not _wait_gone(pid, STOP_TIMEOUT):
+            log(f"({self.machine_name}) The guest did not power down within {STOP_TIMEOUT:g}s; killing it")
+            self._kill_pid(pid)
+        self._cleanup_runtime()
+
+    def restart(self, log: Log) -> None:
+        self.stop(log)
+        self.start(log)
+
+    def kill(self, log: Log) -> None:
+        pid = self._pid()
+        if pid is not None:
+            self._kill_pid(pid)
+        self._cleanup_runtime()
+
+    def _kill_pid(self, pid: int) -> None:
+        if not _is_our_qemu(pid, self.pidfile):
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise MachineError(f"cannot kill QEMU (pid {pid}): {exc.strerror}") from None
+        if not _wait_gone(pid, 10.0):
+            raise MachineError(f"QEMU (pid {pid}) is still running after SIGKILL")
+        self._cleanup_runtime()
+
+    def _cleanup_runtime(self) -> None:
+        for name in (PIDFILE, QMP_SOCKET):
+            path = self._path(name)
+            if os.path.lexists(path):
+                os.unlink(path)
+
+    def remove(self, log: Log) -> None:
+        """Kill the VM if it runs; its files live in the machine dir, which the store removes."""
+        pid = self._pid()
+        if pid is not None:
+            self._kill_pid(pid)
+        for name in (OVERLAY, SEED, CONSOLE_LOG, QEMU_LOG, PIDFILE, QMP_SOCKET):
+            path = self._path(name)
+            if os.path.lexists(path):
+                os.unlink(path)

@@ -1,0 +1,149 @@
+"""A cloud-init NoCloud seed: an ISO9660 volume labelled ``cidata``.
+
+The guest's cloud-init finds the volume by its label and reads ``user-data``
+and ``meta-data`` from it: that is how a machine gets its user, SSH key,
+hostname and proxy settings without any network service.  Written with
+pycdlib (pure Python) so no ``genisoimage`` is needed; Joliet and Rock Ridge
+names carry the lower-case file names cloud-init looks for.
+
+The user-data is JSON after the ``#cloud-config`` line: JSON is valid YAML,
+so every value is escaped correctly without a YAML library.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+VOLUME_ID = "cidata"
+SUDO_RULE = "ALL=(ALL) NOPASSWD:ALL"
+APT_PROXY_PATH = "/etc/apt/apt.conf.d/90pymachine-proxy"
+ENGINE_PROXY_PATH = "/etc/systemd/system/docker.service.d/10-pymachine-proxy.conf"
+
+
+def _proxy_values(proxy: Mapping[str, str] | None) -> dict[str, str]:
+    """Normalise {"http_proxy"|"HTTP_PROXY"|"http": url, ...} to lower-case env names."""
+    out: dict[str, str] = {}
+    for key, value in (proxy or {}).items():
+        name = key.lower()
+        if not name.endswith("_proxy"):
+            name += "_proxy"
+        if name in ("http_proxy", "https_proxy", "no_proxy") and value:
+            out[name] = str(value)
+    return out
+
+
+def _quote_systemd(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+
+
+def proxy_files(proxy: Mapping[str, str] | None) -> list[dict[str, Any]]:
+    """cloud-init write_files entries for apt, login shells and the engine.
+
+    write_files runs in cloud-init's first (init) stage, before any package
+    module, so apt already sees the proxy on its first run.
+    """
+    values = _proxy_values(proxy)
+    if not any(k in values for k in ("http_proxy", "https_proxy")):
+        return []
+    apt = []
+    if "http_proxy" in values:
+        apt.append(f'Acquire::http::Proxy "{values["http_proxy"]}";')
+    if "https_proxy" in values:
+        apt.append(f'Acquire::https::Proxy "{values["https_proxy"]}";')
+    env_lines = []
+    unit = ["[Service]"]
+    for name, value in sorted(values.items()):
+        for spelled in (name, name.upper()):
+            env_lines.append(f'{spelled}="{value}"')
+            unit.append(f'Environment="{spelled}={_quote_systemd(value)}"')
+    return [
+        {"path": APT_PROXY_PATH, "permissions": "0644", "content": "\n".join(apt) + "\n"},
+        {"path": "/etc/environment", "append": True, "content": "\n".join(env_lines) + "\n"},
+        {"path": ENGINE_PROXY_PATH, "permissions": "0644", "content": "\n".join(unit) + "\n"},
+    ]
+
+
+def user_data(*, hostname: str, user: str, ssh_pubkey: str, proxy: Mapping[str, str] | None = None) -> str:
+    config: dict[str, Any] = {
+        "hostname": hostname,
+        "preserve_hostname": False,
+        "manage_etc_hosts": True,
+        "ssh_pwauth": False,
+        "disable_root": True,
+        "resize_rootfs": True,
+        "growpart": {"mode": "off"},
+        "users": [
+            {
+                "name": user,
+                "gecos": "pymachine",
+                "groups": ["sudo", "docker"] if user != "docker" else ["sudo"],
+                "primary_group": user,
+                "shell": "/bin/bash",
+                "sudo": SUDO_RULE,
+                "lock_passwd": True,
+                "ssh_authorized_keys": [ssh_pubkey.strip()],
+            }
+        ],
+    }
+    files = proxy_files(proxy)
+    if files:
+        config["write_files"] = files
+    return "#cloud-config\n" + json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def meta_data(*, hostname: str, instance_id: str) -> str:
+    return json.dumps({"instance-id": instance_id, "local-hostname": hostname}, indent=2) + "\n"
+
+
+def write_seed_iso(
+    path: str | os.PathLike[str],
+    *,
+    hostname: str,
+    user: str,
+    ssh_pubkey: str,
+    proxy: Mapping[str, str] | None,
+    instance_id: str,
+) -> None:
+    """Write the seed ISO atomically (temp file + rename); mode 0600: it names the user's key."""
+    import pycdlib
+
+    files = (
+        ("USERDATA.;1", "user-data", user_data(hostname=hostname, user=user, ssh_pubkey=ssh_pubkey, proxy=proxy)),
+        ("METADATA.;1", "meta-data", meta_data(hostname=hostname, instance_id=instance_id)),
+    )
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_ID)
+    for iso_name, name, text in files:
+        data = text.encode()
+        iso.add_fp(io.BytesIO(data), len(data), "/" + iso_name, rr_name=name, joliet_path="/" + name)
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            iso.write_fp(fh)
+    finally:
+        iso.close()
+    os.replace(tmp, target)
+
+
+def read_seed_iso(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The seed's files by their Rock Ridge names (for tests and ``inspect``)."""
+    import pycdlib
+
+    iso = pycdlib.PyCdlib()
+    iso.open(str(path))
+    try:
+        out = {}
+        for name in ("user-data", "meta-data"):
+            buf = io.BytesIO()
+            iso.get_file_from_iso_fp(buf, rr_path="/" + name)
+            out[name] = buf.getvalue().decode()
+        return out
+    finally:
+        iso.close()

@@ -1,0 +1,79 @@
+"""cloud-init NoCloud seed ISO: label, file names and contents, read back with pycdlib."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pycdlib
+import pytest
+
+from machine.seed import APT_PROXY_PATH, ENGINE_PROXY_PATH, read_seed_iso, write_seed_iso
+
+KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 pymachine-test"
+
+
+def cloud_config(text: str) -> dict:
+    first, _, body = text.partition("\n")
+    assert first == "#cloud-config"
+    return json.loads(body)  # JSON is YAML: what cloud-init parses
+
+
+def test_seed_iso_without_proxy(tmp_path: Path) -> None:
+    path = tmp_path / "seed.iso"
+    write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY + "\n", proxy=None, instance_id="i-123")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    iso = pycdlib.PyCdlib()
+    iso.open(str(path))
+    try:
+        assert iso.pvd.volume_identifier.decode().strip() == "cidata"
+        names = {c.file_identifier().decode("utf-16-be") for c in iso.list_children(joliet_path="/")}
+        assert {"user-data", "meta-data"} <= names
+    finally:
+        iso.close()
+    files = read_seed_iso(path)
+    cfg = cloud_config(files["user-data"])
+    (user,) = cfg["users"]
+    assert user["name"] == "docker" and user["ssh_authorized_keys"] == [KEY]
+    assert user["sudo"] == "ALL=(ALL) NOPASSWD:ALL" and user["lock_passwd"] is True
+    assert cfg["hostname"] == "dev" and cfg["ssh_pwauth"] is False
+    assert "write_files" not in cfg
+    meta = json.loads(files["meta-data"])
+    assert meta == {"instance-id": "i-123", "local-hostname": "dev"}
+
+
+def test_seed_iso_with_proxy_writes_apt_environment_and_engine_files(tmp_path: Path) -> None:
+    path = tmp_path / "seed.iso"
+    proxy = {"http_proxy": "http://10.0.2.2:3128", "HTTPS_PROXY": "http://10.0.2.2:3128", "no_proxy": "localhost,127.0.0.1"}
+    write_seed_iso(path, hostname="web-1", user="docker", ssh_pubkey=KEY, proxy=proxy, instance_id="i-9")
+    files = {f["path"]: f for f in cloud_config(read_seed_iso(path)["user-data"])["write_files"]}
+    apt = files[APT_PROXY_PATH]["content"]
+    assert 'Acquire::http::Proxy "http://10.0.2.2:3128";' in apt
+    assert 'Acquire::https::Proxy "http://10.0.2.2:3128";' in apt
+    env = files["/etc/environment"]
+    assert env["append"] is True and 'NO_PROXY="localhost,127.0.0.1"' in env["content"]
+    unit = files[ENGINE_PROXY_PATH]["content"].splitlines()
+    assert unit[0] == "[Service]"
+    assert 'Environment="HTTP_PROXY=http://10.0.2.2:3128"' in unit
+
+
+def test_seed_iso_label_seen_by_blkid(tmp_path: Path) -> None:
+    """cloud-init finds the seed by its filesystem label: check what blkid reports."""
+    if not shutil.which("blkid"):
+        pytest.skip("blkid not installed")
+    path = tmp_path / "seed.iso"
+    write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1")
+    out = subprocess.run(["blkid", "-p", "-o", "export", str(path)], capture_output=True, text=True, timeout=10,
+                         check=False).stdout
+    assert "LABEL=cidata" in out and "TYPE=iso9660" in out
+
+
+def test_seed_rewrite_is_atomic_and_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "seed.iso"
+    write_seed_iso(path, hostname="a", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1")
+    write_seed_iso(path, hostname="b", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-2")
+    assert json.loads(read_seed_iso(path)["meta-data"])["local-hostname"] == "b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed.iso"]
