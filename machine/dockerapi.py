@@ -6,7 +6,6 @@ Standard library only (ssl + http.client): this is on the path of ``env`` and
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import ssl
@@ -36,6 +35,8 @@ def tls_handshake(url: str, ca: Path, cert: Path, key: Path, timeout: float = 20
 
 def engine_version(url: str, ca: Path, cert: Path, key: Path, timeout: float = 10.0) -> str:
     """The engine's version (e.g. ``20.10.24+dfsg1``) from ``GET /version`` over TLS."""
+    import http.client  # ~60 ms (it pulls in the email package): not on env's path
+
     host, port = split_url(url)
     ctx = client_tls_context(ca, cert, key)
     conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=timeout)

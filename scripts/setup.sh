@@ -28,5 +28,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,qemu]' boto3 'moto[server]'
+.venv/bin/pip install -q --disable-pip-version-check --config-settings editable_mode=compat \
+  -e '.[test,qemu]' boto3 'moto[server]'
+# Compile bytecode now: `pymachine env` is on every user's hot path, and a machine with
+# PYTHONDONTWRITEBYTECODE set would otherwise recompile our modules on every run.
+.venv/bin/python -m compileall -q machine engine provisioners installer >/dev/null
 echo "setup: ready (.venv/bin/pymachine)" >&2

@@ -8,7 +8,6 @@ never pays for the SDKs, paramiko or cryptography that ``create`` needs.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "config": ("env", "cmd_config", "Print the connection config for machine"),
     "create": ("create", "cmd_create", "Create a machine"),
     "env": ("env", "cmd_env", "Display the commands to set up the environment for the Docker client"),
+    "engine": ("engine_cmd", "cmd_engine", "Build and inspect engine bundles (pymachine engine bundle ...)"),
     "image": ("image_cmd", "cmd_image", "Build and list pymachine base VM images"),
     "inspect": ("info", "cmd_inspect", "Inspect information about a machine"),
     "ip": ("info", "cmd_ip", "Get the IP address of a machine"),
@@ -148,6 +148,8 @@ def dispatch(ctx: Context, command: str, args: Sequence[str]) -> int:
 
 def setup_debug(enabled: bool) -> None:
     if enabled:
+        import logging  # only with --debug: logging costs start-up time on every command
+
         logging.basicConfig(
             level=logging.DEBUG, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
         )
@@ -190,8 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except Exception as exc:  # a bug: still one line for the user, the trace with --debug
-        if logging.getLogger().isEnabledFor(logging.DEBUG):
-            logging.exception("unexpected error")
+        if "logging" in sys.modules and sys.modules["logging"].getLogger().isEnabledFor(10):
+            sys.modules["logging"].getLogger("pymachine").exception("unexpected error")
         sys.stderr.write(f"Error: {exc.__class__.__name__}: {exc} (run with --debug for details)\n")
         return 1
 
