@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
 
-from fixtures_dockerd import free_loopback_port, start_dockerd  # noqa: E402
-from test_ls_deadline import Tarpit, clone_machine  # noqa: E402
+from fixtures_dockerd import free_loopback_port, start_dockerd
+from test_ls_deadline import Tarpit, clone_machine
 
 PYMACHINE = str(Path(sys.executable).parent / "pymachine")
 RUNS = int(os.environ.get("BENCH_RUNS", "15"))

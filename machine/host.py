@@ -190,7 +190,7 @@ def create(
 def _rollback(store: Store, name: str, driver: Driver, log: Log) -> None:
     try:
         driver.remove(log)
-    except Exception as exc:  # the original error matters more; say what may be left
+    except Exception as exc:  # noqa: BLE001 -- the original error matters more; say what may be left
         log(f"Warning: could not remove what the driver made for {name}: {exc}")
     store.remove(name)
 

@@ -53,7 +53,7 @@ class PyMachine:
                  timeout: float = 120) -> Result:
         proc = subprocess.run(
             [PYMACHINE, *args], input=input, capture_output=True, text=True, timeout=timeout,
-            env={**self.env, **(env or {})},
+            env={**self.env, **(env or {})}, check=False,
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -103,7 +103,7 @@ def run_concurrently(names: Sequence[str], action: Callable[[str], None]) -> Non
         return
     with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
         futures = {pool.submit(action, n): n for n in names}
-        for fut, _name in futures.items():
+        for fut in futures:
             exc = fut.exception()
             if exc is not None:
                 errors.append(str(exc))

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
-from machine.cli.common import Context, UsageError, one_target, parse, parser, run_concurrently, target_names
+from machine.cli.common import (
+    Context,
+    UsageError,
+    one_target,
+    parse,
+    parser,
+    run_concurrently,
+    target_names,
+)
 from machine.errors import MachineError
 
 

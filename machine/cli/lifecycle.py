@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import sys
 
-from machine.cli.common import ARGV0, Context, UsageError, parse, parser, run_concurrently, target_names
+from machine.cli.common import (
+    ARGV0,
+    Context,
+    UsageError,
+    parse,
+    parser,
+    run_concurrently,
+    target_names,
+)
 from machine.errors import MachineError
 
 

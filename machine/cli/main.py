@@ -108,7 +108,7 @@ def _truthy(value: str | None) -> bool:
 
 def parse_globals(argv: Sequence[str], environ: dict[str, str]) -> tuple[dict[str, object], list[str]]:
     values: dict[str, object] = {}
-    for _flag, (attr, env, takes) in GLOBAL_FLAGS.items():
+    for attr, env, takes in GLOBAL_FLAGS.values():
         if env and env in environ and attr not in values:
             values[attr] = environ[env] if takes else _truthy(environ[env])
     i = 0
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
-    except Exception as exc:  # a bug: still one line for the user, the trace with --debug
+    except Exception as exc:  # noqa: BLE001 -- a bug: still one line for the user, the trace with --debug
         if "logging" in sys.modules and sys.modules["logging"].getLogger().isEnabledFor(10):
             sys.modules["logging"].getLogger("pymachine").exception("unexpected error")
         sys.stderr.write(f"Error: {exc.__class__.__name__}: {exc} (run with --debug for details)\n")

@@ -60,7 +60,7 @@ class GenericDriver(Driver):
     def create(self, log: Log) -> None:
         key = self.config.get("SSHKey")
         if not key:
-            log("(%s) No SSH key specified. Assuming an existing key at the default location." % self.machine_name)
+            log(f"({self.machine_name}) No SSH key specified. Assuming an existing key at the default location.")
             return
         dest = os.path.join(self.machine_dir, os.path.basename(key))
         log(f"({self.machine_name}) Importing SSH key...")

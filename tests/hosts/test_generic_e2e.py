@@ -26,7 +26,7 @@ def docker(pm, name: str, *args: str, input: bytes | None = None, timeout: float
         if line.startswith("export "):
             key, _, value = line[len("export "):].partition("=")
             env[key] = value.strip('"')
-    return subprocess.run([DOCKER, *args], input=input, capture_output=True, timeout=timeout, env=env)
+    return subprocess.run([DOCKER, *args], input=input, capture_output=True, timeout=timeout, env=env, check=False)
 
 
 def test_generic_create_through_proxy_then_day_two(pm, make_test_host, http_proxy, ssh_keypair, busybox_image, tmp_path):
