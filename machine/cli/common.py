@@ -56,6 +56,10 @@ class Parser(argparse.ArgumentParser):
             raise UsageError(f"Invalid command line. Found extra arguments {message.split(': ', 1)[1].split()}")
         raise UsageError(message)
 
+    def format_help(self) -> str:
+        text = super().format_help()
+        return "Usage:" + text[len("usage:"):] if text.startswith("usage:") else text
+
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if message:
             sys.stderr.write(message)
