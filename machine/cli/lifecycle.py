@@ -130,8 +130,8 @@ def _not_provisionable(machine) -> MachineError:
     )
 
 
-def cmd_provision(ctx: Context, args: list[str]) -> int:
-    names = _names(ctx, "provision", "Re-provision existing machines", args)
+def _over_ssh(ctx: Context, names: list[str], operation: str) -> None:
+    """Run ``machine.provision.<operation>`` on each machine, refusing drivers without SSH."""
 
     def act(name: str) -> None:
         with ctx.store.lock(name):
@@ -140,9 +140,13 @@ def cmd_provision(ctx: Context, args: list[str]) -> int:
                 raise _not_provisionable(machine)
             from machine import provision
 
-            provision.reprovision(machine, ctx.out)
+            getattr(provision, operation)(machine, ctx.out)
 
     run_concurrently(names, act)
+
+
+def cmd_provision(ctx: Context, args: list[str]) -> int:
+    _over_ssh(ctx, _names(ctx, "provision", "Re-provision existing machines", args), "reprovision")
     return 0
 
 
@@ -189,16 +193,5 @@ def regenerate_client_certs(ctx: Context, name: str) -> None:
 
 
 def cmd_upgrade(ctx: Context, args: list[str]) -> int:
-    names = _names(ctx, "upgrade", "Upgrade a machine to the latest version of Docker", args)
-
-    def act(name: str) -> None:
-        with ctx.store.lock(name):
-            machine = _machine(ctx, name)
-            if not machine.driver.provisionable:
-                raise _not_provisionable(machine)
-            from machine import provision
-
-            provision.upgrade(machine, ctx.out)
-
-    run_concurrently(names, act)
+    _over_ssh(ctx, _names(ctx, "upgrade", "Upgrade a machine to the latest version of Docker", args), "upgrade")
     return 0

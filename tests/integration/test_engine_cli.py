@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import start_engine_for
 from fixtures_dockerd import free_loopback_port, start_dockerd
 
 pytestmark = pytest.mark.integration
@@ -20,10 +21,7 @@ DOCKER = shutil.which("docker") or "/usr/bin/docker"
 @pytest.fixture
 def engine(pm, tmp_path):
     """A none machine 'dev' whose URL is a live dockerd using the machine's own server cert."""
-    port = free_loopback_port()
-    pm.ok("create", "-d", "none", "--url", f"tcp://127.0.0.1:{port}", "dev")
-    mdir = pm.store / "machines" / "dev"
-    handle = start_dockerd(tmp_path / "d", mdir / "ca.pem", mdir / "server.pem", mdir / "server-key.pem", port=port)
+    handle = start_engine_for(pm, "dev", tmp_path / "d")
     try:
         yield handle
     finally:

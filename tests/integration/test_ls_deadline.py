@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from fixtures_dockerd import free_loopback_port, start_dockerd
+from conftest import start_engine_for
 
 pytestmark = pytest.mark.integration
 
@@ -64,10 +64,8 @@ def clone_machine(store: Path, src: str, name: str, url: str) -> None:
 @pytest.fixture
 def fleet(pm, tmp_path):
     """40 machines on one live engine and 10 whose engines hang."""
-    port = free_loopback_port()
-    pm.ok("create", "-d", "none", "--url", f"tcp://127.0.0.1:{port}", "live00")
-    mdir = pm.store / "machines" / "live00"
-    engine = start_dockerd(tmp_path / "d", mdir / "ca.pem", mdir / "server.pem", mdir / "server-key.pem", port=port)
+    engine = start_engine_for(pm, "live00", tmp_path / "d")
+    port = engine.port
     pits = [Tarpit() for _ in range(10)]
     for i in range(1, 40):
         clone_machine(pm.store, "live00", f"live{i:02d}", f"tcp://127.0.0.1:{port}")
@@ -130,10 +128,7 @@ def in_process(pm, *args: str) -> set[str]:
 
 
 def test_env_and_ls_import_no_sdk_ssh_or_crypto(pm, tmp_path):
-    port = free_loopback_port()
-    pm.ok("create", "-d", "none", "--url", f"tcp://127.0.0.1:{port}", "dev")
-    mdir = pm.store / "machines" / "dev"
-    engine = start_dockerd(tmp_path / "d", mdir / "ca.pem", mdir / "server.pem", mdir / "server-key.pem", port=port)
+    engine = start_engine_for(pm, "dev", tmp_path / "d")
     try:
         assert in_process(pm, "env", "dev") == set()
         assert in_process(pm, "ls") == set()
