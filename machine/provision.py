@@ -13,6 +13,7 @@ which docker-machine ignores), so ``ls`` shows the machine in state Error and
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,26 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Log = Callable[[str], None]
 SSH_WAIT = 120.0
+SSH_WAIT_ENV = "PYMACHINE_SSH_WAIT"
 ENGINE_WAIT = 90.0
+
+
+def ssh_wait(environ: dict[str, str] | None = None) -> float:
+    """Seconds to wait for SSH after create (``$PYMACHINE_SSH_WAIT``, default 120).
+
+    A slow cloud image may need more; tests and scripts that know the host is
+    already up want a short bound so an unreachable address fails fast.
+    """
+    raw = (os.environ if environ is None else environ).get(SSH_WAIT_ENV, "").strip()
+    if not raw:
+        return SSH_WAIT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise MachineError(f"{SSH_WAIT_ENV} must be a number of seconds between 0 and 86400, got {raw!r}")
+    return value
 
 
 def ssh_target(driver: Driver):
@@ -164,7 +184,7 @@ def after_create(machine: Machine, log: Log) -> None:
     log("Detecting operating system of created instance...")
     log("Waiting for SSH to be available...")
     try:
-        client = connect(machine.driver, wait=SSH_WAIT)
+        client = connect(machine.driver, wait=ssh_wait())
     except MachineError as exc:
         _record(machine, "ssh", str(exc))
         raise
