@@ -145,7 +145,7 @@ def query_host(store: Store, host: Host, item: ListItem, deadline: float) -> Non
     failed = (host.extra.get("Pymachine") or {}).get("LastError")
     if isinstance(failed, dict):
         item.State = State.ERROR.value
-        item.Error = f"provisioning failed at step {failed.get('Step')}: {failed.get('Message')} (run: pymachine provision {host.name})"
+        item.Error = provisioning_error(host.name, failed)
     item.ResponseTime = format_duration(time.monotonic() - started)
 
 
@@ -167,7 +167,15 @@ def timed_out_item(store: Store, host: Host, item: ListItem, deadline_s: float) 
         out.DockerVersion = f"{cached['DockerVersion']} (cached)"
     hint = f"; last known state {out.LocalState}" if out.LocalState else ""
     out.Error = f"no answer within {deadline_s:g}s{hint}"
+    failed = (host.extra.get("Pymachine") or {}).get("LastError")
+    if isinstance(failed, dict):  # a recorded provisioning failure is local evidence too
+        out.State = State.ERROR.value
+        out.Error = provisioning_error(host.name, failed)
     return out
+
+
+def provisioning_error(name: str, failed: dict[str, Any]) -> str:
+    return f"provisioning failed at step {failed.get('Step')}: {failed.get('Message')} (run: pymachine provision {name})"
 
 
 def gather(

@@ -118,14 +118,15 @@ def last_error(host_extra: dict[str, Any]) -> dict[str, Any] | None:
     return err if isinstance(err, dict) else None
 
 
-def _plan(machine: Machine, client: SSHClient, log: Log):
+def _plan(machine: Machine, client: SSHClient, log: Log, new_certs: bool = True):
     from engine.options import EngineOptions
     from machine.host import copy_client_certs, issue_server_cert
     from provisioners.base import ProvisionPlan
 
     log("Copying certs to the local machine directory...")
     copy_client_certs(machine)
-    issue_server_cert(machine)
+    if new_certs or not server_cert_reusable(machine):
+        issue_server_cert(machine)
     tls = machine.tls()
     engine = EngineOptions.from_json(machine.host.engine_options)
     bundle_hook = None
@@ -146,7 +147,7 @@ def _plan(machine: Machine, client: SSHClient, log: Log):
     )
 
 
-def provision_over(machine: Machine, client: SSHClient, log: Log) -> str:
+def provision_over(machine: Machine, client: SSHClient, log: Log, new_certs: bool = True) -> str:
     """Run the provisioner for ``machine`` over an open connection; returns the engine version."""
     from provisioners.base import ProvisionError
     from provisioners.detect import detect
@@ -159,7 +160,7 @@ def provision_over(machine: Machine, client: SSHClient, log: Log) -> str:
         raise
     log(f"Provisioning with {provisioner.name}...")
     try:
-        plan = _plan(machine, client, log)
+        plan = _plan(machine, client, log, new_certs)
         provisioner.provision(client, plan, log)
     except ProvisionError as exc:
         _record(machine, exc.step, str(exc))
@@ -192,9 +193,29 @@ def after_create(machine: Machine, log: Log) -> None:
         provision_over(machine, client, log)
 
 
-def reprovision(machine: Machine, log: Log) -> None:
+def server_cert_reusable(machine: Machine) -> bool:
+    """A server cert that still covers the machine's address and SANs and is far from expiry.
+
+    ``provision`` keeps such a cert, so an unchanged host needs no engine restart;
+    ``regenerate-certs`` and an address change always issue a new one.
+    """
+    from datetime import timedelta
+
+    from machine import certs
+    from machine.host import server_cert_sans
+
+    path = machine.tls().server_cert
+    try:
+        if certs.is_expired(path, margin=timedelta(days=30)):
+            return False
+        return all(certs.cert_covers_host(path, san) for san in server_cert_sans(machine))
+    except (MachineError, OSError):
+        return False
+
+
+def reprovision(machine: Machine, log: Log, new_certs: bool = False) -> None:
     with connect(machine.driver, wait=10.0) as client:
-        provision_over(machine, client, log)
+        provision_over(machine, client, log, new_certs)
 
 
 def upgrade(machine: Machine, log: Log) -> None:

@@ -119,6 +119,8 @@ class Provisioner:
         self.lock_wait = lock_wait
         self.package_timeout = package_timeout
         self.init_system = "systemd"
+        # Set when a step wrote something the engine reads (certs, daemon config, a new install).
+        self.changed = False
         self.dockerd_path: str | None = None
         self.storage_driver: str | None = None
 
@@ -221,6 +223,7 @@ class Provisioner:
             if plan.install_bundle is None:
                 raise MachineError("engine install source 'bundle' needs an engine bundle")
             plan.install_bundle(runner)
+        self.changed = True
         return True
 
     def refresh_packages(self, runner: Runner, env: dict[str, str]) -> None:
@@ -277,11 +280,27 @@ class Provisioner:
             self.storage_driver = engine_config.default_storage_driver(fs)
         return self.storage_driver
 
+    def put_if_changed(self, runner: Runner, path: str, data: bytes, mode: int) -> bool:
+        """Write ``path`` only when its content differs; remember that something changed.
+
+        Re-provisioning an unchanged host then rewrites nothing and restarts
+        nothing, which is what makes ``provision`` cheap and idempotent.
+        """
+        try:
+            same = runner.get(path) == data
+        except Exception:  # noqa: BLE001 -- missing or unreadable: write it
+            same = False
+        if same:
+            return False
+        runner.put(path, data, mode=mode, sudo=True)
+        self.changed = True
+        return True
+
     def write_certs(self, runner: Runner, plan: ProvisionPlan, log: Log) -> None:
         log("Copying certs to the remote machine...")
-        runner.put(f"{self.cert_dir}/ca.pem", plan.ca_pem, mode=0o644, sudo=True)
-        runner.put(f"{self.cert_dir}/server.pem", plan.server_pem, mode=0o644, sudo=True)
-        runner.put(f"{self.cert_dir}/server-key.pem", plan.server_key_pem, mode=0o600, sudo=True)
+        self.put_if_changed(runner, f"{self.cert_dir}/ca.pem", plan.ca_pem, 0o644)
+        self.put_if_changed(runner, f"{self.cert_dir}/server.pem", plan.server_pem, 0o644)
+        self.put_if_changed(runner, f"{self.cert_dir}/server-key.pem", plan.server_key_pem, 0o600)
 
     def daemon_args(self, plan: ProvisionPlan) -> list[str]:
         return engine_config.daemon_args(
@@ -317,13 +336,27 @@ class Provisioner:
         log("Setting Docker configuration on the remote daemon...")
         env = self.daemon_env(plan)
         content = self.render_daemon_config(self.daemon_args(plan), env)
-        self.stop_engine(runner)
         path = self.options_file_path()
+        try:
+            unchanged = runner.get(path) == content.encode()
+        except Exception:  # noqa: BLE001 -- missing or unreadable: write it
+            unchanged = False
+        if unchanged and not self.changed:
+            return path
+        self.stop_engine(runner)
         # Proxy URLs may carry credentials: keep the file root-only then.
         runner.put(path, content.encode(), mode=0o600 if env else 0o644, sudo=True)
+        self.changed = True
         if self.init_system == "systemd":
             runner.run("systemctl daemon-reload", sudo=True)
         return path
+
+    def engine_running(self, runner: Runner) -> bool:
+        probe = {
+            "systemd": "systemctl is-active --quiet docker.service",
+            "sysv": "/etc/init.d/docker status",
+        }.get(self.init_system, "rc-service docker status")
+        return runner.run(probe, sudo=True, check=False).exit_status == 0
 
     def write_client_proxy_config(self, runner: Runner, plan: ProvisionPlan, log: Log) -> None:
         """Set ``proxies.default`` in the Docker client config of root and of
@@ -348,7 +381,10 @@ class Provisioner:
 
     def restart_engine(self, runner: Runner) -> None:
         """Start the engine with the new configuration, once, and enable it at boot.
-        Without systemd, docker.io's install does not start the engine: we must."""
+        Without systemd, docker.io's install does not start the engine: we must.
+        Nothing changed and the engine is up: leave it (and its containers) alone."""
+        if not self.changed and self.engine_running(runner):
+            return
         if self.init_system == "systemd":
             runner.run("systemctl restart docker.service", sudo=True)
             runner.run("systemctl enable docker.service", sudo=True, check=False)

@@ -169,7 +169,7 @@ def cmd_regenerate_certs(ctx: Context, args: list[str]) -> int:
             if machine.driver.provisionable:
                 from machine import provision
 
-                provision.reprovision(machine, ctx.out)
+                provision.reprovision(machine, ctx.out, new_certs=True)
             else:
                 from machine.host import copy_client_certs, issue_server_cert
 

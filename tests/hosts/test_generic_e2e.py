@@ -117,3 +117,25 @@ def test_generic_failure_paths(pm, make_test_host, ssh_keypair, tmp_path):
 
     # Host-key change: the pinned key no longer matches.
     pm.ok("rm", "-f", "-y", "odd1")
+
+
+def test_generic_create_with_engine_bundle_and_no_network(pm, make_test_host, ssh_keypair, busybox_image):
+    """No proxy, no route out: the engine comes from an uploaded, verified bundle."""
+    from bundle_cache import real_engine_bundle
+
+    bundle = real_engine_bundle()
+    host = make_test_host("bun1")
+    assert host.run("command -v dockerd").returncode != 0
+    res = pm("create", "-d", "generic", "--generic-ip-address", host.ip,
+             "--generic-ssh-key", str(ssh_keypair.private_key), "--engine-bundle", str(bundle), "bun1", timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Docker is up and running!" in res.stdout
+    assert host.run("cat /etc/apt/apt.conf.d/*proxy* 2>/dev/null").stdout == ""
+    imported = docker(pm, "bun1", "import", "-", "local/busybox:1", input=busybox_image.read_bytes())
+    assert imported.returncode == 0, imported.stderr
+    ran = docker(pm, "bun1", "run", "--rm", "--network", "none", "local/busybox:1", "echo", "hello-from-bundle")
+    assert ran.stdout.decode().strip() == "hello-from-bundle", ran.stderr
+    assert pm.ok("inspect", "-f", "{{.HostOptions.EngineOptions.Pymachine.InstallSource}}", "bun1").stdout.strip() == "bundle"
+    pm.ok("provision", "bun1", timeout=300)  # idempotent: the installed engine is reused
+    assert docker(pm, "bun1", "ps").returncode == 0
+    pm.ok("rm", "-y", "bun1")

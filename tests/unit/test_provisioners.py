@@ -375,9 +375,13 @@ def test_debian_systemd_full_transcript():
         f"{apt} install -y --no-install-recommends docker.io ca-certificates",
         r.transcript[8],  # command -v dockerd
         "stat -f -c %T /var/lib/docker 2>/dev/null || stat -f -c %T /var/lib",
+        "get /etc/docker/ca.pem",
         "put /etc/docker/ca.pem",
+        "get /etc/docker/server.pem",
         "put /etc/docker/server.pem",
+        "get /etc/docker/server-key.pem",
         "put /etc/docker/server-key.pem",
+        f"get {DROPIN}",
         "systemctl disable --now docker.socket",
         "systemctl stop docker.service",
         f"put {DROPIN}",
@@ -412,7 +416,7 @@ def test_debian_without_systemd_uses_the_init_script_and_never_systemctl(os_rele
     text = r.put_text("/etc/default/docker")
     assert "DOCKERD=/usr/sbin/dockerd\n" in text
     assert 'export "HTTP_PROXY=http://10.0.0.1:3128"' in text
-    assert next(c for c in r.calls if c.target == "/etc/default/docker").mode == 0o600
+    assert next(c for c in r.calls if c.target == "/etc/default/docker" and c.kind == "put").mode == 0o600
 
 
 def test_alpine_uses_openrc_and_apk():
@@ -739,3 +743,16 @@ def test_systemd_probe_matches_this_machine():
     prov = select_provisioner({"ID": "debian"})({"ID": "debian"})
     expected = "systemd" if Path("/run/systemd/system").is_dir() else "sysv"
     assert prov.detect_init(LocalShell()) == expected
+
+
+def test_reprovisioning_an_unchanged_host_rewrites_and_restarts_nothing():
+    """Second run with the same plan: certs and config compare equal, engine up: no restart."""
+    plan = make_plan()
+    prov, r, _ = provision(DEBIAN_12, plan, dockerd="/usr/sbin/dockerd")
+    again = type(prov)(prov.info, sleep=lambda _s: None)
+    r.calls.clear()
+    again.provision(r, plan)
+    puts = [c.target for c in r.calls if c.kind == "put"]
+    assert "/etc/docker/server.pem" not in puts and DROPIN not in puts
+    assert not any("systemctl restart" in t or "systemctl stop" in t for t in r.transcript)
+    assert "systemctl is-active --quiet docker.service" in r.transcript
