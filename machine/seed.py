@@ -8,6 +8,10 @@ names carry the lower-case file names cloud-init looks for.
 
 The user-data is JSON after the ``#cloud-config`` line: JSON is valid YAML,
 so every value is escaped correctly without a YAML library.
+
+The same volume also carries ``pymachine/``: the same settings as plain
+files for pymachine's own base image, whose first-boot unit reads them in
+about a second instead of running cloud-init (a minute under emulation).
 """
 
 from __future__ import annotations
@@ -100,6 +104,28 @@ def meta_data(*, hostname: str, instance_id: str) -> str:
     return json.dumps({"instance-id": instance_id, "local-hostname": hostname}, indent=2) + "\n"
 
 
+def pymachine_files(*, hostname: str, user: str, ssh_pubkey: str, instance_id: str,
+                    proxy: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Files under ``pymachine/`` on the seed, read by the base image's first-boot script."""
+    import shlex
+
+    config = "".join(f"{k}={shlex.quote(v)}\n" for k, v in
+                     (("INSTANCE_ID", instance_id), ("HOSTNAME", hostname), ("USERNAME", user)))
+    files = {"config": config, "authorized_keys": ssh_pubkey.strip() + "\n"}
+    by_path = {f["path"]: f["content"] for f in proxy_files(proxy)}
+    if by_path:
+        files["apt-proxy.conf"] = by_path[APT_PROXY_PATH]
+        files["environment"] = by_path["/etc/environment"]
+        files["docker-proxy.conf"] = by_path[ENGINE_PROXY_PATH]
+    return files
+
+
+def _iso_name(name: str) -> str:
+    """An ISO9660 level-3 name (the Rock Ridge/Joliet names are the real ones)."""
+    stem, _, ext = name.upper().replace("-", "_").partition(".")
+    return f"{stem[:30]}.{ext[:3]};1"
+
+
 def write_seed_iso(
     path: str | os.PathLike[str],
     *,
@@ -112,15 +138,18 @@ def write_seed_iso(
     """Write the seed ISO atomically (temp file + rename); mode 0600: it names the user's key."""
     import pycdlib
 
-    files = (
-        ("USERDATA.;1", "user-data", user_data(hostname=hostname, user=user, ssh_pubkey=ssh_pubkey, proxy=proxy)),
-        ("METADATA.;1", "meta-data", meta_data(hostname=hostname, instance_id=instance_id)),
-    )
+    files = [
+        ("/USERDATA.;1", "user-data", user_data(hostname=hostname, user=user, ssh_pubkey=ssh_pubkey, proxy=proxy)),
+        ("/METADATA.;1", "meta-data", meta_data(hostname=hostname, instance_id=instance_id)),
+    ]
+    extra = pymachine_files(hostname=hostname, user=user, ssh_pubkey=ssh_pubkey, instance_id=instance_id, proxy=proxy)
+    files += [(f"/PYMACHIN/{_iso_name(name)}", f"pymachine/{name}", text) for name, text in extra.items()]
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_ID)
-    for iso_name, name, text in files:
+    iso.add_directory("/PYMACHIN", rr_name="pymachine", joliet_path="/pymachine")
+    for iso_path, name, text in files:
         data = text.encode()
-        iso.add_fp(io.BytesIO(data), len(data), "/" + iso_name, rr_name=name, joliet_path="/" + name)
+        iso.add_fp(io.BytesIO(data), len(data), iso_path, rr_name=name.rpartition("/")[2], joliet_path="/" + name)
     target = Path(path)
     tmp = target.with_name(target.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -140,10 +169,15 @@ def read_seed_iso(path: str | os.PathLike[str]) -> dict[str, str]:
     iso.open(str(path))
     try:
         out = {}
-        for name in ("user-data", "meta-data"):
-            buf = io.BytesIO()
-            iso.get_file_from_iso_fp(buf, rr_path="/" + name)
-            out[name] = buf.getvalue().decode()
+        for directory in ("/", "/pymachine"):
+            for child in iso.list_children(rr_path=directory):
+                if child.is_dir():
+                    continue
+                name = child.rock_ridge.name().decode()
+                path = name if directory == "/" else f"pymachine/{name}"
+                buf = io.BytesIO()
+                iso.get_file_from_iso_fp(buf, rr_path="/" + path)
+                out[path] = buf.getvalue().decode()
         return out
     finally:
         iso.close()

@@ -37,9 +37,11 @@ QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
 DEBIAN_PACKAGES = "qemu-system-x86 qemu-utils"
 LOOPBACK = "127.0.0.1"
+#: Where the guest's engine listens unless told otherwise (see guest_engine_port()).
 GUEST_ENGINE_PORT = 2376
 KERNEL_APPEND = "console=ttyS0 root=/dev/vda rw"
 STOP_TIMEOUT = 60.0
+SSH_BOOT_TIMEOUT = 240.0  # an emulated (TCG) boot to sshd takes 20-60 s; bounded generously
 LAUNCH_TIMEOUT = 60.0
 KVM_PROBE_TIMEOUT = 8.0
 KVM_GET_API_VERSION = 0xAE00
@@ -78,6 +80,7 @@ class VMSpec:
     append: str = KERNEL_APPEND
     restrict_network: bool = False
     qemu: str = QEMU
+    guest_engine_port: int = GUEST_ENGINE_PORT
 
 
 def qemu_argv(spec: VMSpec) -> list[str]:
@@ -87,7 +90,7 @@ def qemu_argv(spec: VMSpec) -> list[str]:
         netdev += ",restrict=on"
     netdev += (
         f",hostfwd=tcp:{LOOPBACK}:{spec.ssh_port}-:22"
-        f",hostfwd=tcp:{LOOPBACK}:{spec.engine_port}-:{GUEST_ENGINE_PORT}"
+        f",hostfwd=tcp:{LOOPBACK}:{spec.engine_port}-:{spec.guest_engine_port}"
     )
     argv = [
         spec.qemu,
@@ -188,6 +191,31 @@ def probe_kvm(kernel: str, qemu: str = QEMU, timeout: float = KVM_PROBE_TIMEOUT)
         return True, ""
     tail = proc.stderr.decode(errors="replace").strip().splitlines()
     return False, f"a KVM test boot failed: {tail[-1] if tail else f'exit {proc.returncode}'}"
+
+
+def cached_probe(cache_file: Path, kernel: str, qemu: str = QEMU) -> tuple[bool, str]:
+    """probe_kvm, remembered per host boot, kernel and QEMU binary (it costs up to 8 s)."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = ""
+    key = f"{boot_id}|{kernel}|{shutil.which(qemu) or qemu}"
+    try:
+        saved = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    if isinstance(saved, dict) and key in saved and boot_id:
+        ok, reason = saved[key]
+        return bool(ok), str(reason)
+    ok, reason = probe_kvm(kernel, qemu)
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(cache_file.name + f".{os.getpid()}")
+        tmp.write_text(json.dumps({key: [ok, reason]}))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass
+    return ok, reason
 
 
 def choose_accel(
@@ -299,6 +327,17 @@ def _sha256(path: str) -> str:
 # ----------------------------------------------------------------------------- process helpers
 
 
+def ssh_banner(port: int, timeout: float = 3.0) -> bool:
+    """True once the guest's sshd answers: QEMU accepts on the forward at once,
+    so a TCP connect alone proves nothing; the ``SSH-`` banner does."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
 def _read_pid(pidfile: str) -> int | None:
     try:
         text = Path(pidfile).read_text().strip()
@@ -373,7 +412,7 @@ class QemuDriver(Driver):
             "CPU": 1, "Memory": 1024, "DiskSize": 20000, "ImageSource": "", "ImageChecksum": "",
             "Accel": "auto", "AccelUsed": "", "EnginePort": 0, "FixedSSHPort": 0, "FixedEnginePort": 0,
             "RestrictNetwork": False, "BaseDisk": "", "BaseFormat": "", "Kernel": "", "Initrd": "",
-            "KernelAppend": "", "QemuBinary": QEMU,
+            "KernelAppend": "", "QemuBinary": QEMU, "GuestEnginePort": 0,
         }
 
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
@@ -424,6 +463,15 @@ class QemuDriver(Driver):
 
     def engine_url(self) -> str:
         return f"tcp://{LOOPBACK}:{self.engine_port}"
+
+    def guest_engine_port(self) -> int:
+        """The port the engine listens on inside the guest.
+
+        Provisioning configures the engine on the URL's port, so the guest
+        port is fixed to the host port chosen at create; if the host port
+        must change on a later start, only the forward's host side moves.
+        """
+        return int(self.config.get("GuestEnginePort") or 0) or self.engine_port or GUEST_ENGINE_PORT
 
     # -- checks --------------------------------------------------------------------------
     def _default_cache(self) -> Path:
@@ -518,7 +566,8 @@ class QemuDriver(Driver):
                            Initrd=image.initrd, KernelAppend=KERNEL_APPEND if image.kernel else "")
         accel, warning = choose_accel(
             str(self.config.get("Accel") or "auto"),
-            probe=lambda: probe_kvm(image.kernel, str(self.config.get("QemuBinary") or QEMU)),
+            probe=lambda: cached_probe(Path(self.store_path) / "cache" / "kvm-probe.json", image.kernel,
+                                       str(self.config.get("QemuBinary") or QEMU)),
         )
         if warning:
             log(f"({self.machine_name}) Warning: {warning}")
@@ -538,8 +587,9 @@ class QemuDriver(Driver):
                        self._path(OVERLAY), f"{int(self.config['DiskSize'])}M"])
         prep = time.monotonic() - t0
         log(f"({self.machine_name}) Starting the VM ({accel}, {self.config['CPU']} CPU, {self.config['Memory']} MB)...")
-        self._launch(log)
-        log(f"({self.machine_name}) VM started (prepare {prep:.1f}s, launch {time.monotonic() - t0 - prep:.1f}s); "
+        self.launch(log)
+        boot = self.wait_for_ssh(log)
+        log(f"({self.machine_name}) VM up: prepare {prep:.1f}s, boot to SSH {boot:.1f}s; "
             f"SSH on {LOOPBACK}:{self.config['SSHPort']}, engine on {LOOPBACK}:{self.engine_port}")
 
     def _run_img(self, args: list[str]) -> None:
@@ -560,10 +610,11 @@ class QemuDriver(Driver):
             ssh_port=int(c.get("SSHPort") or 0), engine_port=int(c.get("EnginePort") or 0),
             kernel=str(c.get("Kernel") or ""), initrd=str(c.get("Initrd") or ""),
             append=str(c.get("KernelAppend") or KERNEL_APPEND), restrict_network=bool(c.get("RestrictNetwork")),
-            qemu=str(c.get("QemuBinary") or QEMU),
+            qemu=str(c.get("QemuBinary") or QEMU), guest_engine_port=self.guest_engine_port(),
         )
 
-    def _launch(self, log: Log) -> None:
+    def launch(self, log: Log) -> None:
+        """Start QEMU (daemonized) on the saved ports, or new ones if those are taken; no wait."""
         for path in (self.pidfile, self._path(QMP_SOCKET)):
             if os.path.lexists(path):
                 os.unlink(path)
@@ -574,6 +625,8 @@ class QemuDriver(Driver):
             if (ssh_port, engine_port) != previous and any(previous):
                 log(f"({self.machine_name}) Ports changed: SSH {LOOPBACK}:{ssh_port}, engine {LOOPBACK}:{engine_port}")
             self.config.update(SSHPort=ssh_port, EnginePort=engine_port)
+            if not self.config.get("GuestEnginePort"):
+                self.config["GuestEnginePort"] = engine_port
             error = self._spawn()
             if error is None:
                 return
@@ -622,7 +675,22 @@ class QemuDriver(Driver):
             return
         if not os.path.exists(self._path(OVERLAY)):
             raise MachineError(f"the machine's disk is missing: {self._path(OVERLAY)}")
-        self._launch(log)
+        self.launch(log)
+        self.wait_for_ssh(log)
+
+    def wait_for_ssh(self, log: Log, timeout: float = SSH_BOOT_TIMEOUT) -> float:
+        """Wait (bounded) until the guest's sshd answers; returns the seconds waited."""
+        log(f"({self.machine_name}) Waiting for the guest to boot (SSH on {LOOPBACK}:{self.config['SSHPort']})...")
+        started = time.monotonic()
+        deadline = started + timeout
+        port = int(self.config.get("SSHPort") or 0)
+        while time.monotonic() < deadline:
+            if self._pid() is None:
+                raise MachineError(f"QEMU exited while the guest was booting; see {self._path(CONSOLE_LOG)}")
+            if ssh_banner(port):
+                return time.monotonic() - started
+            time.sleep(1.0)
+        raise MachineError(f"the guest's SSH did not answer within {timeout:g}s; see {self._path(CONSOLE_LOG)}")
 
     def stop(self, log: Log) -> None:
         """ACPI power button through QMP; the guest gets STOP_TIMEOUT seconds, then is killed."""

@@ -41,6 +41,8 @@ def test_argv_direct_kernel_boot_and_forwards(tmp_path: Path) -> None:
     assert drives[1] == f"file={d}/seed.iso,if=virtio,format=raw,readonly=on"
     (netdev,) = opt(argv, "-netdev")
     assert netdev == "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376"
+    moved = qemu.qemu_argv(spec(tmp_path, engine_port=45000, guest_engine_port=42376))
+    assert opt(moved, "-netdev")[0].endswith(",hostfwd=tcp:127.0.0.1:45000-:42376")
     assert opt(argv, "-qmp") == [f"unix:{d}/qmp.sock,server=on,wait=off"]
     assert opt(argv, "-pidfile") == [f"{d}/qemu.pid"]
     assert opt(argv, "-serial") == [f"file:{d}/console.log"]
@@ -76,13 +78,15 @@ def test_real_qemu_accepts_the_argv_and_qmp_state_and_kill_work(tmp_path: Path) 
                    proxy=None, instance_id="i-1")
     drv.config["AccelUsed"] = "tcg"
     try:
-        drv.start(lambda _m: None)
+        drv.launch(lambda _m: None)
         assert drv.local_state() == State.RUNNING
         pid = int(Path(drv.pidfile).read_text())
         status = qmp_command(drv._path(qemu.QMP_SOCKET), "query-status")
         assert status["running"] is True
         ssh_port, engine_port = drv.config["SSHPort"], drv.config["EnginePort"]
         assert ssh_port and engine_port and not qemu.port_is_free(ssh_port)  # QEMU holds the forward
+        # The guest side of the engine forward is pinned to the first host port.
+        assert drv.guest_engine_port() == engine_port
     finally:
         drv.kill(lambda _m: None)
     assert drv.local_state() == State.STOPPED

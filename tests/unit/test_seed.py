@@ -77,3 +77,37 @@ def test_seed_rewrite_is_atomic_and_replaces(tmp_path: Path) -> None:
     write_seed_iso(path, hostname="b", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-2")
     assert json.loads(read_seed_iso(path)["meta-data"])["local-hostname"] == "b"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seed.iso"]
+
+
+def test_seed_carries_pymachine_files_for_the_base_image(tmp_path: Path) -> None:
+    """The base image's first-boot script sources pymachine/config: values must be shell-quoted."""
+    path = tmp_path / "seed.iso"
+    write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY, proxy={"http_proxy": "http://p:3128"},
+                   instance_id="i-'$(x)")
+    files = read_seed_iso(path)
+    assert files["pymachine/authorized_keys"] == KEY + "\n"
+    out = subprocess.run(["sh", "-c", '. "$1"; printf "%s|%s|%s" "$INSTANCE_ID" "$HOSTNAME" "$USERNAME"', "sh",
+                          str(_write(tmp_path / "config", files["pymachine/config"]))],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    assert out == "i-'$(x)|dev|docker"
+    assert files["pymachine/apt-proxy.conf"] == 'Acquire::http::Proxy "http://p:3128";\n'
+    assert 'Environment="HTTP_PROXY=http://p:3128"' in files["pymachine/docker-proxy.conf"]
+    no_proxy = tmp_path / "plain.iso"
+    write_seed_iso(no_proxy, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1")
+    assert sorted(read_seed_iso(no_proxy)) == ["meta-data", "pymachine/authorized_keys", "pymachine/config", "user-data"]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_base_image_first_boot_script_parses(tmp_path: Path) -> None:
+    """The script that reads this seed inside pymachine's image is valid POSIX sh
+    and reads exactly the files the seed writes."""
+    from engine.images import FIRSTBOOT_SCRIPT
+
+    script = _write(tmp_path / "firstboot", FIRSTBOOT_SCRIPT)
+    subprocess.run(["sh", "-n", str(script)], check=True, timeout=10)
+    for name in ("config", "authorized_keys", "apt-proxy.conf", "environment", "docker-proxy.conf"):
+        assert f"$seed/pymachine/{name}" in FIRSTBOOT_SCRIPT
