@@ -179,7 +179,14 @@ def create(
         return machine
     from machine import provision  # paramiko and the provisioners: only when needed
 
-    provision.after_create(machine, log)
+    try:
+        provision.after_create(machine, log)
+    except MachineError:
+        last = (machine.host.extra.get("Pymachine") or {}).get("LastError") or {}
+        if driver.rollback_unreachable and last.get("Step") == "ssh":
+            log(f"Removing {name}: the host never answered over SSH")
+            _rollback(store, name, driver, log)
+        raise
     log(
         "To see how to connect your Docker Client to the Docker Engine running on this "
         f"virtual machine, run: {argv0} env {name}"

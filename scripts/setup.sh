@@ -11,6 +11,8 @@ APT_PACKAGES=(
   tinyproxy debootstrap busybox-static iproute2 util-linux gcc libc6-dev  # namespaced test hosts
   rsync sshfs fuse3              # scp --delta, mount
   qemu-system-x86 qemu-utils     # the qemu driver
+  golang-go golang-github-vmware-govmomi-dev   # vcsim, the vSphere simulator, built offline
+  nsis p7zip-full osslsigncode xorriso genisoimage libarchive-tools dpkg-dev fakeroot gnupg minisign  # installers
 )
 
 SUDO=""
@@ -29,7 +31,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check --config-settings editable_mode=compat \
-  -e '.[test,qemu]' boto3 'moto[server]'
+  -e '.[test,all]'
 # Compile bytecode now: `pymachine env` is on every user's hot path, and a machine with
 # PYTHONDONTWRITEBYTECODE set would otherwise recompile our modules on every run.
 .venv/bin/python -m compileall -q machine engine provisioners installer >/dev/null

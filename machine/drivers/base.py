@@ -83,6 +83,10 @@ class Driver:
     #: False for drivers whose hosts are never provisioned over SSH (none).
     provisionable: ClassVar[bool] = True
     default_ssh_user: ClassVar[str] = "root"
+    #: Cloud drivers: a create whose host never becomes reachable over SSH removes
+    #: everything it made (no resources left running up a bill).  Local and generic
+    #: hosts keep the machine, marked with the failing step, for ``provision`` to retry.
+    rollback_unreachable: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config

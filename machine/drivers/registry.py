@@ -17,15 +17,18 @@ BUILTIN: dict[str, str] = {
     "none": "machine.drivers.none:NoneDriver",
     "generic": "machine.drivers.generic:GenericDriver",
     "qemu": "machine.drivers.qemu:QemuDriver",
+    "amazonec2": "machine.drivers.amazonec2:AmazonEC2Driver",
+    "digitalocean": "machine.drivers.digitalocean:DigitalOceanDriver",
+    "azure": "machine.drivers.azure:AzureDriver",
+    "virtualbox": "machine.drivers.virtualbox:VirtualBoxDriver",
+    "vmwareworkstation": "machine.drivers.vmware:VMwareWorkstationDriver",
+    "vmwarefusion": "machine.drivers.vmware:VMwareFusionDriver",
+    "vmwarevsphere": "machine.drivers.vsphere:VSphereDriver",
 }
 
-#: Drivers docker-machine shipped that this build does not have yet: loadable from a
+#: Drivers docker-machine shipped that pymachine does not have: loadable from a
 #: store (shown in ``ls``), but not creatable.
-PLANNED = (
-    "amazonec2", "azure", "digitalocean", "exoscale", "google", "hyperv", "openstack",
-    "rackspace", "softlayer", "virtualbox", "vmwarefusion", "vmwarevcloudair",
-    "vmwarevsphere", "vmwareworkstation",
-)
+PLANNED = ("exoscale", "google", "hyperv", "openstack", "rackspace", "softlayer", "vmwarevcloudair")
 
 
 def _entry_point(name: str) -> str | None:
@@ -38,7 +41,10 @@ def _entry_point(name: str) -> str | None:
 
 
 def available() -> list[str]:
-    return sorted(BUILTIN)
+    """Built-in drivers whose module is present in this build."""
+    from importlib.util import find_spec
+
+    return sorted(n for n, t in BUILTIN.items() if find_spec(t.partition(":")[0]) is not None)
 
 
 def driver_class(name: str) -> type[Driver]:
@@ -58,6 +64,13 @@ def driver_class(name: str) -> type[Driver]:
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:  # a built-in driver this build does not ship yet
+            raise MachineError(
+                f'Driver "{name}" is not available in this pymachine build yet '
+                f"(available: {', '.join(available())})"
+            ) from None
+        raise MachineError(f'Driver "{name}" cannot be loaded: {exc} (pip install "pymachine[{name}]")') from None
     except ImportError as exc:
         raise MachineError(f'Driver "{name}" cannot be loaded: {exc}') from None
     cls = getattr(module, attr)
