@@ -112,7 +112,8 @@ def base_item(host: Host | BrokenHost) -> ListItem:
     )
 
 
-def query_host(store: Store, host: Host, item: ListItem, deadline: float) -> None:
+def query_host(store: Store, host: Host, item: ListItem, deadline: float,
+               known_states: dict[str, State] | None = None) -> None:
     """Fill ``item`` from the driver and the engine; runs in a worker thread."""
     from machine import dockerapi
     from machine.authpaths import machine_tls
@@ -121,7 +122,7 @@ def query_host(store: Store, host: Host, item: ListItem, deadline: float) -> Non
     started = time.monotonic()
     try:
         driver = load_driver(host.driver_name, host.driver)
-        state = driver.state(timeout=max(0.1, deadline - time.monotonic()))
+        state = (known_states or {}).get(host.name) or driver.state(timeout=max(0.1, deadline - time.monotonic()))
         item.State = state.value
         if state == State.RUNNING:
             item.URL = driver.running_url()
@@ -147,6 +148,38 @@ def query_host(store: Store, host: Host, item: ListItem, deadline: float) -> Non
         item.State = State.ERROR.value
         item.Error = provisioning_error(host.name, failed)
     item.ResponseTime = format_duration(time.monotonic() - started)
+
+
+def batch_states(hosts: list[Host], deadline: float) -> dict[str, State]:
+    """One ``batch_states`` call per driver class that has more than one machine, in parallel."""
+    from machine.drivers.registry import load_driver
+
+    groups: dict[type, list[Any]] = {}
+    for host in hosts:
+        try:
+            driver = load_driver(host.driver_name, host.driver)
+        except MachineError:
+            continue
+        groups.setdefault(type(driver), []).append(driver)
+    results: dict[str, State] = {}
+    threads = []
+    for cls, drivers in groups.items():
+        if len(drivers) < 2 or "batch_states" not in vars(cls):
+            continue
+
+        def work(c: Any = cls, ds: list[Any] = drivers) -> None:
+            try:
+                found = c.batch_states(ds, max(0.1, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 -- fall back to per-machine state()
+                found = {}
+            results.update(found)
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return dict(results)
 
 
 def timed_out_item(store: Store, host: Host, item: ListItem, deadline_s: float) -> ListItem:
@@ -185,6 +218,7 @@ def gather(
     deadline_s: float = DEFAULT_DEADLINE,
 ) -> list[ListItem]:
     deadline = time.monotonic() + deadline_s
+    known_states = batch_states([h for h in hosts if isinstance(h, Host)], deadline)
     items: dict[str, ListItem] = {}
     done: dict[str, threading.Event] = {}
     for host in hosts:
@@ -197,7 +231,7 @@ def gather(
 
         def work(h: Host = host, it: ListItem = item, ev: threading.Event = event) -> None:
             try:
-                query_host(store, h, it, deadline)
+                query_host(store, h, it, deadline, known_states)
             finally:
                 ev.set()
 

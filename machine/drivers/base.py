@@ -144,6 +144,16 @@ class Driver:
     def state(self, timeout: float = 10.0) -> State:
         raise NotImplementedError
 
+    @classmethod
+    def batch_states(cls, drivers: list[Driver], timeout: float) -> dict[str, State]:
+        """States of many machines of this driver at once, keyed by machine name.
+
+        ``ls`` calls this once per driver class; cloud drivers override it with one
+        list call per account and region instead of one call per machine.  Names
+        missing from the answer fall back to ``state()``.
+        """
+        return {}
+
     def local_state(self) -> State | None:
         """State from local evidence only (pidfiles, saved data): no network, no SDK.
 
