@@ -50,6 +50,7 @@ PACKAGES = (
     "kmod",
     "iptables",
     "docker.io",
+    "apparmor",  # Debian's kernel enables AppArmor: dockerd needs apparmor_parser for docker-default
     "linux-image-amd64",
 )
 #: Kernel modules the initrd needs to find an ext4 root on a virtio disk.

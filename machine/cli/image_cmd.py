@@ -34,12 +34,16 @@ def cmd_image(ctx: Context, args: list[str]) -> int:
         raise UsageError(f"pymachine image needs a subcommand: {USAGE}")
     cache = images.default_cache_dir(ctx.store.path)
     if ns.action == "ls":
-        found = images.list_images(cache)
         current = images.recipe_hash()
-        ctx.out("RECIPE            SUITE     KERNEL / ENGINE / SIZE / BUILT")
-        for info in found:
-            mark = " (current)" if info.recipe == current else ""
-            ctx.out(_summary(info) + mark)
+        rows = [("RECIPE", "SUITE", "KERNEL", "ENGINE", "SIZE", "BUILT", "CURRENT")]
+        for info in images.list_images(cache):
+            m = info.manifest
+            rows.append((info.recipe, str(m.get("suite", "")), str(m.get("kernel_version", "")),
+                         str(m.get("engine_version", "")), f"{int(m.get('disk_bytes', 0)) / 1e6:.0f}MB",
+                         str(m.get("built_at", "")), "*" if info.recipe == current else ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            ctx.out("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         return 0
     started = time.monotonic()
     cached = images.find_image(cache)

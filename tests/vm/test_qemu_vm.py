@@ -1,0 +1,249 @@
+"""The qemu driver end to end, through the installed ``pymachine`` command.
+
+One real VM (pymachine's own Debian image, cached by recipe hash, booted
+under TCG with a restricted network: it can reach nothing but its two
+loopback port forwards) is reused across the lifecycle steps, because each
+emulated boot costs tens of seconds.  The bad-input tests need no boot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYMACHINE, PyMachine, Result
+from tests.hosts.images import IMAGE_NAME, busybox_image_tar
+from tests.vm_image import cached_image, missing_prerequisites
+
+DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
+
+
+def qemu_pids_under(path: Path) -> list[int]:
+    """QEMU processes whose command line names a file under ``path`` (ours only)."""
+    found = []
+    needle = str(path).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline.split(b"\0")[0] and needle in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def kill_leftovers(path: Path) -> None:
+    for pid in qemu_pids_under(path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def timed(pm: PyMachine, *args: str, timeout: float) -> tuple[Result, list[tuple[float, str]]]:
+    """Run pymachine, stamping each output line with seconds since start (for phase timings)."""
+    start = time.monotonic()
+    proc = subprocess.Popen([PYMACHINE, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=pm.env)
+    lines: list[tuple[float, str]] = []
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            lines.append((time.monotonic() - start, line.rstrip("\n")))
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"pymachine {' '.join(args)} ran longer than {timeout}s")
+        proc.wait(timeout=max(1.0, timeout - (time.monotonic() - start)))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    text = "\n".join(line for _, line in lines)
+    return Result(proc.returncode, text, ""), lines
+
+
+def docker_env(pm: PyMachine, name: str) -> dict[str, str]:
+    out = pm.ok("env", name).stdout
+    env = dict(pm.env)
+    for key, value in re.findall(r'^export (\w+)="([^"]*)"$', out, flags=re.MULTILINE):
+        env[key] = value
+    assert env.get("DOCKER_HOST", "").startswith("tcp://127.0.0.1:")
+    return env
+
+
+def docker(env: dict[str, str], *args: str, timeout: float = 120, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([DOCKER, *args], env=env, capture_output=True, timeout=timeout, input=stdin, check=False)
+
+
+def wait_docker_ps(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    deadline = time.monotonic() + timeout
+    while True:
+        res = docker(env, "ps", timeout=30)
+        if res.returncode == 0 or time.monotonic() > deadline:
+            return res
+        time.sleep(2)
+
+
+def ls_state(pm: PyMachine, name: str) -> str:
+    return pm.ok("ls", "--filter", f"name={name}", "--format", "{{.State}}").stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def image():
+    reason = missing_prerequisites()
+    if reason:
+        pytest.skip(reason)
+    started = time.monotonic()
+    info = cached_image()
+    print(f"\n[timing] image ready in {time.monotonic() - started:.1f}s: {info.directory} "
+          f"({info.disk.stat().st_size / 1e6:.0f} MB qcow2, {info.virtual_size >> 20} MB virtual)")
+    return info
+
+
+@pytest.fixture
+def vm_pm(pm: PyMachine):
+    yield pm
+    pm("rm", "-f", "-y", "dev", timeout=120)
+    kill_leftovers(pm.root)
+
+
+@pytest.mark.vm
+@pytest.mark.timeout(1500)
+def test_qemu_machine_lifecycle(vm_pm: PyMachine, image) -> None:
+    pm = vm_pm
+    assert DOCKER, "docker CLI not installed"
+    # -- create ----------------------------------------------------------------------------
+    res, lines = timed(pm, "create", "-d", "qemu", "--qemu-image", str(image.directory),
+                       "--qemu-restrict-network", "--qemu-memory", "1024",
+                       "--engine-install-source", "preinstalled", "dev", timeout=900)
+    assert res.returncode == 0, res.stdout
+    for t, line in lines:
+        print(f"[create +{t:6.1f}s] {line}")
+    assert "Docker is up and running!" in res.stdout
+    assert ls_state(pm, "dev") == "Running"
+    machine_dir = pm.store / "machines" / "dev"
+    (pid,) = qemu_pids_under(machine_dir)
+    # -- env + a real container -----------------------------------------------------------------
+    env = docker_env(pm, "dev")
+    tar = busybox_image_tar()
+    imported = docker(env, "import", "-", IMAGE_NAME, stdin=tar.read_bytes(), timeout=300)
+    assert imported.returncode == 0, imported.stderr
+    t = time.monotonic()
+    run = docker(env, "run", "--rm", "--network", "none", IMAGE_NAME, "sh", "-c", "echo hello from $(hostname -s)",
+                 timeout=300)
+    print(f"[timing] docker run in the VM: {time.monotonic() - t:.1f}s")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.decode().startswith("hello from ")
+    # -- ssh ------------------------------------------------------------------------------------------
+    ssh = pm("ssh", "dev", "--", "echo", "hi", "&&", "hostname", timeout=60)
+    assert ssh.returncode == 0, ssh.stderr
+    assert ssh.stdout.split() == ["hi", "dev"]
+    # -- stop / start ------------------------------------------------------------------------------
+    t = time.monotonic()
+    pm.ok("stop", "dev", timeout=180)
+    print(f"[timing] stop: {time.monotonic() - t:.1f}s")
+    assert ls_state(pm, "dev") == "Stopped"
+    assert qemu_pids_under(machine_dir) == []
+    assert not os.path.exists(f"/proc/{pid}") or b"qemu" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    t = time.monotonic()
+    pm.ok("start", "dev", timeout=400)
+    ps = wait_docker_ps(env)
+    print(f"[timing] start to docker ps: {time.monotonic() - t:.1f}s")
+    assert ps.returncode == 0, ps.stderr  # same 127.0.0.1 certificate: no TLS error
+    assert ls_state(pm, "dev") == "Running"
+    # -- fault: QEMU killed from outside ------------------------------------------------------------
+    (pid,) = qemu_pids_under(machine_dir)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while ls_state(pm, "dev") != "Stopped" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ls_state(pm, "dev") == "Stopped"
+    pm.ok("start", "dev", timeout=400)
+    ps = wait_docker_ps(env)
+    assert ps.returncode == 0, ps.stderr
+    listed = docker(env, "images", "--format", "{{.Repository}}:{{.Tag}}")
+    assert IMAGE_NAME in listed.stdout.decode()  # the disk survived the kill
+    # -- rm ------------------------------------------------------------------------------------------
+    ports = [int(p) for p in re.findall(r'"(?:SSHPort|EnginePort)": (\d+)', (machine_dir / "config.json").read_text())]
+    pm.ok("rm", "-y", "dev", timeout=120)
+    assert qemu_pids_under(pm.store) == []
+    assert not machine_dir.exists()
+    for port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))  # free again
+
+
+# -- bad input: refused by the pre-create checks, nothing created, no boot --------------------------
+
+
+@pytest.fixture
+def tiny_image(tmp_path: Path) -> Path:
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img not installed")
+    path = tmp_path / "tiny.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True, timeout=30)
+    return path
+
+
+def assert_refused(pm: PyMachine, res: Result, *needles: str) -> None:
+    assert res.returncode == 3, (res.returncode, res.stdout, res.stderr)
+    last = res.stderr.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in last
+    assert not (pm.store / "machines" / "dev").exists()
+    assert qemu_pids_under(pm.root) == []
+
+
+def test_too_little_memory(pm: PyMachine, tiny_image: Path) -> None:
+    res = pm("create", "-d", "qemu", "--qemu-image", str(tiny_image), "--qemu-memory", "128", "dev")
+    assert_refused(pm, res, "--qemu-memory must be at least 256 MB")
+
+
+def test_missing_image_path(pm: PyMachine, tmp_path: Path) -> None:
+    res = pm("create", "-d", "qemu", "--qemu-image", str(tmp_path / "missing.qcow2"), "dev")
+    assert_refused(pm, res, "QEMU image not found", "missing.qcow2")
+
+
+def test_qemu_not_installed(pm: PyMachine, tiny_image: Path) -> None:
+    bin_dir = Path(sys.executable).parent
+    res = pm("create", "-d", "qemu", "--qemu-image", str(tiny_image), "dev", env={"PATH": str(bin_dir)})
+    assert_refused(pm, res, "qemu-system-x86_64 not found", "qemu-system-x86 qemu-utils")
+
+
+def test_port_already_taken(pm: PyMachine, tiny_image: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = pm("create", "-d", "qemu", "--qemu-image", str(tiny_image), "--qemu-ssh-port", str(port), "dev")
+    assert_refused(pm, res, f"127.0.0.1:{port} is already in use")
+
+
+@pytest.mark.vm
+def test_image_build_reuses_the_cache_and_ls_lists_it(pm: PyMachine, image) -> None:
+    """``pymachine image build`` finds the image cached for the current recipe (no rebuild)."""
+    cache = pm.store / "cache" / "images"
+    cache.mkdir(parents=True)
+    (cache / image.recipe).symlink_to(image.directory)
+    started = time.monotonic()
+    out = pm.ok("image", "build", timeout=60).stdout.splitlines()
+    assert time.monotonic() - started < 30
+    assert out[0] == str(cache / image.recipe)
+    assert image.manifest["disk_sha256"] in out[2] and out[2].endswith("(cached)")
+    listing = pm.ok("image", "ls").stdout.splitlines()
+    assert listing[0].split() == ["RECIPE", "SUITE", "KERNEL", "ENGINE", "SIZE", "BUILT", "CURRENT"]
+    assert listing[1].split()[0] == image.recipe and listing[1].split()[-1] == "*"
+    assert image.manifest["kernel_version"] in listing[1]
+    bad = pm("image")
+    assert bad.returncode == 1 and "build | ls" in bad.stderr

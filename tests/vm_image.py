@@ -1,0 +1,35 @@
+"""pymachine's base VM image for tests, cached across runs by its recipe hash.
+
+Building takes minutes (debootstrap + apt + qcow2), so tests reuse the image
+under ``$PYMACHINE_TEST_CACHE/vm-images/<recipe hash>/`` (default
+``/var/tmp/pymachine-test-cache``): CI rebuilds only when the recipe in
+``engine/images.py`` changes, and a missing cache rebuilds instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from engine.images import ImageInfo, build_image, find_image
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PYMACHINE_TEST_CACHE", "/var/tmp/pymachine-test-cache")) / "vm-images"
+
+
+def missing_prerequisites() -> str | None:
+    """Why the image cannot be built or booted here, or None."""
+    if os.geteuid() != 0 and find_image(cache_dir()) is None:
+        return "building the VM image needs root"
+    for tool in ("debootstrap", "mke2fs", "qemu-img", "qemu-system-x86_64"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+def cached_image() -> ImageInfo:
+    """The image for the current recipe: reused if cached, else built (progress on stderr)."""
+    return build_image(cache_dir(), lambda m: print(f"[vm-image] {m}", file=sys.stderr, flush=True))
