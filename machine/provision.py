@@ -72,9 +72,13 @@ def ssh_run(driver: Driver, command: str, check: bool = True):
 
 
 def engine_port(machine: Machine) -> int:
+    """The port dockerd listens on inside the host (not a host-side forward)."""
     from urllib.parse import urlsplit
 
     driver = machine.driver
+    guest_port = getattr(driver, "guest_engine_port", None)
+    if callable(guest_port):
+        return int(guest_port())
     url = driver.engine_url() if hasattr(driver, "engine_url") else driver.url()
     return urlsplit(url).port or 2376
 

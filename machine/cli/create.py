@@ -101,7 +101,7 @@ def driver_values(ns: argparse.Namespace, flags: Sequence[Flag]) -> dict[str, An
     return values
 
 
-def options_from(ns: argparse.Namespace, ctx: Context) -> Any:
+def options_from(ns: argparse.Namespace, ctx: Context, driver_default_source: str = "packages") -> Any:
     from machine.host import CreateOptions
 
     mirrors = ns.engine_registry_mirror if ns.engine_registry_mirror is not None else ns._mirror_env
@@ -110,7 +110,7 @@ def options_from(ns: argparse.Namespace, ctx: Context) -> Any:
         labels=ns.engine_label, storage_driver=ns.engine_storage_driver, registry_mirror=mirrors,
         install_url=ns.engine_install_url,
     )
-    engine = with_engine_extras(engine, ns, ctx)
+    engine = with_engine_extras(engine, ns, ctx, driver_default_source)
     swarm = hostoptions.swarm_options(
         is_swarm=ns.swarm or ns.swarm_master, address=ns.swarm_addr, discovery=ns.swarm_discovery,
         master=ns.swarm_master, host=ns.swarm_host, image=ns.swarm_image, strategy=ns.swarm_strategy,
@@ -124,7 +124,8 @@ def options_from(ns: argparse.Namespace, ctx: Context) -> Any:
     )
 
 
-def with_engine_extras(engine: dict[str, Any], ns: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+def with_engine_extras(engine: dict[str, Any], ns: argparse.Namespace, ctx: Context,
+                       driver_default_source: str = "packages") -> dict[str, Any]:
     """Fold pymachine's proxy and install-source settings into EngineOptions."""
     import os
 
@@ -148,7 +149,7 @@ def with_engine_extras(engine: dict[str, Any], ns: argparse.Namespace, ctx: Cont
         raise MachineError("--engine-install-source bundle needs --engine-bundle FILE")
     if not source:
         explicit_url = getattr(ns, "explicit_install_url", False) or "MACHINE_DOCKER_INSTALL_URL" in ctx.environ
-        source = "script" if explicit_url else "packages"
+        source = "script" if explicit_url else driver_default_source
     opts.install_source = source
     return opts.to_json()
 
@@ -187,7 +188,9 @@ def cmd_create(ctx: Context, args: list[str]) -> int:
     assert cls is not None
     ns.explicit_install_url = any(a.split("=", 1)[0] == "--engine-install-url" for a in args)
     driver = hostmod.prepare_driver(ctx.store, name, driver_name, driver_values(ns, cls.flags))
-    hostmod.create(ctx.store, name, driver, options_from(ns, ctx), ctx.out, argv0=ARGV0)
+    # A driver whose image carries the engine (qemu) defaults to configuring it only.
+    default_source = getattr(cls, "default_install_source", "packages")
+    hostmod.create(ctx.store, name, driver, options_from(ns, ctx, default_source), ctx.out, argv0=ARGV0)
     return 0
 
 
