@@ -9,14 +9,13 @@ uses the store's copy instead of failing, so moved stores keep working.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from machine.store import Host, Store
 
 
-@dataclass(frozen=True)
-class MachineTLS:
+class MachineTLS(NamedTuple):
     ca_cert: Path
     ca_key: Path
     client_cert: Path

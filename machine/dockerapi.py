@@ -10,17 +10,26 @@ import json
 import socket
 import ssl
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from machine.errors import MachineError
 from machine.tlsclient import client_tls_context
 
 
 def split_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if not parts.hostname:
+    """``tcp://host:port`` (or ``[v6]:port``) -> (host, port); parsed by hand to keep
+    urllib out of ``env``'s start-up."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not host:
         raise MachineError(f"invalid engine URL {url!r}")
-    return parts.hostname, parts.port or 2376
+    try:
+        return host, int(port_text) if port_text else 2376
+    except ValueError:
+        raise MachineError(f"invalid engine URL {url!r}") from None
 
 
 def tls_handshake(url: str, ca: Path, cert: Path, key: Path, timeout: float = 20.0) -> None:

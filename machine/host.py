@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,28 @@ from machine.store import INVALID_NAME, Host, Store, valid_name
 Log = Callable[[str], None]
 
 
-@dataclass
 class CreateOptions:
     """Everything ``create`` takes besides the driver's own flags."""
 
-    engine: dict[str, Any] = field(default_factory=hostoptions.engine_options)
-    swarm: dict[str, Any] = field(default_factory=hostoptions.swarm_options)
-    tls_sans: list[str] = field(default_factory=list)
-    ca_cert: str | None = None
-    ca_key: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # pymachine-only settings (proxy, bundle...)
+    def __init__(
+        self,
+        engine: dict[str, Any] | None = None,
+        swarm: dict[str, Any] | None = None,
+        tls_sans: list[str] | None = None,
+        ca_cert: str | None = None,
+        ca_key: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        extra: dict[str, Any] | None = None,  # pymachine-only top-level settings
+    ) -> None:
+        self.engine = hostoptions.engine_options() if engine is None else engine
+        self.swarm = hostoptions.swarm_options() if swarm is None else swarm
+        self.tls_sans = list(tls_sans or [])
+        self.ca_cert = ca_cert
+        self.ca_key = ca_key
+        self.client_cert = client_cert
+        self.client_key = client_key
+        self.extra = dict(extra or {})
 
 
 class Machine:

@@ -21,7 +21,6 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,20 +74,29 @@ def dump_json(obj: Any) -> bytes:
     return json.dumps(obj, indent=4, ensure_ascii=False).encode()
 
 
-@dataclass
 class Host:
     """One machine's ``config.json``: the field names and order are docker-machine's.
 
     ``driver`` is the driver's raw JSON; unknown top-level keys are kept in
     ``extra`` and written back, so a config edited by another tool survives.
+    (A plain class: this module is on ``env``'s path and dataclasses cost start-up time.)
     """
 
-    name: str
-    driver_name: str
-    driver: dict[str, Any]
-    host_options: dict[str, Any]
-    config_version: int = CONFIG_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+    def __init__(
+        self,
+        name: str,
+        driver_name: str,
+        driver: dict[str, Any],
+        host_options: dict[str, Any],
+        config_version: int = CONFIG_VERSION,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.driver_name = driver_name
+        self.driver = driver
+        self.host_options = host_options
+        self.config_version = config_version
+        self.extra = {} if extra is None else extra
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -136,13 +144,13 @@ class Host:
         return self.host_options.setdefault("SwarmOptions", {}) or {}
 
 
-@dataclass
 class BrokenHost:
     """A machine directory whose config could not be loaded: shown as an error row."""
 
-    name: str
-    error: str
-    driver_name: str = "not found"
+    def __init__(self, name: str, error: str, driver_name: str = "not found") -> None:
+        self.name = name
+        self.error = error
+        self.driver_name = driver_name
 
 
 class Store:

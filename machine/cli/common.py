@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import NoReturn
 
 from machine.errors import MachineError
 from machine.store import Store
@@ -21,17 +17,33 @@ class UsageError(MachineError):
     """Bad command line: one line, exit 1 (docker-machine's codegangsta/cli did the same)."""
 
 
-@dataclass
 class Context:
-    store: Store
-    debug: bool = False
-    native_ssh: bool = False
-    tls_ca_cert: str | None = None
-    tls_ca_key: str | None = None
-    tls_client_cert: str | None = None
-    tls_client_key: str | None = None
-    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
-    _out_lock: threading.Lock = field(default_factory=threading.Lock)
+    """What every command gets: the store, the global flags and the environment.
+
+    A plain class, not a dataclass: ``dataclasses`` (with ``inspect``) costs ~10 ms
+    of start-up on every ``pymachine env``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        debug: bool = False,
+        native_ssh: bool = False,
+        tls_ca_cert: str | None = None,
+        tls_ca_key: str | None = None,
+        tls_client_cert: str | None = None,
+        tls_client_key: str | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.debug = debug
+        self.native_ssh = native_ssh
+        self.tls_ca_cert = tls_ca_cert
+        self.tls_ca_key = tls_ca_key
+        self.tls_client_cert = tls_client_cert
+        self.tls_client_key = tls_client_key
+        self.environ = dict(os.environ) if environ is None else environ
+        self._out_lock = threading.Lock()
 
     def out(self, text: str) -> None:
         """Info messages and results go to stdout, as docker-machine's log.Info did."""
@@ -45,43 +57,17 @@ class Context:
             sys.stderr.flush()
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse that reports errors as one line with exit code 1 instead of usage + 2."""
+def parser(command: str, description: str, usage_args: str = "[arg...]"):
+    """An argparse parser that fails with one line and exit code 1 (see argparsing.py)."""
+    from machine.cli.argparsing import parser as make
 
-    def error(self, message: str) -> NoReturn:
-        if message.startswith("unrecognized arguments: "):
-            flags = [a for a in message.split(": ", 1)[1].split() if a.startswith("-")]
-            if flags:
-                raise UsageError(f"flag provided but not defined: {flags[0]}")
-            raise UsageError(f"Invalid command line. Found extra arguments {message.split(': ', 1)[1].split()}")
-        raise UsageError(message)
-
-    def format_help(self) -> str:
-        text = super().format_help()
-        return "Usage:" + text[len("usage:"):] if text.startswith("usage:") else text
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            sys.stderr.write(message)
-        raise SystemExit(status)
+    return make(command, description, usage_args)
 
 
-def parser(command: str, description: str, usage_args: str = "[arg...]") -> Parser:
-    return Parser(
-        prog=f"{ARGV0} {command}",
-        usage=f"{ARGV0} {command} [OPTIONS] {usage_args}",
-        description=description,
-        allow_abbrev=False,
-    )
+def parse(p, args: Sequence[str]):
+    from machine.cli.argparsing import parse as run
 
-
-def parse(p: Parser, args: Sequence[str]) -> argparse.Namespace:
-    ns, extra = p.parse_known_args(list(args))
-    flags = [a for a in extra if a.startswith("-") and a != "-"]
-    if flags:
-        raise UsageError(f"flag provided but not defined: {flags[0]}")
-    ns.rest = extra
-    return ns
+    return run(p, args)
 
 
 def target_names(ctx: Context, names: Sequence[str]) -> list[str]:
@@ -105,6 +91,8 @@ def run_concurrently(names: Sequence[str], action: Callable[[str], None]) -> Non
     if len(names) == 1:
         action(names[0])
         return
+    from concurrent.futures import ThreadPoolExecutor  # ~11 ms with logging: only when needed
+
     with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
         futures = {pool.submit(action, n): n for n in names}
         for fut in futures:

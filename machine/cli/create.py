@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from machine import hostoptions
-from machine.cli.common import ARGV0, Context, Parser, UsageError, parser
+from machine.cli.argparsing import Parser
+from machine.cli.common import ARGV0, Context, UsageError, parser
 from machine.drivers.base import Flag
 from machine.errors import MachineError
 

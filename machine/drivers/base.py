@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from machine.errors import MachineError
@@ -35,16 +34,22 @@ class State(str, enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True)
 class Flag:
     """One create flag, as libmachine's mcnflag: name, kind, default, env var, help."""
 
-    name: str
-    kind: str  # "string" | "int" | "bool" | "list"
-    default: Any = None
-    env: str | None = None
-    help: str = ""
-    secret: bool = False  # never logged; not written to config.json in clear
+    __slots__ = ("name", "kind", "default", "env", "help", "secret")
+
+    def __init__(self, name: str, kind: str, default: Any = None, env: str | None = None,
+                 help: str = "", secret: bool = False) -> None:
+        self.name = name
+        self.kind = kind  # "string" | "int" | "bool" | "list"
+        self.default = default
+        self.env = env
+        self.help = help
+        self.secret = secret  # never logged; not written to config.json in clear
+
+    def __repr__(self) -> str:
+        return f"Flag({self.name!r}, {self.kind!r}, {self.default!r}, {self.env!r})"
 
     def env_default(self, environ: Mapping[str, str]) -> Any:
         if not self.env or self.env not in environ:

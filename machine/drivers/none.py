@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from machine.drivers.base import Driver, Flag, Log, State
 from machine.errors import MachineError
@@ -28,6 +27,8 @@ class NoneDriver(Driver):
         url = str(values.get("url") or "")
         if not url:
             raise MachineError("--url option is required when no driver is selected")
+        from urllib.parse import urlsplit
+
         parts = urlsplit(url)
         if not parts.scheme or not parts.netloc:
             raise MachineError(f"--url {url!r} is not a URL like tcp://HOST:PORT")
