@@ -1,0 +1,119 @@
+"""``python -m installer``: refresh the lock, build installers, write and check SHA256SUMS.
+
+    python -m installer lock [--update] [--only NAME] [--lock FILE]
+    python -m installer build --platform linux|windows|macos|all --out DIR [--lock FILE]
+        [--without NAME] [--cert C --key K] [--gpg-key ID | --minisign-key FILE]
+    python -m installer verify DIR [--gpg-home H | --minisign-pub FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from installer.lock import DEFAULT_LOCK, Lock
+from machine.errors import MachineError
+
+
+def _lock_cmd(ns: argparse.Namespace) -> int:
+    from installer import lock as lockmod
+
+    lock = Lock.load(ns.lock)
+    if not ns.update:
+        for plat, comps in sorted(lock.platforms.items()):
+            for c in comps:
+                pin = f"{c.sha256[:12]} {c.size}" if c.sha256 else "UNPINNED"
+                print(f"{plat:8} {c.name:22} {c.version:12} {pin}")
+        return 0
+    changes = lockmod.update(lock, set(ns.only) if ns.only else None)
+    lock.save(ns.lock)
+    print("\n".join(changes) if changes else "lock is up to date")
+    return 0
+
+
+def _components(lock: Lock, platform: str, without: list[str]):
+    comps = [c for c in lock.components(platform) if c.name not in without]
+    for c in comps:
+        c.require_pinned()
+    return comps
+
+
+def _build_cmd(ns: argparse.Namespace) -> int:
+    from installer import sums
+
+    lock = Lock.load(ns.lock)
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    platforms = ["linux", "windows", "macos"] if ns.platform == "all" else [ns.platform]
+    artefacts: list[Path] = []
+    for plat in platforms:
+        started = time.monotonic()
+        if plat == "linux":
+            from installer import linux
+
+            artefacts.append(linux.build_pyz(out / "pymachine.pyz"))
+            artefacts.append(linux.build_deb(out, _components(lock, "linux", ns.without)))
+        elif plat == "windows":
+            from installer import windows
+
+            artefacts.append(windows.build_exe(out, _components(lock, "windows", ns.without),
+                                               cert=ns.cert, key=ns.key))
+        else:
+            raise MachineError("the macOS .pkg builder is not part of this build yet")
+        sys.stderr.write(f"{plat}: built in {time.monotonic() - started:.2f}s\n")
+    sums_path = sums.write_sums(out, artefacts)
+    if ns.gpg_key:
+        sums.sign_gpg(sums_path, ns.gpg_key)
+    elif ns.minisign_key:
+        sums.sign_minisign(sums_path, Path(ns.minisign_key))
+    for a in [*artefacts, sums_path]:
+        print(f"{a.stat().st_size:>10}  {a.name}")
+    return 0
+
+
+def _verify_cmd(ns: argparse.Namespace) -> int:
+    from installer import sums
+
+    directory = Path(ns.dir)
+    if ns.minisign_pub:
+        sums.verify_minisign(directory / "SHA256SUMS", Path(ns.minisign_pub))
+    elif (directory / "SHA256SUMS.asc").exists() or ns.gpg_home:
+        sums.verify_gpg(directory / "SHA256SUMS", ns.gpg_home)
+    checked = sums.check_sums(directory)
+    print(f"OK: signature and {len(checked)} checksums")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m installer", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    lk = sub.add_parser("lock", help="show or refresh the component lock")
+    lk.add_argument("--lock", default=str(DEFAULT_LOCK))
+    lk.add_argument("--update", action="store_true", help="refresh from upstream release metadata")
+    lk.add_argument("--only", action="append", default=[], help="update only this component")
+    b = sub.add_parser("build", help="build installers from the lock")
+    b.add_argument("--lock", default=str(DEFAULT_LOCK))
+    b.add_argument("--platform", required=True, choices=["linux", "windows", "macos", "all"])
+    b.add_argument("--out", required=True)
+    b.add_argument("--without", action="append", default=[], help="leave out this component")
+    b.add_argument("--cert", help="Authenticode certificate (PEM) for the Windows installer")
+    b.add_argument("--key", help="Authenticode private key (PEM)")
+    b.add_argument("--gpg-key", default=os.environ.get("PYMACHINE_GPG_KEY", ""), help="gpg key id to sign SHA256SUMS")
+    b.add_argument("--minisign-key", default=os.environ.get("PYMACHINE_MINISIGN_KEY", ""))
+    v = sub.add_parser("verify", help="check SHA256SUMS and its signature")
+    v.add_argument("dir")
+    v.add_argument("--gpg-home", default=None)
+    v.add_argument("--minisign-pub", default=None)
+    ns = p.parse_args(argv)
+    try:
+        return {"lock": _lock_cmd, "build": _build_cmd, "verify": _verify_cmd}[ns.cmd](ns)
+    except MachineError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return exc.exit_code or 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The component lock: every file an installer bundles, pinned by version, URL, size and sha256.
+
+Why a lock: Docker Toolbox pinned versions but verified only one of seven
+downloads.  Here a build refuses anything whose size or digest differs from
+the lock, and the lock is refreshed only by an explicit ``lock --update`` that
+reads upstream release metadata (GitHub releases, PyPI JSON, SHA256SUMS files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from machine.errors import MachineError
+
+PLATFORMS = ("windows", "macos", "linux")
+DEFAULT_LOCK = Path(__file__).resolve().parent.parent / "packaging" / "components.lock.json"
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class LockError(MachineError):
+    """The lock file is malformed or a component is not pinned."""
+
+
+@dataclass
+class Component:
+    """One bundled file.  ``dest`` is where it lands in the installed tree;
+    ``unpack`` ("zip"/"tar") extracts it there instead of copying it."""
+
+    name: str
+    version: str
+    url: str
+    size: int | None
+    sha256: str | None
+    dest: str
+    unpack: str = ""
+    strip: int = 0
+    optional: bool = False
+    upstream: dict[str, Any] = field(default_factory=dict)
+
+    def require_pinned(self) -> None:
+        if not isinstance(self.size, int) or not self.sha256 or not SHA256_RE.match(self.sha256):
+            raise LockError(
+                f"component {self.name!r} is not pinned (size/sha256 missing): "
+                "run 'python -m installer lock --update'"
+            )
+
+    @property
+    def filename(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass
+class Lock:
+    product: dict[str, str]
+    platforms: dict[str, list[Component]]
+    schema: int = 1
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] = DEFAULT_LOCK) -> Lock:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise LockError(f"cannot read lock file {path}: {exc}") from None
+        if data.get("schema") != 1:
+            raise LockError(f"{path}: unsupported lock schema {data.get('schema')!r}")
+        platforms: dict[str, list[Component]] = {}
+        for plat, comps in data.get("platforms", {}).items():
+            if plat not in PLATFORMS:
+                raise LockError(f"{path}: unknown platform {plat!r}")
+            platforms[plat] = [Component(**c) for c in comps]
+        return cls(product=dict(data.get("product", {})), platforms=platforms)
+
+    def to_json(self) -> str:
+        data = {
+            "schema": self.schema,
+            "product": self.product,
+            "platforms": {p: [asdict(c) for c in cs] for p, cs in sorted(self.platforms.items())},
+        }
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+
+    def components(self, platform: str) -> list[Component]:
+        if platform not in self.platforms:
+            raise LockError(f"the lock has no components for platform {platform!r}")
+        return self.platforms[platform]
+
+
+# ---------------------------------------------------------------- lock --update
+
+def _get(url: str, timeout: float = 30.0) -> bytes:
+    req = urllib.request.Request(url, headers={"User-Agent": "pymachine-installer-lock"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read()
+
+
+def _head_size(url: str, timeout: float = 30.0) -> int:
+    req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "pymachine-installer-lock"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        length = resp.headers.get("Content-Length")
+    if length is None:
+        raise LockError(f"{url}: server gives no Content-Length")
+    return int(length)
+
+
+def _expand(template: str, **values: str) -> str:
+    return template.format(**values)
+
+
+def _github(comp: Component, up: dict[str, Any]) -> None:
+    api = os.environ.get("PYMACHINE_GITHUB_API", "https://api.github.com").rstrip("/")
+    release = json.loads(_get(f"{api}/repos/{up['repo']}/releases/latest"))
+    version = str(release["tag_name"]).removeprefix("v")
+    pattern = re.compile(_expand(up["asset"], version=re.escape(version)))
+    asset = next((a for a in release.get("assets", []) if pattern.fullmatch(str(a.get("name")))), None)
+    if asset is None:
+        raise LockError(f"{comp.name}: release {release['tag_name']} has no asset matching {pattern.pattern!r}")
+    wanted = str(asset["name"])
+    digest = str(asset.get("digest") or "")
+    if digest.startswith("sha256:"):
+        sha = digest.split(":", 1)[1]
+    elif up.get("sums_asset"):
+        sums_name = _expand(up["sums_asset"], version=version)
+        sums = next((a for a in release["assets"] if a.get("name") == sums_name), None)
+        if sums is None:
+            raise LockError(f"{comp.name}: release has neither a digest nor {sums_name!r}")
+        sha = _sum_for(_get(sums["browser_download_url"]).decode(), wanted, comp.name)
+    else:
+        raise LockError(f"{comp.name}: release asset {wanted!r} carries no sha256 digest")
+    comp.version, comp.url, comp.size, comp.sha256 = version, asset["browser_download_url"], int(asset["size"]), sha
+
+
+def _pypi(comp: Component, up: dict[str, Any]) -> None:
+    index = os.environ.get("PYMACHINE_PYPI_JSON", "https://pypi.org/pypi").rstrip("/")
+    meta = json.loads(_get(f"{index}/{up['project']}/json"))
+    version = str(up.get("version") or meta["info"]["version"])
+    files = meta.get("releases", {}).get(version) or (meta.get("urls") if version == meta["info"]["version"] else [])
+    pattern = re.compile(_expand(up["filename"], version=re.escape(version)))
+    match = next((f for f in files or [] if pattern.fullmatch(f["filename"])), None)
+    if match is None:
+        raise LockError(f"{comp.name}: no file matching {pattern.pattern!r} in {up['project']} {version}")
+    comp.version, comp.url, comp.size, comp.sha256 = version, match["url"], int(match["size"]), match["digests"]["sha256"]
+
+
+def _sum_for(text: str, filename: str, name: str) -> str:
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[-1].lstrip("*") == filename and SHA256_RE.match(parts[0].lower()):
+            return parts[0].lower()
+    raise LockError(f"{name}: {filename!r} is not listed in the upstream checksum file")
+
+
+def _sums(comp: Component, up: dict[str, Any]) -> None:
+    """Vendors with a LATEST file and a SHA256SUMS per release (VirtualBox)."""
+    version = _get(up["latest"]).decode().strip().split()[0]
+    sums_url = _expand(up["sums"], version=version)
+    text = _get(sums_url).decode()
+    pattern = re.compile(_expand(up["file"], version=re.escape(version)))
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and pattern.fullmatch(parts[-1].lstrip("*")):
+            filename = parts[-1].lstrip("*")
+            url = sums_url.rsplit("/", 1)[0] + "/" + filename
+            comp.version, comp.url, comp.sha256 = version, url, parts[0].lower()
+            comp.size = _head_size(url)
+            return
+    raise LockError(f"{comp.name}: no file matching {pattern.pattern!r} in {sums_url}")
+
+
+UPDATERS = {"github": _github, "pypi": _pypi, "sums": _sums}
+
+
+def update(lock: Lock, only: set[str] | None = None) -> list[str]:
+    """Refresh every component that names an ``upstream``; returns "name old -> new" lines."""
+    changes: list[str] = []
+    for plat, comps in lock.platforms.items():
+        for comp in comps:
+            up = comp.upstream
+            if not up or (only and comp.name not in only):
+                continue
+            kind = up.get("type")
+            if kind not in UPDATERS:
+                raise LockError(f"{comp.name}: unknown upstream type {kind!r}")
+            before = (comp.version, comp.sha256)
+            try:
+                UPDATERS[kind](comp, up)
+            except (OSError, KeyError, ValueError) as exc:
+                raise LockError(f"{comp.name}: cannot read upstream metadata: {exc}") from None
+            comp.require_pinned()
+            if (comp.version, comp.sha256) != before:
+                changes.append(f"{plat}/{comp.name} {before[0]} -> {comp.version} ({comp.sha256[:12]})")
+    return changes

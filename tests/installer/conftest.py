@@ -1,0 +1,107 @@
+"""Stand-in components on a loopback HTTP server, and a lock file that pins them."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep test output quiet
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path: Path):
+    """(directory, base_url) of a threaded HTTP server on 127.0.0.1 serving that directory."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = lambda *a, **kw: _Handler(*a, directory=str(root), **kw)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def exe_stub(label: str) -> bytes:
+    """A tiny PE-looking file: 'MZ' header, a PE offset and a label (never executed)."""
+    head = bytearray(b"MZ" + b"\0" * 62)
+    head[0x3C:0x40] = (64).to_bytes(4, "little")
+    return bytes(head) + b"PE\0\0" + label.encode() + b"\0" * 32
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in sorted(files.items()):
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
+    return buf.getvalue()
+
+
+def tar_bytes(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 1577836800, 0o755
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def standin_files() -> dict[str, tuple[bytes, dict]]:
+    """filename -> (content, component fields); one exe stub, one zip, one tar per platform."""
+    return {
+        "python-3.11.9-embed-amd64.zip": (
+            zip_bytes({"python.exe": exe_stub("python"), "python311._pth": b"python311.zip\n.\n"}),
+            {"name": "python-runtime", "version": "3.11.9", "dest": "python", "unpack": "zip"},
+        ),
+        "docker-27.3.1.zip": (
+            zip_bytes({"docker/docker.exe": exe_stub("docker cli")}),
+            {"name": "docker-cli", "version": "27.3.1", "dest": "bin", "unpack": "zip", "strip": 1},
+        ),
+        "docker-compose-windows-x86_64.exe": (
+            exe_stub("compose"), {"name": "docker-compose", "version": "2.30.3", "dest": "bin/docker-compose.exe"},
+        ),
+        "VirtualBox-7.1.4-165100-Win.exe": (
+            exe_stub("virtualbox"),
+            {"name": "virtualbox", "version": "7.1.4", "dest": "installers/virtualbox.exe", "optional": True},
+        ),
+        "vm-image.tar.gz": (
+            tar_bytes({"image/boot2docker.iso": b"ISO stand-in " * 100}),
+            {"name": "vm-image", "version": "1.0", "dest": "cache", "unpack": "tar", "strip": 1},
+        ),
+    }
+
+
+def make_lock(root: Path, base: str, platform: str = "windows") -> dict:
+    """Write the stand-ins under ``root`` and return a lock dict pinning them."""
+    comps = []
+    for filename, (data, fields) in standin_files().items():
+        (root / filename).write_bytes(data)
+        comp = {"url": f"{base}/{filename}", "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                "unpack": "", "strip": 0, "optional": False, "upstream": {}, **fields}
+        comps.append(comp)
+    return {"schema": 1, "product": {"name": "pymachine", "version": "0.1.0"}, "platforms": {platform: comps}}
+
+
+@pytest.fixture
+def standin_lock(http_root, tmp_path: Path):
+    """(lock path, www dir, cache dir) for a Windows lock of served stand-ins."""
+    www, base = http_root
+    lock = make_lock(www, base)
+    path = tmp_path / "components.lock.json"
+    path.write_text(json.dumps(lock, indent=2))
+    return path, www, tmp_path / "cache"
