@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ls": ("ls", "cmd_ls", "List machines"),
     "mount": ("sshcmds", "cmd_mount", "Mount or unmount a directory from a machine with SSHFS."),
     "provision": ("lifecycle", "cmd_provision", "Re-provision existing machines"),
+    "quickstart": ("quickstart_cmd", "cmd_quickstart", "Create or start the default machine and open a shell wired to it"),
     "regenerate-certs": ("lifecycle", "cmd_regenerate_certs", "Regenerate TLS Certificates for a machine"),
     "restart": ("lifecycle", "cmd_restart", "Restart a machine"),
     "rm": ("lifecycle", "cmd_rm", "Remove a machine"),
