@@ -1,0 +1,827 @@
+"""The ``virtualbox`` driver: docker-machine's VirtualBox driver, driven through ``VBoxManage``.
+
+Command sequences, flags, defaults and messages follow docker-machine 0.16
+(``drivers/virtualbox``): a VM with a NAT NIC (SSH forwarded from a free
+127.0.0.1 port) and a host-only NIC (the engine's address), a host-only
+interface reused when one has the same IP and mask, a DHCP server scoped to
+the CIDR.  Differences, on purpose: the default host-only CIDR is
+192.168.56.1/24 (VirtualBox >= 6.1.28 only allows 192.168.56.0/21 unless
+/etc/vbox/networks.conf says more), the guest IP comes from the guest
+properties or the DHCP lease instead of an SSH round trip, and a boot image
+must be given (no GitHub download of boot2docker).
+
+Every VBoxManage call goes through a ``VBoxBackend``; ``VBoxManageCLI`` is
+the only one.  A ``vboxapi`` (XPCOM/COM) backend could implement the same
+small interface, but vboxapi needs an installed VirtualBox SDK, so none ships.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from machine.drivers.base import Driver, Flag, Log, State
+from machine.errors import HostNotRunning, MachineError, PreCreateError
+
+VBOXMANAGE = "VBoxManage"
+INSTALL_HINT = "VBoxManage not found: install VirtualBox (https://www.virtualbox.org) and put VBoxManage on PATH"
+DEFAULT_CIDR = "192.168.56.1/24"
+ALLOWED_DEFAULT = (ipaddress.ip_network("192.168.56.0/21"),)
+NETWORKS_CONF = "/etc/vbox/networks.conf"
+NETWORKS_CONF_ENV = "PYMACHINE_VBOX_NETWORKS_CONF"  # where networks.conf is read (tests, odd installs)
+DHCP_PREFIX = "HostInterfaceNetworking-"
+NOT_READY = "error: The object is not ready"
+RETRIES = 5
+RETRY_DELAY = 0.1
+CALL_TIMEOUT = 600.0
+STOP_TIMEOUT = 90.0
+IP_WAIT = 120.0
+HOSTONLY_POLL = 10.0
+ENGINE_PORT = 2376
+IMAGE_SUFFIXES = (".iso", ".vmdk", ".vdi")
+B2D_MAGIC = "boot2docker, please format-me"
+STATE_MAP = {
+    "running": State.RUNNING,
+    "paused": State.PAUSED,
+    "saved": State.SAVED,
+    "poweroff": State.STOPPED,
+    "aborted": State.STOPPED,
+    "starting": State.STARTING,
+    "stopping": State.STOPPING,
+}
+
+
+class MachineMissing(MachineError):
+    """VirtualBox has no VM of this name (``machine does not exist``)."""
+
+    def __init__(self) -> None:
+        super().__init__("machine does not exist")
+
+
+# ----------------------------------------------------------------------------- backend
+
+
+class VBoxBackend(Protocol):
+    """What the driver needs from VirtualBox: run one VBoxManage command."""
+
+    def run(self, args: Sequence[str], stdin: bytes | None = None) -> tuple[str, str]: ...
+
+
+#: docker-machine's SerialDriver: VBoxManage calls never overlap within a process.
+_LOCK = threading.RLock()
+
+
+def find_vboxmanage(environ: Mapping[str, str] | None = None) -> str | None:
+    """VBoxManage on PATH, or in VirtualBox's install dir on Windows/macOS."""
+    env = os.environ if environ is None else environ
+    found = shutil.which(VBOXMANAGE, path=env.get("PATH"))
+    if found:
+        return found
+    candidates = []
+    for var in ("VBOX_INSTALL_PATH", "VBOX_MSI_INSTALL_PATH"):
+        if env.get(var):
+            candidates.append(os.path.join(env[var], "VBoxManage.exe"))
+    if sys.platform == "darwin":
+        candidates.append("/Applications/VirtualBox.app/Contents/MacOS/VBoxManage")
+    return next((c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
+class VBoxManageCLI:
+    """Runs ``VBoxManage``: serialised, retried while the object is not ready,
+    and any stderr containing ``error:`` is a failure, as in docker-machine's vbm.go."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self._path = path
+
+    @property
+    def path(self) -> str:
+        if not self._path:
+            self._path = find_vboxmanage()
+            if not self._path:
+                raise MachineError(INSTALL_HINT)
+        return self._path
+
+    def run(self, args: Sequence[str], stdin: bytes | None = None) -> tuple[str, str]:
+        argv = [self.path, *args]
+        with _LOCK:
+            for attempt in range(RETRIES):
+                try:
+                    proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=CALL_TIMEOUT, check=False)
+                except OSError as exc:
+                    raise MachineError(f"cannot run {self.path}: {exc.strerror}") from None
+                except subprocess.TimeoutExpired:
+                    raise MachineError(f"VBoxManage {' '.join(args)} did not finish within {CALL_TIMEOUT:g}s") from None
+                out = proc.stdout.decode(errors="replace")
+                err = proc.stderr.decode(errors="replace")
+                if NOT_READY in err and attempt < RETRIES - 1:
+                    time.sleep(RETRY_DELAY)
+                    continue
+                break
+        if "error:" in err or proc.returncode != 0:
+            if "Could not find a registered machine named" in err:
+                raise MachineMissing()
+            raise MachineError(f"VBoxManage {' '.join(args)} failed: {error_line(err or out)}")
+        return out, err
+
+
+def error_line(text: str) -> str:
+    """The first line that says what went wrong, without the ``VBoxManage: error:`` prefix."""
+    for line in text.splitlines():
+        if "error:" in line:
+            return re.sub(r"^(VBoxManage(\.exe)?: )?error: ", "", line.strip()) or line.strip()
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    return lines[-1] if lines else "no output"
+
+
+# ----------------------------------------------------------------------------- parsing helpers
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """'6.1.50r161033' or '7.0.10_Debianr158379' -> (6, 1)."""
+    m = re.match(r"\s*(\d+)\.(\d+)", text)
+    if not m:
+        raise PreCreateError(f"cannot read the VirtualBox version from {text.strip()!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_blocks(text: str) -> list[dict[str, str]]:
+    """`list hostonlyifs` / `list dhcpservers`: blank-line separated ``Key: value`` blocks."""
+    blocks: list[dict[str, str]] = []
+    cur: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if cur:
+                blocks.append(cur)
+            cur = {}
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            cur[key.strip()] = value.strip()
+    if cur:
+        blocks.append(cur)
+    return blocks
+
+
+def parse_machinereadable(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip().strip('"')] = value.strip().strip('"')
+    return out
+
+
+def parse_cidr(cidr: str) -> ipaddress.IPv4Interface:
+    try:
+        iface = ipaddress.IPv4Interface(cidr)
+    except ValueError:
+        raise MachineError(f"invalid host-only cidr {cidr!r}: expected an IPv4 address/prefix like {DEFAULT_CIDR}") from None
+    if "/" not in cidr:
+        raise MachineError(f"invalid host-only cidr {cidr!r}: expected an IPv4 address/prefix like {DEFAULT_CIDR}")
+    return iface
+
+
+def allowed_ranges(path: str | None = None) -> tuple[list[ipaddress.IPv4Network], str]:
+    """Networks VirtualBox >= 6.1.28 lets host-only interfaces use: `* <cidr> ...` lines of networks.conf."""
+    path = path or os.environ.get(NETWORKS_CONF_ENV) or NETWORKS_CONF
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return list(ALLOWED_DEFAULT), path
+    nets: list[ipaddress.IPv4Network] = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:1] != ["*"]:
+            continue
+        for word in words[1:]:
+            try:
+                net = ipaddress.ip_network(word, strict=False)
+            except ValueError:
+                continue
+            if isinstance(net, ipaddress.IPv4Network):
+                nets.append(net)
+    return nets, path
+
+
+def _ip_addr_networks() -> list[tuple[str, ipaddress.IPv4Network]] | None:
+    """Every IPv4 address (secondary ones too) from ``ip -o -4 addr show``; None without iproute2."""
+    ip = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/bin/ip") if os.path.exists(p)), None)
+    if not ip:
+        return None
+    try:
+        out = subprocess.run([ip, "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    found = []
+    for m in re.finditer(r"^\d+:\s+(\S+)\s+inet\s+(\d+\.\d+\.\d+\.\d+/\d+)", out.stdout, re.MULTILINE):
+        found.append((m.group(1), ipaddress.IPv4Interface(m.group(2)).network))
+    return found
+
+
+def host_networks() -> list[tuple[str, ipaddress.IPv4Network]]:
+    """IPv4 networks of this host's interfaces (Linux ioctl; elsewhere ``ifconfig``)."""
+    if sys.platform.startswith("linux"):
+        found = _ip_addr_networks()
+        if found is not None:
+            return found
+        import fcntl  # no iproute2: primary addresses only
+        import struct
+
+        found = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for _, name in socket.if_nameindex():
+                req = struct.pack("256s", name.encode()[:15])
+                try:
+                    addr = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), 0x8915, req)[20:24])  # SIOCGIFADDR
+                    mask = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), 0x891B, req)[20:24])  # SIOCGIFNETMASK
+                except OSError:
+                    continue
+                found.append((name, ipaddress.IPv4Interface(f"{addr}/{mask}").network))
+        return found
+    try:
+        out = subprocess.run(["ifconfig"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    found, name = [], ""
+    for line in out.splitlines():
+        if line and not line[0].isspace():
+            name = line.split(":", 1)[0]
+        m = re.search(r"inet (\d+\.\d+\.\d+\.\d+) netmask (0x[0-9a-f]+|[\d.]+)", line)
+        if m:
+            mask = m.group(2)
+            mask = str(ipaddress.IPv4Address(int(mask, 16))) if mask.startswith("0x") else mask
+            found.append((name, ipaddress.IPv4Interface(f"{m.group(1)}/{mask}").network))
+    return found
+
+
+def check_cidr(cidr: str, allow_any_range: bool, hostonly_nets: Sequence[ipaddress.IPv4Network],
+               host_nets: Sequence[tuple[str, ipaddress.IPv4Network]], conf_path: str | None = None) -> ipaddress.IPv4Interface:
+    """docker-machine's host-only CIDR rules plus VirtualBox 6.1.28's allowed ranges."""
+    iface = parse_cidr(cidr)
+    if iface.ip == iface.network.network_address:
+        raise MachineError("host-only cidr must be specified with a host address, not a network address")
+    if not allow_any_range and sys.platform != "win32":
+        allowed, path = allowed_ranges(conf_path)
+        if not any(iface.network.subnet_of(net) for net in allowed if net.prefixlen <= iface.network.prefixlen):
+            shown = " ".join(str(n) for n in allowed) or "none"
+            raise MachineError(
+                f"host-only cidr {cidr} is outside the ranges VirtualBox allows ({shown}): "
+                f"add '* {iface.network}' to {path} or use --virtualbox-hostonly-allow-any-range"
+            )
+    for name, net in host_nets:
+        if net in hostonly_nets:
+            continue  # VirtualBox's own host-only interfaces are not clashes
+        if net.overlaps(iface.network):
+            raise MachineError(
+                f"host-only cidr conflicts with the network address of a host interface ({name}: {net})"
+            )
+    return iface
+
+
+def dhcp_settings(iface: ipaddress.IPv4Interface, current: str = "") -> tuple[str, str, str]:
+    """(server IP, lower IP, upper IP) scoped to the CIDR: .100-.254 for /24 and wider, as docker-machine."""
+    net = iface.network
+    hosts = list(net.hosts()) if net.prefixlen >= 24 else []
+    if net.prefixlen <= 24:
+        base = int(net.network_address) & 0xFFFFFF00
+        lower, upper = ipaddress.IPv4Address(base + 100), ipaddress.IPv4Address(base + 254)
+        pool = [ipaddress.IPv4Address(base + i) for i in range(2, 25)]
+    else:
+        if len(hosts) < 3:
+            raise MachineError(f"host-only cidr {iface} is too small for a DHCP server and a guest")
+        lower, upper = hosts[len(hosts) // 2], hosts[-1]
+        pool = hosts[: len(hosts) // 2]
+    pool = [a for a in pool if a != iface.ip]
+    if current and ipaddress.IPv4Address(current) in pool:
+        return current, str(lower), str(upper)
+    return str(pool[0]), str(lower), str(upper)
+
+
+def share_default(platform: str = sys.platform) -> tuple[str, str]:
+    """(share name, host dir): the user's home, as docker-machine shares it."""
+    if platform == "darwin":
+        return "Users", "/Users"
+    if platform == "win32":
+        return "c/Users", "\\\\?\\c:\\Users"
+    return "hosthome", "/home"
+
+
+def vtx_enabled(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """True/False from the CPU flags on Linux; None where it cannot be told here."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    return any(re.match(r"flags\s*:.*\b(vmx|svm)\b", line) for line in text.splitlines())
+
+
+def hyperv_running() -> bool:
+    if sys.platform != "win32":
+        return False
+    try:
+        out = subprocess.run(["tasklist", "/FI", "IMAGENAME eq vmms.exe"], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "vmms.exe" in out
+
+
+def free_loopback_port(preferred: int = 0) -> int:
+    for port in ((preferred, 0) if preferred else (0,)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise MachineError("could not find a free port on 127.0.0.1")
+
+
+def userdata_tar(pubkey: bytes) -> bytes:
+    """docker-machine's tar-in-disk: magic file, then .ssh/authorized_keys{,2} for boot2docker."""
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        def add(name: str, data: bytes | None, mode: int) -> None:
+            info = tarfile.TarInfo(name)
+            info.mode = mode
+            info.mtime = int(time.time())
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        add(B2D_MAGIC, B2D_MAGIC.encode(), 0o644)
+        add(".ssh", None, 0o700)
+        add(".ssh/authorized_keys", pubkey, 0o644)
+        add(".ssh/authorized_keys2", pubkey, 0o644)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+class VirtualBoxDriver(Driver):
+    name = "virtualbox"
+    default_ssh_user = "docker"
+    flags = (
+        Flag("virtualbox-memory", "int", 1024, "VIRTUALBOX_MEMORY_SIZE", "Size of memory for host in MB"),
+        Flag("virtualbox-cpu-count", "int", 1, "VIRTUALBOX_CPU_COUNT", "number of CPUs for the machine (-1 to use the number of CPUs available)"),
+        Flag("virtualbox-disk-size", "int", 20000, "VIRTUALBOX_DISK_SIZE", "Size of disk for host in MB"),
+        Flag("virtualbox-boot2docker-url", "string", "", "VIRTUALBOX_BOOT2DOCKER_URL", "The path or URL of a bootable image (.iso, .vmdk or .vdi)"),
+        Flag("virtualbox-import-boot2docker-vm", "string", "", "VIRTUALBOX_BOOT2DOCKER_IMPORT_VM", "The name of a Boot2Docker VM to import"),
+        Flag("virtualbox-host-dns-resolver", "bool", False, "VIRTUALBOX_HOST_DNS_RESOLVER", "Use the host DNS resolver"),
+        Flag("virtualbox-nat-nictype", "string", "82540EM", "VIRTUALBOX_NAT_NICTYPE", "Specify the Network Adapter Type"),
+        Flag("virtualbox-hostonly-cidr", "string", DEFAULT_CIDR, "VIRTUALBOX_HOSTONLY_CIDR", "Specify the Host Only CIDR"),
+        Flag("virtualbox-hostonly-nictype", "string", "82540EM", "VIRTUALBOX_HOSTONLY_NIC_TYPE", "Specify the Host Only Network Adapter Type"),
+        Flag("virtualbox-hostonly-nicpromisc", "string", "deny", "VIRTUALBOX_HOSTONLY_NIC_PROMISC", "Specify the Host Only Network Adapter Promiscuous Mode"),
+        Flag("virtualbox-hostonly-allow-any-range", "bool", False, "VIRTUALBOX_HOSTONLY_ALLOW_ANY_RANGE", "Skip the check against the ranges of /etc/vbox/networks.conf"),
+        Flag("virtualbox-ui-type", "string", "headless", "VIRTUALBOX_UI_TYPE", "Specify the UI Type: (gui|sdl|headless|separate)"),
+        Flag("virtualbox-hostonly-no-dhcp", "bool", False, "VIRTUALBOX_HOSTONLY_NO_DHCP", "Disable the Host Only DHCP Server"),
+        Flag("virtualbox-no-share", "bool", False, "VIRTUALBOX_NO_SHARE", "Disable the mount of your home directory"),
+        Flag("virtualbox-no-dns-proxy", "bool", False, "VIRTUALBOX_NO_DNS_PROXY", "Disable proxying all DNS requests to the host"),
+        Flag("virtualbox-dns-proxy", "bool", False, "VIRTUALBOX_DNS_PROXY", "Proxy all DNS requests to the host (the default; kept for old scripts)"),
+        Flag("virtualbox-no-vtx-check", "bool", False, "VIRTUALBOX_NO_VTX_CHECK", "Disable checking for the availability of hardware virtualization before the vm is started"),
+        Flag("virtualbox-share-folder", "string", "", "VIRTUALBOX_SHARE_FOLDER", "Mount the specified directory instead of the default home location. Format: dir:name"),
+    )
+
+    def __init__(self, config: dict[str, Any], backend: VBoxBackend | None = None) -> None:
+        super().__init__(config)
+        self.backend: VBoxBackend = backend or VBoxManageCLI()
+
+    @classmethod
+    def extra_fields(cls) -> dict[str, Any]:
+        return {
+            "VBoxManager": {}, "HostInterfaces": {}, "CPU": 1, "Memory": 1024, "DiskSize": 20000,
+            "NatNicType": "82540EM", "Boot2DockerURL": "", "Boot2DockerImportVM": "", "HostDNSResolver": False,
+            "HostOnlyCIDR": DEFAULT_CIDR, "HostOnlyNicType": "82540EM", "HostOnlyPromiscMode": "deny",
+            "UIType": "headless", "HostOnlyNoDHCP": False, "NoShare": False, "DNSProxy": True,
+            "NoVTXCheck": False, "ShareFolder": "",
+        }
+
+    def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
+        def get(name: str) -> Any:
+            return values.get(f"virtualbox-{name}")
+
+        cpu = int(get("cpu-count") if get("cpu-count") is not None else 1)
+        if cpu == -1:
+            cpu = min(os.cpu_count() or 1, 32)
+        if cpu < 1:
+            raise MachineError(f"--virtualbox-cpu-count must be at least 1 (or -1 for all CPUs), got {cpu}")
+        memory, disk = int(get("memory") or 1024), int(get("disk-size") or 20000)
+        if memory < 64:
+            raise MachineError(f"--virtualbox-memory must be at least 64 MB, got {memory}")
+        if disk < 1:
+            raise MachineError(f"--virtualbox-disk-size must be at least 1 MB, got {disk}")
+        share = str(get("share-folder") or "")
+        if share and ":" not in share:
+            raise MachineError(f"--virtualbox-share-folder must be dir:name, got {share!r}")
+        parse_cidr(str(get("hostonly-cidr") or DEFAULT_CIDR))
+        promisc = str(get("hostonly-nicpromisc") or "deny")
+        if promisc not in ("deny", "allow-vms", "allow-all"):
+            raise MachineError(f"--virtualbox-hostonly-nicpromisc must be deny, allow-vms or allow-all, got {promisc!r}")
+        self.config.update(
+            SSHUser=self.default_ssh_user, CPU=cpu, Memory=memory, DiskSize=disk,
+            NatNicType=str(get("nat-nictype") or "82540EM"),
+            Boot2DockerURL=str(get("boot2docker-url") or ""),
+            Boot2DockerImportVM=str(get("import-boot2docker-vm") or ""),
+            HostDNSResolver=bool(get("host-dns-resolver")),
+            HostOnlyCIDR=str(get("hostonly-cidr") or DEFAULT_CIDR),
+            HostOnlyNicType=str(get("hostonly-nictype") or "82540EM"),
+            HostOnlyPromiscMode=promisc,
+            UIType=str(get("ui-type") or "headless"),
+            HostOnlyNoDHCP=bool(get("hostonly-no-dhcp")),
+            NoShare=bool(get("no-share")),
+            DNSProxy=not bool(get("no-dns-proxy")),
+            NoVTXCheck=bool(get("no-vtx-check")),
+            ShareFolder=share,
+        )
+        if get("hostonly-allow-any-range"):
+            self.config["HostOnlyAllowAnyRange"] = True
+
+    # VBoxManage ------------------------------------------------------------------------
+    def vbm(self, *args: str, stdin: bytes | None = None) -> str:
+        return self.backend.run(list(args), stdin=stdin)[0]
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.machine_dir, name)
+
+    # Checks ----------------------------------------------------------------------------
+    def pre_create_check(self) -> None:
+        if isinstance(self.backend, VBoxManageCLI) and not find_vboxmanage():
+            raise PreCreateError(INSTALL_HINT)
+        try:
+            version = self.vbm("--version").strip()
+        except MachineError as exc:
+            raise PreCreateError(str(exc)) from None
+        if parse_version(version) < (5, 0):
+            raise PreCreateError(
+                f'We support Virtualbox starting with version 5. Your VirtualBox install is "{version}". '
+                "Please upgrade at https://www.virtualbox.org"
+            )
+        if not self.config.get("NoVTXCheck"):
+            if hyperv_running():
+                raise PreCreateError(
+                    "This computer is running Hyper-V. VirtualBox won't boot a 64bits VM when Hyper-V is "
+                    "activated. Either use Hyper-V as a driver, or disable the Hyper-V hypervisor. "
+                    "(To skip this check, use --virtualbox-no-vtx-check)"
+                )
+            if vtx_enabled() is False:
+                raise PreCreateError(
+                    "This computer doesn't have VT-X/AMD-v enabled. Enabling it in the BIOS is mandatory "
+                    "(To skip this check, use --virtualbox-no-vtx-check)"
+                )
+        self._image_source()  # raises PreCreateError on a bad/missing image
+        try:
+            ifs = self.hostonly_ifs()
+            names = [i.get("Name", "") for i in ifs]
+            dup = next((n for n in names if names.count(n) > 1), None)
+            if dup:
+                raise PreCreateError(
+                    f'VirtualBox is configured with multiple host-only adapters with the same name "{dup}". '
+                    "Please remove one."
+                )
+            self.check_cidr(ifs)
+        except PreCreateError:
+            raise
+        except MachineError as exc:
+            raise PreCreateError(str(exc)) from None
+
+    def _image_source(self) -> str:
+        url = str(self.config.get("Boot2DockerURL") or "")
+        if not url:
+            cached = os.path.join(self.store_path, "cache", "boot2docker.iso")
+            if os.path.isfile(cached):
+                return cached
+            raise PreCreateError(
+                "no boot image: pass --virtualbox-boot2docker-url with a path or URL to a bootable "
+                f".iso, .vmdk or .vdi (or put boot2docker.iso in {os.path.dirname(cached)})"
+            )
+        parts = urlsplit(url)
+        path = parts.path if parts.scheme == "file" else url if not parts.scheme or len(parts.scheme) == 1 else ""
+        if not path.lower().endswith(IMAGE_SUFFIXES) and not (parts.scheme in ("http", "https")):
+            raise PreCreateError(f"--virtualbox-boot2docker-url must name an .iso, .vmdk or .vdi image, got {url!r}")
+        if parts.scheme in ("http", "https"):
+            if not parts.path.lower().endswith(IMAGE_SUFFIXES):
+                raise PreCreateError(f"--virtualbox-boot2docker-url must name an .iso, .vmdk or .vdi image, got {url!r}")
+            return url
+        path = os.path.expanduser(path)
+        if not os.path.isfile(path):
+            raise PreCreateError(f"boot image {path!r} does not exist")
+        return path
+
+    def hostonly_ifs(self) -> list[dict[str, str]]:
+        return parse_blocks(self.vbm("list", "hostonlyifs"))
+
+    def check_cidr(self, ifs: list[dict[str, str]] | None = None) -> ipaddress.IPv4Interface:
+        ifs = self.hostonly_ifs() if ifs is None else ifs
+        own = []
+        for i in ifs:
+            try:
+                own.append(ipaddress.IPv4Interface(f"{i['IPAddress']}/{i['NetworkMask']}").network)
+            except (KeyError, ValueError):
+                continue
+        return check_cidr(str(self.config.get("HostOnlyCIDR") or DEFAULT_CIDR),
+                          bool(self.config.get("HostOnlyAllowAnyRange")), own, host_networks())
+
+    # Create ----------------------------------------------------------------------------
+    def create(self, log: Log) -> None:
+        from machine import certs
+
+        name = self.machine_name
+        source = self._image_source()
+        log(f"({name}) Copying {source} to {self.machine_dir}...")
+        is_iso = self._fetch_image(source)
+        key = Path(self._path("id_rsa"))
+        log(f"({name}) Creating SSH key...")
+        certs.generate_ssh_keypair(key)
+        self.config["SSHKeyPath"] = str(key)
+        pub = Path(str(key) + ".pub").read_bytes()
+        log(f"({name}) Creating VirtualBox VM...")
+        size_mb = int(self.config.get("DiskSize") or 20000)
+        if is_iso:
+            disk = self._path("disk.vmdk")
+            self._make_b2d_disk(disk, size_mb << 20, pub)
+            dvd = self._path("boot2docker.iso")
+        else:
+            disk = self._path("disk.vdi")
+            self.vbm("clonemedium", "disk", self._path("image" + Path(source).suffix.lower()), disk, "--format", "VDI")
+            self.vbm("modifymedium", "disk", disk, "--resize", str(size_mb))
+            dvd = self._path("seed.iso")
+            self._write_seed(dvd, pub.decode())
+        self.vbm("createvm", "--basefolder", self.machine_dir, "--name", name, "--register")
+        self.config["VMRegistered"] = True
+        log(f"({name}) Creating VirtualBox VM with CPUs: {self.config['CPU']}, Memory: {self.config['Memory']}MB...")
+        onoff = {True: "on", False: "off"}
+        self.vbm(
+            "modifyvm", name, "--firmware", "bios", "--bioslogofadein", "off", "--bioslogofadeout", "off",
+            "--bioslogodisplaytime", "0", "--biosbootmenu", "disabled", "--ostype", "Linux26_64",
+            "--cpus", str(self.config["CPU"]), "--memory", str(self.config["Memory"]), "--acpi", "on",
+            "--ioapic", "on", "--rtcuseutc", "on",
+            "--natdnshostresolver1", onoff[bool(self.config.get("HostDNSResolver"))],
+            "--natdnsproxy1", onoff[bool(self.config.get("DNSProxy"))],
+            "--cpuhotplug", "off", "--pae", "on", "--hpet", "on", "--hwvirtex", "on", "--nestedpaging", "on",
+            "--largepages", "on", "--vtxvpid", "on", "--accelerate3d", "off",
+            "--boot1", "dvd" if is_iso else "disk",
+        )
+        self.vbm("modifyvm", name, "--nic1", "nat", "--nictype1", str(self.config.get("NatNicType") or "82540EM"),
+                 "--cableconnected1", "on")
+        self.vbm("storagectl", name, "--name", "SATA", "--add", "sata", "--hostiocache", "on")
+        self.vbm("storageattach", name, "--storagectl", "SATA", "--port", "0", "--device", "0",
+                 "--type", "dvddrive", "--medium", dvd)
+        self.vbm("storageattach", name, "--storagectl", "SATA", "--port", "1", "--device", "0",
+                 "--type", "hdd", "--medium", disk)
+        self.vbm("guestproperty", "set", name, "/VirtualBox/GuestAdd/SharedFolders/MountPrefix", "/")
+        self.vbm("guestproperty", "set", name, "/VirtualBox/GuestAdd/SharedFolders/MountDir", "/")
+        share = self._share()
+        if share:
+            share_name, share_dir = share
+            log(f"({name}) Setting up shared folder {share_dir} as {share_name}...")
+            self.vbm("sharedfolder", "add", name, "--name", share_name, "--hostpath", share_dir, "--automount")
+            self.vbm("setextradata", name, f"VBoxInternal2/SharedFoldersEnableSymlinksCreate/{share_name}", "1")
+        log(f"({name}) Starting the VM...")
+        self.start(log)
+
+    def _fetch_image(self, source: str) -> bool:
+        """Copy or download the image into the machine dir; True for an ISO."""
+        suffix = Path(urlsplit(source).path if "://" in source else source).suffix.lower()
+        target = self._path("boot2docker.iso" if suffix == ".iso" else "image" + suffix)
+        if urlsplit(source).scheme in ("http", "https"):
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(source, timeout=60) as resp, open(target, "wb") as out:
+                    shutil.copyfileobj(resp, out, 1 << 20)
+            except OSError as exc:
+                raise MachineError(f"cannot download {source}: {exc}") from None
+        else:
+            shutil.copyfile(source, target)
+        return suffix == ".iso"
+
+    def _make_b2d_disk(self, disk: str, size: int, pub: bytes) -> None:
+        """`convertfromraw stdin`: the userdata tar, zero-filled to the full disk size."""
+        data = userdata_tar(pub)
+        if size < len(data):
+            raise MachineError(f"disk size {size} bytes is smaller than the userdata tar")
+        path = self.backend.path if isinstance(self.backend, VBoxManageCLI) else VBOXMANAGE
+        argv = [path, "convertfromraw", "stdin", disk, str(size), "--format", "VMDK"]
+        with _LOCK:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(data)
+                zeros = bytes(1 << 20)
+                left = size - len(data)
+                while left > 0:
+                    n = min(left, len(zeros))
+                    proc.stdin.write(zeros[:n])
+                    left -= n
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            proc.stdin = None  # closed: communicate() must not flush it
+            try:
+                _out, err = proc.communicate(timeout=CALL_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise MachineError("VBoxManage convertfromraw did not finish") from None
+        text = err.decode(errors="replace")
+        if proc.returncode != 0 or "error:" in text:
+            raise MachineError(f"VBoxManage convertfromraw stdin {disk} {size} --format VMDK failed: {error_line(text)}")
+
+    def _write_seed(self, path: str, pubkey: str) -> None:
+        from machine import seed
+
+        seed.write_seed_iso(path, hostname=self.machine_name, user=self.default_ssh_user, ssh_pubkey=pubkey,
+                            proxy=None, instance_id=str(uuid.uuid4()))
+
+    def _share(self) -> tuple[str, str] | None:
+        if self.config.get("NoShare"):
+            return None
+        folder = str(self.config.get("ShareFolder") or "")
+        if folder:
+            share_dir, _, share_name = folder.rpartition(":")
+        else:
+            share_name, share_dir = share_default()
+        if not os.path.isdir(share_dir):
+            return None
+        return share_name, share_dir
+
+    # Networking ------------------------------------------------------------------------
+    def setup_hostonly_network(self) -> str:
+        """Reuse (same IP and mask) or create the host-only interface; DHCP; attach it as NIC 2."""
+        ifs = self.hostonly_ifs()
+        iface = self.check_cidr(ifs)
+        ip, mask = str(iface.ip), str(iface.netmask)
+        match = next((i for i in ifs if i.get("IPAddress") == ip and i.get("NetworkMask") == mask), None)
+        if match:
+            ifname = match["Name"]
+        else:
+            out = self.vbm("hostonlyif", "create")
+            m = re.search(r"Interface '(.+)' was successfully created", out)
+            if not m:
+                raise MachineError(f"failed to create host-only interface: {error_line(out)}")
+            ifname = m.group(1)
+            deadline = time.monotonic() + HOSTONLY_POLL
+            while not any(i.get("Name") == ifname for i in self.hostonly_ifs()):
+                if time.monotonic() > deadline:
+                    raise MachineError(f"host-only interface {ifname} did not appear within {HOSTONLY_POLL:g}s")
+                time.sleep(0.5)
+            self.vbm("hostonlyif", "ipconfig", ifname, "--ip", ip, "--netmask", mask)
+        self._setup_dhcp(ifname, iface, {i.get("Name", "") for i in ifs} | {ifname})
+        self.vbm("modifyvm", self.machine_name, "--nic2", "hostonly",
+                 "--nictype2", str(self.config.get("HostOnlyNicType") or "82540EM"),
+                 "--nicpromisc2", str(self.config.get("HostOnlyPromiscMode") or "deny"),
+                 "--hostonlyadapter2", ifname, "--cableconnected2", "on")
+        return ifname
+
+    def _setup_dhcp(self, ifname: str, iface: ipaddress.IPv4Interface, live: set[str]) -> None:
+        servers = {d.get("NetworkName", ""): d for d in parse_blocks(self.vbm("list", "dhcpservers"))}
+        for netname in servers:
+            if netname.startswith(DHCP_PREFIX) and netname[len(DHCP_PREFIX):] not in live:
+                self.vbm("dhcpserver", "remove", "--netname", netname)
+        netname = DHCP_PREFIX + ifname
+        current = servers.get(netname)
+        server_ip, lower, upper = dhcp_settings(iface, (current or {}).get("IP", ""))
+        enabled = not self.config.get("HostOnlyNoDHCP")
+        mask = str(iface.netmask)
+        if current and (current.get("IP"), current.get("NetworkMask"), current.get("lowerIPAddress"),
+                        current.get("upperIPAddress"), current.get("Enabled") == "Yes") == (
+                            server_ip, mask, lower, upper, enabled):
+            return
+        self.vbm("dhcpserver", "modify" if current else "add", "--netname", netname, "--ip", server_ip,
+                 "--netmask", mask, "--lowerip", lower, "--upperip", upper, "--enable" if enabled else "--disable")
+
+    def _forward_ssh(self) -> None:
+        port = free_loopback_port(int(self.config.get("SSHPort") or 0))
+        try:
+            self.vbm("modifyvm", self.machine_name, "--natpf1", "delete", "ssh")
+        except MachineError:
+            pass  # no rule yet
+        self.vbm("modifyvm", self.machine_name, "--natpf1", f"ssh,tcp,127.0.0.1,{port},,22")
+        self.config["SSHPort"] = port
+
+    # Addresses -------------------------------------------------------------------------
+    def ssh_address(self) -> tuple[str, int, str, str]:
+        return "127.0.0.1", int(self.config.get("SSHPort") or 22), str(self.config.get("SSHUser") or "docker"), \
+            str(self.config.get("SSHKeyPath") or "")
+
+    def engine_url(self) -> str:
+        return f"tcp://{self.ip()}:{ENGINE_PORT}"
+
+    def url(self) -> str:
+        if self.state(timeout=5.0) != State.RUNNING:
+            raise HostNotRunning()
+        return self.running_url()
+
+    def running_url(self) -> str:
+        return self.engine_url() if self.ip() else ""
+
+    def guest_ip(self) -> str:
+        """The host-only NIC's address: guest property first, else the DHCP lease of its MAC."""
+        name = self.machine_name
+        out = self.vbm("guestproperty", "get", name, "/VirtualBox/GuestInfo/Net/1/V4/IP")
+        m = re.match(r"Value:\s*(\S+)", out.strip())
+        if m:
+            return m.group(1)
+        info = parse_machinereadable(self.vbm("showvminfo", name, "--machinereadable"))
+        ifname, mac = info.get("hostonlyadapter2", ""), info.get("macaddress2", "")
+        if not ifname or not mac:
+            return ""
+        mac = ":".join(mac[i:i + 2] for i in range(0, 12, 2)).lower()
+        try:
+            lease = self.vbm("dhcpserver", "findlease", f"--interface={ifname}", f"--mac-address={mac}")
+        except MachineError:
+            return ""
+        m = re.search(r"IP Address:\s*(\S+)", lease)
+        return m.group(1) if m else ""
+
+    def wait_for_ip(self, timeout: float = IP_WAIT) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            ip = self.guest_ip()
+            if ip:
+                self.config["IPAddress"] = ip
+                return ip
+            if time.monotonic() > deadline:
+                raise MachineError(f"the guest reported no IP address on its host-only network within {timeout:g}s")
+            time.sleep(1.0)
+
+    # State and lifecycle ---------------------------------------------------------------
+    def state(self, timeout: float = 10.0) -> State:
+        out = self.vbm("showvminfo", self.machine_name, "--machinereadable")
+        m = re.search(r'^VMState="(\w+)"', out, re.MULTILINE)
+        if not m:
+            return State.NONE
+        return STATE_MAP.get(m.group(1), State.NONE)
+
+    def start(self, log: Log) -> None:
+        name = self.machine_name
+        current = self.state()
+        if current in (State.STOPPED, State.NONE):
+            self.setup_hostonly_network()
+        if current in (State.STOPPED, State.SAVED, State.NONE):
+            self._forward_ssh()
+            self.vbm("startvm", name, "--type", str(self.config.get("UIType") or "headless"))
+        elif current == State.PAUSED:
+            self.vbm("controlvm", name, "resume", "--type", str(self.config.get("UIType") or "headless"))
+        log(f"({name}) Waiting for an IP...")
+        self.wait_for_ip(wait_budget())
+
+    def stop(self, log: Log) -> None:
+        name = self.machine_name
+        if self.state() == State.PAUSED:
+            self.vbm("controlvm", name, "resume", "--type", str(self.config.get("UIType") or "headless"))
+        self.vbm("controlvm", name, "acpipowerbutton")
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self.state() == State.RUNNING:
+            if time.monotonic() > deadline:
+                raise MachineError(f"{name} did not power off within {STOP_TIMEOUT:g}s: use kill")
+            time.sleep(1.0)
+        self.config["IPAddress"] = ""
+
+    def restart(self, log: Log) -> None:
+        self.stop(log)
+        self.start(log)
+
+    def kill(self, log: Log) -> None:
+        self.vbm("controlvm", self.machine_name, "poweroff")
+        self.config["IPAddress"] = ""
+
+    def remove(self, log: Log) -> None:
+        try:
+            current = self.state()
+        except MachineMissing:
+            return
+        if current not in (State.STOPPED, State.SAVED):
+            self.kill(log)
+        self.vbm("unregistervm", "--delete", self.machine_name)
+
+
+def wait_budget() -> float:
+    """How long start waits for the guest IP: PYMACHINE_SSH_WAIT when set (tests), else IP_WAIT."""
+    raw = os.environ.get("PYMACHINE_SSH_WAIT", "")
+    try:
+        return float(raw) if raw else IP_WAIT
+    except ValueError:
+        return IP_WAIT

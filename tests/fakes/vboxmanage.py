@@ -1,0 +1,641 @@
+"""A stateful fake ``VBoxManage`` for the virtualbox driver's tests.
+
+Run through a tiny shell wrapper named ``VBoxManage`` that tests put on PATH
+(``install(bin_dir)``).  State (registered VMs with their settings, NICs,
+port forwards, storage and guest properties; host-only interfaces; DHCP
+servers) lives in ``$FAKE_VBOX_HOME/state.json``; every invocation is
+appended to ``$FAKE_VBOX_HOME/calls.log`` as one JSON array per line.
+Output and errors are shaped on the real tool's (``VBoxManage: error: ...``
+on stderr, exit 1; ``Syntax error: ...``, exit 2).
+
+Knobs (environment):
+- ``FAKE_VBOX_VERSION``: what ``--version`` prints (default 6.1.50r161033).
+- ``FAKE_VBOX_FAIL``: ``<subcommand>[ <first arg>]`` that fails with an error.
+- ``FAKE_VBOX_NOT_READY``: the first N calls answer ``The object is not ready``.
+- ``FAKE_VBOX_GUEST_IP``: the IP a started VM reports as guest property
+  /VirtualBox/GuestInfo/Net/1/V4/IP and as its DHCP lease (unset: none).
+- ``FAKE_VBOX_SSH_TARGET``: ``host:port``.  No VM really boots, so on
+  ``startvm`` the fake spawns a small TCP forwarder from the VM's NAT SSH rule
+  (127.0.0.1:<port>) to this target, and kills it at poweroff/unregister;
+  this stands in for VirtualBox's NAT port forward.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def new_uuid() -> str:
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}"
+
+
+HOME = Path(os.environ.get("FAKE_VBOX_HOME", "/nonexistent"))
+STATE = HOME / "state.json"
+LOG = HOME / "calls.log"
+NOT_FOUND = "VBoxManage: error: Could not find a registered machine named '{}'\n" \
+            "VBoxManage: error: Details: code VBOX_E_OBJECT_NOT_FOUND (0x80bb0001), component VirtualBoxWrap, " \
+            "interface IVirtualBox, callee nsISupports\n"
+
+
+class Fail(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def error(msg: str) -> Fail:
+    return Fail(f"VBoxManage: error: {msg}\n")
+
+
+def syntax(msg: str) -> Fail:
+    return Fail(f"Usage:\n\nVBoxManage [<general option>] <command>\n\nSyntax error: {msg}\n", 2)
+
+
+def load() -> dict:
+    if STATE.exists():
+        return json.loads(STATE.read_text())
+    return {"vms": {}, "hostonlyifs": {}, "dhcpservers": {}, "media": [], "calls": 0}
+
+
+def save(state: dict) -> None:
+    tmp = STATE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, STATE)
+
+
+def opts(args: list[str], known: dict[str, int]) -> dict[str, list[str]]:
+    """Parse ``--name value`` options; ``known`` maps option -> number of values."""
+    out: dict[str, list[str]] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        name, eq, val = a.partition("=")
+        if name not in known:
+            raise syntax(f"Invalid parameter '{a}'")
+        n = known[name]
+        if eq:
+            vals = [val]
+        else:
+            vals = args[i + 1:i + 1 + n]
+            if len(vals) < n:
+                raise syntax(f"Missing argument to '{a}'")
+            i += n
+        out.setdefault(name, []).extend(vals)
+        i += 1
+    return out
+
+
+def vm(state: dict, name: str) -> dict:
+    for v in state["vms"].values():
+        if name in (v["name"], v["uuid"]):
+            return v
+    raise Fail(NOT_FOUND.format(name))
+
+
+MODIFYVM_OPTS = {o: 1 for o in ["--firmware", "--bioslogofadein", "--bioslogofadeout", "--bioslogodisplaytime", "--biosbootmenu", "--ostype", "--cpus", "--memory", "--acpi", "--ioapic", "--rtcuseutc", "--natdnshostresolver1", "--natdnsproxy1", "--cpuhotplug", "--pae", "--hpet", "--hwvirtex", "--nestedpaging", "--largepages", "--vtxvpid", "--accelerate3d", "--boot1", "--boot2", "--longmode", "--nic1", "--nictype1", "--cableconnected1", "--nic2", "--nictype2", "--nicpromisc2", "--hostonlyadapter2", "--cableconnected2", "--natpf1", "--name"]}
+NICTYPES = {"Am79C970A", "Am79C973", "82540EM", "82543GC", "82545EM", "virtio"}
+
+
+def cmd_modifyvm(state: dict, args: list[str]) -> str:
+    if not args:
+        raise syntax("Not enough parameters")
+    v = vm(state, args[0])
+    if v["state"] in ("running", "paused") and any(a.startswith("--nic") or a == "--memory" for a in args[1:]):
+        raise error(f"The machine '{v['name']}' is already locked for a session (or being unlocked)")
+    rest = args[1:]
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a == "--natpf1":
+            if i + 1 >= len(rest):
+                raise syntax("Missing argument to '--natpf1'")
+            if rest[i + 1] == "delete":
+                if i + 2 >= len(rest):
+                    raise syntax("Missing argument to '--natpf1'")
+                rule = rest[i + 2]
+                if rule not in v["natpf1"]:
+                    raise error("Code NS_ERROR_INVALID_ARG (0x80070057) - Invalid argument value (extended info not available)")
+                del v["natpf1"][rule]
+                i += 3
+                continue
+            spec = rest[i + 1].split(",")
+            if len(spec) != 6 or spec[1] not in ("tcp", "udp") or not spec[3].isdigit() or not spec[5].isdigit():
+                raise error(f"Invalid NAT rule '{rest[i + 1]}'")
+            if spec[0] in v["natpf1"]:
+                raise error("A NAT rule of this name already exists")
+            v["natpf1"][spec[0]] = rest[i + 1]
+            i += 2
+            continue
+        if a not in MODIFYVM_OPTS:
+            raise syntax(f"Invalid parameter '{a}'")
+        if i + 1 >= len(rest):
+            raise syntax(f"Missing argument to '{a}'")
+        val = rest[i + 1]
+        if a in ("--cpus", "--memory", "--bioslogodisplaytime") and not val.isdigit():
+            raise error(f"Invalid value '{val}' for {a}")
+        if a.startswith("--nictype") and val not in NICTYPES:
+            raise error(f"Invalid NIC type '{val}' specified for NIC {a[-1]}")
+        if a == "--hostonlyadapter2" and val not in state["hostonlyifs"]:
+            raise error(f"Host-only adapter '{val}' not found")  # real VBox fails at start; keep it simple
+        if a.startswith("--nic") and a[-1].isdigit() and not a.startswith("--nictype") and a != "--nicpromisc2":
+            if val not in ("none", "null", "nat", "bridged", "intnet", "hostonly", "generic", "natnetwork"):
+                raise error(f"Invalid type '{val}' specfied for NIC {a[-1]}")
+            if a[-1] == "2" and val == "hostonly" and not v["settings"].get("macaddress2"):
+                v["settings"]["macaddress2"] = "080027" + os.urandom(3).hex().upper()
+        v["settings"][a[2:]] = val
+        i += 2
+    return ""
+
+
+def cmd_createvm(state: dict, args: list[str]) -> str:
+    o = opts(args, {"--basefolder": 1, "--name": 1, "--register": 0, "--ostype": 1})
+    if "--name" not in o:
+        raise syntax("Parameter --name is required")
+    name = o["--name"][0]
+    if any(v["name"] == name for v in state["vms"].values()):
+        raise error(f"Could not create the machine: '{name}' already exists")
+    folder = Path(o.get("--basefolder", [str(HOME / "VirtualBox VMs")])[0]) / name
+    cfg = folder / f"{name}.vbox"
+    if cfg.exists():
+        raise error(f"Machine settings file '{cfg}' already exists")
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(f"<VirtualBox><Machine name='{name}'/></VirtualBox>\n")
+    vid = new_uuid()
+    state["vms"][vid] = {"name": name, "uuid": vid, "state": "poweroff", "cfg": str(cfg), "settings": {},
+                         "natpf1": {}, "storagectl": {}, "storage": {}, "guestprops": {}, "shares": {},
+                         "extradata": {}, "registered": "--register" in o, "forwarder": 0}
+    return (f"Virtual machine '{name}' is created and registered.\nUUID: {vid}\n"
+            f"Settings file: '{cfg}'\n")
+
+
+def cmd_showvminfo(state: dict, args: list[str]) -> str:
+    if not args:
+        raise syntax("Not enough parameters")
+    v = vm(state, args[0])
+    if args[1:] != ["--machinereadable"]:
+        return f"Name: {v['name']}\nState: {v['state']}\n"
+    lines = [f'name="{v["name"]}"', f'UUID="{v["uuid"]}"', f'CfgFile="{v["cfg"]}"',
+             f'memory={v["settings"].get("memory", 128)}', f'cpus={v["settings"].get("cpus", 1)}',
+             f'VMState="{v["state"]}"']
+    for k in ("nic1", "nic2", "nictype1", "nictype2", "hostonlyadapter2", "macaddress2"):
+        if k in v["settings"]:
+            lines.append(f'{k}="{v["settings"][k]}"')
+    for i, rule in enumerate(v["natpf1"].values()):
+        lines.append(f'Forwarding({i})="{rule}"')
+    for (port, dev), medium in sorted(((tuple(k.split("-")), m) for k, m in v["storage"].items())):
+        lines.append(f'"SATA-{port}-{dev}"="{medium}"')
+    for name, path in v["shares"].items():
+        lines.append(f'SharedFolderNameMachineMapping1="{name}"\nSharedFolderPathMachineMapping1="{path}"')
+    return "\n".join(lines) + "\n"
+
+
+def cmd_storagectl(state: dict, args: list[str]) -> str:
+    if not args:
+        raise syntax("Not enough parameters")
+    v = vm(state, args[0])
+    o = opts(args[1:], {"--name": 1, "--add": 1, "--hostiocache": 1, "--controller": 1, "--portcount": 1})
+    if "--name" not in o:
+        raise syntax("Storage controller name not specified")
+    if o.get("--add", ["sata"])[0] not in ("ide", "sata", "scsi", "floppy", "sas", "usb", "pcie", "virtio"):
+        raise error(f"Invalid --add argument '{o['--add'][0]}'")
+    v["storagectl"][o["--name"][0]] = o.get("--add", [""])[0]
+    return ""
+
+
+def cmd_storageattach(state: dict, args: list[str]) -> str:
+    if not args:
+        raise syntax("Not enough parameters")
+    v = vm(state, args[0])
+    o = opts(args[1:], {"--storagectl": 1, "--port": 1, "--device": 1, "--type": 1, "--medium": 1})
+    for req in ("--storagectl", "--port", "--device", "--medium"):
+        if req not in o:
+            raise syntax(f"Missing required {req}")
+    if o["--storagectl"][0] not in v["storagectl"]:
+        raise error(f"Could not find a controller named '{o['--storagectl'][0]}'")
+    medium = o["--medium"][0]
+    if medium not in ("none", "emptydrive") and not Path(medium).exists():
+        raise error(f"Could not find file for the medium '{medium}' (VERR_FILE_NOT_FOUND)")
+    v["storage"][f"{o['--port'][0]}-{o['--device'][0]}"] = medium
+    return ""
+
+
+def cmd_guestproperty(state: dict, args: list[str]) -> str:
+    if len(args) < 3 or args[0] not in ("get", "set", "enumerate"):
+        raise syntax("Incorrect parameters")
+    v = vm(state, args[1])
+    if args[0] == "set":
+        if len(args) < 4:
+            v["guestprops"].pop(args[2], None)
+        else:
+            v["guestprops"][args[2]] = args[3]
+        return ""
+    value = v["guestprops"].get(args[2])
+    return f"Value: {value}\n" if value is not None else "No value set!\n"
+
+
+def cmd_sharedfolder(state: dict, args: list[str]) -> str:
+    if len(args) < 2 or args[0] not in ("add", "remove"):
+        raise syntax("Incorrect parameters")
+    v = vm(state, args[1])
+    o = opts(args[2:], {"--name": 1, "--hostpath": 1, "--automount": 0, "--readonly": 0, "--transient": 0})
+    if "--name" not in o or (args[0] == "add" and "--hostpath" not in o):
+        raise syntax("Missing --name or --hostpath")
+    if args[0] == "add":
+        if not Path(o["--hostpath"][0]).is_dir():
+            raise error(f"Shared folder path '{o['--hostpath'][0]}' does not exist on the host")
+        v["shares"][o["--name"][0]] = o["--hostpath"][0]
+    else:
+        v["shares"].pop(o["--name"][0], None)
+    return ""
+
+
+def cmd_setextradata(state: dict, args: list[str]) -> str:
+    if len(args) < 2:
+        raise syntax("Incorrect parameters")
+    v = vm(state, args[0]) if args[0] != "global" else {"extradata": state.setdefault("extradata", {})}
+    v["extradata"][args[1]] = args[2] if len(args) > 2 else ""
+    return ""
+
+
+def cmd_convertfromraw(state: dict, args: list[str]) -> str:
+    cut = next((i for i, x in enumerate(args) if x.startswith("--")), len(args))
+    a = args[:cut]
+    o = opts(args[cut:], {"--format": 1, "--variant": 1, "--uuid": 1})
+    if len(a) < 2:
+        raise syntax("Incorrect parameters")
+    if a[0] == "stdin":
+        if len(a) < 3 or not a[2].isdigit():
+            raise syntax("Missing size argument")
+        size = int(a[2])
+        got, head = 0, b""
+        while True:
+            chunk = sys.stdin.buffer.read(1 << 20)
+            if not chunk:
+                break
+            if len(head) < 1024:
+                head += chunk[:1024]
+            got += len(chunk)
+        if got != size:
+            raise error(f"Read {got} bytes from stdin, expected {size} (VERR_EOF)")
+        dest = a[1]
+    else:
+        src = Path(a[0])
+        if not src.exists():
+            raise error(f"Cannot open the raw disk '{src}': VERR_FILE_NOT_FOUND")
+        size, head, dest = src.stat().st_size, src.read_bytes()[:1024], a[1]
+    if Path(dest).exists():
+        raise error(f"Cannot create the disk image \"{dest}\": VERR_ALREADY_EXISTS")
+    fmt = o.get("--format", ["VDI"])[0]
+    with open(dest, "wb") as fh:  # sparse stand-in: a header line and the first KiB of the raw data
+        fh.write(f"# fake {fmt} disk, {size} bytes\n".encode() + head)
+    state["media"].append({"path": dest, "size": size, "format": fmt, "head": head[:512].hex()})
+    return f"Converting from raw image file=\"{a[0]}\" to file=\"{dest}\"...\nCreating dynamic image with size {size} bytes ({size >> 20}MB)...\n"
+
+
+def cmd_clonemedium(state: dict, args: list[str]) -> str:
+    if args[:1] in (["disk"], ["dvd"], ["floppy"]):
+        args = args[1:]
+    cut = next((i for i, x in enumerate(args) if x.startswith("--")), len(args))
+    a = args[:cut]
+    o = opts(args[cut:], {"--format": 1, "--variant": 1, "--existing": 0})
+    if len(a) < 2:
+        raise syntax("Incorrect parameters")
+    src = Path(a[0])
+    if not src.exists():
+        raise error(f"Could not find file for the medium '{src}' (VERR_FILE_NOT_FOUND)")
+    if Path(a[1]).exists():
+        raise error(f"Cannot register the hard disk '{a[1]}' because a hard disk with UUID already exists")
+    Path(a[1]).write_bytes(src.read_bytes()[:4096])
+    state["media"].append({"path": a[1], "size": src.stat().st_size, "format": o.get("--format", ["VDI"])[0]})
+    return f"Clone medium created in format '{o.get('--format', ['VDI'])[0]}'. UUID: {new_uuid()}\n"
+
+
+def cmd_modifymedium(state: dict, args: list[str]) -> str:
+    a = args[1:] if args[:1] in (["disk"], ["dvd"], ["floppy"]) else args
+    if not a:
+        raise syntax("Incorrect parameters")
+    medium = next((m for m in state["media"] if m["path"] == a[0]), None)
+    if medium is None:
+        raise error(f"Could not find file for the medium '{a[0]}' (VERR_FILE_NOT_FOUND)")
+    o = opts(a[1:], {"--resize": 1, "--compact": 0})
+    if "--resize" in o:
+        if medium["format"] == "VMDK":
+            raise error("Resize medium operation for this format is not implemented yet!")
+        medium["size"] = int(o["--resize"][0]) << 20
+    return ""
+
+
+def hostonly_block(h: dict) -> str:
+    return (f"Name:            {h['name']}\nGUID:            {h['guid']}\nDHCP:            Disabled\n"
+            f"IPAddress:       {h['ip']}\nNetworkMask:     {h['mask']}\nIPV6Address:     \n"
+            f"IPV6NetworkMaskPrefixLength: 0\nHardwareAddress: 0a:00:27:00:00:{h['index']:02x}\n"
+            f"MediumType:      Ethernet\nWireless:        No\nStatus:          Up\n"
+            f"VBoxNetworkName: HostInterfaceNetworking-{h['name']}\n\n")
+
+
+def cmd_list(state: dict, args: list[str]) -> str:
+    what = args[0] if args else ""
+    if what == "vms":
+        return "".join(f'"{v["name"]}" {{{v["uuid"]}}}\n' for v in state["vms"].values() if v["registered"])
+    if what == "runningvms":
+        return "".join(f'"{v["name"]}" {{{v["uuid"]}}}\n' for v in state["vms"].values() if v["state"] == "running")
+    if what == "hostonlyifs":
+        return "".join(hostonly_block(h) for h in state["hostonlyifs"].values())
+    if what == "dhcpservers":
+        return "".join(
+            f"NetworkName:    {d['netname']}\nIP:             {d['ip']}\nNetworkMask:    {d['mask']}\n"
+            f"lowerIPAddress: {d['lower']}\nupperIPAddress: {d['upper']}\nEnabled:        {'Yes' if d['enabled'] else 'No'}\n\n"
+            for d in state["dhcpservers"].values())
+    raise syntax(f"Invalid parameter '{what}'")
+
+
+def cmd_hostonlyif(state: dict, args: list[str]) -> str:
+    if not args or args[0] not in ("create", "remove", "ipconfig"):
+        raise syntax("Invalid parameter")
+    if args[0] == "create":
+        index = 0
+        while f"vboxnet{index}" in state["hostonlyifs"]:
+            index += 1
+        name = f"vboxnet{index}"
+        state["hostonlyifs"][name] = {"name": name, "guid": new_uuid(), "ip": "0.0.0.0", "mask": "0.0.0.0",
+                                      "index": index}
+        return f"0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\nInterface '{name}' was successfully created\n"
+    if len(args) < 2:
+        raise syntax("Not enough parameters")
+    if args[1] not in state["hostonlyifs"]:
+        raise error(f"could not find interface '{args[1]}'")
+    if args[0] == "remove":
+        del state["hostonlyifs"][args[1]]
+        return ""
+    o = opts(args[2:], {"--ip": 1, "--netmask": 1, "--dhcp": 0})
+    if "--ip" not in o:
+        raise syntax("Missing --ip")
+    state["hostonlyifs"][args[1]].update(ip=o["--ip"][0], mask=o.get("--netmask", ["255.255.255.0"])[0])
+    return ""
+
+
+def cmd_dhcpserver(state: dict, args: list[str]) -> str:
+    if not args or args[0] not in ("add", "modify", "remove", "findlease"):
+        raise syntax("Invalid parameter")
+    o = opts(args[1:], {"--netname": 1, "--network": 1, "--interface": 1, "--ip": 1, "--server-ip": 1,
+                        "--netmask": 1, "--lowerip": 1, "--upperip": 1, "--enable": 0, "--disable": 0,
+                        "--mac-address": 1})
+    if args[0] == "findlease":
+        ifname = o.get("--interface", [""])[0]
+        mac = o.get("--mac-address", [""])[0].replace(":", "").upper()
+        for v in state["vms"].values():
+            if v["settings"].get("hostonlyadapter2") == ifname and v["settings"].get("macaddress2") == mac and v.get("lease"):
+                return (f"IP Address:  {v['lease']}\nMAC Address: {o['--mac-address'][0]}\nState:       acked\n")
+        raise error(f"Could not find a lease for {o.get('--mac-address', [''])[0]}")
+    netname = (o.get("--netname") or o.get("--network") or [""])[0]
+    if not netname:
+        raise syntax("You need to specify either --netname or --ifname to identify the DHCP server")
+    exists = netname in state["dhcpservers"]
+    if args[0] == "remove":
+        if not exists:
+            raise error(f"DHCP server does not exist ({netname})")
+        del state["dhcpservers"][netname]
+        return ""
+    if args[0] == "add" and exists:
+        raise error(f"DHCP server already exists ({netname})")
+    if args[0] == "modify" and not exists:
+        raise error(f"DHCP server does not exist ({netname})")
+    for req in ("--ip", "--netmask", "--lowerip", "--upperip"):
+        if args[0] == "add" and req not in o:
+            raise syntax(f"{req} is required")
+    cur = state["dhcpservers"].get(netname, {"netname": netname})
+    cur.update(ip=o.get("--ip", [cur.get("ip")])[0], mask=o.get("--netmask", [cur.get("mask")])[0],
+               lower=o.get("--lowerip", [cur.get("lower")])[0], upper=o.get("--upperip", [cur.get("upper")])[0],
+               enabled="--enable" in o or (cur.get("enabled", False) and "--disable" not in o))
+    state["dhcpservers"][netname] = cur
+    return ""
+
+
+def start_forwarder(v: dict) -> None:
+    import socket  # only here: every other call should start fast
+    target = os.environ.get("FAKE_VBOX_SSH_TARGET", "")
+    rule = v["natpf1"].get("ssh")
+    if not target or not rule:
+        return
+    port = int(rule.split(",")[3])
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: detach and forward until killed
+        os.close(r)
+        os.setsid()
+        try:
+            listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        except OSError:
+            os.write(w, b"E")
+            os._exit(1)
+        os.write(w, b"K")
+        os.close(w)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        keep = listener.fileno()  # drop inherited fds: the state lock above all
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 4096)
+        forward(listener, target)
+        os._exit(0)
+    os.close(w)
+    ok = os.read(r, 1)
+    os.close(r)
+    if ok != b"K":
+        raise error(f"NAT port forward: cannot bind 127.0.0.1:{port}")
+    v["forwarder"] = pid
+
+
+def forward(listener, target: str) -> None:
+    import socket
+    import threading
+
+    host, _, port = target.rpartition(":")
+
+    def pipe(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    while True:
+        conn, _ = listener.accept()
+        try:
+            up = socket.create_connection((host, int(port)), timeout=10)
+        except OSError:
+            conn.close()
+            continue
+        up.settimeout(None)
+        for a, b in ((conn, up), (up, conn)):
+            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+
+def stop_forwarder(v: dict) -> None:
+    pid = v.get("forwarder") or 0
+    if pid:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        v["forwarder"] = 0
+
+
+def power_on(v: dict) -> None:
+    v["state"] = "running"
+    ip = os.environ.get("FAKE_VBOX_GUEST_IP", "")
+    if ip:
+        v["guestprops"]["/VirtualBox/GuestInfo/Net/1/V4/IP"] = ip
+        v["lease"] = ip
+    start_forwarder(v)
+
+
+def power_off(v: dict) -> None:
+    v["state"] = "poweroff"
+    v["guestprops"].pop("/VirtualBox/GuestInfo/Net/1/V4/IP", None)
+    stop_forwarder(v)
+
+
+def cmd_startvm(state: dict, args: list[str]) -> str:
+    if not args:
+        raise syntax("Not enough parameters")
+    v = vm(state, args[0])
+    o = opts(args[1:], {"--type": 1})
+    if o.get("--type", ["gui"])[0] not in ("gui", "headless", "sdl", "separate"):
+        raise error(f"Invalid session type '{o['--type'][0]}'")
+    if v["state"] == "running":
+        raise error(f"The machine '{v['name']}' is already locked by a session (or being locked or unlocked)")
+    nic2 = v["settings"].get("hostonlyadapter2")
+    if nic2 and nic2 not in state["hostonlyifs"]:
+        raise error(f"Nonexistent host networking interface, name '{nic2}' (VERR_INTERNAL_ERROR)")
+    if "0-0" not in v["storage"] and "1-0" not in v["storage"]:
+        raise error("No bootable medium found! (VERR_PDM_NO_BOOTABLE_MEDIUM)")
+    power_on(v)
+    return f'Waiting for VM "{v["name"]}" to power on...\nVM "{v["name"]}" has been successfully started.\n'
+
+
+def cmd_controlvm(state: dict, args: list[str]) -> str:
+    if len(args) < 2:
+        raise syntax("Not enough parameters")
+    v = vm(state, args[0])
+    action = args[1]
+    if action not in ("poweroff", "acpipowerbutton", "pause", "resume", "savestate", "reset"):
+        raise syntax(f"Invalid parameter '{action}'")
+    if v["state"] not in ("running", "paused"):
+        raise error(f"Machine '{v['name']}' is not currently running")
+    if action in ("poweroff", "acpipowerbutton"):
+        power_off(v)
+    elif action == "pause":
+        v["state"] = "paused"
+    elif action == "resume":
+        v["state"] = "running"
+    elif action == "savestate":
+        stop_forwarder(v)
+        v["state"] = "saved"
+    return "0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\n" if action == "poweroff" else ""
+
+
+def cmd_unregistervm(state: dict, args: list[str]) -> str:
+    names = [a for a in args if not a.startswith("--")]
+    if not names:
+        raise syntax("VM name required")
+    v = vm(state, names[0])
+    if v["state"] in ("running", "paused"):
+        raise error(f"Cannot unregister the machine '{v['name']}' while it is locked")
+    if "--delete" in args:
+        for medium in list(v["storage"].values()):
+            if medium.endswith((".vmdk", ".vdi")) and Path(medium).exists():
+                Path(medium).unlink()
+                state["media"] = [m for m in state["media"] if m["path"] != medium]
+        cfg = Path(v["cfg"])
+        cfg.unlink(missing_ok=True)
+        try:
+            cfg.parent.rmdir()
+        except OSError:
+            pass
+    del state["vms"][v["uuid"]]
+    return ""
+
+
+COMMANDS = {
+    "createvm": cmd_createvm, "modifyvm": cmd_modifyvm, "showvminfo": cmd_showvminfo,
+    "storagectl": cmd_storagectl, "storageattach": cmd_storageattach, "guestproperty": cmd_guestproperty,
+    "sharedfolder": cmd_sharedfolder, "setextradata": cmd_setextradata, "convertfromraw": cmd_convertfromraw,
+    "clonemedium": cmd_clonemedium, "modifymedium": cmd_modifymedium, "list": cmd_list,
+    "hostonlyif": cmd_hostonlyif, "dhcpserver": cmd_dhcpserver, "startvm": cmd_startvm,
+    "controlvm": cmd_controlvm, "unregistervm": cmd_unregistervm,
+}
+
+
+def main(argv: list[str]) -> int:
+    HOME.mkdir(parents=True, exist_ok=True)
+    with open(LOG, "a") as log:
+        log.write(json.dumps(argv) + "\n")
+    if not argv:
+        sys.stderr.write("Usage:\n\nVBoxManage [<general option>] <command>\n")
+        return 2
+    with open(HOME / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = load()
+        state["calls"] = state.get("calls", 0) + 1
+        not_ready = int(os.environ.get("FAKE_VBOX_NOT_READY", "0") or 0)
+        if state["calls"] <= not_ready:
+            save(state)
+            sys.stderr.write("VBoxManage: error: The object is not ready\n")
+            return 1
+        fail = os.environ.get("FAKE_VBOX_FAIL", "")
+        if fail and argv[:len(fail.split())] == fail.split():
+            sys.stderr.write(f"VBoxManage: error: injected failure of '{fail}'\n")
+            return 1
+        if argv in (["--version"], ["-v"], ["-version"]):
+            print(os.environ.get("FAKE_VBOX_VERSION", "6.1.50r161033"))
+            return 0
+        handler = COMMANDS.get(argv[0])
+        try:
+            if handler is None:
+                raise syntax(f"Invalid command '{argv[0]}'")
+            out = handler(state, argv[1:])
+        except Fail as exc:
+            sys.stderr.write(str(exc))
+            return exc.code
+        save(state)
+    sys.stdout.write(out)
+    return 0
+
+
+def install(bin_dir: Path, python: str = sys.executable) -> Path:
+    """Write the ``VBoxManage`` wrapper into ``bin_dir``; returns its path."""
+    wrapper = Path(bin_dir) / "VBoxManage"
+    wrapper.write_text(f'#!/bin/sh\nexec "{python}" -I -S "{Path(__file__).resolve()}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def kill_forwarders(home: Path) -> None:
+    """Test clean-up: stop every forwarder the fake still records."""
+    path = Path(home) / "state.json"
+    if not path.exists():
+        return
+    for v in json.loads(path.read_text())["vms"].values():
+        pid = v.get("forwarder") or 0
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,304 @@
+"""The virtualbox driver through the installed ``pymachine``, against the fake ``VBoxManage``.
+
+VirtualBox cannot be installed here, so ``tests/fakes/vboxmanage.py`` stands in:
+it keeps VirtualBox's state in JSON and logs every call, so these tests prove the
+exact VBoxManage sequences docker-machine ran, the host-only network rules and
+that failed pre-create checks leave nothing behind.  No real VM boots, so a
+create stops at "waiting for SSH" unless the fake forwards SSH to a test host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fakes import vboxmanage
+
+pytestmark = pytest.mark.integration
+
+
+class FakeVBox:
+    def __init__(self, root: Path) -> None:
+        self.home = root / "vbox"
+        self.bin = root / "bin"
+        self.bin.mkdir()
+        vboxmanage.install(self.bin)
+        self.image = root / "boot2docker.iso"
+        self.image.write_bytes(b"\0" * 32768 + b"\x01CD001" + b"\0" * 2041)
+        self.env = {"FAKE_VBOX_HOME": str(self.home), "PYMACHINE_SSH_WAIT": "1",
+                    "FAKE_VBOX_GUEST_IP": "127.0.0.1"}
+
+    def calls(self) -> list[list[str]]:
+        log = self.home / "calls.log"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    def state(self) -> dict:
+        path = self.home / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {"vms": {}, "hostonlyifs": {}, "dhcpservers": {}}
+
+    def vms(self) -> list[str]:
+        return sorted(v["name"] for v in self.state()["vms"].values())
+
+    def reset_log(self) -> None:
+        (self.home / "calls.log").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def vbox(pm, tmp_path):
+    fake = FakeVBox(tmp_path)
+    pm.env["PATH"] = f"{fake.bin}{os.pathsep}{pm.env['PATH']}"
+    pm.env.update(fake.env)
+    yield fake
+    vboxmanage.kill_forwarders(fake.home)
+
+
+def create_args(vbox: FakeVBox, name: str, *extra: str) -> list[str]:
+    return ["create", "-d", "virtualbox", "--virtualbox-boot2docker-url", str(vbox.image),
+            "--virtualbox-disk-size", "8", "--virtualbox-no-vtx-check", *extra, name]
+
+
+def in_namespaces(pm, unshare: list[str], setup: str, args: list[str]) -> subprocess.CompletedProcess:
+    """Run pymachine in new namespaces (needs root) after the shell ``setup`` ran there."""
+    from tests.conftest import PYMACHINE
+
+    return subprocess.run(["unshare", *unshare, "sh", "-c", f'{setup} && exec "$@"', "sh", PYMACHINE, *args],
+                          capture_output=True, text=True, env=pm.env, timeout=120, check=False)
+
+
+def test_create_runs_docker_machines_vboxmanage_sequence(pm, vbox):
+    res = pm(*create_args(vbox, "vb1"))
+    # No VM boots: the driver's part completes, then provisioning waits for SSH in vain.
+    assert res.returncode == 1, res.stdout + res.stderr
+    mdir = str(pm.store / "machines" / "vb1")
+    cfg = json.loads((pm.store / "machines" / "vb1" / "config.json").read_text())["Driver"]
+    port = cfg["SSHPort"]
+    assert f"Unable to connect to 127.0.0.1:{port}" in res.stderr
+    assert 1024 <= port < 65536 and cfg["IPAddress"] == "127.0.0.1" and cfg["SSHUser"] == "docker"
+    assert cfg["HostOnlyCIDR"] == "192.168.56.1/24" and cfg["SSHKeyPath"] == f"{mdir}/id_rsa"
+    disk = f"{mdir}/disk.vmdk"
+    assert vbox.calls() == [
+        ["--version"],
+        ["list", "hostonlyifs"],
+        ["convertfromraw", "stdin", disk, str(8 << 20), "--format", "VMDK"],
+        ["createvm", "--basefolder", mdir, "--name", "vb1", "--register"],
+        ["modifyvm", "vb1", "--firmware", "bios", "--bioslogofadein", "off", "--bioslogofadeout", "off",
+         "--bioslogodisplaytime", "0", "--biosbootmenu", "disabled", "--ostype", "Linux26_64", "--cpus", "1",
+         "--memory", "1024", "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on", "--natdnshostresolver1", "off",
+         "--natdnsproxy1", "on", "--cpuhotplug", "off", "--pae", "on", "--hpet", "on", "--hwvirtex", "on",
+         "--nestedpaging", "on", "--largepages", "on", "--vtxvpid", "on", "--accelerate3d", "off", "--boot1", "dvd"],
+        ["modifyvm", "vb1", "--nic1", "nat", "--nictype1", "82540EM", "--cableconnected1", "on"],
+        ["storagectl", "vb1", "--name", "SATA", "--add", "sata", "--hostiocache", "on"],
+        ["storageattach", "vb1", "--storagectl", "SATA", "--port", "0", "--device", "0", "--type", "dvddrive",
+         "--medium", f"{mdir}/boot2docker.iso"],
+        ["storageattach", "vb1", "--storagectl", "SATA", "--port", "1", "--device", "0", "--type", "hdd",
+         "--medium", disk],
+        ["guestproperty", "set", "vb1", "/VirtualBox/GuestAdd/SharedFolders/MountPrefix", "/"],
+        ["guestproperty", "set", "vb1", "/VirtualBox/GuestAdd/SharedFolders/MountDir", "/"],
+        ["sharedfolder", "add", "vb1", "--name", "hosthome", "--hostpath", "/home", "--automount"],
+        ["setextradata", "vb1", "VBoxInternal2/SharedFoldersEnableSymlinksCreate/hosthome", "1"],
+        ["showvminfo", "vb1", "--machinereadable"],
+        ["list", "hostonlyifs"],
+        ["hostonlyif", "create"],
+        ["list", "hostonlyifs"],
+        ["hostonlyif", "ipconfig", "vboxnet0", "--ip", "192.168.56.1", "--netmask", "255.255.255.0"],
+        ["list", "dhcpservers"],
+        ["dhcpserver", "add", "--netname", "HostInterfaceNetworking-vboxnet0", "--ip", "192.168.56.2",
+         "--netmask", "255.255.255.0", "--lowerip", "192.168.56.100", "--upperip", "192.168.56.254", "--enable"],
+        ["modifyvm", "vb1", "--nic2", "hostonly", "--nictype2", "82540EM", "--nicpromisc2", "deny",
+         "--hostonlyadapter2", "vboxnet0", "--cableconnected2", "on"],
+        ["modifyvm", "vb1", "--natpf1", "delete", "ssh"],
+        ["modifyvm", "vb1", "--natpf1", f"ssh,tcp,127.0.0.1,{port},,22"],
+        ["startvm", "vb1", "--type", "headless"],
+        ["guestproperty", "get", "vb1", "/VirtualBox/GuestInfo/Net/1/V4/IP"],
+    ]
+    # The tar-in-disk: boot2docker's magic file first, then the machine's public key.
+    medium = next(m for m in vbox.state()["media"] if m["path"] == disk)
+    head = bytes.fromhex(medium["head"])
+    assert head.startswith(b"boot2docker, please format-me") and medium["size"] == 8 << 20
+    assert oct((pm.store / "machines" / "vb1" / "id_rsa").stat().st_mode & 0o777) == "0o600"
+    vm = next(iter(vbox.state()["vms"].values()))
+    assert vm["state"] == "running" and vm["shares"] == {"hosthome": "/home"}
+
+
+def test_stop_start_kill_rm_sequences(pm, vbox):
+    pm(*create_args(vbox, "vb1", "--virtualbox-no-share"))
+    ls = pm.ok("ls", "--format", "{{.Name}} {{.DriverName}} {{.State}}").stdout
+    assert "vb1 virtualbox" in ls
+    vbox.reset_log()
+    pm.ok("stop", "vb1")
+    assert vbox.calls() == [
+        ["showvminfo", "vb1", "--machinereadable"],  # Host: already stopped?
+        ["showvminfo", "vb1", "--machinereadable"],  # driver: resume if paused
+        ["controlvm", "vb1", "acpipowerbutton"],
+        ["showvminfo", "vb1", "--machinereadable"],  # poll until not running
+    ]
+    assert pm.ok("status", "vb1").stdout.strip() == "Stopped"
+    port = json.loads((pm.store / "machines" / "vb1" / "config.json").read_text())["Driver"]["SSHPort"]
+    vbox.reset_log()
+    pm.ok("start", "vb1")
+    calls = vbox.calls()
+    # The host-only interface and its DHCP server are reused: nothing is created again.
+    assert calls == [
+        ["showvminfo", "vb1", "--machinereadable"],
+        ["showvminfo", "vb1", "--machinereadable"],
+        ["list", "hostonlyifs"],
+        ["list", "dhcpservers"],
+        ["modifyvm", "vb1", "--nic2", "hostonly", "--nictype2", "82540EM", "--nicpromisc2", "deny",
+         "--hostonlyadapter2", "vboxnet0", "--cableconnected2", "on"],
+        ["modifyvm", "vb1", "--natpf1", "delete", "ssh"],
+        ["modifyvm", "vb1", "--natpf1", f"ssh,tcp,127.0.0.1,{port},,22"],  # the saved port, still free
+        ["startvm", "vb1", "--type", "headless"],
+        ["guestproperty", "get", "vb1", "/VirtualBox/GuestInfo/Net/1/V4/IP"],
+    ]
+    assert pm.ok("status", "vb1").stdout.strip() == "Running"
+    vbox.reset_log()
+    pm.ok("kill", "vb1")
+    assert vbox.calls()[-1] == ["controlvm", "vb1", "poweroff"]
+    pm.ok("start", "vb1")
+    vbox.reset_log()
+    pm.ok("rm", "-y", "vb1")
+    assert vbox.calls() == [
+        ["showvminfo", "vb1", "--machinereadable"],
+        ["controlvm", "vb1", "poweroff"],
+        ["unregistervm", "--delete", "vb1"],
+    ]
+    assert vbox.vms() == [] and not (pm.store / "machines" / "vb1").exists()
+    # The shared host-only network stays for other machines, as in docker-machine.
+    assert list(vbox.state()["hostonlyifs"]) == ["vboxnet0"]
+
+
+def test_hostonly_interface_reused_by_second_machine_and_new_one_for_other_cidr(pm, vbox):
+    pm(*create_args(vbox, "vb1", "--virtualbox-no-share"))
+    vbox.reset_log()
+    pm(*create_args(vbox, "vb2", "--virtualbox-no-share"))
+    calls = vbox.calls()
+    assert ["hostonlyif", "create"] not in calls
+    assert not any(c[:2] in (["dhcpserver", "add"], ["dhcpserver", "modify"]) for c in calls)
+    assert ["modifyvm", "vb2", "--nic2", "hostonly", "--nictype2", "82540EM", "--nicpromisc2", "deny",
+            "--hostonlyadapter2", "vboxnet0", "--cableconnected2", "on"] in calls
+    vbox.reset_log()
+    pm(*create_args(vbox, "vb3", "--virtualbox-no-share", "--virtualbox-hostonly-cidr", "192.168.57.1/24",
+                    "--virtualbox-hostonly-no-dhcp"))
+    calls = vbox.calls()
+    assert ["hostonlyif", "ipconfig", "vboxnet1", "--ip", "192.168.57.1", "--netmask", "255.255.255.0"] in calls
+    assert ["dhcpserver", "add", "--netname", "HostInterfaceNetworking-vboxnet1", "--ip", "192.168.57.2",
+            "--netmask", "255.255.255.0", "--lowerip", "192.168.57.100", "--upperip", "192.168.57.254",
+            "--disable"] in calls
+    assert sorted(vbox.state()["hostonlyifs"]) == ["vboxnet0", "vboxnet1"]
+    assert vbox.vms() == ["vb1", "vb2", "vb3"]
+
+
+def test_small_cidr_scopes_dhcp_to_subnet(pm, vbox):
+    pm(*create_args(vbox, "vb1", "--virtualbox-no-share", "--virtualbox-hostonly-cidr", "192.168.58.129/28"))
+    dhcp = vbox.state()["dhcpservers"]["HostInterfaceNetworking-vboxnet0"]
+    assert (dhcp["ip"], dhcp["mask"], dhcp["lower"], dhcp["upper"]) == (
+        "192.168.58.130", "255.255.255.240", "192.168.58.136", "192.168.58.142")
+
+
+def forget_provisioning_error(pm, name: str) -> None:
+    """Drop the recorded SSH failure (no VM boots here), as if provisioning had succeeded."""
+    path = pm.store / "machines" / name / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.get("Pymachine", {}).pop("LastError", None)
+    path.write_text(json.dumps(cfg, indent=4))
+
+
+def assert_nothing_left(pm, vbox, name: str) -> None:
+    assert vbox.vms() == []
+    assert not (pm.store / "machines" / name).exists()
+    assert not any(c[0] in ("createvm", "hostonlyif", "convertfromraw") for c in vbox.calls())
+
+
+@pytest.mark.parametrize("cidr, message", [
+    ("192.168.56.0/24", "host-only cidr must be specified with a host address, not a network address"),
+    ("10.9.8.1/24", "/etc/vbox/networks.conf"),
+    ("192.168.99.1/24", "outside the ranges VirtualBox allows (192.168.56.0/21)"),
+    ("192.168.56.1", "invalid host-only cidr"),
+])
+def test_bad_cidr_is_one_line_and_leaves_nothing(pm, vbox, cidr, message):
+    res = pm(*create_args(vbox, "bad", "--virtualbox-hostonly-cidr", cidr))
+    assert res.returncode in (1, 3), res.stderr
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert_nothing_left(pm, vbox, "bad")
+
+
+def test_networks_conf_and_allow_any_range_widen_the_ranges(pm, vbox, tmp_path):
+    conf = tmp_path / "networks.conf"
+    conf.write_text("# allowed\n* 10.0.0.0/8 192.168.0.0/16\n")
+    pm(*create_args(vbox, "vb1", "--virtualbox-no-share", "--virtualbox-hostonly-cidr", "10.9.8.1/24"),
+       env={"PYMACHINE_VBOX_NETWORKS_CONF": str(conf)})
+    assert vbox.state()["hostonlyifs"]["vboxnet0"]["ip"] == "10.9.8.1"
+    pm(*create_args(vbox, "vb2", "--virtualbox-no-share", "--virtualbox-hostonly-cidr", "172.20.0.1/16",
+                    "--virtualbox-hostonly-allow-any-range"))
+    assert vbox.state()["hostonlyifs"]["vboxnet1"]["mask"] == "255.255.0.0"
+
+
+def test_cidr_clashing_with_host_interface(pm, vbox):
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a private network namespace")
+    setup = "ip addr add 192.168.56.7/24 dev lo && ip link set lo up"
+    proc = in_namespaces(pm, ["-n"], setup, create_args(vbox, "clash"))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "host-only cidr conflicts with the network address of a host interface (lo: 192.168.56.0/24)" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert_nothing_left(pm, vbox, "clash")
+
+
+def test_vboxmanage_missing_is_exit_3(pm, vbox):
+    os.unlink(vbox.bin / "VBoxManage")
+    res = pm(*create_args(vbox, "nobox"), env={"PATH": f"{vbox.bin}{os.pathsep}/usr/bin:/bin"})
+    assert res.returncode == 3
+    assert res.stderr.strip().splitlines()[-1].endswith("VBoxManage not found: install VirtualBox "
+                                                        "(https://www.virtualbox.org) and put VBoxManage on PATH")
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (pm.store / "machines" / "nobox").exists()
+
+
+def test_vboxmanage_too_old_is_exit_3(pm, vbox):
+    res = pm(*create_args(vbox, "old"), env={"FAKE_VBOX_VERSION": "4.3.40r110317"})
+    assert res.returncode == 3
+    assert 'We support Virtualbox starting with version 5. Your VirtualBox install is "4.3.40r110317"' in res.stderr
+    assert vbox.calls() == [["--version"]]
+    assert_nothing_left(pm, vbox, "old")
+
+
+def test_no_vtx_is_exit_3_unless_skipped(pm, vbox, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a private mount namespace")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu vme de pse tsc msr pae sse sse2\n\n")
+    args = [a for a in create_args(vbox, "novtx") if a != "--virtualbox-no-vtx-check"]
+    res = in_namespaces(pm, ["-m", "--propagation", "private"], f'mount --bind "{cpuinfo}" /proc/cpuinfo', args)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "This computer doesn't have VT-X/AMD-v enabled. Enabling it in the BIOS is mandatory" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert_nothing_left(pm, vbox, "novtx")
+
+
+def test_failed_vboxmanage_step_rolls_back(pm, vbox):
+    res = pm(*create_args(vbox, "half"), env={"FAKE_VBOX_FAIL": "storagectl"})
+    assert res.returncode == 1
+    assert "VBoxManage storagectl half --name SATA --add sata --hostiocache on failed: injected failure" in res.stderr
+    assert vbox.vms() == []
+    assert ["unregistervm", "--delete", "half"] in vbox.calls()
+    assert not (pm.store / "machines" / "half").exists()
+
+
+def test_not_ready_is_retried(pm, vbox):
+    res = pm(*create_args(vbox, "slow", "--virtualbox-no-share"), env={"FAKE_VBOX_NOT_READY": "3"})
+    calls = vbox.calls()
+    assert calls[:4] == [["--version"]] * 4, calls[:5]
+    assert vbox.vms() == ["slow"], res.stderr
+
+
+def test_ls_without_vboxmanage_says_how_to_install(pm, vbox):
+    pm(*create_args(vbox, "vb1", "--virtualbox-no-share"))
+    forget_provisioning_error(pm, "vb1")
+    rows = pm.ok("ls", "--format", "{{.Name}}|{{.State}}|{{.Error}}", env={"PATH": "/usr/bin:/bin"}).out_lines
+    assert rows == [("vb1|Error|VBoxManage not found: install VirtualBox (https://www.virtualbox.org) "
+                     "and put VBoxManage on PATH")]
+    assert pm.ok("ls", "--format", "{{.Name}}|{{.State}}").out_lines == ["vb1|Running"]
