@@ -245,3 +245,50 @@ def test_rm_of_a_droplet_already_gone(pm, fake):
     res = pm.ok("rm", "-y", "do1")
     assert "assuming it is already deleted" in res.stdout + res.stderr
     assert not (pm.store / "machines" / "do1").exists()
+
+
+def test_rate_limit_that_never_ends_fails_bounded(pm, fake):
+    fake.rate_limit(100)
+    started = time.monotonic()
+    res = pm(*do_args(fake, "do1"), env={"DIGITALOCEAN_ACCESS_TOKEN": TOKEN}, timeout=60)
+    assert res.returncode == 3
+    assert "429 API Rate limit exceeded. (still rate limited after 6 attempts)" in one_line_error(res)
+    assert len(fake.requests) == 6 and time.monotonic() - started < 30
+    assert not (pm.store / "machines" / "do1").exists()
+
+
+def test_unreachable_api_and_untrusted_ca_are_precreate_errors(pm, fake, tmp_path):
+    env = {"DIGITALOCEAN_ACCESS_TOKEN": TOKEN}
+    res = pm("create", "-d", "digitalocean", "--digitalocean-api-url", fake.url, "do1", env=env)
+    assert res.returncode == 3
+    assert "cannot reach the DigitalOcean API" in one_line_error(res) and "CERTIFICATE_VERIFY_FAILED" in res.stderr
+    res = pm("create", "-d", "digitalocean", "--digitalocean-api-url", "ftp://127.0.0.1/", "do1", env=env)
+    assert res.returncode == 1 and "--digitalocean-api-url must be an http(s) URL" in one_line_error(res)
+    assert fake.requests == []
+
+
+def test_existing_key_by_fingerprint(pm, fake, tmp_path):
+    user_key = tmp_path / "id_user"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f", str(user_key)],
+                   check=True, timeout=60)
+    theirs = fake.add_key("laptop", (tmp_path / "id_user.pub").read_text())
+    res = pm(*do_args(fake, "--digitalocean-ssh-key-fingerprint", "00:11:22", "do1"),
+             env={"DIGITALOCEAN_ACCESS_TOKEN": TOKEN})
+    assert res.returncode == 3 and "fingerprint 00:11:22 doesn't exist" in one_line_error(res)
+
+    userdata = tmp_path / "user-data"
+    userdata.write_text("#cloud-config\n")
+    driver, lines = stored_machine(pm, fake, "do1", **{
+        "digitalocean-ssh-key-fingerprint": theirs["fingerprint"], "digitalocean-ssh-key-path": str(user_key),
+        "digitalocean-userdata": str(userdata), "digitalocean-ipv6": True, "digitalocean-monitoring": True,
+        "digitalocean-region": "ams3", "digitalocean-size": "s-2vcpu-4gb"})
+    [create] = fake.calls("POST", "/v2/droplets")
+    assert create.body["ssh_keys"] == [theirs["fingerprint"]] and fake.calls("POST", "/v2/account/keys") == []
+    assert create.body["user_data"] == "#cloud-config\n" and create.body["ipv6"] and create.body["monitoring"]
+    assert (create.body["region"], create.body["size"]) == ("ams3", "s-2vcpu-4gb")
+    assert not any("Creating SSH key" in line for line in lines)
+    assert driver.config["SSHKeyID"] == 0
+    copied = pm.store / "machines" / "do1" / "id_rsa"
+    assert copied.read_bytes() == user_key.read_bytes() and stat.S_IMODE(os.stat(copied).st_mode) == 0o600
+    pm.ok("rm", "-y", "do1")
+    assert list(fake.keys) == [theirs["id"]] and fake.droplets == {}
