@@ -23,7 +23,7 @@ from machine import __version__
 from machine.errors import MachineError
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("machine", "provisioners", "engine")
+PACKAGES = ("machine", "provisioners", "engine", "installer")  # installer: quickstart
 SHEBANG = b"#!/usr/bin/python3\n"
 MAIN = (
     "import sys\n"
@@ -36,18 +36,19 @@ def _zip_time(epoch: int) -> tuple[int, int, int, int, int, int]:
     return time.gmtime(max(epoch, 315532800))[:6]  # zip dates start in 1980
 
 
-def build_pyz(out: Path, epoch: int | None = None, shebang: bytes = SHEBANG) -> Path:
-    """Write ``out`` as an executable zipapp running ``pymachine``; deterministic."""
+def build_pyz(out: Path, epoch: int | None = None, shebang: bytes = SHEBANG, source: Path = REPO) -> Path:
+    """Write ``out`` as an executable zipapp running ``pymachine`` from the packages under
+    ``source`` (the repository by default); deterministic."""
     epoch = source_date_epoch() if epoch is None else epoch
     stamp = _zip_time(epoch)
     entries: list[tuple[str, bytes]] = [("__main__.py", MAIN.encode())]
     for pkg in PACKAGES:
-        root = REPO / pkg
+        root = source / pkg
         if not root.is_dir():
             continue
         for path in walk_sorted(root):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
-                entries.append((path.relative_to(REPO).as_posix(), path.read_bytes()))
+                entries.append((path.relative_to(source).as_posix(), path.read_bytes()))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -65,7 +66,7 @@ def build_pyz(out: Path, epoch: int | None = None, shebang: bytes = SHEBANG) -> 
 
 
 def build_deb(out_dir: Path, components: list[Component], cache: Path | None = None,
-              epoch: int | None = None, version: str = __version__) -> Path:
+              epoch: int | None = None, version: str = __version__, source: Path = REPO) -> Path:
     """Build ``pymachine_<version>_all.deb`` with dpkg-deb; reproducible for one epoch."""
     if not shutil.which("dpkg-deb"):
         raise MachineError("dpkg-deb is not installed (apt-get install dpkg-dev)")
@@ -75,7 +76,7 @@ def build_deb(out_dir: Path, components: list[Component], cache: Path | None = N
     with tempfile.TemporaryDirectory(prefix="pm-deb-") as tmp:
         root = Path(tmp) / "root"
         (root / "usr" / "bin").mkdir(parents=True)
-        build_pyz(root / "usr" / "bin" / "pymachine", epoch)
+        build_pyz(root / "usr" / "bin" / "pymachine", epoch, source=source)
         libdir = root / "usr" / "lib" / "pymachine"
         libdir.mkdir(parents=True)
         stage(components, libdir, cache)

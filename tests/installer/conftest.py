@@ -105,3 +105,15 @@ def standin_lock(http_root, tmp_path: Path):
     path = tmp_path / "components.lock.json"
     path.write_text(json.dumps(lock, indent=2))
     return path, www, tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def src_snapshot(tmp_path_factory) -> Path:
+    """A frozen copy of pymachine's packages: other work in the tree must not make two builds differ."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[2]
+    dest = tmp_path_factory.mktemp("src")
+    for pkg in ("machine", "provisioners", "engine", "installer"):
+        shutil.copytree(repo / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest

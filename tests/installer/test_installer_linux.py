@@ -20,29 +20,32 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def test_pyz_runs_and_is_reproducible(tmp_path):
-    a = build_pyz(tmp_path / "a" / "pymachine.pyz", epoch=1700000000)
-    b = build_pyz(tmp_path / "b" / "pymachine.pyz", epoch=1700000000)
-    c = build_pyz(tmp_path / "c" / "pymachine.pyz", epoch=1700000999)
+def test_pyz_runs_and_is_reproducible(tmp_path, src_snapshot):
+    a = build_pyz(tmp_path / "a" / "pymachine.pyz", epoch=1700000000, source=src_snapshot)
+    b = build_pyz(tmp_path / "b" / "pymachine.pyz", epoch=1700000000, source=src_snapshot)
+    c = build_pyz(tmp_path / "c" / "pymachine.pyz", epoch=1700000999, source=src_snapshot)
     assert _sha(a) == _sha(b)
     assert _sha(a) != _sha(c)  # the epoch really is what the timestamps come from
     out = subprocess.run([sys.executable, str(a), "--version"], capture_output=True, text=True, timeout=60,
                          cwd=tmp_path, check=True)
     assert out.stdout.strip() == f"pymachine version {__version__}, build python"
+    qs = subprocess.run([sys.executable, str(a), "quickstart", "--help"], capture_output=True, text=True,
+                        timeout=60, cwd=tmp_path, check=True)
+    assert "PYMACHINE_QUICKSTART_DRIVER" in qs.stdout  # the quickstart (installer package) is inside
 
 
-def _deb(tmp_path: Path, name: str, comps: list[Component], cache: Path) -> Path:
-    return build_deb(tmp_path / name, comps, cache=cache, epoch=1700000000)
+def _deb(tmp_path: Path, name: str, comps: list[Component], cache: Path, source: Path) -> Path:
+    return build_deb(tmp_path / name, comps, cache=cache, epoch=1700000000, source=source)
 
 
-def test_deb_contents_control_install_and_reproducible(standin_lock, tmp_path):
+def test_deb_contents_control_install_and_reproducible(standin_lock, tmp_path, src_snapshot):
     from installer.lock import Lock
 
     lock_path, _www, cache = standin_lock
     compose = [c for c in Lock.load(lock_path).components("windows") if c.name == "docker-compose"]
     compose[0].dest = "cli-plugins/docker-compose"
-    deb1 = _deb(tmp_path, "one", compose, cache)
-    deb2 = _deb(tmp_path, "two", compose, cache)
+    deb1 = _deb(tmp_path, "one", compose, cache, src_snapshot)
+    deb2 = _deb(tmp_path, "two", compose, cache, src_snapshot)
     assert _sha(deb1) == _sha(deb2)
 
     info = subprocess.run(["dpkg-deb", "-I", str(deb1)], capture_output=True, text=True, check=True).stdout
@@ -77,7 +80,7 @@ def test_deb_contents_control_install_and_reproducible(standin_lock, tmp_path):
     assert (root / "usr/lib/pymachine/cli-plugins/docker-compose").read_bytes().startswith(b"MZ")
 
 
-def test_deb_build_stops_on_tampered_component(standin_lock, tmp_path):
+def test_deb_build_stops_on_tampered_component(standin_lock, tmp_path, src_snapshot):
     from installer.fetch import IntegrityError
     from installer.lock import Lock
 
@@ -88,6 +91,6 @@ def test_deb_build_stops_on_tampered_component(standin_lock, tmp_path):
     data[-1] ^= 0xFF
     served.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="vm-image") as exc:
-        _deb(tmp_path, "bad", [comp], cache)
+        _deb(tmp_path, "bad", [comp], cache, src_snapshot)
     assert comp.sha256 in str(exc.value) and hashlib.sha256(bytes(data)).hexdigest() in str(exc.value)
     assert not list((tmp_path / "bad").glob("*.deb"))

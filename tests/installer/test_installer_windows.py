@@ -1,0 +1,122 @@
+"""Windows NSIS installer from stand-in components: contents, 64-bit PE, reproducible, signed."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from installer.fetch import IntegrityError
+from installer.lock import Lock
+from installer.template import render
+from installer.windows import build_exe
+from machine.errors import MachineError
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not shutil.which("makensis") or not shutil.which("7z"), reason="needs nsis and 7z"),
+]
+
+EPOCH = 1700000000
+
+
+def _pe_machine(data: bytes) -> tuple[int, int]:
+    """(COFF machine, optional-header magic): 0x8664 and 0x20b mean a PE32+ x86-64 image."""
+    assert data[:2] == b"MZ"
+    off = struct.unpack_from("<I", data, 0x3C)[0]
+    assert data[off:off + 4] == b"PE\0\0"
+    machine = struct.unpack_from("<H", data, off + 4)[0]
+    magic = struct.unpack_from("<H", data, off + 24)[0]
+    return machine, magic
+
+
+def _listing(exe: Path) -> tuple[str, list[str]]:
+    out = subprocess.run(["7z", "l", "-ba", "-slt", str(exe)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    names = [line.split(" = ", 1)[1] for line in out.splitlines() if line.startswith("Path = ")]
+    head = subprocess.run(["7z", "l", str(exe)], capture_output=True, text=True, timeout=60, check=True).stdout
+    return head, names
+
+
+@pytest.fixture
+def comps(standin_lock, src_snapshot):
+    path, www, cache = standin_lock
+    return Lock.load(path).components("windows"), www, cache, functools.partial(build_exe, source=src_snapshot)
+
+
+def test_exe_lists_components_is_64bit_and_reproducible(comps, tmp_path):
+    components, _www, cache, build = comps
+    a = build(tmp_path / "a", components, cache=cache, epoch=EPOCH)
+    b = build(tmp_path / "b", components, cache=cache, epoch=EPOCH)
+    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    assert _pe_machine(a.read_bytes()) == (0x8664, 0x20B)
+
+    head, names = _listing(a)
+    assert "Type = Nsis" in head and "SubType = NSIS-3 Unicode 64-bit" in head
+    for expected in ("bin/docker.exe", "bin/docker-compose.exe", "bin/pymachine.cmd",
+                     "bin/pymachine-quickstart.cmd", "python/python.exe", "python/python311._pth",
+                     "lib/machine/cli/main.py", "lib/machine/cli/quickstart_cmd.py", "lib/installer/quickstart.py",
+                     "$PROFILE/.docker/machine/cache/boot2docker.iso", "$PLUGINSDIR/virtualbox.exe",
+                     "uninstall.exe"):
+        assert expected in names, f"{expected} missing from {names}"
+
+    out = tmp_path / "x"
+    subprocess.run(["7z", "x", "-y", f"-o{out}", str(a)], capture_output=True, timeout=60, check=True)
+    assert (out / "bin" / "docker.exe").read_bytes().startswith(b"MZ")
+    assert (out / "python" / "python311._pth").read_text().splitlines()[-1] == "..\\lib"
+    assert "-m machine.cli.main quickstart" in (out / "bin" / "pymachine-quickstart.cmd").read_text()
+    assert _pe_machine((out / "uninstall.exe").read_bytes()) == (0x8664, 0x20B)
+
+
+def test_exe_without_virtualbox_has_no_virtualbox_section(comps, tmp_path):
+    components, _www, cache, build = comps
+    exe = build(tmp_path, [c for c in components if c.name != "virtualbox"], cache=cache, epoch=EPOCH)
+    _head, names = _listing(exe)
+    assert "$PLUGINSDIR/virtualbox.exe" not in names and "bin/docker.exe" in names
+
+
+def test_tampered_component_stops_the_windows_build(comps, tmp_path):
+    components, www, cache, build = comps
+    comp = next(c for c in components if c.name == "docker-cli")
+    data = bytearray((www / comp.filename).read_bytes())
+    data[len(data) // 2] ^= 0x20
+    (www / comp.filename).write_bytes(bytes(data))
+    with pytest.raises(IntegrityError) as exc:
+        build(tmp_path / "out", components, cache=cache, epoch=EPOCH)
+    msg = str(exc.value)
+    assert "'docker-cli'" in msg and comp.sha256 in msg and hashlib.sha256(bytes(data)).hexdigest() in msg
+    assert not list((tmp_path / "out").glob("*.exe"))
+
+
+@pytest.mark.skipif(not shutil.which("osslsigncode") or not shutil.which("openssl"), reason="needs osslsigncode")
+def test_authenticode_signature_verifies_and_is_reproducible(comps, tmp_path):
+    components, _www, cache, build = comps
+    key, crt = tmp_path / "t.key", tmp_path / "t.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(crt), "-days", "2", "-subj", "/CN=pymachine test signing",
+                    "-addext", "extendedKeyUsage=codeSigning"], capture_output=True, timeout=60, check=True)
+    a = build(tmp_path / "a", components, cache=cache, epoch=EPOCH, cert=str(crt), key=str(key))
+    b = build(tmp_path / "b", components, cache=cache, epoch=EPOCH, cert=str(crt), key=str(key))
+    assert a.read_bytes() == b.read_bytes()
+    ok = subprocess.run(["osslsigncode", "verify", "-CAfile", str(crt), "-in", str(a)],
+                        capture_output=True, text=True, timeout=60, check=False)
+    assert ok.returncode == 0 and "Signature verification: ok" in ok.stdout, ok.stdout + ok.stderr
+    data = bytearray(a.read_bytes())
+    data[2000] ^= 0x01
+    a.write_bytes(bytes(data))
+    bad = subprocess.run(["osslsigncode", "verify", "-CAfile", str(crt), "-in", str(a)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode != 0
+
+
+def test_template_renderer_refuses_missing_unused_and_fills_all():
+    assert render("a @X@ b", {"X": "1"}) == "a 1 b"
+    with pytest.raises(MachineError, match="no value for Y"):
+        render("@X@ @Y@", {"X": "1"})
+    with pytest.raises(MachineError, match="not used by the template: Z"):
+        render("@X@", {"X": "1", "Z": "2"})
