@@ -479,7 +479,10 @@ class DigitalOceanDriver(Driver):
         found: dict[str, State] = {}
         for (token, api_url, ca), members in groups.items():
             client = Client(token, api_url, ca, timeout=timeout)
-            droplets = client.list_all("/v2/droplets", "droplets", query={"tag_name": LIST_TAG}, timeout=timeout)
+            try:
+                droplets = client.list_all("/v2/droplets", "droplets", query={"tag_name": LIST_TAG}, timeout=timeout)
+            except MachineError:
+                continue  # these machines fall back to state(), which reports the error per machine
             by_id = {d.get("id"): str(d.get("status")) for d in droplets}
             for drv in members:
                 if drv.droplet_id in by_id:

@@ -292,3 +292,17 @@ def test_existing_key_by_fingerprint(pm, fake, tmp_path):
     assert copied.read_bytes() == user_key.read_bytes() and stat.S_IMODE(os.stat(copied).st_mode) == 0o600
     pm.ok("rm", "-y", "do1")
     assert list(fake.keys) == [theirs["id"]] and fake.droplets == {}
+
+
+def test_ls_makes_one_list_call_per_token(pm, fake):
+    fake.tokens.add("second-account-token")
+    for name in ("a1", "a2"):
+        stored_machine(pm, fake, name)
+    for name in ("b1", "b2"):
+        stored_machine(pm, fake, name, **{"digitalocean-access-token": "second-account-token"})
+    before = len(fake.requests)
+    states = pm.ok("ls", "--format", "{{.Name}}={{.State}}").stdout.split()
+    assert states == ["a1=Running", "a2=Running", "b1=Running", "b2=Running"]
+    calls = fake.requests[before:]
+    assert sorted((c.path, c.authorization) for c in calls) == [
+        ("/v2/droplets", "Bearer fake-do-token"), ("/v2/droplets", "Bearer second-account-token")]
