@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -98,6 +99,7 @@ class AmazonEC2Driver(Driver):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self._flag_secrets: dict[str, str] = {}
+        self._clients: dict[tuple[float | None, int | None], Any] = {}
 
     @classmethod
     def extra_fields(cls) -> dict[str, Any]:
@@ -195,22 +197,29 @@ class AmazonEC2Driver(Driver):
     def region(self) -> str:
         return str(self.config.get("Region") or "us-east-1")
 
-    def _session(self):
-        import boto3
-
+    def _credentials(self) -> dict[str, str]:
+        """Keys given by flag (or saved from them); empty means boto3's credential chain."""
         access, secret = self._secret("AccessKey"), self._secret("SecretKey")
-        if bool(access) != bool(secret):
-            raise PreCreateError("--amazonec2-access-key and --amazonec2-secret-key must be given together")
-        return boto3.session.Session(
-            aws_access_key_id=access or None, aws_secret_access_key=secret or None,
-            aws_session_token=self._secret("SessionToken") or None, region_name=self.region,
-        )
+        if not (access and secret):
+            return {}
+        creds = {"aws_access_key_id": access, "aws_secret_access_key": secret}
+        if self._secret("SessionToken"):
+            creds["aws_session_token"] = self._secret("SessionToken")
+        return creds
 
-    def client(self, timeout: float | None = None, session: Any = None, attempts: int | None = None) -> Any:
+    def client(self, timeout: float | None = None, attempts: int | None = None) -> Any:
         """An EC2 client honouring --amazonec2-retries (botocore's standard retry mode:
-        throttling and transient errors back off exponentially), endpoint and TLS flags."""
+        throttling and transient errors back off exponentially), endpoint and TLS flags.
+
+        Clients are cached per driver, and all come from one boto3 session per
+        process, so EC2's large service model is parsed once, not per client.
+        """
         from botocore.config import Config
 
+        key = (timeout, attempts)
+        cached = self._clients.get(key)
+        if cached is not None:
+            return cached
         retries = int(self.config.get("RetryCount") if self.config.get("RetryCount") is not None else 5)
         config = Config(
             retries={"total_max_attempts": attempts or max(1, retries + 1), "mode": "standard"},
@@ -220,17 +229,23 @@ class AmazonEC2Driver(Driver):
         endpoint = str(self.config.get("Endpoint") or "")
         if endpoint and "://" not in endpoint:
             endpoint = ("http://" if self.config.get("DisableSSL") else "https://") + endpoint
-        return (session or self._session()).client(
-            "ec2", endpoint_url=endpoint or None, use_ssl=not self.config.get("DisableSSL"), config=config,
-        )
+        with _SESSION_LOCK:
+            client = _boto_session().client(
+                "ec2", region_name=self.region, endpoint_url=endpoint or None,
+                use_ssl=not self.config.get("DisableSSL"), config=config, **self._credentials(),
+            )
+        self._clients[key] = client
+        return client
 
     # Pre-create checks ---------------------------------------------------------------------
     def pre_create_check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
         from botocore.parsers import ResponseParserError
 
-        session = self._session()
-        if session.get_credentials() is None:
+        if bool(self._secret("AccessKey")) != bool(self._secret("SecretKey")):
+            raise PreCreateError("--amazonec2-access-key and --amazonec2-secret-key must be given together")
+        session = _boto_session()
+        if not self._credentials() and session.get_credentials() is None:
             raise PreCreateError(f"no AWS credentials found: {CREDENTIALS_HINT}")
         known = set()
         for partition in session.get_available_partitions():
@@ -249,8 +264,8 @@ class AmazonEC2Driver(Driver):
         try:
             # A region botocore does not know is asked about once (a custom endpoint may
             # serve it); a known one gets the usual retries.
-            self._check_account(self.client(session=session, attempts=None if known_region else 1), known_region)
-            ec2 = self.client(session=session)
+            self._check_account(self.client(attempts=None if known_region else 1), known_region)
+            ec2 = self.client()
             self._check_image(ec2)
             self._check_instance_type(ec2)
             self._check_key_pair(ec2)
@@ -665,6 +680,19 @@ class AmazonEC2Driver(Driver):
                 if code != "DependencyViolation" or time.monotonic() > deadline:
                     raise
             time.sleep(3.0)
+
+
+_SESSION: Any = None
+_SESSION_LOCK = threading.Lock()
+
+
+def _boto_session() -> Any:
+    global _SESSION
+    if _SESSION is None:
+        import boto3
+
+        _SESSION = boto3.session.Session()
+    return _SESSION
 
 
 def _parse_port(spec: str) -> tuple[int, str]:

@@ -101,6 +101,12 @@ def test_bad_input_fails_pre_create_with_exit_3_and_creates_nothing(pm, moto):
     res = pm(*bad_ami, "badami", env=env)
     assert res.returncode == 3 and "AMI 'ami-00000000deadbeef0' does not exist" in one_line(res)
 
+    # No --amazonec2-ami: the newest Canonical Ubuntu 24.04 image is looked up; moto has none.
+    no_ami = [a for a in args if a not in ("--amazonec2-ami", ami)]
+    res = pm(*no_ami, "noami", env=env)
+    assert res.returncode == 3 and "no Ubuntu 24.04 LTS image found in us-east-1" in one_line(res)
+    assert "--amazonec2-ami" in one_line(res)
+
     res = pm(*args, "--amazonec2-instance-type", "t9.gigantic", "badtype", env=env)
     assert res.returncode == 3 and "instance type 't9.gigantic' does not exist" in one_line(res)
 
@@ -271,6 +277,24 @@ def test_driver_lifecycle_secrets_and_shared_resources(pm, moto, tmp_path, monke
     assert [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]] == ["two"]
     assert {g["GroupName"] for g in ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc]}])[
         "SecurityGroups"]} >= {"docker-machine", "shared"}
+
+    # An existing key pair (--amazonec2-keypair-name + -ssh-keypath) is used, never deleted.
+    from machine import certs
+    from machine.errors import PreCreateError
+
+    own_key = tmp_path / "byo_rsa"
+    certs.generate_ssh_keypair(own_key)
+    byo = {**base, "private_ip_address": "127.0.5.13", "ssh_keypath": str(own_key)}
+    with pytest.raises(PreCreateError, match="key pair 'byo' does not exist"):
+        make_machine(pm.store, "three", flag_values(**byo, keypair_name="byo"))
+    assert not (pm.store / "machines" / "three").exists()
+    ec2.import_key_pair(KeyName="byo", PublicKeyMaterial=(tmp_path / "byo_rsa.pub").read_bytes())
+    three = make_machine(pm.store, "three", flag_values(**byo, keypair_name="byo"))
+    assert three.driver.config["KeyName"] == "byo" and three.driver.config["ExistingKey"] is True
+    assert Path(three.driver.config["SSHKeyPath"]).read_bytes() == own_key.read_bytes()
+    Machine.load(store, "three").remove(log.append)
+    assert {k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]} == {"two", "byo"}
+    ec2.delete_key_pair(KeyName="byo")
 
     Machine.load(store, "two").remove(log.append)
     names = {g["GroupName"] for g in ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc]}])[
