@@ -1,0 +1,691 @@
+"""The ``vmwarevsphere`` driver: a VM on vCenter/ESXi through pyvmomi.
+
+Flags, env vars and config.json fields are docker-machine 0.16's, except that
+the password lives in the machine's secrets file, never in config.json.  Create
+makes ``[<datastore>] <machine>/``, uploads the boot ISO there with an HTTP PUT
+carrying the session cookie (as docker-machine did), creates and powers on the
+VM and waits (bounded) for the guest IP.  Every object made is recorded in
+``self.config`` as soon as it exists, so ``remove`` -- also the rollback of a
+failed create -- deletes exactly what pymachine made and nothing else.
+
+pyvmomi is imported only inside the methods that talk to vCenter: ``env``,
+``url`` and ``ip`` answer from config.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from machine.drivers.base import Driver, Flag, Log, State
+from machine.errors import HostNotRunning, MachineError, PreCreateError
+
+ANNOTATION_KEY = "pymachine-machine"
+IP_WAIT_ENV = "PYMACHINE_VSPHERE_IP_WAIT"
+STOP_WAIT_ENV = "PYMACHINE_VSPHERE_STOP_WAIT"
+DEFAULT_IP_WAIT = 300.0
+DEFAULT_STOP_WAIT = 60.0
+TASK_WAIT = 600.0
+CA_FILE = "vcenter-ca.pem"
+SECRET_KEY = "vsphere-password"
+POWER_STATES = {"poweredOn": State.RUNNING, "poweredOff": State.STOPPED, "suspended": State.PAUSED}
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else default
+    except ValueError:
+        raise MachineError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
+def parse_cfgparams(params: list[str]) -> list[tuple[str, str]]:
+    """``k=v`` strings (docker-machine's --vmwarevsphere-cfgparam) as pairs, order kept."""
+    pairs = []
+    for param in params:
+        key, sep, value = param.partition("=")
+        if not sep or not key.strip():
+            raise MachineError(f"--vmwarevsphere-cfgparam must be key=value, got {param!r}")
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def fault_text(exc: BaseException) -> str:
+    """One line for a vSphere fault or a socket/TLS error (pyvmomi faults carry .msg)."""
+    msg = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
+    return " ".join(str(msg).split())
+
+
+class VSphereDriver(Driver):
+    name = "vmwarevsphere"
+    default_ssh_user = "docker"
+    rollback_unreachable = True
+    flags = (
+        Flag("vmwarevsphere-cpu-count", "int", 2, "VSPHERE_CPU_COUNT", "vSphere CPU number for docker VM"),
+        Flag("vmwarevsphere-memory-size", "int", 2048, "VSPHERE_MEMORY_SIZE", "vSphere size of memory for docker VM (in MB)"),
+        Flag("vmwarevsphere-disk-size", "int", 20480, "VSPHERE_DISK_SIZE", "vSphere size of disk for docker VM (in MB)"),
+        Flag("vmwarevsphere-boot2docker-url", "string", "", "VSPHERE_BOOT2DOCKER_URL", "Local path of the boot ISO to upload"),
+        Flag("vmwarevsphere-vcenter", "string", "", "VSPHERE_VCENTER", "vSphere IP/hostname for vCenter"),
+        Flag("vmwarevsphere-vcenter-port", "int", 443, "VSPHERE_VCENTER_PORT", "vSphere Port for vCenter"),
+        Flag("vmwarevsphere-username", "string", "", "VSPHERE_USERNAME", "vSphere username"),
+        Flag("vmwarevsphere-password", "string", "", "VSPHERE_PASSWORD", "vSphere password", secret=True),
+        Flag("vmwarevsphere-network", "list", [], "VSPHERE_NETWORK", "vSphere network where the docker VM will be attached"),
+        Flag("vmwarevsphere-datastore", "string", "", "VSPHERE_DATASTORE", "vSphere datastore for docker VM"),
+        Flag("vmwarevsphere-datacenter", "string", "", "VSPHERE_DATACENTER", "vSphere datacenter for docker VM"),
+        Flag("vmwarevsphere-folder", "string", "", "VSPHERE_FOLDER", "vSphere folder for the docker VM. This folder must already exist in the datacenter."),
+        Flag("vmwarevsphere-pool", "string", "", "VSPHERE_POOL", "vSphere resource pool for docker VM"),
+        Flag("vmwarevsphere-hostsystem", "string", "", "VSPHERE_HOSTSYSTEM", "vSphere compute resource where the docker VM will be instantiated. This can be omitted if using a cluster with DRS."),
+        Flag("vmwarevsphere-cfgparam", "list", [], "VSPHERE_CFGPARAM", "vSphere vm configuration parameters (used for guestinfo)"),
+        Flag("vmwarevsphere-cloudinit", "string", "", "VSPHERE_CLOUDINIT", "vSphere cloud-init file or url to set in the guestinfo"),
+        # pymachine additions: how to trust the vCenter certificate, and the guest's login user.
+        Flag("vmwarevsphere-ca-cert", "string", "", "VSPHERE_CA_CERT", "PEM file of the CA that signed the vCenter certificate"),
+        Flag("vmwarevsphere-insecure", "bool", False, "VSPHERE_INSECURE", "Do not verify the vCenter TLS certificate (self-signed vCenters)"),
+        Flag("vmwarevsphere-ssh-user", "string", "docker", "VSPHERE_SSH_USER", "SSH user of the guest image"),
+        Flag("vmwarevsphere-ssh-port", "int", 22, "VSPHERE_SSH_PORT", "SSH port of the guest image"),
+    )
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self._password: str | None = None
+
+    @classmethod
+    def extra_fields(cls) -> dict[str, Any]:
+        # docker-machine 0.16's vsphere Driver fields, in its order; then pymachine's.
+        return {
+            "Memory": 2048, "DiskSize": 20480, "CPU": 2, "ISO": "", "Boot2DockerURL": "", "CPUS": 0,
+            "IP": "", "Port": 443, "Username": "", "Password": "", "Networks": [], "Datastore": "",
+            "Datacenter": "", "Folder": "", "Pool": "", "HostSystem": "", "CfgParams": [], "CloudInit": "",
+            "SSHPassword": "", "CACert": "", "Insecure": False, "VMRef": "", "DatastoreFolder": "",
+            "UploadedFiles": [],
+        }
+
+    # Flags ---------------------------------------------------------------------------------
+    def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
+        def s(flag: str) -> str:
+            return str(values.get(f"vmwarevsphere-{flag}") or "")
+
+        def n(flag: str, low: int) -> int:
+            v = values.get(f"vmwarevsphere-{flag}")
+            if not isinstance(v, int) or v < low:
+                raise MachineError(f"--vmwarevsphere-{flag} must be a number >= {low}, got {v!r}")
+            return v
+
+        if not s("vcenter"):
+            raise MachineError("vSphere driver requires the --vmwarevsphere-vcenter option")
+        if not s("username"):
+            raise MachineError("vSphere driver requires the --vmwarevsphere-username option")
+        self._password = s("password") or None
+        if not self._password:
+            raise MachineError("vSphere driver requires the --vmwarevsphere-password option")
+        port, ssh_port = n("vcenter-port", 1), n("ssh-port", 1)
+        if port > 65535 or ssh_port > 65535:
+            raise MachineError(f"--vmwarevsphere-vcenter-port and -ssh-port must be port numbers, got {port}, {ssh_port}")
+        cfg = list(values.get("vmwarevsphere-cfgparam") or [])
+        parse_cfgparams(cfg)
+        iso = s("boot2docker-url")
+        ca = s("ca-cert")
+        cloudinit = s("cloudinit")
+        self.config.update(
+            Memory=n("memory-size", 1), DiskSize=n("disk-size", 1), CPU=n("cpu-count", 1),
+            Boot2DockerURL=iso, ISO=os.path.abspath(os.path.expanduser(iso)) if iso else "",
+            IP=s("vcenter"), Port=port, Username=s("username"),
+            Networks=[x for x in (values.get("vmwarevsphere-network") or []) if x],
+            Datastore=s("datastore"), Datacenter=s("datacenter"), Folder=s("folder"), Pool=s("pool"),
+            HostSystem=s("hostsystem"), CfgParams=cfg,
+            CloudInit=cloudinit if "://" in cloudinit or not cloudinit else os.path.abspath(os.path.expanduser(cloudinit)),
+            CACert=os.path.abspath(os.path.expanduser(ca)) if ca else "", Insecure=bool(values.get("vmwarevsphere-insecure")),
+            SSHUser=s("ssh-user") or self.default_ssh_user, SSHPort=ssh_port,
+        )
+
+    # Connection ----------------------------------------------------------------------------
+    def password(self) -> str:
+        if self._password:
+            return self._password
+        from machine.secrets import load_secret
+
+        found = load_secret(self.machine_dir, SECRET_KEY) or os.environ.get("VSPHERE_PASSWORD", "")
+        if not found:
+            raise MachineError(f"no vSphere password saved for {self.machine_name}; set VSPHERE_PASSWORD")
+        return found
+
+    def _ssl_context(self) -> Any:
+        import ssl
+
+        if self.config.get("Insecure"):
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        ca = str(self.config.get("CACert") or "")
+        return ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+
+    @contextlib.contextmanager
+    def session(self, timeout: float = 60.0, error: type[MachineError] = MachineError) -> Iterator[Any]:
+        """A logged-in ServiceInstance, logged out afterwards; failures become one-line ``error``."""
+        import ssl
+
+        from pyVim.connect import Disconnect, SmartConnect
+        from pyVmomi import vim, vmodl
+
+        host, port = str(self.config.get("IP")), int(self.config.get("Port") or 443)
+        where = f"vCenter {host}:{port}"
+        try:
+            si = SmartConnect(host=host, port=port, user=str(self.config.get("Username")), pwd=self.password(),
+                              sslContext=self._ssl_context(), httpConnectionTimeout=max(1, int(timeout)),
+                              )
+        except vim.fault.InvalidLogin:
+            raise error(f"login to {where} failed for user {self.config.get('Username')!r}: "
+                        "check --vmwarevsphere-username and --vmwarevsphere-password") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise error(f"cannot verify the TLS certificate of {where} ({exc.verify_message}): "
+                        "pass its CA with --vmwarevsphere-ca-cert, or --vmwarevsphere-insecure") from None
+        except (OSError, vim.fault.VimFault, vim.fault.HostConnectFault) as exc:
+            raise error(f"cannot connect to {where}: {fault_text(exc)}") from None
+        try:
+            yield si
+        except vmodl.MethodFault as exc:
+            raise error(f"{where}: {fault_text(exc)}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                Disconnect(si)
+
+    # Inventory -----------------------------------------------------------------------------
+    def _find(self, si: Any, error: type[MachineError] = MachineError) -> dict[str, Any]:
+        """Resolve every inventory object the flags name; a missing one is named in ``error``."""
+        from pyVmomi import vim
+
+        content = si.RetrieveContent()
+        dcs = _walk_datacenters(content.rootFolder)
+        want = str(self.config.get("Datacenter") or "")
+        if want:
+            matches = [d for path, d in dcs if d.name == want or path == want.strip("/")]
+            if not matches:
+                raise error(f"datacenter {want!r} not found")
+            dc = matches[0]
+        elif len(dcs) == 1:
+            dc = dcs[0][1]
+        else:
+            raise error("several datacenters exist: choose one with --vmwarevsphere-datacenter")
+
+        def one(kind: str, flag: str, items: list[Any], wanted: str) -> Any:
+            if wanted:
+                found = [x for x in items if x.name == wanted]
+                if not found:
+                    raise error(f"{kind} {wanted!r} not found in datacenter {dc.name!r}")
+                return found[0]
+            if len(items) == 1:
+                return items[0]
+            raise error(f"datacenter {dc.name!r} has {len(items)} {kind}s: choose one with --vmwarevsphere-{flag}")
+
+        datastore = one("datastore", "datastore", list(dc.datastore), str(self.config.get("Datastore") or ""))
+        networks = [one("network", "network", list(dc.network), n) for n in (self.config.get("Networks") or [""])]
+        computes = _walk_computes(dc.hostFolder)
+        host = None
+        compute = None
+        hs = str(self.config.get("HostSystem") or "")
+        if hs:
+            cluster, _, hname = hs.rpartition("/")
+            for cr in computes:
+                if cluster and cr.name != cluster:
+                    continue
+                if hname == "*" and cluster:
+                    compute = cr
+                    break
+                for h in cr.host:
+                    if h.name == hname:
+                        host, compute = h, cr
+                        break
+                if host is not None:
+                    break
+            if compute is None:
+                raise error(f"host system {hs!r} not found in datacenter {dc.name!r}")
+        pool_name = str(self.config.get("Pool") or "")
+        if pool_name:
+            pools = [p for cr in computes for p in _walk_pools(cr.resourcePool)]
+            rel = pool_name.strip("/")
+            prefix = f"{dc.name}/host/"
+            rel = rel.removeprefix(prefix)
+            matches = [p for p in pools if _pool_path(p) == rel] or [p for p in pools if p.name == rel]
+            if not matches:
+                raise error(f"resource pool {pool_name!r} not found in datacenter {dc.name!r}")
+            pool = matches[0]
+        elif compute is not None:
+            pool = compute.resourcePool
+        elif len(computes) == 1:
+            pool = computes[0].resourcePool
+        else:
+            raise error(f"datacenter {dc.name!r} has several compute resources: "
+                        "choose one with --vmwarevsphere-pool or --vmwarevsphere-hostsystem")
+        folder = dc.vmFolder
+        fname = str(self.config.get("Folder") or "").strip("/")
+        if fname:
+            prefix = f"{dc.name}/vm/"
+            rel = fname.removeprefix(prefix)
+            for part in rel.split("/"):
+                nxt = [c for c in folder.childEntity if isinstance(c, vim.Folder) and c.name == part]
+                if not nxt:
+                    raise error(f"folder {fname!r} not found in datacenter {dc.name!r}")
+                folder = nxt[0]
+        return {"content": content, "dc": dc, "datastore": datastore, "networks": networks,
+                "host": host, "pool": pool, "folder": folder}
+
+    def _vm(self, si: Any) -> Any:
+        from pyVmomi import vim
+
+        ref = str(self.config.get("VMRef") or "")
+        if not ref:
+            raise MachineError(f"machine {self.machine_name} has no VM recorded")
+        return vim.VirtualMachine(ref, si._stub)
+
+    def _power_state(self, si: Any) -> str:
+        from pyVmomi import vmodl
+
+        try:
+            return str(self._vm(si).runtime.powerState)
+        except vmodl.fault.ManagedObjectNotFound:
+            raise MachineError(f"VM {self.config.get('VMRef')} of machine {self.machine_name} not found on vCenter") from None
+
+    # Checks --------------------------------------------------------------------------------
+    def pre_create_check(self) -> None:
+        iso = str(self.config.get("ISO") or "")
+        raw = str(self.config.get("Boot2DockerURL") or "")
+        if not raw:
+            raise PreCreateError("vSphere driver needs --vmwarevsphere-boot2docker-url: the path of a local boot ISO")
+        if "://" in raw:
+            raise PreCreateError(f"--vmwarevsphere-boot2docker-url must be a local file (downloads are not supported): {raw}")
+        if not os.path.isfile(iso):
+            raise PreCreateError(f"boot ISO not found: {raw}")
+        ci = str(self.config.get("CloudInit") or "")
+        if ci and "://" not in ci and not os.path.isfile(ci):
+            raise PreCreateError(f"cloud-init file not found: {ci}")
+        ca = str(self.config.get("CACert") or "")
+        if ca and not os.path.isfile(ca):
+            raise PreCreateError(f"CA certificate not found: {ca}")
+        with self.session(timeout=30, error=PreCreateError) as si:
+            self._find(si, error=PreCreateError)
+
+    # Create --------------------------------------------------------------------------------
+    def create(self, log: Log) -> None:
+        from pyVmomi import vim
+
+        from machine import certs, seed
+        from machine.secrets import save_secrets
+
+        name = self.machine_name
+        key = os.path.join(self.machine_dir, "id_rsa")
+        log(f"({name}) Creating SSH key...")
+        certs.generate_ssh_keypair(key)
+        self.config["SSHKeyPath"] = key
+        save_secrets(self.machine_dir, **{SECRET_KEY: self.password()})
+        if self.config.get("CACert"):
+            dest = os.path.join(self.machine_dir, CA_FILE)
+            shutil.copyfile(str(self.config["CACert"]), dest)
+            self.config["CACert"] = dest
+        pubkey = Path(key + ".pub").read_text().strip()
+        with self.session() as si:
+            inv = self._find(si)
+            ds = inv["datastore"].name
+            dc = inv["dc"]
+            content = inv["content"]
+            log(f"({name}) Creating datastore folder [{ds}] {name}...")
+            try:
+                content.fileManager.MakeDirectory(name=f"[{ds}] {name}", datacenter=dc, createParentDirectories=False)
+            except vim.fault.FileAlreadyExists:
+                raise MachineError(f"datastore folder [{ds}] {name} already exists: remove it or pick another machine name") from None
+            self.config["DatastoreFolder"] = f"[{ds}] {name}"
+            iso_name = os.path.basename(str(self.config["ISO"]))
+            log(f"({name}) Uploading {iso_name} to [{ds}] {name}/...")
+            self.config["UploadedFiles"] = [f"[{ds}] {name}/{iso_name}"]
+            self._upload(si, dc.name, ds, f"{name}/{iso_name}", str(self.config["ISO"]))
+            log(f"({name}) Creating VM...")
+            spec = self._vm_spec(inv, iso_name, pubkey, seed.user_data(
+                hostname=name, user=str(self.config.get("SSHUser") or self.default_ssh_user), ssh_pubkey=pubkey))
+            task = inv["folder"].CreateVM_Task(config=spec, pool=inv["pool"], host=inv["host"])
+            vm = wait_task(si, task, "create VM")
+            self.config["VMRef"] = vm._moId
+            log(f"({name}) Powering on VM...")
+            wait_task(si, vm.PowerOnVM_Task(), "power on")
+            self.config["IPAddress"] = self._wait_ip(si, log)
+
+    def _upload(self, si: Any, dc: str, ds: str, path: str, local: str) -> None:
+        """HTTP PUT to /folder/<path>?dcPath=&dsName= with the session cookie, streamed from disk."""
+        import http.client
+
+        query = urllib.parse.urlencode({"dcPath": dc, "dsName": ds})
+        url = f"/folder/{urllib.parse.quote(path)}?{query}"
+        cookie = si._stub.cookie.split(";", 1)[0]
+        size = os.path.getsize(local)
+        conn = http.client.HTTPSConnection(str(self.config["IP"]), int(self.config.get("Port") or 443),
+                                           context=self._ssl_context(), timeout=120)
+        try:
+            with open(local, "rb") as fh:
+                conn.request("PUT", url, body=fh, headers={
+                    "Cookie": cookie, "Content-Type": "application/octet-stream", "Content-Length": str(size)})
+            resp = conn.getresponse()
+            body = resp.read(500)
+        except OSError as exc:
+            raise MachineError(f"uploading {os.path.basename(local)} failed: {exc}") from None
+        finally:
+            conn.close()
+        if resp.status not in (200, 201, 204):
+            raise MachineError(f"uploading {os.path.basename(local)} failed: HTTP {resp.status} "
+                               f"{body.decode(errors='replace').strip()[:200]}")
+
+    def _vm_spec(self, inv: dict[str, Any], iso_name: str, pubkey: str, userdata: str) -> Any:
+        from pyVmomi import vim
+
+        name, ds = self.machine_name, inv["datastore"].name
+        extra = [vim.option.OptionValue(key=k, value=v) for k, v in parse_cfgparams(list(self.config.get("CfgParams") or []))]
+        extra += self._guestinfo(pubkey, userdata)
+        devices: list[Any] = []
+        scsi = vim.vm.device.ParaVirtualSCSIController(key=1000, busNumber=0, sharedBus="noSharing")
+        devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=scsi))
+        disk = vim.vm.device.VirtualDisk(
+            key=2000, controllerKey=1000, unitNumber=0, capacityInKB=int(self.config["DiskSize"]) * 1024,
+            backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                fileName=f"[{ds}] {name}/{name}.vmdk", diskMode="persistent", thinProvisioned=True))
+        devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk))
+        ide = vim.vm.device.VirtualIDEController(key=200, busNumber=0)
+        cdrom = vim.vm.device.VirtualCdrom(
+            key=3000, controllerKey=200, unitNumber=0,
+            backing=vim.vm.device.VirtualCdrom.IsoBackingInfo(fileName=f"[{ds}] {name}/{iso_name}", datastore=inv["datastore"]),
+            connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, allowGuestControl=True, connected=True))
+        devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=ide))
+        devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=cdrom))
+        for i, net in enumerate(inv["networks"]):
+            if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
+                backing: Any = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
+                    port=vim.dvs.PortConnection(switchUuid=net.config.distributedVirtualSwitch.uuid, portgroupKey=net.key))
+            else:
+                backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=net.name, network=net)
+            nic = vim.vm.device.VirtualVmxnet3(
+                key=4000 + i, backing=backing, addressType="generated",
+                connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, allowGuestControl=True))
+            devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=nic))
+        return vim.vm.ConfigSpec(
+            name=name, guestId="otherLinux64Guest", numCPUs=int(self.config["CPU"]),
+            memoryMB=int(self.config["Memory"]), annotation=f"{ANNOTATION_KEY}={name}",
+            files=vim.vm.FileInfo(vmPathName=f"[{ds}] {name}/"),
+            deviceChange=devices, extraConfig=extra)
+
+    def _guestinfo(self, pubkey: str, userdata: str) -> list[Any]:
+        """docker-machine's cloud-init keys for --vmwarevsphere-cloudinit, else a cloud-config with the key.
+
+        ``guestinfo.userdata`` is what cloud-init's VMware datasource reads; the
+        ``guestinfo.cloud-init.*`` keys are the ones docker-machine 0.16 set.
+        """
+        from pyVmomi import vim
+
+        def b64(data: bytes) -> str:
+            return base64.b64encode(data).decode()
+
+        out = [("guestinfo.pymachine.machine", self.machine_name), ("guestinfo.pymachine.ssh-authorized-key", pubkey)]
+        ci = str(self.config.get("CloudInit") or "")
+        if ci and "://" in ci:
+            out.append(("guestinfo.cloud-init.config.url", ci))
+            out += [("guestinfo.userdata", b64(userdata.encode())), ("guestinfo.userdata.encoding", "base64")]
+        elif ci:
+            with open(ci, "rb") as fh:
+                data = b64(fh.read())
+            out += [("guestinfo.cloud-init.config.data", data), ("guestinfo.cloud-init.data.encoding", "base64"),
+                    ("guestinfo.userdata", data), ("guestinfo.userdata.encoding", "base64")]
+        else:
+            out += [("guestinfo.userdata", b64(userdata.encode())), ("guestinfo.userdata.encoding", "base64")]
+        return [vim.option.OptionValue(key=k, value=v) for k, v in out]
+
+    def _wait_ip(self, si: Any, log: Log) -> str:
+        """The guest's IPv4 address as VMware tools report it, within $PYMACHINE_VSPHERE_IP_WAIT seconds."""
+        log(f"({self.machine_name}) Waiting for the guest IP address...")
+        bound = _env_seconds(IP_WAIT_ENV, DEFAULT_IP_WAIT)
+        deadline = time.monotonic() + bound
+        vm = self._vm(si)
+        delay = 0.2
+        while True:
+            ip = _guest_ipv4(vm)
+            if ip:
+                return ip
+            if time.monotonic() >= deadline:
+                raise MachineError(f"VM {self.machine_name} reported no IP address within {bound:g} s "
+                                   f"(are VMware tools running in the guest? bound: ${IP_WAIT_ENV})")
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+
+    # Addresses -----------------------------------------------------------------------------
+    def url(self) -> str:
+        ip = self.ip()
+        if not ip:
+            raise HostNotRunning("IP address is not set")
+        return f"tcp://{f'[{ip}]' if ':' in ip else ip}:2376"
+
+    # State and lifecycle -------------------------------------------------------------------
+    def state(self, timeout: float = 10.0) -> State:
+        with self.session(timeout=timeout) as si:
+            return POWER_STATES.get(self._power_state(si), State.NONE)
+
+    @classmethod
+    def batch_states(cls, drivers: list[Driver], timeout: float) -> dict[str, State]:
+        """One login and one property-collector retrieval per vCenter (address, port, user)."""
+        groups: dict[tuple[Any, ...], list[VSphereDriver]] = {}
+        for d in drivers:
+            if isinstance(d, VSphereDriver) and d.config.get("VMRef"):
+                c = d.config
+                groups.setdefault((c.get("IP"), c.get("Port"), c.get("Username")), []).append(d)
+        out: dict[str, State] = {}
+        for members in groups.values():
+            try:
+                with members[0].session(timeout=timeout) as si:
+                    states = power_states(si)
+            except MachineError:
+                continue
+            for d in members:
+                if str(d.config["VMRef"]) in states:
+                    out[d.machine_name] = POWER_STATES.get(states[str(d.config["VMRef"])], State.NONE)
+        return out
+
+    def start(self, log: Log) -> None:
+        with self.session() as si:
+            wait_task(si, self._vm(si).PowerOnVM_Task(), "power on")
+            self.config["IPAddress"] = self._wait_ip(si, log)
+
+    def stop(self, log: Log) -> None:
+        """Guest shutdown through VMware tools; power off if that is refused or takes too long."""
+        from pyVmomi import vim
+
+        with self.session() as si:
+            vm = self._vm(si)
+            try:
+                vm.ShutdownGuest()
+            except vim.fault.VimFault as exc:
+                log(f"({self.machine_name}) Guest shutdown refused ({fault_text(exc)}): powering off")
+                wait_task(si, vm.PowerOffVM_Task(), "power off")
+                return
+            bound = _env_seconds(STOP_WAIT_ENV, DEFAULT_STOP_WAIT)
+            deadline = time.monotonic() + bound
+            while str(vm.runtime.powerState) != "poweredOff":
+                if time.monotonic() >= deadline:
+                    log(f"({self.machine_name}) Guest did not shut down within {bound:g} s: powering off")
+                    wait_task(si, vm.PowerOffVM_Task(), "power off")
+                    return
+                time.sleep(0.5)
+
+    def restart(self, log: Log) -> None:
+        self.stop(log)
+        self.start(log)
+
+    def kill(self, log: Log) -> None:
+        with self.session() as si:
+            wait_task(si, self._vm(si).PowerOffVM_Task(), "power off")
+
+    def remove(self, log: Log) -> None:
+        """Power off and destroy the VM, then delete the files and folder pymachine put on the datastore."""
+        from pyVmomi import vim, vmodl
+
+        if not (self.config.get("VMRef") or self.config.get("UploadedFiles") or self.config.get("DatastoreFolder")):
+            return
+        with self.session() as si:
+            if self.config.get("VMRef"):
+                vm = self._vm(si)
+                try:
+                    if str(vm.runtime.powerState) != "poweredOff":
+                        with contextlib.suppress(vim.fault.InvalidPowerState):
+                            wait_task(si, vm.PowerOffVM_Task(), "power off")
+                    log(f"({self.machine_name}) Destroying VM...")
+                    wait_task(si, vm.Destroy_Task(), "destroy VM")
+                except vmodl.fault.ManagedObjectNotFound:
+                    log(f"({self.machine_name}) VM {self.config['VMRef']} is already gone")
+                self.config["VMRef"] = ""
+            dc = _datacenter_named(si, str(self.config.get("Datacenter") or ""))
+            fm = si.RetrieveContent().fileManager
+            targets = list(self.config.get("UploadedFiles") or [])
+            if self.config.get("DatastoreFolder"):
+                targets.append(str(self.config["DatastoreFolder"]))
+            for path in targets:
+                try:
+                    wait_task(si, fm.DeleteDatastoreFile_Task(name=path, datacenter=dc), f"delete {path}")
+                except vim.fault.FileNotFound:
+                    pass  # vcsim (and an emptied folder) may already have removed it
+                uploaded = list(self.config.get("UploadedFiles") or [])
+                if path in uploaded:
+                    uploaded.remove(path)
+                    self.config["UploadedFiles"] = uploaded
+                else:
+                    self.config["DatastoreFolder"] = ""
+
+
+# Helpers that talk to pyvmomi objects (imported lazily by the callers above) ---------------
+
+def wait_task(si: Any, task: Any, what: str, timeout: float = TASK_WAIT) -> Any:
+    """Wait for a task reading only ``info.state``/``info.result``/``info.error``.
+
+    pyvmomi's stock waiter reads the whole TaskInfo, whose ``entity`` vcsim fills
+    with the FileManager for DeleteDatastoreFile_Task -- not a ManagedEntity, so
+    deserialising it fails.  The task's own fault is re-raised as is so callers
+    can catch e.g. ``vim.fault.FileNotFound``.
+    """
+    from pyVmomi import vmodl
+
+    pc = si.RetrieveContent().propertyCollector
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=task)],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=type(task), pathSet=["info.state"])])
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        props = {p.name: p.val for o in pc.RetrieveContents([spec]) for p in o.propSet}
+        state = str(props.get("info.state"))
+        if state in ("success", "error"):
+            break
+        if time.monotonic() >= deadline:
+            raise MachineError(f"vSphere task {what} did not finish within {timeout:g} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    path = "info.result" if state == "success" else "info.error"
+    spec.propSet[0].pathSet = [path]
+    props = {p.name: p.val for o in pc.RetrieveContents([spec]) for p in o.propSet}
+    if state == "error":
+        err = props.get(path)
+        fault = getattr(err, "fault", None)
+        if isinstance(fault, BaseException):
+            if not getattr(fault, "msg", None):
+                fault.msg = f"{what}: {getattr(err, 'localizedMessage', '') or type(fault).__name__}"
+            raise fault
+        raise MachineError(f"vSphere task {what} failed: {getattr(err, 'localizedMessage', '') or err}")
+    return props.get(path)
+
+
+def power_states(si: Any) -> dict[str, str]:
+    """{VM managed object id: powerState} for every VM, in one RetrievePropertiesEx call."""
+    from pyVmomi import vim, vmodl
+
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        pcq = vmodl.query.PropertyCollector
+        spec = pcq.FilterSpec(
+            objectSet=[pcq.ObjectSpec(obj=view, skip=True, selectSet=[
+                pcq.TraversalSpec(name="view", type=vim.view.ContainerView, path="view", skip=False)])],
+            propSet=[pcq.PropertySpec(type=vim.VirtualMachine, pathSet=["runtime.powerState"])])
+        out: dict[str, str] = {}
+        result = content.propertyCollector.RetrievePropertiesEx([spec], pcq.RetrieveOptions())
+        while result is not None:
+            for obj in result.objects:
+                for prop in obj.propSet:
+                    out[obj.obj._moId] = str(prop.val)
+            if not result.token:
+                break
+            result = content.propertyCollector.ContinueRetrievePropertiesEx(result.token)
+        return out
+    finally:
+        with contextlib.suppress(Exception):
+            view.Destroy()
+
+
+def _guest_ipv4(vm: Any) -> str:
+    ip = str(vm.guest.ipAddress or "") if vm.guest else ""
+    if ip and ":" not in ip and not ip.startswith("169.254."):
+        return ip
+    for nic in (vm.guest.net or []) if vm.guest else []:
+        for addr in nic.ipAddress or []:
+            if ":" not in addr and not addr.startswith("169.254."):
+                return str(addr)
+    return ""
+
+
+def _walk_datacenters(folder: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(inventory path, datacenter) pairs below ``folder``; paths are built top-down
+    (vcsim cannot answer ``parent`` for the root folder)."""
+    from pyVmomi import vim
+
+    out = []
+    for child in folder.childEntity:
+        if isinstance(child, vim.Datacenter):
+            out.append((prefix + child.name, child))
+        elif isinstance(child, vim.Folder):
+            out += _walk_datacenters(child, prefix + child.name + "/")
+    return out
+
+
+def _datacenter_named(si: Any, name: str) -> Any:
+    dcs = [d for _, d in _walk_datacenters(si.RetrieveContent().rootFolder)]
+    found = [d for d in dcs if d.name == name] if name else dcs
+    return found[0] if len(found) == 1 or (name and found) else None
+
+
+def _walk_computes(folder: Any) -> list[Any]:
+    from pyVmomi import vim
+
+    out = []
+    for child in folder.childEntity:
+        if isinstance(child, vim.ComputeResource):
+            out.append(child)
+        elif isinstance(child, vim.Folder):
+            out += _walk_computes(child)
+    return out
+
+
+def _walk_pools(pool: Any) -> list[Any]:
+    out = [pool]
+    for child in pool.resourcePool or []:
+        out += _walk_pools(child)
+    return out
+
+
+def _pool_path(pool: Any) -> str:
+    """``<compute resource>/Resources/<child>...``: the path below the datacenter's host folder."""
+    from pyVmomi import vim
+
+    parts = []
+    obj = pool
+    while isinstance(obj, vim.ResourcePool):
+        parts.append(obj.name)
+        obj = obj.parent
+    if obj is not None:
+        parts.append(obj.name)
+    return "/".join(reversed(parts))

@@ -1,0 +1,351 @@
+"""The vmwarevsphere driver against vcsim (govmomi's simulator, built offline from Debian).
+
+vcsim's VPX model: datacenter DC0, cluster DC0_C0, host DC0_H0, datastore
+LocalDS_0 (a real directory on this machine, so uploads are checked on disk),
+network "VM Network".  The simulator's TLS certificate is signed by a CA the
+fixture makes, and the driver verifies it with ``--vmwarevsphere-ca-cert``;
+one test uses ``--vmwarevsphere-insecure`` explicitly.
+
+vcsim never boots a guest, so no VM reports an IP by itself.  The TEST plays
+VMware tools: once the VM appears it sets the extraConfig key
+``SET.guest.ipAddress`` (vcsim's hook) to 127.0.0.1 -- never any other address
+(``inject_guest_ip`` refuses anything but loopback or a namespaced test host).
+SSH provisioning cannot run against a guest that does not exist, so the CLI
+test stops where SSH would start: the injected address has a closed port, and
+the create must roll back everything it made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_REPO = str(Path(__file__).resolve().parents[2])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+from machine.drivers.base import State
+from machine.errors import MachineError, PreCreateError
+from tests.vcsim import (
+    Vcsim,
+    unavailable_reason,
+    vcsim_fixture,  # noqa: F401 -- registers the ``vcsim`` fixture
+)
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(unavailable_reason() is not None and os.environ.get("CI", "").lower() != "true",
+                       reason=str(unavailable_reason())),
+]
+
+PLACEMENT = ["--vmwarevsphere-datacenter", "DC0", "--vmwarevsphere-datastore", "LocalDS_0",
+             "--vmwarevsphere-network", "VM Network", "--vmwarevsphere-hostsystem", "DC0_H0"]
+ISO_BYTES = b"pymachine test iso\n" + bytes(range(256)) * 512
+
+
+@pytest.fixture(autouse=True)
+def bounded_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short bounds for the driver's waits (guest IP, guest shutdown) unless a test sets its own."""
+    monkeypatch.setenv("PYMACHINE_VSPHERE_IP_WAIT", "20")
+    monkeypatch.setenv("PYMACHINE_VSPHERE_STOP_WAIT", "5")
+
+
+@pytest.fixture
+def iso(tmp_path: Path) -> Path:
+    path = tmp_path / "pm-boot.iso"
+    path.write_bytes(ISO_BYTES)
+    return path
+
+
+# vcsim inspection -------------------------------------------------------------------------------
+
+def inventory(sim: Vcsim) -> dict[str, Any]:
+    """What vcsim holds: VMs by name (power state, annotation, extraConfig) and datastore entries on disk."""
+    from pyVmomi import vim
+
+    with sim.connect() as si:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        vms = {}
+        for vm in view.view:
+            cfg = vm.config
+            vms[vm.name] = {
+                "ref": vm._moId, "power": str(vm.runtime.powerState), "annotation": cfg.annotation,
+                "cpu": cfg.hardware.numCPU, "memory": cfg.hardware.memoryMB,
+                "extra": {o.key: o.value for o in cfg.extraConfig},
+                "cdrom": [getattr(d.backing, "fileName", None) for d in cfg.hardware.device
+                          if isinstance(d, vim.vm.device.VirtualCdrom)],
+                "nics": [getattr(d.backing, "deviceName", None) for d in cfg.hardware.device
+                         if isinstance(d, vim.vm.device.VirtualEthernetCard)],
+            }
+        view.Destroy()
+        ds = next(d for d in content.rootFolder.childEntity[0].datastore if d.name == "LocalDS_0")
+        root = Path(ds.info.url)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    return {"vms": vms, "files": files, "root": root}
+
+
+def ours(inv: dict[str, Any], name: str) -> list[str]:
+    """Everything in the inventory that belongs to machine ``name``."""
+    left = [f"vm:{n}" for n, vm in inv["vms"].items() if n == name or vm["annotation"] == f"pymachine-machine={name}"]
+    return left + [f"file:{f}" for f in inv["files"] if f == name or f.startswith(name + "/")]
+
+
+def inject_guest_ip(sim: Vcsim, machine: str, ip: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Play VMware tools: once machine's VM exists, make vcsim report ``ip`` as its guest IP.
+
+    Only loopback or a namespaced test host's 10.231.x address may be injected:
+    whatever is set here is an address pymachine will dial.
+    """
+    addr = ipaddress.ip_address(ip)
+    assert addr.is_loopback or addr in ipaddress.ip_network("10.231.0.0/16"), ip
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        from pyVmomi import vim
+
+        from machine.drivers.vsphere import wait_task
+
+        try:
+            with sim.connect() as si:
+                content = si.RetrieveContent()
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+                    found = [vm for vm in view.view if vm.config and vm.config.annotation == f"pymachine-machine={machine}"]
+                    view.Destroy()
+                    if found:
+                        spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key="SET.guest.ipAddress", value=ip)])
+                        wait_task(si, found[0].ReconfigVM_Task(spec=spec), "inject guest IP", timeout=30)
+                        result["vm"] = found[0]._moId
+                        return
+                    time.sleep(0.1)
+                result["error"] = f"no VM for {machine} within {timeout} s"
+        except Exception as exc:  # noqa: BLE001 -- reported to the test thread
+            result["error"] = repr(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    result["thread"] = thread
+    return result
+
+
+def finish(injection: dict[str, Any]) -> str:
+    injection["thread"].join(70)
+    assert not injection["thread"].is_alive()
+    assert "error" not in injection, injection["error"]
+    return str(injection["vm"])
+
+
+def closed_loopback_port() -> socket.socket:
+    """A bound, never-listening socket: connecting to its port is refused for as long as it is held."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+# Driver API --------------------------------------------------------------------------------------
+
+def make_driver(sim: Vcsim, store: Path, name: str, iso: Path, **overrides: Any) -> Any:
+    from machine.drivers.vsphere import VSphereDriver
+
+    values = {f.name: f.default for f in VSphereDriver.flags}
+    values.update({
+        "vmwarevsphere-vcenter": sim.host, "vmwarevsphere-vcenter-port": sim.port,
+        "vmwarevsphere-username": sim.username, "vmwarevsphere-password": sim.password,
+        "vmwarevsphere-ca-cert": str(sim.ca_cert), "vmwarevsphere-datacenter": "DC0",
+        "vmwarevsphere-datastore": "LocalDS_0", "vmwarevsphere-network": ["VM Network"],
+        "vmwarevsphere-hostsystem": "DC0_H0", "vmwarevsphere-boot2docker-url": str(iso),
+        "vmwarevsphere-cpu-count": 1, "vmwarevsphere-memory-size": 512,
+        "vmwarevsphere-cfgparam": ["pm.test.key=yes"],
+    })
+    values.update({f"vmwarevsphere-{k.replace('_', '-')}": v for k, v in overrides.items()})
+    driver = VSphereDriver.new(name, str(store))
+    driver.set_config_from_flags(values)
+    os.makedirs(driver.machine_dir, mode=0o700)
+    return driver
+
+
+def test_driver_create_power_cycle_remove_checks_vcsim_after_each_step(vcsim, tmp_path, iso, monkeypatch):
+    from machine.drivers.vsphere import VSphereDriver
+
+    log: list[str] = []
+    driver = make_driver(vcsim, tmp_path / "store", "pm-api", iso)
+    driver.pre_create_check()
+    assert ours(inventory(vcsim), "pm-api") == []  # the check creates nothing
+
+    injection = inject_guest_ip(vcsim, "pm-api", "127.0.0.1")
+    driver.create(log.append)
+    ref = finish(injection)
+
+    inv = inventory(vcsim)
+    vm = inv["vms"]["pm-api"]
+    assert vm["ref"] == ref == driver.config["VMRef"]
+    assert vm["power"] == "poweredOn" and vm["annotation"] == "pymachine-machine=pm-api"
+    assert (vm["cpu"], vm["memory"]) == (1, 512)
+    assert vm["extra"]["pm.test.key"] == "yes"
+    assert vm["extra"]["guestinfo.pymachine.ssh-authorized-key"] == Path(driver.config["SSHKeyPath"] + ".pub").read_text().strip()
+    assert vm["cdrom"] == ["[LocalDS_0] pm-api/pm-boot.iso"] and vm["nics"] == ["VM Network"]
+    assert (inv["root"] / "pm-api" / "pm-boot.iso").read_bytes() == ISO_BYTES
+    assert driver.ip() == "127.0.0.1" and driver.url() == "tcp://127.0.0.1:2376"
+    assert driver.config["UploadedFiles"] == ["[LocalDS_0] pm-api/pm-boot.iso"]
+    # The password is a secret: in the 0600 secrets file, never in config.json's dict.
+    assert vcsim.password not in json.dumps(driver.config)
+    secrets = Path(driver.machine_dir) / "secrets.json"
+    assert vcsim.password in secrets.read_text() and secrets.stat().st_mode & 0o777 == 0o600
+
+    # A reloaded driver (as the CLI does) has only config.json and the secrets file.
+    again = VSphereDriver(json.loads(json.dumps(driver.config)))
+    assert again.state() == State.RUNNING
+
+    again.stop(log.append)
+    assert inventory(vcsim)["vms"]["pm-api"]["power"] == "poweredOff" and again.state() == State.STOPPED
+    again.start(log.append)
+    assert inventory(vcsim)["vms"]["pm-api"]["power"] == "poweredOn" and again.state() == State.RUNNING
+    again.restart(log.append)
+    assert inventory(vcsim)["vms"]["pm-api"]["power"] == "poweredOn"
+    again.kill(log.append)
+    assert inventory(vcsim)["vms"]["pm-api"]["power"] == "poweredOff"
+
+    # ls: one login and one property-collector call for every machine on this vCenter.
+    other = VSphereDriver(dict(again.config, MachineName="pm-other", VMRef=inv["vms"]["DC0_H0_VM0"]["ref"]))
+    assert VSphereDriver.batch_states([again, other], 10.0) == {"pm-api": State.STOPPED, "pm-other": State.RUNNING}
+
+    again.remove(log.append)
+    inv = inventory(vcsim)
+    assert ours(inv, "pm-api") == []
+    assert "DC0_H0_VM0" in inv["vms"]  # nothing else touched
+    assert again.config["VMRef"] == "" and again.config["UploadedFiles"] == [] and again.config["DatastoreFolder"] == ""
+    with pytest.raises(MachineError, match="no VM recorded"):
+        again.state()
+
+
+def test_failed_create_then_remove_deletes_the_upload_itself(vcsim, tmp_path, iso, monkeypatch):
+    """No guest IP within the bound: create fails with everything recorded.  The VM is then
+    unregistered out of band (its files stay, as on a real vCenter), so remove must delete the
+    ISO and the folder itself -- successful DeleteDatastoreFile_Tasks, whose task entity vcsim
+    reports as the FileManager."""
+    from pyVmomi import vim
+
+    from machine.drivers.vsphere import wait_task
+
+    monkeypatch.setenv("PYMACHINE_VSPHERE_IP_WAIT", "1")
+    driver = make_driver(vcsim, tmp_path / "store", "pm-noip", iso)
+    with pytest.raises(MachineError, match="reported no IP address within 1 s"):
+        driver.create(lambda _: None)
+    left = ours(inventory(vcsim), "pm-noip")
+    assert {"vm:pm-noip", "file:pm-noip", "file:pm-noip/pm-boot.iso"} <= set(left)
+    with vcsim.connect() as si:
+        vm = vim.VirtualMachine(driver.config["VMRef"], si._stub)
+        wait_task(si, vm.PowerOffVM_Task(), "power off")
+        vm.UnregisterVM()
+    left = ours(inventory(vcsim), "pm-noip")
+    assert "vm:pm-noip" not in left and "file:pm-noip/pm-boot.iso" in left
+    log: list[str] = []
+    driver.remove(log.append)
+    assert any("is already gone" in line for line in log)
+    assert ours(inventory(vcsim), "pm-noip") == []
+
+
+def test_existing_datastore_folder_is_never_taken_or_deleted(vcsim, tmp_path, iso):
+    with vcsim.connect() as si:
+        dc = si.RetrieveContent().rootFolder.childEntity[0]
+        si.RetrieveContent().fileManager.MakeDirectory(name="[LocalDS_0] pm-taken", datacenter=dc)
+    driver = make_driver(vcsim, tmp_path / "store", "pm-taken", iso)
+    with pytest.raises(MachineError, match=r"datastore folder \[LocalDS_0\] pm-taken already exists"):
+        driver.create(lambda _: None)
+    driver.remove(lambda _: None)  # what the host layer's rollback calls
+    assert ours(inventory(vcsim), "pm-taken") == ["file:pm-taken"]
+
+
+def test_pre_create_names_what_is_missing(vcsim, tmp_path, iso):
+    cases = {
+        "datacenter": ("DC9", "datacenter 'DC9' not found"),
+        "datastore": ("NoSuchDS", "datastore 'NoSuchDS' not found in datacenter 'DC0'"),
+        "network": (["VM Network", "NoNet"], "network 'NoNet' not found"),
+        "pool": ("DC0_C0/Resources/nope", "resource pool 'DC0_C0/Resources/nope' not found"),
+        "hostsystem": ("DC0_H9", "host system 'DC0_H9' not found"),
+        "folder": ("no/such", "folder 'no/such' not found"),
+    }
+    for i, (field, (value, message)) in enumerate(cases.items()):
+        driver = make_driver(vcsim, tmp_path / "store", f"pm-bad{i}", iso, **{field: value})
+        with pytest.raises(PreCreateError, match=message.replace("[", r"\[")):
+            driver.pre_create_check()
+    # Existing placements pass: a cluster pool by path, a host inside a cluster.
+    make_driver(vcsim, tmp_path / "store", "pm-pool", iso, hostsystem="", pool="DC0_C0/Resources").pre_create_check()
+    make_driver(vcsim, tmp_path / "store", "pm-chost", iso, hostsystem="DC0_C0/DC0_C0_H1").pre_create_check()
+
+
+# CLI ---------------------------------------------------------------------------------------------
+
+def cli_create_args(sim: Vcsim, iso: Path, name: str, *extra: str) -> list[str]:
+    return ["create", "-d", "vmwarevsphere", *sim.flags(), *PLACEMENT,
+            "--vmwarevsphere-boot2docker-url", str(iso), "--vmwarevsphere-memory-size", "512", *extra, name]
+
+
+def one_line(res: Any) -> str:
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+def test_cli_create_unreachable_guest_rolls_back_everything(pm, vcsim, iso):
+    """Up to where SSH would start: the guest IP (127.0.0.1, injected) has a closed SSH port."""
+    held = closed_loopback_port()
+    try:
+        port = held.getsockname()[1]
+        injection = inject_guest_ip(vcsim, "pm-cli", "127.0.0.1")
+        res = pm(*cli_create_args(vcsim, iso, "pm-cli", "--vmwarevsphere-ssh-port", str(port)),
+                 env={"PYMACHINE_SSH_WAIT": "2", "PYMACHINE_VSPHERE_IP_WAIT": "30"})
+        finish(injection)
+    finally:
+        held.close()
+    assert res.returncode != 0, res.stdout
+    out = res.stdout + res.stderr
+    assert "Uploading pm-boot.iso to [LocalDS_0] pm-cli/" in out
+    assert "Removing pm-cli: the host never answered over SSH" in out
+    assert "Destroying VM" in out
+    assert vcsim.password not in out
+    assert not (pm.store / "machines" / "pm-cli").exists()
+    assert ours(inventory(vcsim), "pm-cli") == []
+    assert pm.ok("ls", "-q").stdout.strip() == ""
+
+
+def test_cli_bad_input_exit_3_one_line_nothing_left(pm, vcsim, iso):
+    before = inventory(vcsim)
+    args = cli_create_args(vcsim, iso, "pm-bad")
+    wrong = [a if a != vcsim.password else "not-the-password" for a in args]
+    res = pm(*wrong)
+    assert res.returncode == 3
+    line = one_line(res)
+    assert f"login to vCenter 127.0.0.1:{vcsim.port} failed for user '{vcsim.username}'" in line
+    assert "not-the-password" not in res.stdout + res.stderr
+
+    res = pm(*cli_create_args(vcsim, iso, "pm-bad", "--vmwarevsphere-datastore", "NoSuchDS"))
+    assert res.returncode == 3
+    assert one_line(res).endswith("datastore 'NoSuchDS' not found in datacenter 'DC0'")
+
+    # Without the CA the self-signed chain is refused, with a hint; --vmwarevsphere-insecure accepts it.
+    no_ca = [a for a in args if a not in ("--vmwarevsphere-ca-cert", str(vcsim.ca_cert))]
+    res = pm(*no_ca)
+    assert res.returncode == 3 and "--vmwarevsphere-insecure" in one_line(res)
+    res = pm(*no_ca[:-1], "--vmwarevsphere-insecure", "--vmwarevsphere-folder", "nope", "pm-bad")
+    assert res.returncode == 3 and one_line(res).endswith("folder 'nope' not found in datacenter 'DC0'")
+
+    res = pm(*cli_create_args(vcsim, Path("/nonexistent/boot.iso"), "pm-bad"))
+    assert res.returncode == 3 and "boot ISO not found" in one_line(res)
+
+    after = inventory(vcsim)
+    assert after["vms"].keys() == before["vms"].keys() and after["files"] == before["files"]
+    assert not (pm.store / "machines" / "pm-bad").exists()
