@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -123,7 +124,14 @@ def test_amazonec2_create_env_stop_start_rm_end_to_end(pm, moto, make_test_host)
                                                                  "owner": "pmt"}  # fmt: skip
     assert instance["SubnetId"] == subnet and instance["PrivateIpAddress"] == ip
 
-    assert f'export DOCKER_HOST="tcp://{ip}:2376"' in pm.ok("env", "ec2e").stdout
+    # env answers from config.json: boto3/botocore are not even imported.
+    code = ("import sys; from machine.cli.main import main; rc = main(sys.argv[1:]); "
+            "print('SDK=' + str(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore'))),"
+            " file=sys.stderr); sys.exit(rc)")
+    env_run = subprocess.run([sys.executable, "-c", code, "env", "ec2e"], capture_output=True, text=True,
+                             timeout=60, env=pm.env, check=False)  # fmt: skip
+    assert env_run.returncode == 0 and "SDK=[]" in env_run.stderr, env_run.stderr
+    assert f'export DOCKER_HOST="tcp://{ip}:2376"' in env_run.stdout
     version = docker(pm, "ec2e", "version", "--format", "{{.Server.Version}}")
     assert version.returncode == 0 and version.stdout.strip().startswith("20.10"), version.stderr
     info = docker(pm, "ec2e", "info", "--format", "{{json .Labels}}")
