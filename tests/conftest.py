@@ -13,6 +13,10 @@ import pytest
 
 pytest_plugins = ["tests.hosts.fixtures"]
 
+# Network safety: SDK credential chains must never probe cloud metadata services
+# (169.254.169.254) from tests; this also reaches every subprocess the tests start.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
 BIN_DIR = Path(sys.executable).parent
 PYMACHINE = str(BIN_DIR / "pymachine") if (BIN_DIR / "pymachine").exists() else shutil.which("pymachine")
 CLEARED = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME", "DOCKER_CONTEXT",
