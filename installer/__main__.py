@@ -2,7 +2,7 @@
 
     python -m installer lock [--update] [--only NAME] [--lock FILE]
     python -m installer build --platform linux|windows|macos|all --out DIR [--lock FILE]
-        [--without NAME] [--cert C --key K] [--gpg-key ID | --minisign-key FILE]
+        [--without NAME] [--source DIR] [--cert C --key K] [--gpg-key ID | --minisign-key FILE]
     python -m installer verify DIR [--gpg-home H | --minisign-pub FILE]
 """
 
@@ -47,20 +47,21 @@ def _build_cmd(ns: argparse.Namespace) -> int:
     lock = Lock.load(ns.lock)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    platforms = ["linux", "windows", "macos"] if ns.platform == "all" else [ns.platform]
+    source = Path(ns.source).resolve()
+    platforms = ["linux", "windows"] if ns.platform == "all" else [ns.platform]
     artefacts: list[Path] = []
     for plat in platforms:
         started = time.monotonic()
         if plat == "linux":
             from installer import linux
 
-            artefacts.append(linux.build_pyz(out / "pymachine.pyz"))
-            artefacts.append(linux.build_deb(out, _components(lock, "linux", ns.without)))
+            artefacts.append(linux.build_pyz(out / "pymachine.pyz", source=source))
+            artefacts.append(linux.build_deb(out, _components(lock, "linux", ns.without), source=source))
         elif plat == "windows":
             from installer import windows
 
             artefacts.append(windows.build_exe(out, _components(lock, "windows", ns.without),
-                                               cert=ns.cert, key=ns.key))
+                                               cert=ns.cert, key=ns.key, source=source))
         else:
             raise MachineError("the macOS .pkg builder is not part of this build yet")
         sys.stderr.write(f"{plat}: built in {time.monotonic() - started:.2f}s\n")
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--lock", default=str(DEFAULT_LOCK))
     b.add_argument("--platform", required=True, choices=["linux", "windows", "macos", "all"])
     b.add_argument("--out", required=True)
+    b.add_argument("--source", default=str(Path(__file__).resolve().parent.parent),
+                   help="tree holding pymachine's packages (default: this checkout)")
     b.add_argument("--without", action="append", default=[], help="leave out this component")
     b.add_argument("--cert", help="Authenticode certificate (PEM) for the Windows installer")
     b.add_argument("--key", help="Authenticode private key (PEM)")
