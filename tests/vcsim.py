@@ -23,14 +23,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import os
 import selectors
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,3 +275,89 @@ def vcsim_fixture(tmp_path: Path) -> Iterator[Vcsim]:
         pytest.skip(f"vcsim unavailable: {reason}")
     with run_vcsim(tmp_path / "vcsim") as sim:
         yield sim
+
+
+# Inspecting vcsim and playing the guest ------------------------------------------------------
+
+def inventory(sim: Vcsim) -> dict[str, Any]:
+    """What vcsim holds: VMs by name (power state, annotation, extraConfig) and LocalDS_0's files on disk."""
+    from pyVmomi import vim
+
+    with sim.connect() as si:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        vms = {}
+        for vm in view.view:
+            cfg = vm.config
+            vms[vm.name] = {
+                "ref": vm._moId, "power": str(vm.runtime.powerState), "annotation": cfg.annotation,
+                "cpu": cfg.hardware.numCPU, "memory": cfg.hardware.memoryMB,
+                "extra": {o.key: o.value for o in cfg.extraConfig},
+                "cdrom": [getattr(d.backing, "fileName", None) for d in cfg.hardware.device
+                          if isinstance(d, vim.vm.device.VirtualCdrom)],
+                "nics": [getattr(d.backing, "deviceName", None) for d in cfg.hardware.device
+                         if isinstance(d, vim.vm.device.VirtualEthernetCard)],
+            }
+        view.Destroy()
+        ds = next(d for d in content.rootFolder.childEntity[0].datastore if d.name == "LocalDS_0")
+        root = Path(ds.info.url)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    return {"vms": vms, "files": files, "root": root}
+
+
+def ours(inv: dict[str, Any], name: str) -> list[str]:
+    """Everything in the inventory that belongs to machine ``name``."""
+    left = [f"vm:{n}" for n, vm in inv["vms"].items() if n == name or vm["annotation"] == f"pymachine-machine={name}"]
+    return left + [f"file:{f}" for f in inv["files"] if f == name or f.startswith(name + "/")]
+
+
+def inject_guest_ip(sim: Vcsim, machine: str, ip: str, *, timeout: float = 60.0,
+                    before: Callable[[dict[str, str]], None] | None = None) -> dict[str, Any]:
+    """Play VMware tools in a thread: once machine's VM exists, make vcsim report ``ip`` as its
+    guest IP (extraConfig ``SET.guest.ipAddress``).  ``before(extraConfig)`` runs first -- the
+    end-to-end test uses it to do what cloud-init would do with the guestinfo.
+
+    Only loopback or a namespaced test host's 10.231.x address may be injected:
+    whatever is set here is an address pymachine will dial.
+    """
+    addr = ipaddress.ip_address(ip)
+    assert addr.is_loopback or addr in ipaddress.ip_network("10.231.0.0/16"), ip
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        from pyVmomi import vim
+
+        from machine.drivers.vsphere import wait_task
+
+        try:
+            with sim.connect() as si:
+                content = si.RetrieveContent()
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+                    found = [vm for vm in view.view if vm.config and vm.config.annotation == f"pymachine-machine={machine}"]
+                    view.Destroy()
+                    if found:
+                        if before is not None:
+                            before({o.key: str(o.value) for o in found[0].config.extraConfig})
+                        spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key="SET.guest.ipAddress", value=ip)])
+                        wait_task(si, found[0].ReconfigVM_Task(spec=spec), "inject guest IP", timeout=30)
+                        result["vm"] = found[0]._moId
+                        return
+                    time.sleep(0.1)
+                result["error"] = f"no VM for {machine} within {timeout} s"
+        except Exception as exc:  # noqa: BLE001 -- reported to the test thread by finish()
+            result["error"] = repr(exc)
+
+    thread = threading.Thread(target=run, name=f"inject-{machine}", daemon=True)
+    thread.start()
+    result["thread"] = thread
+    return result
+
+
+def finish(injection: dict[str, Any], timeout: float = 70.0) -> str:
+    """Join the injector; fail with its error; return the VM's managed object id."""
+    injection["thread"].join(timeout)
+    assert not injection["thread"].is_alive(), "guest IP injector still running"
+    assert "error" not in injection, injection["error"]
+    return str(injection["vm"])
