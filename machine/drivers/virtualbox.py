@@ -49,6 +49,7 @@ RETRY_DELAY = 0.1
 CALL_TIMEOUT = 600.0
 STOP_TIMEOUT = 90.0
 IP_WAIT = 120.0
+MIN_IP_WAIT = 20.0  # even when PYMACHINE_SSH_WAIT is tiny: a loaded host answers slowly
 HOSTONLY_POLL = 10.0
 ENGINE_PORT = 2376
 IMAGE_SUFFIXES = (".iso", ".vmdk", ".vdi")
@@ -819,9 +820,9 @@ class VirtualBoxDriver(Driver):
 
 
 def wait_budget() -> float:
-    """How long start waits for the guest IP: PYMACHINE_SSH_WAIT when set (tests), else IP_WAIT."""
+    """How long start waits for the guest IP: PYMACHINE_SSH_WAIT (at least MIN_IP_WAIT) when set, else IP_WAIT."""
     raw = os.environ.get("PYMACHINE_SSH_WAIT", "")
     try:
-        return float(raw) if raw else IP_WAIT
+        return max(float(raw), MIN_IP_WAIT) if raw else IP_WAIT
     except ValueError:
         return IP_WAIT

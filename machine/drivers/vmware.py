@@ -1,0 +1,499 @@
+"""The ``vmwareworkstation`` and ``vmwarefusion`` drivers: a generated ``.vmx`` driven by ``vmrun``.
+
+They follow docker-machine's vmwarefusion driver (and the vmwareworkstation
+plugin, which copied it): a ``.vmx`` with CPU, memory, a NAT NIC, the boot
+ISO, a SCSI disk made by ``vmware-vdiskmanager`` (or ``qemu-img`` where
+VMware's tool is absent) and the user's home as a shared folder; ``vmrun
+start <vmx> nogui``, the guest IP from ``vmrun getGuestIPAddress <vmx> -wait``,
+and the SSH key put into a boot2docker guest with vmrun's guest operations.
+A ``.vmdk`` image instead boots with a NoCloud seed ISO carrying the key.
+``ls`` asks ``vmrun list`` once for every machine, never SSH.
+
+The guest password (``--*-ssh-password``, boot2docker's ``tcuser`` by default)
+is kept in the machine's secrets file, not in config.json.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from machine.drivers.base import Driver, Flag, Log, State
+from machine.errors import HostNotRunning, MachineError, PreCreateError
+
+B2D_USER = "docker"
+B2D_PASSWORD = "tcuser"
+ENGINE_PORT = 2376
+CALL_TIMEOUT = 120.0
+SOFT_STOP_TIMEOUT = 60.0
+IP_WAIT = 120.0
+MIN_IP_WAIT = 20.0  # even when PYMACHINE_SSH_WAIT is tiny: a loaded host answers slowly
+IMAGE_SUFFIXES = (".iso", ".vmdk")
+
+
+def find_tool(name: str, extra: Sequence[str] = ()) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    return next((p for p in extra if os.path.isfile(p) and os.access(p, os.X_OK)), None)
+
+
+def share_default(platform: str = sys.platform) -> tuple[str, str]:
+    """(share name, host dir) as docker-machine's VMware drivers share the user's home."""
+    if platform == "darwin":
+        return "Users", "/Users"
+    if platform == "win32":
+        return "Users", "C:\\Users"
+    return "hosthome", "/home"
+
+
+def render_vmx(*, name: str, cpu: int, memory: int, disk: str, iso: str, config_drive: str = "",
+               share: tuple[str, str] | None = None, guest_os: str = "other3xlinux-64") -> str:
+    """The .vmx docker-machine's vmwarefusion wrote (virtual hardware 10, NAT, LSI Logic disk)."""
+    lines = [
+        ('.encoding', 'UTF-8'), ('config.version', '8'), ('virtualHW.version', '10'),
+        ('displayName', name), ('guestOS', guest_os),
+        ('numvcpus', str(cpu)), ('cpuid.coresPerSocket', str(cpu)), ('memsize', str(memory)),
+        ('ethernet0.present', 'TRUE'), ('ethernet0.connectionType', 'nat'),
+        ('ethernet0.virtualDev', 'vmxnet3'), ('ethernet0.wakeOnPcktRcv', 'FALSE'),
+        ('ethernet0.addressType', 'generated'), ('ethernet0.linkStatePropagation.enable', 'TRUE'),
+        ('pciBridge0.present', 'TRUE'), ('pciBridge4.present', 'TRUE'),
+        ('pciBridge4.virtualDev', 'pcieRootPort'), ('pciBridge4.functions', '8'),
+        ('ide1:0.present', 'TRUE'), ('ide1:0.fileName', iso), ('ide1:0.deviceType', 'cdrom-image'),
+    ]
+    if config_drive:
+        lines += [('ide1:1.present', 'TRUE'), ('ide1:1.fileName', config_drive), ('ide1:1.deviceType', 'cdrom-image')]
+    lines += [
+        ('scsi0.present', 'TRUE'), ('scsi0.virtualDev', 'lsilogic'),
+        ('scsi0:0.present', 'TRUE'), ('scsi0:0.fileName', disk),
+        ('msg.autoAnswer', 'TRUE'), ('tools.synctime', 'TRUE'), ('tools.upgrade.policy', 'manual'),
+        ('uuid.action', 'create'), ('bios.bootOrder', 'cdrom,hdd'),
+    ]
+    if share:
+        share_name, share_dir = share
+        lines += [
+            ('isolation.tools.hgfs.disable', 'FALSE'), ('sharedFolder.maxNum', '1'),
+            ('sharedFolder0.present', 'TRUE'), ('sharedFolder0.enabled', 'TRUE'),
+            ('sharedFolder0.readAccess', 'TRUE'), ('sharedFolder0.writeAccess', 'TRUE'),
+            ('sharedFolder0.hostPath', share_dir), ('sharedFolder0.guestName', share_name),
+            ('sharedFolder0.expiration', 'never'),
+        ]
+    return "".join(f'{k} = "{v}"\n' for k, v in lines)
+
+
+def parse_vmx(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def keys_tar(pubkey: bytes) -> bytes:
+    """The userdata.tar boot2docker restores into /home/docker: .ssh/authorized_keys{,2}."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo(".ssh")
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o700, int(time.time())
+        tar.addfile(info)
+        for name in (".ssh/authorized_keys", ".ssh/authorized_keys2"):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(pubkey), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(pubkey))
+    return buf.getvalue()
+
+
+def _flags(prefix: str, env: str, fusion: bool) -> tuple[Flag, ...]:
+    flags = [
+        Flag(f"{prefix}-boot2docker-url", "string", "", f"{env}_BOOT2DOCKER_URL", "Path or URL of a bootable image (.iso, or .vmdk)"),
+    ]
+    if fusion:  # docker-machine's vmwarefusion only
+        flags.append(Flag(f"{prefix}-configdrive-url", "string", "", f"{env}_CONFIGDRIVE_URL", "Path or URL of a config drive ISO"))
+    flags += [
+        Flag(f"{prefix}-cpu-count", "int", 1, f"{env}_CPU_COUNT", "number of CPUs for the machine (-1 to use the number of CPUs available)"),
+        Flag(f"{prefix}-memory-size", "int", 1024, f"{env}_MEMORY_SIZE", "Size of memory for host VM (in MB)"),
+        Flag(f"{prefix}-disk-size", "int", 20000, f"{env}_DISK_SIZE", "Size of disk for host VM (in MB)"),
+        Flag(f"{prefix}-ssh-user", "string", B2D_USER, f"{env}_SSH_USER", "SSH user"),
+        Flag(f"{prefix}-ssh-password", "string", B2D_PASSWORD, f"{env}_SSH_PASSWORD", "SSH password", secret=True),
+        Flag(f"{prefix}-no-share", "bool", False, f"{env}_NO_SHARE", "Disable the mount of your home directory"),
+    ]
+    return tuple(flags)
+
+
+class VMwareDriver(Driver):
+    """What Workstation and Fusion share; subclasses name the flags and vmrun's host type."""
+
+    default_ssh_user = B2D_USER
+    prefix: ClassVar[str] = ""
+    host_type: ClassVar[str] = ""  # vmrun -T
+    product: ClassVar[str] = ""
+    vmrun_paths: ClassVar[tuple[str, ...]] = ()
+    vdiskmanager_paths: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self._password: str | None = None
+
+    @classmethod
+    def extra_fields(cls) -> dict[str, Any]:
+        return {"Memory": 1024, "DiskSize": 20000, "CPU": 1, "ISO": "", "Boot2DockerURL": "",
+                "SSHPassword": "", "ConfigDriveISO": "", "ConfigDriveURL": "", "NoShare": False}
+
+    def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
+        def get(name: str, default: Any = None) -> Any:
+            value = values.get(f"{self.prefix}-{name}")
+            return default if value is None else value
+
+        cpu = int(get("cpu-count", 1))
+        if cpu == -1:
+            cpu = os.cpu_count() or 1
+        memory, disk = int(get("memory-size", 1024)), int(get("disk-size", 20000))
+        for flag, value, low in (("cpu-count", cpu, 1), ("memory-size", memory, 64), ("disk-size", disk, 1)):
+            if value < low:
+                raise MachineError(f"--{self.prefix}-{flag} must be at least {low}, got {value}")
+        self.config.update(
+            CPU=cpu, Memory=memory, DiskSize=disk,
+            Boot2DockerURL=str(get("boot2docker-url", "")), ConfigDriveURL=str(get("configdrive-url", "")),
+            SSHUser=str(get("ssh-user", B2D_USER) or B2D_USER), SSHPort=22, NoShare=bool(get("no-share", False)),
+        )
+        self._password = str(get("ssh-password", B2D_PASSWORD) or B2D_PASSWORD)
+
+    # Paths -----------------------------------------------------------------------------
+    def _path(self, name: str) -> str:
+        return os.path.join(self.machine_dir, name)
+
+    @property
+    def vmx_path(self) -> str:
+        return self._path(f"{self.machine_name}.vmx")
+
+    @property
+    def disk_path(self) -> str:
+        return self._path(f"{self.machine_name}.vmdk")
+
+    def password(self) -> str:
+        if self._password is None:
+            from machine.secrets import load_secret
+
+            self._password = load_secret(self.machine_dir, "SSHPassword") or B2D_PASSWORD
+        return self._password
+
+    # vmrun -------------------------------------------------------------------------------
+    def vmrun_path(self) -> str:
+        path = find_tool("vmrun", self.vmrun_paths)
+        if not path:
+            raise MachineError(f"vmrun not found: install {self.product} and put vmrun on PATH")
+        return path
+
+    def vmrun(self, *args: str, guest: bool = False, timeout: float = CALL_TIMEOUT) -> str:
+        """Run vmrun; vmrun reports errors on stdout as ``Error: ...`` with exit status 255."""
+        argv = [self.vmrun_path(), "-T", self.host_type]
+        if guest:
+            argv += ["-gu", str(self.config.get("SSHUser") or B2D_USER), "-gp", self.password()]
+        argv += list(args)
+        shown = " ".join(args)  # never the guest password
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise MachineError(f"vmrun {shown} did not finish within {timeout:g}s") from None
+        except OSError as exc:
+            raise MachineError(f"cannot run vmrun: {exc.strerror}") from None
+        if proc.returncode != 0 or proc.stdout.startswith("Error:"):
+            text = (proc.stdout + proc.stderr).strip().splitlines()
+            detail = next((line for line in text if line.startswith("Error:")), text[-1] if text else "no output")
+            raise MachineError(f"vmrun {shown} failed: {detail.removeprefix('Error: ')}")
+        return proc.stdout
+
+    @classmethod
+    def running_vmx(cls, output: str) -> set[str]:
+        lines = output.splitlines()
+        return {os.path.normpath(line.strip()) for line in lines[1:] if line.strip()}
+
+    # Checks and create -----------------------------------------------------------------
+    def pre_create_check(self) -> None:
+        try:
+            self.vmrun_path()
+        except MachineError as exc:
+            raise PreCreateError(str(exc)) from None
+        if not self.disk_tool():
+            raise PreCreateError(f"neither vmware-vdiskmanager nor qemu-img found: install {self.product} or qemu-utils")
+        self._image_source("Boot2DockerURL", required=True)
+        if self.config.get("ConfigDriveURL"):
+            self._image_source("ConfigDriveURL", required=True)
+
+    def disk_tool(self) -> tuple[str, str] | None:
+        tool = find_tool("vmware-vdiskmanager", self.vdiskmanager_paths)
+        if tool:
+            return "vdiskmanager", tool
+        qemu_img = shutil.which("qemu-img")
+        return ("qemu-img", qemu_img) if qemu_img else None
+
+    def _image_source(self, field: str, required: bool) -> str:
+        url = str(self.config.get(field) or "")
+        flag = f"--{self.prefix}-{'boot2docker-url' if field == 'Boot2DockerURL' else 'configdrive-url'}"
+        if not url:
+            cached = os.path.join(self.store_path, "cache", "boot2docker.iso")
+            if field == "Boot2DockerURL" and os.path.isfile(cached):
+                return cached
+            raise PreCreateError(f"no boot image: pass {flag} with a path or URL to a bootable .iso or .vmdk")
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https"):
+            path = parts.path
+        else:
+            path = os.path.expanduser(parts.path if parts.scheme == "file" else url)
+            if not os.path.isfile(path):
+                raise PreCreateError(f"{flag}: {path!r} does not exist")
+        allowed = (".iso",) if field == "ConfigDriveURL" else IMAGE_SUFFIXES
+        if not path.lower().endswith(allowed):
+            raise PreCreateError(f"{flag} must name a {' or '.join(allowed)} image, got {url!r}")
+        return url if parts.scheme in ("http", "https") else path
+
+    def _fetch(self, source: str, target: str) -> None:
+        if urlsplit(source).scheme in ("http", "https"):
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(source, timeout=60) as resp, open(target, "wb") as out:
+                    shutil.copyfileobj(resp, out, 1 << 20)
+            except OSError as exc:
+                raise MachineError(f"cannot download {source}: {exc}") from None
+        else:
+            shutil.copyfile(source, target)
+
+    def _run_tool(self, argv: list[str]) -> None:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=CALL_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise MachineError(f"{os.path.basename(argv[0])} failed: {exc}") from None
+        if proc.returncode != 0:
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            raise MachineError(f"{os.path.basename(argv[0])} failed: {lines[-1] if lines else proc.returncode}")
+
+    def make_disk(self, source_vmdk: str | None = None) -> None:
+        kind, tool = self.disk_tool() or ("", "")
+        size = f"{int(self.config.get('DiskSize') or 20000)}MB"
+        if kind == "vdiskmanager":
+            if source_vmdk:
+                self._run_tool([tool, "-r", source_vmdk, "-t", "0", self.disk_path])
+                self._run_tool([tool, "-x", size, self.disk_path])
+            else:
+                self._run_tool([tool, "-c", "-t", "0", "-s", size, "-a", "lsilogic", self.disk_path])
+        elif kind == "qemu-img":
+            if source_vmdk:
+                self._run_tool([tool, "convert", "-O", "vmdk", source_vmdk, self.disk_path])
+            else:
+                self._run_tool([tool, "create", "-f", "vmdk", self.disk_path, size.replace("MB", "M")])
+        else:
+            raise MachineError(f"neither vmware-vdiskmanager nor qemu-img found: install {self.product} or qemu-utils")
+
+    def share(self) -> tuple[str, str] | None:
+        if self.config.get("NoShare"):
+            return None
+        name, path = share_default()
+        return (name, path) if os.path.isdir(path) else None
+
+    def create(self, log: Log) -> None:
+        from machine import certs
+        from machine.secrets import save_secrets
+
+        name = self.machine_name
+        if self.password() != B2D_PASSWORD:
+            save_secrets(self.machine_dir, SSHPassword=self.password())
+        source = self._image_source("Boot2DockerURL", required=True)
+        is_iso = urlsplit(source).path.lower().endswith(".iso") if "://" in source else source.lower().endswith(".iso")
+        key = Path(self._path("id_rsa"))
+        log(f"({name}) Creating SSH key...")
+        certs.generate_ssh_keypair(key)
+        self.config["SSHKeyPath"] = str(key)
+        pub = Path(str(key) + ".pub").read_bytes()
+        log(f"({name}) Creating disk image...")
+        if is_iso:
+            iso = self._path("boot2docker.iso")
+            self._fetch(source, iso)
+            self.make_disk()
+        else:
+            image = self._path("image.vmdk")
+            self._fetch(source, image)
+            self.make_disk(image)
+            os.unlink(image)
+            iso = self._path("seed.iso")
+            from machine import seed
+
+            seed.write_seed_iso(iso, hostname=name, user=str(self.config.get("SSHUser") or B2D_USER),
+                                ssh_pubkey=pub.decode(), proxy=None, instance_id=str(uuid.uuid4()))
+        self.config["ISO"] = iso
+        drive = ""
+        if self.config.get("ConfigDriveURL"):
+            drive = self._path("configdrive.iso")
+            self._fetch(self._image_source("ConfigDriveURL", required=True), drive)
+            self.config["ConfigDriveISO"] = drive
+        vmx = render_vmx(name=name, cpu=int(self.config["CPU"]), memory=int(self.config["Memory"]),
+                         disk=os.path.basename(self.disk_path), iso=iso, config_drive=drive, share=self.share())
+        fd = os.open(self.vmx_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(vmx)
+        log(f"({name}) Starting {name}...")
+        self.vmrun("start", self.vmx_path, "nogui")
+        self.config["VMCreated"] = True
+        log(f"({name}) Waiting for VM to come online...")
+        self.wait_for_ip()
+        if is_iso:
+            self._inject_keys(pub, log)
+        self._mount_share()
+
+    def _inject_keys(self, pub: bytes, log: Log) -> None:
+        """docker-machine's guest operations: copy userdata.tar in, unpack it, keep it for boot2docker."""
+        log(f"({self.machine_name}) Copying the SSH key to the guest...")
+        tar = self._path("userdata.tar")
+        Path(tar).write_bytes(keys_tar(pub))
+        vmx = self.vmx_path
+        self.vmrun("directoryExistsInGuest", vmx, "/var/lib/boot2docker", guest=True)
+        self.vmrun("CopyFileFromHostToGuest", vmx, tar, "/home/docker/userdata.tar", guest=True)
+        self.vmrun("runScriptInGuest", vmx, "/bin/sh",
+                   'sudo sh -c "tar xvf /home/docker/userdata.tar -C /home/docker > /var/log/userdata.log 2>&1 '
+                   '&& chown -R docker:staff /home/docker"', guest=True)
+        self.vmrun("runScriptInGuest", vmx, "/bin/sh",
+                   "sudo /bin/mv /home/docker/userdata.tar /var/lib/boot2docker/userdata.tar", guest=True)
+
+    def _mount_share(self) -> None:
+        share = self.share()
+        if not share or not str(self.config.get("ISO", "")).endswith("boot2docker.iso"):
+            return
+        share_name, share_dir = share
+        self.vmrun("runScriptInGuest", self.vmx_path, "/bin/sh",
+                   f"sudo mkdir -p {share_dir} && sudo mount -t vmhgfs .host:/{share_name} {share_dir}", guest=True)
+
+    def wait_for_ip(self, timeout: float | None = None) -> str:
+        timeout = wait_budget() if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ip = self.vmrun("getGuestIPAddress", self.vmx_path, "-wait", timeout=max(10.0, deadline - time.monotonic())).strip()
+            except MachineError:
+                ip = ""
+            if ip and ip != "unknown":
+                self.config["IPAddress"] = ip
+                return ip
+            if time.monotonic() > deadline:
+                raise MachineError(f"the VM reported no IP address within {timeout:g}s (are VMware Tools running?)")
+            time.sleep(1.0)
+
+    # Addresses -------------------------------------------------------------------------
+    def engine_url(self) -> str:
+        return f"tcp://{self.ip()}:{ENGINE_PORT}" if self.ip() else ""
+
+    def url(self) -> str:
+        if self.state(timeout=5.0) != State.RUNNING:
+            raise HostNotRunning()
+        return self.engine_url()
+
+    def running_url(self) -> str:
+        return self.engine_url()
+
+    # State and lifecycle ---------------------------------------------------------------
+    def state(self, timeout: float = 10.0) -> State:
+        running = self.running_vmx(self.vmrun("list", timeout=max(1.0, timeout)))
+        return self._state_from(running)
+
+    def _state_from(self, running: set[str]) -> State:
+        if os.path.normpath(self.vmx_path) in running:
+            return State.RUNNING
+        if not os.path.exists(self.vmx_path):
+            raise MachineError(f"machine does not exist: {self.vmx_path} is missing")
+        return State.STOPPED
+
+    @classmethod
+    def batch_states(cls, drivers: list[Driver], timeout: float) -> dict[str, State]:
+        """One ``vmrun list`` for every machine of this driver."""
+        mine = [d for d in drivers if isinstance(d, VMwareDriver)]
+        if not mine:
+            return {}
+        running = cls.running_vmx(mine[0].vmrun("list", timeout=max(1.0, timeout)))
+        out = {}
+        for d in mine:
+            try:
+                out[d.machine_name] = d._state_from(running)
+            except MachineError:
+                continue  # state() says why
+        return out
+
+    def local_state(self) -> State | None:
+        return None if os.path.exists(self.vmx_path) else State.ERROR
+
+    def start(self, log: Log) -> None:
+        self.vmrun("start", self.vmx_path, "nogui")
+        log(f"({self.machine_name}) Waiting for VM to come online...")
+        self.wait_for_ip()
+        self._mount_share()
+
+    def stop(self, log: Log) -> None:
+        """A soft (guest) shutdown, bounded; a hard power-off when it fails or takes too long."""
+        try:
+            self.vmrun("stop", self.vmx_path, "soft", timeout=SOFT_STOP_TIMEOUT)
+        except MachineError as exc:
+            log(f"({self.machine_name}) Soft stop failed ({exc}); powering off")
+            self.vmrun("stop", self.vmx_path, "hard")
+        self.config["IPAddress"] = ""
+
+    def restart(self, log: Log) -> None:
+        self.stop(log)
+        self.start(log)
+
+    def kill(self, log: Log) -> None:
+        self.vmrun("stop", self.vmx_path, "hard")
+        self.config["IPAddress"] = ""
+
+    def remove(self, log: Log) -> None:
+        if not os.path.exists(self.vmx_path):
+            return
+        if os.path.normpath(self.vmx_path) in self.running_vmx(self.vmrun("list")):
+            self.vmrun("stop", self.vmx_path, "hard")
+        self.vmrun("deleteVM", self.vmx_path)
+
+
+def wait_budget() -> float:
+    raw = os.environ.get("PYMACHINE_SSH_WAIT", "")
+    try:
+        return max(float(raw), MIN_IP_WAIT) if raw else IP_WAIT
+    except ValueError:
+        return IP_WAIT
+
+
+class VMwareWorkstationDriver(VMwareDriver):
+    name = "vmwareworkstation"
+    prefix = "vmwareworkstation"
+    host_type = "ws"
+    product = "VMware Workstation"
+    flags = _flags("vmwareworkstation", "WORKSTATION", fusion=False)
+    vmrun_paths = (r"C:\Program Files (x86)\VMware\VMware Workstation\vmrun.exe",
+                   r"C:\Program Files\VMware\VMware Workstation\vmrun.exe")
+    vdiskmanager_paths = (r"C:\Program Files (x86)\VMware\VMware Workstation\vmware-vdiskmanager.exe",)
+
+    @classmethod
+    def batch_states(cls, drivers: list[Driver], timeout: float) -> dict[str, State]:
+        return super().batch_states(drivers, timeout)  # ls looks for it on the concrete class
+
+
+class VMwareFusionDriver(VMwareDriver):
+    name = "vmwarefusion"
+    prefix = "vmwarefusion"
+    host_type = "fusion"
+    product = "VMware Fusion"
+    flags = _flags("vmwarefusion", "FUSION", fusion=True)
+    vmrun_paths = ("/Applications/VMware Fusion.app/Contents/Library/vmrun",)
+    vdiskmanager_paths = ("/Applications/VMware Fusion.app/Contents/Library/vmware-vdiskmanager",)
+
+    @classmethod
+    def batch_states(cls, drivers: list[Driver], timeout: float) -> dict[str, State]:
+        return super().batch_states(drivers, timeout)  # ls looks for it on the concrete class

@@ -1,0 +1,198 @@
+"""A stateful fake ``vmrun`` (VMware Workstation/Fusion) for the VMware drivers' tests.
+
+Run through a shell wrapper named ``vmrun`` that tests put on PATH
+(``install(bin_dir)``).  It reads the real ``.vmx`` files the driver writes
+and refuses ones that name a missing disk or ISO, keeps power state, guest
+files, guest scripts and shared folders per .vmx in
+``$FAKE_VMRUN_HOME/state.json`` and logs every call (one JSON array per line)
+to ``$FAKE_VMRUN_HOME/calls.log``.  Like the real tool it prints errors on
+stdout as ``Error: ...`` and exits 255.
+
+Knobs (environment):
+- ``FAKE_VMRUN_GUEST_IP``: what ``getGuestIPAddress`` answers for a running VM
+  (unset: ``Error: Unable to get the IP address``).
+- ``FAKE_VMRUN_FAIL``: words of a command to fail, e.g. ``stop soft`` or ``start``.
+- ``FAKE_VMRUN_GUEST_PASSWORD``: the guest password guest operations accept
+  (default ``tcuser``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+HOME = Path(os.environ.get("FAKE_VMRUN_HOME", "/nonexistent"))
+STATE = HOME / "state.json"
+LOG = HOME / "calls.log"
+GUEST_OPS = {"directoryExistsInGuest", "CopyFileFromHostToGuest", "CopyFileFromGuestToHost", "runScriptInGuest",
+             "runProgramInGuest", "fileExistsInGuest"}
+USAGE = "\nvmrun version 1.17.0 build-fake\n\nUsage: vmrun [AUTHENTICATION-FLAGS] COMMAND [PARAMETERS]\n"
+
+
+class Fail(Exception):
+    pass
+
+
+def parse_vmx(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def vm_of(state: dict, vmx: str) -> dict:
+    path = Path(vmx)
+    if not path.is_file():
+        raise Fail(f"Error: Cannot open VM: {vmx}, The virtual machine cannot be found")
+    return state["vms"].setdefault(os.path.normpath(vmx), {"state": "off", "files": {}, "scripts": [],
+                                                             "shares": {}, "shares_enabled": False})
+
+
+def check_vmx(vmx: str) -> dict[str, str]:
+    cfg = parse_vmx(Path(vmx))
+    base = Path(vmx).parent
+    for key in ("memsize", "numvcpus"):
+        if not cfg.get(key, "").isdigit():
+            raise Fail(f"Error: The virtual machine configuration is not valid: {key} in {vmx}")
+    for key in ("scsi0:0.fileName", "ide1:0.fileName", "ide1:1.fileName"):
+        if cfg.get(key.split(".")[0] + ".present") == "TRUE":
+            target = base / cfg.get(key, "")
+            if not target.is_file():
+                raise Fail(f"Error: File not found: {target}")
+    return cfg
+
+
+def run(state: dict, argv: list[str]) -> str:
+    args = list(argv)
+    host_type, user, password = "ws", None, None
+    while args and args[0] in ("-T", "-gu", "-gp", "-vp", "-h", "-P", "-u", "-p"):
+        flag = args.pop(0)
+        if not args:
+            raise Fail(f"Error: Missing value for {flag}")
+        value = args.pop(0)
+        if flag == "-T":
+            if value not in ("ws", "fusion", "player", "server", "esx"):
+                raise Fail(f"Error: Unrecognized host type: {value}")
+            host_type = value
+        elif flag == "-gu":
+            user = value
+        elif flag == "-gp":
+            password = value
+    if not args:
+        raise Fail("Error: No command specified" + USAGE)
+    cmd, rest = args[0], args[1:]
+    fail = os.environ.get("FAKE_VMRUN_FAIL", "").split()
+    words = [cmd] + [a for a in rest if not a.endswith(".vmx")]
+    if fail and words[:len(fail)] == fail:
+        raise Fail(f"Error: injected failure of '{' '.join(fail)}'")
+    if cmd == "list":
+        running = [p for p, v in state["vms"].items() if v["state"] == "on"]
+        return f"Total running VMs: {len(running)}\n" + "".join(p + "\n" for p in running)
+    if not rest:
+        raise Fail(f"Error: Invalid number of arguments for {cmd}" + USAGE)
+    vmx = rest[0]
+    if cmd in GUEST_OPS:
+        if user is None or password is None:
+            raise Fail("Error: A guest operation requires -gu and -gp")
+        if password != os.environ.get("FAKE_VMRUN_GUEST_PASSWORD", "tcuser"):
+            raise Fail("Error: Invalid user name or password for the guest OS")
+    vm = vm_of(state, vmx)
+    on = vm["state"] == "on"
+    if cmd == "start":
+        if len(rest) > 1 and rest[1] not in ("gui", "nogui"):
+            raise Fail(f"Error: Invalid argument: {rest[1]}")
+        check_vmx(vmx)
+        vm["state"] = "on"
+        vm["host_type"] = host_type
+        return ""
+    if cmd == "stop":
+        mode = rest[1] if len(rest) > 1 else "soft"
+        if mode not in ("soft", "hard"):
+            raise Fail(f"Error: Invalid argument: {mode}")
+        if not on:
+            raise Fail(f"Error: The virtual machine is not powered on: {vmx}")
+        vm["state"] = "off"
+        vm["last_stop"] = mode
+        return ""
+    if cmd == "deleteVM":
+        if on:
+            raise Fail("Error: The virtual machine is in use")
+        cfg = parse_vmx(Path(vmx))
+        disk = Path(vmx).parent / cfg.get("scsi0:0.fileName", "")
+        if disk.is_file():
+            disk.unlink()
+        Path(vmx).unlink()
+        del state["vms"][os.path.normpath(vmx)]
+        return ""
+    if not on:
+        raise Fail(f"Error: The virtual machine is not powered on: {vmx}")
+    if cmd == "getGuestIPAddress":
+        if len(rest) > 1 and rest[1] != "-wait":
+            raise Fail(f"Error: Invalid argument: {rest[1]}")
+        ip = os.environ.get("FAKE_VMRUN_GUEST_IP", "")
+        if not ip:
+            raise Fail("Error: Unable to get the IP address")
+        return ip + "\n"
+    if cmd == "directoryExistsInGuest":
+        if len(rest) != 2:
+            raise Fail("Error: Invalid number of arguments for directoryExistsInGuest")
+        return f"The directory exists: {rest[1]}\n"
+    if cmd == "CopyFileFromHostToGuest":
+        if len(rest) != 3:
+            raise Fail("Error: Invalid number of arguments for CopyFileFromHostToGuest")
+        src = Path(rest[1])
+        if not src.is_file():
+            raise Fail(f"Error: A file was not found: {src}")
+        vm["files"][rest[2]] = hashlib.sha256(src.read_bytes()).hexdigest()
+        return ""
+    if cmd == "runScriptInGuest":
+        if len(rest) != 3:
+            raise Fail("Error: Invalid number of arguments for runScriptInGuest")
+        vm["scripts"].append([rest[1], rest[2]])
+        return ""
+    if cmd == "enableSharedFolders":
+        vm["shares_enabled"] = True
+        return ""
+    if cmd == "addSharedFolder":
+        if len(rest) != 3:
+            raise Fail("Error: Invalid number of arguments for addSharedFolder")
+        vm["shares"][rest[1]] = rest[2]
+        return ""
+    raise Fail(f"Error: Unrecognized command: {cmd}" + USAGE)
+
+
+def main(argv: list[str]) -> int:
+    HOME.mkdir(parents=True, exist_ok=True)
+    with open(LOG, "a") as log:
+        log.write(json.dumps(argv) + "\n")
+    with open(HOME / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = json.loads(STATE.read_text()) if STATE.exists() else {"vms": {}}
+        try:
+            out = run(state, argv)
+        except Fail as exc:
+            sys.stdout.write(str(exc) + "\n")
+            return 255
+        tmp = STATE.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+        os.replace(tmp, STATE)
+    sys.stdout.write(out)
+    return 0
+
+
+def install(bin_dir: Path, python: str = sys.executable) -> Path:
+    """Write the ``vmrun`` wrapper into ``bin_dir``; returns its path."""
+    wrapper = Path(bin_dir) / "vmrun"
+    wrapper.write_text(f'#!/bin/sh\nexec "{python}" -I -S "{Path(__file__).resolve()}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,217 @@
+"""The vmwareworkstation / vmwarefusion drivers through ``pymachine``, against the fake ``vmrun``.
+
+The disk is made by the real ``qemu-img`` (no vmware-vdiskmanager here), the
+``.vmx`` is the real file the driver writes, and ``tests/fakes/vmrun.py`` reads
+it, keeps power state and guest files, and logs every call.  No VM boots, so
+a create stops at "waiting for SSH"; the driver's part is what is checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.fakes import vmrun
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) not installed")]
+GUEST_IP = "127.0.0.9"  # loopback: nothing is dialled outside this machine
+
+
+class FakeVmrun:
+    def __init__(self, root: Path) -> None:
+        self.home = root / "vmrun"
+        self.bin = root / "bin"
+        self.bin.mkdir()
+        vmrun.install(self.bin)
+        self.iso = root / "boot2docker.iso"
+        self.iso.write_bytes(b"\0" * 34816)
+        self.env = {"FAKE_VMRUN_HOME": str(self.home), "FAKE_VMRUN_GUEST_IP": GUEST_IP, "PYMACHINE_SSH_WAIT": "1"}
+
+    def calls(self) -> list[list[str]]:
+        log = self.home / "calls.log"
+        return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+    def reset_log(self) -> None:
+        (self.home / "calls.log").unlink(missing_ok=True)
+
+    def vms(self) -> dict:
+        path = self.home / "state.json"
+        return json.loads(path.read_text())["vms"] if path.exists() else {}
+
+
+@pytest.fixture
+def fake(pm, tmp_path):
+    f = FakeVmrun(tmp_path)
+    pm.env["PATH"] = f"{f.bin}{os.pathsep}{pm.env['PATH']}"
+    pm.env.update(f.env)
+    return f
+
+
+def ws_args(fake: FakeVmrun, name: str, *extra: str) -> list[str]:
+    return ["create", "-d", "vmwareworkstation", "--vmwareworkstation-boot2docker-url", str(fake.iso),
+            "--vmwareworkstation-disk-size", "64", *extra, name]
+
+
+def forget_provisioning_error(pm, name: str) -> None:
+    """Drop the recorded SSH failure (no VM boots here), as if provisioning had succeeded."""
+    path = pm.store / "machines" / name / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.get("Pymachine", {}).pop("LastError", None)
+    path.write_text(json.dumps(cfg, indent=4))
+
+
+def test_workstation_create_writes_vmx_disk_and_injects_key(pm, fake):
+    res = pm(*ws_args(fake, "ws1", "--vmwareworkstation-cpu-count", "2", "--vmwareworkstation-memory-size", "2048"))
+    assert res.returncode == 1 and f"Unable to connect to {GUEST_IP}:22" in res.stderr, res.stdout + res.stderr
+    mdir = pm.store / "machines" / "ws1"
+    vmx = str(mdir / "ws1.vmx")
+    guest = ["-T", "ws", "-gu", "docker", "-gp", "tcuser"]
+    assert fake.calls() == [
+        ["-T", "ws", "start", vmx, "nogui"],
+        ["-T", "ws", "getGuestIPAddress", vmx, "-wait"],
+        [*guest, "directoryExistsInGuest", vmx, "/var/lib/boot2docker"],
+        [*guest, "CopyFileFromHostToGuest", vmx, str(mdir / "userdata.tar"), "/home/docker/userdata.tar"],
+        [*guest, "runScriptInGuest", vmx, "/bin/sh",
+         ('sudo sh -c "tar xvf /home/docker/userdata.tar -C /home/docker > /var/log/userdata.log 2>&1 '
+          '&& chown -R docker:staff /home/docker"')],
+        [*guest, "runScriptInGuest", vmx, "/bin/sh",
+         "sudo /bin/mv /home/docker/userdata.tar /var/lib/boot2docker/userdata.tar"],
+        [*guest, "runScriptInGuest", vmx, "/bin/sh",
+         "sudo mkdir -p /home && sudo mount -t vmhgfs .host:/hosthome /home"],
+    ]
+    cfg = {}
+    for line in Path(vmx).read_text().splitlines():
+        key, _, value = line.partition(" = ")
+        cfg[key] = value.strip('"')
+    assert (cfg["memsize"], cfg["numvcpus"], cfg["displayName"]) == ("2048", "2", "ws1")
+    assert cfg["ethernet0.connectionType"] == "nat" and cfg["ethernet0.present"] == "TRUE"
+    assert cfg["ide1:0.fileName"] == str(mdir / "boot2docker.iso") and cfg["ide1:0.deviceType"] == "cdrom-image"
+    assert cfg["scsi0:0.fileName"] == "ws1.vmdk" and cfg["scsi0.virtualDev"] == "lsilogic"
+    assert (cfg["sharedFolder0.hostPath"], cfg["sharedFolder0.guestName"]) == ("/home", "hosthome")
+    assert "ide1:1.present" not in cfg
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(mdir / "ws1.vmdk")],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["format"] == "vmdk" and info["virtual-size"] == 64 << 20
+    # The key the guest got is the machine's public key, in boot2docker's userdata layout.
+    tar_bytes = (mdir / "userdata.tar").read_bytes()
+    vm = fake.vms()[vmx]
+    assert vm["files"] == {"/home/docker/userdata.tar": hashlib.sha256(tar_bytes).hexdigest()}
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        assert tar.getnames() == [".ssh", ".ssh/authorized_keys", ".ssh/authorized_keys2"]
+        assert tar.extractfile(".ssh/authorized_keys").read() == (mdir / "id_rsa.pub").read_bytes()
+    driver = json.loads((mdir / "config.json").read_text())["Driver"]
+    assert (driver["IPAddress"], driver["SSHUser"], driver["SSHPort"], driver["CPU"]) == (GUEST_IP, "docker", 22, 2)
+    assert driver["SSHPassword"] == "" and "tcuser" not in (mdir / "config.json").read_text()
+
+
+def test_ls_uses_one_vmrun_list_and_lifecycle_commands(pm, fake):
+    pm(*ws_args(fake, "ws1", "--vmwareworkstation-no-share"))
+    pm(*ws_args(fake, "ws2", "--vmwareworkstation-no-share"))
+    for name in ("ws1", "ws2"):
+        forget_provisioning_error(pm, name)
+    vmx = str(pm.store / "machines" / "ws1" / "ws1.vmx")
+    fake.reset_log()
+    rows = pm.ok("ls", "--format", "{{.Name}} {{.State}} {{.URL}}").out_lines
+    assert rows == [f"ws1 Running tcp://{GUEST_IP}:2376", f"ws2 Running tcp://{GUEST_IP}:2376"]
+    assert fake.calls() == [["-T", "ws", "list"]], "ls asks vmrun once, never SSH"
+
+    fake.reset_log()
+    pm.ok("stop", "ws1")
+    assert fake.calls() == [["-T", "ws", "list"], ["-T", "ws", "stop", vmx, "soft"]]
+    assert fake.vms()[vmx]["last_stop"] == "soft"
+    assert pm.ok("ls", "--format", "{{.Name}} {{.State}}").out_lines == ["ws1 Stopped", "ws2 Running"]
+
+    fake.reset_log()
+    pm.ok("start", "ws1")
+    assert fake.calls() == [["-T", "ws", "list"], ["-T", "ws", "start", vmx, "nogui"],
+                            ["-T", "ws", "getGuestIPAddress", vmx, "-wait"]]
+    assert pm.ok("ip", "ws1").stdout.strip() == GUEST_IP
+
+    fake.reset_log()  # a guest that ignores the soft stop is powered off
+    res = pm.ok("stop", "ws1", env={"FAKE_VMRUN_FAIL": "stop soft"})
+    assert fake.calls()[-2:] == [["-T", "ws", "stop", vmx, "soft"], ["-T", "ws", "stop", vmx, "hard"]]
+    assert "Soft stop failed" in res.stdout + res.stderr
+    assert fake.vms()[vmx]["last_stop"] == "hard"
+
+    pm.ok("start", "ws1")
+    fake.reset_log()
+    pm.ok("kill", "ws1")
+    assert fake.calls()[-1] == ["-T", "ws", "stop", vmx, "hard"]
+    pm.ok("start", "ws1")
+    fake.reset_log()
+    pm.ok("rm", "-y", "ws1")
+    assert fake.calls() == [["-T", "ws", "list"], ["-T", "ws", "stop", vmx, "hard"], ["-T", "ws", "deleteVM", vmx]]
+    assert vmx not in fake.vms() and not (pm.store / "machines" / "ws1").exists()
+
+
+def test_fusion_configdrive_and_password_kept_secret(pm, fake, tmp_path):
+    drive = tmp_path / "config.iso"
+    drive.write_bytes(b"\0" * 4096)
+    res = pm("create", "-d", "vmwarefusion", "--vmwarefusion-boot2docker-url", str(fake.iso),
+             "--vmwarefusion-configdrive-url", str(drive), "--vmwarefusion-disk-size", "16",
+             "--vmwarefusion-ssh-password", "s3cret-pw", "--vmwarefusion-no-share", "fu1",
+             env={"FAKE_VMRUN_GUEST_PASSWORD": "s3cret-pw"})
+    assert f"Unable to connect to {GUEST_IP}:22" in res.stderr, res.stdout + res.stderr
+    mdir = pm.store / "machines" / "fu1"
+    calls = fake.calls()
+    assert calls[0] == ["-T", "fusion", "start", str(mdir / "fu1.vmx"), "nogui"]
+    assert calls[2][:6] == ["-T", "fusion", "-gu", "docker", "-gp", "s3cret-pw"]
+    text = (mdir / "fu1.vmx").read_text()
+    assert f'ide1:1.fileName = "{mdir / "configdrive.iso"}"' in text and "sharedFolder0" not in text
+    assert "s3cret-pw" not in (mdir / "config.json").read_text()
+    assert "s3cret-pw" not in res.stdout + res.stderr
+    secret_files = [p for p in mdir.iterdir() if p.is_file() and b"s3cret-pw" in p.read_bytes()]
+    assert len(secret_files) == 1 and secret_files[0].stat().st_mode & 0o077 == 0
+
+
+def test_wrong_guest_password_rolls_back(pm, fake):
+    res = pm(*ws_args(fake, "bad", "--vmwareworkstation-ssh-password", "nope"))
+    assert res.returncode == 1
+    assert res.stderr.strip().endswith("Invalid user name or password for the guest OS"), res.stderr
+    assert fake.calls()[-1][-2:] == ["deleteVM", str(pm.store / "machines" / "bad" / "bad.vmx")]
+    assert fake.vms() == {} and not (pm.store / "machines" / "bad").exists()
+
+
+def test_vmdk_image_boots_with_seed_instead_of_guest_operations(pm, fake, tmp_path):
+    image = tmp_path / "pymachine.vmdk"
+    subprocess.run(["qemu-img", "create", "-f", "vmdk", str(image), "32M"], check=True, capture_output=True)
+    pm("create", "-d", "vmwareworkstation", "--vmwareworkstation-boot2docker-url", str(image),
+       "--vmwareworkstation-no-share", "img1")
+    mdir = pm.store / "machines" / "img1"
+    assert [c[2] for c in fake.calls()] == ["start", "getGuestIPAddress"]
+    assert f'ide1:0.fileName = "{mdir / "seed.iso"}"' in (mdir / "img1.vmx").read_text()
+    from machine.seed import read_seed_iso
+
+    assert read_seed_iso(mdir / "seed.iso")["pymachine/authorized_keys"] == (mdir / "id_rsa.pub").read_text()
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(mdir / "img1.vmdk")],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["format"] == "vmdk" and info["virtual-size"] == 32 << 20
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--vmwareworkstation-boot2docker-url", "/nonexistent/b2d.iso"], "'/nonexistent/b2d.iso' does not exist"),
+    (["--vmwareworkstation-boot2docker-url", __file__], "must name a .iso or .vmdk image"),
+    (["--vmwareworkstation-boot2docker-url", ""], "no boot image: pass --vmwareworkstation-boot2docker-url"),
+])
+def test_bad_image_is_exit_3_and_leaves_nothing(pm, fake, extra, message):
+    res = pm("create", "-d", "vmwareworkstation", *extra, "bad")
+    assert res.returncode == 3 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert fake.calls() == [] and not (pm.store / "machines" / "bad").exists()
+
+
+def test_vmrun_missing_is_exit_3(pm, fake):
+    os.unlink(fake.bin / "vmrun")
+    res = pm(*ws_args(fake, "novm"), env={"PATH": f"{fake.bin}{os.pathsep}/usr/bin:/bin"})
+    assert res.returncode == 3
+    assert res.stderr.strip() == "Error with pre-create check: vmrun not found: install VMware Workstation and put vmrun on PATH" \
+        or res.stderr.strip().endswith("vmrun not found: install VMware Workstation and put vmrun on PATH"), res.stderr
+    assert not (pm.store / "machines" / "novm").exists()
