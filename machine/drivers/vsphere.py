@@ -345,11 +345,12 @@ class VSphereDriver(Driver):
             self.config["UploadedFiles"] = [f"[{ds}] {name}/{iso_name}"]
             self._upload(si, dc.name, ds, f"{name}/{iso_name}", str(self.config["ISO"]))
             log(f"({name}) Creating VM...")
-            spec = self._vm_spec(inv, iso_name, pubkey, seed.user_data(
+            spec = self._vm_spec(inv, pubkey, seed.user_data(
                 hostname=name, user=str(self.config.get("SSHUser") or self.default_ssh_user), ssh_pubkey=pubkey))
             task = inv["folder"].CreateVM_Task(config=spec, pool=inv["pool"], host=inv["host"])
             vm = wait_task(si, task, "create VM")
             self.config["VMRef"] = vm._moId
+            wait_task(si, vm.ReconfigVM_Task(spec=self._cdrom_spec(vm, inv["datastore"], iso_name)), "attach ISO")
             log(f"({name}) Powering on VM...")
             wait_task(si, vm.PowerOnVM_Task(), "power on")
             self.config["IPAddress"] = self._wait_ip(si, log)
@@ -378,27 +379,20 @@ class VSphereDriver(Driver):
             raise MachineError(f"uploading {os.path.basename(local)} failed: HTTP {resp.status} "
                                f"{body.decode(errors='replace').strip()[:200]}")
 
-    def _vm_spec(self, inv: dict[str, Any], iso_name: str, pubkey: str, userdata: str) -> Any:
+    def _vm_spec(self, inv: dict[str, Any], pubkey: str, userdata: str) -> Any:
         from pyVmomi import vim
 
         name, ds = self.machine_name, inv["datastore"].name
         extra = [vim.option.OptionValue(key=k, value=v) for k, v in parse_cfgparams(list(self.config.get("CfgParams") or []))]
         extra += self._guestinfo(pubkey, userdata)
         devices: list[Any] = []
-        scsi = vim.vm.device.ParaVirtualSCSIController(key=1000, busNumber=0, sharedBus="noSharing")
+        scsi = vim.vm.device.ParaVirtualSCSIController(key=-100, busNumber=0, sharedBus="noSharing")
         devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=scsi))
         disk = vim.vm.device.VirtualDisk(
-            key=2000, controllerKey=1000, unitNumber=0, capacityInKB=int(self.config["DiskSize"]) * 1024,
+            key=-200, controllerKey=-100, unitNumber=0, capacityInKB=int(self.config["DiskSize"]) * 1024,
             backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
                 fileName=f"[{ds}] {name}/{name}.vmdk", diskMode="persistent", thinProvisioned=True))
         devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk))
-        ide = vim.vm.device.VirtualIDEController(key=200, busNumber=0)
-        cdrom = vim.vm.device.VirtualCdrom(
-            key=3000, controllerKey=200, unitNumber=0,
-            backing=vim.vm.device.VirtualCdrom.IsoBackingInfo(fileName=f"[{ds}] {name}/{iso_name}", datastore=inv["datastore"]),
-            connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, allowGuestControl=True, connected=True))
-        devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=ide))
-        devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=cdrom))
         for i, net in enumerate(inv["networks"]):
             if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
                 backing: Any = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
@@ -406,7 +400,7 @@ class VSphereDriver(Driver):
             else:
                 backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=net.name, network=net)
             nic = vim.vm.device.VirtualVmxnet3(
-                key=4000 + i, backing=backing, addressType="generated",
+                key=-300 - i, backing=backing, addressType="generated",
                 connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, allowGuestControl=True))
             devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=nic))
         return vim.vm.ConfigSpec(
@@ -414,6 +408,37 @@ class VSphereDriver(Driver):
             memoryMB=int(self.config["Memory"]), annotation=f"{ANNOTATION_KEY}={name}",
             files=vim.vm.FileInfo(vmPathName=f"[{ds}] {name}/"),
             deviceChange=devices, extraConfig=extra)
+
+    def _cdrom_spec(self, vm: Any, datastore: Any, iso_name: str) -> Any:
+        """A CD-ROM with the uploaded ISO on a free slot of the VM's own IDE controllers.
+
+        vCenter gives every new VM its default IDE controllers, so (as docker-machine
+        did) the CD-ROM is added after creation; a controller is added only if none has room.
+        """
+        from pyVmomi import vim
+
+        devices = list(vm.config.hardware.device)
+        changes = []
+        slot = None
+        for ctl in devices:
+            if isinstance(ctl, vim.vm.device.VirtualIDEController):
+                used = {d.unitNumber for d in devices if getattr(d, "controllerKey", None) == ctl.key}
+                free = [u for u in (0, 1) if u not in used]
+                if free:
+                    slot = (ctl.key, free[0])
+                    break
+        if slot is None:
+            bus = len([d for d in devices if isinstance(d, vim.vm.device.VirtualIDEController)])
+            ide = vim.vm.device.VirtualIDEController(key=-400, busNumber=bus)
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=ide))
+            slot = (-400, 0)
+        cdrom = vim.vm.device.VirtualCdrom(
+            key=-401, controllerKey=slot[0], unitNumber=slot[1],
+            backing=vim.vm.device.VirtualCdrom.IsoBackingInfo(
+                fileName=f"[{datastore.name}] {self.machine_name}/{iso_name}", datastore=datastore),
+            connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, allowGuestControl=True, connected=True))
+        changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=cdrom))
+        return vim.vm.ConfigSpec(deviceChange=changes)
 
     def _guestinfo(self, pubkey: str, userdata: str) -> list[Any]:
         """docker-machine's cloud-init keys for --vmwarevsphere-cloudinit, else a cloud-config with the key.
