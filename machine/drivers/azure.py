@@ -243,7 +243,7 @@ class AzureDriver(Driver):
         match = re.search(r'authorization_uri="[^"]*/([^/"]+)"', resp.headers.get("WWW-Authenticate", ""))
         if resp.status_code != 401 or not match:
             raise PreCreateError(f"cannot find the tenant of subscription {self.config['SubscriptionID']} "
-                                 "(HTTP {resp.status_code}); pass --azure-tenant-id")
+                                 f"(HTTP {resp.status_code}); pass --azure-tenant-id")
         return match.group(1)
 
     def _credential(self) -> Any:

@@ -128,17 +128,8 @@ def test_create_makes_tagged_resources_then_rolls_back_unreachable_host(pm, fake
 
 # --------------------------------------------------------------------------- pre-create checks
 @pytest.mark.parametrize(("args", "env", "expect"), [
-    (["--azure-location", "moon-1"], {}, "location 'moon-1' does not exist"),
-    (["--azure-size", "Standard_Z99"], {}, "VM size 'Standard_Z99' does not exist in westus"),
-    (["--azure-size", "Standard_M128s"], {}, "not available to this subscription in westus (NotAvailableForSubscription)"),
-    (["--azure-image", "canonical:nope:server:latest"], {}, "image 'canonical:nope:server:latest' was not found"),
-    (["--azure-image", "canonical:ubuntu-24_04-lts:server:1.0.0"], {}, "was not found in westus"),
-    (["--azure-image", "ubuntu"], {}, "must be publisher:offer:sku:version"),
+    (["--azure-location", "moon-1"], {}, "location 'moon-1' does not exist; pick one of: eastus, westeurope, westus"),
     ([], {"AZURE_CLIENT_SECRET": "wrong"}, "AADSTS7000215: Invalid client secret provided."),
-    ([], {"AZURE_CLIENT_ID": "00000000-0000-0000-0000-000000000bad"}, "AADSTS700016"),
-    ([], {"AZURE_TENANT_ID": "not-a-tenant"}, "tenant 'not-a-tenant' is unknown to https://127.0.0.1:"),
-    ([], {"AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-00000000dead"}, "subscription 00000000-0000-0000-0000-00000000dead was not found"),
-    (["--azure-custom-data", "/nonexistent/cloud-init.yml"], {}, "custom data file '/nonexistent/cloud-init.yml' does not exist"),
 ])
 def test_precreate_checks_exit_3_and_create_nothing(pm, fake, args, env, expect):
     res = pm("create", "-d", "azure", *args, "bad", env=azure_env(fake, **env), timeout=120)
@@ -147,6 +138,36 @@ def test_precreate_checks_exit_3_and_create_nothing(pm, fake, args, env, expect)
     assert len(res.stderr.strip().splitlines()) == 1
     assert writes(fake) == [] and fake.all_ids() == []
     assert not (pm.store / "machines" / "bad").exists()
+
+
+PRECREATE_CASES = [
+    ({"azure_size": "Standard_Z99"}, "VM size 'Standard_Z99' does not exist in westus; try one of: Standard_A2"),
+    ({"azure_size": "Standard_M128s"}, "not available to this subscription in westus (NotAvailableForSubscription)"),
+    ({"azure_image": "canonical:nope:server:latest"}, "image 'canonical:nope:server:latest' was not found"),
+    ({"azure_image": "canonical:ubuntu-24_04-lts:server:1.0.0"}, "was not found in westus"),
+    ({"azure_image": "ubuntu"}, "must be publisher:offer:sku:version"),
+    ({"azure_client_id": "00000000-0000-0000-0000-000000000bad"}, "AADSTS700016: Application with identifier"),
+    ({"azure_tenant_id": "not-a-tenant"}, "tenant 'not-a-tenant' is unknown to https://127.0.0.1:"),
+    ({"azure_subscription_id": "00000000-0000-0000-0000-00000000dead"},
+     "subscription 00000000-0000-0000-0000-00000000dead was not found; check --azure-subscription-id"),
+    ({"azure_custom_data": "/nonexistent/cloud-init.yml"}, "custom data file '/nonexistent/cloud-init.yml' does not exist"),
+]
+
+
+def test_precreate_checks_in_process(pm, fake, inproc):
+    """The same checks through the driver API (one SDK import for all cases): PreCreateError, no writes."""
+    from machine.errors import PreCreateError
+
+    for n, (flags, expect) in enumerate(PRECREATE_CASES):
+        driver = new_driver(fake, pm.store, f"pc{n}", **flags)
+        with pytest.raises(PreCreateError) as info:
+            driver.pre_create_check()
+        assert expect in str(info.value), (flags, str(info.value))
+        assert info.value.exit_code == 3 and "\n" not in str(info.value)
+    assert writes(fake) == [] and fake.all_ids() == []
+    # And a valid configuration passes the same checks.
+    new_driver(fake, pm.store, "good", azure_size="Standard_B1s").pre_create_check()
+    assert writes(fake) == []
 
 
 @pytest.mark.parametrize(("args", "env", "expect"), [
@@ -263,12 +284,19 @@ def test_lifecycle_secrets_throttling_and_ls_one_list_call(pm, fake, tmp_path, i
     lists = fake.calls("GET", r"/resourceGroups/docker-machine/providers/Microsoft.Compute/virtualMachines$")
     assert len(lists) == 2 and all(r.query.get("$expand") == ["instanceView"] for r in lists)  # 429, then one list
     assert fake.calls("GET", r"/instanceView$") == []
-    pm.ok("kill", "a1", env=env)
+    # kill/start/restart through the host layer, from the stored config and secrets.json only.
+    from machine.host import Machine
+    from machine.store import Store
+
+    a1_loaded = Machine.load(Store(store), "a1")
+    lines: list[str] = []
+    a1_loaded.kill(lines.append)
     assert fake.vm("a1")["actions"] == ["poweroff skipShutdown"]
-    pm.ok("start", "a1", env=env)
-    pm.ok("restart", "a1", env=env)
+    a1_loaded.start(lines.append)
+    a1_loaded.restart(lines.append)
     assert fake.vm("a1")["actions"][-2:] == ["start", "restart"] and fake.vm("a1")["power"] == "running"
-    assert pm.ok("status", "a1", env=env).stdout.strip() == "Running"
+    assert str(a1_loaded.state()) == "Running"
+    assert lines[0] == 'Killing "a1"...' and 'Machine "a1" was started.' in lines
 
     # a1 made the shared network, but a2 still uses it: removing a1 keeps it.
     res = pm.ok("rm", "-y", "a1", env=env)
@@ -280,3 +308,35 @@ def test_lifecycle_secrets_throttling_and_ls_one_list_call(pm, fake, tmp_path, i
     pm.ok("rm", "-y", "a2", env=env)
     assert fake.all_ids() == []
     assert pm.ok("ls", "-q", env=env).stdout == ""
+
+
+def test_private_ip_without_public_ip(pm, fake, inproc):
+    """--azure-use-private-ip --azure-no-public-ip: no public IP resource, the address is the NIC's."""
+    driver = new_driver(fake, pm.store, "priv", azure_use_private_ip=True, azure_no_public_ip=True,
+                        azure_subnet_prefix="10.77.0.0/24", azure_private_ip_address="10.77.0.50",
+                        azure_availability_set="")
+    driver.create(lambda line: None)  # in process: nothing dials the (unroutable) private address
+    assert driver.ip() == "10.77.0.50" and driver.config["PublicIPID"] == ""
+    types = sorted(rid.split("/")[-2] for rid in fake.all_ids() if "/providers/" in rid)
+    assert types == ["disks", "networkInterfaces", "networkSecurityGroups", "subnets", "virtualMachines",
+                     "virtualNetworks"]
+    subnet = next(r for r in fake.resources.values() if r["type"].endswith("subnets"))
+    assert subnet["properties"]["addressPrefix"] == "10.77.0.0/24"
+    driver.remove(lambda line: None)
+    assert fake.all_ids() == []
+
+
+def test_url_and_ip_need_no_sdk(tmp_path):
+    """``env``/``url`` answer from config.json: loading the driver must not import the Azure SDK."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from machine.drivers.azure import AzureDriver as D; "
+        "d = D({'IPAddress': '10.0.0.5', 'DockerPort': 2377, 'MachineName': 'x'}); "
+        "print(d.url(), d.ip(), d.ssh_address()[2]); "
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(('azure', 'msal', 'requests'))}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2], check=True).stdout.splitlines()
+    assert out == ["tcp://10.0.0.5:2377 10.0.0.5 docker-user", "[]"]
