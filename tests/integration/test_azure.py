@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.azure_arm import CLIENT_ID, CLIENT_SECRET, SUBSCRIPTION, FakeARM
+from tests.fakes.azure_arm import CLIENT_ID, CLIENT_SECRET, SUBSCRIPTION, TENANT, FakeARM
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 UNREACHABLE_IP = "127.0.0.9"
@@ -249,6 +249,7 @@ def test_lifecycle_secrets_throttling_and_ls_one_list_call(pm, fake, tmp_path, i
     a1.pre_create_check()
     a1.create(lambda line: None)
     assert len(fake.calls("PUT", r"/networkSecurityGroups/a1-firewall$")) == 2, "the 429 was retried"
+    assert a1.config["TenantID"] == TENANT, "discovered from the subscription's 401 challenge"
     custom = tmp_path / "cloud-init.txt"
     custom.write_text("#cloud-config\nruncmd: [touch /a2]\n")
     captured: dict[str, Any] = {}
