@@ -71,12 +71,3 @@ class PyMachine:
 def pm(tmp_path: Path) -> PyMachine:
     return PyMachine(tmp_path)
 
-
-def start_engine_for(pm: PyMachine, name: str, workdir: Path):
-    """Create none machine ``name`` and start a real TLS dockerd with its server cert."""
-    from fixtures_dockerd import free_loopback_port, start_dockerd
-
-    port = free_loopback_port()
-    pm.ok("create", "-d", "none", "--url", f"tcp://127.0.0.1:{port}", name)
-    mdir = pm.store / "machines" / name
-    return start_dockerd(workdir, mdir / "ca.pem", mdir / "server.pem", mdir / "server-key.pem", port=port)

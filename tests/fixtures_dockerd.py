@@ -187,3 +187,11 @@ def start_dockerd(
     handle.stop()
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
     raise RuntimeError(f"dockerd did not come up on {handle.url} (exit {proc.poll()}):\n{tail}")
+
+
+def start_engine_for(pm, name: str, workdir: Path):
+    """Create none machine ``name`` and start a real TLS dockerd with its server cert."""
+    port = free_loopback_port()
+    pm.ok("create", "-d", "none", "--url", f"tcp://127.0.0.1:{port}", name)
+    mdir = pm.store / "machines" / name
+    return start_dockerd(workdir, mdir / "ca.pem", mdir / "server.pem", mdir / "server-key.pem", port=port)

@@ -9,8 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import start_engine_for
-from fixtures_dockerd import free_loopback_port, start_dockerd
+from fixtures_dockerd import free_loopback_port, start_dockerd, start_engine_for
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import start_engine_for
+from fixtures_dockerd import start_engine_for
 
 pytestmark = pytest.mark.integration
 
