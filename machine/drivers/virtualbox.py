@@ -491,6 +491,9 @@ class VirtualBoxDriver(Driver):
                     "This computer doesn't have VT-X/AMD-v enabled. Enabling it in the BIOS is mandatory "
                     "(To skip this check, use --virtualbox-no-vtx-check)"
                 )
+        if self.config.get("Boot2DockerImportVM"):
+            raise PreCreateError("--virtualbox-import-boot2docker-vm is not supported by pymachine: "
+                                 "pass --virtualbox-boot2docker-url instead")
         self._image_source()  # raises PreCreateError on a bad/missing image
         try:
             ifs = self.hostonly_ifs()
@@ -583,6 +586,7 @@ class VirtualBoxDriver(Driver):
             "--cpuhotplug", "off", "--pae", "on", "--hpet", "on", "--hwvirtex", "on", "--nestedpaging", "on",
             "--largepages", "on", "--vtxvpid", "on", "--accelerate3d", "off",
             "--boot1", "dvd" if is_iso else "disk",
+            *(("--longmode", "on") if sys.platform == "win32" else ()),
         )
         self.vbm("modifyvm", name, "--nic1", "nat", "--nictype1", str(self.config.get("NatNicType") or "82540EM"),
                  "--cableconnected1", "on")

@@ -14,6 +14,8 @@ Knobs (environment):
 - ``FAKE_VBOX_NOT_READY``: the first N calls answer ``The object is not ready``.
 - ``FAKE_VBOX_GUEST_IP``: the IP a started VM reports as guest property
   /VirtualBox/GuestInfo/Net/1/V4/IP and as its DHCP lease (unset: none).
+- ``FAKE_VBOX_GUEST_PID``: a test host's init pid; ``startvm`` then plays
+  boot2docker's first boot there (the disk's userdata tar -> ~docker/.ssh).
 - ``FAKE_VBOX_SSH_TARGET``: ``host:port``.  No VM really boots, so on
   ``startvm`` the fake spawns a small TCP forwarder from the VM's NAT SSH rule
   (127.0.0.1:<port>) to this target, and kills it at poweroff/unregister;
@@ -278,8 +280,8 @@ def cmd_convertfromraw(state: dict, args: list[str]) -> str:
             chunk = sys.stdin.buffer.read(1 << 20)
             if not chunk:
                 break
-            if len(head) < 1024:
-                head += chunk[:1024]
+            if len(head) < 8192:
+                head += chunk[:8192]
             got += len(chunk)
         if got != size:
             raise error(f"Read {got} bytes from stdin, expected {size} (VERR_EOF)")
@@ -288,13 +290,13 @@ def cmd_convertfromraw(state: dict, args: list[str]) -> str:
         src = Path(a[0])
         if not src.exists():
             raise error(f"Cannot open the raw disk '{src}': VERR_FILE_NOT_FOUND")
-        size, head, dest = src.stat().st_size, src.read_bytes()[:1024], a[1]
+        size, head, dest = src.stat().st_size, src.read_bytes()[:8192], a[1]
     if Path(dest).exists():
         raise error(f"Cannot create the disk image \"{dest}\": VERR_ALREADY_EXISTS")
     fmt = o.get("--format", ["VDI"])[0]
     with open(dest, "wb") as fh:  # sparse stand-in: a header line and the first KiB of the raw data
         fh.write(f"# fake {fmt} disk, {size} bytes\n".encode() + head)
-    state["media"].append({"path": dest, "size": size, "format": fmt, "head": head[:512].hex()})
+    state["media"].append({"path": dest, "size": size, "format": fmt, "head": head[:8192].hex()})
     return f"Converting from raw image file=\"{a[0]}\" to file=\"{dest}\"...\nCreating dynamic image with size {size} bytes ({size >> 20}MB)...\n"
 
 
@@ -493,6 +495,33 @@ def stop_forwarder(v: dict) -> None:
         v["forwarder"] = 0
 
 
+def boot_guest(state: dict, v: dict) -> None:
+    """boot2docker's first boot, played on a test host: restore the disk's userdata tar into ~docker.
+
+    ``FAKE_VBOX_GUEST_PID`` is the test host's init pid; the fake enters its namespaces
+    and installs the authorized_keys the driver wrote into the disk (tar-in-disk)."""
+    pid = os.environ.get("FAKE_VBOX_GUEST_PID", "")
+    disk = v["storage"].get("1-0", "")
+    medium = next((m for m in state["media"] if m["path"] == disk), None)
+    if not pid or medium is None or not medium.get("head"):
+        return
+    import io
+    import subprocess
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(bytes.fromhex(medium["head"]))) as tar:
+        if tar.getnames()[:1] != ["boot2docker, please format-me"]:
+            return
+        member = tar.extractfile(".ssh/authorized_keys")
+        keys = member.read() if member else b""
+    script = ('mkdir -p /home/docker/.ssh && cat > /home/docker/.ssh/authorized_keys && '
+              'chmod 700 /home/docker/.ssh && chmod 600 /home/docker/.ssh/authorized_keys && '
+              'chown -R docker /home/docker/.ssh')
+    subprocess.run(["nsenter", "-t", pid, "-m", "-u", "-n", "-p", "-r", "-w", "--", "/bin/sh", "-c", script],
+                   input=keys, capture_output=True, timeout=30, check=True,
+                   env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
 def power_on(v: dict) -> None:
     v["state"] = "running"
     ip = os.environ.get("FAKE_VBOX_GUEST_IP", "")
@@ -523,6 +552,7 @@ def cmd_startvm(state: dict, args: list[str]) -> str:
     if "0-0" not in v["storage"] and "1-0" not in v["storage"]:
         raise error("No bootable medium found! (VERR_PDM_NO_BOOTABLE_MEDIUM)")
     power_on(v)
+    boot_guest(state, v)
     return f'Waiting for VM "{v["name"]}" to power on...\nVM "{v["name"]}" has been successfully started.\n'
 
 

@@ -302,3 +302,31 @@ def test_ls_without_vboxmanage_says_how_to_install(pm, vbox):
     assert rows == [("vb1|Error|VBoxManage not found: install VirtualBox (https://www.virtualbox.org) "
                      "and put VBoxManage on PATH")]
     assert pm.ok("ls", "--format", "{{.Name}}|{{.State}}").out_lines == ["vb1|Running"]
+
+
+@pytest.mark.hosts
+def test_create_end_to_end_on_test_host_through_nat_forward(pm, vbox, make_test_host):
+    """The fake "boots" a namespaced Debian host: the key comes from the disk's userdata tar,
+    SSH goes through the fake's 127.0.0.1 NAT forward, the engine answers on the guest IP."""
+    from bundle_cache import real_engine_bundle
+
+    bundle = real_engine_bundle()
+    host = make_test_host("vbe2e")
+    host.run("useradd -m -s /bin/bash docker && echo 'docker ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/docker",
+             check=True)
+    env = {"FAKE_VBOX_GUEST_PID": str(host.init_pid), "FAKE_VBOX_SSH_TARGET": f"{host.ip}:22",
+           "FAKE_VBOX_GUEST_IP": host.ip, "PYMACHINE_SSH_WAIT": "30"}
+    res = pm(*create_args(vbox, "vbe2e", "--virtualbox-no-share", "--engine-bundle", str(bundle)),
+             env=env, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Docker is up and running!" in res.stdout
+    port = json.loads((pm.store / "machines" / "vbe2e" / "config.json").read_text())["Driver"]["SSHPort"]
+    assert pm.ok("ssh", "vbe2e", "--", "id", "-un", env=env).stdout.strip() == "docker"
+    assert pm.ok("ssh", "vbe2e", "--", "cat", "/etc/hostname", env=env).stdout.strip() == "vbe2e"
+    assert pm.ok("url", "vbe2e", env=env).stdout.strip() == f"tcp://{host.ip}:2376"
+    ls = pm.ok("ls", "--format", "{{.Name}} {{.State}} {{.DockerVersion}}", env=env).stdout.split()
+    assert ls[:2] == ["vbe2e", "Running"] and ls[2].startswith("v"), ls
+    vm = next(iter(vbox.state()["vms"].values()))
+    assert vm["natpf1"]["ssh"] == f"ssh,tcp,127.0.0.1,{port},,22" and vm["forwarder"]
+    pm.ok("rm", "-y", "vbe2e", env=env)
+    assert vbox.vms() == []
