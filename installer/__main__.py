@@ -48,7 +48,7 @@ def _build_cmd(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     source = Path(ns.source).resolve()
-    platforms = ["linux", "windows"] if ns.platform == "all" else [ns.platform]
+    platforms = ["linux", "windows", "macos"] if ns.platform == "all" else [ns.platform]
     artefacts: list[Path] = []
     for plat in platforms:
         started = time.monotonic()
@@ -63,7 +63,9 @@ def _build_cmd(ns: argparse.Namespace) -> int:
             artefacts.append(windows.build_exe(out, _components(lock, "windows", ns.without),
                                                cert=ns.cert, key=ns.key, source=source))
         else:
-            raise MachineError("the macOS .pkg builder is not part of this build yet")
+            from installer import macos
+
+            artefacts.append(macos.build_pkg(out, _components(lock, "macos", ns.without), source=source))
         sys.stderr.write(f"{plat}: built in {time.monotonic() - started:.2f}s\n")
     sums_path = sums.write_sums(out, artefacts)
     if ns.gpg_key:

@@ -13,6 +13,8 @@ from installer.linux import build_deb, build_pyz
 from installer.lock import Component
 from machine import __version__
 
+pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
+
 pytestmark = pytest.mark.integration
 
 

@@ -15,6 +15,8 @@ from installer.fetch import IntegrityError, fetch
 from installer.lock import Lock, LockError
 from installer.stage import stage
 
+pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -7,7 +7,7 @@ import re
 import subprocess
 
 import pytest
-from fixtures_dockerd import free_loopback_port, start_dockerd
+from fixtures_dockerd import free_loopback_port, start_engine_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,10 +21,7 @@ def _exports(text: str) -> dict[str, str]:
 @pytest.fixture
 def engine(pm, tmp_path):
     """A dockerd whose server cert is signed by the store's CA (via a throwaway 'seed' machine)."""
-    port = free_loopback_port()  # same steps as tests/conftest.py: start_engine_for (name clash here)
-    pm.ok("create", "-d", "none", "--url", f"tcp://127.0.0.1:{port}", "seed")
-    mdir = pm.store / "machines" / "seed"
-    handle = start_dockerd(tmp_path / "d", mdir / "ca.pem", mdir / "server.pem", mdir / "server-key.pem", port=port)
+    handle = start_engine_for(pm, "seed", tmp_path / "d")
     try:
         yield handle
     finally:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not shutil.which("makensis") or not shutil.which("dpkg-deb"), reason="needs nsis, dpkg"),
@@ -32,6 +34,7 @@ def release_lock(standin_lock, tmp_path):
     data = json.loads(path.read_text())
     compose = next(c for c in data["platforms"]["windows"] if c["name"] == "docker-compose")
     data["platforms"]["linux"] = [{**compose, "dest": "cli-plugins/docker-compose"}]
+    data["platforms"]["macos"] = [c for c in data["platforms"]["windows"] if c["name"] != "virtualbox"]
     path.write_text(json.dumps(data))
     return path, www, cache
 
@@ -63,16 +66,17 @@ def test_build_all_signs_sums_verifies_and_is_reproducible(release_lock, gnupgho
     second = _installer("build", *common, "--out", str(tmp_path / "two"), env=env)  # warm cache
     warm = time.monotonic() - started
     assert second.returncode == 0, second.stderr
-    print(f"warm-cache build of linux+windows: {warm:.2f}s\n{second.stdout}")
+    print(f"warm-cache build of linux+windows+macos: {warm:.2f}s\n{second.stdout}")
 
     one, two = tmp_path / "one", tmp_path / "two"
     sums = (one / "SHA256SUMS").read_text()
     assert sums == (two / "SHA256SUMS").read_text()  # byte-identical artefacts
     listed = [line.split("  ", 1)[1] for line in sums.splitlines()]
-    assert listed == sorted(["pymachine.pyz", "pymachine_0.1.0_all.deb", "pymachine-toolbox-0.1.0-x64.exe"])
+    assert listed == sorted(["pymachine.pyz", "pymachine_0.1.0_all.deb", "pymachine-toolbox-0.1.0-x64.exe",
+                             "pymachine-toolbox-0.1.0.pkg"])
 
     ok = _installer("verify", str(one), "--gpg-home", gnupghome, env=env)
-    assert ok.returncode == 0 and "OK: signature and 3 checksums" in ok.stdout, ok.stderr
+    assert ok.returncode == 0 and "OK: signature and 4 checksums" in ok.stdout, ok.stderr
 
     # tamper with an artefact: the checksum check names it
     pyz = one / "pymachine.pyz"

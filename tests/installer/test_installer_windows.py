@@ -17,6 +17,8 @@ from installer.template import render
 from installer.windows import build_exe
 from machine.errors import MachineError
 
+pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not shutil.which("makensis") or not shutil.which("7z"), reason="needs nsis and 7z"),

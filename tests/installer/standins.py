@@ -1,4 +1,5 @@
-"""Stand-in components on a loopback HTTP server, and a lock file that pins them."""
+"""Stand-in components on a loopback HTTP server, and a lock file that pins them (fixtures:
+import them into a test module; a conftest.py here would shadow tests/conftest.py)."""
 
 from __future__ import annotations
 
