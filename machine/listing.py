@@ -47,6 +47,7 @@ class ListItem:
     Fresh: bool = True
     LocalState: str = ""
     _labels: list[str] = field(default_factory=list, repr=False)
+    _managers: tuple[str, ...] = field(default=(), repr=False)  # swarm mode: its cluster's managers
     _timed_out: bool = field(default=False, repr=False)
 
     def public(self) -> dict[str, Any]:
@@ -152,6 +153,7 @@ def query_host(store: Store, host: Host, item: ListItem, deadline: float,
 
 def batch_states(hosts: list[Host], deadline: float) -> dict[str, State]:
     """One ``batch_states`` call per driver class that has more than one machine, in parallel."""
+    from machine.drivers.base import Driver
     from machine.drivers.registry import load_driver
 
     groups: dict[type, list[Any]] = {}
@@ -164,8 +166,8 @@ def batch_states(hosts: list[Host], deadline: float) -> dict[str, State]:
     results: dict[str, State] = {}
     threads = []
     for cls, drivers in groups.items():
-        if len(drivers) < 2 or "batch_states" not in vars(cls):
-            continue
+        if len(drivers) < 2 or cls.batch_states.__func__ is Driver.batch_states.__func__:
+            continue  # fewer than two machines, or a driver without a batch query
 
         def work(c: Any = cls, ds: list[Any] = drivers) -> None:
             try:
@@ -250,6 +252,7 @@ def gather(
         is_active(item, environ)
         result.append(item)
     fill_swarm_column(result)
+    fill_swarm_mode_column(result, [h for h in hosts if isinstance(h, Host)])
     result.sort(key=lambda it: natural_key(it.Name))
     return result
 
@@ -266,6 +269,24 @@ def fill_swarm_column(items: list[ListItem]) -> None:
             continue
         master = masters.get(opts.get("Discovery"), "")
         it.Swarm = f"{master} (master)" if opts.get("Master") else master
+
+
+def fill_swarm_mode_column(items: list[ListItem], hosts: list[Host]) -> None:
+    """Swarm mode: ``NAME (manager)`` for managers, a worker's manager otherwise;
+    ``swarm=M`` then keeps every node of a cluster M manages."""
+    if not any((h.extra.get("Pymachine") or {}).get("Swarm") for h in hosts):
+        return
+    from machine.swarm import swarm_column
+
+    column = swarm_column(hosts)
+    managers: dict[str, list[str]] = {}
+    for name, (text, cid) in column.items():
+        if text.endswith(" (manager)"):
+            managers.setdefault(cid, []).append(name)
+    for it in items:
+        if it.Name in column:
+            it.Swarm, cid = column[it.Name]
+            it._managers = tuple(managers.get(cid, ()))
 
 
 # Filters ---------------------------------------------------------------------------------
@@ -316,7 +337,7 @@ def matches_dynamic(item: ListItem, filters: dict[str, list[str]]) -> bool:
     if "state" in filters and not any(item.State.lower() == v.lower() for v in filters["state"]):
         return False
     if "swarm" in filters:
-        master = item.Swarm.replace(" (master)", "")
-        if not any(master == v for v in filters["swarm"]):
+        master = item.Swarm.replace(" (master)", "").replace(" (manager)", "")
+        if not any(master == v or v in item._managers for v in filters["swarm"]):
             return False
     return True
