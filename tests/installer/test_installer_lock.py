@@ -30,6 +30,11 @@ def test_repo_lock_covers_every_platform_and_component():
     for comps in lock.platforms.values():
         for c in comps:
             assert c.url.startswith("https://") and c.version and c.dest
+            if c.name.startswith("wheel-"):  # pinned from PyPI with pip (hashes from pip's report)
+                c.require_pinned()
+                assert c.size > 10_000 and c.filename.endswith(".whl")
+            elif c.sha256 is not None:
+                c.require_pinned()
 
 
 def test_unpinned_component_is_refused(tmp_path):
