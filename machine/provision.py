@@ -178,6 +178,13 @@ def provision_over(machine: Machine, client: SSHClient, log: Log, new_certs: boo
     except MachineError as exc:
         _record(machine, "wait_for_engine", str(exc))
         raise
+    from machine import swarm
+
+    try:
+        swarm.configure(machine, log)
+    except MachineError as exc:
+        _record(machine, "swarm", str(exc))
+        raise
     _record(machine, None, None)
     machine.store.write_state(machine.name, State="Running", DockerVersion=f"v{version}")
     log("Docker is up and running!")

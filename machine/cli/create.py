@@ -18,8 +18,6 @@ from machine.cli.common import ARGV0, Context, UsageError, parser
 from machine.drivers.base import Flag
 from machine.errors import MachineError
 
-SWARM_DISCOVERY_FORMAT = "://"
-
 
 def default_driver(environ: dict[str, str]) -> str:
     if environ.get("MACHINE_DRIVER"):
@@ -184,8 +182,11 @@ def cmd_create(ctx: Context, args: list[str]) -> int:
         raise UsageError("Error: No machine name specified")
     name = names[0]
     _check_name(ctx, [name], valid_name, INVALID_NAME)
-    if ns.swarm_discovery and SWARM_DISCOVERY_FORMAT not in ns.swarm_discovery:
-        raise UsageError(f"Swarm Discovery URL was in the wrong format: {ns.swarm_discovery}")
+    from machine import swarm  # swarm mode: discovery is a manager's NAME or engine URL
+
+    ns.swarm_discovery = swarm.check_create(ctx.store, agent=ns.swarm, master=ns.swarm_master,
+                                            discovery=ns.swarm_discovery, swarm_opts=ns.swarm_opt,
+                                            join_opts=ns.swarm_join_opt)
     assert cls is not None
     ns.explicit_install_url = any(a.split("=", 1)[0] == "--engine-install-url" for a in args)
     driver = hostmod.prepare_driver(ctx.store, name, driver_name, driver_values(ns, cls.flags))

@@ -86,7 +86,7 @@ def cmd_rm(ctx: Context, args: list[str]) -> int:
     errors: list[str] = []
     for name in names:
         try:
-            remove_one(ctx, name, ns.force)
+            remove_one(ctx, name, ns.force, assume_yes=ns.yes or ns.force)
             ctx.out(f"Successfully removed {name}")
         except MachineError as exc:
             errors.append(f'Error removing host "{name}": {exc}')
@@ -95,7 +95,7 @@ def cmd_rm(ctx: Context, args: list[str]) -> int:
     return 0
 
 
-def remove_one(ctx: Context, name: str, force: bool) -> None:
+def remove_one(ctx: Context, name: str, force: bool, assume_yes: bool = False) -> None:
     from machine.host import Machine
     from machine.store import StoreError, valid_name
 
@@ -111,6 +111,10 @@ def remove_one(ctx: Context, name: str, force: bool) -> None:
                 raise
             ctx.store.remove(name)  # a broken directory: -f removes what is there
             return
+        from machine import swarm  # a swarm node drains and leaves its cluster first
+
+        if not swarm.before_remove(machine, ctx.out, confirm, assume_yes):
+            raise MachineError("removal cancelled: it is the last swarm manager")
         machine.remove(ctx.out, force=force)
     _forget_context(ctx, name)
 

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "start": ("lifecycle", "cmd_start", "Start a machine"),
     "status": ("info", "cmd_status", "Get the status of a machine"),
     "stop": ("lifecycle", "cmd_stop", "Stop a machine"),
+    "swarm": ("swarm_cmd", "cmd_swarm", "List swarm-mode clusters and their nodes"),
     "upgrade": ("lifecycle", "cmd_upgrade", "Upgrade a machine to the latest version of Docker"),
     "url": ("info", "cmd_url", "Get the URL of a machine"),
     "use": ("use", "cmd_use", "Make a machine the current Docker CLI context (no eval needed)"),
