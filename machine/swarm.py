@@ -469,9 +469,16 @@ def before_remove(machine: Machine, log: Log, confirm: Callable[[str], bool], as
     if not rec.get("NodeID"):
         return True
     node_id = rec["NodeID"]
-    me = engine_of(machine)
     control = _reachable(other_managers(machine))
+    try:
+        me: Engine | None = engine_of(machine)
+        me.swarm_info(timeout=3)
+    except MachineError as exc:
+        me = None
+        log(f"Warning: {exc}; the swarm forgets {machine.name} without draining it")
     if rec.get("Role") == "manager" and control is None:
+        if me is None:
+            return True
         try:
             nodes = me.call("GET", "/nodes", timeout=5)
             others = [n for n in nodes if n.get("ID") != node_id]
@@ -484,16 +491,17 @@ def before_remove(machine: Machine, log: Log, confirm: Callable[[str], bool], as
                 return False
         _try(log, "leaving the swarm", lambda: me.call("POST", "/swarm/leave?force=true", timeout=30))
         return True
-    if control is None:
-        log(f'Warning: no reachable manager for "{machine.name}"; it leaves the swarm without draining')
-    else:
-        log(f"Draining {machine.name}...")
-        _try(log, "draining", lambda: _drain(control, node_id))
-        if rec.get("Role") == "manager":
-            _try(log, "demoting", lambda: _demote(control, me, node_id))
-    _try(log, "leaving the swarm", lambda: me.call("POST", "/swarm/leave", timeout=30))
+    if me is not None:
+        if control is None:
+            log(f'Warning: no reachable manager for "{machine.name}"; it leaves the swarm without draining')
+        else:
+            log(f"Draining {machine.name}...")
+            _try(log, "draining", lambda: _drain(control, node_id))
+            if rec.get("Role") == "manager":
+                _try(log, "demoting", lambda: _demote(control, me, node_id))
+        _try(log, "leaving the swarm", lambda: me.call("POST", "/swarm/leave", timeout=30))
     if control is not None:
-        _try(log, "removing the node", lambda: _forget_node(control, node_id))
+        _try(log, "removing the node", lambda: _forget_node(control, node_id, 15.0 if me else 0.0))
     return True
 
 

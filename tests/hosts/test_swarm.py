@@ -227,9 +227,15 @@ def test_three_node_swarm(pm, make_test_host, ssh_keypair, busybox_image, tmp_pa
         assert '"m2" is the last swarm manager: its 1 other node(s) will be left without a manager.' in res.stdout
         assert (pm.store / "machines" / "m2").exists()
         assert len(docker(m2_env, "node", "ls", "-q").split()) == 2
-        pm.ok("rm", "-y", "m2", timeout=120)
+
+        # A dead worker: rm still works, and the manager forgets the node.
+        hosts[2].stop()
+        res = pm.ok("rm", "-y", "w2", timeout=120)
+        assert "the swarm forgets w2 without draining it" in res.stdout
+        assert docker(m2_env, "node", "ls", "--format", "{{.Hostname}}").split() == ["m2"]
+        res = pm.ok("rm", "-y", "m2", timeout=120)
+        assert "last swarm manager" not in res.stdout  # nobody is left behind
         assert hosts[1].run("docker info --format '{{.Swarm.LocalNodeState}}'").stdout.strip() == "inactive"
-        pm.ok("rm", "-y", "w2", timeout=120)
         assert not list(Path(pm.store / "machines").iterdir())
     assert lan.netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                                 check=False).stdout
