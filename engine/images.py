@@ -105,8 +105,21 @@ if [ -f $seed/pymachine/apt-proxy.conf ]; then
     cat $seed/pymachine/environment >> /etc/environment
     install -d /etc/systemd/system/docker.service.d
     install -m 0644 $seed/pymachine/docker-proxy.conf /etc/systemd/system/docker.service.d/10-pymachine-proxy.conf
-    systemctl daemon-reload
+    reload=1
 fi
+# The engine's final TLS files and drop-in, byte for byte what provisioning
+# writes: docker.service (ordered after this unit) starts once, configured.
+if [ -f $seed/pymachine/docker-machine.conf ]; then
+    install -d -m 0755 /etc/docker /etc/systemd/system/docker.service.d
+    install -m 0644 $seed/pymachine/docker-ca.pem /etc/docker/ca.pem
+    install -m 0644 $seed/pymachine/docker-server.pem /etc/docker/server.pem
+    install -m 0600 $seed/pymachine/docker-server-key.pem /etc/docker/server-key.pem
+    mode=0644
+    grep -q '^Environment=' $seed/pymachine/docker-machine.conf && mode=0600
+    install -m $mode $seed/pymachine/docker-machine.conf /etc/systemd/system/docker.service.d/10-machine.conf
+    reload=1
+fi
+[ -z "${reload:-}" ] || systemctl daemon-reload
 resize2fs "$(findmnt -n -o SOURCE /)" >/dev/null 2>&1 || echo "pymachine-firstboot: could not grow the root filesystem" >&2
 mkdir -p $state
 printf '%s\n' "$INSTANCE_ID" > $state/instance-id
@@ -142,6 +155,10 @@ _FILES: dict[str, tuple[str, int]] = {
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nPrintMotd no\n",
         0o644,
     ),
+    # sshd answers once the engine has started (or failed, bounded below): the
+    # provisioning pass then finds it running and leaves it alone.
+    "etc/systemd/system/ssh.service.d/10-pymachine-after-docker.conf": ("[Unit]\nAfter=docker.service\n", 0o644),
+    "etc/systemd/system/docker.service.d/05-pymachine-timeout.conf": ("[Service]\nTimeoutStartSec=150\n", 0o644),
     "etc/initramfs-tools/conf.d/pymachine.conf": ("MODULES=list\nCOMPRESS=gzip\n", 0o644),
     "etc/initramfs-tools/modules": ("".join(m + "\n" for m in INITRD_MODULES), 0o644),
 }

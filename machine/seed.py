@@ -12,6 +12,9 @@ so every value is escaped correctly without a YAML library.
 The same volume also carries ``pymachine/``: the same settings as plain
 files for pymachine's own base image, whose first-boot unit reads them in
 about a second instead of running cloud-init (a minute under emulation).
+It may also carry the engine's final TLS files and systemd drop-in
+(``engine_files``), installed by that unit before docker.service first
+starts, so provisioning finds them unchanged and never restarts the engine.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ from typing import Any
 VOLUME_ID = "cidata"
 SUDO_RULE = "ALL=(ALL) NOPASSWD:ALL"
 APT_PROXY_PATH = "/etc/apt/apt.conf.d/90pymachine-proxy"
+#: Seed file name (under ``pymachine/``) -> where the first-boot unit installs it.
+ENGINE_SEED_FILES = {
+    "docker-ca.pem": "/etc/docker/ca.pem",
+    "docker-server.pem": "/etc/docker/server.pem",
+    "docker-server-key.pem": "/etc/docker/server-key.pem",
+    "docker-machine.conf": "/etc/systemd/system/docker.service.d/10-machine.conf",
+}
 ENGINE_PROXY_PATH = "/etc/systemd/system/docker.service.d/10-pymachine-proxy.conf"
 
 
@@ -104,9 +114,22 @@ def meta_data(*, hostname: str, instance_id: str) -> str:
     return json.dumps({"instance-id": instance_id, "local-hostname": hostname}, indent=2) + "\n"
 
 
+def engine_seed_files(by_guest_path: Mapping[str, str]) -> dict[str, str]:
+    """Seed names for the engine files keyed by their guest path (unknown paths refused)."""
+    names = {guest: name for name, guest in ENGINE_SEED_FILES.items()}
+    unknown = sorted(set(by_guest_path) - set(names))
+    if unknown:
+        raise ValueError(f"no seed slot for {', '.join(unknown)}")
+    return {names[path]: text for path, text in by_guest_path.items()}
+
+
 def pymachine_files(*, hostname: str, user: str, ssh_pubkey: str, instance_id: str,
-                    proxy: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Files under ``pymachine/`` on the seed, read by the base image's first-boot script."""
+                    proxy: Mapping[str, str] | None = None,
+                    engine_files: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Files under ``pymachine/`` on the seed, read by the base image's first-boot script.
+
+    ``engine_files`` maps guest paths (keys of ENGINE_SEED_FILES' values) to contents.
+    """
     import shlex
 
     config = "".join(f"{k}={shlex.quote(v)}\n" for k, v in
@@ -117,6 +140,7 @@ def pymachine_files(*, hostname: str, user: str, ssh_pubkey: str, instance_id: s
         files["apt-proxy.conf"] = by_path[APT_PROXY_PATH]
         files["environment"] = by_path["/etc/environment"]
         files["docker-proxy.conf"] = by_path[ENGINE_PROXY_PATH]
+    files.update(engine_seed_files(engine_files or {}))
     return files
 
 
@@ -134,15 +158,18 @@ def write_seed_iso(
     ssh_pubkey: str,
     proxy: Mapping[str, str] | None,
     instance_id: str,
+    engine_files: Mapping[str, str] | None = None,
 ) -> None:
-    """Write the seed ISO atomically (temp file + rename); mode 0600: it names the user's key."""
+    """Write the seed ISO atomically (temp file + rename); mode 0600: it names the
+    user's key and may carry the engine's server key."""
     import pycdlib
 
     files = [
         ("/USERDATA.;1", "user-data", user_data(hostname=hostname, user=user, ssh_pubkey=ssh_pubkey, proxy=proxy)),
         ("/METADATA.;1", "meta-data", meta_data(hostname=hostname, instance_id=instance_id)),
     ]
-    extra = pymachine_files(hostname=hostname, user=user, ssh_pubkey=ssh_pubkey, instance_id=instance_id, proxy=proxy)
+    extra = pymachine_files(hostname=hostname, user=user, ssh_pubkey=ssh_pubkey, instance_id=instance_id,
+                            proxy=proxy, engine_files=engine_files)
     files += [(f"/PYMACHIN/{_iso_name(name)}", f"pymachine/{name}", text) for name, text in extra.items()]
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_ID)

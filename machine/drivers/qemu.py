@@ -41,7 +41,9 @@ LOOPBACK = "127.0.0.1"
 GUEST_ENGINE_PORT = 2376
 KERNEL_APPEND = "console=ttyS0 root=/dev/vda rw"
 STOP_TIMEOUT = 60.0
-SSH_BOOT_TIMEOUT = 240.0  # an emulated (TCG) boot to sshd takes 20-60 s; bounded generously
+# An emulated (TCG) boot to sshd (which waits for the engine to start) takes 60-120 s on an
+# idle host and over 200 s on a loaded one: bounded generously.
+SSH_BOOT_TIMEOUT = 480.0
 LAUNCH_TIMEOUT = 60.0
 KVM_PROBE_TIMEOUT = 8.0
 KVM_GET_API_VERSION = 0xAE00
@@ -193,6 +195,46 @@ def probe_kvm(kernel: str, qemu: str = QEMU, timeout: float = KVM_PROBE_TIMEOUT)
     return False, f"a KVM test boot failed: {tail[-1] if tail else f'exit {proc.returncode}'}"
 
 
+#: What ``stat -f -c %T /var/lib/docker`` prints on the image's ext4 root.
+IMAGE_ROOT_FS = "ext2/ext3"
+#: Where docker.io puts dockerd (what the provisioner's ``command -v dockerd`` finds).
+IMAGE_DOCKERD = "/usr/sbin/dockerd"
+
+
+def render_engine_files(plan: Any) -> dict[str, str]:
+    """{guest path: content} of the certs and drop-in the Debian provisioner
+    writes for ``plan`` on pymachine's image (systemd, docker.io, ext4 root).
+
+    Rendering goes through the provisioner's own code, so the bytes match
+    what the provisioning pass compares against and it finds nothing changed.
+    """
+    from engine import config as engine_config
+    from provisioners.debian import DebianProvisioner
+
+    prov = DebianProvisioner()
+    prov.init_system = "systemd"
+    prov.dockerd_path = IMAGE_DOCKERD
+    prov.storage_driver = plan.engine.storage_driver or engine_config.default_storage_driver(IMAGE_ROOT_FS)
+    dropin = prov.render_daemon_config(prov.daemon_args(plan), prov.daemon_env(plan))
+    return {
+        f"{prov.cert_dir}/ca.pem": plan.ca_pem.decode(),
+        f"{prov.cert_dir}/server.pem": plan.server_pem.decode(),
+        f"{prov.cert_dir}/server-key.pem": plan.server_key_pem.decode(),
+        prov.options_file_path(): dropin,
+    }
+
+
+def kvm_probe_cache(store_path: str) -> Path:
+    """Where the KVM probe's answer is kept: per host boot, shared by every
+    store of this user (/run is emptied at boot), else under the store."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if not runtime and os.geteuid() == 0 and os.path.isdir("/run"):
+        runtime = "/run/pymachine"
+    if runtime:
+        return Path(runtime) / "qemu-kvm-probe.json"
+    return Path(store_path) / "cache" / "kvm-probe.json"
+
+
 def cached_probe(cache_file: Path, kernel: str, qemu: str = QEMU) -> tuple[bool, str]:
     """probe_kvm, remembered per host boot, kernel and QEMU binary (it costs up to 8 s)."""
     try:
@@ -255,13 +297,36 @@ def choose_accel(
 
 
 def parse_checksum(value: str) -> str:
-    algo, sep, digest = value.strip().partition(":")
-    if not sep:
-        algo, digest = "sha256", algo
-    digest = digest.lower()
-    if algo.lower() != "sha256" or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise PreCreateError(f"--qemu-image-checksum must be a sha256 digest (64 hex digits, optionally 'sha256:'), got {value!r}")
-    return digest
+    """The hex digest of a ``sha256:HEX``/``sha512:HEX``/bare-hex checksum."""
+    from engine.download import parse_digest
+
+    try:
+        return parse_digest(value).hex
+    except MachineError:
+        raise PreCreateError(f"--qemu-image-checksum must be a sha256 or sha512 digest "
+                             f"(sha256:HEX, sha512:HEX, bare hex) or sums:URL, got {value!r}") from None
+
+
+def verify_local_image(path: str, checksum: str) -> None:
+    """Refuse a local image whose digest differs from ``checksum`` (one line, both digests)."""
+    import hashlib
+
+    from engine.download import expected_digest, sums_url
+
+    if sums_url(checksum) is None:
+        parse_checksum(checksum)
+    try:
+        want = expected_digest(checksum, "file://" + path)
+    except MachineError as exc:
+        raise PreCreateError(str(exc)) from None
+    if want is None:
+        return
+    digest = hashlib.new(want.algo)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != want.hex:
+        raise PreCreateError(f"checksum mismatch for QEMU image {path}: expected {want}, got {want.algo}:{digest.hexdigest()}")
 
 
 @dataclass(frozen=True)
@@ -271,6 +336,8 @@ class BaseImage:
     virtual_size: int
     kernel: str = ""
     initrd: str = ""
+    #: pymachine's own image (a build with its manifest): Debian, docker.io, the first-boot unit.
+    pymachine: bool = False
 
 
 def image_info(path: str) -> tuple[str, int]:
@@ -307,21 +374,12 @@ def image_from_path(path: str) -> BaseImage:
         disk=str(disk.resolve()), format=fmt, virtual_size=size,
         kernel=str(kernel.resolve()) if kernel.is_file() else "",
         initrd=str(initrd.resolve()) if kernel.is_file() and initrd.is_file() else "",
+        pymachine=(directory / "manifest.json").is_file() and disk.name == "disk.qcow2",
     )
 
 
 def _is_url(value: str) -> bool:
     return urlsplit(value).scheme.lower() in ("http", "https", "ftp")
-
-
-def _sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- process helpers
@@ -397,8 +455,10 @@ class QemuDriver(Driver):
         Flag("qemu-memory", "int", 1024, "QEMU_MEMORY", "Memory in MB"),
         Flag("qemu-disk-size", "int", 20000, "QEMU_DISK_SIZE", "Disk size in MB"),
         Flag("qemu-image", "string", "", "QEMU_IMAGE",
-             "Image directory or disk file (default: pymachine's own Debian image, built and cached on first use)"),
-        Flag("qemu-image-checksum", "string", "", "QEMU_IMAGE_CHECKSUM", "sha256 of the image's disk file"),
+             "Image directory, disk file or http(s) URL of a qcow2/raw cloud image (default: pymachine's "
+             "own Debian image, built and cached on first use)"),
+        Flag("qemu-image-checksum", "string", "", "QEMU_IMAGE_CHECKSUM",
+             "Digest of the image's disk file: sha256:HEX, sha512:HEX, bare hex, or sums:URL of a SHA256SUMS file"),
         Flag("qemu-accel", "string", "auto", "QEMU_ACCEL", "Accelerator: auto, kvm, hvf or tcg"),
         Flag("qemu-ssh-port", "int", 0, "QEMU_SSH_PORT", "Loopback port forwarded to the guest's SSH (0: pick a free one)"),
         Flag("qemu-engine-port", "int", 0, "QEMU_ENGINE_PORT", "Loopback port forwarded to the guest's engine (0: pick a free one)"),
@@ -412,7 +472,7 @@ class QemuDriver(Driver):
             "CPU": 1, "Memory": 1024, "DiskSize": 20000, "ImageSource": "", "ImageChecksum": "",
             "Accel": "auto", "AccelUsed": "", "EnginePort": 0, "FixedSSHPort": 0, "FixedEnginePort": 0,
             "RestrictNetwork": False, "BaseDisk": "", "BaseFormat": "", "Kernel": "", "Initrd": "",
-            "KernelAppend": "", "QemuBinary": QEMU, "GuestEnginePort": 0,
+            "KernelAppend": "", "QemuBinary": QEMU, "GuestEnginePort": 0, "EngineSeeded": False,
         }
 
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
@@ -491,24 +551,32 @@ class QemuDriver(Driver):
         source = str(self.config.get("ImageSource") or "")
         image = None
         if source and _is_url(source):
-            raise PreCreateError(f"downloading QEMU images is not supported yet; pass a local path: {source}")
-        if source:
+            # Downloaded (and verified) at create; here only the checksum's form is checked.
+            from engine.download import parse_digest, sums_url
+
+            checksum = str(self.config.get("ImageChecksum") or "")
+            if checksum and sums_url(checksum) is None:
+                try:
+                    parse_digest(checksum)
+                except MachineError as exc:
+                    raise PreCreateError(f"--qemu-image-checksum: {exc}") from None
+        elif source:
             image = image_from_path(source.removeprefix("file://"))
         else:
             from engine.images import find_image
 
             built = find_image(self._default_cache())
             if built is not None:
-                image = BaseImage(str(built.disk), "qcow2", built.virtual_size, str(built.kernel), str(built.initrd))
+                image = BaseImage(str(built.disk), "qcow2", built.virtual_size, str(built.kernel), str(built.initrd), True)
             elif shutil.which("debootstrap") is None or os.geteuid() != 0:
                 raise PreCreateError("pymachine's base image is not built yet and cannot be built here "
                                      "(needs root and debootstrap): run `pymachine image build` as root, or pass --qemu-image")
         if image is not None:
             self._check_disk_size(image)
             checksum = str(self.config.get("ImageChecksum") or "")
-            if checksum and _sha256(image.disk) != parse_checksum(checksum):
-                raise PreCreateError(f"checksum mismatch for QEMU image {image.disk}")
-        elif self.config.get("ImageChecksum"):
+            if checksum:
+                verify_local_image(image.disk, checksum)
+        elif self.config.get("ImageChecksum") and not _is_url(source):
             parse_checksum(str(self.config["ImageChecksum"]))
         accel = str(self.config.get("Accel") or "auto")
         if accel in ("kvm", "hvf"):
@@ -529,6 +597,12 @@ class QemuDriver(Driver):
     # -- create ---------------------------------------------------------------------------
     def _resolve_image(self, log: Log) -> BaseImage:
         source = str(self.config.get("ImageSource") or "")
+        if source and _is_url(source):
+            from engine.download import fetch
+
+            path = fetch(source, self._default_cache(), str(self.config.get("ImageChecksum") or ""),
+                         lambda m: log(f"({self.machine_name}) {m}"))
+            return image_from_path(str(path))
         if source:
             return image_from_path(source.removeprefix("file://"))
         from engine.images import build_image
@@ -539,7 +613,7 @@ class QemuDriver(Driver):
 
         log(f"({self.machine_name}) Using pymachine's base image (built on first use; this can take minutes)...")
         built = build_image(self._default_cache(), image_log)
-        return BaseImage(str(built.disk), "qcow2", built.virtual_size, str(built.kernel), str(built.initrd))
+        return BaseImage(str(built.disk), "qcow2", built.virtual_size, str(built.kernel), str(built.initrd), True)
 
     def _proxy(self) -> dict[str, str] | None:
         """Proxy settings from the machine's saved engine options (the Host saved them first)."""
@@ -555,6 +629,40 @@ class QemuDriver(Driver):
             return None
         return {"http_proxy": proxy.http_proxy, "https_proxy": proxy.https_proxy, "no_proxy": proxy.no_proxy}
 
+    def _engine_files(self) -> dict[str, str]:
+        """The engine files provisioning will write, rendered now, keyed by guest path.
+
+        Issues the server certificate for 127.0.0.1 (what provisioning would)
+        and renders the systemd drop-in through the Debian provisioner with
+        the facts of pymachine's image, so the first engine start is the final
+        one.  Empty when the machine's record cannot be read (no pre-seeding).
+        """
+        from engine.options import EngineOptions
+        from machine.host import Machine, copy_client_certs, issue_server_cert
+        from machine.store import Store
+        from provisioners.base import ProvisionPlan
+
+        store = Store(self.store_path)
+        try:
+            machine = Machine(store, store.load(self.machine_name))
+        except (MachineError, OSError, ValueError, KeyError):
+            return {}
+        machine.driver = self
+        copy_client_certs(machine)
+        issue_server_cert(machine)
+        tls = machine.tls()
+        plan = ProvisionPlan(
+            hostname=self.machine_name,
+            engine=EngineOptions.from_json(machine.host.engine_options),
+            driver_name=self.name,
+            ca_pem=tls.ca_cert.read_bytes(),
+            server_pem=tls.server_cert.read_bytes(),
+            server_key_pem=tls.server_key.read_bytes(),
+            machine_ip=self.ip(),
+            engine_port=self.guest_engine_port(),
+        )
+        return render_engine_files(plan)
+
     def create(self, log: Log) -> None:
         from machine import certs
         from machine.seed import write_seed_iso
@@ -566,7 +674,7 @@ class QemuDriver(Driver):
                            Initrd=image.initrd, KernelAppend=KERNEL_APPEND if image.kernel else "")
         accel, warning = choose_accel(
             str(self.config.get("Accel") or "auto"),
-            probe=lambda: cached_probe(Path(self.store_path) / "cache" / "kvm-probe.json", image.kernel,
+            probe=lambda: cached_probe(kvm_probe_cache(self.store_path), image.kernel,
                                        str(self.config.get("QemuBinary") or QEMU)),
         )
         if warning:
@@ -577,10 +685,20 @@ class QemuDriver(Driver):
         key = Path(self._path(SSH_KEY))
         certs.generate_ssh_keypair(key)
         self.config["SSHKeyPath"] = str(key)
+        # Ports first: the guest engine port goes into the pre-rendered drop-in.
+        ssh_port, engine_port = pick_ports(int(self.config.get("FixedSSHPort") or 0),
+                                           int(self.config.get("FixedEnginePort") or 0))
+        self.config.update(SSHPort=ssh_port, EnginePort=engine_port, GuestEnginePort=engine_port)
+        engine_files: dict[str, str] = {}
+        if image.pymachine:
+            log(f"({self.machine_name}) Rendering the engine's TLS files and configuration for the first boot...")
+            engine_files = self._engine_files()
+        self.config["EngineSeeded"] = bool(engine_files)
         write_seed_iso(
             self._path(SEED), hostname=self.machine_name, user=str(self.config.get("SSHUser") or "docker"),
             ssh_pubkey=Path(str(key) + ".pub").read_text(), proxy=self._proxy(),
             instance_id=f"pymachine-{self.machine_name}-{uuid.uuid4().hex[:12]}",
+            engine_files=engine_files,
         )
         log(f"({self.machine_name}) Creating a {self.config['DiskSize']} MB disk backed by {image.disk}...")
         self._run_img(["create", "-q", "-f", "qcow2", "-F", image.format, "-b", image.disk,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -144,7 +145,8 @@ def test_checksum_parsing() -> None:
     digest = "ab" * 32
     assert qemu.parse_checksum(digest) == digest
     assert qemu.parse_checksum("sha256:" + digest.upper()) == digest
-    for bad in ("md5:" + digest, "abc", "sha256:" + "zz" * 32):
+    assert qemu.parse_checksum("cd" * 64) == "cd" * 64  # sha512 by length
+    for bad in ("md5:" + digest, "abc", "sha256:" + "zz" * 32, "sha512:" + digest):
         with pytest.raises(PreCreateError):
             qemu.parse_checksum(bad)
 
@@ -182,8 +184,13 @@ def test_pre_create_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         new_driver(tmp_path, **{"qemu-memory": 128}).pre_create_check()
     with pytest.raises(PreCreateError, match="QEMU image not found"):
         new_driver(tmp_path, **{"qemu-image": str(tmp_path / "nope")}).pre_create_check()
-    with pytest.raises(PreCreateError, match="not supported yet"):
-        new_driver(tmp_path, **{"qemu-image": "https://example.invalid/x.qcow2"}).pre_create_check()
+    # A URL is downloaded at create: pre-create only checks the checksum's form (no request).
+    with pytest.raises(PreCreateError, match="sha256/sha512"):
+        new_driver(tmp_path, **{"qemu-image": "https://example.invalid/x.qcow2",
+                                "qemu-image-checksum": "md5:00"}).pre_create_check()
+    for checksum in ("", "ab" * 32, "sha512:" + "cd" * 64, "sums:https://example.invalid/SHA256SUMS"):
+        new_driver(tmp_path, **{"qemu-image": "https://example.invalid/x.qcow2",
+                                "qemu-image-checksum": checksum}).pre_create_check()
     # A real (tiny) qcow2 image: the disk size must hold it, the checksum must match.
     if not shutil_which("qemu-img"):
         pytest.skip("qemu-img not installed")
@@ -191,8 +198,14 @@ def test_pre_create_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "64M"], check=True, timeout=30)
     with pytest.raises(PreCreateError, match="at least the image's size, 64 MB"):
         new_driver(tmp_path, **{"qemu-image": str(img), "qemu-disk-size": 32}).pre_create_check()
-    with pytest.raises(PreCreateError, match="checksum mismatch"):
+    with pytest.raises(PreCreateError, match="checksum mismatch") as mismatch:
         new_driver(tmp_path, **{"qemu-image": str(img), "qemu-image-checksum": "0" * 64}).pre_create_check()
+    good = hashlib.sha256(img.read_bytes()).hexdigest()
+    assert f"expected sha256:{'0' * 64}, got sha256:{good}" in str(mismatch.value)
+    new_driver(tmp_path, **{"qemu-image": str(img), "qemu-disk-size": 64,
+                            "qemu-image-checksum": "sha512:" + hashlib.sha512(img.read_bytes()).hexdigest()}
+               ).pre_create_check()
+    assert not qemu.image_from_path(str(img)).pymachine  # a bare disk: firmware boot, no engine seeding
     new_driver(tmp_path, **{"qemu-image": str(img), "qemu-disk-size": 64}).pre_create_check()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -223,3 +236,64 @@ def test_local_state_trusts_only_our_qemu(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def _image_host(files: dict[str, bytes]):
+    """A recording runner answering like pymachine's image: systemd, docker.io, ext4, engine up."""
+    from machine.runner import CommandResult
+    from tests.unit.transcript import RecordingRunner
+
+    answers = {
+        r"command -v dockerd": CommandResult(0, "/usr/sbin/dockerd\n", ""),
+        r"^stat -f": CommandResult(0, "ext2/ext3\n", ""),
+        r"^id -un": CommandResult(0, "docker\n/home/docker\n", ""),
+    }
+    return RecordingRunner(answers, files={"/etc/hosts": b"127.0.0.1 localhost\n", **files})
+
+
+def test_pre_rendered_engine_files_are_what_provisioning_writes() -> None:
+    """The files seeded at create are byte-identical to the Debian provisioner's,
+    so the provisioning pass writes nothing the engine reads and does not restart it."""
+    from engine.options import EngineOptions
+    from engine.proxy import ProxySettings
+    from provisioners.base import ProvisionPlan
+    from provisioners.debian import DebianProvisioner
+
+    engine = EngineOptions(labels=["tier=vm", "x=a b"], env=["FOO=bar"],
+                           proxy=ProxySettings(http_proxy="http://10.0.2.2:3128", no_proxy="corp"))
+    plan = ProvisionPlan(hostname="dev", engine=engine, driver_name="qemu", ca_pem=b"CA\n",
+                         server_pem=b"CERT\n", server_key_pem=b"KEY\n", machine_ip="127.0.0.1",
+                         engine_port=42376, install_source="preinstalled")
+    rendered = qemu.render_engine_files(plan)
+    dropin = rendered["/etc/systemd/system/docker.service.d/10-machine.conf"]
+    assert "/usr/sbin/dockerd -H tcp://0.0.0.0:42376" in dropin and "--storage-driver overlay2" in dropin
+    assert "--label provider=qemu" in dropin and "HTTP_PROXY=http://10.0.2.2:3128" in dropin
+
+    host = _image_host({path: text.encode() for path, text in rendered.items()})
+    prov = DebianProvisioner()
+    prov.provision(host, plan)
+    assert not prov.changed
+    assert not [c for c in host.calls if c.kind == "put" and c.target in rendered]
+    assert not host.find(r"systemctl (restart|stop)")
+
+    # Control: a host seeded with another server cert gets it rewritten and the engine restarted.
+    host = _image_host({**{p: t.encode() for p, t in rendered.items()}, "/etc/docker/server.pem": b"OLD\n"})
+    prov = DebianProvisioner()
+    prov.provision(host, plan)
+    assert prov.changed and host.find(r"systemctl restart docker")
+
+
+def test_kvm_probe_cache_is_per_boot_and_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    assert qemu.kvm_probe_cache(str(tmp_path / "store")) == tmp_path / "run" / "qemu-kvm-probe.json"
+    calls = []
+    monkeypatch.setattr(qemu, "probe_kvm", lambda kernel, qemu_bin: calls.append(kernel) or (False, "hangs"))
+    cache = qemu.kvm_probe_cache(str(tmp_path / "store"))
+    assert qemu.cached_probe(cache, "/img/vmlinuz") == (False, "hangs")
+    assert qemu.cached_probe(cache, "/img/vmlinuz") == (False, "hangs")
+    assert calls == ["/img/vmlinuz"]  # the second create did not probe again
+    # No usable /dev/kvm, or --qemu-accel tcg: no probe at all.
+    assert qemu.choose_accel("auto", platform="linux", kvm_check=lambda: (False, "absent"),
+                             probe=lambda: pytest.fail("probed")) [0] == "tcg"
+    assert qemu.choose_accel("tcg", platform="linux", kvm_check=lambda: pytest.fail("checked"),
+                             probe=lambda: pytest.fail("probed")) == ("tcg", None)

@@ -111,3 +111,28 @@ def test_base_image_first_boot_script_parses(tmp_path: Path) -> None:
     subprocess.run(["sh", "-n", str(script)], check=True, timeout=10)
     for name in ("config", "authorized_keys", "apt-proxy.conf", "environment", "docker-proxy.conf"):
         assert f"$seed/pymachine/{name}" in FIRSTBOOT_SCRIPT
+
+
+def test_seed_carries_engine_files_and_the_first_boot_script_installs_them(tmp_path: Path) -> None:
+    """The engine's certs and drop-in ride on the seed under fixed names; the
+    image's first-boot script installs each one at the path provisioning uses."""
+    from engine.images import FIRSTBOOT_SCRIPT
+    from machine.seed import ENGINE_SEED_FILES
+
+    engine = {
+        "/etc/docker/ca.pem": "CA\n",
+        "/etc/docker/server.pem": "CERT\n",
+        "/etc/docker/server-key.pem": "KEY\n",
+        "/etc/systemd/system/docker.service.d/10-machine.conf": "[Service]\nExecStart=\n",
+    }
+    path = tmp_path / "seed.iso"
+    write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1",
+                   engine_files=engine)
+    files = read_seed_iso(path)
+    for name, guest in ENGINE_SEED_FILES.items():
+        assert files[f"pymachine/{name}"] == engine[guest]
+        assert f"$seed/pymachine/{name} {guest}" in FIRSTBOOT_SCRIPT
+    assert oct(path.stat().st_mode & 0o777) == "0o600"  # it carries the server key
+    with pytest.raises(ValueError, match="/etc/docker/other.pem"):
+        write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1",
+                       engine_files={"/etc/docker/other.pem": "x"})
