@@ -155,3 +155,39 @@ def test_lock_update_fails_on_missing_asset(http_root, tmp_path, monkeypatch):
     monkeypatch.setenv("PYMACHINE_GITHUB_API", f"{base}/gh")
     with pytest.raises(LockError, match="docker-compose: release v9 has no asset"):
         lockmod.update(Lock({"name": "p"}, {"windows": [comp]}))
+
+
+def test_progress_goes_to_stderr_only_on_a_terminal(standin_lock, tmp_path):
+    import os
+    import pty
+
+    path, _www, _cache = standin_lock
+    code = ("import sys; from pathlib import Path; from installer.lock import Lock; from installer.fetch import fetch; "
+            f"[fetch(c, Path(sys.argv[1])) for c in Lock.load({str(path)!r}).components('windows')]")
+    # not a terminal: silent
+    quiet = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c1")], capture_output=True, text=True,
+                           cwd=REPO, timeout=60, check=True)
+    assert quiet.stderr == ""
+    # a terminal on stderr: a progress line per component
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c2")], stdout=subprocess.DEVNULL,
+                              stderr=slave, cwd=REPO, timeout=60, check=True)
+        os.close(slave)
+        slave = -1
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "Downloading docker-compose:" in text and "100%" in text
