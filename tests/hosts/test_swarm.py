@@ -6,8 +6,10 @@ TLS APIs.  The real docker CLI then sees three Ready nodes through
 ``env --swarm``, a stack runs one task per node, and ``rm`` of a worker
 drains it, makes it leave and reschedules its task.
 
-Services use the host network: the busybox image has no registry to come
-from (it is imported on each node) and the stack needs no overlay for this.
+The stack's overlay network (VXLAN between the hosts' network namespaces)
+works here; the kernel has no IPVS, so the service uses DNS round robin
+(``endpoint_mode: dnsrr``) instead of a virtual IP.  The busybox image has
+no registry to come from: it is imported on every node.
 """
 
 from __future__ import annotations
@@ -32,15 +34,11 @@ services:
   web:
     image: local/busybox:1
     command: ["sleep", "3600"]
-    networks: [hostnet]
     deploy:
+      endpoint_mode: dnsrr
       replicas: 3
       placement:
         max_replicas_per_node: 1
-networks:
-  hostnet:
-    external: true
-    name: host
 """
 
 
@@ -173,6 +171,14 @@ def test_three_node_swarm(pm, make_test_host, ssh_keypair, busybox_image, tmp_pa
             return sorted(line.split()[0] for line in out.splitlines() if " Running " in f" {line} ")
 
         assert wait_for("3 running tasks", lambda: running() if len(running()) == 3 else None, 90) == ["m1", "w1", "w2"]
+        # The overlay carries traffic between nodes: m1's task reaches every task by its DNS name.
+        task = hosts[0].run("docker ps -q --filter name=st_web").stdout.split()[0]
+        found = hosts[0].run(f"docker exec {task} /bin/busybox nslookup tasks.web 127.0.0.11").stdout
+        peers = re.findall(r"^Address:\s*(\d+\.\d+\.\d+\.\d+)$", found, re.MULTILINE)
+        assert len(peers) == 3, found
+        for peer in peers:
+            ping = hosts[0].run(f"docker exec {task} /bin/busybox ping -c 1 -W 3 {peer}")
+            assert ping.returncode == 0, ping.stdout + ping.stderr
 
         # rm of a worker: drained, left, forgotten; its task is rescheduled.
         res = pm.ok("rm", "-y", "w1", timeout=180)
