@@ -153,6 +153,11 @@ def test_three_node_swarm(pm, make_test_host, ssh_keypair, busybox_image, tmp_pa
             assert "SWMTKN" not in (pm.store / "machines" / name / "config.json").read_text()
         listing = pm.ok("swarm", "ls").stdout.splitlines()
         assert listing[1].split() == [cid[:12], "m1", "3", "3", "3", "healthy"]
+        node_rows = [r.split() for r in pm.ok("swarm", "ls", "--nodes").stdout.splitlines()[1:]]
+        assert [r[1:6] for r in node_rows] == [["m1", "m1", "manager", "ready", "active"],
+                                               ["w1", "w1", "worker", "ready", "active"],
+                                               ["w2", "w2", "worker", "ready", "active"]]
+        assert node_rows[0][6:] == ["Leader", ips[0]] and node_rows[1][6:] == ["-", ips[1]]
 
         # Idempotent: provisioning a member again keeps it where it is.
         again = pm.ok("provision", "w1", timeout=300)
