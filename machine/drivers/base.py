@@ -37,7 +37,7 @@ class State(str, enum.Enum):
 class Flag:
     """One create flag, as libmachine's mcnflag: name, kind, default, env var, help."""
 
-    __slots__ = ("name", "kind", "default", "env", "help", "secret")
+    __slots__ = ("default", "env", "help", "kind", "name", "secret")
 
     def __init__(self, name: str, kind: str, default: Any = None, env: str | None = None,
                  help: str = "", secret: bool = False) -> None:
