@@ -199,3 +199,37 @@ def test_download_goes_through_http_proxy(server: Server, tmp_path: Path, monkey
     path = download.fetch(url, tmp_path, sha256(BODY), lambda _m: None)
     assert path.read_bytes() == BODY
     assert server.requests[0][0] == url
+
+
+def test_qemu_driver_downloads_a_url_image_and_boots_it_through_the_firmware(
+        server: Server, tmp_path: Path) -> None:
+    """``--qemu-image URL``: the driver fetches into the store's image cache and,
+    with no kernel beside the disk, builds a firmware-boot command line."""
+    import shutil
+    import subprocess
+
+    from machine.drivers import qemu
+    from machine.drivers.registry import driver_class
+
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img not installed")
+    disk = tmp_path / "cloud.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True, timeout=30)
+    server.files["/img/cloud.qcow2"] = disk.read_bytes()
+    cls = driver_class("qemu")
+    drv = cls.new("dev", str(tmp_path / "store"))
+    flags = {f.name: f.default for f in cls.flags}
+    flags.update({"qemu-image": server.url("/img/cloud.qcow2"),
+                  "qemu-image-checksum": "sha256:" + sha256(disk.read_bytes())})
+    drv.set_config_from_flags(flags)
+    drv.pre_create_check()
+    assert server.requests == []  # pre-create checks never download
+    image = drv._resolve_image(lambda _m: None)
+    assert Path(image.disk) == tmp_path / "store" / "cache" / "images" / "by-digest" / sha256(disk.read_bytes())
+    assert (image.format, image.kernel, image.pymachine) == ("qcow2", "", False)
+    drv._resolve_image(lambda _m: None)
+    assert len(server.requests) == 1  # the second create reuses the cached file
+    argv = qemu.qemu_argv(qemu.VMSpec(machine_dir=str(tmp_path / "m"), cpus=1, memory_mb=512, accel="tcg",
+                                      overlay="o.qcow2", seed="s.iso", ssh_port=1, engine_port=2,
+                                      kernel=image.kernel, initrd=image.initrd))
+    assert "-kernel" not in argv and "-append" not in argv
