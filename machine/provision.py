@@ -201,7 +201,9 @@ def after_create(machine: Machine, log: Log) -> None:
         _record(machine, "ssh", str(exc))
         raise
     with client:
-        provision_over(machine, client, log)
+        # new_certs=False: a server cert the driver already issued (qemu puts it on the
+        # seed so the engine starts configured) is kept when it is valid; others get one.
+        provision_over(machine, client, log, new_certs=False)
 
 
 def server_cert_reusable(machine: Machine) -> bool:

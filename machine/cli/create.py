@@ -191,7 +191,7 @@ def cmd_create(ctx: Context, args: list[str]) -> int:
     ns.explicit_install_url = any(a.split("=", 1)[0] == "--engine-install-url" for a in args)
     driver = hostmod.prepare_driver(ctx.store, name, driver_name, driver_values(ns, cls.flags))
     # A driver whose image carries the engine (qemu) defaults to configuring it only.
-    default_source = getattr(cls, "default_install_source", "packages")
+    default_source = getattr(driver, "default_install_source", "packages")
     hostmod.create(ctx.store, name, driver, options_from(ns, ctx, default_source), ctx.out, argv0=ARGV0)
     return 0
 

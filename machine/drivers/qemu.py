@@ -449,7 +449,16 @@ class QemuDriver(Driver):
     name = "qemu"
     default_ssh_user = "docker"
     #: The base image has the engine: provisioning only configures it.
-    default_install_source = "preinstalled"
+
+    @property
+    def default_install_source(self) -> str:
+        """pymachine's own image carries the engine; a foreign cloud image needs it installed."""
+        source = str(self.config.get("ImageSource") or "")
+        if not source:
+            return "preinstalled"
+        if "://" in source:
+            return "packages"
+        return "preinstalled" if os.path.isfile(os.path.join(source, "manifest.json")) else "packages"
     flags = (
         Flag("qemu-cpu-count", "int", 1, "QEMU_CPU_COUNT", "Number of virtual CPUs"),
         Flag("qemu-memory", "int", 1024, "QEMU_MEMORY", "Memory in MB"),

@@ -170,7 +170,11 @@ def test_flags_config_and_addresses(tmp_path: Path) -> None:
     assert key.endswith("/machines/dev/id_rsa")
     drv.config["EnginePort"] = 45000
     assert drv.engine_url() == "tcp://127.0.0.1:45000"
-    assert qemu.QemuDriver.default_install_source == "preinstalled"
+    assert drv.default_install_source == "preinstalled"  # pymachine's own image carries the engine
+    drv.config["ImageSource"] = "https://images.example/cloud.qcow2"
+    assert drv.default_install_source == "packages"  # a foreign cloud image needs it installed
+    drv.config["ImageSource"] = str(tmp_path / "disk.qcow2")
+    assert drv.default_install_source == "packages"
     flags = {f.name: f for f in qemu.QemuDriver.flags}
     assert flags["qemu-memory"].env_default({"QEMU_MEMORY": "768"}) == 768
     with pytest.raises(MachineError, match="--qemu-accel"):
