@@ -41,7 +41,7 @@ N = 10
 STOPPED = 3  # per driver: the first three machines are stopped, so a state must really be read
 FORMAT = "{{.Name}}|{{.DriverName}}|{{.State}}|{{.Error}}"
 AZURE_IP = "127.0.0.9"
-Run = tuple[float, dict[str, str], str]
+LAST_OUT: dict[tuple[str, ...], str] = {}
 
 
 def clean_env(tmp: Path) -> dict[str, str]:
@@ -118,6 +118,16 @@ def make_azure(store: Path, fake: FakeARM) -> None:
             driver.stop(lambda _line: None)
 
 
+def bootstrap_certs(store: Path) -> None:
+    """The store's CA and client cert, as ``create`` makes them, so ``ls`` really dials each engine."""
+    from machine import certs
+    from machine.store import Store
+
+    d = Store(store).certs_dir
+    certs.bootstrap_certificates(certs.CertPaths(d / "ca.pem", d / "ca-key.pem", d / "cert.pem", d / "key.pem"),
+                                 log=lambda _line: None)
+
+
 def make_none(store_env: dict[str, str], store: Path) -> None:
     """30 ``none`` machines whose engine port is closed (refused at once, like the cloud ones)."""
     url = f"tcp://127.0.0.1:{free_port()}"
@@ -136,6 +146,7 @@ def series(argv: list[str], env: dict[str, str], before: Callable[[], None] | No
         elapsed, out = timed(argv, env)
         times.append(elapsed)
         rows.append(rows_of(out))
+        LAST_OUT[tuple(argv)] = out
         if after:
             calls.append(after())
     return statistics.median(times), rows, calls
@@ -183,6 +194,7 @@ def run(tmp: Path) -> None:
         make_ec2(store, proxy, moto)
         make_do(store, do_fake)
         make_azure(store, arm)
+        bootstrap_certs(store)
         setup = time.perf_counter() - t0
         env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing-secret")
         env.update(azure_env(arm, AZURE_CLIENT_SECRET="", AZURE_CLIENT_ID=""))
@@ -215,6 +227,7 @@ def run(tmp: Path) -> None:
         ls = [PYMACHINE, "ls", "--format", FORMAT]
         base, _, _ = series([sys.executable, "-c", "pass"], env)
         d_t, d_rows, d_calls = series(ls, env, reset, count)
+        cloud_out = LAST_OUT[tuple(ls)]
         t_t, t_rows, t_calls = series([*ls, "--timeout", "10"], env, reset, count)
 
     none_env = clean_env(tmp)
@@ -236,6 +249,12 @@ def run(tmp: Path) -> None:
     print(f"every row a fresh state (-t 10):      {fresh(t_rows, cloud)}")
     states = Counter(s for s in d_rows[-1].values())
     print(f"states in last ls: {dict(states)}")
+    none_out = LAST_OUT[tuple(ls)]
+    errors = Counter(f"{line.split('|')[1]}: {line.split('|', 3)[3][:60]}"
+                     for line in (cloud_out + none_out).splitlines())
+    print("Error column in the last default ls of each store (driver: first 60 chars -> rows):")
+    for text, count in sorted(errors.items()):
+        print(f"  {text} -> {count}")
     print("API calls per ls (min-max over runs, default -t and -t 10):")
     for key in d_calls[0]:
         values = [c[key] for c in d_calls + t_calls]
