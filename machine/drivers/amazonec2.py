@@ -581,11 +581,23 @@ class AmazonEC2Driver(Driver):
                 groups.setdefault(d.credential_key(), []).append(d)
         states: dict[str, State] = {}
         for members in groups.values():
-            by_id = {str(d.config["InstanceId"]): d.machine_name for d in members}
-            ec2 = members[0].client(timeout=max(1.0, timeout))
+            try:
+                states.update(cls._group_states(members, timeout))
+            except Exception:  # noqa: BLE001, S112 -- this account/region falls back to per-machine state()
+                continue
+        return states
+
+    @classmethod
+    def _group_states(cls, members: list[AmazonEC2Driver], timeout: float) -> dict[str, State]:
+        """One account and region: DescribeInstances by instance id, at most 200 ids per call."""
+        by_id = {str(d.config["InstanceId"]): d.machine_name for d in members}
+        ec2 = members[0].client(timeout=max(1.0, timeout))
+        states: dict[str, State] = {}
+        ids = sorted(by_id)
+        for start in range(0, len(ids), 200):  # EC2 accepts at most 200 values per filter
             token = None
             while True:
-                kwargs: dict[str, Any] = {"Filters": [{"Name": "instance-id", "Values": sorted(by_id)}]}
+                kwargs: dict[str, Any] = {"Filters": [{"Name": "instance-id", "Values": ids[start:start + 200]}]}
                 if token:
                     kwargs["NextToken"] = token
                 page = ec2.describe_instances(**kwargs)

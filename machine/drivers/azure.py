@@ -589,9 +589,12 @@ class AzureDriver(Driver):
         found: dict[str, State] = {}
         for members in groups.values():
             first = members[0]
-            with first._api("listing virtual machines"):
-                vms = {str(vm.name).lower(): vm for vm in first._client("compute").virtual_machines.list(
-                    first.group, expand="instanceView", connection_timeout=min(timeout, 10.0), read_timeout=timeout)}
+            try:
+                with first._api("listing virtual machines"):
+                    vms = {str(vm.name).lower(): vm for vm in first._client("compute").virtual_machines.list(
+                        first.group, expand="instanceView", connection_timeout=min(timeout, 10.0), read_timeout=timeout)}
+            except Exception:  # noqa: BLE001, S112 -- this subscription/group falls back to per-machine state()
+                continue
             for d in members:
                 vm = vms.get(d.machine_name.lower())
                 if vm is not None and vm.instance_view is not None:

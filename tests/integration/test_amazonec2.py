@@ -10,6 +10,7 @@ loopback one (on an SSH port nobody listens on).
 from __future__ import annotations
 
 import json
+import socket
 import stat
 from pathlib import Path
 
@@ -321,4 +322,21 @@ def test_ls_of_ten_machines_makes_one_describe_instances_call(pm, moto, api_prox
     out = pm.ok("ls", "--timeout", "20", "--format", "{{.Name}} {{.State}}", env=env).stdout
     rows = dict(line.split() for line in out.splitlines())
     assert rows == {f"m{i}": ("Stopped" if i < 5 else "Running") for i in range(10)}
+    assert api_proxy.calls["DescribeInstances"] == 1, dict(api_proxy.calls)
+
+    # An account/region whose API is down costs only its own machines: the healthy group
+    # still answers with its one call, and the broken machine shows Error.
+    broken = pm.store / "machines" / "broken"
+    broken.mkdir(mode=0o700)
+    cfg = json.loads((pm.store / "machines" / "m9" / "config.json").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    cfg["Name"] = cfg["Driver"]["MachineName"] = "broken"
+    cfg["Driver"]["Endpoint"] = f"http://127.0.0.1:{closed_port}"
+    (broken / "config.json").write_text(json.dumps(cfg, indent=4))
+    api_proxy.calls.clear()
+    out = pm.ok("ls", "--timeout", "20", "--format", "{{.Name}} {{.State}}", env=env).stdout
+    rows = dict(line.split() for line in out.splitlines())
+    assert rows["broken"] == "Error" and rows["m9"] == "Running"
     assert api_proxy.calls["DescribeInstances"] == 1, dict(api_proxy.calls)
