@@ -36,7 +36,6 @@ import itertools
 import json
 import re
 import secrets
-import ssl
 import threading
 import time
 import uuid
@@ -44,8 +43,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.fakes.https import HTTPSFake
 
 SUBSCRIPTION = "11111111-2222-3333-4444-555555555555"
 TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
@@ -97,7 +98,7 @@ class Operation:
 
 
 @dataclass
-class FakeARM:
+class FakeARM(HTTPSFake):
     """Start with ``with FakeARM(workdir, public_ip=host.ip) as fake:``."""
 
     workdir: Path
@@ -127,52 +128,8 @@ class FakeARM:
         ipaddress.ip_address(self.public_ip)  # refuse anything that is not a literal address
 
     # -- lifecycle ---------------------------------------------------------------------
-    @property
-    def ca_cert(self) -> Path:
-        return self.workdir / "ca.pem"
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
-
     def start(self) -> FakeARM:
-        from machine import certs
-
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        paths = certs.CertPaths(self.ca_cert, self.workdir / "ca-key.pem",
-                                self.workdir / "unused-cert.pem", self.workdir / "unused-key.pem")
-        certs.generate_ca(paths.ca_cert, paths.ca_key, "fake-azure-ca")
-        server_cert, server_key = self.workdir / "server.pem", self.workdir / "server-key.pem"
-        certs.generate_server_cert(paths, server_cert, server_key, "fake-azure-server", ["127.0.0.1"])
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(server_cert, server_key)
-
-        class Handler(_Handler):
-            pass
-
-        Handler.fake = self
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="fake-azure-arm", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.serve_https(_Handler, "fake-azure-ca", "fake-azure-server", "fake-azure-arm")
 
     # -- failure injection and inspection -----------------------------------------------
     def inject(self, method: str, path_regex: str, status: int, code: str | None = None,

@@ -22,7 +22,6 @@ import hashlib
 import itertools
 import json
 import re
-import ssl
 import threading
 import time
 import uuid
@@ -32,6 +31,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.https import HTTPSFake
 
 AddressFor = Callable[[dict[str, Any], list[str]], "str | dict[str, str] | None"]
 
@@ -80,7 +81,7 @@ class Request:
 
 
 @dataclass
-class FakeDigitalOcean:
+class FakeDigitalOcean(HTTPSFake):
     """Start with ``with FakeDigitalOcean(workdir, address_for=...) as fake:``."""
 
     workdir: Path
@@ -108,53 +109,8 @@ class FakeDigitalOcean:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    @property
-    def ca_cert(self) -> Path:
-        return self.workdir / "ca.pem"
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
-
     def start(self) -> Self:
-        from machine import certs
-
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        paths = certs.CertPaths(self.ca_cert, self.workdir / "ca-key.pem",
-                                self.workdir / "unused-cert.pem", self.workdir / "unused-key.pem")
-        certs.generate_ca(paths.ca_cert, paths.ca_key, "fake-digitalocean")
-        server_cert, server_key = self.workdir / "server.pem", self.workdir / "server-key.pem"
-        certs.generate_server_cert(paths, server_cert, server_key, "fake-digitalocean.api", ["127.0.0.1"])
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(server_cert, server_key)
-        fake = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.fake = fake
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="fake-digitalocean", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.serve_https(_Handler, "fake-digitalocean", "fake-digitalocean.api", "fake-digitalocean")
 
     # -- failure injection and inspection -----------------------------------------------
     def fail_next(self, method: str, prefix: str, status: int, error_id: str, message: str, times: int = 1) -> None:
