@@ -3,10 +3,20 @@
 The image is what makes local VMs work offline: the guest boots with
 ``docker.io`` and ``openssh-server`` already on disk, so create only has to
 inject a key (NoCloud ``cidata`` seed, read by a small first-boot unit) and
-configure TLS.  It is
-built from Debian's archive with ``debootstrap``, turned into a disk with
-``mke2fs -d`` (nothing is mounted) and compressed to qcow2.  The kernel and
-initrd from inside the image are copied next to it for direct kernel boot.
+configure TLS.  It is built from Debian's archive with ``debootstrap``.
+
+The disk boots on its own, on any PC firmware: an MBR with SYSLINUX's boot
+code, a small FAT partition holding SYSLINUX, the kernel and the initrd, and
+the ext4 root (label ``pymachine-root``) as the last partition, so the
+first-boot script can grow it to the machine's disk size.  Nothing is
+mounted to build it: ``mke2fs -d`` fills the root, mtools fills the FAT and
+``syslinux`` installs into the FAT image file.  SYSLINUX on FAT rather than
+GRUB because it installs into an unmounted image file with no device map.
+The initrd carries the storage drivers of QEMU (virtio), VirtualBox (AHCI,
+PIIX), VMware (LSI Logic, PVSCSI, NVMe) and vSphere, so the same disk boots
+on each; ``export_image`` converts it to VMDK or VDI for those hypervisors.
+The kernel and initrd are also copied next to the disk so QEMU can boot them
+directly (faster under emulation than going through the firmware).
 
 Images are cached under ``<store>/cache/images/<recipe hash>/``: the hash
 covers everything that decides the content, so changing the recipe rebuilds
@@ -52,10 +62,42 @@ PACKAGES = (
     "docker.io",
     "apparmor",  # Debian's kernel enables AppArmor: dockerd needs apparmor_parser for docker-default
     "linux-image-amd64",
+    "fdisk",  # sfdisk: the first boot grows the root partition to the machine's disk size
+    "systemd-resolved",  # DNS from DHCP: QEMU, VirtualBox and VMware NAT each put it elsewhere
+    "open-vm-tools",  # VMware/vSphere: guest IP, graceful power-off, shared folders (inert elsewhere)
+    "fuse3",  # mount.fuse3 for open-vm-tools' vmhgfs-fuse shared folders
 )
-#: Kernel modules the initrd needs to find an ext4 root on a virtio disk.
-INITRD_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
+#: Kernel modules the initrd needs to find an ext4 root on each hypervisor's disk controller.
+INITRD_MODULES = (
+    "virtio_pci", "virtio_blk", "virtio_scsi",  # QEMU
+    "ahci", "ata_piix", "sd_mod",  # VirtualBox SATA/IDE, VMware IDE
+    "mptspi", "mptsas", "vmw_pvscsi", "nvme",  # VMware LSI Logic, PVSCSI, NVMe
+    "crc32c_generic", "ext4",
+)
+ROOT_LABEL = "pymachine-root"
+BOOT_LABEL = "PYMBOOT"
+#: The FAT boot partition: SYSLINUX, one kernel and its initrd (about 40 MB) with room to spare.
+BOOT_PART_BYTES = 128 << 20
+PART_ALIGN = 1 << 20
+SYSLINUX_MBR = "/usr/lib/syslinux/mbr/mbr.bin"
+#: The kernel command line for both boot paths (SYSLINUX and QEMU's -kernel).
+KERNEL_CMDLINE = f"root=LABEL={ROOT_LABEL} rw console=tty0 console=ttyS0,115200"
+SYSLINUX_CFG = f"""DEFAULT pymachine
+PROMPT 0
+TIMEOUT 0
+SERIAL 0 115200
+LABEL pymachine
+  LINUX /vmlinuz
+  INITRD /initrd.img
+  APPEND {KERNEL_CMDLINE}
+"""
 DISK_NAME = "disk.qcow2"
+#: Formats ``export_image`` converts to, and qemu-img's options for each.
+EXPORT_FORMATS = {
+    "vmdk": ("vmdk", ["-o", "subformat=monolithicSparse,adapter_type=lsilogic"]),  # VMware, vSphere
+    "vdi": ("vdi", []),  # VirtualBox
+    "raw": ("raw", []),  # anything else (dd to a disk, Hyper-V via conversion)
+}
 KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd.img"
 MANIFEST_NAME = "manifest.json"
@@ -120,7 +162,27 @@ if [ -f $seed/pymachine/docker-machine.conf ]; then
     reload=1
 fi
 [ -z "${reload:-}" ] || systemctl daemon-reload
-resize2fs "$(findmnt -n -o SOURCE /)" >/dev/null 2>&1 || echo "pymachine-firstboot: could not grow the root filesystem" >&2
+# Shared folders (VirtualBox vboxsf, VMware vmhgfs): fstab lines with nofail, owned by the user.
+if [ -f $seed/pymachine/fstab ]; then
+    uid=$(id -u "$USERNAME"); gid=$(id -g "$USERNAME")
+    sed -e "s/@UID@/$uid/g" -e "s/@GID@/$gid/g" $seed/pymachine/fstab | while read -r src dir rest; do
+        [ -n "$src" ] || continue
+        grep -q "^$src $dir " /etc/fstab || printf '%s %s %s\n' "$src" "$dir" "$rest" >> /etc/fstab
+        mkdir -p "$dir"
+        mount "$dir" 2>/dev/null || echo "pymachine-firstboot: shared folder $src not mounted (no such share here)" >&2
+    done
+fi
+# Grow the root partition (the last one) to the disk, then the filesystem.
+root=$(findmnt -n -o SOURCE /)
+part=/sys/class/block/${root#/dev/}
+if [ -f "$part/partition" ]; then
+    disk=/dev/$(basename "$(readlink -f "$part/..")")
+    num=$(cat "$part/partition")
+    echo ', +' | sfdisk --force --no-reread --no-tell-kernel -q -N "$num" "$disk" >/dev/null 2>&1 \
+        && partx -u -n "$num" "$disk" \
+        || echo "pymachine-firstboot: could not grow the root partition" >&2
+fi
+resize2fs "$root" >/dev/null 2>&1 || echo "pymachine-firstboot: could not grow the root filesystem" >&2
 mkdir -p $state
 printf '%s\n' "$INSTANCE_ID" > $state/instance-id
 """
@@ -145,10 +207,9 @@ _FILES: dict[str, tuple[str, int]] = {
         + "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n",
         0o644,
     ),
-    "etc/fstab": ("/dev/vda / ext4 defaults,errors=remount-ro 0 1\n", 0o644),
+    "etc/fstab": (f"LABEL={ROOT_LABEL} / ext4 defaults,errors=remount-ro 0 1\n", 0o644),
     "etc/hostname": ("pymachine\n", 0o644),
     "etc/hosts": ("127.0.0.1\tlocalhost\n127.0.1.1\tpymachine\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
-    "etc/resolv.conf": ("nameserver 10.0.2.3\noptions timeout:2 attempts:2\n", 0o644),
     "usr/local/sbin/pymachine-firstboot": (FIRSTBOOT_SCRIPT, 0o755),
     "etc/systemd/system/pymachine-firstboot.service": (FIRSTBOOT_UNIT, 0o644),
     "etc/ssh/sshd_config.d/50-pymachine.conf": (
@@ -171,7 +232,8 @@ _MASKED_UNITS = (
     "fstrim.timer",
     "systemd-networkd-wait-online.service",
 )
-_ENABLED_UNITS = ("systemd-networkd.service", "ssh.service", "docker.service", "pymachine-firstboot.service")
+_ENABLED_UNITS = ("systemd-networkd.service", "systemd-resolved.service", "ssh.service", "docker.service",
+                  "pymachine-firstboot.service")
 
 
 @dataclass(frozen=True)
@@ -192,6 +254,10 @@ class ImageInfo:
     @property
     def initrd(self) -> Path:
         return self.directory / INITRD_NAME
+
+    def exported(self, fmt: str) -> Path:
+        """Where ``export_image`` keeps this image converted to ``fmt``."""
+        return self.directory / f"disk.{fmt}"
 
     @property
     def recipe(self) -> str:
@@ -215,6 +281,8 @@ def recipe_hash() -> str:
         MIRROR,
         ",".join(PACKAGES),
         ",".join(INITRD_MODULES),
+        SYSLINUX_CFG,
+        str(BOOT_PART_BYTES),
         json.dumps(_FILES, sort_keys=True),  # includes the first-boot script and unit
         ",".join(_MASKED_UNITS),
         ",".join(_ENABLED_UNITS),
@@ -222,6 +290,7 @@ def recipe_hash() -> str:
         inspect.getsource(_apt_install),
         inspect.getsource(_customise),
         inspect.getsource(_make_disk),
+        inspect.getsource(_make_boot_fat),
     ):
         digest.update(part.encode())
         digest.update(b"\0")
@@ -335,6 +404,11 @@ def _customise(root: Path) -> None:
         _chroot(root, "systemctl", "enable", unit)
     for unit in _MASKED_UNITS:
         _chroot(root, "systemctl", "mask", unit)
+    # DNS servers come from each hypervisor's DHCP through systemd-resolved.
+    resolv = root / "etc/resolv.conf"
+    if resolv.exists() or resolv.is_symlink():
+        resolv.unlink()
+    resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
     # Host keys and the machine id must be unique per machine: regenerated at
     # first boot (pymachine-firstboot, systemd's machine-id setup).
     for key in (root / "etc/ssh").glob("ssh_host_*"):
@@ -365,18 +439,58 @@ def _kernel_files(root: Path) -> tuple[Path, Path, str]:
     return kernel, initrd, version
 
 
-def _make_disk(root: Path, raw: Path, qcow2: Path) -> int:
-    """ext4 filesystem from the root directory (no mount), then compressed qcow2.
+def _make_boot_fat(path: Path, kernel: Path, initrd: Path) -> None:
+    """The FAT boot partition as an image file: kernel, initrd, syslinux.cfg, then SYSLINUX itself."""
+    with open(path, "wb") as fh:
+        fh.truncate(BOOT_PART_BYTES)
+    _run(["mkfs.fat", "-n", BOOT_LABEL, str(path)], timeout=60, what="mkfs.fat")
+    cfg = path.with_name("syslinux.cfg")
+    cfg.write_text(SYSLINUX_CFG)
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    for src, name in ((kernel, "vmlinuz"), (initrd, "initrd.img"), (cfg, "syslinux.cfg")):
+        _run(["mcopy", "-i", str(path), str(src), f"::/{name}"], timeout=120, env=env, what="mcopy")
+    _run(["syslinux", "--install", str(path)], timeout=60, env=env, what="syslinux --install")
 
-    Sized at what the root uses plus room to boot; the filesystem grows to
-    the machine's disk size at first boot (pymachine-firstboot's resize2fs).
+
+def _partition_table(boot_bytes: int, root_bytes: int) -> str:
+    """sfdisk script: FAT boot partition (active), then the ext4 root as the last partition."""
+    sector = 512
+    boot_start = PART_ALIGN // sector
+    root_start = boot_start + boot_bytes // sector
+    return ("label: dos\nlabel-id: 0x706d6163\nunit: sectors\n\n"
+            f"start={boot_start}, size={boot_bytes // sector}, type=c, bootable\n"
+            f"start={root_start}, size={root_bytes // sector}, type=83\n")
+
+
+def _make_disk(root: Path, raw: Path, qcow2: Path, kernel: Path, initrd: Path) -> int:
+    """The bootable disk (MBR + FAT boot + ext4 root, nothing mounted), then compressed qcow2.
+
+    The root is sized at what it uses plus room to boot; the partition and
+    filesystem grow to the machine's disk size at first boot.
     """
+    if not os.path.isfile(SYSLINUX_MBR):
+        raise MachineError(f"{SYSLINUX_MBR} not found (install Debian's syslinux, syslinux-common, mtools, dosfstools, fdisk)")
     used = int(_run(["du", "-sxb", str(root)], timeout=300, what="du").split()[0])
-    size = ((int(used * 1.3) + (768 << 20)) // (256 << 20) + 1) * (256 << 20)
+    root_bytes = ((int(used * 1.3) + (768 << 20)) // (256 << 20) + 1) * (256 << 20)
+    root_offset = PART_ALIGN + BOOT_PART_BYTES
+    size = root_offset + root_bytes
     with open(raw, "wb") as fh:
         fh.truncate(size)
-    _run(["mke2fs", "-q", "-t", "ext4", "-L", "pymachine-root", "-d", str(root), str(raw)],
-         timeout=600, what="mke2fs")
+    _run(["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-L", ROOT_LABEL, "-d", str(root),
+          "-E", f"offset={root_offset}", str(raw), str(root_bytes // 4096)], timeout=600, what="mke2fs")
+    boot = raw.with_name("boot.fat")
+    _make_boot_fat(boot, kernel, initrd)
+    with open(boot, "rb") as src, open(raw, "r+b") as dst:
+        dst.seek(PART_ALIGN)
+        shutil.copyfileobj(src, dst, 1 << 20)
+    boot.unlink()
+    script = _partition_table(BOOT_PART_BYTES, root_bytes)
+    proc = subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)], input=script,
+                          capture_output=True, text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        raise MachineError(f"sfdisk failed: {(proc.stderr or proc.stdout).strip()[:200]}")
+    with open(SYSLINUX_MBR, "rb") as src, open(raw, "r+b") as dst:
+        dst.write(src.read(440))  # boot code only: the partition table and disk id stay
     _run(["qemu-img", "convert", "-O", "qcow2", "-c", str(raw), str(qcow2)], timeout=1200,
          what="qemu-img convert")
     raw.unlink()
@@ -515,8 +629,8 @@ def _build_into(work: Path, final: Path, key: str, log: Log) -> ImageInfo:
     shutil.copyfile(initrd, out / INITRD_NAME)
     packages = _packages(root)
     done("customise")
-    log("(image) making the ext4 disk and compressing it to qcow2...")
-    size = _make_disk(root, work / "disk.raw", out / DISK_NAME)
+    log("(image) making the bootable disk (SYSLINUX, FAT boot, ext4 root) and compressing it to qcow2...")
+    size = _make_disk(root, work / "disk.raw", out / DISK_NAME, out / KERNEL_NAME, out / INITRD_NAME)
     done("disk")
     from machine import __version__
 
@@ -527,6 +641,9 @@ def _build_into(work: Path, final: Path, key: str, log: Log) -> ImageInfo:
         "engine_version": packages.get("docker.io", ""),
         "kernel_version": kernel_version,
         "virtual_size": size,
+        "boot": "bios-syslinux",
+        "kernel_cmdline": KERNEL_CMDLINE,
+        "root_label": ROOT_LABEL,
         "disk_sha256": _sha256(out / DISK_NAME),
         "disk_bytes": (out / DISK_NAME).stat().st_size,
         "pymachine_version": __version__,
@@ -543,3 +660,62 @@ def _build_into(work: Path, final: Path, key: str, log: Log) -> ImageInfo:
     info = _read_manifest(final)
     assert info is not None
     return info
+
+
+# ----------------------------------------------------------------------------- for drivers
+
+#: Host tools a build needs beyond root.
+BUILD_TOOLS = ("debootstrap", "mke2fs", "mkfs.fat", "mcopy", "syslinux", "sfdisk", "qemu-img")
+
+
+def why_not_buildable() -> str | None:
+    """Why the image cannot be built on this host (None when it can)."""
+    if os.geteuid() != 0:
+        return "building it needs root (debootstrap, chroot)"
+    missing = [tool for tool in BUILD_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return (f"building it needs {', '.join(missing)} (Debian packages debootstrap, e2fsprogs, dosfstools, "
+                "mtools, syslinux, syslinux-common, fdisk, qemu-utils)")
+    return None
+
+
+def image_for_driver(cache_dir: Path, flag: str) -> ImageInfo | None:
+    """Pre-create check for drivers that default to this image: the cached
+    image, or None when it can be built at create; otherwise a one-line error
+    naming the driver's own image flag."""
+    found = find_image(cache_dir)
+    if found is not None:
+        return found
+    reason = why_not_buildable()
+    if reason:
+        raise MachineError(f"pymachine's base image is not built yet and {reason}: run "
+                           f"`sudo pymachine image build` once, or pass {flag}")
+    return None
+
+
+def export_image(info: ImageInfo, fmt: str, log: Log) -> Path:
+    """The image's disk converted to ``fmt`` (vmdk, vdi or raw), converted once and cached beside it.
+
+    A conversion is written to a temp file and renamed, under the image's
+    build lock, so concurrent creates convert once and never see half a file.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise MachineError(f"unknown image format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    target = info.exported(fmt)
+    if target.is_file():
+        return target
+    qemu_fmt, options = EXPORT_FORMATS[fmt]
+    if shutil.which("qemu-img") is None:
+        raise MachineError(f"converting the base image to {fmt} needs qemu-img (Debian package qemu-utils)")
+    if not os.access(info.directory, os.W_OK):
+        raise MachineError(f"cannot write {target}: run `sudo pymachine image export {fmt}` once")
+    with _build_lock(info.directory.parent, f"{info.recipe}-{fmt}", log):
+        if target.is_file():
+            return target
+        log(f"(image) converting {info.disk.name} to {fmt}...")
+        partial = target.with_name(f".{target.name}.partial")
+        _run(["qemu-img", "convert", "-O", qemu_fmt, *options, str(info.disk), str(partial)],
+             timeout=1200, what=f"qemu-img convert to {fmt}")
+        os.chmod(partial, 0o644)
+        os.rename(partial, target)
+    return target

@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +123,37 @@ def engine_seed_files(by_guest_path: Mapping[str, str]) -> dict[str, str]:
     return {names[path]: text for path, text in by_guest_path.items()}
 
 
+#: Shared-folder file systems the base image can mount, and the options each needs.
+SHARE_TYPES = {
+    "vboxsf": "defaults,nofail,uid={uid},gid={gid}",  # VirtualBox (kernel vboxsf + vboxguest)
+    "fuse.vmhgfs-fuse": "defaults,nofail,allow_other,uid={uid},gid={gid}",  # VMware (open-vm-tools)
+}
+
+
+def shares_fstab(shares: Sequence[tuple[str, str, str]]) -> str:
+    """fstab lines (``nofail``: a missing share never blocks boot) for (type, source, guest dir).
+
+    The owner is written as @UID@/@GID@ and filled in by the first-boot
+    script once the machine's user exists.
+    """
+    lines = []
+    for fstype, source, target in shares:
+        if fstype not in SHARE_TYPES:
+            raise ValueError(f"unknown shared-folder type {fstype!r}")
+        for value in (source, target):
+            if not value or any(c.isspace() for c in value) or "#" in value:
+                raise ValueError(f"shared-folder names may not be empty or contain spaces or '#': {value!r}")
+        if not target.startswith("/"):
+            raise ValueError(f"a shared folder's guest path must be absolute: {target!r}")
+        options = SHARE_TYPES[fstype].format(uid="@UID@", gid="@GID@")
+        lines.append(f"{source} {target} {fstype} {options} 0 0\n")
+    return "".join(lines)
+
+
 def pymachine_files(*, hostname: str, user: str, ssh_pubkey: str, instance_id: str,
                     proxy: Mapping[str, str] | None = None,
-                    engine_files: Mapping[str, str] | None = None) -> dict[str, str]:
+                    engine_files: Mapping[str, str] | None = None,
+                    shares: Sequence[tuple[str, str, str]] = ()) -> dict[str, str]:
     """Files under ``pymachine/`` on the seed, read by the base image's first-boot script.
 
     ``engine_files`` maps guest paths (keys of ENGINE_SEED_FILES' values) to contents.
@@ -141,6 +169,8 @@ def pymachine_files(*, hostname: str, user: str, ssh_pubkey: str, instance_id: s
         files["environment"] = by_path["/etc/environment"]
         files["docker-proxy.conf"] = by_path[ENGINE_PROXY_PATH]
     files.update(engine_seed_files(engine_files or {}))
+    if shares:
+        files["fstab"] = shares_fstab(shares)
     return files
 
 
@@ -159,6 +189,7 @@ def write_seed_iso(
     proxy: Mapping[str, str] | None,
     instance_id: str,
     engine_files: Mapping[str, str] | None = None,
+    shares: Sequence[tuple[str, str, str]] = (),
 ) -> None:
     """Write the seed ISO atomically (temp file + rename); mode 0600: it names the
     user's key and may carry the engine's server key."""
@@ -169,7 +200,7 @@ def write_seed_iso(
         ("/METADATA.;1", "meta-data", meta_data(hostname=hostname, instance_id=instance_id)),
     ]
     extra = pymachine_files(hostname=hostname, user=user, ssh_pubkey=ssh_pubkey, instance_id=instance_id,
-                            proxy=proxy, engine_files=engine_files)
+                            proxy=proxy, engine_files=engine_files, shares=shares)
     files += [(f"/PYMACHIN/{_iso_name(name)}", f"pymachine/{name}", text) for name, text in extra.items()]
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_ID)

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   docker.io                      # dockerd + docker CLI for the real-engine tests and the demo
   openssh-server openssh-client  # real sshd in tests; ssh/scp for pymachine ssh/scp
   tinyproxy debootstrap busybox-static iproute2 util-linux gcc libc6-dev  # namespaced test hosts
+  syslinux syslinux-common mtools dosfstools fdisk  # the bootable base image (SYSLINUX on a FAT boot partition)
   rsync sshfs fuse3              # scp --delta, mount
   qemu-system-x86 qemu-utils     # the qemu driver
   golang-go golang-github-vmware-govmomi-dev   # vcsim, the vSphere simulator, built offline

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from engine.images import ImageInfo, build_image, find_image
+from engine.images import ImageInfo, build_image, find_image, why_not_buildable
 
 
 def cache_dir() -> Path:
@@ -22,9 +22,11 @@ def cache_dir() -> Path:
 
 def missing_prerequisites() -> str | None:
     """Why the image cannot be built or booted here, or None."""
-    if os.geteuid() != 0 and find_image(cache_dir()) is None:
-        return "building the VM image needs root"
-    for tool in ("debootstrap", "mke2fs", "qemu-img", "qemu-system-x86_64"):
+    if find_image(cache_dir()) is None:
+        reason = why_not_buildable()
+        if reason:
+            return f"the VM image is not cached and {reason}"
+    for tool in ("qemu-img", "qemu-system-x86_64"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     return None

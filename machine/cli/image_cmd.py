@@ -1,7 +1,9 @@
-"""``pymachine image build|ls``: pymachine's own base VM image for the qemu driver.
+"""``pymachine image build|ls|export``: pymachine's own base VM image.
 
 ``build`` makes (or finds) the cached image for the current recipe and prints
-where it is; ``ls`` lists cached images.  Both use the store's cache
+where it is; ``ls`` lists cached images; ``export FORMAT`` prints the path of
+the image's bootable disk converted to vmdk, vdi or raw (converted once and
+cached), for hypervisors other than QEMU.  All use the store's cache
 directory, so ``-s``/``MACHINE_STORAGE_PATH`` select which cache.
 """
 
@@ -12,7 +14,7 @@ import time
 
 from machine.cli.common import Context, UsageError, parse, parser
 
-USAGE = "build | ls"
+USAGE = "build | ls | export vmdk|vdi|raw"
 
 
 def _summary(info) -> str:  # type: ignore[no-untyped-def]
@@ -26,13 +28,21 @@ def cmd_image(ctx: Context, args: list[str]) -> int:
     from engine import images
 
     p = parser("image", "Build and list pymachine base VM images.", USAGE)
-    p.add_argument("action", nargs="?", choices=["build", "ls"])
+    p.add_argument("action", nargs="?", choices=["build", "ls", "export"])
     ns = parse(p, args)
-    if ns.rest:
-        raise UsageError(f"Invalid command line. Found extra arguments {ns.rest}")
     if not ns.action:
         raise UsageError(f"pymachine image needs a subcommand: {USAGE}")
     cache = images.default_cache_dir(ctx.store.path)
+    if ns.action == "export":
+        if len(ns.rest) != 1 or ns.rest[0] not in images.EXPORT_FORMATS:
+            raise UsageError(f"pymachine image export needs one format: {' | '.join(images.EXPORT_FORMATS)}")
+        info = images.find_image(cache)
+        if info is None:
+            raise UsageError("pymachine's base image is not built yet: run `pymachine image build` first")
+        ctx.out(str(images.export_image(info, ns.rest[0], lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush()))))
+        return 0
+    if ns.rest:
+        raise UsageError(f"Invalid command line. Found extra arguments {ns.rest}")
     if ns.action == "ls":
         current = images.recipe_hash()
         rows = [("RECIPE", "SUITE", "KERNEL", "ENGINE", "SIZE", "BUILT", "CURRENT")]

@@ -39,7 +39,9 @@ DEBIAN_PACKAGES = "qemu-system-x86 qemu-utils"
 LOOPBACK = "127.0.0.1"
 #: Where the guest's engine listens unless told otherwise (see guest_engine_port()).
 GUEST_ENGINE_PORT = 2376
-KERNEL_APPEND = "console=ttyS0 root=/dev/vda rw"
+#: The root by label: pymachine images from before the bootable layout (a bare ext4 disk) carry the
+#: same label, so one command line boots both.
+KERNEL_APPEND = "console=ttyS0 root=LABEL=pymachine-root rw"
 STOP_TIMEOUT = 60.0
 # An emulated (TCG) boot to sshd (which waits for the engine to start) takes 60-120 s on an
 # idle host and over 200 s on a loaded one: bounded generously.
