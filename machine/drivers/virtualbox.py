@@ -7,8 +7,23 @@ interface reused when one has the same IP and mask, a DHCP server scoped to
 the CIDR.  Differences, on purpose: the default host-only CIDR is
 192.168.56.1/24 (VirtualBox >= 6.1.28 only allows 192.168.56.0/21 unless
 /etc/vbox/networks.conf says more), the guest IP comes from the guest
-properties or the DHCP lease instead of an SSH round trip, and a boot image
-must be given (no GitHub download of boot2docker).
+properties or the DHCP lease instead of an SSH round trip, and there is no
+GitHub download of boot2docker.
+
+The boot image: ``--virtualbox-boot2docker-url`` when given (a boot2docker
+.iso, booted from DVD with the key in the disk's userdata tar, as
+docker-machine did; or a bootable .vmdk/.vdi, cloned and booted from disk
+with a NoCloud seed ISO carrying the key).  Without it, pymachine's own base
+image (``engine.images``): built on first use where it can be (root and
+debootstrap; pre-create refuses with exit 3 naming the flag where it
+cannot), exported once to VDI beside the cached image, then cloned into the
+machine dir, resized to --virtualbox-disk-size, booted from disk with the
+seed ISO (user "docker", the machine's key, and the shared folder as a
+vboxsf fstab line the first-boot unit mounts at ``/<share name>``, where
+boot2docker mounted it) on the DVD drive.  The old implicit
+``<store>/cache/boot2docker.iso`` fallback is gone on purpose: boot2docker
+is dead, and a stray ISO silently winning over the maintained image would
+surprise; pass it with the flag to keep using it.
 
 Every VBoxManage call goes through a ``VBoxBackend``; ``VBoxManageCLI`` is
 the only one.  A ``vboxapi`` (XPCOM/COM) backend could implement the same
@@ -494,7 +509,11 @@ class VirtualBoxDriver(Driver):
         if self.config.get("Boot2DockerImportVM"):
             raise PreCreateError("--virtualbox-import-boot2docker-vm is not supported by pymachine: "
                                  "pass --virtualbox-boot2docker-url instead")
-        self._image_source()  # raises PreCreateError on a bad/missing image
+        source = self._image_source()  # raises PreCreateError on a bad image
+        if source is None:
+            self._check_base_image()
+        if source is None or image_suffix(source) != ".iso":
+            self._seed_shares()  # a share name the seed's fstab cannot hold is refused before anything exists
         try:
             ifs = self.hostonly_ifs()
             names = [i.get("Name", "") for i in ifs]
@@ -510,16 +529,31 @@ class VirtualBoxDriver(Driver):
         except MachineError as exc:
             raise PreCreateError(str(exc)) from None
 
-    def _image_source(self) -> str:
+    def _check_base_image(self) -> None:
+        """pymachine's image is cached, or can be built at create; else exit 3 naming the flag."""
+        from engine import images
+
+        try:
+            images.image_for_driver(images.default_cache_dir(self.store_path), "--virtualbox-boot2docker-url")
+        except MachineError as exc:
+            raise PreCreateError(str(exc)) from None
+
+    def _base_image_vdi(self, log: Log) -> tuple[str, int]:
+        """(path, virtual size in bytes) of pymachine's image as VDI: built if needed, exported once."""
+        from engine import images
+
+        cache = images.default_cache_dir(self.store_path)
+        info = images.find_image(cache)
+        if info is None:
+            log(f"({self.machine_name}) Using pymachine's base image (built on first use; this can take minutes)...")
+            info = images.build_image(cache, _stderr_log)
+        return str(images.export_image(info, "vdi", _stderr_log)), info.virtual_size
+
+    def _image_source(self) -> str | None:
+        """The flag's image (checked), or None: pymachine's base image."""
         url = str(self.config.get("Boot2DockerURL") or "")
         if not url:
-            cached = os.path.join(self.store_path, "cache", "boot2docker.iso")
-            if os.path.isfile(cached):
-                return cached
-            raise PreCreateError(
-                "no boot image: pass --virtualbox-boot2docker-url with a path or URL to a bootable "
-                f".iso, .vmdk or .vdi (or put boot2docker.iso in {os.path.dirname(cached)})"
-            )
+            return None
         parts = urlsplit(url)
         path = parts.path if parts.scheme == "file" else url if not parts.scheme or len(parts.scheme) == 1 else ""
         if not path.lower().endswith(IMAGE_SUFFIXES) and not (parts.scheme in ("http", "https")):
@@ -553,8 +587,17 @@ class VirtualBoxDriver(Driver):
 
         name = self.machine_name
         source = self._image_source()
-        log(f"({name}) Copying {source} to {self.machine_dir}...")
-        is_iso = self._fetch_image(source)
+        share = self._share()
+        base: str | None = None
+        base_size = 0
+        if source is None:
+            base, base_size = self._base_image_vdi(log)
+            is_iso = False
+        else:
+            log(f"({name}) Copying {source} to {self.machine_dir}...")
+            is_iso = self._fetch_image(source)
+            if not is_iso:
+                base = self._path("image" + image_suffix(source))
         key = Path(self._path("id_rsa"))
         log(f"({name}) Creating SSH key...")
         certs.generate_ssh_keypair(key)
@@ -567,11 +610,13 @@ class VirtualBoxDriver(Driver):
             self._make_b2d_disk(disk, size_mb << 20, pub)
             dvd = self._path("boot2docker.iso")
         else:
+            assert base is not None
             disk = self._path("disk.vdi")
-            self.vbm("clonemedium", "disk", self._path("image" + Path(source).suffix.lower()), disk, "--format", "VDI")
-            self.vbm("modifymedium", "disk", disk, "--resize", str(size_mb))
+            self.vbm("clonemedium", "disk", base, disk, "--format", "VDI")
+            # Never smaller than the image: VirtualBox cannot shrink a disk.
+            self.vbm("modifymedium", "disk", disk, "--resize", str(max(size_mb, -(-base_size // (1 << 20)))))
             dvd = self._path("seed.iso")
-            self._write_seed(dvd, pub.decode())
+            self._write_seed(dvd, pub.decode(), share)
         self.vbm("createvm", "--basefolder", self.machine_dir, "--name", name, "--register")
         self.config["VMRegistered"] = True
         log(f"({name}) Creating VirtualBox VM with CPUs: {self.config['CPU']}, Memory: {self.config['Memory']}MB...")
@@ -597,7 +642,6 @@ class VirtualBoxDriver(Driver):
                  "--type", "hdd", "--medium", disk)
         self.vbm("guestproperty", "set", name, "/VirtualBox/GuestAdd/SharedFolders/MountPrefix", "/")
         self.vbm("guestproperty", "set", name, "/VirtualBox/GuestAdd/SharedFolders/MountDir", "/")
-        share = self._share()
         if share:
             share_name, share_dir = share
             log(f"({name}) Setting up shared folder {share_dir} as {share_name}...")
@@ -608,7 +652,7 @@ class VirtualBoxDriver(Driver):
 
     def _fetch_image(self, source: str) -> bool:
         """Copy or download the image into the machine dir; True for an ISO."""
-        suffix = Path(urlsplit(source).path if "://" in source else source).suffix.lower()
+        suffix = image_suffix(source)
         target = self._path("boot2docker.iso" if suffix == ".iso" else "image" + suffix)
         if urlsplit(source).scheme in ("http", "https"):
             import urllib.request
@@ -654,11 +698,22 @@ class VirtualBoxDriver(Driver):
         if proc.returncode != 0 or "error:" in text:
             raise MachineError(f"VBoxManage convertfromraw stdin {disk} {size} --format VMDK failed: {error_line(text)}")
 
-    def _write_seed(self, path: str, pubkey: str) -> None:
+    def _write_seed(self, path: str, pubkey: str, share: tuple[str, str] | None) -> None:
         from machine import seed
 
         seed.write_seed_iso(path, hostname=self.machine_name, user=self.default_ssh_user, ssh_pubkey=pubkey,
-                            proxy=None, instance_id=str(uuid.uuid4()))
+                            proxy=None, instance_id=str(uuid.uuid4()), shares=guest_shares(share))
+
+    def _seed_shares(self) -> list[tuple[str, str, str]]:
+        """The seed's shared-folder lines, checked (pre-create): names the guest's fstab can hold."""
+        from machine import seed
+
+        shares = guest_shares(self._share())
+        try:
+            seed.shares_fstab(shares)
+        except ValueError as exc:
+            raise PreCreateError(f"--virtualbox-share-folder: {exc}") from None
+        return shares
 
     def _share(self) -> tuple[str, str] | None:
         if self.config.get("NoShare"):
@@ -821,6 +876,26 @@ class VirtualBoxDriver(Driver):
         if current not in (State.STOPPED, State.SAVED):
             self.kill(log)
         self.vbm("unregistervm", "--delete", self.machine_name)
+
+
+def image_suffix(source: str) -> str:
+    """'.iso', '.vmdk' or '.vdi' of a path or URL."""
+    return Path(urlsplit(source).path if "://" in source else source).suffix.lower()
+
+
+def guest_shares(share: tuple[str, str] | None) -> list[tuple[str, str, str]]:
+    """The seed's vboxsf mount for a (share name, host dir): at ``/<name>`` as boot2docker mounted
+    it (Users -> /Users, c/Users -> /c/Users, hosthome -> /hosthome)."""
+    if share is None:
+        return []
+    name = share[0]
+    return [("vboxsf", name, "/" + name.strip("/"))]
+
+
+def _stderr_log(message: str) -> None:
+    """Image build/export progress: straight to stderr (minutes of it), as the qemu driver does."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def wait_budget() -> float:

@@ -313,9 +313,34 @@ def cmd_clonemedium(state: dict, args: list[str]) -> str:
         raise error(f"Could not find file for the medium '{src}' (VERR_FILE_NOT_FOUND)")
     if Path(a[1]).exists():
         raise error(f"Cannot register the hard disk '{a[1]}' because a hard disk with UUID already exists")
-    Path(a[1]).write_bytes(src.read_bytes()[:4096])
-    state["media"].append({"path": a[1], "size": src.stat().st_size, "format": o.get("--format", ["VDI"])[0]})
+    with open(src, "rb") as fh:
+        head = fh.read(4096)
+    source_format = disk_format(head)
+    if source_format is None:  # VirtualBox opens the source first: not a disk image -> refused
+        raise error(f"Could not get the storage format of the medium '{src}' (VERR_NOT_SUPPORTED)")
+    Path(a[1]).write_bytes(head)
+    state["media"].append({"path": a[1], "size": virtual_size(head, source_format, src),
+                           "format": o.get("--format", ["VDI"])[0], "source": str(src),
+                           "source_format": source_format})
     return f"Clone medium created in format '{o.get('--format', ['VDI'])[0]}'. UUID: {new_uuid()}\n"
+
+
+def disk_format(head: bytes) -> str | None:
+    """VDI (magic 0xbeda107f at 0x40), sparse VMDK ("KDMV") or a VMDK descriptor; None otherwise."""
+    if len(head) >= 0x48 and int.from_bytes(head[0x40:0x44], "little") == 0xBEDA107F:
+        return "VDI"
+    if head[:4] == b"KDMV" or head.startswith(b"# Disk DescriptorFile"):
+        return "VMDK"
+    return None
+
+
+def virtual_size(head: bytes, fmt: str, src: Path) -> int:
+    """The disk's size as VirtualBox reports it: VDI header's disk size, sparse VMDK's capacity."""
+    if fmt == "VDI" and len(head) >= 0x178:
+        return int.from_bytes(head[0x170:0x178], "little")
+    if head[:4] == b"KDMV":
+        return int.from_bytes(head[12:20], "little") * 512
+    return src.stat().st_size
 
 
 def cmd_modifymedium(state: dict, args: list[str]) -> str:
@@ -329,7 +354,10 @@ def cmd_modifymedium(state: dict, args: list[str]) -> str:
     if "--resize" in o:
         if medium["format"] == "VMDK":
             raise error("Resize medium operation for this format is not implemented yet!")
-        medium["size"] = int(o["--resize"][0]) << 20
+        size = int(o["--resize"][0]) << 20
+        if size < medium["size"]:
+            raise error(f"Shrinking is not yet supported for medium '{a[0]}'")
+        medium["size"] = size
     return ""
 
 

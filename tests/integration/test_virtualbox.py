@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import fake_base_image
 from tests.fakes import vboxmanage
 
 pytestmark = pytest.mark.integration
@@ -302,6 +303,111 @@ def test_ls_without_vboxmanage_says_how_to_install(pm, vbox):
     assert rows == [("vb1|Error|VBoxManage not found: install VirtualBox (https://www.virtualbox.org) "
                      "and put VBoxManage on PATH")]
     assert pm.ok("ls", "--format", "{{.Name}}|{{.State}}").out_lines == ["vb1|Running"]
+
+
+# pymachine's base image (the default without --virtualbox-boot2docker-url) ---------------------------
+
+def image_args(name: str, *extra: str) -> list[str]:
+    return ["create", "-d", "virtualbox", "--virtualbox-no-vtx-check", *extra, name]
+
+
+@pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
+def test_default_image_is_cloned_resized_seeded_and_booted_from_disk(pm, vbox, tmp_path):
+    from machine.seed import read_seed_iso
+
+    image = fake_base_image.make_fake_image(pm.store)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    res = pm(*image_args("vbimg", "--virtualbox-disk-size", "100", "--virtualbox-share-folder", f"{shared}:work"))
+    assert res.returncode == 1 and "Unable to connect to 127.0.0.1" in res.stderr, res.stdout + res.stderr
+    assert "(image) converting disk.qcow2 to vdi..." in res.stderr
+    vdi = image.exported("vdi")
+    assert fake_base_image.qemu_img_info(vdi)["format"] == "vdi"
+    mdir = pm.store / "machines" / "vbimg"
+    disk, seed = f"{mdir}/disk.vdi", f"{mdir}/seed.iso"
+    calls = vbox.calls()
+    start = calls.index(["showvminfo", "vbimg", "--machinereadable"])
+    assert calls[:start] == [
+        ["--version"],
+        ["list", "hostonlyifs"],
+        ["clonemedium", "disk", str(vdi), disk, "--format", "VDI"],
+        ["modifymedium", "disk", disk, "--resize", "100"],
+        ["createvm", "--basefolder", str(mdir), "--name", "vbimg", "--register"],
+        ["modifyvm", "vbimg", "--firmware", "bios", "--bioslogofadein", "off", "--bioslogofadeout", "off",
+         "--bioslogodisplaytime", "0", "--biosbootmenu", "disabled", "--ostype", "Linux26_64", "--cpus", "1",
+         "--memory", "1024", "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on", "--natdnshostresolver1", "off",
+         "--natdnsproxy1", "on", "--cpuhotplug", "off", "--pae", "on", "--hpet", "on", "--hwvirtex", "on",
+         "--nestedpaging", "on", "--largepages", "on", "--vtxvpid", "on", "--accelerate3d", "off", "--boot1", "disk"],
+        ["modifyvm", "vbimg", "--nic1", "nat", "--nictype1", "82540EM", "--cableconnected1", "on"],
+        ["storagectl", "vbimg", "--name", "SATA", "--add", "sata", "--hostiocache", "on"],
+        ["storageattach", "vbimg", "--storagectl", "SATA", "--port", "0", "--device", "0", "--type", "dvddrive",
+         "--medium", seed],
+        ["storageattach", "vbimg", "--storagectl", "SATA", "--port", "1", "--device", "0", "--type", "hdd",
+         "--medium", disk],
+        ["guestproperty", "set", "vbimg", "/VirtualBox/GuestAdd/SharedFolders/MountPrefix", "/"],
+        ["guestproperty", "set", "vbimg", "/VirtualBox/GuestAdd/SharedFolders/MountDir", "/"],
+        ["sharedfolder", "add", "vbimg", "--name", "work", "--hostpath", str(shared), "--automount"],
+        ["setextradata", "vbimg", "VBoxInternal2/SharedFoldersEnableSymlinksCreate/work", "1"],
+    ]
+    assert ["startvm", "vbimg", "--type", "headless"] in calls[start:]
+    medium = next(m for m in vbox.state()["media"] if m["path"] == disk)
+    assert (medium["source"], medium["source_format"], medium["size"]) == (str(vdi), "VDI", 100 << 20)
+    files = read_seed_iso(seed)
+    assert files["pymachine/fstab"] == "work /work vboxsf defaults,nofail,uid=@UID@,gid=@GID@ 0 0\n"
+    assert files["pymachine/authorized_keys"] == (mdir / "id_rsa.pub").read_text()
+    assert "USERNAME=docker\n" in files["pymachine/config"] and "HOSTNAME=vbimg\n" in files["pymachine/config"]
+    cfg = json.loads((mdir / "config.json").read_text())["Driver"]
+    assert cfg["SSHUser"] == "docker" and cfg["Boot2DockerURL"] == ""
+
+    # A second machine reuses the exported VDI (no conversion) and is never smaller than the image.
+    vbox.reset_log()
+    res = pm(*image_args("vbimg2", "--virtualbox-disk-size", "8", "--virtualbox-no-share"))
+    assert "converting" not in res.stderr, res.stderr
+    disk2 = f"{pm.store}/machines/vbimg2/disk.vdi"
+    assert ["clonemedium", "disk", str(vdi), disk2, "--format", "VDI"] in vbox.calls()
+    assert ["modifymedium", "disk", disk2, "--resize", "64"] in vbox.calls()
+    assert not any(c[0] == "sharedfolder" for c in vbox.calls())
+    assert "pymachine/fstab" not in read_seed_iso(f"{pm.store}/machines/vbimg2/seed.iso")
+    pm.ok("rm", "-y", "vbimg", "vbimg2")
+    assert vbox.vms() == [] and vdi.is_file()  # the cached export stays for the next machine
+
+
+@pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
+def test_default_image_shares_the_home_folder_where_boot2docker_mounted_it(pm, vbox):
+    from machine.drivers.virtualbox import share_default
+    from machine.seed import read_seed_iso
+
+    name, host_dir = share_default()
+    if not os.path.isdir(host_dir):
+        pytest.skip(f"{host_dir} does not exist here")
+    fake_base_image.make_fake_image(pm.store)
+    pm(*image_args("vbhome"))
+    assert ["sharedfolder", "add", "vbhome", "--name", name, "--hostpath", host_dir, "--automount"] in vbox.calls()
+    fstab = read_seed_iso(pm.store / "machines" / "vbhome" / "seed.iso")["pymachine/fstab"]
+    assert fstab == f"{name} /{name} vboxsf defaults,nofail,uid=@UID@,gid=@GID@ 0 0\n"
+
+
+def test_default_image_unavailable_is_exit_3_naming_the_flag(pm, vbox):
+    """No cached image and no way to build one here (no debootstrap on PATH): one line, nothing made."""
+    res = pm(*image_args("noimg"), env={"PATH": fake_base_image.path_without_debootstrap(vbox.bin)})
+    assert res.returncode == 3, res.stdout + res.stderr
+    line = res.stderr.strip()
+    assert len(line.splitlines()) == 1 and "--virtualbox-boot2docker-url" in line, res.stderr
+    assert "pymachine's base image is not built yet" in line
+    assert vbox.calls() == [["--version"]]
+    assert_nothing_left(pm, vbox, "noimg")
+    fake_base_image.assert_no_image_built(pm.store)
+
+
+@pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
+def test_share_name_the_seed_cannot_hold_is_exit_3(pm, vbox, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    fake_base_image.make_fake_image(pm.store)
+    res = pm(*image_args("badshare", "--virtualbox-share-folder", f"{shared}:my share"))
+    assert res.returncode == 3 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "--virtualbox-share-folder" in res.stderr and "'my share'" in res.stderr
+    assert_nothing_left(pm, vbox, "badshare")
 
 
 @pytest.mark.hosts

@@ -1,0 +1,60 @@
+"""A tiny stand-in for pymachine's base image, for driver tests that must not build the real one.
+
+The real image takes minutes to build (debootstrap, root); the drivers only
+need what ``engine.images.find_image`` accepts: ``<cache>/<recipe_hash()>/``
+with ``manifest.json``, ``disk.qcow2``, ``vmlinuz`` and ``initrd.img``.  The
+disk is a real (empty) qcow2 made by ``qemu-img``, so ``export_image`` really
+converts it to VDI/VMDK/raw and the drivers handle real files of those formats.
+Whether the real disk boots is the VM tier's job (tests/vm/test_bootable_image.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from engine import images
+
+#: Small, so conversions and vSphere uploads stay quick; a whole number of MB.
+DEFAULT_SIZE_MB = 64
+
+
+def qemu_img_available() -> bool:
+    return shutil.which("qemu-img") is not None
+
+
+def make_fake_image(store: str | os.PathLike[str], size_mb: int = DEFAULT_SIZE_MB) -> images.ImageInfo:
+    """Put a fake current-recipe image into ``store``'s image cache and return it as found there."""
+    directory = images.default_cache_dir(store) / images.recipe_hash()
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(directory / images.DISK_NAME), f"{size_mb}M"],
+                   check=True, capture_output=True, timeout=60)
+    (directory / images.KERNEL_NAME).write_bytes(b"fake kernel\n")
+    (directory / images.INITRD_NAME).write_bytes(b"fake initrd\n")
+    manifest = {"recipe": images.recipe_hash(), "virtual_size": size_mb << 20, "fake": True}
+    (directory / images.MANIFEST_NAME).write_text(json.dumps(manifest) + "\n")
+    found = images.find_image(images.default_cache_dir(store))
+    assert found is not None, f"find_image does not accept the fake image in {directory}"
+    return found
+
+
+def qemu_img_info(path: str | os.PathLike[str]) -> dict:
+    """``qemu-img info`` of a disk file, as JSON (format, virtual-size, create-type...)."""
+    out = subprocess.run(["qemu-img", "info", "--output=json", str(path)], check=True, capture_output=True,
+                         text=True, timeout=60).stdout
+    return json.loads(out)
+
+
+def path_without_debootstrap(*front: str | os.PathLike[str]) -> str:
+    """A PATH (``front`` dirs first, then /usr/bin:/bin) on which the image cannot be built:
+    debootstrap, mke2fs and sfdisk live in /usr/sbin."""
+    return os.pathsep.join([*(str(p) for p in front), "/usr/bin", "/bin"])
+
+
+def assert_no_image_built(store: str | os.PathLike[str]) -> None:
+    """Nothing (not even a build lock or a half-built tree) was made in the store's image cache."""
+    cache = Path(images.default_cache_dir(store))
+    assert not cache.exists() or not any(cache.iterdir()), sorted(p.name for p in cache.iterdir())
