@@ -136,3 +136,55 @@ def test_seed_carries_engine_files_and_the_first_boot_script_installs_them(tmp_p
     with pytest.raises(ValueError, match="/etc/docker/other.pem"):
         write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1",
                        engine_files={"/etc/docker/other.pem": "x"})
+
+
+def test_seed_carries_shared_folders_as_fstab_lines_the_first_boot_mounts(tmp_path: Path) -> None:
+    """VirtualBox and VMware home shares ride on the seed as nofail fstab lines;
+    the owner is filled in by the image once the user exists."""
+    from engine.images import FIRSTBOOT_SCRIPT
+
+    path = tmp_path / "seed.iso"
+    write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1",
+                   shares=[("vboxsf", "Users", "/Users"), ("fuse.vmhgfs-fuse", ".host:/hosthome", "/hosthome")])
+    fstab = read_seed_iso(path)["pymachine/fstab"]
+    assert fstab.splitlines() == [
+        "Users /Users vboxsf defaults,nofail,uid=@UID@,gid=@GID@ 0 0",
+        ".host:/hosthome /hosthome fuse.vmhgfs-fuse defaults,nofail,allow_other,uid=@UID@,gid=@GID@ 0 0",
+    ]
+    assert "$seed/pymachine/fstab" in FIRSTBOOT_SCRIPT and "s/@UID@/$uid/g" in FIRSTBOOT_SCRIPT
+    write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1")
+    assert "pymachine/fstab" not in read_seed_iso(path)
+    for bad, match in (
+        (("nfs", "x", "/x"), "unknown shared-folder type"),
+        (("vboxsf", "My Docs", "/docs"), "may not be empty or contain spaces"),
+        (("vboxsf", "Users", "Users"), "must be absolute"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1",
+                           shares=[bad])
+
+
+def test_base_image_partition_table_puts_the_root_last(tmp_path: Path) -> None:
+    """sfdisk accepts the layout on a disk file: an active FAT boot partition at
+    1 MiB, then the root running to the disk's end (so first boot can grow it)."""
+    import json
+    import shutil
+
+    from engine import images
+
+    if shutil.which("sfdisk") is None:
+        pytest.skip("sfdisk not installed")
+    root_bytes = 512 << 20
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as fh:
+        fh.truncate(images.PART_ALIGN + images.BOOT_PART_BYTES + root_bytes)
+    script = images._partition_table(images.BOOT_PART_BYTES, root_bytes)
+    subprocess.run(["sfdisk", "-q", str(disk)], input=script, text=True, check=True, timeout=30,
+                   capture_output=True)
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True, text=True,
+                                      check=True, timeout=30).stdout)["partitiontable"]
+    boot, root = table["partitions"]
+    assert (boot["start"] * 512, boot["size"] * 512, boot.get("bootable")) == (
+        images.PART_ALIGN, images.BOOT_PART_BYTES, True)
+    assert (root["start"] + root["size"]) * 512 == disk.stat().st_size and root["type"] == "83"
+    assert f"root=LABEL={images.ROOT_LABEL}" in images.SYSLINUX_CFG
