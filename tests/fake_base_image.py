@@ -3,7 +3,7 @@
 The real image takes minutes to build (debootstrap, root); the drivers only
 need what ``engine.images.find_image`` accepts: ``<cache>/<recipe_hash()>/``
 with ``manifest.json``, ``disk.qcow2``, ``vmlinuz`` and ``initrd.img``.  The
-disk is a real (empty) qcow2 made by ``qemu-img``, so ``export_image`` really
+disk is a real qcow2 (marker sectors at both ends) made by ``qemu-img``, so ``export_image`` really
 converts it to VDI/VMDK/raw and the drivers handle real files of those formats.
 Whether the real disk boots is the VM tier's job (tests/vm/test_bootable_image.py).
 """
@@ -20,6 +20,8 @@ from engine import images
 
 #: Small, so conversions and vSphere uploads stay quick; a whole number of MB.
 DEFAULT_SIZE_MB = 64
+#: Written at the start and the end of the fake disk: a copy that lost or moved data differs.
+MARKER = b"pymachine fake base image\n".ljust(512, b"\x5a")
 
 
 def qemu_img_available() -> bool:
@@ -30,8 +32,15 @@ def make_fake_image(store: str | os.PathLike[str], size_mb: int = DEFAULT_SIZE_M
     """Put a fake current-recipe image into ``store``'s image cache and return it as found there."""
     directory = images.default_cache_dir(store) / images.recipe_hash()
     directory.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(directory / images.DISK_NAME), f"{size_mb}M"],
+    raw = directory / "disk.raw.tmp"
+    with open(raw, "wb") as fh:  # sparse, with marker sectors so copies can be compared to the image
+        fh.truncate(size_mb << 20)
+        fh.write(MARKER)
+        fh.seek((size_mb << 20) - len(MARKER))
+        fh.write(MARKER)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(directory / images.DISK_NAME)],
                    check=True, capture_output=True, timeout=60)
+    raw.unlink()
     (directory / images.KERNEL_NAME).write_bytes(b"fake kernel\n")
     (directory / images.INITRD_NAME).write_bytes(b"fake initrd\n")
     manifest = {"recipe": images.recipe_hash(), "virtual_size": size_mb << 20, "fake": True}

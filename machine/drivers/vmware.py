@@ -9,6 +9,21 @@ and the SSH key put into a boot2docker guest with vmrun's guest operations.
 A ``.vmdk`` image instead boots with a NoCloud seed ISO carrying the key.
 ``ls`` asks ``vmrun list`` once for every machine, never SSH.
 
+Without ``--*-boot2docker-url`` the machine runs pymachine's own base image
+(``engine.images``): built on first use where it can be (root and
+debootstrap; otherwise pre-create exits 3 naming the flag), exported once to
+a monolithicSparse VMDK beside the cached image, converted into the machine
+dir at --*-disk-size (never below the image's size), booted from disk
+(``bios.bootOrder = "hdd,cdrom"``; boot2docker ISOs keep "cdrom,hdd") with
+the seed ISO on the CD drive: user "docker", the machine's key, and the home
+share as a ``fuse.vmhgfs-fuse`` fstab line (``.host:/<share>`` at
+``/<share>``) the image's first-boot unit mounts.  The image runs
+open-vm-tools, so ``getGuestIPAddress -wait`` answers (bounded by
+PYMACHINE_SSH_WAIT, at least 20 s, 120 s by default) and ``vmrun stop soft``
+shuts the guest down; stop still falls back to a hard power-off.  The old
+implicit ``<store>/cache/boot2docker.iso`` fallback is gone (boot2docker is
+dead); a boot2docker ISO still works through the flag.
+
 The guest password (``--*-ssh-password``, boot2docker's ``tcuser`` by default)
 is kept in the machine's secrets file, not in config.json.
 """
@@ -56,8 +71,10 @@ def share_default(platform: str = sys.platform) -> tuple[str, str]:
 
 
 def render_vmx(*, name: str, cpu: int, memory: int, disk: str, iso: str, config_drive: str = "",
-               share: tuple[str, str] | None = None, guest_os: str = "other3xlinux-64") -> str:
-    """The .vmx docker-machine's vmwarefusion wrote (virtual hardware 10, NAT, LSI Logic disk)."""
+               share: tuple[str, str] | None = None, guest_os: str = "other3xlinux-64",
+               boot_order: str = "cdrom,hdd") -> str:
+    """The .vmx docker-machine's vmwarefusion wrote (virtual hardware 10, NAT, LSI Logic disk);
+    ``boot_order`` "hdd,cdrom" for disk images, whose CD is only the seed."""
     lines = [
         ('.encoding', 'UTF-8'), ('config.version', '8'), ('virtualHW.version', '10'),
         ('displayName', name), ('guestOS', guest_os),
@@ -75,7 +92,7 @@ def render_vmx(*, name: str, cpu: int, memory: int, disk: str, iso: str, config_
         ('scsi0.present', 'TRUE'), ('scsi0.virtualDev', 'lsilogic'),
         ('scsi0:0.present', 'TRUE'), ('scsi0:0.fileName', disk),
         ('msg.autoAnswer', 'TRUE'), ('tools.synctime', 'TRUE'), ('tools.upgrade.policy', 'manual'),
-        ('uuid.action', 'create'), ('bios.bootOrder', 'cdrom,hdd'),
+        ('uuid.action', 'create'), ('bios.bootOrder', boot_order),
     ]
     if share:
         share_name, share_dir = share
@@ -228,9 +245,30 @@ class VMwareDriver(Driver):
             raise PreCreateError(str(exc)) from None
         if not self.disk_tool():
             raise PreCreateError(f"neither vmware-vdiskmanager nor qemu-img found: install {self.product} or qemu-utils")
-        self._image_source("Boot2DockerURL", required=True)
+        if self._image_source("Boot2DockerURL", required=False) is None:
+            self._check_base_image()
         if self.config.get("ConfigDriveURL"):
             self._image_source("ConfigDriveURL", required=True)
+
+    def _check_base_image(self) -> None:
+        """pymachine's image is cached, or can be built at create; else exit 3 naming the flag."""
+        from engine import images
+
+        try:
+            images.image_for_driver(images.default_cache_dir(self.store_path), f"--{self.prefix}-boot2docker-url")
+        except MachineError as exc:
+            raise PreCreateError(str(exc)) from None
+
+    def _base_image_vmdk(self, log: Log) -> str:
+        """pymachine's image as a VMDK: built if needed, exported once beside the cached image."""
+        from engine import images
+
+        cache = images.default_cache_dir(self.store_path)
+        info = images.find_image(cache)
+        if info is None:
+            log(f"({self.machine_name}) Using pymachine's base image (built on first use; this can take minutes)...")
+            info = images.build_image(cache, _stderr_log)
+        return str(images.export_image(info, "vmdk", _stderr_log))
 
     def disk_tool(self) -> tuple[str, str] | None:
         tool = find_tool("vmware-vdiskmanager", self.vdiskmanager_paths)
@@ -239,14 +277,14 @@ class VMwareDriver(Driver):
         qemu_img = shutil.which("qemu-img")
         return ("qemu-img", qemu_img) if qemu_img else None
 
-    def _image_source(self, field: str, required: bool) -> str:
+    def _image_source(self, field: str, required: bool) -> str | None:
+        """The flag's image (checked); None when not given and not ``required`` (pymachine's image)."""
         url = str(self.config.get(field) or "")
         flag = f"--{self.prefix}-{'boot2docker-url' if field == 'Boot2DockerURL' else 'configdrive-url'}"
         if not url:
-            cached = os.path.join(self.store_path, "cache", "boot2docker.iso")
-            if field == "Boot2DockerURL" and os.path.isfile(cached):
-                return cached
-            raise PreCreateError(f"no boot image: pass {flag} with a path or URL to a bootable .iso or .vmdk")
+            if not required:
+                return None
+            raise PreCreateError(f"no image: pass {flag} with a path or URL")
         parts = urlsplit(url)
         if parts.scheme in ("http", "https"):
             path = parts.path
@@ -281,19 +319,25 @@ class VMwareDriver(Driver):
             raise MachineError(f"{os.path.basename(argv[0])} failed: {lines[-1] if lines else proc.returncode}")
 
     def make_disk(self, source_vmdk: str | None = None) -> None:
+        """The machine's disk: empty, or ``source_vmdk`` converted into the machine dir, at
+        --*-disk-size (a copied image is never shrunk below its own size)."""
         kind, tool = self.disk_tool() or ("", "")
-        size = f"{int(self.config.get('DiskSize') or 20000)}MB"
+        size_mb = int(self.config.get('DiskSize') or 20000)
         if kind == "vdiskmanager":
             if source_vmdk:
                 self._run_tool([tool, "-r", source_vmdk, "-t", "0", self.disk_path])
-                self._run_tool([tool, "-x", size, self.disk_path])
+                if size_mb > -(-vmdk_capacity(self.disk_path) // (1 << 20)):
+                    self._run_tool([tool, "-x", f"{size_mb}MB", self.disk_path])
             else:
-                self._run_tool([tool, "-c", "-t", "0", "-s", size, "-a", "lsilogic", self.disk_path])
+                self._run_tool([tool, "-c", "-t", "0", "-s", f"{size_mb}MB", "-a", "lsilogic", self.disk_path])
         elif kind == "qemu-img":
             if source_vmdk:
-                self._run_tool([tool, "convert", "-O", "vmdk", source_vmdk, self.disk_path])
+                # qemu-img cannot resize a VMDK: make the target at its final size, then copy into it.
+                size = max(size_mb << 20, vmdk_capacity(source_vmdk))
+                self._run_tool([tool, "create", "-f", "vmdk", "-o", "adapter_type=lsilogic", self.disk_path, str(size)])
+                self._run_tool([tool, "convert", "-n", "--target-is-zero", "-O", "vmdk", source_vmdk, self.disk_path])
             else:
-                self._run_tool([tool, "create", "-f", "vmdk", self.disk_path, size.replace("MB", "M")])
+                self._run_tool([tool, "create", "-f", "vmdk", self.disk_path, f"{size_mb}M"])
         else:
             raise MachineError(f"neither vmware-vdiskmanager nor qemu-img found: install {self.product} or qemu-utils")
 
@@ -303,6 +347,12 @@ class VMwareDriver(Driver):
         name, path = share_default()
         return (name, path) if os.path.isdir(path) else None
 
+    def seed_shares(self) -> list[tuple[str, str, str]]:
+        """The seed's hgfs mount for pymachine's image: ``.host:/<share>`` at ``/<share>`` (not over
+        the guest's own /home, where the host dir is on Linux)."""
+        share = self.share()
+        return [("fuse.vmhgfs-fuse", f".host:/{share[0]}", "/" + share[0])] if share else []
+
     def create(self, log: Log) -> None:
         from machine import certs
         from machine.secrets import save_secrets
@@ -310,8 +360,10 @@ class VMwareDriver(Driver):
         name = self.machine_name
         if self.password() != B2D_PASSWORD:
             save_secrets(self.machine_dir, SSHPassword=self.password())
-        source = self._image_source("Boot2DockerURL", required=True)
-        is_iso = urlsplit(source).path.lower().endswith(".iso") if "://" in source else source.lower().endswith(".iso")
+        source = self._image_source("Boot2DockerURL", required=False)
+        base = self._base_image_vmdk(log) if source is None else None
+        is_iso = source is not None and (
+            urlsplit(source).path.lower().endswith(".iso") if "://" in source else source.lower().endswith(".iso"))
         key = Path(self._path("id_rsa"))
         log(f"({name}) Creating SSH key...")
         certs.generate_ssh_keypair(key)
@@ -323,23 +375,29 @@ class VMwareDriver(Driver):
             self._fetch(source, iso)
             self.make_disk()
         else:
-            image = self._path("image.vmdk")
-            self._fetch(source, image)
-            self.make_disk(image)
-            os.unlink(image)
+            if base is not None:
+                self.make_disk(base)  # straight from the cache: no copy of the image
+            else:
+                assert source is not None
+                image = self._path("image.vmdk")
+                self._fetch(source, image)
+                self.make_disk(image)
+                os.unlink(image)
             iso = self._path("seed.iso")
             from machine import seed
 
             seed.write_seed_iso(iso, hostname=name, user=str(self.config.get("SSHUser") or B2D_USER),
-                                ssh_pubkey=pub.decode(), proxy=None, instance_id=str(uuid.uuid4()))
+                                ssh_pubkey=pub.decode(), proxy=None, instance_id=str(uuid.uuid4()),
+                                shares=self.seed_shares())
         self.config["ISO"] = iso
         drive = ""
         if self.config.get("ConfigDriveURL"):
             drive = self._path("configdrive.iso")
-            self._fetch(self._image_source("ConfigDriveURL", required=True), drive)
+            self._fetch(str(self._image_source("ConfigDriveURL", required=True)), drive)
             self.config["ConfigDriveISO"] = drive
         vmx = render_vmx(name=name, cpu=int(self.config["CPU"]), memory=int(self.config["Memory"]),
-                         disk=os.path.basename(self.disk_path), iso=iso, config_drive=drive, share=self.share())
+                         disk=os.path.basename(self.disk_path), iso=iso, config_drive=drive, share=self.share(),
+                         boot_order="cdrom,hdd" if is_iso else "hdd,cdrom")
         fd = os.open(self.vmx_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(vmx)
@@ -460,6 +518,31 @@ class VMwareDriver(Driver):
         if os.path.normpath(self.vmx_path) in self.running_vmx(self.vmrun("list")):
             self.vmrun("stop", self.vmx_path, "hard")
         self.vmrun("deleteVM", self.vmx_path)
+
+
+def vmdk_capacity(path: str) -> int:
+    """A VMDK's virtual size in bytes: a sparse extent's header, else the descriptor's extent lines."""
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+    if head[:4] == b"KDMV":
+        capacity = int.from_bytes(head[12:20], "little") * 512
+        if capacity:
+            return capacity
+        head = head[int.from_bytes(head[28:36], "little") * 512:][:int.from_bytes(head[36:44], "little") * 512]
+    sectors = 0
+    for line in head.decode(errors="replace").splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] in ("RW", "RDONLY") and words[1].isdigit():
+            sectors += int(words[1])
+    if not sectors:
+        raise MachineError(f"{path} is not a VMDK (no sparse header or extent lines)")
+    return sectors * 512
+
+
+def _stderr_log(message: str) -> None:
+    """Image build/export progress: straight to stderr (minutes of it), as the qemu driver does."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def wait_budget() -> float:

@@ -107,9 +107,12 @@ def run(state: dict, argv: list[str]) -> str:
     if cmd == "start":
         if len(rest) > 1 and rest[1] not in ("gui", "nogui"):
             raise Fail(f"Error: Invalid argument: {rest[1]}")
-        check_vmx(vmx)
+        cfg = check_vmx(vmx)
         vm["state"] = "on"
         vm["host_type"] = host_type
+        vm["boot_order"] = cfg.get("bios.bootOrder", "")
+        with open(Path(vmx).parent / cfg["scsi0:0.fileName"], "rb") as fh:  # what the BIOS would read
+            vm["disk_magic"] = fh.read(4).decode("latin-1")
         return ""
     if cmd == "stop":
         mode = rest[1] if len(rest) > 1 else "soft"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import fake_base_image
 from tests.fakes import vmrun
 
 pytestmark = [pytest.mark.integration,
@@ -97,6 +98,7 @@ def test_workstation_create_writes_vmx_disk_and_injects_key(pm, fake):
     assert cfg["ide1:0.fileName"] == str(mdir / "boot2docker.iso") and cfg["ide1:0.deviceType"] == "cdrom-image"
     assert cfg["scsi0:0.fileName"] == "ws1.vmdk" and cfg["scsi0.virtualDev"] == "lsilogic"
     assert (cfg["sharedFolder0.hostPath"], cfg["sharedFolder0.guestName"]) == ("/home", "hosthome")
+    assert cfg["bios.bootOrder"] == "cdrom,hdd"  # boot2docker boots from its ISO
     assert "ide1:1.present" not in cfg
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(mdir / "ws1.vmdk")],
                                      capture_output=True, text=True, check=True).stdout)
@@ -185,22 +187,96 @@ def test_vmdk_image_boots_with_seed_instead_of_guest_operations(pm, fake, tmp_pa
     image = tmp_path / "pymachine.vmdk"
     subprocess.run(["qemu-img", "create", "-f", "vmdk", str(image), "32M"], check=True, capture_output=True)
     pm("create", "-d", "vmwareworkstation", "--vmwareworkstation-boot2docker-url", str(image),
-       "--vmwareworkstation-no-share", "img1")
+       "--vmwareworkstation-no-share", "--vmwareworkstation-disk-size", "48", "img1")
     mdir = pm.store / "machines" / "img1"
     assert [c[2] for c in fake.calls()] == ["start", "getGuestIPAddress"]
-    assert f'ide1:0.fileName = "{mdir / "seed.iso"}"' in (mdir / "img1.vmx").read_text()
+    vmx = vmx_of(mdir / "img1.vmx")
+    assert vmx["ide1:0.fileName"] == str(mdir / "seed.iso") and vmx["bios.bootOrder"] == "hdd,cdrom"
     from machine.seed import read_seed_iso
 
     assert read_seed_iso(mdir / "seed.iso")["pymachine/authorized_keys"] == (mdir / "id_rsa.pub").read_text()
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(mdir / "img1.vmdk")],
                                      capture_output=True, text=True, check=True).stdout)
-    assert info["format"] == "vmdk" and info["virtual-size"] == 32 << 20
+    assert info["format"] == "vmdk" and info["virtual-size"] == 48 << 20
+    assert not (mdir / "image.vmdk").exists()
+
+
+def vmx_of(path: Path) -> dict[str, str]:
+    cfg = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(" = ")
+        cfg[key] = value.strip('"')
+    return cfg
+
+
+def test_default_image_disk_seed_and_hgfs_share(pm, fake, tmp_path):
+    """No --*-boot2docker-url: pymachine's image, exported once to VMDK, converted at the disk size,
+    booted from disk with the seed (key, hgfs fstab line) on the CD and no guest operations."""
+    from machine.drivers.vmware import share_default
+    from machine.seed import read_seed_iso
+
+    image = fake_base_image.make_fake_image(pm.store)
+    res = pm("create", "-d", "vmwareworkstation", "--vmwareworkstation-disk-size", "100", "ws-img")
+    assert res.returncode == 1 and f"Unable to connect to {GUEST_IP}:22" in res.stderr, res.stdout + res.stderr
+    assert "(image) converting disk.qcow2 to vmdk..." in res.stderr
+    exported = image.exported("vmdk")
+    assert fake_base_image.qemu_img_info(exported)["format-specific"]["data"]["create-type"] == "monolithicSparse"
+    mdir = pm.store / "machines" / "ws-img"
+    vmx_path = str(mdir / "ws-img.vmx")
+    assert fake.calls() == [["-T", "ws", "start", vmx_path, "nogui"],
+                            ["-T", "ws", "getGuestIPAddress", vmx_path, "-wait"]]
+    vmx = vmx_of(mdir / "ws-img.vmx")
+    assert vmx["bios.bootOrder"] == "hdd,cdrom"
+    assert (vmx["scsi0:0.fileName"], vmx["scsi0.virtualDev"]) == ("ws-img.vmdk", "lsilogic")
+    assert (vmx["ide1:0.fileName"], vmx["ide1:0.deviceType"]) == (str(mdir / "seed.iso"), "cdrom-image")
+    assert fake.vms()[vmx_path]["boot_order"] == "hdd,cdrom" and fake.vms()[vmx_path]["disk_magic"] == "KDMV"
+    disk = fake_base_image.qemu_img_info(mdir / "ws-img.vmdk")
+    assert disk["format"] == "vmdk" and disk["virtual-size"] == 100 << 20
+    # The machine's disk has the image's content (the fake image's marker sectors), then zeros.
+    cmp = subprocess.run(["qemu-img", "compare", str(image.disk), str(mdir / "ws-img.vmdk")],
+                         check=False, capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    files = read_seed_iso(mdir / "seed.iso")
+    assert files["pymachine/authorized_keys"] == (mdir / "id_rsa.pub").read_text()
+    assert "USERNAME=docker\n" in files["pymachine/config"]
+    name, host_dir = share_default()
+    if os.path.isdir(host_dir):
+        assert (vmx["sharedFolder0.guestName"], vmx["sharedFolder0.hostPath"]) == (name, host_dir)
+        assert files["pymachine/fstab"] == (f".host:/{name} /{name} fuse.vmhgfs-fuse "
+                                            "defaults,nofail,allow_other,uid=@UID@,gid=@GID@ 0 0\n")
+    else:
+        assert "pymachine/fstab" not in files
+
+    # --no-share: no shared folder in the .vmx nor in the seed; the export is reused; never below the image.
+    fake.reset_log()
+    res = pm("create", "-d", "vmwarefusion", "--vmwarefusion-no-share", "--vmwarefusion-disk-size", "16", "fu-img")
+    assert "converting" not in res.stderr, res.stderr
+    fdir = pm.store / "machines" / "fu-img"
+    assert "sharedFolder0.present" not in vmx_of(fdir / "fu-img.vmx")
+    assert "pymachine/fstab" not in read_seed_iso(fdir / "seed.iso")
+    assert fake_base_image.qemu_img_info(fdir / "fu-img.vmdk")["virtual-size"] == 64 << 20
+    for machine in ("ws-img", "fu-img"):
+        forget_provisioning_error(pm, machine)
+    fake.reset_log()
+    pm.ok("stop", "ws-img")  # the image runs open-vm-tools: a soft stop
+    assert fake.calls()[-1] == ["-T", "ws", "stop", vmx_path, "soft"] and fake.vms()[vmx_path]["last_stop"] == "soft"
+    pm.ok("rm", "-y", "ws-img", "fu-img")
+    assert fake.vms() == {} and not (pm.store / "machines" / "ws-img").exists() and exported.is_file()
+
+
+def test_default_image_unavailable_is_exit_3_naming_the_flag(pm, fake):
+    res = pm("create", "-d", "vmwarefusion", "noimg",
+             env={"PATH": fake_base_image.path_without_debootstrap(fake.bin)})
+    assert res.returncode == 3, res.stdout + res.stderr
+    line = res.stderr.strip()
+    assert len(line.splitlines()) == 1 and "pass --vmwarefusion-boot2docker-url" in line, res.stderr
+    assert fake.calls() == [] and not (pm.store / "machines" / "noimg").exists()
+    fake_base_image.assert_no_image_built(pm.store)
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--vmwareworkstation-boot2docker-url", "/nonexistent/b2d.iso"], "'/nonexistent/b2d.iso' does not exist"),
     (["--vmwareworkstation-boot2docker-url", __file__], "must name a .iso or .vmdk image"),
-    (["--vmwareworkstation-boot2docker-url", ""], "no boot image: pass --vmwareworkstation-boot2docker-url"),
 ])
 def test_bad_image_is_exit_3_and_leaves_nothing(pm, fake, extra, message):
     res = pm("create", "-d", "vmwareworkstation", *extra, "bad")
