@@ -8,6 +8,30 @@ VM and waits (bounded) for the guest IP.  Every object made is recorded in
 ``self.config`` as soon as it exists, so ``remove`` -- also the rollback of a
 failed create -- deletes exactly what pymachine made and nothing else.
 
+Without ``--vmwarevsphere-boot2docker-url`` the VM runs pymachine's own base
+image (``engine.images``; built on first use where it can be, otherwise
+pre-create exits 3 naming the flag).  Its disk reaches the datastore as an
+ESXi-native flat VMDK: the image exported once to raw (cached beside it) is
+uploaded as ``<machine>/<machine>-flat.vmdk`` next to a ``createType="vmfs"``
+descriptor ``<machine>/<machine>.vmdk`` written here, and the VM is created
+with that existing disk, then grown to --vmwarevsphere-disk-size by a
+ReconfigVM edit of its capacity (never below the image's size), with the
+NoCloud seed ISO (user "docker", the machine's key) uploaded as
+``<machine>/seed.iso`` on a CD-ROM and the disk first in the boot order.
+
+Why not upload the exported monolithicSparse VMDK and convert it with
+VirtualDiskManager.CopyVirtualDisk_Task (then ExtendVirtualDisk_Task): ESXi
+cannot run a hosted sparse disk as is, converting it needs a ``destSpec``,
+which vCenter refuses (NotImplemented; govc's import.vmdk goes through a
+throw-away VM clone there instead), and vcsim -- what this driver is tested
+against -- implements neither the conversion (its disks are descriptor +
+``-flat`` pairs, so it cannot even copy a single-file sparse disk) nor
+ExtendVirtualDisk_Task.  A vmfs descriptor + flat extent is the format ESXi
+itself writes, both vcsim and a real vCenter attach it as is, and a
+capacity edit is how vSphere grows a disk.  The price: the upload is the
+image's full virtual size (a few GB; sparse VMDK would be smaller) and on
+VMFS the disk is not thin.
+
 pyvmomi is imported only inside the methods that talk to vCenter: ``env``,
 ``url`` and ``ip`` answer from config.json.
 """
@@ -17,9 +41,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import secrets
 import shutil
+import sys
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +62,7 @@ DEFAULT_STOP_WAIT = 60.0
 TASK_WAIT = 600.0
 CA_FILE = "vcenter-ca.pem"
 SECRET_KEY = "vsphere-password"
+SEED_ISO = "seed.iso"
 POWER_STATES = {"poweredOn": State.RUNNING, "poweredOff": State.STOPPED, "suspended": State.PAUSED}
 
 
@@ -297,10 +325,10 @@ class VSphereDriver(Driver):
         iso = str(self.config.get("ISO") or "")
         raw = str(self.config.get("Boot2DockerURL") or "")
         if not raw:
-            raise PreCreateError("vSphere driver needs --vmwarevsphere-boot2docker-url: the path of a local boot ISO")
-        if "://" in raw:
+            self._check_base_image()
+        elif "://" in raw:
             raise PreCreateError(f"--vmwarevsphere-boot2docker-url must be a local file (downloads are not supported): {raw}")
-        if not os.path.isfile(iso):
+        elif not os.path.isfile(iso):
             raise PreCreateError(f"boot ISO not found: {raw}")
         ci = str(self.config.get("CloudInit") or "")
         if ci and "://" not in ci and not os.path.isfile(ci):
@@ -310,6 +338,30 @@ class VSphereDriver(Driver):
             raise PreCreateError(f"CA certificate not found: {ca}")
         with self.session(timeout=30, error=PreCreateError) as si:
             self._find(si, error=PreCreateError)
+
+    def _check_base_image(self) -> None:
+        """pymachine's image is cached (and can be exported), or can be built at create; else exit 3."""
+        from engine import images
+
+        try:
+            info = images.image_for_driver(images.default_cache_dir(self.store_path), "--vmwarevsphere-boot2docker-url")
+        except MachineError as exc:
+            raise PreCreateError(str(exc)) from None
+        if info is not None and not info.exported("raw").is_file() and not shutil.which("qemu-img"):
+            raise PreCreateError("exporting pymachine's base image needs qemu-img (Debian package qemu-utils), "
+                                 "or pass --vmwarevsphere-boot2docker-url")
+
+    def _base_image_raw(self, log: Log) -> tuple[str, int]:
+        """(raw disk path, size in bytes) of pymachine's image: built if needed, exported once."""
+        from engine import images
+
+        cache = images.default_cache_dir(self.store_path)
+        info = images.find_image(cache)
+        if info is None:
+            log(f"({self.machine_name}) Using pymachine's base image (built on first use; this can take minutes)...")
+            info = images.build_image(cache, _stderr_log)
+        raw = images.export_image(info, "raw", _stderr_log)
+        return str(raw), os.path.getsize(raw)
 
     # Create --------------------------------------------------------------------------------
     def create(self, log: Log) -> None:
@@ -329,6 +381,12 @@ class VSphereDriver(Driver):
             shutil.copyfile(str(self.config["CACert"]), dest)
             self.config["CACert"] = dest
         pubkey = Path(key + ".pub").read_text().strip()
+        user = str(self.config.get("SSHUser") or self.default_ssh_user)
+        base: tuple[str, int] | None = None
+        if not self.config.get("ISO"):
+            base = self._base_image_raw(log)
+            seed.write_seed_iso(os.path.join(self.machine_dir, SEED_ISO), hostname=name, user=user,
+                                ssh_pubkey=pubkey, proxy=None, instance_id=str(uuid.uuid4()))
         with self.session() as si:
             inv = self._find(si)
             ds = inv["datastore"].name
@@ -340,20 +398,55 @@ class VSphereDriver(Driver):
             except vim.fault.FileAlreadyExists:
                 raise MachineError(f"datastore folder [{ds}] {name} already exists: remove it or pick another machine name") from None
             self.config["DatastoreFolder"] = f"[{ds}] {name}"
-            iso_name = os.path.basename(str(self.config["ISO"]))
-            log(f"({name}) Uploading {iso_name} to [{ds}] {name}/...")
-            self.config["UploadedFiles"] = [f"[{ds}] {name}/{iso_name}"]
-            self._upload(si, dc.name, ds, f"{name}/{iso_name}", str(self.config["ISO"]))
+            self.config["UploadedFiles"] = []
+            if base is None:
+                iso_name = os.path.basename(str(self.config["ISO"]))
+                self._upload_file(si, log, dc.name, ds, iso_name, str(self.config["ISO"]))
+            else:
+                iso_name = SEED_ISO
+                self._upload_disk(si, log, dc.name, ds, *base)
+                self._upload_file(si, log, dc.name, ds, iso_name, os.path.join(self.machine_dir, SEED_ISO))
             log(f"({name}) Creating VM...")
-            spec = self._vm_spec(inv, pubkey, seed.user_data(
-                hostname=name, user=str(self.config.get("SSHUser") or self.default_ssh_user), ssh_pubkey=pubkey))
+            spec = self._vm_spec(inv, pubkey, seed.user_data(hostname=name, user=user, ssh_pubkey=pubkey),
+                                 existing_disk_bytes=base[1] if base else 0)
             task = inv["folder"].CreateVM_Task(config=spec, pool=inv["pool"], host=inv["host"])
             vm = wait_task(si, task, "create VM")
             self.config["VMRef"] = vm._moId
-            wait_task(si, vm.ReconfigVM_Task(spec=self._cdrom_spec(vm, inv["datastore"], iso_name)), "attach ISO")
+            change = self._cdrom_spec(vm, inv["datastore"], iso_name)
+            if base is not None:
+                self._boot_from_grown_disk(vm, change, base[1])
+            wait_task(si, vm.ReconfigVM_Task(spec=change), "attach ISO")
             log(f"({name}) Powering on VM...")
             wait_task(si, vm.PowerOnVM_Task(), "power on")
             self.config["IPAddress"] = self._wait_ip(si, log)
+
+    def _upload_file(self, si: Any, log: Log, dc: str, ds: str, remote_name: str, local: str) -> None:
+        """Upload into ``[ds] <machine>/``, recorded first so a failed create removes it."""
+        name = self.machine_name
+        log(f"({name}) Uploading {remote_name} to [{ds}] {name}/...")
+        self.config["UploadedFiles"] = [*self.config.get("UploadedFiles", []), f"[{ds}] {name}/{remote_name}"]
+        self._upload(si, dc, ds, f"{name}/{remote_name}", local)
+
+    def _upload_disk(self, si: Any, log: Log, dc: str, ds: str, raw: str, size: int) -> None:
+        """The image as an ESXi flat disk: the raw extent, then its vmfs descriptor."""
+        name = self.machine_name
+        self._upload_file(si, log, dc, ds, f"{name}-flat.vmdk", raw)
+        descriptor = os.path.join(self.machine_dir, f"{name}.vmdk")
+        Path(descriptor).write_text(vmfs_descriptor(f"{name}-flat.vmdk", size))
+        self._upload_file(si, log, dc, ds, f"{name}.vmdk", descriptor)
+
+    def _boot_from_grown_disk(self, vm: Any, change: Any, image_bytes: int) -> None:
+        """Add to ``change``: the disk grown to --vmwarevsphere-disk-size, and first in the boot order."""
+        from pyVmomi import vim
+
+        disk = next(d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
+        want_kb = max(int(self.config["DiskSize"]) * 1024, -(-image_bytes // 1024))
+        if want_kb > int(disk.capacityInKB or 0):
+            disk.capacityInKB = want_kb
+            disk.capacityInBytes = want_kb * 1024
+            change.deviceChange = [*change.deviceChange, vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)]
+        change.bootOptions = vim.vm.BootOptions(
+            bootOrder=[vim.vm.BootOptions.BootableDiskDevice(deviceKey=disk.key)])
 
     def _upload(self, si: Any, dc: str, ds: str, path: str, local: str) -> None:
         """HTTP PUT to /folder/<path>?dcPath=&dsName= with the session cookie, streamed from disk."""
@@ -379,7 +472,8 @@ class VSphereDriver(Driver):
             raise MachineError(f"uploading {os.path.basename(local)} failed: HTTP {resp.status} "
                                f"{body.decode(errors='replace').strip()[:200]}")
 
-    def _vm_spec(self, inv: dict[str, Any], pubkey: str, userdata: str) -> Any:
+    def _vm_spec(self, inv: dict[str, Any], pubkey: str, userdata: str, existing_disk_bytes: int = 0) -> Any:
+        """The new VM: a new thin disk, or (``existing_disk_bytes``) the uploaded <machine>.vmdk."""
         from pyVmomi import vim
 
         name, ds = self.machine_name, inv["datastore"].name
@@ -388,11 +482,18 @@ class VSphereDriver(Driver):
         devices: list[Any] = []
         scsi = vim.vm.device.ParaVirtualSCSIController(key=-100, busNumber=0, sharedBus="noSharing")
         devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=scsi))
-        disk = vim.vm.device.VirtualDisk(
-            key=-200, controllerKey=-100, unitNumber=0, capacityInKB=int(self.config["DiskSize"]) * 1024,
-            backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
-                fileName=f"[{ds}] {name}/{name}.vmdk", diskMode="persistent", thinProvisioned=True))
-        devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk))
+        if existing_disk_bytes:
+            disk = vim.vm.device.VirtualDisk(
+                key=-200, controllerKey=-100, unitNumber=0, capacityInKB=-(-existing_disk_bytes // 1024),
+                backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                    fileName=f"[{ds}] {name}/{name}.vmdk", diskMode="persistent"))
+            devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=disk))
+        else:
+            disk = vim.vm.device.VirtualDisk(
+                key=-200, controllerKey=-100, unitNumber=0, capacityInKB=int(self.config["DiskSize"]) * 1024,
+                backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                    fileName=f"[{ds}] {name}/{name}.vmdk", diskMode="persistent", thinProvisioned=True))
+            devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk))
         for i, net in enumerate(inv["networks"]):
             if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
                 backing: Any = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
@@ -584,6 +685,27 @@ class VSphereDriver(Driver):
                     self.config["DatastoreFolder"] = ""
 
 
+def vmfs_descriptor(extent: str, size: int) -> str:
+    """An ESXi flat disk's descriptor (``createType="vmfs"``) for a raw extent of ``size`` bytes."""
+    sectors = -(-size // 512)
+    cylinders = max(1, min(65535, sectors // (255 * 63)))
+    return (
+        "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\n"
+        f"CID={secrets.randbits(32) | 1:08x}\nparentCID=ffffffff\ncreateType=\"vmfs\"\n\n"
+        f"# Extent description\nRW {sectors} VMFS \"{extent}\"\n\n"
+        "# The Disk Data Base\n#DDB\n\n"
+        'ddb.adapterType = "lsilogic"\n'
+        f'ddb.geometry.cylinders = "{cylinders}"\nddb.geometry.heads = "255"\nddb.geometry.sectors = "63"\n'
+        'ddb.virtualHWVersion = "10"\n'
+    )
+
+
+def _stderr_log(message: str) -> None:
+    """Image build/export progress: straight to stderr (minutes of it), as the qemu driver does."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 # Helpers that talk to pyvmomi objects (imported lazily by the callers above) ---------------
 
 def wait_task(si: Any, task: Any, what: str, timeout: float = TASK_WAIT) -> Any:
@@ -616,7 +738,8 @@ def wait_task(si: Any, task: Any, what: str, timeout: float = TASK_WAIT) -> Any:
     props = {p.name: p.val for o in pc.RetrieveContents([spec]) for p in o.propSet}
     if state == "error":
         err = props.get(path)
-        fault = getattr(err, "fault", None)
+        # A LocalizedMethodFault, or (pyvmomi unwraps some, e.g. FileNotFound on a datastore path) the fault itself.
+        fault = err if isinstance(err, BaseException) else getattr(err, "fault", None)
         if isinstance(fault, BaseException):
             if not getattr(fault, "msg", None):
                 fault.msg = f"{what}: {getattr(err, 'localizedMessage', '') or type(fault).__name__}"

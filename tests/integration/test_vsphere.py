@@ -32,6 +32,7 @@ if _REPO not in sys.path:
 
 from machine.drivers.base import State
 from machine.errors import MachineError, PreCreateError
+from tests import fake_base_image
 from tests.vcsim import (
     Vcsim,
     finish,
@@ -207,6 +208,77 @@ def test_pre_create_names_what_is_missing(vcsim, tmp_path, iso):
     make_driver(vcsim, tmp_path / "store", "pm-chost", iso, hostsystem="DC0_C0/DC0_C0_H1").pre_create_check()
 
 
+# pymachine's base image (the default without --vmwarevsphere-boot2docker-url) --------------------
+
+def vm_disks_and_boot(sim: Vcsim, ref: str) -> tuple[list[tuple[str, int, int]], list[int]]:
+    """The VM's disks as (backing file, capacity KB, key) and its boot order as disk device keys."""
+    from pyVmomi import vim
+
+    with sim.connect() as si:
+        vm = vim.VirtualMachine(ref, si._stub)
+        disks = [(d.backing.fileName, int(d.capacityInKB), int(d.key)) for d in vm.config.hardware.device
+                 if isinstance(d, vim.vm.device.VirtualDisk)]
+        order = [int(b.deviceKey) for b in (vm.config.bootOptions.bootOrder or [])
+                 if isinstance(b, vim.vm.BootOptions.BootableDiskDevice)]
+    return disks, order
+
+
+@pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
+def test_default_image_uploads_flat_disk_and_seed_boots_from_disk_and_rm_removes_all(vcsim, tmp_path, iso):
+    import hashlib
+
+    from machine.seed import read_seed_iso
+
+    store = tmp_path / "store"
+    image = fake_base_image.make_fake_image(store, 32)
+    driver = make_driver(vcsim, store, "pm-img", iso, boot2docker_url="", disk_size=100)
+    driver.pre_create_check()
+    injection = inject_guest_ip(vcsim, "pm-img", "127.0.0.1")
+    log: list[str] = []
+    driver.create(log.append)
+    ref = finish(injection)
+
+    raw = image.exported("raw")
+    assert raw.stat().st_size == 32 << 20
+    inv = inventory(vcsim)
+    root = inv["root"]
+    assert {"pm-img/pm-img.vmdk", "pm-img/pm-img-flat.vmdk", "pm-img/seed.iso"} <= set(inv["files"])
+    digest = hashlib.sha256((root / "pm-img" / "pm-img-flat.vmdk").read_bytes()).hexdigest()
+    assert digest == hashlib.sha256(raw.read_bytes()).hexdigest()
+    descriptor = (root / "pm-img" / "pm-img.vmdk").read_text()
+    assert 'createType="vmfs"' in descriptor and f'RW {(32 << 20) // 512} VMFS "pm-img-flat.vmdk"' in descriptor
+    seed = read_seed_iso(root / "pm-img" / "seed.iso")
+    assert seed["pymachine/authorized_keys"] == Path(driver.config["SSHKeyPath"] + ".pub").read_text()
+    assert "USERNAME=docker\n" in seed["pymachine/config"] and "pymachine/fstab" not in seed
+    assert driver.config["UploadedFiles"] == ["[LocalDS_0] pm-img/pm-img-flat.vmdk", "[LocalDS_0] pm-img/pm-img.vmdk",
+                                              "[LocalDS_0] pm-img/seed.iso"]
+    vm = inv["vms"]["pm-img"]
+    assert vm["ref"] == ref and vm["power"] == "poweredOn" and vm["cdrom"] == ["[LocalDS_0] pm-img/seed.iso"]
+    disks, order = vm_disks_and_boot(vcsim, ref)
+    assert [(f, kb) for f, kb, _ in disks] == [("[LocalDS_0] pm-img/pm-img.vmdk", 100 * 1024)]
+    assert order == [disks[0][2]]
+    assert any("Uploading pm-img-flat.vmdk to [LocalDS_0] pm-img/" in line for line in log)
+
+    driver.remove(log.append)
+    assert ours(inventory(vcsim), "pm-img") == []
+    assert driver.config["UploadedFiles"] == [] and driver.config["DatastoreFolder"] == ""
+    assert raw.is_file()  # the cached export stays for the next machine
+
+
+@pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
+def test_default_image_disk_never_smaller_than_the_image(vcsim, tmp_path, iso):
+    store = tmp_path / "store"
+    fake_base_image.make_fake_image(store, 32)
+    driver = make_driver(vcsim, store, "pm-small", iso, boot2docker_url="", disk_size=8)
+    injection = inject_guest_ip(vcsim, "pm-small", "127.0.0.1")
+    driver.create(lambda _: None)
+    ref = finish(injection)
+    disks, order = vm_disks_and_boot(vcsim, ref)
+    assert [kb for _, kb, _ in disks] == [32 * 1024] and order == [disks[0][2]]
+    driver.remove(lambda _: None)
+    assert ours(inventory(vcsim), "pm-small") == []
+
+
 # CLI ---------------------------------------------------------------------------------------------
 
 def cli_create_args(sim: Vcsim, iso: Path, name: str, *extra: str) -> list[str]:
@@ -241,6 +313,42 @@ def test_cli_create_unreachable_guest_rolls_back_everything(pm, vcsim, iso):
     assert not (pm.store / "machines" / "pm-cli").exists()
     assert ours(inventory(vcsim), "pm-cli") == []
     assert pm.ok("ls", "-q").stdout.strip() == ""
+
+
+@pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
+def test_cli_default_image_unreachable_guest_rolls_back_every_upload(pm, vcsim, iso):
+    fake_base_image.make_fake_image(pm.store, 16)
+    held = closed_loopback_port()
+    try:
+        port = held.getsockname()[1]
+        injection = inject_guest_ip(vcsim, "pm-cimg", "127.0.0.1")
+        args = [a for a in cli_create_args(vcsim, iso, "pm-cimg", "--vmwarevsphere-ssh-port", str(port))
+                if a not in ("--vmwarevsphere-boot2docker-url", str(iso))]
+        res = pm(*args, env={"PYMACHINE_SSH_WAIT": "2", "PYMACHINE_VSPHERE_IP_WAIT": "30"})
+        finish(injection)
+    finally:
+        held.close()
+    assert res.returncode != 0, res.stdout
+    out = res.stdout + res.stderr
+    assert "(image) converting disk.qcow2 to raw..." in out
+    for name in ("pm-cimg-flat.vmdk", "pm-cimg.vmdk", "seed.iso"):
+        assert f"Uploading {name} to [LocalDS_0] pm-cimg/" in out
+    assert "Removing pm-cimg: the host never answered over SSH" in out
+    assert ours(inventory(vcsim), "pm-cimg") == []
+    assert not (pm.store / "machines" / "pm-cimg").exists()
+
+
+def test_cli_default_image_unavailable_is_exit_3_naming_the_flag(pm, vcsim, iso):
+    before = inventory(vcsim)
+    args = [a for a in cli_create_args(vcsim, iso, "pm-noimg") if a not in ("--vmwarevsphere-boot2docker-url", str(iso))]
+    res = pm(*args, env={"PATH": fake_base_image.path_without_debootstrap()})
+    assert res.returncode == 3
+    line = one_line(res)
+    assert "pymachine's base image is not built yet" in line and "--vmwarevsphere-boot2docker-url" in line
+    after = inventory(vcsim)
+    assert after["vms"].keys() == before["vms"].keys() and after["files"] == before["files"]
+    assert not (pm.store / "machines" / "pm-noimg").exists()
+    fake_base_image.assert_no_image_built(pm.store)
 
 
 def test_cli_bad_input_exit_3_one_line_nothing_left(pm, vcsim, iso):
