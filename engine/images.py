@@ -291,6 +291,7 @@ def recipe_hash() -> str:
         inspect.getsource(_customise),
         inspect.getsource(_make_disk),
         inspect.getsource(_make_boot_fat),
+        inspect.getsource(_partition_table),
     ):
         digest.update(part.encode())
         digest.update(b"\0")
@@ -458,7 +459,7 @@ def _partition_table(boot_bytes: int, root_bytes: int) -> str:
     boot_start = PART_ALIGN // sector
     root_start = boot_start + boot_bytes // sector
     return ("label: dos\nlabel-id: 0x706d6163\nunit: sectors\n\n"
-            f"start={boot_start}, size={boot_bytes // sector}, type=c, bootable\n"
+            f"start={boot_start}, size={boot_bytes // sector}, type=e, bootable\n"  # FAT16 (LBA)
             f"start={root_start}, size={root_bytes // sector}, type=83\n")
 
 

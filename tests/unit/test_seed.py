@@ -184,7 +184,7 @@ def test_base_image_partition_table_puts_the_root_last(tmp_path: Path) -> None:
     table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True, text=True,
                                       check=True, timeout=30).stdout)["partitiontable"]
     boot, root = table["partitions"]
-    assert (boot["start"] * 512, boot["size"] * 512, boot.get("bootable")) == (
-        images.PART_ALIGN, images.BOOT_PART_BYTES, True)
+    assert (boot["start"] * 512, boot["size"] * 512, boot.get("bootable"), boot["type"]) == (
+        images.PART_ALIGN, images.BOOT_PART_BYTES, True, "e")
     assert (root["start"] + root["size"]) * 512 == disk.stat().st_size and root["type"] == "83"
     assert f"root=LABEL={images.ROOT_LABEL}" in images.SYSLINUX_CFG

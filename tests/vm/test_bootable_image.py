@@ -74,7 +74,7 @@ def test_exported_vmdk_and_vdi_hold_the_same_bootable_disk(image: images.ImageIn
     assert mbr[510:512] == b"\x55\xaa"
     assert mbr[:440] == Path(images.SYSLINUX_MBR).read_bytes()[:440], "SYSLINUX's MBR boot code"
     entries = [mbr[446 + 16 * i: 462 + 16 * i] for i in range(4)]
-    assert entries[0][0] == 0x80 and entries[0][4] == 0x0C, "partition 1: active FAT32 (LBA) boot partition"
+    assert entries[0][0] == 0x80 and entries[0][4] == 0x0E, "partition 1: the active FAT16 (LBA) boot partition"
     assert entries[1][0] == 0x00 and entries[1][4] == 0x83, "partition 2: the Linux root"
     boot_start = int.from_bytes(entries[0][8:12], "little")
     root_start = int.from_bytes(entries[1][8:12], "little")
