@@ -179,6 +179,9 @@ class Client:
         return items
 
 
+CREATE_TAG_PREFIX = "pymachine-create:"
+
+
 def machine_tag(name: str) -> str:
     """``pymachine-machine:<name>``; a dot (not allowed in DO tags) becomes ``_`` (not allowed in names)."""
     return MACHINE_TAG_PREFIX + name.replace(".", "_")
@@ -285,7 +288,8 @@ class DigitalOceanDriver(Driver):
 
     def tags(self) -> list[str]:
         user = [t.strip() for t in str(self.config.get("Tags") or "").split(",") if t.strip()]
-        return [LIST_TAG, machine_tag(self.machine_name), *[t for t in user if t != LIST_TAG]]
+        own = [str(self.config["CreateTag"])] if self.config.get("CreateTag") else []
+        return [LIST_TAG, machine_tag(self.machine_name), *own, *[t for t in user if t != LIST_TAG]]
 
     # -- create ------------------------------------------------------------------------
     def pre_create_check(self) -> None:
@@ -386,6 +390,9 @@ class DigitalOceanDriver(Driver):
             ssh_key_ref = str(self.config["SSHKeyFingerprint"])
             self._import_user_key(log)
         log(f"({self.machine_name}) Creating Digital Ocean droplet...")
+        # A tag no other droplet has: if the create's answer is lost (timeout,
+        # dropped connection) the droplet may still exist, and rm finds it by this.
+        self.config["CreateTag"] = CREATE_TAG_PREFIX + os.urandom(8).hex()
         request = {
             "name": self.machine_name, "region": self.config["Region"], "size": self.config["Size"],
             "image": self.config["Image"], "ssh_keys": [ssh_key_ref], "backups": bool(self.config.get("Backups")),
@@ -537,10 +544,21 @@ class DigitalOceanDriver(Driver):
         self._action(self.client(), "power_off")
 
     def remove(self, log: Log) -> None:
-        """Delete the SSH key pymachine made (by id, never a user's key) and the droplet; 404 is fine."""
-        if not self.droplet_id and not int(self.config.get("SSHKeyID") or 0):
+        """Delete the SSH key pymachine made (by id, never a user's key) and the droplet; 404 is fine.
+
+        Without a droplet id (the create's answer never arrived) the droplet
+        is looked up by the create's own unique tag, so none is leaked.
+        """
+        if not self.droplet_id and not int(self.config.get("SSHKeyID") or 0) and not self.config.get("CreateTag"):
             return
         client = self.client()
+        if not self.droplet_id and self.config.get("CreateTag"):
+            found = client.list_all("/v2/droplets", "droplets", query={"tag_name": str(self.config["CreateTag"])})
+            for droplet in found:
+                if droplet.get("name") == self.machine_name and droplet.get("id"):
+                    log(f"({self.machine_name}) Found droplet {droplet['id']} from the interrupted create; deleting it")
+                    self.config["DropletID"] = int(droplet["id"])
+                    break
         key_id = int(self.config.get("SSHKeyID") or 0)
         if key_id:
             try:

@@ -11,6 +11,8 @@ Network safety: a droplet only ever gets the address the test hands out via
 ``address_for(droplet, public_keys)``; without one it gets no address at all.
 
 Failure injection: ``fail_next(method, path_prefix, status, id, message)``,
+``drop_response_next(method, path_prefix)`` (the request takes effect but the
+connection closes without an answer, as when a client times out),
 ``rate_limit(n)`` (the next n requests answer 429), ``droplet_limit``,
 ``ignore_shutdown`` (a shutdown action completes but the droplet stays on).
 """
@@ -104,6 +106,7 @@ class FakeDigitalOcean(HTTPSFake):
         self._ids = itertools.count(3_164_444)
         self._injected: list[Injected] = []
         self._rate_limited = 0
+        self._dropped: list[tuple[str, str]] = []
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -116,6 +119,10 @@ class FakeDigitalOcean(HTTPSFake):
     def fail_next(self, method: str, prefix: str, status: int, error_id: str, message: str, times: int = 1) -> None:
         with self._lock:
             self._injected.append(Injected(method.upper(), prefix, status, error_id, message, times))
+
+    def drop_response_next(self, method: str, prefix: str) -> None:
+        with self._lock:
+            self._dropped.append((method.upper(), prefix))
 
     def rate_limit(self, times: int) -> None:
         with self._lock:
@@ -290,6 +297,10 @@ class FakeDigitalOcean(HTTPSFake):
                     return inj.status, _err(inj.error_id, inj.message), headers
             self._tick()
             status, payload = self._route(method, path, query, body if isinstance(body, dict) else {})
+            drop = next((d for d in self._dropped if d[0] == method and path.startswith(d[1])), None)
+            if drop:
+                self._dropped.remove(drop)
+                return 0, None, headers  # done, but the answer is lost
             return status, payload, headers
 
     def _route(self, method: str, path: str, query: dict[str, list[str]],
@@ -400,6 +411,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         status, payload, headers = self.fake.handle(self.command, split.path, parse_qs(split.query), body,
                                                     self.headers.get("Authorization", ""))
+        if status == 0:
+            self.close_connection = True
+            return
         self._reply(status, payload, headers)
 
     def _reply(self, status: int, payload: dict[str, Any] | None, headers: dict[str, str]) -> None:

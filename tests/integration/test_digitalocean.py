@@ -8,6 +8,8 @@ answers, so a create that reaches provisioning is rolled back as unreachable.
 
 from __future__ import annotations
 
+import re
+
 import itertools
 import json
 import os
@@ -139,6 +141,23 @@ def test_quota_error_at_create_rolls_back_the_key(pm, fake):
     assert_nothing_left(pm, fake, "do1")
 
 
+def test_lost_create_answer_still_leaves_no_droplet(pm, fake):
+    """The droplet is made but the answer never arrives: the rollback finds it by
+    the create's own tag (never by name, which another store may share)."""
+    other = fake.add_droplet("do1")  # same name, another store's: must survive
+    fake.droplets[other["id"]]["tags"] = ["pymachine", "pymachine-machine:do1"]
+    fake.drop_response_next("POST", "/v2/droplets")
+    res = pm(*do_args(fake, "do1"), env={"DIGITALOCEAN_ACCESS_TOKEN": TOKEN})
+    assert res.returncode == 1
+    assert "cannot reach the DigitalOcean API" in one_line_error(res)
+    [create] = fake.calls("POST", "/v2/droplets")
+    [lookup] = [c for c in fake.calls("GET", "/v2/droplets") if c.query.get("tag_name")]
+    assert lookup.query["tag_name"] == [t for t in create.body["tags"] if t.startswith("pymachine-create:")]
+    assert "Found droplet" in res.stdout and "from the interrupted create; deleting it" in res.stdout
+    assert list(fake.droplets) == [other["id"]] and fake.keys == {}
+    assert pm("ls", "-q").stdout.strip() == ""
+
+
 def test_droplet_without_ip_is_rolled_back(pm, fake):
     fake.address_for = lambda droplet, keys: None
     res = pm(*do_args(fake, "do1"), env={"DIGITALOCEAN_ACCESS_TOKEN": TOKEN, "PYMACHINE_DIGITALOCEAN_WAIT": "2"})
@@ -159,7 +178,9 @@ def test_unreachable_droplet_is_rolled_back_after_create(pm, fake):
     [create] = fake.calls("POST", "/v2/droplets")
     [key] = fake.calls("POST", "/v2/account/keys")
     assert key.body["name"] == "do.1" and key.body["public_key"].startswith("ssh-rsa ")
-    assert create.body["tags"] == ["pymachine", "pymachine-machine:do_1", "team-web", "env:test"]
+    tags = create.body["tags"]
+    assert tags[:2] == ["pymachine", "pymachine-machine:do_1"] and tags[3:] == ["team-web", "env:test"]
+    assert re.fullmatch(r"pymachine-create:[0-9a-f]{16}", tags[2]), tags
     assert create.body["region"] == "nyc3" and create.body["size"] == "s-1vcpu-1gb"
     assert create.body["image"] == "ubuntu-24-04-x64" and len(create.body["ssh_keys"]) == 1
     assert_nothing_left(pm, fake, "do.1")
