@@ -534,9 +534,12 @@ class VirtualBoxDriver(Driver):
         from engine import images
 
         try:
-            images.image_for_driver(images.default_cache_dir(self.store_path), "--virtualbox-boot2docker-url")
+            info = images.image_for_driver(images.default_cache_dir(self.store_path), "--virtualbox-boot2docker-url")
         except MachineError as exc:
             raise PreCreateError(str(exc)) from None
+        problem = images_export_problem(info, "vdi")
+        if problem:
+            raise PreCreateError(f"{problem}, or pass --virtualbox-boot2docker-url")
 
     def _base_image_vdi(self, log: Log) -> tuple[str, int]:
         """(path, virtual size in bytes) of pymachine's image as VDI: built if needed, exported once."""
@@ -890,6 +893,17 @@ def guest_shares(share: tuple[str, str] | None) -> list[tuple[str, str, str]]:
         return []
     name = share[0]
     return [("vboxsf", name, "/" + name.strip("/"))]
+
+
+def images_export_problem(info: Any, fmt: str) -> str:
+    """Why a cached image cannot be exported to ``fmt`` at create ('' when it can, or is exported)."""
+    if info is None or info.exported(fmt).is_file():
+        return ""
+    if not shutil.which("qemu-img"):
+        return f"converting pymachine's base image to {fmt} needs qemu-img (Debian package qemu-utils)"
+    if not os.access(info.directory, os.W_OK):
+        return f"pymachine's base image has no {fmt} copy yet: run `sudo pymachine image export {fmt}` once"
+    return ""
 
 
 def _stderr_log(message: str) -> None:

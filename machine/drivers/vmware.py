@@ -52,6 +52,15 @@ SOFT_STOP_TIMEOUT = 60.0
 IP_WAIT = 120.0
 MIN_IP_WAIT = 20.0  # even when PYMACHINE_SSH_WAIT is tiny: a loaded host answers slowly
 IMAGE_SUFFIXES = (".iso", ".vmdk")
+#: One ``getGuestIPAddress -wait`` at most this long, then the DHCP leases are read, then again.
+IP_CALL_WAIT = 15.0
+LEASES_ENV = "PYMACHINE_VMWARE_DHCP_LEASES"  # os.pathsep-separated lease files (tests, odd installs)
+#: vmnet8 (NAT) DHCP lease files of Workstation (Linux, Windows) and Fusion, as docker-machine read them.
+DHCP_LEASE_FILES = {
+    "linux": ("/etc/vmware/vmnet8/dhcpd/dhcpd.leases",),
+    "darwin": ("/var/db/vmware/vmnet-dhcpd-vmnet8.leases",),
+    "win32": ("C:\\ProgramData\\VMware\\vmnetdhcp.leases",),
+}
 
 
 def find_tool(name: str, extra: Sequence[str] = ()) -> str | None:
@@ -255,9 +264,12 @@ class VMwareDriver(Driver):
         from engine import images
 
         try:
-            images.image_for_driver(images.default_cache_dir(self.store_path), f"--{self.prefix}-boot2docker-url")
+            info = images.image_for_driver(images.default_cache_dir(self.store_path), f"--{self.prefix}-boot2docker-url")
         except MachineError as exc:
             raise PreCreateError(str(exc)) from None
+        problem = images_export_problem(info, "vmdk")
+        if problem:
+            raise PreCreateError(f"{problem}, or pass --{self.prefix}-boot2docker-url")
 
     def _base_image_vmdk(self, log: Log) -> str:
         """pymachine's image as a VMDK: built if needed, exported once beside the cached image."""
@@ -433,19 +445,35 @@ class VMwareDriver(Driver):
                    f"sudo mkdir -p {share_dir} && sudo mount -t vmhgfs .host:/{share_name} {share_dir}", guest=True)
 
     def wait_for_ip(self, timeout: float | None = None) -> str:
+        """VMware Tools' answer (``getGuestIPAddress -wait``, each call bounded), else the vmnet
+        DHCP lease of the VM's MAC (docker-machine's way; guests without tools), within ``timeout``."""
         timeout = wait_budget() if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while True:
+            left = deadline - time.monotonic()
             try:
-                ip = self.vmrun("getGuestIPAddress", self.vmx_path, "-wait", timeout=max(10.0, deadline - time.monotonic())).strip()
+                ip = self.vmrun("getGuestIPAddress", self.vmx_path, "-wait",
+                                timeout=max(1.0, min(IP_CALL_WAIT, left))).strip()
             except MachineError:
                 ip = ""
-            if ip and ip != "unknown":
+            if not ip or ip == "unknown":
+                ip = self.lease_ip()
+            if ip:
                 self.config["IPAddress"] = ip
                 return ip
             if time.monotonic() > deadline:
-                raise MachineError(f"the VM reported no IP address within {timeout:g}s (are VMware Tools running?)")
+                raise MachineError(f"the VM reported no IP address within {timeout:g}s "
+                                   "(neither VMware Tools nor a vmnet DHCP lease named one)")
             time.sleep(1.0)
+
+    def lease_ip(self) -> str:
+        """The vmnet DHCP lease of the MAC VMware generated for ethernet0 ('' when none)."""
+        try:
+            cfg = parse_vmx(Path(self.vmx_path).read_text())
+        except OSError:
+            return ""
+        mac = cfg.get("ethernet0.generatedAddress") or cfg.get("ethernet0.address") or ""
+        return ip_from_leases(mac, lease_files()) if mac else ""
 
     # Addresses -------------------------------------------------------------------------
     def engine_url(self) -> str:
@@ -520,6 +548,31 @@ class VMwareDriver(Driver):
         self.vmrun("deleteVM", self.vmx_path)
 
 
+def lease_files(platform: str = sys.platform) -> list[str]:
+    raw = os.environ.get(LEASES_ENV, "")
+    if raw:
+        return [p for p in raw.split(os.pathsep) if p]
+    return list(DHCP_LEASE_FILES.get("linux" if platform.startswith("linux") else platform, ()))
+
+
+def ip_from_leases(mac: str, files: Sequence[str]) -> str:
+    """The last ISC dhcpd ``lease <ip> { ... hardware ethernet <mac>; }`` for ``mac`` in ``files``."""
+    import re
+
+    want = mac.strip().lower()
+    found = ""
+    for path in files:
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError:
+            continue
+        for m in re.finditer(r"lease\s+(\d+\.\d+\.\d+\.\d+)\s*\{([^}]*)\}", text):
+            hw = re.search(r"hardware\s+ethernet\s+([0-9a-fA-F:]+)\s*;", m.group(2))
+            if hw and hw.group(1).lower() == want:
+                found = m.group(1)
+    return found
+
+
 def vmdk_capacity(path: str) -> int:
     """A VMDK's virtual size in bytes: a sparse extent's header, else the descriptor's extent lines."""
     with open(path, "rb") as fh:
@@ -537,6 +590,17 @@ def vmdk_capacity(path: str) -> int:
     if not sectors:
         raise MachineError(f"{path} is not a VMDK (no sparse header or extent lines)")
     return sectors * 512
+
+
+def images_export_problem(info: Any, fmt: str) -> str:
+    """Why a cached image cannot be exported to ``fmt`` at create ('' when it can, or is exported)."""
+    if info is None or info.exported(fmt).is_file():
+        return ""
+    if not shutil.which("qemu-img"):
+        return f"converting pymachine's base image to {fmt} needs qemu-img (Debian package qemu-utils)"
+    if not os.access(info.directory, os.W_OK):
+        return f"pymachine's base image has no {fmt} copy yet: run `sudo pymachine image export {fmt}` once"
+    return ""
 
 
 def _stderr_log(message: str) -> None:

@@ -347,9 +347,9 @@ class VSphereDriver(Driver):
             info = images.image_for_driver(images.default_cache_dir(self.store_path), "--vmwarevsphere-boot2docker-url")
         except MachineError as exc:
             raise PreCreateError(str(exc)) from None
-        if info is not None and not info.exported("raw").is_file() and not shutil.which("qemu-img"):
-            raise PreCreateError("exporting pymachine's base image needs qemu-img (Debian package qemu-utils), "
-                                 "or pass --vmwarevsphere-boot2docker-url")
+        problem = images_export_problem(info, "raw")
+        if problem:
+            raise PreCreateError(f"{problem}, or pass --vmwarevsphere-boot2docker-url")
 
     def _base_image_raw(self, log: Log) -> tuple[str, int]:
         """(raw disk path, size in bytes) of pymachine's image: built if needed, exported once."""
@@ -698,6 +698,17 @@ def vmfs_descriptor(extent: str, size: int) -> str:
         f'ddb.geometry.cylinders = "{cylinders}"\nddb.geometry.heads = "255"\nddb.geometry.sectors = "63"\n'
         'ddb.virtualHWVersion = "10"\n'
     )
+
+
+def images_export_problem(info: Any, fmt: str) -> str:
+    """Why a cached image cannot be exported to ``fmt`` at create ('' when it can, or is exported)."""
+    if info is None or info.exported(fmt).is_file():
+        return ""
+    if not shutil.which("qemu-img"):
+        return f"converting pymachine's base image to {fmt} needs qemu-img (Debian package qemu-utils)"
+    if not os.access(info.directory, os.W_OK):
+        return f"pymachine's base image has no {fmt} copy yet: run `sudo pymachine image export {fmt}` once"
+    return ""
 
 
 def _stderr_log(message: str) -> None:

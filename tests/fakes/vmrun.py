@@ -14,6 +14,9 @@ Knobs (environment):
 - ``FAKE_VMRUN_FAIL``: words of a command to fail, e.g. ``stop soft`` or ``start``.
 - ``FAKE_VMRUN_GUEST_PASSWORD``: the guest password guest operations accept
   (default ``tcuser``).
+- ``FAKE_VMRUN_LEASES`` + ``FAKE_VMRUN_LEASE_IP``: ``start`` plays vmnet-dhcpd and
+  appends a lease of that IP for the VM's MAC (``ethernet0.generatedAddress``,
+  which ``start`` writes into the .vmx as VMware does) to that lease file.
 """
 
 from __future__ import annotations
@@ -108,6 +111,16 @@ def run(state: dict, argv: list[str]) -> str:
         if len(rest) > 1 and rest[1] not in ("gui", "nogui"):
             raise Fail(f"Error: Invalid argument: {rest[1]}")
         cfg = check_vmx(vmx)
+        if "ethernet0.generatedAddress" not in cfg:  # VMware writes the MAC it made into the .vmx
+            mac = "00:0c:29:" + ":".join(f"{b:02x}" for b in os.urandom(3))
+            with open(vmx, "a") as fh:
+                fh.write(f'ethernet0.generatedAddress = "{mac}"\n')
+            cfg["ethernet0.generatedAddress"] = mac
+        leases, lease_ip = os.environ.get("FAKE_VMRUN_LEASES", ""), os.environ.get("FAKE_VMRUN_LEASE_IP", "")
+        if leases and lease_ip:  # vmnet-dhcpd answering the guest's DHCP request
+            with open(leases, "a") as fh:
+                fh.write(f"lease {lease_ip} {{\n  starts 4 2026/11/26 10:00:00;\n  ends 4 2026/11/26 10:30:00;\n"
+                         f"  hardware ethernet {cfg['ethernet0.generatedAddress']};\n}}\n")
         vm["state"] = "on"
         vm["host_type"] = host_type
         vm["boot_order"] = cfg.get("bios.bootOrder", "")

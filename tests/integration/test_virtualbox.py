@@ -400,6 +400,17 @@ def test_default_image_unavailable_is_exit_3_naming_the_flag(pm, vbox):
 
 
 @pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
+def test_cached_image_that_cannot_be_exported_is_exit_3(pm, vbox):
+    """The image is cached but has no VDI copy and qemu-img is not on PATH: refused before anything exists."""
+    image = fake_base_image.make_fake_image(pm.store)
+    res = pm(*image_args("noexport"), env={"PATH": str(vbox.bin)})
+    assert res.returncode == 3 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "needs qemu-img" in res.stderr and "--virtualbox-boot2docker-url" in res.stderr
+    assert not image.exported("vdi").exists()
+    assert_nothing_left(pm, vbox, "noexport")
+
+
+@pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
 def test_share_name_the_seed_cannot_hold_is_exit_3(pm, vbox, tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()

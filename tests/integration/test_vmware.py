@@ -264,6 +264,40 @@ def test_default_image_disk_seed_and_hgfs_share(pm, fake, tmp_path):
     assert fake.vms() == {} and not (pm.store / "machines" / "ws-img").exists() and exported.is_file()
 
 
+def test_guest_ip_from_the_vmnet_dhcp_lease_when_tools_do_not_answer(pm, fake, tmp_path):
+    """A guest without VMware Tools: getGuestIPAddress fails, the lease of the VM's MAC names the IP."""
+    leases = tmp_path / "dhcpd.leases"
+    leases.write_text("lease 127.0.0.8 {\n  hardware ethernet 00:0c:29:00:00:01;\n}\n")  # another VM's
+    env = {"FAKE_VMRUN_GUEST_IP": "", "FAKE_VMRUN_LEASES": str(leases), "FAKE_VMRUN_LEASE_IP": GUEST_IP,
+           "PYMACHINE_VMWARE_DHCP_LEASES": str(leases)}
+    image = tmp_path / "own.vmdk"
+    subprocess.run(["qemu-img", "create", "-f", "vmdk", str(image), "16M"], check=True, capture_output=True)
+    res = pm("create", "-d", "vmwareworkstation", "--vmwareworkstation-boot2docker-url", str(image),
+             "--vmwareworkstation-no-share", "--vmwareworkstation-disk-size", "16", "lease1", env=env)
+    assert f"Unable to connect to {GUEST_IP}:22" in res.stderr, res.stdout + res.stderr
+    mdir = pm.store / "machines" / "lease1"
+    mac = vmx_of(mdir / "lease1.vmx")["ethernet0.generatedAddress"]
+    assert f"hardware ethernet {mac};" in leases.read_text()
+    assert json.loads((mdir / "config.json").read_text())["Driver"]["IPAddress"] == GUEST_IP
+    assert [c[2] for c in fake.calls()] == ["start", "getGuestIPAddress"]
+
+
+def test_no_ip_from_tools_or_leases_fails_within_the_bound(pm, fake, tmp_path):
+    import time
+
+    leases = tmp_path / "dhcpd.leases"
+    leases.write_text("")
+    image = tmp_path / "own.vmdk"
+    subprocess.run(["qemu-img", "create", "-f", "vmdk", str(image), "16M"], check=True, capture_output=True)
+    started = time.monotonic()
+    res = pm("create", "-d", "vmwareworkstation", "--vmwareworkstation-boot2docker-url", str(image),
+             "--vmwareworkstation-no-share", "--vmwareworkstation-disk-size", "16", "noip",
+             env={"FAKE_VMRUN_GUEST_IP": "", "PYMACHINE_VMWARE_DHCP_LEASES": str(leases)})
+    assert res.returncode == 1 and time.monotonic() - started < 60
+    assert "reported no IP address within 20s" in res.stderr, res.stderr
+    assert fake.vms() == {} and not (pm.store / "machines" / "noip").exists()
+
+
 def test_default_image_unavailable_is_exit_3_naming_the_flag(pm, fake):
     res = pm("create", "-d", "vmwarefusion", "noimg",
              env={"PATH": fake_base_image.path_without_debootstrap(fake.bin)})
