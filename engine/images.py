@@ -720,3 +720,28 @@ def export_image(info: ImageInfo, fmt: str, log: Log) -> Path:
         os.chmod(partial, 0o644)
         os.rename(partial, target)
     return target
+
+
+def prune_images(cache_dir: Path, in_use: Callable[[Path], bool], log: Log) -> list[Path]:
+    """Remove cached images other than the current recipe's that no machine uses.
+
+    A qemu machine's overlay is backed by the image it was created from, so an
+    image a machine still names is kept whatever its recipe.  Returns what was
+    removed.  Each image is removed under its build lock, so a build or export
+    in progress is never pulled from under a create.
+    """
+    current = recipe_hash()
+    removed = []
+    for info in list_images(cache_dir):
+        if info.recipe == current or info.directory.name == current or in_use(info.directory):
+            continue
+        with _build_lock(Path(cache_dir), info.directory.name, log):
+            _remove_tree(info.directory)
+        removed.append(info.directory)
+    for stale in Path(cache_dir).glob(".build-*"):  # a crashed build's leftovers (a live one holds the lock)
+        key = stale.name[len(".build-"):].rsplit("-", 1)[0]
+        if key != current:
+            with _build_lock(Path(cache_dir), key, log):
+                _remove_tree(stale)
+            removed.append(stale)
+    return removed

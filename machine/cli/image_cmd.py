@@ -1,7 +1,8 @@
 """``pymachine image build|ls|export``: pymachine's own base VM image.
 
 ``build`` makes (or finds) the cached image for the current recipe and prints
-where it is; ``ls`` lists cached images; ``export FORMAT`` prints the path of
+where it is; ``ls`` lists cached images; ``prune`` removes images that are
+neither the current recipe's nor used by a machine; ``export FORMAT`` prints the path of
 the image's bootable disk converted to vmdk, vdi or raw (converted once and
 cached), for hypervisors other than QEMU.  All use the store's cache
 directory, so ``-s``/``MACHINE_STORAGE_PATH`` select which cache.
@@ -14,7 +15,7 @@ import time
 
 from machine.cli.common import Context, UsageError, parse, parser
 
-USAGE = "build | ls | export vmdk|vdi|raw"
+USAGE = "build | ls | prune | export vmdk|vdi|raw"
 
 
 def _summary(info) -> str:  # type: ignore[no-untyped-def]
@@ -24,11 +25,27 @@ def _summary(info) -> str:  # type: ignore[no-untyped-def]
             f"engine {m.get('engine_version', '')}  {size_mb:.0f} MB  built {m.get('built_at', '')}")
 
 
+def _used_by_a_machine(ctx: Context, image_dir) -> bool:  # type: ignore[no-untyped-def]
+    """Whether any machine's config names a file in ``image_dir`` (a qemu overlay's base, say).
+
+    A config that cannot be read counts as using it: pruning must never break a machine.
+    """
+    needle = str(image_dir)
+    for name in ctx.store.list_names():
+        try:
+            text = ctx.store.config_path(name).read_text()
+        except OSError:
+            return True
+        if needle in text:
+            return True
+    return False
+
+
 def cmd_image(ctx: Context, args: list[str]) -> int:
     from engine import images
 
     p = parser("image", "Build and list pymachine base VM images.", USAGE)
-    p.add_argument("action", nargs="?", choices=["build", "ls", "export"])
+    p.add_argument("action", nargs="?", choices=["build", "ls", "prune", "export"])
     ns = parse(p, args)
     if not ns.action:
         raise UsageError(f"pymachine image needs a subcommand: {USAGE}")
@@ -43,6 +60,12 @@ def cmd_image(ctx: Context, args: list[str]) -> int:
         return 0
     if ns.rest:
         raise UsageError(f"Invalid command line. Found extra arguments {ns.rest}")
+    if ns.action == "prune":
+        removed = images.prune_images(cache, lambda d: _used_by_a_machine(ctx, d),
+                                      lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush()))
+        for path in removed:
+            ctx.out(f"Removed {path}")
+        return 0
     if ns.action == "ls":
         current = images.recipe_hash()
         rows = [("RECIPE", "SUITE", "KERNEL", "ENGINE", "SIZE", "BUILT", "CURRENT")]

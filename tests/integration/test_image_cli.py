@@ -1,0 +1,87 @@
+"""``pymachine image export|prune|ls`` through the installed command, on a tiny stand-in image.
+
+Whether the real image's exports boot is the VM tier's job
+(tests/vm/test_bootable_image.py); here the conversions really run
+``qemu-img`` on a small qcow2 and prune really removes directories.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engine import images
+from tests.conftest import PyMachine
+from tests.fake_base_image import make_fake_image, qemu_img_available
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not qemu_img_available(), reason="qemu-img not installed")]
+
+
+def test_export_converts_once_and_prints_the_path(pm: PyMachine) -> None:
+    info = make_fake_image(pm.store)
+    for fmt in ("vdi", "vmdk", "raw"):
+        res = pm.ok("image", "export", fmt)
+        path = Path(res.stdout.strip())
+        assert path == info.exported(fmt) and path.is_file()
+        fmt_seen = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True,
+                                             text=True, check=True, timeout=60).stdout)["format"]
+        assert fmt_seen == fmt
+        same = subprocess.run(["qemu-img", "compare", "-F", fmt, str(info.disk), str(path)], capture_output=True,
+                              timeout=60)
+        assert same.returncode == 0, same.stdout
+        mtime = path.stat().st_mtime_ns
+        assert Path(pm.ok("image", "export", fmt).stdout.strip()) == path and path.stat().st_mtime_ns == mtime
+    assert not list(info.directory.glob(".*partial"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("image", "export"), "pymachine image export needs one format: vmdk | vdi | raw"),
+    (("image", "export", "qcow3"), "pymachine image export needs one format: vmdk | vdi | raw"),
+    (("image", "export", "vdi"), "pymachine's base image is not built yet: run `pymachine image build` first"),
+    (("image", "prune", "extra"), "Invalid command line. Found extra arguments ['extra']"),
+])
+def test_bad_image_commands_are_one_line_errors(pm: PyMachine, args: tuple[str, ...], message: str) -> None:
+    res = pm(*args)
+    assert res.returncode == 1
+    assert res.stderr.strip() == message
+    assert not (pm.store / "cache" / "images").exists() or not any((pm.store / "cache" / "images").iterdir())
+
+
+def _old_image(cache: Path, recipe: str) -> Path:
+    directory = cache / recipe
+    directory.mkdir(parents=True)
+    for name in (images.DISK_NAME, images.KERNEL_NAME, images.INITRD_NAME):
+        (directory / name).write_bytes(b"old\n")
+    (directory / images.MANIFEST_NAME).write_text(json.dumps({"recipe": recipe}) + "\n")
+    return directory
+
+
+def test_prune_keeps_the_current_image_and_any_a_machine_uses(pm: PyMachine) -> None:
+    current = make_fake_image(pm.store)
+    cache = current.directory.parent
+    unused = _old_image(cache, "0000000000000001")
+    used = _old_image(cache, "0000000000000002")
+    crashed = cache / ".build-0000000000000003-abc_12"
+    (crashed / "root" / "etc").mkdir(parents=True)
+    # A qemu machine whose overlay is backed by the older image.
+    pm.ok("create", "-d", "none", "--url", "tcp://127.0.0.1:1", "vm1")
+    config = pm.store / "machines" / "vm1" / "config.json"
+    data = json.loads(config.read_text())
+    data["Driver"]["BaseDisk"] = str(used / images.DISK_NAME)
+    config.write_text(json.dumps(data))
+
+    before = pm.ok("image", "ls").stdout
+    assert "0000000000000001" in before and "0000000000000002" in before
+    res = pm.ok("image", "prune")
+    assert sorted(res.stdout.splitlines()) == sorted([f"Removed {unused}", f"Removed {crashed}"])
+    assert not unused.exists() and not crashed.exists()
+    assert used.is_dir() and current.directory.is_dir()
+    assert pm.ok("image", "prune").stdout == ""  # nothing more to do
+    after = pm.ok("image", "ls").stdout
+    assert "0000000000000001" not in after and "0000000000000002" in after
+    current_row = next(line for line in after.splitlines() if line.startswith(current.recipe))
+    assert current_row.rstrip().endswith("*")
