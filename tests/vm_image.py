@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from engine.images import ImageInfo, build_image, find_image, why_not_buildable
+from engine.images import ImageInfo, build_image, find_image, prune_images, why_not_buildable
 
 
 def cache_dir() -> Path:
@@ -33,5 +33,15 @@ def missing_prerequisites() -> str | None:
 
 
 def cached_image() -> ImageInfo:
-    """The image for the current recipe: reused if cached, else built (progress on stderr)."""
-    return build_image(cache_dir(), lambda m: print(f"[vm-image] {m}", file=sys.stderr, flush=True))
+    """The image for the current recipe: reused if cached, else built (progress on stderr).
+
+    Images of older recipes are pruned (no test machine outlives its test), so
+    the cache holds one image and its exports, not one per recipe change.
+    """
+    def log(message: str) -> None:
+        print(f"[vm-image] {message}", file=sys.stderr, flush=True)
+
+    info = build_image(cache_dir(), log)
+    for path in prune_images(cache_dir(), lambda _: False, log):
+        log(f"pruned {path}")
+    return info
