@@ -494,6 +494,11 @@ class VirtualBoxDriver(Driver):
                 f'We support Virtualbox starting with version 5. Your VirtualBox install is "{version}". '
                 "Please upgrade at https://www.virtualbox.org"
             )
+        if not self.config.get("Boot2DockerURL") and parse_version(version) < (6, 1):
+            raise PreCreateError(
+                f"pymachine's base image needs VirtualBox 6.1 or later (its IP is read from VirtualBox's DHCP "
+                f'leases); your VirtualBox install is "{version}": upgrade, or pass --virtualbox-boot2docker-url'
+            )
         if not self.config.get("NoVTXCheck"):
             if hyperv_running():
                 raise PreCreateError(

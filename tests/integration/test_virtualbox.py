@@ -387,6 +387,19 @@ def test_default_image_shares_the_home_folder_where_boot2docker_mounted_it(pm, v
     assert fstab == f"{name} /{name} vboxsf defaults,nofail,uid=@UID@,gid=@GID@ 0 0\n"
 
 
+def test_default_image_needs_virtualbox_6_1_for_dhcp_leases(pm, vbox):
+    """The image has no Guest Additions: its IP comes from `dhcpserver findlease` (6.1+).
+    A boot2docker ISO on the same VirtualBox 6.0 is still accepted."""
+    fake_base_image.make_fake_image(pm.store)
+    res = pm(*image_args("old61"), env={"FAKE_VBOX_VERSION": "6.0.24r139119"})
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert res.stderr.strip() == (
+        "pymachine's base image needs VirtualBox 6.1 or later (its IP is read from VirtualBox's DHCP leases); "
+        'your VirtualBox install is "6.0.24r139119": upgrade, or pass --virtualbox-boot2docker-url')
+    assert vbox.calls() == [["--version"]]
+    assert_nothing_left(pm, vbox, "old61")
+
+
 def test_default_image_unavailable_is_exit_3_naming_the_flag(pm, vbox):
     """No cached image and no way to build one here (no debootstrap on PATH): one line, nothing made."""
     res = pm(*image_args("noimg"), env={"PATH": fake_base_image.path_without_debootstrap(vbox.bin)})
