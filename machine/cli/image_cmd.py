@@ -1,11 +1,15 @@
-"""``pymachine image build|ls|export``: pymachine's own base VM image.
+"""``pymachine image build|ls|prune|export|pack|load``: pymachine's own base VM image.
 
 ``build`` makes (or finds) the cached image for the current recipe and prints
 where it is; ``ls`` lists cached images; ``prune`` removes images that are
 neither the current recipe's nor used by a machine; ``export FORMAT`` prints the path of
 the image's bootable disk converted to vmdk, vdi or raw (converted once and
-cached), for hypervisors other than QEMU.  All use the store's cache
-directory, so ``-s``/``MACHINE_STORAGE_PATH`` select which cache.
+cached), for hypervisors other than QEMU.  ``pack`` writes the current
+image (with its VDI export by default) as one reproducible .tar.gz and
+``load FILE`` verifies such a file and puts it in the cache: that is how
+hosts that cannot build the image (Windows, macOS) get it, and what the
+installers ship.  All use the store's cache directory, so
+``-s``/``MACHINE_STORAGE_PATH`` select which cache.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 
 from machine.cli.common import Context, UsageError, parse, parser
 
-USAGE = "build | ls | prune | export vmdk|vdi|raw"
+USAGE = "build | ls | prune | export vmdk|vdi|raw | pack [-o FILE] [--formats vdi,vmdk] | load FILE"
 
 
 def _summary(info) -> str:  # type: ignore[no-untyped-def]
@@ -41,15 +45,74 @@ def _used_by_a_machine(ctx: Context, image_dir) -> bool:  # type: ignore[no-unty
     return False
 
 
+def _stderr_log(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _formats(value: str | None) -> list[str]:
+    """``--formats vdi,vmdk`` (``none`` or empty: the qcow2 disk only); default what the installers ship."""
+    from engine import image_pack, images
+
+    if value is None:
+        return list(image_pack.DEFAULT_FORMATS)
+    names = [f.strip() for f in value.split(",") if f.strip() and f.strip() != "none"]
+    bad = [f for f in names if f not in images.EXPORT_FORMATS]
+    if bad:
+        raise UsageError(f"unknown image format {bad[0]!r} in --formats: use {','.join(images.EXPORT_FORMATS)} or none")
+    return names
+
+
+def _pack(ctx: Context, cache, output: str | None, formats: str | None) -> int:  # type: ignore[no-untyped-def]
+    import os
+    from pathlib import Path
+
+    from engine import image_pack, images
+
+    wanted = _formats(formats)
+    info = images.find_image(cache)
+    if info is None:
+        raise UsageError("pymachine's base image is not built yet: run `pymachine image build` "
+                         "(or `pymachine image load FILE`) first")
+    out = Path(output) if output else Path.cwd() / image_pack.default_name(info.recipe)
+    if out.is_dir():
+        out = out / image_pack.default_name(info.recipe)
+    ctx.out(str(Path(os.path.abspath(image_pack.pack_image(info, out, wanted, _stderr_log)))))
+    return 0
+
+
+def _load(ctx: Context, cache, rest: list[str]) -> int:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from engine import image_pack, images
+
+    if len(rest) != 1:
+        raise UsageError("pymachine image load needs one file: pymachine image load FILE")
+    info = image_pack.unpack_image(Path(rest[0]), cache, _stderr_log)
+    current = images.recipe_hash()
+    if info.directory.name != current:
+        _stderr_log(f"Note: this image's recipe {info.directory.name} is not this pymachine's ({current}): "
+                    "drivers will not pick it by default; pass its disk by path (e.g. "
+                    "--virtualbox-boot2docker-url DIR/disk.vdi), or load the image made for this version")
+    ctx.out(str(info.directory))
+    return 0
+
+
 def cmd_image(ctx: Context, args: list[str]) -> int:
     from engine import images
 
     p = parser("image", "Build and list pymachine base VM images.", USAGE)
-    p.add_argument("action", nargs="?", choices=["build", "ls", "prune", "export"])
+    p.add_argument("action", nargs="?", choices=["build", "ls", "prune", "export", "pack", "load"])
+    p.add_argument("-o", "--output", default=None, help="pack: the file (or directory) to write")
+    p.add_argument("--formats", default=None, help="pack: exports to include, e.g. vdi,vmdk (default vdi; none)")
     ns = parse(p, args)
     if not ns.action:
         raise UsageError(f"pymachine image needs a subcommand: {USAGE}")
+    if ns.action != "pack" and (ns.output is not None or ns.formats is not None):
+        raise UsageError("-o/--output and --formats go with `pymachine image pack` only")
     cache = images.default_cache_dir(ctx.store.path)
+    if ns.action == "load":
+        return _load(ctx, cache, ns.rest)
     if ns.action == "export":
         if len(ns.rest) != 1 or ns.rest[0] not in images.EXPORT_FORMATS:
             raise UsageError(f"pymachine image export needs one format: {' | '.join(images.EXPORT_FORMATS)}")
@@ -60,6 +123,8 @@ def cmd_image(ctx: Context, args: list[str]) -> int:
         return 0
     if ns.rest:
         raise UsageError(f"Invalid command line. Found extra arguments {ns.rest}")
+    if ns.action == "pack":
+        return _pack(ctx, cache, ns.output, ns.formats)
     if ns.action == "prune":
         removed = images.prune_images(cache, lambda d: _used_by_a_machine(ctx, d),
                                       lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush()))
