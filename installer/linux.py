@@ -4,6 +4,11 @@ The pyz is a zipapp of pymachine's own pure-Python packages, written by
 hand so entry order and timestamps are fixed (SOURCE_DATE_EPOCH) and two
 builds are byte-identical; cryptography and paramiko come from the system
 (the .deb's Depends) because they carry native code.
+
+The .deb ships no VM image: a package cannot seed each user's store
+(~/.docker/machine), and Linux hosts can build the image themselves
+(``sudo pymachine image build``) or ``pymachine image load`` the release's
+``pymachine-image-<recipe>.tar.gz``; the repo lock has no Linux ``vm-image``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 from installer.lock import Component
-from installer.stage import stage
+from installer.stage import check_vm_image, stage
 from installer.template import normalise_tree, render, source_date_epoch, walk_sorted
 from machine import __version__
 from machine.errors import MachineError
@@ -80,6 +85,7 @@ def build_deb(out_dir: Path, components: list[Component], cache: Path | None = N
         libdir = root / "usr" / "lib" / "pymachine"
         libdir.mkdir(parents=True)
         stage(components, libdir, cache)
+        check_vm_image(components, libdir, source, ())  # the repo lock ships none: Linux hosts build it
         doc = root / "usr" / "share" / "doc" / "pymachine"
         doc.mkdir(parents=True)
         (doc / "copyright").write_text("pymachine: Apache-2.0\n")

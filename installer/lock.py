@@ -4,6 +4,9 @@ Why a lock: Docker Toolbox pinned versions but verified only one of seven
 downloads.  Here a build refuses anything whose size or digest differs from
 the lock, and the lock is refreshed only by an explicit ``lock --update`` that
 reads upstream release metadata (GitHub releases, PyPI JSON, SHA256SUMS files).
+The ``vm-image`` is built by us, not a third party: its upstream is
+pymachine's own release of the product version, whose asset is named by the
+image recipe of this checkout (``pymachine image pack`` writes it).
 """
 
 from __future__ import annotations
@@ -116,14 +119,24 @@ def _expand(template: str, **values: str) -> str:
     return template.format(**values)
 
 
-def _github(comp: Component, up: dict[str, Any]) -> None:
-    api = os.environ.get("PYMACHINE_GITHUB_API", "https://api.github.com").rstrip("/")
-    release = json.loads(_get(f"{api}/repos/{up['repo']}/releases/latest"))
+def _github_api() -> str:
+    return os.environ.get("PYMACHINE_GITHUB_API", "https://api.github.com").rstrip("/")
+
+
+def _github(comp: Component, up: dict[str, Any], product: dict[str, str]) -> None:
+    release = json.loads(_get(f"{_github_api()}/repos/{up['repo']}/releases/latest"))
     version = str(release["tag_name"]).removeprefix("v")
     pattern = re.compile(_expand(up["asset"], version=re.escape(version)))
     asset = next((a for a in release.get("assets", []) if pattern.fullmatch(str(a.get("name")))), None)
     if asset is None:
         raise LockError(f"{comp.name}: release {release['tag_name']} has no asset matching {pattern.pattern!r}")
+    sha = _asset_sha256(comp, up, release, asset, version)
+    comp.version, comp.url, comp.size, comp.sha256 = version, asset["browser_download_url"], int(asset["size"]), sha
+
+
+def _asset_sha256(comp: Component, up: dict[str, Any], release: dict[str, Any], asset: dict[str, Any],
+                  version: str) -> str:
+    """A release asset's sha256: GitHub's own digest, else the release's checksum file."""
     wanted = str(asset["name"])
     digest = str(asset.get("digest") or "")
     if digest.startswith("sha256:"):
@@ -136,10 +149,32 @@ def _github(comp: Component, up: dict[str, Any]) -> None:
         sha = _sum_for(_get(sums["browser_download_url"]).decode(), wanted, comp.name)
     else:
         raise LockError(f"{comp.name}: release asset {wanted!r} carries no sha256 digest")
-    comp.version, comp.url, comp.size, comp.sha256 = version, asset["browser_download_url"], int(asset["size"]), sha
+    return sha
 
 
-def _pypi(comp: Component, up: dict[str, Any]) -> None:
+def _pymachine_image(comp: Component, up: dict[str, Any], product: dict[str, str]) -> None:
+    """pymachine's own image, from pymachine's release of the product version.
+
+    The asset must be the image of this checkout's recipe: pymachine only
+    finds the image of its own recipe, and the installer build checks it again.
+    """
+    from engine.images import recipe_hash
+    from machine import __version__
+
+    version = str(product.get("version") or __version__)
+    recipe = recipe_hash()
+    tag = f"v{version}"
+    release = json.loads(_get(f"{_github_api()}/repos/{up['repo']}/releases/tags/{tag}"))
+    wanted = _expand(up["asset"], recipe=recipe, version=version)
+    asset = next((a for a in release.get("assets", []) if a.get("name") == wanted), None)
+    if asset is None:
+        raise LockError(f"{comp.name}: release {tag} of {up['repo']} has no {wanted}: upload this pymachine's image "
+                        "first (`sudo pymachine image build && pymachine image pack`)")
+    sha = _asset_sha256(comp, up, release, asset, version)
+    comp.version, comp.url, comp.size, comp.sha256 = recipe, asset["browser_download_url"], int(asset["size"]), sha
+
+
+def _pypi(comp: Component, up: dict[str, Any], product: dict[str, str]) -> None:
     index = os.environ.get("PYMACHINE_PYPI_JSON", "https://pypi.org/pypi").rstrip("/")
     meta = json.loads(_get(f"{index}/{up['project']}/json"))
     version = str(up.get("version") or meta["info"]["version"])
@@ -159,7 +194,7 @@ def _sum_for(text: str, filename: str, name: str) -> str:
     raise LockError(f"{name}: {filename!r} is not listed in the upstream checksum file")
 
 
-def _sums(comp: Component, up: dict[str, Any]) -> None:
+def _sums(comp: Component, up: dict[str, Any], product: dict[str, str]) -> None:
     """Vendors with a LATEST file and a SHA256SUMS per release (VirtualBox)."""
     version = _get(up["latest"]).decode().strip().split()[0]
     sums_url = _expand(up["sums"], version=version)
@@ -176,7 +211,7 @@ def _sums(comp: Component, up: dict[str, Any]) -> None:
     raise LockError(f"{comp.name}: no file matching {pattern.pattern!r} in {sums_url}")
 
 
-UPDATERS = {"github": _github, "pypi": _pypi, "sums": _sums}
+UPDATERS = {"github": _github, "pypi": _pypi, "sums": _sums, "pymachine-image": _pymachine_image}
 
 
 def update(lock: Lock, only: set[str] | None = None) -> list[str]:
@@ -192,7 +227,7 @@ def update(lock: Lock, only: set[str] | None = None) -> list[str]:
                 raise LockError(f"{comp.name}: unknown upstream type {kind!r}")
             before = (comp.version, comp.sha256)
             try:
-                UPDATERS[kind](comp, up)
+                UPDATERS[kind](comp, up, lock.product)
             except (OSError, KeyError, ValueError) as exc:
                 raise LockError(f"{comp.name}: cannot read upstream metadata: {exc}") from None
             comp.require_pinned()

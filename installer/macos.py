@@ -20,7 +20,7 @@ from pathlib import Path
 
 from installer import bom, xar
 from installer.lock import Component
-from installer.stage import stage
+from installer.stage import check_vm_image, stage
 from installer.template import render, source_date_epoch, walk_sorted
 from machine import __version__
 from machine.errors import MachineError
@@ -132,6 +132,7 @@ def build_pkg(out_dir: Path, components: list[Component], cache: Path | None = N
         root = Path(tmp) / "root"
         prefix = root / PREFIX
         stage([c for c in components if c is not vbox], prefix, cache)
+        check_vm_image(components, prefix, source, ("vdi",))
         for pkg in PACKAGES:
             for path in walk_sorted(source / pkg) if (source / pkg).is_dir() else []:
                 if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":

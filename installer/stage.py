@@ -73,3 +73,62 @@ def stage(components: list[Component], root: Path, cache: Path | None = None) ->
         place(comp, src, root)
         sources.append(src)
     return sources
+
+
+# ------------------------------------------------------------------ pymachine's VM image
+
+IMAGE_COMPONENT = "vm-image"
+
+
+def shipped_recipe(source: Path) -> str:
+    """The image recipe hash of the pymachine under ``source`` (which may not be the running one)."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from engine.images import recipe_hash; print(recipe_hash())"
+    proc = subprocess.run([sys.executable, "-I", "-c", code, str(source)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise MachineError(f"cannot compute the image recipe of the pymachine in {source}: {detail}")
+    return proc.stdout.strip()
+
+
+def check_vm_image(components: list[Component], root: Path, source: Path, exports: tuple[str, ...]) -> None:
+    """The staged ``vm-image`` is the image the shipped pymachine looks for, whole, with ``exports``.
+
+    pymachine finds only the image of its own recipe (``find_image``), so an
+    installer carrying another version's image would ship a dead weight and
+    fall back to a build the host cannot do: refuse it at build time.  The
+    lock pins the archive; its SHA256SUMS is checked again here, on the
+    files as staged.
+    """
+    from engine import image_pack, images
+    from installer.sums import SignatureError, check_sums
+
+    comp = next((c for c in components if c.name == IMAGE_COMPONENT), None)
+    if comp is None:
+        return
+    cache = root.joinpath(*PurePosixPath(comp.dest).parts)
+    dirs = sorted(p for p in cache.iterdir() if p.is_dir()) if cache.is_dir() else []
+    if len(dirs) != 1:
+        raise MachineError(f"component {comp.name!r}: expected one image directory under {comp.dest}/, "
+                           f"found {[d.name for d in dirs]} (dest/unpack must lay out <recipe>/)")
+    image = dirs[0]
+    want = shipped_recipe(source)
+    if image.name != want:
+        raise MachineError(
+            f"component {comp.name!r}: the bundled image is recipe {image.name} but the pymachine being shipped "
+            f"({source}) builds recipe {want}: pack its own image (`pymachine image pack`) and re-pin the lock "
+            f"(`python -m installer lock --update --only {comp.name}`)")
+    try:
+        listed = set(check_sums(image))
+    except SignatureError as exc:
+        raise MachineError(f"component {comp.name!r}: {exc}") from None
+    present = {p.name for p in image.iterdir()} - {image_pack.SUMS_NAME}
+    needed = {*image_pack.CORE_FILES, *(f"disk.{fmt}" for fmt in exports)}
+    if present != listed or not needed <= present:
+        raise MachineError(f"component {comp.name!r}: image {image.name} has {sorted(present)}; "
+                           f"SHA256SUMS lists {sorted(listed)}; the installer needs {sorted(needed)}")
+    if not any(i.directory == image for i in images.list_images(cache)):
+        raise MachineError(f"component {comp.name!r}: image {image.name} is not a usable image (its manifest)")

@@ -3,8 +3,10 @@
 Layout installed under ``$INSTDIR``: ``python\\`` (embeddable CPython),
 ``lib\\`` (pymachine + dependency wheels, unpacked), ``bin\\`` (docker,
 docker-compose, ``pymachine.cmd``, ``pymachine-quickstart.cmd``).  The VM
-image is pre-seeded into ``%USERPROFILE%\\.docker\\machine\\cache`` as Toolbox
-did; VirtualBox is a separate section offered only when missing or older.
+image (pymachine's own, packed by ``pymachine image pack`` with its VDI) is
+pre-seeded into ``%USERPROFILE%\\.docker\\machine\\cache\\images\\<recipe>``,
+where pymachine's default store finds it, as Toolbox seeded its ISO;
+VirtualBox is a separate section offered only when missing or older.
 The uninstaller deletes exactly the files listed here, so it can never
 remove more than the installer put down.
 """
@@ -18,7 +20,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from installer.lock import Component
-from installer.stage import stage
+from installer.stage import check_vm_image, stage
 from installer.template import normalise_tree, render, source_date_epoch, walk_sorted
 from machine import __version__
 from machine.errors import MachineError
@@ -112,8 +114,8 @@ def render_script(stage_root: Path, out_file: Path, components: list[Component],
     seed_in, seed_un = ([], [])
     if (stage_root / "cache").is_dir():
         seed_in, seed_un = _file_lines(stage_root / "cache", "$PROFILE\\.docker\\machine\\cache")
-        seed_un = [line for line in seed_un if line.startswith("  Delete")]  # never remove the user's dirs
-        seed_un.append('  RMDir "$PROFILE\\.docker\\machine\\cache"')  # only if now empty
+        # RMDir without /r removes a directory only when empty: the user's own files keep theirs
+        seed_un.append('  RMDir "$PROFILE\\.docker\\machine\\cache"')
     vbox = next((c for c in components if c.name == "virtualbox"), None)
     if vbox is not None:
         src = stage_root / "installers" / PurePosixPath(vbox.dest).name
@@ -174,6 +176,7 @@ def build_exe(out_dir: Path, components: list[Component], cache: Path | None = N
         root = Path(tmp)
         staged = root / "staged"
         stage(components, staged, cache)
+        check_vm_image(components, staged, source, ("vdi",))  # VirtualBox, which this installer offers
         core = root / "core"
         core.mkdir()
         for child in sorted(staged.iterdir()) if staged.is_dir() else []:

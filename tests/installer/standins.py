@@ -3,11 +3,13 @@ import them into a test module; a conftest.py here would shadow tests/conftest.p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.server
 import io
 import json
 import tarfile
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -62,6 +64,41 @@ def tar_bytes(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+@functools.cache
+def packed_image(recipe: str | None = None) -> bytes:
+    """A real ``pymachine image pack`` archive (with its VDI) of the tiny fake base image.
+
+    ``recipe`` packs it as another recipe's image (directory and manifest), as an
+    older pymachine's release would be.
+    """
+    import shutil
+
+    from engine import image_pack, images
+    from tests.fake_base_image import make_fake_image
+
+    with tempfile.TemporaryDirectory(prefix="pm-image-standin-") as tmp:
+        info = make_fake_image(Path(tmp) / "store", size_mb=8)
+        if recipe is not None:
+            other = info.directory.with_name(recipe)
+            shutil.move(info.directory, other)
+            (other / images.MANIFEST_NAME).write_text(json.dumps({"recipe": recipe, "fake": True}) + "\n")
+            info = images.ImageInfo(other, {"recipe": recipe})
+        out = image_pack.pack_image(info, Path(tmp) / "image.tar.gz", ["vdi"], lambda _m: None)
+        return out.read_bytes()
+
+
+def current_recipe() -> str:
+    from engine import images
+
+    return images.recipe_hash()
+
+
+def image_filename(recipe: str | None = None) -> str:
+    from engine import image_pack
+
+    return image_pack.default_name(recipe or current_recipe())
+
+
 def standin_files() -> dict[str, tuple[bytes, dict]]:
     """filename -> (content, component fields); one exe stub, one zip, one tar per platform."""
     return {
@@ -80,9 +117,9 @@ def standin_files() -> dict[str, tuple[bytes, dict]]:
             exe_stub("virtualbox"),
             {"name": "virtualbox", "version": "7.1.4", "dest": "installers/virtualbox.exe", "optional": True},
         ),
-        "vm-image.tar.gz": (
-            tar_bytes({"image/boot2docker.iso": b"ISO stand-in " * 100}),
-            {"name": "vm-image", "version": "1.0", "dest": "cache", "unpack": "tar", "strip": 1},
+        image_filename(): (  # pymachine's own image, laid out as the repo lock lays it out
+            packed_image(),
+            {"name": "vm-image", "version": current_recipe(), "dest": "cache/images", "unpack": "tar"},
         ),
     }
 

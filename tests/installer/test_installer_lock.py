@@ -6,14 +6,18 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from standins import current_recipe, image_filename, packed_image
 
+from engine import images
 from installer import lock as lockmod
 from installer.fetch import IntegrityError, fetch
 from installer.lock import Lock, LockError
-from installer.stage import stage
+from installer.stage import check_vm_image, stage
+from machine.errors import MachineError
 
 pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
 
@@ -27,6 +31,13 @@ def test_repo_lock_covers_every_platform_and_component():
         names = {c.name for c in lock.components(plat)}
         assert {"python-runtime", "docker-cli", "docker-compose", "virtualbox", "vm-image",
                 "wheel-cryptography", "wheel-paramiko"} <= names
+    for plat in ("windows", "macos"):  # pymachine's own packed image, laid out where the store looks
+        image = next(c for c in lock.components(plat) if c.name == "vm-image")
+        assert image.url == ("https://github.com/pymachine/pymachine/releases/download/"
+                             f"v{lock.product['version']}/pymachine-image-{image.version}.tar.gz")
+        assert (image.dest, image.unpack, image.strip) == ("cache/images", "tar", 0)
+        assert image.upstream["type"] == "pymachine-image" and "boot2docker" not in json.dumps(asdict(image))
+    assert "vm-image" not in {c.name for c in lock.components("linux")}  # Linux hosts build it
     for comps in lock.platforms.values():
         for c in comps:
             assert c.url.startswith("https://") and c.version and c.dest
@@ -88,7 +99,58 @@ def test_stage_unpacks_zip_tar_and_copies(standin_lock, tmp_path):
     assert (root / "bin" / "docker.exe").read_bytes().startswith(b"MZ")  # zip, strip 1
     assert (root / "bin" / "docker-compose.exe").exists()
     assert (root / "python" / "python311._pth").exists()
-    assert (root / "cache" / "boot2docker.iso").read_bytes().startswith(b"ISO stand-in")  # tar
+    # the vm-image: pymachine's packed image, where pymachine's store finds it (cache/images/<recipe>/)
+    found = images.find_image(root / "cache" / "images")
+    assert found is not None and found.directory == root / "cache" / "images" / current_recipe()
+    assert found.exported("vdi").read_bytes()[64:68] == b"\x7f\x10\xda\xbe"  # a real VDI (signature)
+    check_vm_image(Lock.load(path).components("windows"), root, REPO, ("vdi",))  # the shipped recipe: accepted
+
+
+def _stage_image(tmp_path: Path, data: bytes) -> tuple[list, Path]:
+    comp = lockmod.Component("vm-image", "x", "https://x/image.tar.gz", len(data), hashlib.sha256(data).hexdigest(),
+                             "cache/images", unpack="tar")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    src = tmp_path / "image.tar.gz"
+    src.write_bytes(data)
+    root = tmp_path / "stage"
+    from installer.stage import place
+
+    place(comp, src, root)
+    return [comp], root
+
+
+def test_build_refuses_an_image_of_another_recipe_or_without_the_vdi(tmp_path):
+    comps, root = _stage_image(tmp_path / "old", packed_image("00000000000000aa"))
+    with pytest.raises(MachineError) as exc:
+        check_vm_image(comps, root, REPO, ("vdi",))
+    msg = str(exc.value)
+    assert "recipe 00000000000000aa" in msg and f"builds recipe {current_recipe()}" in msg and "\n" not in msg
+    comps, root = _stage_image(tmp_path / "cur", packed_image())
+    check_vm_image(comps, root, REPO, ("vdi",))
+    with pytest.raises(MachineError, match="needs .*disk.vmdk"):
+        check_vm_image(comps, root, REPO, ("vdi", "vmdk"))
+
+
+def test_build_refuses_an_image_whose_member_does_not_match_its_sums(tmp_path):
+    """The lock pins the archive; a re-pinned archive with a changed member is still refused."""
+    import io
+    import tarfile
+
+    members = []
+    with tarfile.open(fileobj=io.BytesIO(packed_image())) as tf:
+        for m in tf.getmembers():
+            data = tf.extractfile(m).read() if m.isfile() else None
+            if m.name.endswith("/vmlinuz"):
+                data = b"another kernel\n"
+                m.size = len(data)
+            members.append((m, data))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for m, data in members:
+            tf.addfile(m, io.BytesIO(data) if data is not None else None)
+    comps, root = _stage_image(tmp_path, buf.getvalue())
+    with pytest.raises(MachineError, match=r"'vm-image': vmlinuz: sha256 [0-9a-f]{64} does not match SHA256SUMS"):
+        check_vm_image(comps, root, REPO, ("vdi",))
 
 
 def _write(root: Path, rel: str, data: bytes) -> None:
@@ -145,6 +207,45 @@ def test_lock_update_from_standin_upstream_metadata(http_root, tmp_path, monkeyp
     assert "2.31.0" in proc.stdout
     # the refreshed lock now drives a verified download
     assert fetch(new["virtualbox"], tmp_path / "c").read_bytes() == vbox
+
+
+def test_lock_update_pins_pymachines_own_image_of_this_recipe(http_root, tmp_path, monkeypatch):
+    www, base = http_root
+    image = packed_image()
+    name = image_filename()
+    _write(www, f"dl/{name}", image)
+    release = {"tag_name": "v0.1.0", "assets": [
+        {"name": image_filename("00000000000000aa"), "size": 1, "browser_download_url": f"{base}/dl/old",
+         "digest": "sha256:" + "1" * 64},
+        {"name": name, "size": len(image), "browser_download_url": f"{base}/dl/{name}"},
+        {"name": "SHA256SUMS", "size": 1, "browser_download_url": f"{base}/dl/SHA256SUMS"},
+    ]}
+    _write(www, "gh/repos/pymachine/pymachine/releases/tags/v0.1.0", json.dumps(release).encode())
+    _write(www, "dl/SHA256SUMS", f"{hashlib.sha256(image).hexdigest()}  {name}\n".encode())
+    repo_lock = json.loads((REPO / "packaging" / "components.lock.json").read_text())
+    comp = next(c for c in repo_lock["platforms"]["windows"] if c["name"] == "vm-image")
+    path = tmp_path / "lock.json"
+    path.write_text(json.dumps({**repo_lock, "platforms": {"windows": [comp]}}))
+    monkeypatch.setenv("PYMACHINE_GITHUB_API", f"{base}/gh")
+    proc = subprocess.run([sys.executable, "-m", "installer", "lock", "--update", "--only", "vm-image",
+                           "--lock", str(path)], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    new = Lock.load(path).components("windows")[0]
+    assert (new.version, new.url, new.size) == (current_recipe(), f"{base}/dl/{name}", len(image))
+    assert new.sha256 == hashlib.sha256(image).hexdigest()
+    root = tmp_path / "stage"
+    stage([new], root, tmp_path / "c")  # the pinned image stages where the store finds it
+    assert images.find_image(root / "cache" / "images") is not None
+
+    # a release without this recipe's image: one line saying what to do, the lock untouched
+    release["assets"] = release["assets"][:1]
+    _write(www, "gh/repos/pymachine/pymachine/releases/tags/v0.1.0", json.dumps(release).encode())
+    before = path.read_text()
+    proc = subprocess.run([sys.executable, "-m", "installer", "lock", "--update", "--lock", str(path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert f"vm-image: release v0.1.0 of pymachine/pymachine has no {name}" in proc.stderr
+    assert path.read_text() == before
 
 
 def test_lock_update_fails_on_missing_asset(http_root, tmp_path, monkeypatch):

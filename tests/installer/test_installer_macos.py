@@ -11,7 +11,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
-from standins import exe_stub, tar_bytes
+from standins import current_recipe, exe_stub, image_filename, packed_image, tar_bytes
 
 from installer import bom, xar
 from installer.fetch import IntegrityError
@@ -47,6 +47,7 @@ def mac_lock(http_root, tmp_path):
         "docker-compose-darwin-x86_64": (exe_stub("compose"), {"name": "docker-compose", "dest": "bin/docker-compose"}),
         "VirtualBox-7.1.4.pkg": (_vbox_flat_pkg(), {"name": "virtualbox", "version": "7.1.4",
                                                     "dest": "installers/VirtualBox.pkg", "optional": True}),
+        image_filename(): (packed_image(), {"name": "vm-image", "dest": "cache/images", "unpack": "tar"}),
     }
     comps = []
     for name, (data, fields) in files.items():
@@ -103,6 +104,18 @@ def test_pkg_structure_is_read_the_same_by_us_bsdtar_and_7z(mac_lock, src_snapsh
     names = [n for n, *_ in payload]
     assert "./usr/local/pymachine/bin/pymachine" in names and "./usr/local/pymachine/bin/docker" in names
     assert "./usr/local/pymachine/lib/installer/quickstart.py" in names
+    # pymachine's image (with its VDI) as cache/images/<recipe>/ under the prefix, which postinstall seeds
+    # into the console user's ~/.docker/machine/cache
+    image_dir = f"./usr/local/pymachine/cache/images/{current_recipe()}"
+    shipped = {n.rsplit("/", 1)[1]: d for n, _m, _u, _g, d in payload if n.startswith(image_dir + "/")}
+    assert set(shipped) == {"manifest.json", "disk.qcow2", "disk.vdi", "vmlinuz", "initrd.img", "SHA256SUMS"}
+    seeded = tmp_path / "seeded" / current_recipe()
+    seeded.mkdir(parents=True)
+    for name, data in shipped.items():
+        (seeded / name).write_bytes(data)
+    from engine import images
+
+    assert images.find_image(seeded.parent) is not None
     assert all(uid == 0 and gid == 80 for _n, _m, uid, gid, _d in payload)
     info = ET.fromstring(reader.read("pymachine.pkg/PackageInfo"))
     assert int(info.find("payload").get("numberOfFiles")) == len(payload)

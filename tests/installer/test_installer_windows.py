@@ -10,7 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from standins import current_recipe, image_filename, packed_image
 
+from engine import images
 from installer.fetch import IntegrityError
 from installer.lock import Lock
 from installer.template import render
@@ -63,9 +65,11 @@ def test_exe_lists_components_is_64bit_and_reproducible(comps, tmp_path):
     for expected in ("bin/docker.exe", "bin/docker-compose.exe", "bin/pymachine.cmd",
                      "bin/pymachine-quickstart.cmd", "python/python.exe", "python/python311._pth",
                      "lib/machine/cli/main.py", "lib/machine/cli/quickstart_cmd.py", "lib/installer/quickstart.py",
-                     "$PROFILE/.docker/machine/cache/boot2docker.iso", "$PLUGINSDIR/virtualbox.exe",
-                     "uninstall.exe"):
+                     "$PLUGINSDIR/virtualbox.exe", "uninstall.exe",
+                     *(f"$PROFILE/.docker/machine/cache/images/{current_recipe()}/{name}" for name in
+                       ("manifest.json", "disk.qcow2", "disk.vdi", "vmlinuz", "initrd.img", "SHA256SUMS"))):
         assert expected in names, f"{expected} missing from {names}"
+    assert not [n for n in names if "boot2docker" in n]
 
     out = tmp_path / "x"
     subprocess.run(["7z", "x", "-y", f"-o{out}", str(a)], capture_output=True, timeout=60, check=True)
@@ -73,6 +77,39 @@ def test_exe_lists_components_is_64bit_and_reproducible(comps, tmp_path):
     assert (out / "python" / "python311._pth").read_text().splitlines()[-1] == "..\\lib"
     assert "-m machine.cli.main quickstart" in (out / "bin" / "pymachine-quickstart.cmd").read_text()
     assert _pe_machine((out / "uninstall.exe").read_bytes()) == (0x8664, 0x20B)
+    # the seeded image is where pymachine's default store (%USERPROFILE%\.docker\machine) finds it
+    seeded = images.find_image(out / "$PROFILE" / ".docker" / "machine" / "cache" / "images")
+    assert seeded is not None and seeded.exported("vdi").is_file()
+    script = _nsis_script(components, cache, tmp_path / "script")
+    for name in ("disk.vdi", "disk.qcow2"):  # the uninstaller removes exactly the seeded files
+        assert f'Delete "$PROFILE\\.docker\\machine\\cache\\images\\{current_recipe()}\\{name}"' in script
+    assert f'RMDir "$PROFILE\\.docker\\machine\\cache\\images\\{current_recipe()}"' in script
+    assert 'RMDir /r "$PROFILE\\.docker\\machine\\cache' not in script
+
+
+def _nsis_script(components, cache, tmp_path):
+    """The .nsi the build renders, for a tree staged from ``components``."""
+    from installer.stage import stage
+    from installer.windows import render_script
+
+    root = tmp_path / "root"
+    stage(components, root / "staged", cache)
+    (root / "core").mkdir(parents=True)
+    (root / "staged" / "cache").rename(root / "cache")
+    return render_script(root, tmp_path / "x.exe", components, "0.1.0")
+
+
+def test_windows_build_refuses_an_image_of_another_pymachine(comps, http_root, tmp_path):
+    components, www, cache, build = comps
+    old = packed_image("00000000000000aa")
+    (www / image_filename("00000000000000aa")).write_bytes(old)
+    image = next(c for c in components if c.name == "vm-image")
+    image.url = image.url.replace(image_filename(), image_filename("00000000000000aa"))
+    image.size, image.sha256 = len(old), hashlib.sha256(old).hexdigest()
+    with pytest.raises(MachineError, match=f"recipe 00000000000000aa but the pymachine being shipped .* builds recipe "
+                                           f"{current_recipe()}"):
+        build(tmp_path / "out", components, cache=cache, epoch=EPOCH)
+    assert not list((tmp_path / "out").glob("*.exe"))
 
 
 def test_exe_without_virtualbox_has_no_virtualbox_section(comps, tmp_path):
