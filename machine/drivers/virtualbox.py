@@ -25,9 +25,12 @@ boot2docker mounted it) on the DVD drive.  The old implicit
 is dead, and a stray ISO silently winning over the maintained image would
 surprise; pass it with the flag to keep using it.
 
-Every VBoxManage call goes through a ``VBoxBackend``; ``VBoxManageCLI`` is
-the only one.  A ``vboxapi`` (XPCOM/COM) backend could implement the same
-small interface, but vboxapi needs an installed VirtualBox SDK, so none ships.
+Every VBoxManage call goes through a ``VBoxBackend``: ``VBoxManageCLI``, or
+``machine.drivers.vbox_api.VBoxAPIBackend`` when VirtualBox's SDK binding
+``vboxapi`` is importable and reaches VBoxSVC (``PYMACHINE_VBOX_BACKEND`` =
+auto | vboxmanage | vboxapi).  The API backend answers state, guest
+properties and power operations in process and hands create/rm steps to
+VBoxManage, so ``VBoxManage`` must be installed either way.
 """
 
 from __future__ import annotations
@@ -422,7 +425,11 @@ class VirtualBoxDriver(Driver):
 
     def __init__(self, config: dict[str, Any], backend: VBoxBackend | None = None) -> None:
         super().__init__(config)
-        self.backend: VBoxBackend = backend or VBoxManageCLI()
+        if backend is None:
+            from machine.drivers.vbox_api import select_backend
+
+            backend = select_backend()
+        self.backend: VBoxBackend = backend
 
     @classmethod
     def extra_fields(cls) -> dict[str, Any]:
@@ -483,7 +490,10 @@ class VirtualBoxDriver(Driver):
 
     # Checks ----------------------------------------------------------------------------
     def pre_create_check(self) -> None:
-        if isinstance(self.backend, VBoxManageCLI) and not find_vboxmanage():
+        # The API backend still creates and removes VMs with VBoxManage: both need it installed.
+        uses_cli = isinstance(self.backend, VBoxManageCLI) or isinstance(getattr(self.backend, "cli", None),
+                                                                          VBoxManageCLI)
+        if uses_cli and not find_vboxmanage():
             raise PreCreateError(INSTALL_HINT)
         try:
             version = self.vbm("--version").strip()
@@ -679,7 +689,7 @@ class VirtualBoxDriver(Driver):
         data = userdata_tar(pub)
         if size < len(data):
             raise MachineError(f"disk size {size} bytes is smaller than the userdata tar")
-        path = self.backend.path if isinstance(self.backend, VBoxManageCLI) else VBOXMANAGE
+        path = getattr(self.backend, "path", VBOXMANAGE)
         argv = [path, "convertfromraw", "stdin", disk, str(size), "--format", "VMDK"]
         with _LOCK:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

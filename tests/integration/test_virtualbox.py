@@ -53,6 +53,7 @@ def vbox(pm, tmp_path):
     fake = FakeVBox(tmp_path)
     pm.env["PATH"] = f"{fake.bin}{os.pathsep}{pm.env['PATH']}"
     pm.env.update(fake.env)
+    pm.env["PYMACHINE_VBOX_BACKEND"] = "vboxmanage"  # never a real VirtualBox SDK on a dev host
     yield fake
     vboxmanage.kill_forwarders(fake.home)
 
@@ -460,3 +461,27 @@ def test_create_end_to_end_on_test_host_through_nat_forward(pm, vbox, make_test_
     assert vm["natpf1"]["ssh"] == f"ssh,tcp,127.0.0.1,{port},,22" and vm["forwarder"]
     pm.ok("rm", "-y", "vbe2e", env=env)
     assert vbox.vms() == []
+
+
+def test_vboxapi_backend_answers_the_hot_paths_without_spawning_vboxmanage(pm, vbox):
+    """With VirtualBox's SDK binding importable (here: the fake one, sharing the fake
+    VBoxManage's VirtualBox), `ls`, `status`, `ip`, `stop` and `start` are answered in
+    process; create's one-off steps still go through VBoxManage."""
+    api = {"PYMACHINE_VBOX_BACKEND": "auto", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "fakes")}
+    pm(*create_args(vbox, "vb1", "--virtualbox-no-share"), env=api)
+    assert ["createvm", "--basefolder", str(pm.store / "machines" / "vb1"), "--name", "vb1", "--register"] \
+        in vbox.calls()
+    api_log = vbox.home / "api-calls.log"
+    assert api_log.exists(), "create used the API for state and start"
+    vbox.reset_log()
+    assert pm.ok("ls", "--format", "{{.Name}} {{.DriverName}}", env=api).stdout.split() == ["vb1", "virtualbox"]
+    assert pm.ok("status", "vb1", env=api).stdout.strip() == "Running"
+    pm.ok("stop", "vb1", env=api)
+    assert pm.ok("status", "vb1", env=api).stdout.strip() == "Stopped"
+    assert vbox.calls() == [], "no VBoxManage process for ls, status or stop"
+    ops = [json.loads(line)[0] for line in api_log.read_text().splitlines()]
+    assert any("powerButton" in op for op in ops), ops
+    # Forced onto the binding where none can be imported: one line naming the variable.
+    res = pm("status", "vb1", env={"PYMACHINE_VBOX_BACKEND": "vboxapi", "PYTHONPATH": ""})
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
+    assert "PYMACHINE_VBOX_BACKEND" in res.stderr and "vboxapi" in res.stderr
