@@ -102,6 +102,7 @@ KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd.img"
 MANIFEST_NAME = "manifest.json"
 BUILD_LOCK_TIMEOUT = 1800.0
+STALE_LOAD_SECONDS = 6 * 3600.0
 DEBOOTSTRAP_TIMEOUT = 1800.0
 
 #: The image reads pymachine's own files on the NoCloud seed instead of running
@@ -743,5 +744,13 @@ def prune_images(cache_dir: Path, in_use: Callable[[Path], bool], log: Log) -> l
         if key != current:
             with _build_lock(Path(cache_dir), key, log):
                 _remove_tree(stale)
+            removed.append(stale)
+    for stale in Path(cache_dir).glob(".load-*"):  # an interrupted `image load` (a live one is minutes old)
+        try:
+            old = time.time() - stale.stat().st_mtime > STALE_LOAD_SECONDS
+        except OSError:
+            continue
+        if old:
+            _remove_tree(stale)
             removed.append(stale)
     return removed

@@ -8,7 +8,9 @@ Whether the real image's exports boot is the VM tier's job
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,11 @@ def test_prune_keeps_the_current_image_and_any_a_machine_uses(pm: PyMachine) -> 
     used = _old_image(cache, "0000000000000002")
     crashed = cache / ".build-0000000000000003-abc_12"
     (crashed / "root" / "etc").mkdir(parents=True)
+    interrupted = cache / ".load-xyz"  # an `image load` killed a day ago
+    interrupted.mkdir()
+    os.utime(interrupted, (time.time() - 86400, time.time() - 86400))
+    loading = cache / ".load-now"  # one in progress right now: kept
+    loading.mkdir()
     # A qemu machine whose overlay is backed by the older image.
     pm.ok("create", "-d", "none", "--url", "tcp://127.0.0.1:1", "vm1")
     config = pm.store / "machines" / "vm1" / "config.json"
@@ -77,8 +84,9 @@ def test_prune_keeps_the_current_image_and_any_a_machine_uses(pm: PyMachine) -> 
     before = pm.ok("image", "ls").stdout
     assert "0000000000000001" in before and "0000000000000002" in before
     res = pm.ok("image", "prune")
-    assert sorted(res.stdout.splitlines()) == sorted([f"Removed {unused}", f"Removed {crashed}"])
-    assert not unused.exists() and not crashed.exists()
+    assert sorted(res.stdout.splitlines()) == sorted([f"Removed {unused}", f"Removed {crashed}",
+                                                      f"Removed {interrupted}"])
+    assert not unused.exists() and not crashed.exists() and not interrupted.exists() and loading.is_dir()
     assert used.is_dir() and current.directory.is_dir()
     assert pm.ok("image", "prune").stdout == ""  # nothing more to do
     after = pm.ok("image", "ls").stdout
