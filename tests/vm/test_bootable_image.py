@@ -1,11 +1,17 @@
 """pymachine's base image boots on its own: the disk VirtualBox, VMware and vSphere get.
 
-Those hypervisors cannot run here, so their hardware is imitated under QEMU:
-the exported VMDK (what the vmware and vmwarevsphere drivers attach) is
-booted through the PC firmware (SeaBIOS, no ``-kernel``) from an AHCI SATA
-disk with an e1000 NIC and the NoCloud seed on a SATA CD-ROM, the way the
-virtualbox driver wires its VM.  The VDI (what the virtualbox driver
-clones) is proven to hold the very same disk with ``qemu-img compare``.
+Those hypervisors cannot run here, so their hardware is imitated under QEMU
+and each export is booted through the PC firmware (SeaBIOS, no ``-kernel``):
+
+- the VDI (what the virtualbox driver clones) from an AHCI SATA disk with an
+  e1000 NIC and the NoCloud seed on a SATA CD-ROM, the way that driver wires
+  its VM;
+- the VMDK (what the vmware drivers convert) from a VMware PVSCSI disk with a
+  vmxnet3 NIC and the seed on an IDE CD-ROM, VMware's paravirtual hardware.
+
+The raw export (the flat extent the vmwarevsphere driver uploads) and all
+three exports are proven to hold the very same disk as the qcow2 with
+``qemu-img compare``.
 
 The guest's network is restricted: it reaches nothing but its SSH forward
 on 127.0.0.1.
@@ -57,8 +63,9 @@ def _read_sector0(disk: Path, fmt: str, tmp_path: Path) -> bytes:
 def test_exported_vmdk_and_vdi_hold_the_same_bootable_disk(image: images.ImageInfo, tmp_path: Path) -> None:
     vmdk = images.export_image(image, "vmdk", print)
     vdi = images.export_image(image, "vdi", print)
-    assert (vmdk, vdi) == (image.exported("vmdk"), image.exported("vdi"))
-    for path, fmt in ((vmdk, "vmdk"), (vdi, "vdi")):
+    raw = images.export_image(image, "raw", print)
+    assert (vmdk, vdi, raw) == (image.exported("vmdk"), image.exported("vdi"), image.exported("raw"))
+    for path, fmt in ((vmdk, "vmdk"), (vdi, "vdi"), (raw, "raw")):
         info = subprocess.run(["qemu-img", "info", str(path)], capture_output=True, text=True, timeout=60, check=True)
         assert f"file format: {fmt}" in info.stdout
         # Same guest-visible bytes as the qcow2 the qemu driver boots, sector for sector.
@@ -83,17 +90,34 @@ def test_exported_vmdk_and_vdi_hold_the_same_bootable_disk(image: images.ImageIn
     assert (root_start + root_sectors) * 512 == image.virtual_size, "the root is last, ending at the disk's end"
 
 
-class _Guest:
-    """A QEMU process with VirtualBox-like hardware booting a disk through the firmware."""
+#: (disk controller + disk, CD-ROM, NIC) devices per hypervisor being imitated.
+HARDWARE = {
+    "virtualbox": (
+        ["-device", "ahci,id=sata", "-device", "ide-hd,drive=disk0,bus=sata.0,bootindex=0",
+         "-device", "ide-cd,drive=cd0,bus=sata.1"],
+        "e1000", "vboxsf", "Users", "/Users",
+    ),
+    "vmware": (
+        ["-device", "pvscsi,id=scsi0", "-device", "scsi-hd,drive=disk0,bus=scsi0.0,bootindex=0",
+         "-device", "ide-cd,drive=cd0,bus=ide.1"],
+        "vmxnet3", "fuse.vmhgfs-fuse", ".host:/hosthome", "/hosthome",
+    ),
+}
 
-    def __init__(self, tmp_path: Path, disk: Path, disk_format: str) -> None:
+
+class _Guest:
+    """A QEMU process with a hypervisor's hardware booting a disk through the firmware."""
+
+    def __init__(self, tmp_path: Path, disk: Path, disk_format: str, hardware: str = "virtualbox") -> None:
+        devices, nic, share_type, share_source, share_dir = HARDWARE[hardware]
+        self.share_line = f"{share_source} {share_dir} {share_type} defaults,nofail,"
         self.dir = tmp_path
         self.key = tmp_path / "id_rsa"
         certs.generate_ssh_keypair(self.key)
         self.seed = tmp_path / "seed.iso"
         seed.write_seed_iso(self.seed, hostname="fwboot", user="docker",
                             ssh_pubkey=Path(str(self.key) + ".pub").read_text(), proxy=None,
-                            instance_id=str(uuid.uuid4()), shares=[("vboxsf", "Users", "/Users")])
+                            instance_id=str(uuid.uuid4()), shares=[(share_type, share_source, share_dir)])
         self.overlay = tmp_path / "overlay.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk), "-F", disk_format,
                         str(self.overlay), str(GUEST_DISK)], check=True, timeout=60)
@@ -103,13 +127,11 @@ class _Guest:
         self.argv = [
             QEMU, "-machine", "pc", "-accel", "tcg", "-m", "1024", "-smp", "2", "-nodefaults", "-display", "none",
             "-serial", f"file:{self.console}", "-qmp", f"unix:{self.qmp},server=on,wait=off",
-            "-device", "ahci,id=sata",
             "-drive", f"if=none,id=disk0,file={self.overlay},format=qcow2",
-            "-device", "ide-hd,drive=disk0,bus=sata.0,bootindex=0",
             "-drive", f"if=none,id=cd0,file={self.seed},format=raw,media=cdrom,readonly=on",
-            "-device", "ide-cd,drive=cd0,bus=sata.1",
+            *devices,
             "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
-            "-device", "e1000,netdev=n0",
+            "-device", f"{nic},netdev=n0",
         ]
         assert "-kernel" not in self.argv
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -133,17 +155,19 @@ class _Guest:
 
 @pytest.mark.vm
 @pytest.mark.timeout(1200)
-def test_vmdk_boots_through_the_firmware_on_virtualbox_like_hardware(image: images.ImageInfo,
-                                                                     tmp_path: Path) -> None:
-    vmdk = images.export_image(image, "vmdk", print)
-    guest = _Guest(tmp_path, vmdk, "vmdk")
+@pytest.mark.parametrize("hardware, fmt", [("virtualbox", "vdi"), ("vmware", "vmdk")])
+def test_export_boots_through_the_firmware_on_the_hypervisors_hardware(image: images.ImageInfo, tmp_path: Path,
+                                                                       hardware: str, fmt: str) -> None:
+    disk = images.export_image(image, fmt, print)
+    guest = _Guest(tmp_path, disk, fmt, hardware)
     try:
         started = time.monotonic()
         try:
             conn = guest.ssh()
         except Exception as exc:  # noqa: BLE001 - show the guest's console with the failure
             pytest.fail(f"no SSH within {BOOT_TIMEOUT:g}s ({exc}); console:\n{guest.console_tail()}")
-        print(f"\n[timing] firmware boot to SSH: {time.monotonic() - started:.1f}s")
+        print(f"\n[timing] firmware boot of the {fmt} on {hardware} hardware to SSH: "
+              f"{time.monotonic() - started:.1f}s")
         with conn:
             def out(command: str, sudo: bool = False) -> str:
                 return conn.run(command, sudo=sudo, timeout=120).stdout.strip()
@@ -151,7 +175,9 @@ def test_vmdk_boots_through_the_firmware_on_virtualbox_like_hardware(image: imag
             cmdline = out("cat /proc/cmdline")
             assert "BOOT_IMAGE=/vmlinuz" in cmdline, f"not booted by SYSLINUX: {cmdline}"
             assert f"root=LABEL={images.ROOT_LABEL}" in cmdline
-            assert out("findmnt -n -o SOURCE /") == "/dev/sda2", "root on the SATA disk's second partition"
+            assert out("findmnt -n -o SOURCE /") == "/dev/sda2", "root on the disk's second partition"
+            driver = "ahci" if hardware == "virtualbox" else "vmw_pvscsi"  # the disk's controller has its driver
+            assert out(f"ls /sys/bus/pci/drivers/{driver} | grep -c '^0000:' || true") == "1"
             assert out("hostname") == "fwboot"
             # The first boot grew the root partition and filesystem to the 4 GiB disk.
             assert int(out("lsblk -bno SIZE /dev/sda2")) > GUEST_DISK - (200 << 20)
@@ -167,7 +193,7 @@ def test_vmdk_boots_through_the_firmware_on_virtualbox_like_hardware(image: imag
             assert "No DNS servers known" in out("cat /run/systemd/resolve/resolv.conf")
             # The home share is in fstab with nofail: absent under QEMU, and boot went on.
             fstab = out("cat /etc/fstab")
-            assert "Users /Users vboxsf defaults,nofail,uid=" in fstab, fstab
+            assert guest.share_line in fstab, fstab
             assert out("systemctl is-system-running || true") in ("running", "degraded")
         # ACPI power button (VBoxManage controlvm acpipowerbutton): the guest powers itself off.
         qmp_command(str(guest.qmp), "system_powerdown")
