@@ -631,6 +631,11 @@ class VirtualBoxDriver(Driver):
             assert base is not None
             disk = self._path("disk.vdi")
             self.vbm("clonemedium", "disk", base, disk, "--format", "VDI")
+            # Cloning registered the source in VirtualBox's global media registry: the shared
+            # cached image must not stay there (a re-export with a new UUID, or another store
+            # with the same image, would then be refused).
+            self._close_medium(base)
+            self._unattached_disk = disk
             # Never smaller than the image: VirtualBox cannot shrink a disk.
             self.vbm("modifymedium", "disk", disk, "--resize", str(max(size_mb, -(-base_size // (1 << 20)))))
             dvd = self._path("seed.iso")
@@ -658,6 +663,7 @@ class VirtualBoxDriver(Driver):
                  "--type", "dvddrive", "--medium", dvd)
         self.vbm("storageattach", name, "--storagectl", "SATA", "--port", "1", "--device", "0",
                  "--type", "hdd", "--medium", disk)
+        self._unattached_disk = ""  # from here on, unregistervm --delete removes it
         self.vbm("guestproperty", "set", name, "/VirtualBox/GuestAdd/SharedFolders/MountPrefix", "/")
         self.vbm("guestproperty", "set", name, "/VirtualBox/GuestAdd/SharedFolders/MountDir", "/")
         if share:
@@ -886,7 +892,17 @@ class VirtualBoxDriver(Driver):
         self.vbm("controlvm", self.machine_name, "poweroff")
         self.config["IPAddress"] = ""
 
+    def _close_medium(self, path: str) -> None:
+        """Drop a disk from VirtualBox's media registry (the file stays); gone already is fine."""
+        try:
+            self.vbm("closemedium", "disk", path)
+        except MachineError:
+            pass
+
     def remove(self, log: Log) -> None:
+        if getattr(self, "_unattached_disk", ""):  # a create that failed between clone and attach
+            self._close_medium(self._unattached_disk)
+            self._unattached_disk = ""
         try:
             current = self.state()
         except MachineMissing:

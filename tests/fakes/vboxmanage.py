@@ -319,6 +319,11 @@ def cmd_clonemedium(state: dict, args: list[str]) -> str:
     if source_format is None:  # VirtualBox opens the source first: not a disk image -> refused
         raise error(f"Could not get the storage format of the medium '{src}' (VERR_NOT_SUPPORTED)")
     Path(a[1]).write_bytes(head)
+    # Opening a medium registers it in VirtualBox's global media registry until closemedium.
+    registered = state.setdefault("registered", [])
+    for path in (str(src), a[1]):
+        if path not in registered:
+            registered.append(path)
     state["media"].append({"path": a[1], "size": virtual_size(head, source_format, src),
                            "format": o.get("--format", ["VDI"])[0], "source": str(src),
                            "source_format": source_format})
@@ -605,6 +610,23 @@ def cmd_controlvm(state: dict, args: list[str]) -> str:
     return "0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\n" if action == "poweroff" else ""
 
 
+def cmd_closemedium(state: dict, args: list[str]) -> str:
+    if args[:1] in (["disk"], ["dvd"], ["floppy"]):
+        args = args[1:]
+    paths = [a for a in args if not a.startswith("--")]
+    if len(paths) != 1:
+        raise syntax("Incorrect parameters")
+    registered = state.setdefault("registered", [])
+    if paths[0] not in registered:
+        raise error(f"Could not find file for the medium '{paths[0]}' (VERR_FILE_NOT_FOUND)")
+    if any(paths[0] in v["storage"].values() for v in state["vms"].values()):
+        raise error(f"Cannot close medium '{paths[0]}' because it has 1 child media / is attached to a VM")
+    registered.remove(paths[0])
+    if "--delete" in args:
+        Path(paths[0]).unlink(missing_ok=True)
+    return ""
+
+
 def cmd_unregistervm(state: dict, args: list[str]) -> str:
     names = [a for a in args if not a.startswith("--")]
     if not names:
@@ -617,6 +639,8 @@ def cmd_unregistervm(state: dict, args: list[str]) -> str:
             if medium.endswith((".vmdk", ".vdi")) and Path(medium).exists():
                 Path(medium).unlink()
                 state["media"] = [m for m in state["media"] if m["path"] != medium]
+                if medium in state.get("registered", []):
+                    state["registered"].remove(medium)
         cfg = Path(v["cfg"])
         cfg.unlink(missing_ok=True)
         try:
@@ -633,7 +657,7 @@ COMMANDS = {
     "sharedfolder": cmd_sharedfolder, "setextradata": cmd_setextradata, "convertfromraw": cmd_convertfromraw,
     "clonemedium": cmd_clonemedium, "modifymedium": cmd_modifymedium, "list": cmd_list,
     "hostonlyif": cmd_hostonlyif, "dhcpserver": cmd_dhcpserver, "startvm": cmd_startvm,
-    "controlvm": cmd_controlvm, "unregistervm": cmd_unregistervm,
+    "controlvm": cmd_controlvm, "unregistervm": cmd_unregistervm, "closemedium": cmd_closemedium,
 }
 
 

@@ -332,6 +332,7 @@ def test_default_image_is_cloned_resized_seeded_and_booted_from_disk(pm, vbox, t
         ["--version"],
         ["list", "hostonlyifs"],
         ["clonemedium", "disk", str(vdi), disk, "--format", "VDI"],
+        ["closemedium", "disk", str(vdi)],  # the shared cached image leaves VirtualBox's registry
         ["modifymedium", "disk", disk, "--resize", "100"],
         ["createvm", "--basefolder", str(mdir), "--name", "vbimg", "--register"],
         ["modifyvm", "vbimg", "--firmware", "bios", "--bioslogofadein", "off", "--bioslogofadeout", "off",
@@ -485,3 +486,20 @@ def test_vboxapi_backend_answers_the_hot_paths_without_spawning_vboxmanage(pm, v
     res = pm("status", "vb1", env={"PYMACHINE_VBOX_BACKEND": "vboxapi", "PYTHONPATH": ""})
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
     assert "PYMACHINE_VBOX_BACKEND" in res.stderr and "vboxapi" in res.stderr
+
+
+@pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
+@pytest.mark.parametrize("failing", ["createvm", "storagectl"])
+def test_default_image_leaves_nothing_in_virtualboxs_media_registry(pm, vbox, failing):
+    """Cloning registers the cached VDI and the machine's copy in VirtualBox's global media
+    registry: a create (failed before or after the VM exists) and an rm leave neither there."""
+    fake_base_image.make_fake_image(pm.store)
+    res = pm(*image_args("vbreg", "--virtualbox-no-share"), env={"FAKE_VBOX_FAIL": failing})
+    assert res.returncode == 1 and f"injected failure of '{failing}'" in res.stderr.strip().splitlines()[-1]
+    assert vbox.state().get("registered") == []
+    assert vbox.vms() == [] and not (pm.store / "machines" / "vbreg").exists()
+    pm(*image_args("vbreg2", "--virtualbox-no-share"))  # the VM exists (provisioning cannot reach it)
+    mdir = pm.store / "machines" / "vbreg2"
+    assert vbox.state()["registered"] == [f"{mdir}/disk.vdi"], "only the attached copy stays registered"
+    pm.ok("rm", "-y", "vbreg2")
+    assert vbox.state()["registered"] == []
