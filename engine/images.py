@@ -569,6 +569,8 @@ def build_image(cache_dir: Path, log: Log) -> ImageInfo:
 def _mounts_under(path: Path) -> list[str]:
     prefix = str(path.resolve()).rstrip("/") + "/"
     found = []
+    if not os.path.exists("/proc/self/mountinfo"):  # macOS, Windows: no build ever mounted anything
+        return found
     with open("/proc/self/mountinfo") as fh:
         for line in fh:
             point = line.split()[4].replace("\\040", " ")
@@ -589,7 +591,12 @@ def _remove_tree(path: Path) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=60, check=False)
     if _mounts_under(path):
         raise MachineError(f"{path} still has mounts below it; not removing it")
-    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], capture_output=True, timeout=600, check=False)
+    if os.path.exists("/proc/self/mountinfo"):
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], capture_output=True, timeout=600, check=False)
+    else:  # no GNU rm there, and nothing can be mounted below an image directory
+        shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        raise MachineError(f"could not remove {path}")
 
 
 def _keep_log(log_file: Path, cache_dir: Path) -> None:
@@ -711,15 +718,20 @@ def export_image(info: ImageInfo, fmt: str, log: Log) -> Path:
         raise MachineError(f"converting the base image to {fmt} needs qemu-img (Debian package qemu-utils)")
     if not os.access(info.directory, os.W_OK):
         raise MachineError(f"cannot write {target}: run `sudo pymachine image export {fmt}` once")
-    with _build_lock(info.directory.parent, f"{info.recipe}-{fmt}", log):
+    # The image's own lock (the one prune takes), so an export is never pruned midway.
+    with _build_lock(info.directory.parent, info.directory.name, log):
         if target.is_file():
             return target
         log(f"(image) converting {info.disk.name} to {fmt}...")
         partial = target.with_name(f".{target.name}.partial")
-        _run(["qemu-img", "convert", "-O", qemu_fmt, *options, str(info.disk), str(partial)],
-             timeout=1200, what=f"qemu-img convert to {fmt}")
-        os.chmod(partial, 0o644)
-        os.rename(partial, target)
+        try:
+            _run(["qemu-img", "convert", "-O", qemu_fmt, *options, str(info.disk), str(partial)],
+                 timeout=1200, what=f"qemu-img convert to {fmt}")
+            os.chmod(partial, 0o644)
+            os.rename(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # never leave gigabytes of half a disk behind
+            raise
     return target
 
 

@@ -93,3 +93,19 @@ def test_prune_keeps_the_current_image_and_any_a_machine_uses(pm: PyMachine) -> 
     assert "0000000000000001" not in after and "0000000000000002" in after
     current_row = next(line for line in after.splitlines() if line.startswith(current.recipe))
     assert current_row.rstrip().endswith("*")
+
+
+def test_failed_export_leaves_no_partial_file(pm: PyMachine, tmp_path: Path) -> None:
+    """qemu-img dying midway (disk full, killed) leaves neither the export nor its partial file."""
+    info = make_fake_image(pm.store)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "qemu-img"
+    fake.write_text('#!/bin/sh\nfor a; do last="$a"; done\nhead -c 1048576 /dev/zero > "$last"\n'
+                    'echo "qemu-img: error while writing: No space left on device" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    res = pm("image", "export", "vdi", env={"PATH": f"{bin_dir}{os.pathsep}{pm.env['PATH']}"})
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("qemu-img convert to vdi failed (exit 1): qemu-img: error")
+    assert sorted(p.name for p in info.directory.iterdir()) == ["disk.qcow2", "initrd.img", "manifest.json",
+                                                                  "vmlinuz"]
