@@ -506,6 +506,7 @@ class VSphereDriver(Driver):
             devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=nic))
         return vim.vm.ConfigSpec(
             name=name, guestId="otherLinux64Guest", numCPUs=int(self.config["CPU"]),
+            firmware="bios",  # the image boots through its MBR (SYSLINUX); newer hardware versions may default to EFI
             memoryMB=int(self.config["Memory"]), annotation=f"{ANNOTATION_KEY}={name}",
             files=vim.vm.FileInfo(vmPathName=f"[{ds}] {name}/"),
             deviceChange=devices, extraConfig=extra)

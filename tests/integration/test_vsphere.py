@@ -210,6 +210,13 @@ def test_pre_create_names_what_is_missing(vcsim, tmp_path, iso):
 
 # pymachine's base image (the default without --vmwarevsphere-boot2docker-url) --------------------
 
+def vm_firmware(sim: Vcsim, ref: str) -> str:
+    from pyVmomi import vim
+
+    with sim.connect() as si:
+        return str(vim.VirtualMachine(ref, si._stub).config.firmware)
+
+
 def vm_disks_and_boot(sim: Vcsim, ref: str) -> tuple[list[tuple[str, int, int]], list[int]]:
     """The VM's disks as (backing file, capacity KB, key) and its boot order as disk device keys."""
     from pyVmomi import vim
@@ -255,6 +262,7 @@ def test_default_image_uploads_flat_disk_and_seed_boots_from_disk_and_rm_removes
     vm = inv["vms"]["pm-img"]
     assert vm["ref"] == ref and vm["power"] == "poweredOn" and vm["cdrom"] == ["[LocalDS_0] pm-img/seed.iso"]
     disks, order = vm_disks_and_boot(vcsim, ref)
+    assert vm_firmware(vcsim, ref) == "bios", "the image boots through its MBR"
     assert [(f, kb) for f, kb, _ in disks] == [("[LocalDS_0] pm-img/pm-img.vmdk", 100 * 1024)]
     assert order == [disks[0][2]]
     assert any("Uploading pm-img-flat.vmdk to [LocalDS_0] pm-img/" in line for line in log)
