@@ -37,7 +37,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from machine.drivers.base import Driver, Flag, Log, State
 from machine.errors import MachineError, PreCreateError
@@ -574,3 +574,11 @@ class DigitalOceanDriver(Driver):
                 if exc.status != 404:
                     raise
                 log(f"({self.machine_name}) Digital Ocean droplet doesn't exist, assuming it is already deleted")
+        create_tag = str(self.config.get("CreateTag") or "")
+        if create_tag:  # DigitalOcean keeps a tag after its droplets are gone
+            try:
+                client.call("DELETE", f"/v2/tags/{quote(create_tag, safe='')}")
+            except APIError as exc:
+                if exc.status != 404:
+                    raise
+            self.config["CreateTag"] = ""

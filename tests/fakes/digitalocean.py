@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.fakes.https import HTTPSFake
 
@@ -99,6 +99,7 @@ class FakeDigitalOcean(HTTPSFake):
         self.workdir = Path(self.workdir)
         self.keys: dict[int, dict[str, Any]] = {}
         self.droplets: dict[int, dict[str, Any]] = {}
+        self.tags: set[str] = set()  # every tag ever applied, until DELETE /v2/tags/<name>
         self.actions: dict[int, dict[str, Any]] = {}
         self.requests: list[Request] = []
         self._pending: dict[int, float] = {}  # droplet id -> activation time
@@ -234,6 +235,7 @@ class FakeDigitalOcean(HTTPSFake):
             "_public_keys": public_keys,
         }
         self.droplets[did] = droplet
+        self.tags.update(droplet["tags"])
         self._pending[did] = time.monotonic() + self.activation_delay
         action = self._new_action(did, "create", region)
         return 202, {"droplet": _public(droplet),
@@ -309,6 +311,14 @@ class FakeDigitalOcean(HTTPSFake):
         if parts[:1] != ["v2"]:
             return 404, _err("not_found", NOT_FOUND)
         parts = parts[1:]
+        if method == "DELETE" and len(parts) == 2 and parts[0] == "tags":  # DO keeps tags until deleted
+            name = unquote(parts[1])
+            if name not in self.tags:
+                return 404, _err("not_found", NOT_FOUND)
+            self.tags.discard(name)
+            for d in self.droplets.values():
+                d["tags"] = [t for t in d["tags"] if t != name]
+            return 204, None
         if method == "GET" and parts == ["account"]:
             return 200, {"account": {"droplet_limit": self.droplet_limit, "floating_ip_limit": 3,
                                      "email": "test@example.invalid", "uuid": "b6fr89dbf6d9156cace5f3c78dc9851d957381ef",

@@ -52,6 +52,7 @@ def one_line_error(res) -> str:
 def assert_nothing_left(pm, fake: FakeDigitalOcean, name: str) -> None:
     assert fake.droplets == {}
     assert fake.keys == {}
+    assert not [t for t in fake.tags if t.startswith("pymachine-create:")], "a create's own tag outlived it"
     assert not (pm.store / "machines" / name).exists()
 
 
@@ -155,6 +156,7 @@ def test_lost_create_answer_still_leaves_no_droplet(pm, fake):
     assert lookup.query["tag_name"] == [t for t in create.body["tags"] if t.startswith("pymachine-create:")]
     assert "Found droplet" in res.stdout and "from the interrupted create; deleting it" in res.stdout
     assert list(fake.droplets) == [other["id"]] and fake.keys == {}
+    assert not [t for t in fake.tags if t.startswith("pymachine-create:")], "the create's own tag is deleted too"
     assert pm("ls", "-q").stdout.strip() == ""
 
 
@@ -166,7 +168,7 @@ def test_droplet_without_ip_is_rolled_back(pm, fake):
     for line in ("(do1) Creating SSH key...", "(do1) Creating Digital Ocean droplet...",
                  "(do1) Waiting for IP address to be assigned to the Droplet..."):
         assert line in res.stdout
-    assert len(fake.calls("DELETE")) == 2
+    assert len(fake.calls("DELETE")) == 3  # the key, the droplet and the create's own tag
     assert_nothing_left(pm, fake, "do1")
 
 
