@@ -130,6 +130,11 @@ SHARE_TYPES = {
 }
 
 
+#: Guest directories a share must not cover (``/home`` holds the user's SSH key).
+SYSTEM_DIRS = frozenset({"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/proc", "/root",
+                         "/run", "/sbin", "/sys", "/tmp", "/usr", "/var"})
+
+
 def shares_fstab(shares: Sequence[tuple[str, str, str]]) -> str:
     """fstab lines (``nofail``: a missing share never blocks boot) for (type, source, guest dir).
 
@@ -145,6 +150,9 @@ def shares_fstab(shares: Sequence[tuple[str, str, str]]) -> str:
                 raise ValueError(f"shared-folder names may not be empty or contain spaces or '#': {value!r}")
         if not target.startswith("/"):
             raise ValueError(f"a shared folder's guest path must be absolute: {target!r}")
+        top = "/" + target.strip("/").split("/")[0]
+        if top in SYSTEM_DIRS:
+            raise ValueError(f"a shared folder cannot be mounted over the guest's {top}: {target!r}")
         options = SHARE_TYPES[fstype].format(uid="@UID@", gid="@GID@")
         lines.append(f"{source} {target} {fstype} {options} 0 0\n")
     return "".join(lines)

@@ -34,13 +34,15 @@ def _used_by_a_machine(ctx: Context, image_dir) -> bool:  # type: ignore[no-unty
 
     A config that cannot be read counts as using it: pruning must never break a machine.
     """
-    needle = str(image_dir)
+    import os
+
+    needles = {str(image_dir), os.path.realpath(image_dir)}  # a store reached through a symlink, or not
     for name in ctx.store.list_names():
         try:
-            text = ctx.store.config_path(name).read_text()
+            text = ctx.store.config_path(name).read_text(errors="replace")
         except OSError:
             return True
-        if needle in text:
+        if any(needle in text for needle in needles):
             return True
     return False
 

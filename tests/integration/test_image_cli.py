@@ -109,3 +109,18 @@ def test_failed_export_leaves_no_partial_file(pm: PyMachine, tmp_path: Path) -> 
     assert res.stderr.strip().splitlines()[-1].startswith("qemu-img convert to vdi failed (exit 1): qemu-img: error")
     assert sorted(p.name for p in info.directory.iterdir()) == ["disk.qcow2", "initrd.img", "manifest.json",
                                                                   "vmlinuz"]
+
+
+def test_prune_sees_a_machine_that_names_the_image_by_its_real_path(pm: PyMachine, tmp_path: Path) -> None:
+    """The store reached through a symlink this time, by its real path when the machine was made."""
+    current = make_fake_image(pm.store)
+    used = _old_image(current.directory.parent, "0000000000000004")
+    pm.ok("create", "-d", "none", "--url", "tcp://127.0.0.1:1", "vm1")
+    config = pm.store / "machines" / "vm1" / "config.json"
+    data = json.loads(config.read_text())
+    data["Driver"]["BaseDisk"] = os.path.realpath(used / images.DISK_NAME)
+    config.write_text(json.dumps(data))
+    alias = tmp_path / "alias"
+    alias.symlink_to(pm.store)
+    assert pm.ok("image", "prune", env={"MACHINE_STORAGE_PATH": str(alias)}).stdout == ""
+    assert used.is_dir()

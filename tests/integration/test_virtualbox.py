@@ -426,13 +426,15 @@ def test_cached_image_that_cannot_be_exported_is_exit_3(pm, vbox):
 
 
 @pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
-def test_share_name_the_seed_cannot_hold_is_exit_3(pm, vbox, tmp_path):
+@pytest.mark.parametrize("share, says", [("my share", "'my share'"), ("home", "over the guest's /home")])
+def test_share_name_the_seed_cannot_hold_is_exit_3(pm, vbox, tmp_path, share, says):
+    """A name with a space cannot be an fstab source; /home would hide the user's SSH key."""
     shared = tmp_path / "shared"
     shared.mkdir()
     fake_base_image.make_fake_image(pm.store)
-    res = pm(*image_args("badshare", "--virtualbox-share-folder", f"{shared}:my share"))
+    res = pm(*image_args("badshare", "--virtualbox-share-folder", f"{shared}:{share}"))
     assert res.returncode == 3 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "--virtualbox-share-folder" in res.stderr and "'my share'" in res.stderr
+    assert "--virtualbox-share-folder" in res.stderr and says in res.stderr
     assert_nothing_left(pm, vbox, "badshare")
 
 

@@ -158,6 +158,9 @@ def test_seed_carries_shared_folders_as_fstab_lines_the_first_boot_mounts(tmp_pa
         (("nfs", "x", "/x"), "unknown shared-folder type"),
         (("vboxsf", "My Docs", "/docs"), "may not be empty or contain spaces"),
         (("vboxsf", "Users", "Users"), "must be absolute"),
+        (("vboxsf", "home", "/home"), "cannot be mounted over the guest's /home"),
+        (("fuse.vmhgfs-fuse", ".host:/x", "/etc/x"), "cannot be mounted over the guest's /etc"),
+        (("vboxsf", "root", "/"), "cannot be mounted over the guest's /"),
     ):
         with pytest.raises(ValueError, match=match):
             write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1",
