@@ -163,18 +163,8 @@ if [ -f $seed/pymachine/docker-machine.conf ]; then
     reload=1
 fi
 [ -z "${reload:-}" ] || systemctl daemon-reload
-# Shared folders (VirtualBox vboxsf, VMware vmhgfs): fstab lines with nofail, owned by the user.
-if [ -f $seed/pymachine/fstab ]; then
-    uid=$(id -u "$USERNAME"); gid=$(id -g "$USERNAME")
-    sed -e "s/@UID@/$uid/g" -e "s/@GID@/$gid/g" $seed/pymachine/fstab | while read -r src dir rest; do
-        [ -n "$src" ] || continue
-        grep -q "^$src $dir " /etc/fstab || printf '%s %s %s\n' "$src" "$dir" "$rest" >> /etc/fstab
-        mkdir -p "$dir"
-        mount "$dir" 2>/dev/null || echo "pymachine-firstboot: shared folder $src not mounted (no such share here)" >&2
-    done
-fi
 # Grow the root partition (the last one) to the disk, then the filesystem.
-root=$(findmnt -n -o SOURCE /)
+root=$(readlink -f "$(findmnt -n -o SOURCE /)")
 part=/sys/class/block/${root#/dev/}
 if [ -f "$part/partition" ]; then
     disk=/dev/$(basename "$(readlink -f "$part/..")")
@@ -182,10 +172,42 @@ if [ -f "$part/partition" ]; then
     echo ', +' | sfdisk --force --no-reread --no-tell-kernel -q -N "$num" "$disk" >/dev/null 2>&1 \
         && partx -u -n "$num" "$disk" \
         || echo "pymachine-firstboot: could not grow the root partition" >&2
+else
+    echo "pymachine-firstboot: the root $root is not a partition; not growing it" >&2
 fi
 resize2fs "$root" >/dev/null 2>&1 || echo "pymachine-firstboot: could not grow the root filesystem" >&2
+# Shared folders (VirtualBox vboxsf, VMware vmhgfs): fstab lines with nofail, owned by the
+# user.  Last and never fatal: a share that cannot be set up must not undo the first boot.
+if [ -f $seed/pymachine/fstab ]; then
+    uid=$(id -u "$USERNAME"); gid=$(id -g "$USERNAME")
+    sed -e "s/@UID@/$uid/g" -e "s/@GID@/$gid/g" $seed/pymachine/fstab | while read -r src dir rest; do
+        [ -n "$src" ] || continue
+        grep -qF "$src $dir " /etc/fstab || printf '%s %s %s\n' "$src" "$dir" "$rest" >> /etc/fstab || continue
+        mkdir -p "$dir" || continue
+        mount "$dir" 2>/dev/null || echo "pymachine-firstboot: shared folder $src not mounted (no such share here)" >&2
+    done || echo "pymachine-firstboot: could not set up the shared folders" >&2
+fi
 mkdir -p $state
 printf '%s\n' "$INSTANCE_ID" > $state/instance-id
+"""
+#: Keeps the FAT boot partition's kernel and initrd in step with /boot: run by Debian's
+#: kernel postinst hooks (after initramfs-tools made the initrd) and by update-initramfs.
+BOOT_SYNC_SCRIPT = r"""#!/bin/sh
+# pymachine: copy the newest kernel and its initrd to the SYSLINUX boot partition.
+set -eu
+[ -d /run/systemd/system ] || exit 0  # not a booted guest (the image build's chroot)
+version=$(ls /boot/vmlinuz-* 2>/dev/null | sed 's|^/boot/vmlinuz-||' | sort -V | tail -n 1)
+[ -n "$version" ] && [ -f "/boot/initrd.img-$version" ] || exit 0
+dev=$(blkid -L PYMBOOT) || exit 0
+mnt=$(mktemp -d)
+mount -t vfat "$dev" "$mnt"
+trap 'umount "$mnt"; rmdir "$mnt"' EXIT
+cp "/boot/vmlinuz-$version" "$mnt/vmlinuz.new"
+cp "/boot/initrd.img-$version" "$mnt/initrd.new"
+mv "$mnt/vmlinuz.new" "$mnt/vmlinuz"
+mv "$mnt/initrd.new" "$mnt/initrd.img"
+sync
+echo "pymachine: boot partition now boots kernel $version"
 """
 FIRSTBOOT_UNIT = """[Unit]
 Description=pymachine first boot (user, SSH key, hostname from the cidata seed)
@@ -213,6 +235,10 @@ _FILES: dict[str, tuple[str, int]] = {
     "etc/hosts": ("127.0.0.1\tlocalhost\n127.0.1.1\tpymachine\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
     "usr/local/sbin/pymachine-firstboot": (FIRSTBOOT_SCRIPT, 0o755),
     "etc/systemd/system/pymachine-firstboot.service": (FIRSTBOOT_UNIT, 0o644),
+    "usr/local/sbin/pymachine-boot-sync": (BOOT_SYNC_SCRIPT, 0o755),
+    "etc/kernel/postinst.d/zz-pymachine-boot-sync": ("#!/bin/sh\nexec /usr/local/sbin/pymachine-boot-sync\n", 0o755),
+    "etc/initramfs/post-update.d/zz-pymachine-boot-sync": (
+        "#!/bin/sh\nexec /usr/local/sbin/pymachine-boot-sync\n", 0o755),
     "etc/ssh/sshd_config.d/50-pymachine.conf": (
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nPrintMotd no\n",
         0o644,

@@ -292,3 +292,18 @@ def test_progress_goes_to_stderr_only_on_a_terminal(standin_lock, tmp_path):
     text = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0
     assert "Downloading docker-compose:" in text and "100%" in text
+
+
+def test_lock_names_the_image_this_checkout_builds() -> None:
+    """The installers ship pymachine's image of *this* recipe (builds refuse any other):
+    a change to engine/images.py must come with the lock's vm-image entries."""
+    import json
+    from pathlib import Path
+
+    from engine.images import recipe_hash
+
+    lock = json.loads((Path(__file__).resolve().parents[2] / "packaging" / "components.lock.json").read_text())
+    entries = [c for comps in lock["platforms"].values() for c in comps if c["name"] == "vm-image"]
+    assert entries, "no vm-image component in the lock"
+    for entry in entries:
+        assert entry["version"] == recipe_hash() and recipe_hash() in entry["url"], entry

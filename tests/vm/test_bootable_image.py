@@ -195,6 +195,16 @@ def test_export_boots_through_the_firmware_on_the_hypervisors_hardware(image: im
             fstab = out("cat /etc/fstab")
             assert guest.share_line in fstab, fstab
             assert out("systemctl is-system-running || true") in ("running", "degraded")
+            # A kernel installed later (apt upgrade) reaches the SYSLINUX boot partition through
+            # Debian's kernel hooks: a "newer" kernel, marked by one extra byte, is copied there.
+            out("cp /boot/vmlinuz-$(uname -r) /boot/vmlinuz-99.0-test && printf x >> /boot/vmlinuz-99.0-test && "
+                "cp /boot/initrd.img-$(uname -r) /boot/initrd.img-99.0-test", sudo=True)
+            assert "now boots kernel 99.0-test" in out(
+                "/etc/kernel/postinst.d/zz-pymachine-boot-sync 99.0-test", sudo=True)
+            synced = out("m=$(mktemp -d) && mount -t vfat -o ro LABEL=PYMBOOT $m && "
+                         "sha256sum $m/vmlinuz /boot/vmlinuz-99.0-test | cut -d' ' -f1; umount $m", sudo=True)
+            first, second = synced.split()
+            assert first == second, "the boot partition's kernel is the newest one in /boot"
         # ACPI power button (VBoxManage controlvm acpipowerbutton): the guest powers itself off.
         qmp_command(str(guest.qmp), "system_powerdown")
         try:
