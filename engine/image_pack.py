@@ -45,6 +45,10 @@ RECIPE_RE = re.compile(r"^[0-9a-f]{8,64}$")
 #: SHA256SUMS lists a handful of files; anything bigger is not ours.
 MAX_SUMS_BYTES = 64 << 10
 CHUNK = 1 << 20
+#: The most an archive may unpack to (the real image with its exports is ~5 GB): an archive
+#: built to expand without end is refused before it fills the disk.
+MAX_IMAGE_BYTES = 64 << 30
+MAX_BYTES_ENV = "PYMACHINE_IMAGE_LOAD_MAX_BYTES"
 GZIP_LEVEL = 6
 
 
@@ -180,6 +184,10 @@ def _extract(tar_path: Path, work: Path) -> tuple[str, dict[str, str], bytes]:
     recipe: str | None = None
     digests: dict[str, str] = {}
     sums: bytes | None = None
+    try:
+        budget = int(os.environ.get(MAX_BYTES_ENV) or MAX_IMAGE_BYTES)
+    except ValueError:
+        raise ImagePackError(f"{MAX_BYTES_ENV} must be a number of bytes") from None
     with tarfile.open(tar_path, mode="r|*") as tf:
         for member in tf:
             top, name = _member_file(member, where)
@@ -201,6 +209,10 @@ def _extract(tar_path: Path, work: Path) -> tuple[str, dict[str, str], bytes]:
             digest = hashlib.sha256()
             with src, open(work / name, "wb") as dst:
                 while block := src.read(CHUNK):
+                    budget -= len(block)
+                    if budget < 0:
+                        raise ImagePackError(f"{where}: unpacks to more than the {MAX_BYTES_ENV} limit "
+                                             f"of {int(os.environ.get(MAX_BYTES_ENV) or MAX_IMAGE_BYTES)} bytes")
                     digest.update(block)
                     dst.write(block)
             os.chmod(work / name, 0o644)

@@ -251,3 +251,14 @@ def test_an_image_of_another_recipe_loads_with_a_note_and_is_not_current(pm: PyM
     ls = fresh.ok("image", "ls").stdout.splitlines()
     assert ls[1].split()[0] == old.name and not ls[1].rstrip().endswith("*")
     assert os.access(images.default_cache_dir(fresh.store) / old.name / "disk.qcow2", os.R_OK)
+
+
+def test_archive_unpacking_past_the_size_limit_is_refused(packed, tmp_path: Path) -> None:
+    """An archive that expands beyond the limit stops being written there (not at the end)."""
+    archive, _info = packed
+    fresh = _other(tmp_path / "fresh")
+    fresh.env["PYMACHINE_IMAGE_LOAD_MAX_BYTES"] = str(1 << 20)  # the stand-in unpacks to more than 1 MiB
+    _refused(fresh, archive, "unpacks to more than the PYMACHINE_IMAGE_LOAD_MAX_BYTES limit of 1048576 bytes")
+    assert not fresh.store.exists()
+    fresh.env["PYMACHINE_IMAGE_LOAD_MAX_BYTES"] = str(1 << 30)
+    assert fresh.ok("image", "load", str(archive)).stdout.strip()
