@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -728,6 +729,41 @@ def image_for_driver(cache_dir: Path, flag: str) -> ImageInfo | None:
     return None
 
 
+def export_problem(info: ImageInfo | None, fmt: str) -> str:
+    """Why ``info`` cannot be exported to ``fmt`` here ('' when it can, or already is)."""
+    if info is None or info.exported(fmt).is_file():
+        return ""
+    if shutil.which("qemu-img") is None:
+        return f"converting pymachine's base image to {fmt} needs qemu-img (Debian package qemu-utils)"
+    if not os.access(info.directory, os.W_OK):
+        return f"pymachine's base image has no {fmt} copy yet: run `sudo pymachine image export {fmt}` once"
+    return ""
+
+
+def stderr_log(message: str) -> None:
+    """Image build/export progress: straight to stderr (minutes of it)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def check_for_driver(cache_dir: Path, fmt: str, flag: str) -> None:
+    """Pre-create check of drivers that boot this image as ``fmt``: it is cached and exportable,
+    or buildable at create; otherwise a one-line MachineError naming the driver's image ``flag``."""
+    problem = export_problem(image_for_driver(cache_dir, flag), fmt)
+    if problem:
+        raise MachineError(f"{problem}, or pass {flag}")
+
+
+def disk_for_driver(cache_dir: Path, fmt: str, announce: Log) -> tuple[Path, ImageInfo]:
+    """The image's disk as ``fmt`` for a driver's create: built on first use (``announce`` says
+    so first), exported once; progress goes to stderr."""
+    info = find_image(cache_dir)
+    if info is None:
+        announce("Using pymachine's base image (built on first use; this can take minutes)...")
+        info = build_image(cache_dir, stderr_log)
+    return export_image(info, fmt, stderr_log), info
+
+
 def export_image(info: ImageInfo, fmt: str, log: Log) -> Path:
     """The image's disk converted to ``fmt`` (vmdk, vdi or raw), converted once and cached beside it.
 
@@ -739,11 +775,10 @@ def export_image(info: ImageInfo, fmt: str, log: Log) -> Path:
     target = info.exported(fmt)
     if target.is_file():
         return target
+    problem = export_problem(info, fmt)
+    if problem:
+        raise MachineError(problem)
     qemu_fmt, options = EXPORT_FORMATS[fmt]
-    if shutil.which("qemu-img") is None:
-        raise MachineError(f"converting the base image to {fmt} needs qemu-img (Debian package qemu-utils)")
-    if not os.access(info.directory, os.W_OK):
-        raise MachineError(f"cannot write {target}: run `sudo pymachine image export {fmt}` once")
     # The image's own lock (the one prune takes), so an export is never pruned midway.
     with _build_lock(info.directory.parent, info.directory.name, log):
         if target.is_file():

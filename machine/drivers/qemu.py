@@ -616,14 +616,10 @@ class QemuDriver(Driver):
             return image_from_path(str(path))
         if source:
             return image_from_path(source.removeprefix("file://"))
-        from engine.images import build_image
-
-        def image_log(message: str) -> None:
-            sys.stderr.write(message + "\n")
-            sys.stderr.flush()
+        from engine.images import build_image, stderr_log
 
         log(f"({self.machine_name}) Using pymachine's base image (built on first use; this can take minutes)...")
-        built = build_image(self._default_cache(), image_log)
+        built = build_image(self._default_cache(), stderr_log)
         return BaseImage(str(built.disk), "qcow2", built.virtual_size, str(built.kernel), str(built.initrd), True)
 
     def _proxy(self) -> dict[str, str] | None:

@@ -545,27 +545,12 @@ class VirtualBoxDriver(Driver):
             raise PreCreateError(str(exc)) from None
 
     def _check_base_image(self) -> None:
-        """pymachine's image is cached, or can be built at create; else exit 3 naming the flag."""
         from engine import images
 
         try:
-            info = images.image_for_driver(images.default_cache_dir(self.store_path), "--virtualbox-boot2docker-url")
+            images.check_for_driver(images.default_cache_dir(self.store_path), "vdi", "--virtualbox-boot2docker-url")
         except MachineError as exc:
             raise PreCreateError(str(exc)) from None
-        problem = images_export_problem(info, "vdi")
-        if problem:
-            raise PreCreateError(f"{problem}, or pass --virtualbox-boot2docker-url")
-
-    def _base_image_vdi(self, log: Log) -> tuple[str, int]:
-        """(path, virtual size in bytes) of pymachine's image as VDI: built if needed, exported once."""
-        from engine import images
-
-        cache = images.default_cache_dir(self.store_path)
-        info = images.find_image(cache)
-        if info is None:
-            log(f"({self.machine_name}) Using pymachine's base image (built on first use; this can take minutes)...")
-            info = images.build_image(cache, _stderr_log)
-        return str(images.export_image(info, "vdi", _stderr_log)), info.virtual_size
 
     def _image_source(self) -> str | None:
         """The flag's image (checked), or None: pymachine's base image."""
@@ -609,7 +594,11 @@ class VirtualBoxDriver(Driver):
         base: str | None = None
         base_size = 0
         if source is None:
-            base, base_size = self._base_image_vdi(log)
+            from engine import images
+
+            vdi, info = images.disk_for_driver(images.default_cache_dir(self.store_path), "vdi",
+                                               lambda m: log(f"({name}) {m}"))
+            base, base_size = str(vdi), info.virtual_size
             is_iso = False
         else:
             log(f"({name}) Copying {source} to {self.machine_dir}...")
@@ -924,23 +913,6 @@ def guest_shares(share: tuple[str, str] | None) -> list[tuple[str, str, str]]:
         return []
     name = share[0]
     return [("vboxsf", name, "/" + name.strip("/"))]
-
-
-def images_export_problem(info: Any, fmt: str) -> str:
-    """Why a cached image cannot be exported to ``fmt`` at create ('' when it can, or is exported)."""
-    if info is None or info.exported(fmt).is_file():
-        return ""
-    if not shutil.which("qemu-img"):
-        return f"converting pymachine's base image to {fmt} needs qemu-img (Debian package qemu-utils)"
-    if not os.access(info.directory, os.W_OK):
-        return f"pymachine's base image has no {fmt} copy yet: run `sudo pymachine image export {fmt}` once"
-    return ""
-
-
-def _stderr_log(message: str) -> None:
-    """Image build/export progress: straight to stderr (minutes of it), as the qemu driver does."""
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
 
 
 def wait_budget() -> float:

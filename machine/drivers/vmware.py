@@ -260,27 +260,13 @@ class VMwareDriver(Driver):
             self._image_source("ConfigDriveURL", required=True)
 
     def _check_base_image(self) -> None:
-        """pymachine's image is cached, or can be built at create; else exit 3 naming the flag."""
         from engine import images
 
+        flag = f"--{self.prefix}-boot2docker-url"
         try:
-            info = images.image_for_driver(images.default_cache_dir(self.store_path), f"--{self.prefix}-boot2docker-url")
+            images.check_for_driver(images.default_cache_dir(self.store_path), "vmdk", flag)
         except MachineError as exc:
             raise PreCreateError(str(exc)) from None
-        problem = images_export_problem(info, "vmdk")
-        if problem:
-            raise PreCreateError(f"{problem}, or pass --{self.prefix}-boot2docker-url")
-
-    def _base_image_vmdk(self, log: Log) -> str:
-        """pymachine's image as a VMDK: built if needed, exported once beside the cached image."""
-        from engine import images
-
-        cache = images.default_cache_dir(self.store_path)
-        info = images.find_image(cache)
-        if info is None:
-            log(f"({self.machine_name}) Using pymachine's base image (built on first use; this can take minutes)...")
-            info = images.build_image(cache, _stderr_log)
-        return str(images.export_image(info, "vmdk", _stderr_log))
 
     def disk_tool(self) -> tuple[str, str] | None:
         tool = find_tool("vmware-vdiskmanager", self.vdiskmanager_paths)
@@ -373,7 +359,13 @@ class VMwareDriver(Driver):
         if self.password() != B2D_PASSWORD:
             save_secrets(self.machine_dir, SSHPassword=self.password())
         source = self._image_source("Boot2DockerURL", required=False)
-        base = self._base_image_vmdk(log) if source is None else None
+        base = None
+        if source is None:
+            from engine import images
+
+            vmdk, _info = images.disk_for_driver(images.default_cache_dir(self.store_path), "vmdk",
+                                                 lambda m: log(f"({name}) {m}"))
+            base = str(vmdk)
         is_iso = source is not None and (
             urlsplit(source).path.lower().endswith(".iso") if "://" in source else source.lower().endswith(".iso"))
         key = Path(self._path("id_rsa"))
@@ -590,23 +582,6 @@ def vmdk_capacity(path: str) -> int:
     if not sectors:
         raise MachineError(f"{path} is not a VMDK (no sparse header or extent lines)")
     return sectors * 512
-
-
-def images_export_problem(info: Any, fmt: str) -> str:
-    """Why a cached image cannot be exported to ``fmt`` at create ('' when it can, or is exported)."""
-    if info is None or info.exported(fmt).is_file():
-        return ""
-    if not shutil.which("qemu-img"):
-        return f"converting pymachine's base image to {fmt} needs qemu-img (Debian package qemu-utils)"
-    if not os.access(info.directory, os.W_OK):
-        return f"pymachine's base image has no {fmt} copy yet: run `sudo pymachine image export {fmt}` once"
-    return ""
-
-
-def _stderr_log(message: str) -> None:
-    """Image build/export progress: straight to stderr (minutes of it), as the qemu driver does."""
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
 
 
 def wait_budget() -> float:

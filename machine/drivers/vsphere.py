@@ -43,7 +43,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import sys
 import time
 import urllib.parse
 import uuid
@@ -340,28 +339,12 @@ class VSphereDriver(Driver):
             self._find(si, error=PreCreateError)
 
     def _check_base_image(self) -> None:
-        """pymachine's image is cached (and can be exported), or can be built at create; else exit 3."""
         from engine import images
 
         try:
-            info = images.image_for_driver(images.default_cache_dir(self.store_path), "--vmwarevsphere-boot2docker-url")
+            images.check_for_driver(images.default_cache_dir(self.store_path), "raw", "--vmwarevsphere-boot2docker-url")
         except MachineError as exc:
             raise PreCreateError(str(exc)) from None
-        problem = images_export_problem(info, "raw")
-        if problem:
-            raise PreCreateError(f"{problem}, or pass --vmwarevsphere-boot2docker-url")
-
-    def _base_image_raw(self, log: Log) -> tuple[str, int]:
-        """(raw disk path, size in bytes) of pymachine's image: built if needed, exported once."""
-        from engine import images
-
-        cache = images.default_cache_dir(self.store_path)
-        info = images.find_image(cache)
-        if info is None:
-            log(f"({self.machine_name}) Using pymachine's base image (built on first use; this can take minutes)...")
-            info = images.build_image(cache, _stderr_log)
-        raw = images.export_image(info, "raw", _stderr_log)
-        return str(raw), os.path.getsize(raw)
 
     # Create --------------------------------------------------------------------------------
     def create(self, log: Log) -> None:
@@ -384,7 +367,11 @@ class VSphereDriver(Driver):
         user = str(self.config.get("SSHUser") or self.default_ssh_user)
         base: tuple[str, int] | None = None
         if not self.config.get("ISO"):
-            base = self._base_image_raw(log)
+            from engine import images
+
+            raw, _info = images.disk_for_driver(images.default_cache_dir(self.store_path), "raw",
+                                                lambda m: log(f"({name}) {m}"))
+            base = (str(raw), os.path.getsize(raw))
             seed.write_seed_iso(os.path.join(self.machine_dir, SEED_ISO), hostname=name, user=user,
                                 ssh_pubkey=pubkey, proxy=None, instance_id=str(uuid.uuid4()))
         with self.session() as si:
@@ -699,23 +686,6 @@ def vmfs_descriptor(extent: str, size: int) -> str:
         f'ddb.geometry.cylinders = "{cylinders}"\nddb.geometry.heads = "255"\nddb.geometry.sectors = "63"\n'
         'ddb.virtualHWVersion = "10"\n'
     )
-
-
-def images_export_problem(info: Any, fmt: str) -> str:
-    """Why a cached image cannot be exported to ``fmt`` at create ('' when it can, or is exported)."""
-    if info is None or info.exported(fmt).is_file():
-        return ""
-    if not shutil.which("qemu-img"):
-        return f"converting pymachine's base image to {fmt} needs qemu-img (Debian package qemu-utils)"
-    if not os.access(info.directory, os.W_OK):
-        return f"pymachine's base image has no {fmt} copy yet: run `sudo pymachine image export {fmt}` once"
-    return ""
-
-
-def _stderr_log(message: str) -> None:
-    """Image build/export progress: straight to stderr (minutes of it), as the qemu driver does."""
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
 
 
 # Helpers that talk to pyvmomi objects (imported lazily by the callers above) ---------------
