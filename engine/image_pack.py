@@ -60,14 +60,6 @@ def default_name(recipe: str) -> str:
     return f"pymachine-image-{recipe}.tar.gz"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _epoch() -> int:
     from installer.template import source_date_epoch  # the installer's archives use the same date
 
@@ -107,7 +99,7 @@ def pack_image(info: images.ImageInfo, out: Path, formats: Sequence[str], log: L
     if missing:
         raise ImagePackError(f"the image is incomplete: {missing[0]} is missing")
     log(f"(image) hashing {len(files)} files...")
-    digests = {name: _sha256(path) for name, path in files.items()}
+    digests = {name: images._sha256(path) for name, path in files.items()}
     sums = _sums_text(digests)
     epoch = _epoch()
     out = Path(out)
