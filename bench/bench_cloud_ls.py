@@ -120,8 +120,8 @@ def make_azure(store: Path, fake: FakeARM) -> None:
 
 def bootstrap_certs(store: Path) -> None:
     """The store's CA and client cert, as ``create`` makes them, so ``ls`` really dials each engine."""
-    from machine import certs
-    from machine.store import Store
+    from pymachine.machine import certs
+    from pymachine.machine.store import Store
 
     d = Store(store).certs_dir
     certs.bootstrap_certificates(certs.CertPaths(d / "ca.pem", d / "ca-key.pem", d / "cert.pem", d / "key.pem"),

@@ -29,8 +29,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from machine import ssh
-from machine.cli import main as cli
+from pymachine.machine import ssh
+from pymachine.machine.cli import main as cli
 from tests.hosts.host import TestHost, cleanup_stale
 from tests.hosts.proxy import HttpProxy
 from tests.hosts.rootfs import build_rootfs

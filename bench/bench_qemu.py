@@ -47,9 +47,9 @@ _VM_UP = re.compile(r"VM up: prepare (?P<prep>[0-9.]+)s, boot to SSH (?P<boot>[0
 
 def child(variant: str, argv: list[str]) -> int:
     """Run the pymachine CLI in this process with the variant's patch applied."""
-    from machine import provision
-    from machine.cli import main as cli
-    from machine.drivers import qemu
+    from pymachine.machine import provision
+    from pymachine.machine.cli import main as cli
+    from pymachine.machine.drivers import qemu
 
     if variant == "baseline":
         qemu.QemuDriver._engine_files = lambda self: {}  # type: ignore[method-assign]
@@ -148,10 +148,10 @@ def print_create(results: dict[str, dict[str, float]]) -> None:
 
 def _make_ls_store(root: Path, live: int, dead: int) -> list[subprocess.Popen]:
     """A store with ``live + dead`` qemu machines; returns the live QEMU processes."""
-    from machine import certs
-    from machine.drivers.qemu import PIDFILE
-    from machine.host import CreateOptions, new_host, prepare_driver
-    from machine.store import Store
+    from pymachine.machine import certs
+    from pymachine.machine.drivers.qemu import PIDFILE
+    from pymachine.machine.host import CreateOptions, new_host, prepare_driver
+    from pymachine.machine.store import Store
 
     store = Store(root)
     store.ensure()

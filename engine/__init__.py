@@ -4,7 +4,7 @@ Pure code: options in, file contents and argv out.  Provisioners decide where
 the files go and run the commands.
 """
 
-from engine.config import (
+from pymachine.engine.config import (
     EngineConfigError,
     daemon_args,
     daemon_env,
@@ -12,8 +12,8 @@ from engine.config import (
     systemd_dropin,
     sysv_default,
 )
-from engine.options import EngineOptions
-from engine.proxy import ProxySettings
+from pymachine.engine.options import EngineOptions
+from pymachine.engine.proxy import ProxySettings
 
 __all__ = [
     "EngineConfigError",

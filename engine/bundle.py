@@ -41,8 +41,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from machine.errors import MachineError
-from machine.runner import Runner
+from pymachine.machine.errors import MachineError
+from pymachine.machine.runner import Runner
 
 Log = Callable[[str], None]
 
@@ -382,7 +382,7 @@ def _stage(source_kind: str, source: Path | None, work: Path, log: Log) -> _Stag
 
 def render_manifest(staged: _Staged) -> bytes:
     """The manifest: no paths or times of the build machine, so it is reproducible."""
-    from machine import __version__
+    from pymachine.machine import __version__
 
     manifest = {
         "format": BUNDLE_FORMAT,

@@ -12,8 +12,8 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 
-from engine.options import EngineOptions
-from machine.errors import MachineError
+from pymachine.engine.options import EngineOptions
+from pymachine.machine.errors import MachineError
 
 SYSTEMD_DROPIN_PATH = "/etc/systemd/system/docker.service.d/10-machine.conf"
 SYSV_DEFAULT_PATH = "/etc/default/docker"

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 Log = Callable[[str], None]
 

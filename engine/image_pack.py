@@ -30,8 +30,8 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from engine import images
-from machine.errors import MachineError
+from pymachine.engine import images
+from pymachine.machine.errors import MachineError
 
 Log = Callable[[str], None]
 
@@ -61,7 +61,7 @@ def default_name(recipe: str) -> str:
 
 
 def _epoch() -> int:
-    from installer.template import source_date_epoch  # the installer's archives use the same date
+    from pymachine.installer.template import source_date_epoch  # the installer's archives use the same date
 
     return source_date_epoch()
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 Log = Callable[[str], None]
 
@@ -668,7 +668,7 @@ def _build_into(work: Path, final: Path, key: str, log: Log) -> ImageInfo:
     log("(image) making the bootable disk (SYSLINUX, FAT boot, ext4 root) and compressing it to qcow2...")
     size = _make_disk(root, work / "disk.raw", out / DISK_NAME, out / KERNEL_NAME, out / INITRD_NAME)
     done("disk")
-    from machine import __version__
+    from pymachine.machine import __version__
 
     manifest = {
         "recipe": key,

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.proxy import ProxySettings
+from pymachine.engine.proxy import ProxySettings
 
 DEFAULT_INSTALL_URL = "https://get.docker.com"
 INSTALL_SOURCES = ("packages", "script", "bundle", "preinstalled")

@@ -4,5 +4,5 @@ Modules: ``lock`` (the lock file and its refresh from upstream metadata),
 ``fetch`` (verified, digest-addressed downloads), ``linux`` (.deb and .pyz),
 ``windows`` (NSIS .exe), ``sums`` (SHA256SUMS + signature), ``quickstart``
 (the Docker Quickstart Terminal logic, used by ``pymachine quickstart``).
-Run ``python -m installer --help``.
+Run ``python -m pymachine.installer --help``.
 """

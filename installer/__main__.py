@@ -1,9 +1,9 @@
-"""``python -m installer``: refresh the lock, build installers, write and check SHA256SUMS.
+"""``python -m pymachine.installer``: refresh the lock, build installers, write and check SHA256SUMS.
 
-    python -m installer lock [--update] [--only NAME] [--lock FILE]
-    python -m installer build --platform linux|windows|macos|all --out DIR [--lock FILE]
+    python -m pymachine.installer lock [--update] [--only NAME] [--lock FILE]
+    python -m pymachine.installer build --platform linux|windows|macos|all --out DIR [--lock FILE]
         [--without NAME] [--source DIR] [--cert C --key K] [--gpg-key ID | --minisign-key FILE]
-    python -m installer verify DIR [--gpg-home H | --minisign-pub FILE]
+    python -m pymachine.installer verify DIR [--gpg-home H | --minisign-pub FILE]
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-from installer.lock import DEFAULT_LOCK, Lock
-from machine.errors import MachineError
+from pymachine.installer.lock import DEFAULT_LOCK, Lock
+from pymachine.installer.sources import default_source
+from pymachine.machine.errors import MachineError
 
 
 def _lock_cmd(ns: argparse.Namespace) -> int:
-    from installer import lock as lockmod
+    from pymachine.installer import lock as lockmod
 
     lock = Lock.load(ns.lock)
     if not ns.update:
@@ -42,28 +43,28 @@ def _components(lock: Lock, platform: str, without: list[str]):
 
 
 def _build_cmd(ns: argparse.Namespace) -> int:
-    from installer import sums
+    from pymachine.installer import sums
 
     lock = Lock.load(ns.lock)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    source = Path(ns.source).resolve()
+    source = Path(ns.source).resolve() if ns.source else default_source()
     platforms = ["linux", "windows", "macos"] if ns.platform == "all" else [ns.platform]
     artefacts: list[Path] = []
     for plat in platforms:
         started = time.monotonic()
         if plat == "linux":
-            from installer import linux
+            from pymachine.installer import linux
 
             artefacts.append(linux.build_pyz(out / "pymachine.pyz", source=source))
             artefacts.append(linux.build_deb(out, _components(lock, "linux", ns.without), source=source))
         elif plat == "windows":
-            from installer import windows
+            from pymachine.installer import windows
 
             artefacts.append(windows.build_exe(out, _components(lock, "windows", ns.without),
                                                cert=ns.cert, key=ns.key, source=source))
         else:
-            from installer import macos
+            from pymachine.installer import macos
 
             artefacts.append(macos.build_pkg(out, _components(lock, "macos", ns.without), source=source))
         sys.stderr.write(f"{plat}: built in {time.monotonic() - started:.2f}s\n")
@@ -78,7 +79,7 @@ def _build_cmd(ns: argparse.Namespace) -> int:
 
 
 def _verify_cmd(ns: argparse.Namespace) -> int:
-    from installer import sums
+    from pymachine.installer import sums
 
     directory = Path(ns.dir)
     if ns.minisign_pub:
@@ -91,7 +92,7 @@ def _verify_cmd(ns: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m installer", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pymachine.installer", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     lk = sub.add_parser("lock", help="show or refresh the component lock")
     lk.add_argument("--lock", default=str(DEFAULT_LOCK))
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--lock", default=str(DEFAULT_LOCK))
     b.add_argument("--platform", required=True, choices=["linux", "windows", "macos", "all"])
     b.add_argument("--out", required=True)
-    b.add_argument("--source", default=str(Path(__file__).resolve().parent.parent),
+    b.add_argument("--source", default=None,
                    help="tree holding pymachine's packages (default: this checkout)")
     b.add_argument("--without", action="append", default=[], help="leave out this component")
     b.add_argument("--cert", help="Authenticode certificate (PEM) for the Windows installer")

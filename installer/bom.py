@@ -13,7 +13,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 MAGIC = b"BOMStore"
 BLOCK_SIZE = 4096

@@ -14,8 +14,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from installer.lock import Component
-from machine.errors import MachineError
+from pymachine.installer.lock import Component
+from pymachine.machine.errors import MachineError
 
 CHUNK = 1 << 16
 

@@ -21,18 +21,17 @@ import time
 import zipfile
 from pathlib import Path
 
-from installer.lock import Component
-from installer.stage import check_vm_image, stage
-from installer.template import normalise_tree, render, source_date_epoch, walk_sorted
-from machine import __version__
-from machine.errors import MachineError
+from pymachine.installer.lock import Component, packaging_file
+from pymachine.installer.sources import default_source, iter_sources
+from pymachine.installer.stage import check_vm_image, stage
+from pymachine.installer.template import normalise_tree, render, source_date_epoch, walk_sorted
+from pymachine.machine import __version__
+from pymachine.machine.errors import MachineError
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("machine", "provisioners", "engine", "installer")  # installer: quickstart
 SHEBANG = b"#!/usr/bin/python3\n"
 MAIN = (
     "import sys\n"
-    "from machine.cli.main import main\n"
+    "from pymachine.machine.cli.main import main\n"
     "sys.exit(main())\n"
 )
 
@@ -41,19 +40,14 @@ def _zip_time(epoch: int) -> tuple[int, int, int, int, int, int]:
     return time.gmtime(max(epoch, 315532800))[:6]  # zip dates start in 1980
 
 
-def build_pyz(out: Path, epoch: int | None = None, shebang: bytes = SHEBANG, source: Path = REPO) -> Path:
+def build_pyz(out: Path, epoch: int | None = None, shebang: bytes = SHEBANG, source: Path | None = None) -> Path:
     """Write ``out`` as an executable zipapp running ``pymachine`` from the packages under
     ``source`` (the repository by default); deterministic."""
     epoch = source_date_epoch() if epoch is None else epoch
     stamp = _zip_time(epoch)
     entries: list[tuple[str, bytes]] = [("__main__.py", MAIN.encode())]
-    for pkg in PACKAGES:
-        root = source / pkg
-        if not root.is_dir():
-            continue
-        for path in walk_sorted(root):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
-                entries.append((path.relative_to(source).as_posix(), path.read_bytes()))
+    for rel, path in iter_sources(source or default_source()):
+        entries.append((rel, path.read_bytes()))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -71,11 +65,12 @@ def build_pyz(out: Path, epoch: int | None = None, shebang: bytes = SHEBANG, sou
 
 
 def build_deb(out_dir: Path, components: list[Component], cache: Path | None = None,
-              epoch: int | None = None, version: str = __version__, source: Path = REPO) -> Path:
+              epoch: int | None = None, version: str = __version__, source: Path | None = None) -> Path:
     """Build ``pymachine_<version>_all.deb`` with dpkg-deb; reproducible for one epoch."""
     if not shutil.which("dpkg-deb"):
         raise MachineError("dpkg-deb is not installed (apt-get install dpkg-dev)")
     epoch = source_date_epoch() if epoch is None else epoch
+    source = source or default_source()
     out_dir.mkdir(parents=True, exist_ok=True)
     deb = out_dir / f"pymachine_{version}_all.deb"
     with tempfile.TemporaryDirectory(prefix="pm-deb-") as tmp:
@@ -94,7 +89,7 @@ def build_deb(out_dir: Path, components: list[Component], cache: Path | None = N
         size_kb = sum(p.stat().st_size for p in walk_sorted(root) if p.is_file()) // 1024 + 1
         control_dir = root / "DEBIAN"
         control_dir.mkdir()
-        template = (REPO / "packaging" / "deb" / "control.in").read_text()
+        template = packaging_file("deb", "control.in").read_text()
         control = render(template, {"VERSION": version, "INSTALLED_SIZE": str(size_kb)}, "control.in")
         (control_dir / "control").write_text(control)
         for path in walk_sorted(root):

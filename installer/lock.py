@@ -19,10 +19,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 PLATFORMS = ("windows", "macos", "linux")
-DEFAULT_LOCK = Path(__file__).resolve().parent.parent / "packaging" / "components.lock.json"
+
+
+def packaging_file(*parts: str) -> Path:
+    """A file of the ``packaging/`` data (the lock, installer templates), read through
+    importlib.resources so it is found in a checkout and in an installed wheel alike."""
+    from importlib.resources import as_file, files
+
+    ref = files("pymachine.packaging")
+    for part in parts:  # one step at a time: Python 3.11's namespace-package path takes one
+        ref = ref / part
+    with as_file(ref) as path:  # a real file for both layouts (no zip import here)
+        return Path(path)
+
+
+DEFAULT_LOCK = packaging_file("components.lock.json")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -50,7 +64,7 @@ class Component:
         if not isinstance(self.size, int) or not self.sha256 or not SHA256_RE.match(self.sha256):
             raise LockError(
                 f"component {self.name!r} is not pinned (size/sha256 missing): "
-                "run 'python -m installer lock --update'"
+                "run 'python -m pymachine.installer lock --update'"
             )
 
     @property
@@ -158,8 +172,8 @@ def _pymachine_image(comp: Component, up: dict[str, Any], product: dict[str, str
     The asset must be the image of this checkout's recipe: pymachine only
     finds the image of its own recipe, and the installer build checks it again.
     """
-    from engine.images import recipe_hash
-    from machine import __version__
+    from pymachine.engine.images import recipe_hash
+    from pymachine.machine import __version__
 
     version = str(product.get("version") or __version__)
     recipe = recipe_hash()

@@ -18,21 +18,21 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from installer import bom, xar
-from installer.lock import Component
-from installer.stage import check_vm_image, stage
-from installer.template import render, source_date_epoch, walk_sorted
-from machine import __version__
-from machine.errors import MachineError
+from pymachine.installer import bom, xar
+from pymachine.installer.lock import Component
+from pymachine.installer.stage import check_vm_image, stage
+from pymachine.installer.template import render, source_date_epoch, walk_sorted
+from pymachine.installer.lock import packaging_file
+from pymachine.installer.sources import copy_sources, default_source
+from pymachine.machine import __version__
+from pymachine.machine.errors import MachineError
 
-REPO = Path(__file__).resolve().parent.parent
-PKG_DIR = REPO / "packaging" / "macos"
-PACKAGES = ("machine", "provisioners", "engine", "installer")
+PKG_DIR = packaging_file("macos")
 PREFIX = "usr/local/pymachine"
 GID_ADMIN = 80
 LAUNCHER = (
     "#!/bin/sh\n"
-    "PYTHONPATH=/usr/local/pymachine/lib exec /usr/local/pymachine/python/bin/python3 -m machine.cli.main \"$@\"\n"
+    "PYTHONPATH=/usr/local/pymachine/lib exec /usr/local/pymachine/python/bin/python3 -m pymachine \"$@\"\n"
 )
 
 
@@ -124,8 +124,9 @@ def _vbox_members(src: Path) -> tuple[list[xar.Member], list[tuple[str, str, str
 
 
 def build_pkg(out_dir: Path, components: list[Component], cache: Path | None = None,
-              epoch: int | None = None, version: str = __version__, source: Path = REPO) -> Path:
+              epoch: int | None = None, version: str = __version__, source: Path | None = None) -> Path:
     epoch = source_date_epoch() if epoch is None else epoch
+    source = source or default_source()
     out_dir.mkdir(parents=True, exist_ok=True)
     vbox = next((c for c in components if c.name == "virtualbox"), None)
     with tempfile.TemporaryDirectory(prefix="pm-pkg-") as tmp:
@@ -133,12 +134,7 @@ def build_pkg(out_dir: Path, components: list[Component], cache: Path | None = N
         prefix = root / PREFIX
         stage([c for c in components if c is not vbox], prefix, cache)
         check_vm_image(components, prefix, source, ("vdi",))
-        for pkg in PACKAGES:
-            for path in walk_sorted(source / pkg) if (source / pkg).is_dir() else []:
-                if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                    dest = prefix / "lib" / path.relative_to(source)
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(path, dest)
+        copy_sources(source, prefix / "lib")
         (prefix / "bin").mkdir(parents=True, exist_ok=True)
         launcher = prefix / "bin" / "pymachine"
         launcher.write_text(LAUNCHER)
@@ -160,7 +156,7 @@ def build_pkg(out_dir: Path, components: list[Component], cache: Path | None = N
         values = {"VERSION": version, "INSTALL_KB": str(install_kb), "VBOX_VERSION": "0",
                   "VBOX_BUNDLED": "false", "VBOX_LINE": "", "VBOX_CHOICE": "", "VBOX_PKGREFS": ""}
         if vbox is not None:
-            from installer.fetch import fetch
+            from pymachine.installer.fetch import fetch
 
             vmembers, refs = _vbox_members(fetch(vbox, cache))
             members += vmembers

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 DRIVER_ENV = "PYMACHINE_QUICKSTART_DRIVER"
 PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy")
@@ -77,7 +77,7 @@ def user_shell(environ: Mapping[str, str]) -> str:
 
 def ensure_running(ctx, opts: Options, dispatch: Callable[..., int]) -> None:
     """Create ``opts.name`` if missing, start it if not running; output goes to stderr."""
-    from machine.host import Machine
+    from pymachine.machine.host import Machine
 
     with contextlib.redirect_stdout(sys.stderr):
         if not ctx.store.exists(opts.name):
@@ -93,8 +93,8 @@ def environment(ctx, name: str) -> tuple[list[tuple[str, str]], str]:
     """The DOCKER_* variables (+ NO_PROXY) and the machine's IP, after the TLS check."""
     from urllib.parse import urlsplit
 
-    from machine import shells
-    from machine.cli.env import check_connection
+    from pymachine.machine import shells
+    from pymachine.machine.cli.env import check_connection
 
     machine, url = check_connection(ctx, name)  # renews certs when the IP changed
     ip = urlsplit(url).hostname or machine.driver.ip()
@@ -105,8 +105,8 @@ def environment(ctx, name: str) -> tuple[list[tuple[str, str]], str]:
 
 
 def run(ctx, opts: Options, dispatch: Callable[..., int]) -> int:
-    from machine import shells
-    from machine.cli.env import invoked_argv
+    from pymachine.machine import shells
+    from pymachine.machine.cli.env import invoked_argv
 
     ensure_running(ctx, opts, dispatch)
     variables, ip = environment(ctx, opts.name)

@@ -11,9 +11,9 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from installer.fetch import fetch
-from installer.lock import Component
-from machine.errors import MachineError
+from pymachine.installer.fetch import fetch
+from pymachine.installer.lock import Component
+from pymachine.machine.errors import MachineError
 
 
 def _safe_rel(name: str, strip: int, comp: str) -> PurePosixPath | None:
@@ -85,8 +85,10 @@ def shipped_recipe(source: Path) -> str:
     import subprocess
     import sys
 
-    code = "import sys; sys.path.insert(0, sys.argv[1]); from engine.images import recipe_hash; print(recipe_hash())"
-    proc = subprocess.run([sys.executable, "-I", "-c", code, str(source)], capture_output=True, text=True,
+    path_entry = source if (source / "pymachine" / "__init__.py").is_file() else source.parent
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from pymachine.engine.images import recipe_hash; print(recipe_hash())")
+    proc = subprocess.run([sys.executable, "-I", "-c", code, str(path_entry)], capture_output=True, text=True,
                           timeout=60, check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -103,8 +105,8 @@ def check_vm_image(components: list[Component], root: Path, source: Path, export
     lock pins the archive; its SHA256SUMS is checked again here, on the
     files as staged.
     """
-    from engine import image_pack, images
-    from installer.sums import SignatureError, check_sums
+    from pymachine.engine import image_pack, images
+    from pymachine.installer.sums import SignatureError, check_sums
 
     comp = next((c for c in components if c.name == IMAGE_COMPONENT), None)
     if comp is None:
@@ -120,7 +122,7 @@ def check_vm_image(components: list[Component], root: Path, source: Path, export
         raise MachineError(
             f"component {comp.name!r}: the bundled image is recipe {image.name} but the pymachine being shipped "
             f"({source}) builds recipe {want}: pack its own image (`pymachine image pack`) and re-pin the lock "
-            f"(`python -m installer lock --update --only {comp.name}`)")
+            f"(`python -m pymachine.installer lock --update --only {comp.name}`)")
     try:
         listed = set(check_sums(image))
     except SignatureError as exc:

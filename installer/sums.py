@@ -13,8 +13,8 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from installer.fetch import sha256_file
-from machine.errors import MachineError
+from pymachine.installer.fetch import sha256_file
+from pymachine.machine.errors import MachineError
 
 SUMS = "SHA256SUMS"
 

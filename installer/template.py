@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 TOKEN = re.compile(r"@([A-Z][A-Z0-9_]*)@")
 

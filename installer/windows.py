@@ -19,21 +19,21 @@ import subprocess
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from installer.lock import Component
-from installer.stage import check_vm_image, stage
-from installer.template import normalise_tree, render, source_date_epoch, walk_sorted
-from machine import __version__
-from machine.errors import MachineError
+from pymachine.installer.lock import Component
+from pymachine.installer.stage import check_vm_image, stage
+from pymachine.installer.template import normalise_tree, render, source_date_epoch, walk_sorted
+from pymachine.installer.lock import packaging_file
+from pymachine.installer.sources import copy_sources, default_source
+from pymachine.machine import __version__
+from pymachine.machine.errors import MachineError
 
-REPO = Path(__file__).resolve().parent.parent
-TEMPLATE = REPO / "packaging" / "windows" / "installer.nsi.in"
-PACKAGES = ("machine", "provisioners", "engine", "installer")  # installer: quickstart
+TEMPLATE = packaging_file("windows", "installer.nsi.in")
 LAUNCHERS = {
-    "pymachine.cmd": '@"%~dp0..\\python\\python.exe" -m machine.cli.main %*\r\n',
+    "pymachine.cmd": '@"%~dp0..\\python\\python.exe" -m pymachine %*\r\n',
     "pymachine-quickstart.cmd": (
         '@echo off\r\ntitle pymachine Quickstart Terminal\r\n'
         'set "PATH=%~dp0;%PATH%"\r\n'
-        '"%~dp0..\\python\\python.exe" -m machine.cli.main quickstart %*\r\n'
+        '"%~dp0..\\python\\python.exe" -m pymachine quickstart %*\r\n'
         'if errorlevel 1 pause\r\n'
     ),
 }
@@ -82,16 +82,7 @@ def _file_lines(root: Path, target: str) -> tuple[list[str], list[str]]:
 
 
 def _add_pymachine(core: Path, source: Path) -> None:
-    lib = core / "lib"
-    for pkg in PACKAGES:
-        src = source / pkg
-        if not src.is_dir():
-            continue
-        for path in walk_sorted(src):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
-                dest = lib / path.relative_to(source)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, dest)
+    copy_sources(source, core / "lib")
     bindir = core / "bin"
     bindir.mkdir(parents=True, exist_ok=True)
     for name, text in LAUNCHERS.items():
@@ -166,10 +157,11 @@ def sign(exe: Path, cert: str, key: str, epoch: int) -> None:
 
 def build_exe(out_dir: Path, components: list[Component], cache: Path | None = None,
               epoch: int | None = None, version: str = __version__,
-              cert: str | None = None, key: str | None = None, source: Path = REPO) -> Path:
+              cert: str | None = None, key: str | None = None, source: Path | None = None) -> Path:
     if not shutil.which("makensis"):
         raise MachineError("makensis is not installed (apt-get install nsis)")
     epoch = source_date_epoch() if epoch is None else epoch
+    source = source or default_source()
     out_dir.mkdir(parents=True, exist_ok=True)
     exe = (out_dir / f"pymachine-toolbox-{version}-x64.exe").resolve()
     with tempfile.TemporaryDirectory(prefix="pm-nsis-") as tmp:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from xml.etree import ElementTree as ET
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 MAGIC = b"xar!"
 HEADER = struct.Struct(">4sHHQQI")  # magic, header size, version, toc comp, toc uncomp, cksum alg

@@ -1,3 +1,5 @@
-"""pymachine: create and manage Docker hosts (a Docker Machine 0.16 compatible toolkit)."""
+"""The machine layer: store, certificates, drivers, provisioning orchestration and the CLI."""
 
-__version__ = "0.1.0"
+from pymachine import __version__
+
+__all__ = ["__version__"]

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from machine.store import Host, Store
+from pymachine.machine.store import Host, Store
 
 
 class MachineTLS(NamedTuple):

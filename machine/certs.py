@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from machine.errors import MachineError
-from machine.tlsclient import client_tls_context
+from pymachine.machine.errors import MachineError
+from pymachine.machine.tlsclient import client_tls_context
 
 __all__ = [
     "KEY_BITS",

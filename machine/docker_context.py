@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 DEFAULT_CONTEXT = "default"
 OWNER_KEY = "pymachine.machine"

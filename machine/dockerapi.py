@@ -12,8 +12,8 @@ import ssl
 import threading
 from pathlib import Path
 
-from machine.errors import MachineError
-from machine.tlsclient import client_tls_context
+from pymachine.machine.errors import MachineError
+from pymachine.machine.tlsclient import client_tls_context
 
 
 def split_url(url: str) -> tuple[str, int]:

@@ -15,12 +15,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from machine import hostoptions
-from machine.authpaths import MachineTLS, machine_tls
-from machine.drivers.base import Driver, State
-from machine.drivers.registry import driver_class, load_driver
-from machine.errors import MachineError
-from machine.store import INVALID_NAME, Host, Store, valid_name
+from pymachine.machine import hostoptions
+from pymachine.machine.authpaths import MachineTLS, machine_tls
+from pymachine.machine.drivers.base import Driver, State
+from pymachine.machine.drivers.registry import driver_class, load_driver
+from pymachine.machine.errors import MachineError
+from pymachine.machine.store import INVALID_NAME, Host, Store, valid_name
 
 Log = Callable[[str], None]
 
@@ -156,7 +156,7 @@ def create(
     log: Log,
     argv0: str = "pymachine",
 ) -> Machine:
-    from machine import certs  # heavy (cryptography): only on create
+    from pymachine.machine import certs  # heavy (cryptography): only on create
 
     store.ensure()
     certs.bootstrap_certificates(
@@ -186,7 +186,7 @@ def create(
     if not driver.provisionable:
         issue_server_cert(machine)
         return machine
-    from machine import provision  # paramiko and the provisioners: only when needed
+    from pymachine.machine import provision  # paramiko and the provisioners: only when needed
 
     try:
         provision.after_create(machine, log)
@@ -241,7 +241,7 @@ def issue_server_cert(machine: Machine) -> None:
     docker-machine gave ``none`` machines no server cert; pymachine issues one
     so a user can start their own engine with it and ``env`` just works.
     """
-    from machine import certs
+    from pymachine.machine import certs
 
     tls = machine.tls()
     paths = certs.CertPaths(tls.ca_cert, tls.ca_key, tls.client_cert, tls.client_key)

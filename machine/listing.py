@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from machine.drivers.base import State
-from machine.errors import MachineError
-from machine.store import BrokenHost, Host, Store
+from pymachine.machine.drivers.base import State
+from pymachine.machine.errors import MachineError
+from pymachine.machine.store import BrokenHost, Host, Store
 
 DEFAULT_DEADLINE = 2.0
 
@@ -116,9 +116,9 @@ def base_item(host: Host | BrokenHost) -> ListItem:
 def query_host(store: Store, host: Host, item: ListItem, deadline: float,
                known_states: dict[str, State] | None = None) -> None:
     """Fill ``item`` from the driver and the engine; runs in a worker thread."""
-    from machine import dockerapi
-    from machine.authpaths import machine_tls
-    from machine.drivers.registry import load_driver
+    from pymachine.machine import dockerapi
+    from pymachine.machine.authpaths import machine_tls
+    from pymachine.machine.drivers.registry import load_driver
 
     started = time.monotonic()
     try:
@@ -153,8 +153,8 @@ def query_host(store: Store, host: Host, item: ListItem, deadline: float,
 
 def batch_states(hosts: list[Host], deadline: float) -> dict[str, State]:
     """One ``batch_states`` call per driver class that has more than one machine, in parallel."""
-    from machine.drivers.base import Driver
-    from machine.drivers.registry import load_driver
+    from pymachine.machine.drivers.base import Driver
+    from pymachine.machine.drivers.registry import load_driver
 
     groups: dict[type, list[Any]] = {}
     for host in hosts:
@@ -186,7 +186,7 @@ def batch_states(hosts: list[Host], deadline: float) -> dict[str, State]:
 
 def timed_out_item(store: Store, host: Host, item: ListItem, deadline_s: float) -> ListItem:
     """What is known locally about a host that missed the deadline."""
-    from machine.drivers.registry import load_driver
+    from pymachine.machine.drivers.registry import load_driver
 
     cached = store.read_state(host.name)
     local: State | None = None
@@ -276,7 +276,7 @@ def fill_swarm_mode_column(items: list[ListItem], hosts: list[Host]) -> None:
     ``swarm=M`` then keeps every node of a cluster M manages."""
     if not any((h.extra.get("Pymachine") or {}).get("Swarm") for h in hosts):
         return
-    from machine.swarm import swarm_column
+    from pymachine.machine.swarm import swarm_column
 
     column = swarm_column(hosts)
     managers: dict[str, list[str]] = {}

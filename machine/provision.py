@@ -19,12 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from machine.drivers.base import Driver
-    from machine.host import Machine
-    from machine.ssh import SSHClient
+    from pymachine.machine.drivers.base import Driver
+    from pymachine.machine.host import Machine
+    from pymachine.machine.ssh import SSHClient
 
 Log = Callable[[str], None]
 SSH_WAIT = 120.0
@@ -51,7 +51,7 @@ def ssh_wait(environ: dict[str, str] | None = None) -> float:
 
 
 def ssh_target(driver: Driver):
-    from machine.sshcommands import SSHTarget
+    from pymachine.machine.sshcommands import SSHTarget
 
     host, port, user, key = driver.ssh_address()
     if not host:
@@ -61,7 +61,7 @@ def ssh_target(driver: Driver):
 
 
 def connect(driver: Driver, wait: float = 0.0) -> SSHClient:
-    from machine.ssh import SSHClient
+    from pymachine.machine.ssh import SSHClient
 
     return SSHClient.connect(ssh_target(driver), timeout=10.0, wait=wait)
 
@@ -85,7 +85,7 @@ def engine_port(machine: Machine) -> int:
 
 def wait_for_engine(machine: Machine, timeout: float = ENGINE_WAIT) -> str:
     """Poll the engine's TLS /version until it answers; returns the version."""
-    from machine import dockerapi
+    from pymachine.machine import dockerapi
 
     driver = machine.driver
     url = driver.engine_url() if hasattr(driver, "engine_url") else driver.url()
@@ -123,9 +123,9 @@ def last_error(host_extra: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _plan(machine: Machine, client: SSHClient, log: Log, new_certs: bool = True):
-    from engine.options import EngineOptions
-    from machine.host import copy_client_certs, issue_server_cert
-    from provisioners.base import ProvisionPlan
+    from pymachine.engine.options import EngineOptions
+    from pymachine.machine.host import copy_client_certs, issue_server_cert
+    from pymachine.provisioners.base import ProvisionPlan
 
     log("Copying certs to the local machine directory...")
     copy_client_certs(machine)
@@ -135,7 +135,7 @@ def _plan(machine: Machine, client: SSHClient, log: Log, new_certs: bool = True)
     engine = EngineOptions.from_json(machine.host.engine_options)
     bundle_hook = None
     if engine.install_source == "bundle":
-        from engine import bundle
+        from pymachine.engine import bundle
 
         bundle_hook = bundle.installer(Path(engine.bundle_path), log)
     return ProvisionPlan(
@@ -153,8 +153,8 @@ def _plan(machine: Machine, client: SSHClient, log: Log, new_certs: bool = True)
 
 def provision_over(machine: Machine, client: SSHClient, log: Log, new_certs: bool = True) -> str:
     """Run the provisioner for ``machine`` over an open connection; returns the engine version."""
-    from provisioners.base import ProvisionError
-    from provisioners.detect import detect
+    from pymachine.provisioners.base import ProvisionError
+    from pymachine.provisioners.detect import detect
 
     log("Detecting the provisioner...")
     try:
@@ -178,7 +178,7 @@ def provision_over(machine: Machine, client: SSHClient, log: Log, new_certs: boo
     except MachineError as exc:
         _record(machine, "wait_for_engine", str(exc))
         raise
-    from machine import swarm
+    from pymachine.machine import swarm
 
     try:
         swarm.configure(machine, log)
@@ -214,8 +214,8 @@ def server_cert_reusable(machine: Machine) -> bool:
     """
     from datetime import timedelta
 
-    from machine import certs
-    from machine.host import server_cert_sans
+    from pymachine.machine import certs
+    from pymachine.machine.host import server_cert_sans
 
     path = machine.tls().server_cert
     try:
@@ -233,7 +233,7 @@ def reprovision(machine: Machine, log: Log, new_certs: bool = False) -> None:
 
 def upgrade(machine: Machine, log: Log) -> None:
     """Upgrade the engine package (or re-install the bundle), then re-provision."""
-    from provisioners.detect import detect
+    from pymachine.provisioners.detect import detect
 
     with connect(machine.driver, wait=10.0) as client:
         provisioner = detect(client)

@@ -13,7 +13,7 @@ import socket
 import time
 from typing import Any
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 
 class QMPError(MachineError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from machine.store import atomic_write
+from pymachine.machine.store import atomic_write
 
 FILE = "secrets.json"
 

@@ -21,7 +21,7 @@ import posixpath
 import sys
 from collections.abc import Mapping, Sequence
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 # Shells with their own syntax; any other name renders like bash.
 SHELLS = ("bash", "zsh", "sh", "fish", "powershell", "pwsh", "cmd", "tcsh", "emacs", "nu")

@@ -27,9 +27,9 @@ from typing import Self
 
 import paramiko
 
-from machine.errors import CommandError, MachineError
-from machine.runner import CommandResult
-from machine.sshcommands import SSHTarget, check_key_file, wrap_command
+from pymachine.machine.errors import CommandError, MachineError
+from pymachine.machine.runner import CommandResult
+from pymachine.machine.sshcommands import SSHTarget, check_key_file, wrap_command
 
 __all__ = [
     "DEFAULT_COMMAND_TIMEOUT",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 
 @dataclass

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from machine.errors import MachineError, MachineNotFound
+from pymachine.machine.errors import MachineError, MachineNotFound
 
 CONFIG_VERSION = 3
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9\-\.]*$")

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from machine.host import Machine
-    from machine.store import Host, Store
+    from pymachine.machine.host import Machine
+    from pymachine.machine.store import Host, Store
 
 Log = Callable[[str], None]
 SWARM_PORT = 2377
@@ -89,8 +89,8 @@ class Engine:
         import http.client
         import ssl
 
-        from machine import dockerapi
-        from machine.tlsclient import client_tls_context
+        from pymachine.machine import dockerapi
+        from pymachine.machine.tlsclient import client_tls_context
 
         host, port = dockerapi.split_url(self.url)
         conn = http.client.HTTPSConnection(host, port, context=client_tls_context(self.ca, self.cert, self.key),
@@ -148,7 +148,7 @@ def _set_record(machine: Machine, rec: dict[str, Any] | None) -> None:
 
 def clusters(store: Store) -> dict[str, list[Host]]:
     """Stored swarm members grouped by cluster ID (managers first, then by name)."""
-    from machine.store import Host as HostCls
+    from pymachine.machine.store import Host as HostCls
 
     out: dict[str, list[Host]] = {}
     for host in store.load_all():
@@ -162,7 +162,7 @@ def clusters(store: Store) -> dict[str, list[Host]]:
 # ---------------------------------------------------------------------------- discovery
 def resolve_manager(store: Store, discovery: str, exclude: str = "") -> Engine:
     """The engine named by ``--swarm-discovery``: a machine NAME or an engine URL."""
-    from machine.host import Machine
+    from pymachine.machine.host import Machine
 
     if discovery.startswith("token://"):
         raise MachineError(TOKEN_GONE)
@@ -183,7 +183,7 @@ def resolve_manager(store: Store, discovery: str, exclude: str = "") -> Engine:
                 continue
         certs = store.certs_dir
         return Engine(url, certs / "ca.pem", certs / "cert.pem", certs / "key.pem")
-    from machine.store import valid_name
+    from pymachine.machine.store import valid_name
 
     if not valid_name(discovery) or not store.exists(discovery):
         raise MachineError(f'swarm manager "{discovery}" not found: --swarm-discovery takes the NAME or engine URL '
@@ -427,7 +427,7 @@ def _apply_labels(control: Engine, node_id: str, labels: dict[str, str]) -> None
 def _point_swarm_host_at_engine(machine: Machine, url: str) -> None:
     """In swarm mode the manager's API IS its engine: make ``env --swarm`` (and ls's
     active-swarm check, which swap in the SwarmOptions.Host port) use the engine port."""
-    from machine import dockerapi
+    from pymachine.machine import dockerapi
 
     _, port = dockerapi.split_url(url)
     machine.host.swarm_options["Host"] = f"tcp://0.0.0.0:{port}"
@@ -436,7 +436,7 @@ def _point_swarm_host_at_engine(machine: Machine, url: str) -> None:
 # ---------------------------------------------------------------------------- removal
 def other_managers(machine: Machine) -> list[Engine]:
     """Engines of the other stored managers of this machine's cluster."""
-    from machine.host import Machine as MachineCls
+    from pymachine.machine.host import Machine as MachineCls
 
     cid = record_of(machine.host).get("ClusterID")
     out = []
@@ -581,7 +581,7 @@ class ClusterView:
 
 def survey(store: Store, timeout: float = 3.0) -> list[ClusterView]:
     """Every stored cluster with its live node list from the first manager that answers."""
-    from machine.host import Machine
+    from pymachine.machine.host import Machine
 
     views = []
     for cid, hosts in sorted(clusters(store).items(), key=lambda kv: kv[1][0].name):

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # typing costs milliseconds on `pymachine ls`
     from collections.abc import Callable
     from typing import Any
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 __all__ = ["Template", "TemplateError", "go_json", "go_sprint", "parse", "render"]
 

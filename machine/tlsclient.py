@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 __all__ = ["client_tls_context", "server_tls_context"]
 

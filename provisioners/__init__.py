@@ -4,8 +4,8 @@
 ``provisioner.provision(runner, plan, log=...)`` runs the sequence.
 """
 
-from provisioners.base import Provisioner, ProvisionError, ProvisionPlan
-from provisioners.detect import UnknownOSError, detect, parse_os_release, select_provisioner
+from pymachine.provisioners.base import Provisioner, ProvisionError, ProvisionPlan
+from pymachine.provisioners.detect import UnknownOSError, detect, parse_os_release, select_provisioner
 
 __all__ = [
     "ProvisionError",

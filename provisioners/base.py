@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from engine import config as engine_config
-from engine.options import INSTALL_SOURCES, EngineOptions
-from engine.proxy import ProxySettings
-from machine.errors import CommandError, MachineError
-from machine.runner import CommandResult, Runner
+from pymachine.engine import config as engine_config
+from pymachine.engine.options import INSTALL_SOURCES, EngineOptions
+from pymachine.engine.proxy import ProxySettings
+from pymachine.machine.errors import CommandError, MachineError
+from pymachine.machine.runner import CommandResult, Runner
 
 Log = Callable[[str], None]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 
-from machine.runner import Runner
-from provisioners.base import Provisioner, ProvisionPlan
+from pymachine.machine.runner import Runner
+from pymachine.provisioners.base import Provisioner, ProvisionPlan
 
 APT_PROXY_PATH = "/etc/apt/apt.conf.d/01pymachine-proxy"
 _APT = (

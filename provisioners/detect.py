@@ -6,18 +6,18 @@ random; here the candidates are tried in a fixed order, most specific first.
 
 from __future__ import annotations
 
-from machine.errors import MachineError
-from machine.runner import Runner
-from provisioners.base import Provisioner
-from provisioners.debian import DebianProvisioner, UbuntuProvisioner
-from provisioners.others import (
+from pymachine.machine.errors import MachineError
+from pymachine.machine.runner import Runner
+from pymachine.provisioners.base import Provisioner
+from pymachine.provisioners.debian import DebianProvisioner, UbuntuProvisioner
+from pymachine.provisioners.others import (
     AlpineProvisioner,
     ArchProvisioner,
     Boot2DockerProvisioner,
     CoreOSProvisioner,
     SuseProvisioner,
 )
-from provisioners.redhat import (
+from pymachine.provisioners.redhat import (
     AlmaLinuxProvisioner,
     CentOSProvisioner,
     FedoraProvisioner,

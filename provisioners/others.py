@@ -5,10 +5,10 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 
-from engine import config as engine_config
-from machine.errors import MachineError
-from machine.runner import Runner
-from provisioners.base import Log, Provisioner, ProvisionPlan, _checked_hostname, read_text
+from pymachine.engine import config as engine_config
+from pymachine.machine.errors import MachineError
+from pymachine.machine.runner import Runner
+from pymachine.provisioners.base import Log, Provisioner, ProvisionPlan, _checked_hostname, read_text
 
 SUSE_PROXY_PATH = "/etc/sysconfig/proxy"
 

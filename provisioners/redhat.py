@@ -10,8 +10,8 @@ import shlex
 from collections.abc import Iterable
 from typing import ClassVar
 
-from machine.runner import Runner
-from provisioners.base import Provisioner, ProvisionPlan, read_text
+from pymachine.machine.runner import Runner
+from pymachine.provisioners.base import Provisioner, ProvisionPlan, read_text
 
 DOCKER_CE_REPO_PATH = "/etc/yum.repos.d/docker-ce.repo"
 

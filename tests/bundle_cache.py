@@ -57,7 +57,7 @@ def _query(package: str, fmt: str) -> str | None:
 
 def engine_packages() -> list[str]:
     """What ``--from-apt`` downloads: the engine packages and their lib* dependencies."""
-    from engine import bundle
+    from pymachine.engine import bundle
 
     return [*bundle.APT_PACKAGES, *bundle.apt_library_packages(bundle.APT_PACKAGES)]
 

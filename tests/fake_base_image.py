@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from engine import images
+from pymachine.engine import images
 
 #: Small, so conversions and vSphere uploads stay quick; a whole number of MB.
 DEFAULT_SIZE_MB = 64

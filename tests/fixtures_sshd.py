@@ -22,7 +22,7 @@ from typing import Self
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from machine.sshcommands import SSHTarget
+from pymachine.machine.sshcommands import SSHTarget
 
 SSHD_BIN = "/usr/sbin/sshd"
 LOOPBACK = "127.0.0.1"

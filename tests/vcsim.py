@@ -202,7 +202,7 @@ class Vcsim:
 
 
 def _make_tls(dir_: Path) -> tuple[Path, Path, Path]:
-    from machine import certs
+    from pymachine.machine import certs
 
     paths = certs.CertPaths.in_dir(dir_)
     certs.generate_ca(paths.ca_cert, paths.ca_key, "pymachine-vcsim-test-ca")
@@ -327,7 +327,7 @@ def inject_guest_ip(sim: Vcsim, machine: str, ip: str, *, timeout: float = 60.0,
     def run() -> None:
         from pyVmomi import vim
 
-        from machine.drivers.vsphere import wait_task
+        from pymachine.machine.drivers.vsphere import wait_task
 
         try:
             with sim.connect() as si:

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from engine.images import ImageInfo, build_image, find_image, prune_images, why_not_buildable
+from pymachine.engine.images import ImageInfo, build_image, find_image, prune_images, why_not_buildable
 
 
 def cache_dir() -> Path:

@@ -7,8 +7,8 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from machine.errors import MachineError
-from machine.store import Store
+from pymachine.machine.errors import MachineError
+from pymachine.machine.store import Store
 
 ARGV0 = "pymachine"
 
@@ -59,13 +59,13 @@ class Context:
 
 def parser(command: str, description: str, usage_args: str = "[arg...]"):
     """An argparse parser that fails with one line and exit code 1 (see argparsing.py)."""
-    from machine.cli.argparsing import parser as make
+    from pymachine.machine.cli.argparsing import parser as make
 
     return make(command, description, usage_args)
 
 
 def parse(p, args: Sequence[str]):
-    from machine.cli.argparsing import parse as run
+    from pymachine.machine.cli.argparsing import parse as run
 
     return run(p, args)
 

@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from machine import hostoptions
-from machine.cli.argparsing import Parser
-from machine.cli.common import ARGV0, Context, UsageError, parser
-from machine.drivers.base import Flag
-from machine.errors import MachineError
+from pymachine.machine import hostoptions
+from pymachine.machine.cli.argparsing import Parser
+from pymachine.machine.cli.common import ARGV0, Context, UsageError, parser
+from pymachine.machine.drivers.base import Flag
+from pymachine.machine.errors import MachineError
 
 
 def default_driver(environ: dict[str, str]) -> str:
@@ -101,7 +101,7 @@ def driver_values(ns: argparse.Namespace, flags: Sequence[Flag]) -> dict[str, An
 
 
 def options_from(ns: argparse.Namespace, ctx: Context, driver_default_source: str = "packages") -> Any:
-    from machine.host import CreateOptions
+    from pymachine.machine.host import CreateOptions
 
     mirrors = ns.engine_registry_mirror if ns.engine_registry_mirror is not None else ns._mirror_env
     engine = hostoptions.engine_options(
@@ -128,8 +128,8 @@ def with_engine_extras(engine: dict[str, Any], ns: argparse.Namespace, ctx: Cont
     """Fold pymachine's proxy and install-source settings into EngineOptions."""
     import os
 
-    from engine.options import EngineOptions
-    from engine.proxy import ProxySettings
+    from pymachine.engine.options import EngineOptions
+    from pymachine.engine.proxy import ProxySettings
 
     opts = EngineOptions.from_json(engine)
     proxy = ProxySettings(ns.http_proxy, ns.https_proxy, ns.no_proxy)
@@ -154,9 +154,9 @@ def with_engine_extras(engine: dict[str, Any], ns: argparse.Namespace, ctx: Cont
 
 
 def cmd_create(ctx: Context, args: list[str]) -> int:
-    from machine import host as hostmod
-    from machine.drivers.registry import driver_class
-    from machine.store import INVALID_NAME, valid_name
+    from pymachine.machine import host as hostmod
+    from pymachine.machine.drivers.registry import driver_class
+    from pymachine.machine.store import INVALID_NAME, valid_name
 
     driver_name = find_driver(args, ctx.environ)
     p = parser("create", "Create a machine.", "[arg...]")
@@ -182,7 +182,7 @@ def cmd_create(ctx: Context, args: list[str]) -> int:
         raise UsageError("Error: No machine name specified")
     name = names[0]
     _check_name(ctx, [name], valid_name, INVALID_NAME)
-    from machine import swarm  # swarm mode: discovery is a manager's NAME or engine URL
+    from pymachine.machine import swarm  # swarm mode: discovery is a manager's NAME or engine URL
 
     ns.swarm_discovery = swarm.check_create(ctx.store, agent=ns.swarm, master=ns.swarm_master,
                                             discovery=ns.swarm_discovery, swarm_opts=ns.swarm_opt,

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine.cli.common import ARGV0, Context, UsageError, parse, parser
+from pymachine.machine.cli.common import ARGV0, Context, UsageError, parse, parser
 
 USAGE = f"""Usage: {ARGV0} engine COMMAND [OPTIONS] [arg...]
 
@@ -43,7 +43,7 @@ def cmd_engine(ctx: Context, args: list[str]) -> int:
 
 
 def _bundle(ctx: Context, args: list[str]) -> int:
-    from engine import bundle
+    from pymachine.engine import bundle
 
     p = parser("engine bundle", "Build an offline Docker engine bundle", "")
     src = p.add_mutually_exclusive_group()
@@ -86,7 +86,7 @@ def _one_file(command: str, description: str, args: list[str]) -> Path:
 
 
 def _inspect(ctx: Context, args: list[str]) -> int:
-    from engine import bundle
+    from pymachine.engine import bundle
 
     path = _one_file("inspect", "Print an engine bundle's manifest", args)
     sys.stdout.write(json.dumps(bundle.read_manifest(path), indent=2) + "\n")
@@ -94,7 +94,7 @@ def _inspect(ctx: Context, args: list[str]) -> int:
 
 
 def _verify(ctx: Context, args: list[str]) -> int:
-    from engine import bundle
+    from pymachine.engine import bundle
 
     path = _one_file("verify", "Check every file of an engine bundle against its manifest", args)
     manifest = bundle.verify_bundle(path)

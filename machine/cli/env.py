@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from machine.cli.common import ARGV0, Context, UsageError, one_target, parse, parser
-from machine.errors import MachineError
+from pymachine.machine.cli.common import ARGV0, Context, UsageError, one_target, parse, parser
+from pymachine.machine.errors import MachineError
 
 ENV_NAMES = ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME")
 
@@ -35,8 +35,8 @@ def invoked_argv() -> list[str]:
 
 def check_connection(ctx: Context, name: str, swarm: bool = False):
     """Load the machine, work out DOCKER_HOST and prove the TLS handshake works."""
-    from machine import dockerapi
-    from machine.host import Machine
+    from pymachine.machine import dockerapi
+    from pymachine.machine.host import Machine
 
     machine = Machine.load(ctx.store, name)
     url = machine.url()
@@ -76,7 +76,7 @@ def cert_covers(cert_path: Path, host: str) -> bool:
 
     decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
     if decode is None:
-        from machine.certs import cert_covers_host
+        from pymachine.machine.certs import cert_covers_host
 
         try:
             return cert_covers_host(cert_path, host)
@@ -104,8 +104,8 @@ def cert_covers(cert_path: Path, host: str) -> bool:
 def regenerate_for_new_ip(ctx: Context, name: str, ip: str):
     """Re-issue the server certificate for the machine's new address and re-provision,
     under the machine's lock: docker-machine left this to a manual regenerate-certs."""
-    from machine import provision
-    from machine.host import Machine
+    from pymachine.machine import provision
+    from pymachine.machine.host import Machine
 
     with ctx.store.lock(name):
         machine = Machine.load(ctx.store, name)  # another command may have done it meanwhile
@@ -181,7 +181,7 @@ def env_help() -> int:
 
 
 def cmd_env(ctx: Context, args: list[str]) -> int:
-    from machine import shells
+    from pymachine.machine import shells
 
     if any(a in ("-h", "--help", "-help") for a in args):
         return env_help()

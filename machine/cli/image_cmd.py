@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 import time
 
-from machine.cli.common import Context, UsageError, parse, parser
+from pymachine.machine.cli.common import Context, UsageError, parse, parser
 
 USAGE = "build | ls | prune | export vmdk|vdi|raw | pack [-o FILE] [--formats vdi,vmdk] | load FILE"
 
@@ -54,7 +54,7 @@ def _stderr_log(message: str) -> None:
 
 def _formats(value: str | None) -> list[str]:
     """``--formats vdi,vmdk`` (``none`` or empty: the qcow2 disk only); default what the installers ship."""
-    from engine import image_pack, images
+    from pymachine.engine import image_pack, images
 
     if value is None:
         return list(image_pack.DEFAULT_FORMATS)
@@ -69,7 +69,7 @@ def _pack(ctx: Context, cache, output: str | None, formats: str | None) -> int: 
     import os
     from pathlib import Path
 
-    from engine import image_pack, images
+    from pymachine.engine import image_pack, images
 
     wanted = _formats(formats)
     info = images.find_image(cache)
@@ -86,7 +86,7 @@ def _pack(ctx: Context, cache, output: str | None, formats: str | None) -> int: 
 def _load(ctx: Context, cache, rest: list[str]) -> int:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    from engine import image_pack, images
+    from pymachine.engine import image_pack, images
 
     if len(rest) != 1:
         raise UsageError("pymachine image load needs one file: pymachine image load FILE")
@@ -101,7 +101,7 @@ def _load(ctx: Context, cache, rest: list[str]) -> int:  # type: ignore[no-untyp
 
 
 def cmd_image(ctx: Context, args: list[str]) -> int:
-    from engine import images
+    from pymachine.engine import images
 
     p = parser("image", "Build and list pymachine base VM images.", USAGE)
     p.add_argument("action", nargs="?", choices=["build", "ls", "prune", "export", "pack", "load"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from machine.cli.common import (
+from pymachine.machine.cli.common import (
     Context,
     UsageError,
     one_target,
@@ -13,11 +13,11 @@ from machine.cli.common import (
     run_concurrently,
     target_names,
 )
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 
 def _load(ctx: Context, name: str):
-    from machine.host import Machine
+    from pymachine.machine.host import Machine
 
     return Machine.load(ctx.store, name)
 
@@ -33,7 +33,7 @@ def cmd_inspect(ctx: Context, args: list[str]) -> int:
     if not ns.format:
         print(json.dumps(data, indent=4, ensure_ascii=False))
         return 0
-    from machine.templates import render
+    from pymachine.machine.templates import render
 
     print(render(ns.format, json.loads(json.dumps(data))))
     return 0
@@ -77,7 +77,7 @@ def cmd_status(ctx: Context, args: list[str]) -> int:
 
 
 def cmd_version(ctx: Context, args: list[str]) -> int:
-    from machine.cli.main import version_line
+    from pymachine.machine.cli.main import version_line
 
     p = parser("version", "Show the pymachine version or a machine docker version", "[arg...]")
     p.add_argument("names", nargs="*")
@@ -86,7 +86,7 @@ def cmd_version(ctx: Context, args: list[str]) -> int:
     if not names:
         print(version_line())
         return 0
-    from machine import dockerapi
+    from pymachine.machine import dockerapi
 
     machine = _load(ctx, one_target(ctx, names))
     url = machine.url()
@@ -101,7 +101,7 @@ def cmd_version(ctx: Context, args: list[str]) -> int:
 
 
 def cmd_active(ctx: Context, args: list[str]) -> int:
-    from machine import listing
+    from pymachine.machine import listing
 
     p = parser("active", "Print which machine is active", "")
     p.add_argument("--timeout", "-t", type=float, default=10.0, help="Timeout in seconds")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from machine.cli.common import (
+from pymachine.machine.cli.common import (
     ARGV0,
     Context,
     UsageError,
@@ -14,7 +14,7 @@ from machine.cli.common import (
     run_concurrently,
     target_names,
 )
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 
 def _names(ctx: Context, command: str, description: str, args: list[str]) -> list[str]:
@@ -25,7 +25,7 @@ def _names(ctx: Context, command: str, description: str, args: list[str]) -> lis
 
 
 def _machine(ctx: Context, name: str):
-    from machine.host import Machine
+    from pymachine.machine.host import Machine
 
     return Machine.load(ctx.store, name)
 
@@ -96,11 +96,11 @@ def cmd_rm(ctx: Context, args: list[str]) -> int:
 
 
 def remove_one(ctx: Context, name: str, force: bool, assume_yes: bool = False) -> None:
-    from machine.host import Machine
-    from machine.store import StoreError, valid_name
+    from pymachine.machine.host import Machine
+    from pymachine.machine.store import StoreError, valid_name
 
     if not valid_name(name) or not ctx.store.exists(name):
-        from machine.errors import MachineNotFound
+        from pymachine.machine.errors import MachineNotFound
 
         raise MachineNotFound(name)
     with ctx.store.lock(name):
@@ -111,7 +111,7 @@ def remove_one(ctx: Context, name: str, force: bool, assume_yes: bool = False) -
                 raise
             ctx.store.remove(name)  # a broken directory: -f removes what is there
             return
-        from machine import swarm  # a swarm node drains and leaves its cluster first
+        from pymachine.machine import swarm  # a swarm node drains and leaves its cluster first
 
         if not swarm.before_remove(machine, ctx.out, confirm, assume_yes):
             raise MachineError("removal cancelled: it is the last swarm manager")
@@ -121,7 +121,7 @@ def remove_one(ctx: Context, name: str, force: bool, assume_yes: bool = False) -
 
 def _forget_context(ctx: Context, name: str) -> None:
     try:
-        from machine import docker_context
+        from pymachine.machine import docker_context
 
         docker_context.remove_context(name, environ=ctx.environ)
     except (ImportError, OSError, MachineError):
@@ -142,7 +142,7 @@ def _over_ssh(ctx: Context, names: list[str], operation: str) -> None:
             machine = _machine(ctx, name)
             if not machine.driver.provisionable:
                 raise _not_provisionable(machine)
-            from machine import provision
+            from pymachine.machine import provision
 
             getattr(provision, operation)(machine, ctx.out)
 
@@ -171,11 +171,11 @@ def cmd_regenerate_certs(ctx: Context, args: list[str]) -> int:
             machine = _machine(ctx, name)
             ctx.out("Regenerating TLS certificates")
             if machine.driver.provisionable:
-                from machine import provision
+                from pymachine.machine import provision
 
                 provision.reprovision(machine, ctx.out, new_certs=True)
             else:
-                from machine.host import copy_client_certs, issue_server_cert
+                from pymachine.machine.host import copy_client_certs, issue_server_cert
 
                 copy_client_certs(machine)
                 issue_server_cert(machine)
@@ -186,7 +186,7 @@ def cmd_regenerate_certs(ctx: Context, args: list[str]) -> int:
 
 def regenerate_client_certs(ctx: Context, name: str) -> None:
     """Make a new CA and client certificate (``--client-certs``)."""
-    from machine import certs
+    from pymachine.machine import certs
 
     ctx.out("Regenerating local certificates")
     tls = _machine(ctx, name).tls()

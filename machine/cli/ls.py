@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from machine.cli.common import Context, parse, parser
-from machine.errors import MachineError
+from pymachine.machine.cli.common import Context, parse, parser
+from pymachine.machine.errors import MachineError
 
 DEFAULT_FORMAT = (
     "table {{ .Name }}\t{{ .Active }}\t{{ .DriverName}}\t{{ .State }}\t{{ .URL }}\t"
@@ -21,7 +21,7 @@ HEADERS = {
 
 
 def cmd_ls(ctx: Context, args: list[str]) -> int:
-    from machine import listing
+    from pymachine.machine import listing
 
     p = parser("ls", "List machines", "")
     p.add_argument("--quiet", "-q", action="store_true", help="Enable quiet mode")
@@ -37,7 +37,7 @@ def cmd_ls(ctx: Context, args: list[str]) -> int:
     filters = listing.parse_filters(ns.filter)
     template = None
     if ns.format and ns.format != "json":
-        from machine.templates import parse as parse_template
+        from pymachine.machine.templates import parse as parse_template
 
         template_text = ns.format.replace("\\t", "\t").replace("\\n", "\n")
         is_table = template_text.startswith("table")
@@ -59,8 +59,8 @@ def cmd_ls(ctx: Context, args: list[str]) -> int:
     if ns.format == "json":
         print(json.dumps([it.public() for it in items], indent=2))
         return 0
-    from machine.tabwriter import tabwrite
-    from machine.templates import parse as parse_template
+    from pymachine.machine.tabwriter import tabwrite
+    from pymachine.machine.templates import parse as parse_template
 
     if template is None:
         tmpl, is_table = parse_template(DEFAULT_FORMAT[len("table "):]), True

@@ -12,10 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from machine import __version__
-from machine.cli.common import ARGV0, Context, UsageError
-from machine.errors import MachineError
-from machine.store import Store, default_storage_path
+from pymachine.machine import __version__
+from pymachine.machine.cli.common import ARGV0, Context, UsageError
+from pymachine.machine.errors import MachineError
+from pymachine.machine.store import Store, default_storage_path
 
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -143,7 +143,7 @@ def dispatch(ctx: Context, command: str, args: Sequence[str]) -> int:
     if command not in COMMANDS:
         raise UsageError(f"{ARGV0}: '{command}' is not a {ARGV0} command. See '{ARGV0} --help'.")
     module_name, func_name, _ = COMMANDS[command]
-    module = sys.modules[__name__] if module_name == "main" else importlib.import_module(f"machine.cli.{module_name}")
+    module = sys.modules[__name__] if module_name == "main" else importlib.import_module(f"pymachine.machine.cli.{module_name}")
     result = getattr(module, func_name)(ctx, list(args))
     return int(result or 0)
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from machine.cli.common import Context, parse, parser
+from pymachine.machine.cli.common import Context, parse, parser
 
 
 def cmd_quickstart(ctx: Context, args: list[str]) -> int:
-    from installer import quickstart
-    from machine.cli.main import dispatch
+    from pymachine.installer import quickstart
+    from pymachine.machine.cli.main import dispatch
 
     p = parser("quickstart", "Create or start the default machine and open a shell wired to it",
                "[-- COMMAND [ARG...]]")

@@ -12,14 +12,14 @@ import os
 import subprocess
 import sys
 
-from machine.cli.common import Context, UsageError, parse, parser, target_names
-from machine.drivers.base import State
-from machine.errors import MachineError
+from pymachine.machine.cli.common import Context, UsageError, parse, parser, target_names
+from pymachine.machine.drivers.base import State
+from pymachine.machine.errors import MachineError
 
 
 def _running_target(ctx: Context, name: str):
-    from machine.host import Machine
-    from machine.provision import ssh_target
+    from pymachine.machine.host import Machine
+    from pymachine.machine.provision import ssh_target
 
     machine = Machine.load(ctx.store, name)
     if not machine.driver.provisionable:
@@ -34,7 +34,7 @@ def _running_target(ctx: Context, name: str):
 
 def _pin_host_key(target) -> None:
     """First contact: record the host key so the strict external client can verify it."""
-    from machine.ssh import SSHClient
+    from pymachine.machine.ssh import SSHClient
 
     SSHClient.connect(target, timeout=10.0, wait=5.0).close()
 
@@ -50,7 +50,7 @@ def cmd_ssh(ctx: Context, args: list[str]) -> int:
         rest = rest[1:]
     name = name or target_names(ctx, [])[0]
     target = _running_target(ctx, name)
-    from machine.sshcommands import require_tool, ssh_argv
+    from pymachine.machine.sshcommands import require_tool, ssh_argv
 
     if not ctx.native_ssh and _has_ssh():
         argv = require_tool(ssh_argv(target, rest))
@@ -69,7 +69,7 @@ def native_ssh(target, command: list[str]) -> int:
     """The built-in client: run a command, or an interactive shell on a pty."""
     import shlex
 
-    from machine.ssh import SSHClient
+    from pymachine.machine.ssh import SSHClient
 
     with SSHClient.connect(target, timeout=10.0) as client:
         if command:
@@ -118,7 +118,7 @@ def _interactive(client) -> int:
 
 
 def cmd_scp(ctx: Context, args: list[str]) -> int:
-    from machine.sshcommands import require_tool, scp_argv
+    from pymachine.machine.sshcommands import require_tool, scp_argv
 
     p = parser("scp", "Copy files between machines", "[[user@]machine:][path] [[user@]machine:][path]")
     p.add_argument("--recursive", "-r", action="store_true", help="Copy files recursively (required to copy directories)")
@@ -136,7 +136,7 @@ def cmd_scp(ctx: Context, args: list[str]) -> int:
 
 
 def cmd_mount(ctx: Context, args: list[str]) -> int:
-    from machine.sshcommands import require_tool, sshfs_argv, unmount_argv
+    from pymachine.machine.sshcommands import require_tool, sshfs_argv, unmount_argv
 
     p = parser("mount", "Mount or unmount a directory from a machine with SSHFS.", "[machine:][path] [mountpoint]")
     p.add_argument("--unmount", "-u", action="store_true", help="Unmount instead of mount")

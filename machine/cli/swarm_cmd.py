@@ -6,7 +6,7 @@ counts and readiness come live from the first manager of each that answers.
 
 from __future__ import annotations
 
-from machine.cli.common import Context, UsageError, parse, parser
+from pymachine.machine.cli.common import Context, UsageError, parse, parser
 
 USAGE = "ls [--nodes]"
 
@@ -18,7 +18,7 @@ def _table(ctx: Context, rows: list[tuple[str, ...]]) -> None:
 
 
 def cmd_swarm(ctx: Context, args: list[str]) -> int:
-    from machine import swarm
+    from pymachine.machine import swarm
 
     p = parser("swarm", "List swarm-mode clusters and their nodes.", USAGE)
     p.add_argument("action", nargs="?", choices=["ls"])
@@ -53,7 +53,7 @@ def cmd_swarm(ctx: Context, args: list[str]) -> int:
 
 
 def _machines_by_node(ctx: Context, names: list[str]) -> dict[str, str]:
-    from machine.swarm import record_of
+    from pymachine.machine.swarm import record_of
 
     out = {}
     for name in names:

@@ -8,12 +8,12 @@ the context that was current before.
 
 from __future__ import annotations
 
-from machine.cli.common import Context, UsageError, one_target, parse, parser
+from pymachine.machine.cli.common import Context, UsageError, one_target, parse, parser
 
 
 def cmd_use(ctx: Context, args: list[str]) -> int:
-    from machine import docker_context
-    from machine.cli.env import check_connection
+    from pymachine.machine import docker_context
+    from pymachine.machine.cli.env import check_connection
 
     p = parser("use", "Make a machine the current Docker CLI context", "[NAME]")
     p.add_argument("--unset", "-u", action="store_true", help="Restore the Docker context that was current before")

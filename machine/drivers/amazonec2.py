@@ -27,8 +27,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from machine.drivers.base import Driver, Flag, Log, State
-from machine.errors import MachineError, PreCreateError
+from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.errors import MachineError, PreCreateError
 
 ENGINE_PORT = 2376
 SWARM_MASTER_PORT = 3376
@@ -183,7 +183,7 @@ class AmazonEC2Driver(Driver):
         if key in self._flag_secrets:
             return self._flag_secrets[key]
         if self.store_path and self.machine_name:
-            from machine.secrets import load_secret
+            from pymachine.machine.secrets import load_secret
 
             return load_secret(self.machine_dir, key) or ""
         return ""
@@ -388,7 +388,7 @@ class AmazonEC2Driver(Driver):
     def create(self, log: Log) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from machine.secrets import save_secrets
+        from pymachine.machine.secrets import save_secrets
 
         if self._flag_secrets:
             save_secrets(self.machine_dir, **self._flag_secrets)
@@ -404,7 +404,7 @@ class AmazonEC2Driver(Driver):
             raise MachineError(f"Error creating machine: {exc}") from None
 
     def _create_key_pair(self, ec2: Any, log: Log) -> None:
-        from machine import certs
+        from pymachine.machine import certs
 
         dest = os.path.join(self.machine_dir, "id_rsa")
         if self.config.get("ExistingKey"):

@@ -26,8 +26,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from machine.drivers.base import Driver, Flag, Log, State
-from machine.errors import MachineError, PreCreateError
+from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.errors import MachineError, PreCreateError
 
 TAG = "pymachine-machine"
 SECRET_KEY = "azure-client-secret"
@@ -225,7 +225,7 @@ class AzureDriver(Driver):
     def _client_secret(self) -> str | None:
         if self._secret_from_flag:
             return self._secret_from_flag
-        from machine.secrets import load_secret
+        from pymachine.machine.secrets import load_secret
 
         return load_secret(self.machine_dir, SECRET_KEY) or os.environ.get("AZURE_CLIENT_SECRET") or None
 
@@ -379,8 +379,8 @@ class AzureDriver(Driver):
     def create(self, log: Log) -> None:
         from pathlib import Path
 
-        from machine import certs
-        from machine.secrets import save_secrets
+        from pymachine.machine import certs
+        from pymachine.machine.secrets import save_secrets
 
         prefix = f"({self.machine_name})"
         if self._secret_from_flag:

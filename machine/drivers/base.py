@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 Log = Callable[[str], None]
 

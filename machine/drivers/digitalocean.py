@@ -39,8 +39,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from machine.drivers.base import Driver, Flag, Log, State
-from machine.errors import MachineError, PreCreateError
+from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.errors import MachineError, PreCreateError
 
 DEFAULT_API_URL = "https://api.digitalocean.com"
 DEFAULT_IMAGE = "ubuntu-24-04-x64"
@@ -265,7 +265,7 @@ class DigitalOceanDriver(Driver):
         if self._token:
             return self._token
         if self.machine_name and self.store_path:
-            from machine.secrets import load_secret
+            from pymachine.machine.secrets import load_secret
 
             saved = load_secret(self.machine_dir, SECRET_KEY)
             if saved:
@@ -372,7 +372,7 @@ class DigitalOceanDriver(Driver):
             raise
 
     def create(self, log: Log) -> None:
-        from machine.secrets import save_secrets
+        from pymachine.machine.secrets import save_secrets
 
         token = self.access_token()
         if self._token:
@@ -409,7 +409,7 @@ class DigitalOceanDriver(Driver):
     def _create_ssh_key(self, client: Client) -> int:
         from pathlib import Path
 
-        from machine.certs import generate_ssh_keypair
+        from pymachine.machine.certs import generate_ssh_keypair
 
         private = Path(self.machine_dir) / "id_rsa"
         generate_ssh_keypair(private)

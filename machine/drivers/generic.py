@@ -14,8 +14,8 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from machine.drivers.base import Driver, Flag, Log, State
-from machine.errors import HostNotRunning, MachineError, PreCreateError
+from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 
 class GenericDriver(Driver):
@@ -105,6 +105,6 @@ class GenericDriver(Driver):
         raise MachineError("generic driver does not support kill")
 
     def restart(self, log: Log) -> None:
-        from machine.provision import ssh_run
+        from pymachine.machine.provision import ssh_run
 
         ssh_run(self, "sudo shutdown -r now", check=False)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from machine.drivers.base import Driver, Flag, Log, State
-from machine.errors import MachineError
+from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.errors import MachineError
 
 
 class NoneDriver(Driver):

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from machine.drivers.base import Driver, Flag, Log, State
-from machine.errors import HostNotRunning, MachineError, PreCreateError
+from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
@@ -210,8 +210,8 @@ def render_engine_files(plan: Any) -> dict[str, str]:
     Rendering goes through the provisioner's own code, so the bytes match
     what the provisioning pass compares against and it finds nothing changed.
     """
-    from engine import config as engine_config
-    from provisioners.debian import DebianProvisioner
+    from pymachine.engine import config as engine_config
+    from pymachine.provisioners.debian import DebianProvisioner
 
     prov = DebianProvisioner()
     prov.init_system = "systemd"
@@ -300,7 +300,7 @@ def choose_accel(
 
 def parse_checksum(value: str) -> str:
     """The hex digest of a ``sha256:HEX``/``sha512:HEX``/bare-hex checksum."""
-    from engine.download import parse_digest
+    from pymachine.engine.download import parse_digest
 
     try:
         return parse_digest(value).hex
@@ -313,7 +313,7 @@ def verify_local_image(path: str, checksum: str) -> None:
     """Refuse a local image whose digest differs from ``checksum`` (one line, both digests)."""
     import hashlib
 
-    from engine.download import expected_digest, sums_url
+    from pymachine.engine.download import expected_digest, sums_url
 
     if sums_url(checksum) is None:
         parse_checksum(checksum)
@@ -546,7 +546,7 @@ class QemuDriver(Driver):
 
     # -- checks --------------------------------------------------------------------------
     def _default_cache(self) -> Path:
-        from engine.images import default_cache_dir
+        from pymachine.engine.images import default_cache_dir
 
         return default_cache_dir(self.store_path)
 
@@ -563,7 +563,7 @@ class QemuDriver(Driver):
         image = None
         if source and _is_url(source):
             # Downloaded (and verified) at create; here only the checksum's form is checked.
-            from engine.download import parse_digest, sums_url
+            from pymachine.engine.download import parse_digest, sums_url
 
             checksum = str(self.config.get("ImageChecksum") or "")
             if checksum and sums_url(checksum) is None:
@@ -574,7 +574,7 @@ class QemuDriver(Driver):
         elif source:
             image = image_from_path(source.removeprefix("file://"))
         else:
-            from engine.images import find_image
+            from pymachine.engine.images import find_image
 
             built = find_image(self._default_cache())
             if built is not None:
@@ -609,14 +609,14 @@ class QemuDriver(Driver):
     def _resolve_image(self, log: Log) -> BaseImage:
         source = str(self.config.get("ImageSource") or "")
         if source and _is_url(source):
-            from engine.download import fetch
+            from pymachine.engine.download import fetch
 
             path = fetch(source, self._default_cache(), str(self.config.get("ImageChecksum") or ""),
                          lambda m: log(f"({self.machine_name}) {m}"))
             return image_from_path(str(path))
         if source:
             return image_from_path(source.removeprefix("file://"))
-        from engine.images import build_image, stderr_log
+        from pymachine.engine.images import build_image, stderr_log
 
         log(f"({self.machine_name}) Using pymachine's base image (built on first use; this can take minutes)...")
         built = build_image(self._default_cache(), stderr_log)
@@ -626,7 +626,7 @@ class QemuDriver(Driver):
         """Proxy settings from the machine's saved engine options (the Host saved them first)."""
         try:
             data = json.loads(Path(self._path("config.json")).read_text())
-            from engine.options import EngineOptions
+            from pymachine.engine.options import EngineOptions
 
             engine = EngineOptions.from_json(data["HostOptions"]["EngineOptions"])
             proxy = engine.effective_proxy(LOOPBACK, "localhost")
@@ -644,10 +644,10 @@ class QemuDriver(Driver):
         the facts of pymachine's image, so the first engine start is the final
         one.  Empty when the machine's record cannot be read (no pre-seeding).
         """
-        from engine.options import EngineOptions
-        from machine.host import Machine, copy_client_certs, issue_server_cert
-        from machine.store import Store
-        from provisioners.base import ProvisionPlan
+        from pymachine.engine.options import EngineOptions
+        from pymachine.machine.host import Machine, copy_client_certs, issue_server_cert
+        from pymachine.machine.store import Store
+        from pymachine.provisioners.base import ProvisionPlan
 
         store = Store(self.store_path)
         try:
@@ -671,8 +671,8 @@ class QemuDriver(Driver):
         return render_engine_files(plan)
 
     def create(self, log: Log) -> None:
-        from machine import certs
-        from machine.seed import write_seed_iso
+        from pymachine.machine import certs
+        from pymachine.machine.seed import write_seed_iso
 
         t0 = time.monotonic()
         image = self._resolve_image(log)
@@ -819,7 +819,7 @@ class QemuDriver(Driver):
 
     def stop(self, log: Log) -> None:
         """ACPI power button through QMP; the guest gets STOP_TIMEOUT seconds, then is killed."""
-        from machine.qmp import QMPError, qmp_command
+        from pymachine.machine.qmp import QMPError, qmp_command
 
         pid = self._pid()
         if pid is None:

@@ -10,20 +10,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from machine.drivers.base import Driver, Flag, State
-from machine.errors import MachineError
+from pymachine.machine.drivers.base import Driver, Flag, State
+from pymachine.machine.errors import MachineError
 
 BUILTIN: dict[str, str] = {
-    "none": "machine.drivers.none:NoneDriver",
-    "generic": "machine.drivers.generic:GenericDriver",
-    "qemu": "machine.drivers.qemu:QemuDriver",
-    "amazonec2": "machine.drivers.amazonec2:AmazonEC2Driver",
-    "digitalocean": "machine.drivers.digitalocean:DigitalOceanDriver",
-    "azure": "machine.drivers.azure:AzureDriver",
-    "virtualbox": "machine.drivers.virtualbox:VirtualBoxDriver",
-    "vmwareworkstation": "machine.drivers.vmware:VMwareWorkstationDriver",
-    "vmwarefusion": "machine.drivers.vmware:VMwareFusionDriver",
-    "vmwarevsphere": "machine.drivers.vsphere:VSphereDriver",
+    "none": "pymachine.machine.drivers.none:NoneDriver",
+    "generic": "pymachine.machine.drivers.generic:GenericDriver",
+    "qemu": "pymachine.machine.drivers.qemu:QemuDriver",
+    "amazonec2": "pymachine.machine.drivers.amazonec2:AmazonEC2Driver",
+    "digitalocean": "pymachine.machine.drivers.digitalocean:DigitalOceanDriver",
+    "azure": "pymachine.machine.drivers.azure:AzureDriver",
+    "virtualbox": "pymachine.machine.drivers.virtualbox:VirtualBoxDriver",
+    "vmwareworkstation": "pymachine.machine.drivers.vmware:VMwareWorkstationDriver",
+    "vmwarefusion": "pymachine.machine.drivers.vmware:VMwareFusionDriver",
+    "vmwarevsphere": "pymachine.machine.drivers.vsphere:VSphereDriver",
 }
 
 #: Drivers docker-machine shipped that pymachine does not have: loadable from a

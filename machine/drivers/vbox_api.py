@@ -47,8 +47,8 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
-from machine.drivers import virtualbox as vb  # attribute access only: safe in either import order
-from machine.errors import MachineError
+from pymachine.machine.drivers import virtualbox as vb  # attribute access only: safe in either import order
+from pymachine.machine.errors import MachineError
 
 ENV = "PYMACHINE_VBOX_BACKEND"
 MODES = ("auto", "vboxmanage", "vboxapi")

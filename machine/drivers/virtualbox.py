@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from machine.drivers.base import Driver, Flag, Log, State
-from machine.errors import HostNotRunning, MachineError, PreCreateError
+from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 VBOXMANAGE = "VBoxManage"
 INSTALL_HINT = "VBoxManage not found: install VirtualBox (https://www.virtualbox.org) and put VBoxManage on PATH"
@@ -426,7 +426,7 @@ class VirtualBoxDriver(Driver):
     def __init__(self, config: dict[str, Any], backend: VBoxBackend | None = None) -> None:
         super().__init__(config)
         if backend is None:
-            from machine.drivers.vbox_api import select_backend
+            from pymachine.machine.drivers.vbox_api import select_backend
 
             backend = select_backend()
         self.backend: VBoxBackend = backend
@@ -545,7 +545,7 @@ class VirtualBoxDriver(Driver):
             raise PreCreateError(str(exc)) from None
 
     def _check_base_image(self) -> None:
-        from engine import images
+        from pymachine.engine import images
 
         try:
             images.check_for_driver(images.default_cache_dir(self.store_path), "vdi", "--virtualbox-boot2docker-url")
@@ -586,7 +586,7 @@ class VirtualBoxDriver(Driver):
 
     # Create ----------------------------------------------------------------------------
     def create(self, log: Log) -> None:
-        from machine import certs
+        from pymachine.machine import certs
 
         name = self.machine_name
         source = self._image_source()
@@ -594,7 +594,7 @@ class VirtualBoxDriver(Driver):
         base: str | None = None
         base_size = 0
         if source is None:
-            from engine import images
+            from pymachine.engine import images
 
             vdi, info = images.disk_for_driver(images.default_cache_dir(self.store_path), "vdi",
                                                lambda m: log(f"({name}) {m}"))
@@ -712,14 +712,14 @@ class VirtualBoxDriver(Driver):
             raise MachineError(f"VBoxManage convertfromraw stdin {disk} {size} --format VMDK failed: {error_line(text)}")
 
     def _write_seed(self, path: str, pubkey: str, share: tuple[str, str] | None) -> None:
-        from machine import seed
+        from pymachine.machine import seed
 
         seed.write_seed_iso(path, hostname=self.machine_name, user=self.default_ssh_user, ssh_pubkey=pubkey,
                             proxy=None, instance_id=str(uuid.uuid4()), shares=guest_shares(share))
 
     def _seed_shares(self) -> list[tuple[str, str, str]]:
         """The seed's shared-folder lines, checked (pre-create): names the guest's fstab can hold."""
-        from machine import seed
+        from pymachine.machine import seed
 
         shares = guest_shares(self._share())
         try:

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from machine.drivers.base import Driver, Flag, Log, State
-from machine.errors import HostNotRunning, MachineError, PreCreateError
+from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 B2D_USER = "docker"
 B2D_PASSWORD = "tcuser"
@@ -210,7 +210,7 @@ class VMwareDriver(Driver):
 
     def password(self) -> str:
         if self._password is None:
-            from machine.secrets import load_secret
+            from pymachine.machine.secrets import load_secret
 
             self._password = load_secret(self.machine_dir, "SSHPassword") or B2D_PASSWORD
         return self._password
@@ -260,7 +260,7 @@ class VMwareDriver(Driver):
             self._image_source("ConfigDriveURL", required=True)
 
     def _check_base_image(self) -> None:
-        from engine import images
+        from pymachine.engine import images
 
         flag = f"--{self.prefix}-boot2docker-url"
         try:
@@ -352,8 +352,8 @@ class VMwareDriver(Driver):
         return [("fuse.vmhgfs-fuse", f".host:/{share[0]}", "/" + share[0])] if share else []
 
     def create(self, log: Log) -> None:
-        from machine import certs
-        from machine.secrets import save_secrets
+        from pymachine.machine import certs
+        from pymachine.machine.secrets import save_secrets
 
         name = self.machine_name
         if self.password() != B2D_PASSWORD:
@@ -361,7 +361,7 @@ class VMwareDriver(Driver):
         source = self._image_source("Boot2DockerURL", required=False)
         base = None
         if source is None:
-            from engine import images
+            from pymachine.engine import images
 
             vmdk, _info = images.disk_for_driver(images.default_cache_dir(self.store_path), "vmdk",
                                                  lambda m: log(f"({name}) {m}"))
@@ -388,7 +388,7 @@ class VMwareDriver(Driver):
                 self.make_disk(image)
                 os.unlink(image)
             iso = self._path("seed.iso")
-            from machine import seed
+            from pymachine.machine import seed
 
             seed.write_seed_iso(iso, hostname=name, user=str(self.config.get("SSHUser") or B2D_USER),
                                 ssh_pubkey=pub.decode(), proxy=None, instance_id=str(uuid.uuid4()),

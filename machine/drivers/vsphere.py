@@ -50,8 +50,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from machine.drivers.base import Driver, Flag, Log, State
-from machine.errors import HostNotRunning, MachineError, PreCreateError
+from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 ANNOTATION_KEY = "pymachine-machine"
 IP_WAIT_ENV = "PYMACHINE_VSPHERE_IP_WAIT"
@@ -175,7 +175,7 @@ class VSphereDriver(Driver):
     def password(self) -> str:
         if self._password:
             return self._password
-        from machine.secrets import load_secret
+        from pymachine.machine.secrets import load_secret
 
         found = load_secret(self.machine_dir, SECRET_KEY) or os.environ.get("VSPHERE_PASSWORD", "")
         if not found:
@@ -339,7 +339,7 @@ class VSphereDriver(Driver):
             self._find(si, error=PreCreateError)
 
     def _check_base_image(self) -> None:
-        from engine import images
+        from pymachine.engine import images
 
         try:
             images.check_for_driver(images.default_cache_dir(self.store_path), "raw", "--vmwarevsphere-boot2docker-url")
@@ -350,8 +350,8 @@ class VSphereDriver(Driver):
     def create(self, log: Log) -> None:
         from pyVmomi import vim
 
-        from machine import certs, seed
-        from machine.secrets import save_secrets
+        from pymachine.machine import certs, seed
+        from pymachine.machine.secrets import save_secrets
 
         name = self.machine_name
         key = os.path.join(self.machine_dir, "id_rsa")
@@ -367,7 +367,7 @@ class VSphereDriver(Driver):
         user = str(self.config.get("SSHUser") or self.default_ssh_user)
         base: tuple[str, int] | None = None
         if not self.config.get("ISO"):
-            from engine import images
+            from pymachine.engine import images
 
             raw, _info = images.disk_for_driver(images.default_cache_dir(self.store_path), "raw",
                                                 lambda m: log(f"({name}) {m}"))

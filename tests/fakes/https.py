@@ -30,7 +30,7 @@ class HTTPSFake:
     def serve_https(self, handler_base: type[BaseHTTPRequestHandler], ca_org: str, server_org: str,
                     thread_name: str) -> Self:
         """Make a CA and a 127.0.0.1 server cert (distinct subjects), then serve on a free port."""
-        from machine import certs
+        from pymachine.machine import certs
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         paths = certs.CertPaths(self.ca_cert, self.workdir / "ca-key.pem",

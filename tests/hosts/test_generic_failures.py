@@ -146,7 +146,7 @@ def test_failed_install_is_recorded_then_fixed_then_host_key_change_refused(pm, 
 
 
 def test_new_ip_regenerates_certificates_on_env(pm, make_test_host, http_proxy, ssh_keypair):
-    from machine.certs import cert_covers_host
+    from pymachine.machine.certs import cert_covers_host
 
     host = make_test_host("ipc1")
     proxy_url = http_proxy.url_for(host)
@@ -185,7 +185,7 @@ def test_new_ip_regenerates_certificates_on_env(pm, make_test_host, http_proxy, 
 
 
 def _archive(files: dict[str, tuple[bytes, int]], manifest: bytes) -> bytes:
-    from engine import bundle
+    from pymachine.engine import bundle
 
     buf = io.BytesIO()
     bundle.write_archive({**files, bundle.MANIFEST: (manifest, 0o644)}, buf, level=1)
@@ -193,7 +193,7 @@ def _archive(files: dict[str, tuple[bytes, int]], manifest: bytes) -> bytes:
 
 
 def test_tampered_bundle_is_refused_before_anything_is_installed(pm, make_test_host, ssh_keypair, tmp_path):
-    bundle = pytest.importorskip("engine.bundle")
+    bundle = pytest.importorskip("pymachine.engine.bundle")
     if not hasattr(bundle, "verify_bundle") or not hasattr(bundle, "write_archive"):
         pytest.skip("engine.bundle has no verify_bundle/write_archive yet")
     files = {f"bin/{name}": (f"#!/bin/sh\necho {name}\n".encode(), 0o755)

@@ -73,7 +73,7 @@ def packed_image(recipe: str | None = None) -> bytes:
     """
     import shutil
 
-    from engine import image_pack, images
+    from pymachine.engine import image_pack, images
     from tests.fake_base_image import make_fake_image
 
     with tempfile.TemporaryDirectory(prefix="pm-image-standin-") as tmp:
@@ -88,13 +88,13 @@ def packed_image(recipe: str | None = None) -> bytes:
 
 
 def current_recipe() -> str:
-    from engine import images
+    from pymachine.engine import images
 
     return images.recipe_hash()
 
 
 def image_filename(recipe: str | None = None) -> str:
-    from engine import image_pack
+    from pymachine.engine import image_pack
 
     return image_pack.default_name(recipe or current_recipe())
 
@@ -152,6 +152,6 @@ def src_snapshot(tmp_path_factory) -> Path:
 
     repo = Path(__file__).resolve().parents[2]
     dest = tmp_path_factory.mktemp("src")
-    for pkg in ("machine", "provisioners", "engine", "installer"):
+    for pkg in ("pymachine", "machine", "provisioners", "engine", "installer", "packaging"):
         shutil.copytree(repo / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dest

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from installer.linux import build_deb, build_pyz
-from installer.lock import Component
-from machine import __version__
+from pymachine.installer.linux import build_deb, build_pyz
+from pymachine.installer.lock import Component
+from pymachine.machine import __version__
 
 pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
 
@@ -41,7 +41,7 @@ def _deb(tmp_path: Path, name: str, comps: list[Component], cache: Path, source:
 
 
 def test_deb_contents_control_install_and_reproducible(standin_lock, tmp_path, src_snapshot):
-    from installer.lock import Lock
+    from pymachine.installer.lock import Lock
 
     lock_path, _www, cache = standin_lock
     compose = [c for c in Lock.load(lock_path).components("windows") if c.name == "docker-compose"]
@@ -83,8 +83,8 @@ def test_deb_contents_control_install_and_reproducible(standin_lock, tmp_path, s
 
 
 def test_deb_build_stops_on_tampered_component(standin_lock, tmp_path, src_snapshot):
-    from installer.fetch import IntegrityError
-    from installer.lock import Lock
+    from pymachine.installer.fetch import IntegrityError
+    from pymachine.installer.lock import Lock
 
     lock_path, www, cache = standin_lock
     comp = next(c for c in Lock.load(lock_path).components("windows") if c.name == "vm-image")

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from standins import current_recipe, image_filename, packed_image
 
-from engine import images
-from installer import lock as lockmod
-from installer.fetch import IntegrityError, fetch
-from installer.lock import Lock, LockError
-from installer.stage import check_vm_image, stage
-from machine.errors import MachineError
+from pymachine.engine import images
+from pymachine.installer import lock as lockmod
+from pymachine.installer.fetch import IntegrityError, fetch
+from pymachine.installer.lock import Lock, LockError
+from pymachine.installer.stage import check_vm_image, stage
+from pymachine.machine.errors import MachineError
 
 pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
 
@@ -113,7 +113,7 @@ def _stage_image(tmp_path: Path, data: bytes) -> tuple[list, Path]:
     src = tmp_path / "image.tar.gz"
     src.write_bytes(data)
     root = tmp_path / "stage"
-    from installer.stage import place
+    from pymachine.installer.stage import place
 
     place(comp, src, root)
     return [comp], root
@@ -195,7 +195,7 @@ def test_lock_update_from_standin_upstream_metadata(http_root, tmp_path, monkeyp
     env = {"PYMACHINE_GITHUB_API": f"{base}/gh", "PYMACHINE_PYPI_JSON": f"{base}/pypi"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    proc = subprocess.run([sys.executable, "-m", "installer", "lock", "--update", "--lock", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "pymachine.installer", "lock", "--update", "--lock", str(path)],
                           capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     new = {c.name: c for c in Lock.load(path).components("windows")}
@@ -227,7 +227,7 @@ def test_lock_update_pins_pymachines_own_image_of_this_recipe(http_root, tmp_pat
     path = tmp_path / "lock.json"
     path.write_text(json.dumps({**repo_lock, "platforms": {"windows": [comp]}}))
     monkeypatch.setenv("PYMACHINE_GITHUB_API", f"{base}/gh")
-    proc = subprocess.run([sys.executable, "-m", "installer", "lock", "--update", "--only", "vm-image",
+    proc = subprocess.run([sys.executable, "-m", "pymachine.installer", "lock", "--update", "--only", "vm-image",
                            "--lock", str(path)], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     new = Lock.load(path).components("windows")[0]
@@ -241,7 +241,7 @@ def test_lock_update_pins_pymachines_own_image_of_this_recipe(http_root, tmp_pat
     release["assets"] = release["assets"][:1]
     _write(www, "gh/repos/pymachine/pymachine/releases/tags/v0.1.0", json.dumps(release).encode())
     before = path.read_text()
-    proc = subprocess.run([sys.executable, "-m", "installer", "lock", "--update", "--lock", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "pymachine.installer", "lock", "--update", "--lock", str(path)],
                           capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
     assert f"vm-image: release v0.1.0 of pymachine/pymachine has no {name}" in proc.stderr
@@ -300,7 +300,7 @@ def test_lock_names_the_image_this_checkout_builds() -> None:
     import json
     from pathlib import Path
 
-    from engine.images import recipe_hash
+    from pymachine.engine.images import recipe_hash
 
     lock = json.loads((Path(__file__).resolve().parents[2] / "packaging" / "components.lock.json").read_text())
     entries = [c for comps in lock["platforms"].values() for c in comps if c["name"] == "vm-image"]

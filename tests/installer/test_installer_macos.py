@@ -13,10 +13,10 @@ import xml.etree.ElementTree as ET
 import pytest
 from standins import current_recipe, exe_stub, image_filename, packed_image, tar_bytes
 
-from installer import bom, xar
-from installer.fetch import IntegrityError
-from installer.lock import Lock
-from installer.macos import build_pkg, cpio_odc, read_cpio_odc
+from pymachine.installer import bom, xar
+from pymachine.installer.fetch import IntegrityError
+from pymachine.installer.lock import Lock
+from pymachine.installer.macos import build_pkg, cpio_odc, read_cpio_odc
 
 pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
 
@@ -103,7 +103,7 @@ def test_pkg_structure_is_read_the_same_by_us_bsdtar_and_7z(mac_lock, src_snapsh
     payload = read_cpio_odc(gzip.decompress(reader.read("pymachine.pkg/Payload")))
     names = [n for n, *_ in payload]
     assert "./usr/local/pymachine/bin/pymachine" in names and "./usr/local/pymachine/bin/docker" in names
-    assert "./usr/local/pymachine/lib/installer/quickstart.py" in names
+    assert "./usr/local/pymachine/lib/pymachine/installer/quickstart.py" in names
     # pymachine's image (with its VDI) as cache/images/<recipe>/ under the prefix, which postinstall seeds
     # into the console user's ~/.docker/machine/cache
     image_dir = f"./usr/local/pymachine/cache/images/{current_recipe()}"
@@ -113,7 +113,7 @@ def test_pkg_structure_is_read_the_same_by_us_bsdtar_and_7z(mac_lock, src_snapsh
     seeded.mkdir(parents=True)
     for name, data in shipped.items():
         (seeded / name).write_bytes(data)
-    from engine import images
+    from pymachine.engine import images
 
     assert images.find_image(seeded.parent) is not None
     assert all(uid == 0 and gid == 80 for _n, _m, uid, gid, _d in payload)

@@ -1,4 +1,4 @@
-"""``python -m installer build``: all artefacts from one lock, SHA256SUMS signed, verified, reproducible."""
+"""``python -m pymachine.installer build``: all artefacts from one lock, SHA256SUMS signed, verified, reproducible."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _installer(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "installer", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pymachine.installer", *args], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=300, check=False)
 
 

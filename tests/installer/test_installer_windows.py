@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from standins import current_recipe, image_filename, packed_image
 
-from engine import images
-from installer.fetch import IntegrityError
-from installer.lock import Lock
-from installer.template import render
-from installer.windows import build_exe
-from machine.errors import MachineError
+from pymachine.engine import images
+from pymachine.installer.fetch import IntegrityError
+from pymachine.installer.lock import Lock
+from pymachine.installer.template import render
+from pymachine.installer.windows import build_exe
+from pymachine.machine.errors import MachineError
 
 pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
 
@@ -64,7 +64,7 @@ def test_exe_lists_components_is_64bit_and_reproducible(comps, tmp_path):
     assert "Type = Nsis" in head and "SubType = NSIS-3 Unicode 64-bit" in head
     for expected in ("bin/docker.exe", "bin/docker-compose.exe", "bin/pymachine.cmd",
                      "bin/pymachine-quickstart.cmd", "python/python.exe", "python/python311._pth",
-                     "lib/machine/cli/main.py", "lib/machine/cli/quickstart_cmd.py", "lib/installer/quickstart.py",
+                     "lib/pymachine/machine/cli/main.py", "lib/pymachine/machine/cli/quickstart_cmd.py", "lib/pymachine/installer/quickstart.py",
                      "$PLUGINSDIR/virtualbox.exe", "uninstall.exe",
                      *(f"$PROFILE/.docker/machine/cache/images/{current_recipe()}/{name}" for name in
                        ("manifest.json", "disk.qcow2", "disk.vdi", "vmlinuz", "initrd.img", "SHA256SUMS"))):
@@ -75,7 +75,7 @@ def test_exe_lists_components_is_64bit_and_reproducible(comps, tmp_path):
     subprocess.run(["7z", "x", "-y", f"-o{out}", str(a)], capture_output=True, timeout=60, check=True)
     assert (out / "bin" / "docker.exe").read_bytes().startswith(b"MZ")
     assert (out / "python" / "python311._pth").read_text().splitlines()[-1] == "..\\lib"
-    assert "-m machine.cli.main quickstart" in (out / "bin" / "pymachine-quickstart.cmd").read_text()
+    assert "-m pymachine quickstart" in (out / "bin" / "pymachine-quickstart.cmd").read_text()
     assert _pe_machine((out / "uninstall.exe").read_bytes()) == (0x8664, 0x20B)
     # the seeded image is where pymachine's default store (%USERPROFILE%\.docker\machine) finds it
     seeded = images.find_image(out / "$PROFILE" / ".docker" / "machine" / "cache" / "images")
@@ -89,8 +89,8 @@ def test_exe_lists_components_is_64bit_and_reproducible(comps, tmp_path):
 
 def _nsis_script(components, cache, tmp_path):
     """The .nsi the build renders, for a tree staged from ``components``."""
-    from installer.stage import stage
-    from installer.windows import render_script
+    from pymachine.installer.stage import stage
+    from pymachine.installer.windows import render_script
 
     root = tmp_path / "root"
     stage(components, root / "staged", cache)

@@ -196,7 +196,7 @@ def test_create_without_ssh_rolls_back_everything(pm, moto):
 
 
 def flag_values(**overrides: object) -> dict[str, object]:
-    from machine.drivers.amazonec2 import AmazonEC2Driver
+    from pymachine.machine.drivers.amazonec2 import AmazonEC2Driver
 
     values: dict[str, object] = {f.name: f.default for f in AmazonEC2Driver.flags}
     values.update({f"amazonec2-{k.replace('_', '-')}": v for k, v in overrides.items()})
@@ -205,8 +205,8 @@ def flag_values(**overrides: object) -> dict[str, object]:
 
 def make_machine(store_path: Path, name: str, values: dict[str, object]):
     """Create the EC2 side of a machine through the driver and store it (no provisioning)."""
-    from machine.host import CreateOptions, Machine, new_host, prepare_driver
-    from machine.store import Store
+    from pymachine.machine.host import CreateOptions, Machine, new_host, prepare_driver
+    from pymachine.machine.store import Store
 
     store = Store(store_path)
     store.ensure()
@@ -221,9 +221,9 @@ def make_machine(store_path: Path, name: str, values: dict[str, object]):
 
 
 def test_driver_lifecycle_secrets_and_shared_resources(pm, moto, tmp_path, monkeypatch):
-    from machine.drivers.base import State
-    from machine.host import Machine
-    from machine.store import Store
+    from pymachine.machine.drivers.base import State
+    from pymachine.machine.host import Machine
+    from pymachine.machine.store import Store
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(key, raising=False)
@@ -280,8 +280,8 @@ def test_driver_lifecycle_secrets_and_shared_resources(pm, moto, tmp_path, monke
         "SecurityGroups"]} >= {"docker-machine", "shared"}
 
     # An existing key pair (--amazonec2-keypair-name + -ssh-keypath) is used, never deleted.
-    from machine import certs
-    from machine.errors import PreCreateError
+    from pymachine.machine import certs
+    from pymachine.machine.errors import PreCreateError
 
     own_key = tmp_path / "byo_rsa"
     certs.generate_ssh_keypair(own_key)

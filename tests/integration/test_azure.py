@@ -55,7 +55,7 @@ def inproc(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def new_driver(fake: FakeARM, store: Path, name: str, **flags: Any):
     """An AzureDriver configured as ``create`` would, for in-process lifecycle tests."""
-    from machine.drivers.azure import AzureDriver
+    from pymachine.machine.drivers.azure import AzureDriver
 
     assert os.environ.get("PYMACHINE_AZURE_POLL_INTERVAL") == "0.01", "use the inproc fixture"
     values = {f.name: f.default for f in AzureDriver.flags}
@@ -71,8 +71,8 @@ def new_driver(fake: FakeARM, store: Path, name: str, **flags: Any):
 
 def save_machine(store: Path, driver) -> None:
     """Write config.json the way ``create`` does, so the CLI can act on an in-process machine."""
-    from machine import host as hostmod
-    from machine.store import Store
+    from pymachine.machine import host as hostmod
+    from pymachine.machine.store import Store
 
     st = Store(store)
     st.ensure()
@@ -156,7 +156,7 @@ PRECREATE_CASES = [
 
 def test_precreate_checks_in_process(pm, fake, inproc):
     """The same checks through the driver API (one SDK import for all cases): PreCreateError, no writes."""
-    from machine.errors import PreCreateError
+    from pymachine.machine.errors import PreCreateError
 
     for n, (flags, expect) in enumerate(PRECREATE_CASES):
         driver = new_driver(fake, pm.store, f"pc{n}", **flags)
@@ -286,8 +286,8 @@ def test_lifecycle_secrets_throttling_and_ls_one_list_call(pm, fake, tmp_path, i
     assert len(lists) == 2 and all(r.query.get("$expand") == ["instanceView"] for r in lists)  # 429, then one list
     assert fake.calls("GET", r"/instanceView$") == []
     # kill/start/restart through the host layer, from the stored config and secrets.json only.
-    from machine.host import Machine
-    from machine.store import Store
+    from pymachine.machine.host import Machine
+    from pymachine.machine.store import Store
 
     a1_loaded = Machine.load(Store(store), "a1")
     lines: list[str] = []

@@ -137,9 +137,9 @@ def _wait(host, command: str, seconds: float) -> subprocess.CompletedProcess[str
 @pytest.mark.timeout(300)
 def test_installs_and_runs_on_a_host_without_network(real_bundle, manifest, make_test_host,
                                                      ssh_keypair, busybox_image, tmp_path):
-    from engine import bundle, config
-    from machine.ssh import SSHClient
-    from machine.sshcommands import SSHTarget
+    from pymachine.engine import bundle, config
+    from pymachine.machine.ssh import SSHClient
+    from pymachine.machine.sshcommands import SSHTarget
 
     host = make_test_host("pmt-bundle")
     assert host.run("command -v dockerd").returncode != 0

@@ -58,9 +58,9 @@ def assert_nothing_left(pm, fake: FakeDigitalOcean, name: str) -> None:
 
 def stored_machine(pm, fake: FakeDigitalOcean, name: str, **flags):
     """Create a droplet through the driver and store the machine, without provisioning."""
-    from machine.drivers.digitalocean import DigitalOceanDriver
-    from machine.host import CreateOptions, Machine, new_host, prepare_driver
-    from machine.store import Store
+    from pymachine.machine.drivers.digitalocean import DigitalOceanDriver
+    from pymachine.machine.host import CreateOptions, Machine, new_host, prepare_driver
+    from pymachine.machine.store import Store
 
     values = {f.name: f.default for f in DigitalOceanDriver.flags}
     values.update({"digitalocean-access-token": TOKEN, "digitalocean-api-url": fake.url,

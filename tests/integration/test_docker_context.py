@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from fixtures_dockerd import DOCKERD, TLSFiles, make_tls_material, start_dockerd
 
-from machine import docker_context as dc
-from machine.errors import MachineError
+from pymachine.machine import docker_context as dc
+from pymachine.machine.errors import MachineError
 
 pytestmark = pytest.mark.integration
 

@@ -144,7 +144,7 @@ def test_env_refuses_an_engine_with_a_foreign_certificate(pm, tmp_path):
 
 def test_docker_machine_016_store_loads_as_is(pm, tmp_path):
     """A store written by Docker Machine 0.16 (another user's paths) works for ls, inspect, env."""
-    from machine import certs
+    from pymachine.machine import certs
 
     store = tmp_path / "dm-store"
     shutil.copytree(FIXTURE_STORE, store)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import images
+from pymachine.engine import images
 from tests.conftest import PyMachine
 from tests.fake_base_image import make_fake_image, qemu_img_available
 

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from engine import download
-from machine.errors import MachineError
+from pymachine.engine import download
+from pymachine.machine.errors import MachineError
 
 pytestmark = pytest.mark.integration
 
@@ -208,8 +208,8 @@ def test_qemu_driver_downloads_a_url_image_and_boots_it_through_the_firmware(
     import shutil
     import subprocess
 
-    from machine.drivers import qemu
-    from machine.drivers.registry import driver_class
+    from pymachine.machine.drivers import qemu
+    from pymachine.machine.drivers.registry import driver_class
 
     if shutil.which("qemu-img") is None:
         pytest.skip("qemu-img not installed")

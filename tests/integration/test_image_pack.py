@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import image_pack, images
+from pymachine.engine import image_pack, images
 from tests.conftest import PYMACHINE, PyMachine
 from tests.fake_base_image import make_fake_image, qemu_img_available
 

@@ -16,9 +16,9 @@ _REPO = str(Path(__file__).resolve().parents[2])
 if _REPO not in sys.path:  # so `tests.fixtures_sshd` imports under plain `pytest` too
     sys.path.insert(0, _REPO)
 
-from machine.errors import CommandError, MachineError
-from machine.ssh import HostKeyChanged, SSHClient, SSHTimeout
-from machine.sshcommands import SSHTarget, scp_argv, ssh_argv, wrap_command
+from pymachine.machine.errors import CommandError, MachineError
+from pymachine.machine.ssh import HostKeyChanged, SSHClient, SSHTimeout
+from pymachine.machine.sshcommands import SSHTarget, scp_argv, ssh_argv, wrap_command
 from tests.fixtures_sshd import SSHD, free_port, generate_key, unavailable_reason
 
 pytestmark = [

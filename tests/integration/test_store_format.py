@@ -27,8 +27,8 @@ def test_written_config_matches_docker_machine_016(pm, driver, args, fixture):
     if driver == "generic":
         # Creating a generic machine provisions it; write the config without a host
         # through the same code path the CLI uses, then compare.
-        from machine import host as hostmod
-        from machine.store import Store
+        from pymachine.machine import host as hostmod
+        from pymachine.machine.store import Store
 
         store = Store(pm.store)
         drv = hostmod.prepare_driver(store, "x", "generic", {
@@ -49,7 +49,7 @@ def test_written_config_matches_docker_machine_016(pm, driver, args, fixture):
 
 
 def test_load_save_round_trip_keeps_unknown_fields(tmp_path):
-    from machine.store import Store
+    from pymachine.machine.store import Store
 
     store = Store(tmp_path)
     d = store.machines_dir / "keep"

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from machine.drivers import vbox_api
-from machine.drivers.base import State
-from machine.drivers.vbox_api import VBoxAPIBackend, select_backend
-from machine.drivers.virtualbox import (
+from pymachine.machine.drivers import vbox_api
+from pymachine.machine.drivers.base import State
+from pymachine.machine.drivers.vbox_api import VBoxAPIBackend, select_backend
+from pymachine.machine.drivers.virtualbox import (
     MachineMissing,
     VBoxManageCLI,
     VirtualBoxDriver,
     parse_machinereadable,
 )
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 from tests.fakes import vboxmanage
 
 pytestmark = pytest.mark.integration
@@ -406,7 +406,7 @@ def test_started_through_the_api_forwards_nat_ssh_until_powered_off(vbox, bindin
     """The fake's "VM process" stands in for VirtualBox's NAT forward, as the fake VBoxManage's does."""
     import socket
 
-    from machine.drivers.virtualbox import free_loopback_port
+    from pymachine.machine.drivers.virtualbox import free_loopback_port
 
     with socket.create_server(("127.0.0.1", 0)) as target:
         monkeypatch.setenv("FAKE_VBOX_SSH_TARGET", f"127.0.0.1:{target.getsockname()[1]}")

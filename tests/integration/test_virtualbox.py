@@ -314,7 +314,7 @@ def image_args(name: str, *extra: str) -> list[str]:
 
 @pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
 def test_default_image_is_cloned_resized_seeded_and_booted_from_disk(pm, vbox, tmp_path):
-    from machine.seed import read_seed_iso
+    from pymachine.machine.seed import read_seed_iso
 
     image = fake_base_image.make_fake_image(pm.store)
     shared = tmp_path / "shared"
@@ -376,8 +376,8 @@ def test_default_image_is_cloned_resized_seeded_and_booted_from_disk(pm, vbox, t
 
 @pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
 def test_default_image_shares_the_home_folder_where_boot2docker_mounted_it(pm, vbox):
-    from machine.drivers.virtualbox import share_default
-    from machine.seed import read_seed_iso
+    from pymachine.machine.drivers.virtualbox import share_default
+    from pymachine.machine.seed import read_seed_iso
 
     name, host_dir = share_default()
     if not os.path.isdir(host_dir):

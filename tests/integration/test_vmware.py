@@ -192,7 +192,7 @@ def test_vmdk_image_boots_with_seed_instead_of_guest_operations(pm, fake, tmp_pa
     assert [c[2] for c in fake.calls()] == ["start", "getGuestIPAddress"]
     vmx = vmx_of(mdir / "img1.vmx")
     assert vmx["ide1:0.fileName"] == str(mdir / "seed.iso") and vmx["bios.bootOrder"] == "hdd,cdrom"
-    from machine.seed import read_seed_iso
+    from pymachine.machine.seed import read_seed_iso
 
     assert read_seed_iso(mdir / "seed.iso")["pymachine/authorized_keys"] == (mdir / "id_rsa.pub").read_text()
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(mdir / "img1.vmdk")],
@@ -212,8 +212,8 @@ def vmx_of(path: Path) -> dict[str, str]:
 def test_default_image_disk_seed_and_hgfs_share(pm, fake, tmp_path):
     """No --*-boot2docker-url: pymachine's image, exported once to VMDK, converted at the disk size,
     booted from disk with the seed (key, hgfs fstab line) on the CD and no guest operations."""
-    from machine.drivers.vmware import share_default
-    from machine.seed import read_seed_iso
+    from pymachine.machine.drivers.vmware import share_default
+    from pymachine.machine.seed import read_seed_iso
 
     image = fake_base_image.make_fake_image(pm.store)
     res = pm("create", "-d", "vmwareworkstation", "--vmwareworkstation-disk-size", "100", "ws-img")

@@ -30,8 +30,8 @@ _REPO = str(Path(__file__).resolve().parents[2])
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from machine.drivers.base import State
-from machine.errors import MachineError, PreCreateError
+from pymachine.machine.drivers.base import State
+from pymachine.machine.errors import MachineError, PreCreateError
 from tests import fake_base_image
 from tests.vcsim import (
     Vcsim,
@@ -79,7 +79,7 @@ def closed_loopback_port() -> socket.socket:
 # Driver API --------------------------------------------------------------------------------------
 
 def make_driver(sim: Vcsim, store: Path, name: str, iso: Path, **overrides: Any) -> Any:
-    from machine.drivers.vsphere import VSphereDriver
+    from pymachine.machine.drivers.vsphere import VSphereDriver
 
     values = {f.name: f.default for f in VSphereDriver.flags}
     values.update({
@@ -99,7 +99,7 @@ def make_driver(sim: Vcsim, store: Path, name: str, iso: Path, **overrides: Any)
 
 
 def test_driver_create_power_cycle_remove_checks_vcsim_after_each_step(vcsim, tmp_path, iso, monkeypatch):
-    from machine.drivers.vsphere import VSphereDriver
+    from pymachine.machine.drivers.vsphere import VSphereDriver
 
     log: list[str] = []
     driver = make_driver(vcsim, tmp_path / "store", "pm-api", iso)
@@ -159,7 +159,7 @@ def test_failed_create_then_remove_deletes_the_upload_itself(vcsim, tmp_path, is
     reports as the FileManager."""
     from pyVmomi import vim
 
-    from machine.drivers.vsphere import wait_task
+    from pymachine.machine.drivers.vsphere import wait_task
 
     monkeypatch.setenv("PYMACHINE_VSPHERE_IP_WAIT", "1")
     driver = make_driver(vcsim, tmp_path / "store", "pm-noip", iso)
@@ -234,7 +234,7 @@ def vm_disks_and_boot(sim: Vcsim, ref: str) -> tuple[list[tuple[str, int, int]],
 def test_default_image_uploads_flat_disk_and_seed_boots_from_disk_and_rm_removes_all(vcsim, tmp_path, iso):
     import hashlib
 
-    from machine.seed import read_seed_iso
+    from pymachine.machine.seed import read_seed_iso
 
     store = tmp_path / "store"
     image = fake_base_image.make_fake_image(store, 32)

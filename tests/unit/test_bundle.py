@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import bundle
-from machine.cli import main as cli_main
-from machine.errors import MachineError
-from machine.runner import CommandResult
+from pymachine.engine import bundle
+from pymachine.machine.cli import main as cli_main
+from pymachine.machine.errors import MachineError
+from pymachine.machine.runner import CommandResult
 from tests.unit.transcript import RecordingRunner
 
 VERSION = "99.1.0"

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from machine import certs
-from machine.certs import (
+from pymachine.machine import certs
+from pymachine.machine.certs import (
     CertPaths,
     bootstrap_certificates,
     cert_covers_host,
@@ -33,7 +33,7 @@ from machine.certs import (
     is_expired,
     validate_pair,
 )
-from machine.errors import MachineError
+from pymachine.machine.errors import MachineError
 
 REPO = Path(__file__).resolve().parents[2]
 OPENSSL = shutil.which("openssl")
@@ -427,7 +427,7 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
-    from machine.certs import CertPaths, bootstrap_certificates
+    from pymachine.machine.certs import CertPaths, bootstrap_certificates
 
     certs_dir, start_at = Path(sys.argv[1]), float(sys.argv[2])
     while time.time() < start_at:

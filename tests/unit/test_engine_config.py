@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import (
+from pymachine.engine.config import (
     EngineConfigError,
     b2d_profile,
     coreos_dropin,
@@ -26,8 +26,8 @@ from engine.config import (
     systemd_dropin,
     sysv_default,
 )
-from engine.options import EngineOptions
-from engine.proxy import ProxySettings
+from pymachine.engine.options import EngineOptions
+from pymachine.engine.proxy import ProxySettings
 
 # What `docker-machine create` writes for a new machine (HostOptions.EngineOptions).
 DOCKER_MACHINE_CREATE_JSON = """{

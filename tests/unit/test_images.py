@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import images
-from machine.errors import MachineError
+from pymachine.engine import images
+from pymachine.machine.errors import MachineError
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.options import EngineOptions
-from engine.proxy import ProxySettings
-from machine.errors import MachineError
-from machine.runner import CommandResult
-from provisioners import (
+from pymachine.engine.options import EngineOptions
+from pymachine.engine.proxy import ProxySettings
+from pymachine.machine.errors import MachineError
+from pymachine.machine.runner import CommandResult
+from pymachine.provisioners import (
     ProvisionError,
     ProvisionPlan,
     UnknownOSError,
@@ -31,15 +31,15 @@ from provisioners import (
     parse_os_release,
     select_provisioner,
 )
-from provisioners.base import (
+from pymachine.provisioners.base import (
     SYSTEMD_PROBE,
     Provisioner,
     hosts_with_hostname,
     merge_client_config,
 )
-from provisioners.debian import APT_LOCK_PROBE, APT_PROXY_PATH, apt_lock_probe
-from provisioners.others import Boot2DockerProvisioner, set_sysconfig_vars
-from provisioners.redhat import DOCKER_CE_REPO_PATH, set_main_option
+from pymachine.provisioners.debian import APT_LOCK_PROBE, APT_PROXY_PATH, apt_lock_probe
+from pymachine.provisioners.others import Boot2DockerProvisioner, set_sysconfig_vars
+from pymachine.provisioners.redhat import DOCKER_CE_REPO_PATH, set_main_option
 
 try:
     from tests.unit.transcript import FAIL, OK, RecordingRunner

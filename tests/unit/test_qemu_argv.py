@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from machine.drivers import qemu
-from machine.drivers.base import State
-from machine.drivers.registry import driver_class
-from machine.errors import MachineError, PreCreateError
+from pymachine.machine.drivers import qemu
+from pymachine.machine.drivers.base import State
+from pymachine.machine.drivers.registry import driver_class
+from pymachine.machine.errors import MachineError, PreCreateError
 
 
 def spec(tmp_path: Path, **kw) -> qemu.VMSpec:
@@ -69,8 +69,8 @@ def test_real_qemu_accepts_the_argv_and_qmp_state_and_kill_work(tmp_path: Path) 
     it daemonizes, the pidfile marks it Running, QMP answers, kill leaves nothing."""
     if not (shutil_which("qemu-system-x86_64") and shutil_which("qemu-img")):
         pytest.skip("qemu not installed")
-    from machine.qmp import qmp_command
-    from machine.seed import write_seed_iso
+    from pymachine.machine.qmp import qmp_command
+    from pymachine.machine.seed import write_seed_iso
 
     drv = new_driver(tmp_path, **{"qemu-memory": 256, "qemu-restrict-network": True})
     os.makedirs(drv.machine_dir)
@@ -244,7 +244,7 @@ def test_local_state_trusts_only_our_qemu(tmp_path: Path) -> None:
 
 def _image_host(files: dict[str, bytes]):
     """A recording runner answering like pymachine's image: systemd, docker.io, ext4, engine up."""
-    from machine.runner import CommandResult
+    from pymachine.machine.runner import CommandResult
     from tests.unit.transcript import RecordingRunner
 
     answers = {
@@ -258,10 +258,10 @@ def _image_host(files: dict[str, bytes]):
 def test_pre_rendered_engine_files_are_what_provisioning_writes() -> None:
     """The files seeded at create are byte-identical to the Debian provisioner's,
     so the provisioning pass writes nothing the engine reads and does not restart it."""
-    from engine.options import EngineOptions
-    from engine.proxy import ProxySettings
-    from provisioners.base import ProvisionPlan
-    from provisioners.debian import DebianProvisioner
+    from pymachine.engine.options import EngineOptions
+    from pymachine.engine.proxy import ProxySettings
+    from pymachine.provisioners.base import ProvisionPlan
+    from pymachine.provisioners.debian import DebianProvisioner
 
     engine = EngineOptions(labels=["tier=vm", "x=a b"], env=["FOO=bar"],
                            proxy=ProxySettings(http_proxy="http://10.0.2.2:3128", no_proxy="corp"))

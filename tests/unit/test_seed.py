@@ -11,7 +11,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from machine.seed import APT_PROXY_PATH, ENGINE_PROXY_PATH, read_seed_iso, write_seed_iso
+from pymachine.machine.seed import APT_PROXY_PATH, ENGINE_PROXY_PATH, read_seed_iso, write_seed_iso
 
 KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 pymachine-test"
 
@@ -105,7 +105,7 @@ def _write(path: Path, text: str) -> Path:
 def test_base_image_first_boot_script_parses(tmp_path: Path) -> None:
     """The script that reads this seed inside pymachine's image is valid POSIX sh
     and reads exactly the files the seed writes."""
-    from engine.images import FIRSTBOOT_SCRIPT
+    from pymachine.engine.images import FIRSTBOOT_SCRIPT
 
     script = _write(tmp_path / "firstboot", FIRSTBOOT_SCRIPT)
     subprocess.run(["sh", "-n", str(script)], check=True, timeout=10)
@@ -116,8 +116,8 @@ def test_base_image_first_boot_script_parses(tmp_path: Path) -> None:
 def test_seed_carries_engine_files_and_the_first_boot_script_installs_them(tmp_path: Path) -> None:
     """The engine's certs and drop-in ride on the seed under fixed names; the
     image's first-boot script installs each one at the path provisioning uses."""
-    from engine.images import FIRSTBOOT_SCRIPT
-    from machine.seed import ENGINE_SEED_FILES
+    from pymachine.engine.images import FIRSTBOOT_SCRIPT
+    from pymachine.machine.seed import ENGINE_SEED_FILES
 
     engine = {
         "/etc/docker/ca.pem": "CA\n",
@@ -141,7 +141,7 @@ def test_seed_carries_engine_files_and_the_first_boot_script_installs_them(tmp_p
 def test_seed_carries_shared_folders_as_fstab_lines_the_first_boot_mounts(tmp_path: Path) -> None:
     """VirtualBox and VMware home shares ride on the seed as nofail fstab lines;
     the owner is filled in by the image once the user exists."""
-    from engine.images import FIRSTBOOT_SCRIPT
+    from pymachine.engine.images import FIRSTBOOT_SCRIPT
 
     path = tmp_path / "seed.iso"
     write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1",
@@ -173,7 +173,7 @@ def test_base_image_partition_table_puts_the_root_last(tmp_path: Path) -> None:
     import json
     import shutil
 
-    from engine import images
+    from pymachine.engine import images
 
     if shutil.which("sfdisk") is None:
         pytest.skip("sfdisk not installed")

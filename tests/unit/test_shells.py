@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from machine import shells
-from machine.errors import MachineError
-from machine.shells import (
+from pymachine.machine import shells
+from pymachine.machine.errors import MachineError
+from pymachine.machine.shells import (
     UNKNOWN_SHELL_HINT,
     WINDOWS_DEFAULT_NOTE,
     UnknownShell,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from machine.errors import MachineError
-from machine.sshcommands import (
+from pymachine.machine.errors import MachineError
+from pymachine.machine.sshcommands import (
     SSHTarget,
     check_key_file,
     require_tool,

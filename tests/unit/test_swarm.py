@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from machine import swarm
-from machine.errors import MachineError
-from machine.hostoptions import swarm_options
-from machine.listing import ListItem, fill_swarm_mode_column, matches_dynamic
-from machine.store import Host, Store
+from pymachine.machine import swarm
+from pymachine.machine.errors import MachineError
+from pymachine.machine.hostoptions import swarm_options
+from pymachine.machine.listing import ListItem, fill_swarm_mode_column, matches_dynamic
+from pymachine.machine.store import Host, Store
 
 
 def test_init_body_maps_swarm_opts_to_the_api():
@@ -102,7 +102,7 @@ def test_worker_without_discovery_needs_exactly_one_cluster(tmp_path):
 def test_unreachable_manager_fails_the_check(tmp_path):
     import socket
 
-    from machine import certs
+    from pymachine.machine import certs
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -147,7 +147,7 @@ def test_api_error_messages_come_from_the_engine(tmp_path):
     import ssl
     import threading
 
-    from machine import certs
+    from pymachine.machine import certs
 
     paths = certs.CertPaths(tmp_path / "ca.pem", tmp_path / "ca-key.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
     certs.bootstrap_certificates(paths, log=lambda _m: None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from machine.tabwriter import (
+from pymachine.machine.tabwriter import (
     ALIGN_RIGHT,
     DEBUG,
     DISCARD_EMPTY_COLUMNS,

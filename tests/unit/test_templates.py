@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from machine.errors import MachineError
-from machine.tabwriter import tabwrite
-from machine.templates import MISSING, TemplateError, go_json, go_sprint, parse, render
+from pymachine.machine.errors import MachineError
+from pymachine.machine.tabwriter import tabwrite
+from pymachine.machine.templates import MISSING, TemplateError, go_json, go_sprint, parse, render
 
 # fmt: off
 DATA1 = {'Big': 1000000,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from machine import certs
-from machine.certs import CertPaths, bootstrap_certificates, generate_ca, generate_server_cert
-from machine.errors import MachineError
-from machine.tlsclient import client_tls_context, server_tls_context
+from pymachine.machine import certs
+from pymachine.machine.certs import CertPaths, bootstrap_certificates, generate_ca, generate_server_cert
+from pymachine.machine.errors import MachineError
+from pymachine.machine.tlsclient import client_tls_context, server_tls_context
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 10.0
@@ -230,14 +230,14 @@ def test_certs_reexports_client_tls_context() -> None:
 
 
 def test_importing_tlsclient_does_not_import_cryptography() -> None:
-    code = ("import sys, machine.tlsclient; "
+    code = ("import sys, pymachine.machine.tlsclient; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True, env=env, cwd=REPO)
     assert out.stdout.strip() == "[]"
     # and the control: machine.certs does pull it in, so the probe can see it
-    code = code.replace("machine.tlsclient", "machine.certs")
+    code = code.replace("pymachine.machine.tlsclient", "pymachine.machine.certs")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True, env=env, cwd=REPO)
     assert "'cryptography'" in out.stdout

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from machine.drivers.virtualbox import guest_shares
-from machine.drivers.vmware import ip_from_leases, vmdk_capacity
-from machine.drivers.vsphere import vmfs_descriptor
+from pymachine.machine.drivers.virtualbox import guest_shares
+from pymachine.machine.drivers.vmware import ip_from_leases, vmdk_capacity
+from pymachine.machine.drivers.vsphere import vmfs_descriptor
 
 LEASES = """# vmnet-dhcpd leases
 lease 192.168.130.128 {

@@ -13,8 +13,8 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from machine.errors import CommandError
-from machine.runner import CommandResult
+from pymachine.machine.errors import CommandError
+from pymachine.machine.runner import CommandResult
 
 Responder = Callable[[str], CommandResult | None]
 

@@ -163,7 +163,7 @@ def test_qemu_machine_lifecycle(vm_pm: PyMachine, image) -> None:
     assert pm("ssh", "dev", "--", "systemctl", "is-active", "docker", timeout=60).stdout.strip() == "active"
     # -- the engine's final configuration rode on the seed, rendered by the provisioner's own
     #    code: byte for byte what provisioning compared against, installed before docker.service
-    from machine.seed import read_seed_iso
+    from pymachine.machine.seed import read_seed_iso
 
     seeded = read_seed_iso(machine_dir / "seed.iso")
     assert seeded["pymachine/docker-machine.conf"] == dropin.stdout
