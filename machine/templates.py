@@ -60,6 +60,15 @@ class _Missing:
 
 MISSING: Any = _Missing()
 
+# Bounds, so a template typed (or pasted) by a user can neither print gigabytes nor
+# recurse until Python gives up.  Go's fmt refuses widths/precisions over 1e6 the same
+# way (``%!(BADWIDTH)``); its parser stops at a nesting depth too ("max expression
+# depth exceeded").  Output and intermediate strings are capped at MAX_OUTPUT.
+MAX_WIDTH = 1_000_000
+MAX_DEPTH = 100
+MAX_OUTPUT = 4 << 20
+MAX_TEXT = 64 << 10
+
 
 # ---------------------------------------------------------------------------
 # Value formatting, as Go's fmt and encoding/json do it
@@ -353,13 +362,19 @@ def go_sprintf(fmt: str, *args: Any) -> str:
         while i < n and fmt[i].isdigit():
             i += 1
         if i > k:
-            width = int(fmt[k:i])
+            width = int(fmt[k:i]) if i - k <= 7 else MAX_WIDTH + 1
+            if width > MAX_WIDTH:
+                out.append("%!(BADWIDTH)")
+                width = None
         if i < n and fmt[i] == ".":
             i += 1
             k = i
             while i < n and fmt[i].isdigit():
                 i += 1
-            prec = int(fmt[k:i] or 0)
+            prec = int(fmt[k:i] or 0) if i - k <= 7 else MAX_WIDTH + 1
+            if prec > MAX_WIDTH:
+                out.append("%!(BADPREC)")
+                prec = None
         if i >= n:
             out.append("%!(NOVERB)")
             break
@@ -976,6 +991,12 @@ class _Parser:
         self.funcs = funcs
         self.vars = ["$"]
         self.action_line = 0
+        self.depth = 0
+
+    def _deeper(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            self.errorf("max expression depth exceeded")
 
     # token stream
     def next(self) -> _Tok:
@@ -1085,6 +1106,7 @@ class _Parser:
 
     def control(self, kind: str) -> _Branch:
         nvars = len(self.vars)
+        self._deeper()
         try:
             pipe = self.pipeline(kind, T_RIGHT)
             lst, nxt = self.item_list()
@@ -1100,6 +1122,7 @@ class _Parser:
                         self.errorf(f"expected end; found {nxt}")
             return _Branch(kind, pipe, lst, else_list)
         finally:
+            self.depth -= 1
             del self.vars[nvars:]
 
     def pipeline(self, context: str, end: int) -> _Pipe:
@@ -1216,7 +1239,11 @@ class _Parser:
             except _ParseError as e:
                 self.errorf(str(e))
         if k == T_LPAREN:
-            return self.pipeline("parenthesized pipeline", T_RPAREN)
+            self._deeper()
+            try:
+                return self.pipeline("parenthesized pipeline", T_RPAREN)
+            finally:
+                self.depth -= 1
         if k in (T_STRING, T_RAW):
             try:
                 return _Literal(tok.pos, T_STRING, _unquote(tok), tok.val)
@@ -1437,7 +1464,7 @@ EXTRA_FUNCS: dict[str, tuple[Callable, int, int]] = {
 
 
 class _State:
-    __slots__ = ("funcs", "node", "out", "text", "typed_nil", "vars")
+    __slots__ = ("funcs", "node", "out", "size", "text", "typed_nil", "vars")
 
     def __init__(self, text: str, funcs: dict, root: Any) -> None:
         self.text = text
@@ -1445,7 +1472,14 @@ class _State:
         self.vars: list[list[Any]] = [["$", root]]
         self.node: _Node | None = None
         self.out: list[str] = []
+        self.size = 0
         self.typed_nil = False
+
+    def emit(self, text: str) -> None:
+        self.size += len(text)
+        if self.size > MAX_OUTPUT:
+            self.errorf(f"output exceeds {MAX_OUTPUT >> 20} MiB")
+        self.out.append(text)
 
     def errorf(self, msg: str) -> None:
         if self.node is None:
@@ -1464,12 +1498,12 @@ class _State:
     def walk(self, dot: Any, node: _Node) -> None:
         self.node = node
         if isinstance(node, _Text):
-            self.out.append(node.text)
+            self.emit(node.text)
         elif isinstance(node, _Action):
             val = self.eval_pipeline(dot, node.pipe)
             if not node.pipe.decl:
                 self.node = node
-                self.out.append(go_sprint(val))
+                self.emit(go_sprint(val))
         elif isinstance(node, _List):
             for n in node.nodes:
                 self.walk(dot, n)
@@ -1656,7 +1690,10 @@ class _State:
             argv.append(final)
         argv = [None if a is MISSING else a for a in argv]
         try:
-            return fn(*argv)
+            result = fn(*argv)
+            if isinstance(result, str) and len(result) > MAX_OUTPUT:
+                self.errorf(f"{name} result exceeds {MAX_OUTPUT >> 20} MiB")
+            return result
         except _FuncError as e:
             if e.argi is not None:  # Go checks argument types before the call
                 self.node = argn[e.argi] if e.argi < len(argn) else node
@@ -1697,6 +1734,8 @@ class Template:
             state.walk(data, self._root)
         except _ExecError as e:
             raise TemplateError(str(e), partial="".join(state.out)) from None
+        except RecursionError:
+            raise TemplateError("template: : exceeded maximum template depth") from None
         return "".join(state.out)
 
 
@@ -1709,10 +1748,14 @@ def parse(text: str, *, extra_funcs: bool = True) -> Template:
     funcs = dict(_BUILTINS)
     if extra_funcs:
         funcs.update(EXTRA_FUNCS)
+    if len(text) > MAX_TEXT:
+        raise TemplateError(f"template: : template longer than {MAX_TEXT >> 10} KiB", parsing=True)
     try:
         root = _Parser(text, funcs).parse()
     except _ParseError as e:
         raise TemplateError(str(e), parsing=True) from None
+    except RecursionError:  # a bound above should stop first; never a traceback
+        raise TemplateError("template: : max expression depth exceeded", parsing=True) from None
     return Template(text, root, funcs)
 
 

@@ -14,6 +14,25 @@ from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import MachineError
 
 
+def _check_url(url: str):
+    """Refuse a URL that ``env``, ``ls`` or a TLS dial would choke on later: all at create."""
+    from urllib.parse import urlsplit
+
+    bad = f"--url {url!r} is not a URL like tcp://HOST:PORT"
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise MachineError(f"{bad} (it contains whitespace or a control character)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # "Port out of range 0-65535", "Invalid IPv6 URL", ...
+        raise MachineError(f"{bad}: {exc}") from None
+    if not parts.scheme or not parts.netloc or not parts.hostname:
+        raise MachineError(bad)
+    if port == 0:
+        raise MachineError(f"{bad}: port 0")
+    return parts
+
+
 class NoneDriver(Driver):
     name = "none"
     provisionable = False
@@ -27,11 +46,7 @@ class NoneDriver(Driver):
         url = str(values.get("url") or "")
         if not url:
             raise MachineError("--url option is required when no driver is selected")
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        if not parts.scheme or not parts.netloc:
-            raise MachineError(f"--url {url!r} is not a URL like tcp://HOST:PORT")
+        parts = _check_url(url)
         self.config["URL"] = url
         self.config["IPAddress"] = parts.netloc
 
