@@ -35,6 +35,21 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(status)
 
 
+def seconds(text: str) -> float:
+    """argparse ``type`` for a timeout: a finite, positive number (not ``inf``/``nan``)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or value > 86400:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds between 0 and 86400, got {text!r}"
+        )
+    return value
+
+
 def parser(command: str, description: str, usage_args: str = "[arg...]") -> Parser:
     return Parser(
         prog=f"{ARGV0} {command}",

@@ -182,6 +182,9 @@ def cmd_create(ctx: Context, args: list[str]) -> int:
         raise UsageError("Error: No machine name specified")
     name = names[0]
     _check_name(ctx, [name], valid_name, INVALID_NAME)
+    from pymachine.machine.provision import ssh_wait
+
+    ssh_wait(ctx.environ)  # a bad PYMACHINE_SSH_WAIT fails now, before anything is made
     from pymachine.machine import swarm  # swarm mode: discovery is a manager's NAME or engine URL
 
     ns.swarm_discovery = swarm.check_create(ctx.store, agent=ns.swarm, master=ns.swarm_master,

@@ -102,9 +102,10 @@ def cmd_version(ctx: Context, args: list[str]) -> int:
 
 def cmd_active(ctx: Context, args: list[str]) -> int:
     from pymachine.machine import listing
+    from pymachine.machine.cli.argparsing import seconds
 
     p = parser("active", "Print which machine is active", "")
-    p.add_argument("--timeout", "-t", type=float, default=10.0, help="Timeout in seconds")
+    p.add_argument("--timeout", "-t", type=seconds, default=10.0, help="Timeout in seconds")
     ns = parse(p, args)
     if ns.rest:
         raise UsageError("Error: Too many arguments given")

@@ -22,11 +22,12 @@ HEADERS = {
 
 def cmd_ls(ctx: Context, args: list[str]) -> int:
     from pymachine.machine import listing
+    from pymachine.machine.cli.argparsing import seconds
 
     p = parser("ls", "List machines", "")
     p.add_argument("--quiet", "-q", action="store_true", help="Enable quiet mode")
     p.add_argument("--filter", action="append", default=[], help="Filter output based on conditions provided")
-    p.add_argument("--timeout", "-t", type=float, default=listing.DEFAULT_DEADLINE,
+    p.add_argument("--timeout", "-t", type=seconds, default=listing.DEFAULT_DEADLINE,
                    help=f"Deadline in seconds for the whole listing (default {listing.DEFAULT_DEADLINE:g})")
     p.add_argument("--format", "-f", default="", help="Pretty-print machines using a Go template, or 'json'")
     ns = parse(p, args)

@@ -19,11 +19,12 @@ def _table(ctx: Context, rows: list[tuple[str, ...]]) -> None:
 
 def cmd_swarm(ctx: Context, args: list[str]) -> int:
     from pymachine.machine import swarm
+    from pymachine.machine.cli.argparsing import seconds
 
     p = parser("swarm", "List swarm-mode clusters and their nodes.", USAGE)
     p.add_argument("action", nargs="?", choices=["ls"])
     p.add_argument("--nodes", action="store_true", help="List every node of every cluster")
-    p.add_argument("--timeout", "-t", type=float, default=3.0, help="Seconds to wait for each manager")
+    p.add_argument("--timeout", "-t", type=seconds, default=3.0, help="Seconds to wait for each manager")
     ns = parse(p, args)
     if ns.rest:
         raise UsageError(f"Invalid command line. Found extra arguments {ns.rest}")
