@@ -138,9 +138,23 @@ def _load_config(cfg: Path) -> dict[str, Any]:
     return data
 
 
-def current_context(environ: Mapping[str, str] | None = None) -> str:
-    """The context config.json selects ("default" when none); ignores DOCKER_CONTEXT."""
-    return _load_config(docker_config_dir(environ)).get("currentContext") or DEFAULT_CONTEXT
+def current_machine(environ: Mapping[str, str] | None = None) -> str | None:
+    """The machine whose pymachine context the docker CLI uses now, else None.
+
+    ``DOCKER_CONTEXT`` wins over config.json, as in the docker CLI.  A context
+    maps to a machine only through the owner pymachine wrote in its metadata
+    (``use default`` writes ``pymachine-default``), never by name alone.  For
+    ``ls``/``active``, so an unreadable docker config means "no machine".
+    """
+    env = os.environ if environ is None else environ
+    cfg = docker_config_dir(env)
+    try:
+        name = env.get("DOCKER_CONTEXT") or _load_config(cfg).get("currentContext") or DEFAULT_CONTEXT
+        if not isinstance(name, str) or name == DEFAULT_CONTEXT:
+            return None
+        return _owned_by(_load_meta(cfg, name))
+    except MachineError:
+        return None
 
 
 def _set_current(cfg: Path, name: str) -> None:

@@ -11,15 +11,13 @@ nothing lingers after the answer is printed.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from pymachine.machine import docker_context
 from pymachine.machine.drivers.base import State
 from pymachine.machine.errors import MachineError
 from pymachine.machine.store import BrokenHost, Host, Store
@@ -67,19 +65,6 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
 
 
-def current_docker_context(environ: dict[str, str]) -> str | None:
-    """The Docker CLI's current context, if it is not the default one."""
-    if environ.get("DOCKER_CONTEXT"):
-        return environ["DOCKER_CONTEXT"]
-    config_dir = environ.get("DOCKER_CONFIG") or os.path.join(environ.get("HOME", ""), ".docker")
-    try:
-        data = json.loads(Path(config_dir, "config.json").read_bytes())
-    except (OSError, ValueError):
-        return None
-    ctx = data.get("currentContext") if isinstance(data, dict) else None
-    return ctx if isinstance(ctx, str) and ctx and ctx != "default" else None
-
-
 def is_active(item: ListItem, environ: dict[str, str]) -> None:
     docker_host = environ.get("DOCKER_HOST", "")
     if item.State != State.RUNNING.value:
@@ -89,7 +74,7 @@ def is_active(item: ListItem, environ: dict[str, str]) -> None:
             item.ActiveHost, item.Active = True, "*"
         elif item.SwarmOptions and item.SwarmOptions.get("Master") and swarm_url(item) == docker_host:
             item.ActiveSwarm, item.Active = True, "* (swarm)"
-    elif current_docker_context(environ) == item.Name:
+    elif docker_context.current_machine(environ) == item.Name:
         item.ActiveHost, item.Active = True, "*"
 
 
