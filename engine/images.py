@@ -1,12 +1,20 @@
-"""pymachine's own base VM image: Debian 12 with the engine preinstalled.
+"""pymachine's own base VM image: Debian 13 with the engine preinstalled, per arch.
 
 The image is what makes local VMs work offline: the guest boots with
 ``docker.io`` and ``openssh-server`` already on disk, so create only has to
 inject a key (NoCloud ``cidata`` seed, read by a small first-boot unit) and
 configure TLS.  It is built from Debian's archive with ``debootstrap``.
+Debian 13 (trixie) because its docker.io 26.1 speaks API 1.45: Docker 29
+clients refuse anything below 1.44 (bookworm's 20.10 is 1.41).  The image
+carries the engine, the CLI and the Compose and buildx CLI plugins.
 
-The disk boots on its own, on any PC firmware: an MBR with SYSLINUX's boot
-code, a small FAT partition holding SYSLINUX, the kernel and the initrd, and
+Two architectures: amd64 and arm64 (``arch=``, default the host's).  A
+foreign arch is built through binfmt_misc and Debian's qemu-user-static.
+
+The disk boots on its own, through BIOS and UEFI: an MBR with SYSLINUX's boot
+code (amd64), a small FAT partition holding SYSLINUX, the kernel, the initrd
+and an EFI System tree (Debian's signed shim as ``EFI/BOOT/BOOTX64.EFI`` or
+``BOOTAA64.EFI`` and its signed GRUB, so Secure Boot may stay on), and
 the ext4 root (label ``pymachine-root``) as the last partition, so the
 first-boot script can grow it to the machine's disk size.  Nothing is
 mounted to build it: ``mke2fs -d`` fills the root, mtools fills the FAT and
@@ -26,11 +34,11 @@ and are renamed into place, so a half-built image is never visible.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import inspect
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -46,7 +54,7 @@ from pymachine.machine.errors import MachineError
 
 Log = Callable[[str], None]
 
-SUITE = "bookworm"
+SUITE = "trixie"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = (
     "systemd-sysv",
@@ -60,14 +68,41 @@ PACKAGES = (
     "procps",
     "kmod",
     "iptables",
-    "docker.io",
+    "docker.io",  # 26.1 (API 1.45) in trixie
+    "docker-cli",
+    "docker-compose",  # the Compose v2 CLI plugin (/usr/libexec/docker/cli-plugins)
+    "docker-buildx",
     "apparmor",  # Debian's kernel enables AppArmor: dockerd needs apparmor_parser for docker-default
-    "linux-image-amd64",
     "fdisk",  # sfdisk: the first boot grows the root partition to the machine's disk size
     "systemd-resolved",  # DNS from DHCP: QEMU, VirtualBox and VMware NAT each put it elsewhere
     "open-vm-tools",  # VMware/vSphere: guest IP, graceful power-off, shared folders (inert elsewhere)
     "fuse3",  # mount.fuse3 for open-vm-tools' vmhgfs-fuse shared folders
 )
+#: The architectures the image is built for (Debian's names).
+ARCHES = ("amd64", "arm64")
+_MACHINE_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+#: Per arch: the kernel package, the packages holding the signed shim and GRUB, the
+#: files they ship (shim, its MOK manager, GRUB) and UEFI's removable-media name for shim.
+_ARCH = {
+    "amd64": {
+        "kernel": "linux-image-amd64",
+        "efi_debs": ("shim-signed", "shim-helpers-amd64-signed", "grub-efi-amd64-signed"),
+        "efi_files": {"usr/lib/shim/shimx64.efi.signed": "BOOTX64.EFI",
+                      "usr/lib/shim/mmx64.efi.signed": "mmx64.efi",
+                      "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed": "grubx64.efi"},
+        "console": "console=tty0 console=ttyS0,115200",
+        "qemu_arch": "x86_64",
+    },
+    "arm64": {
+        "kernel": "linux-image-arm64",
+        "efi_debs": ("shim-signed", "shim-helpers-arm64-signed", "grub-efi-arm64-signed"),
+        "efi_files": {"usr/lib/shim/shimaa64.efi.signed": "BOOTAA64.EFI",
+                      "usr/lib/shim/mmaa64.efi.signed": "mmaa64.efi",
+                      "usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed": "grubaa64.efi"},
+        "console": "console=tty0 console=ttyAMA0,115200",
+        "qemu_arch": "aarch64",
+    },
+}
 #: Kernel modules the initrd needs to find an ext4 root on each hypervisor's disk controller.
 INITRD_MODULES = (
     "virtio_pci", "virtio_blk", "virtio_scsi",  # QEMU
@@ -75,13 +110,15 @@ INITRD_MODULES = (
     "mptspi", "mptsas", "vmw_pvscsi", "nvme",  # VMware LSI Logic, PVSCSI, NVMe
     "crc32c_generic", "ext4",
 )
+#: Modules that exist only on x86 (PC IDE, LSI Logic, PVSCSI): left out of the arm64 initrd.
+_X86_ONLY_MODULES = ("ata_piix", "mptspi", "mptsas", "vmw_pvscsi")
 ROOT_LABEL = "pymachine-root"
 BOOT_LABEL = "PYMBOOT"
 #: The FAT boot partition: SYSLINUX, one kernel and its initrd (about 40 MB) with room to spare.
 BOOT_PART_BYTES = 128 << 20
 PART_ALIGN = 1 << 20
 SYSLINUX_MBR = "/usr/lib/syslinux/mbr/mbr.bin"
-#: The kernel command line for both boot paths (SYSLINUX and QEMU's -kernel).
+#: The kernel command line for every boot path (SYSLINUX, GRUB and QEMU's -kernel) on amd64.
 KERNEL_CMDLINE = f"root=LABEL={ROOT_LABEL} rw console=tty0 console=ttyS0,115200"
 SYSLINUX_CFG = f"""DEFAULT pymachine
 PROMPT 0
@@ -92,12 +129,23 @@ LABEL pymachine
   INITRD /initrd.img
   APPEND {KERNEL_CMDLINE}
 """
+#: GRUB's menu for the UEFI path: Debian's signed GRUB reads it from its prefix
+#: (``EFI/debian``) or beside itself (``$cmdpath``); the kernel is the same file
+#: SYSLINUX boots, kept current by the boot-sync hook.
+GRUB_CFG = """set default=0
+set timeout=0
+menuentry pymachine {
+  linux /vmlinuz @CMDLINE@
+  initrd /initrd.img
+}
+"""
 DISK_NAME = "disk.qcow2"
 #: Formats ``export_image`` converts to, and qemu-img's options for each.
 EXPORT_FORMATS = {
     "vmdk": ("vmdk", ["-o", "subformat=monolithicSparse,adapter_type=lsilogic"]),  # VMware, vSphere
     "vdi": ("vdi", []),  # VirtualBox
-    "raw": ("raw", []),  # anything else (dd to a disk, Hyper-V via conversion)
+    "raw": ("raw", []),  # anything else (dd to a disk)
+    "vhdx": ("vhdx", ["-o", "subformat=dynamic"]),  # Hyper-V (generation 2 boots it through UEFI)
 }
 KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd.img"
@@ -295,20 +343,48 @@ class ImageInfo:
     def virtual_size(self) -> int:
         return int(self.manifest.get("virtual_size", 0))
 
+    @property
+    def arch(self) -> str:
+        """The image's architecture (images built before arm64 existed are amd64)."""
+        return str(self.manifest.get("arch", "amd64"))
+
 
 def default_cache_dir(store_path: str | os.PathLike[str]) -> Path:
     return Path(store_path) / "cache" / "images"
 
 
-def recipe_hash() -> str:
-    """Hash of everything that decides the image's content."""
+def host_arch() -> str:
+    """This host's architecture in Debian's naming (amd64, arm64)."""
+    machine = platform.machine().lower()
+    return _MACHINE_ARCH.get(machine, machine)
+
+
+def check_arch(arch: str | None = None) -> str:
+    """``arch`` (default: the host's) if an image can be made for it; else a one-line error."""
+    arch = arch or host_arch()
+    if arch not in ARCHES:
+        raise MachineError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHES)}")
+    return arch
+
+
+def kernel_cmdline(arch: str | None = None) -> str:
+    """The guest kernel's command line on ``arch`` (its serial console differs)."""
+    return f"root=LABEL={ROOT_LABEL} rw {_ARCH[check_arch(arch)]['console']}"
+
+
+def recipe_hash(arch: str | None = None) -> str:
+    """Hash of everything that decides the image's content for ``arch`` (default: the host's)."""
+    arch = check_arch(arch)
     digest = hashlib.sha256()
     for part in (
-        "pymachine-image-v1",
+        "pymachine-image-v2",
+        arch,
+        json.dumps(_ARCH[arch], sort_keys=True),
+        GRUB_CFG,
         SUITE,
         MIRROR,
         ",".join(PACKAGES),
-        ",".join(INITRD_MODULES),
+        ",".join(_initrd_modules(arch)),
         SYSLINUX_CFG,
         str(BOOT_PART_BYTES),
         json.dumps(_FILES, sort_keys=True),  # includes the first-boot script and unit
@@ -320,6 +396,8 @@ def recipe_hash() -> str:
         inspect.getsource(_make_disk),
         inspect.getsource(_make_boot_fat),
         inspect.getsource(_partition_table),
+        inspect.getsource(_fetch_efi_loaders),
+        inspect.getsource(_initrd_modules),
     ):
         digest.update(part.encode())
         digest.update(b"\0")
@@ -337,9 +415,9 @@ def _read_manifest(directory: Path) -> ImageInfo | None:
     return info
 
 
-def find_image(cache_dir: Path) -> ImageInfo | None:
-    """The cached image for the current recipe, or None."""
-    return _read_manifest(Path(cache_dir) / recipe_hash())
+def find_image(cache_dir: Path, arch: str | None = None) -> ImageInfo | None:
+    """The cached image for the current recipe on ``arch`` (default: the host's), or None."""
+    return _read_manifest(Path(cache_dir) / recipe_hash(arch))
 
 
 def list_images(cache_dir: Path) -> list[ImageInfo]:
@@ -391,14 +469,43 @@ def _run(argv: list[str], *, timeout: float, env: dict[str, str] | None = None, 
     return proc.stdout
 
 
-def _debootstrap_command(root: Path) -> list[str]:
+def _debootstrap_command(root: Path, arch: str) -> list[str]:
     """A bare minbase: the real package set goes in with apt (below), which
     orders configuration correctly where debootstrap's --include does not
-    (cloud-init's python3 stack fails to configure that way)."""
-    return ["debootstrap", "--variant=minbase", SUITE, str(root), MIRROR]
+    (cloud-init's python3 stack fails to configure that way).  A foreign
+    ``arch`` runs its second stage through binfmt_misc (qemu-user-static)."""
+    return ["debootstrap", "--variant=minbase", f"--arch={arch}", SUITE, str(root), MIRROR]
 
 
-def _apt_install(root: Path, env: dict[str, str]) -> None:
+def _initrd_modules(arch: str) -> tuple[str, ...]:
+    """The initrd's storage drivers on ``arch`` (x86-only controllers left out on arm64)."""
+    if arch == "amd64":
+        return INITRD_MODULES
+    return tuple(m for m in INITRD_MODULES if m not in _X86_ONLY_MODULES)
+
+
+def _fetch_efi_loaders(root: Path, arch: str, dest: Path) -> None:
+    """Debian's signed shim, MOK manager and GRUB for ``arch`` into ``dest``, from the image's
+    own suite: downloaded in the chroot and unpacked on the side, never installed (their
+    maintainer scripts would run grub-install against the build host)."""
+    spec = _ARCH[arch]
+    debs = root / "var/cache/apt/archives/pymachine-efi"
+    debs.mkdir(parents=True, exist_ok=True)
+    _chroot(root, "sh", "-c", f"cd /var/cache/apt/archives/pymachine-efi && apt-get download -q "
+            f"{' '.join(pkg + ':' + arch for pkg in spec['efi_debs'])}", timeout=600.0)
+    unpacked = debs / "x"
+    for deb in sorted(debs.glob("*.deb")):
+        _run(["dpkg-deb", "-x", str(deb), str(unpacked)], timeout=120, what="dpkg-deb -x")
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel, name in spec["efi_files"].items():
+        src = unpacked / rel
+        if not src.is_file():
+            raise MachineError(f"{rel} is missing from Debian's {', '.join(spec['efi_debs'])} for {arch}")
+        shutil.copyfile(src, dest / name)
+    shutil.rmtree(debs)
+
+
+def _apt_install(root: Path, env: dict[str, str], arch: str) -> None:
     """apt-get install the package set in the root, /proc mounted only meanwhile."""
     policy = root / "usr/sbin/policy-rc.d"
     policy.write_text("#!/bin/sh\n# pymachine image build: start no services in the chroot\nexit 101\n")
@@ -406,7 +513,7 @@ def _apt_install(root: Path, env: dict[str, str]) -> None:
     proc_dir = root / "proc"
     _run(["mount", "-t", "proc", "proc", str(proc_dir)], timeout=30, what="mount /proc")
     try:
-        _chroot(root, "apt-get", "install", "-y", "--no-install-recommends", *PACKAGES,
+        _chroot(root, "apt-get", "install", "-y", "--no-install-recommends", *PACKAGES, _ARCH[arch]["kernel"],
                 timeout=DEBOOTSTRAP_TIMEOUT, extra_env=env)
         _chroot(root, "apt-get", "clean")
     finally:
@@ -420,9 +527,10 @@ def _chroot(root: Path, *argv: str, timeout: float = 300.0, extra_env: dict[str,
     return _run(["chroot", str(root), *argv], timeout=timeout, env=env, what=f"chroot {argv[0]}")
 
 
-def _customise(root: Path) -> None:
+def _customise(root: Path, arch: str) -> None:
     """Networking, sshd, the first-boot unit, a small initrd; no per-machine secrets left behind."""
-    for rel, (content, mode) in _FILES.items():
+    files = {**_FILES, "etc/initramfs-tools/modules": ("".join(m + "\n" for m in _initrd_modules(arch)), 0o644)}
+    for rel, (content, mode) in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_symlink():
@@ -457,7 +565,7 @@ def _customise(root: Path) -> None:
 def _kernel_files(root: Path) -> tuple[Path, Path, str]:
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     if not kernels:
-        raise MachineError("the image has no kernel in /boot (linux-image-amd64 missing)")
+        raise MachineError("the image has no kernel in /boot (linux-image-* missing)")
     kernel = kernels[-1]
     version = kernel.name[len("vmlinuz-"):]
     initrd = root / "boot" / f"initrd.img-{version}"
@@ -468,36 +576,47 @@ def _kernel_files(root: Path) -> tuple[Path, Path, str]:
     return kernel, initrd, version
 
 
-def _make_boot_fat(path: Path, kernel: Path, initrd: Path) -> None:
-    """The FAT boot partition as an image file: kernel, initrd, syslinux.cfg, then SYSLINUX itself."""
+def _make_boot_fat(path: Path, kernel: Path, initrd: Path, efi: Path, arch: str) -> None:
+    """The FAT boot partition as an image file: kernel, initrd, the UEFI tree (shim, GRUB and
+    its menu, from ``efi``) and on amd64 syslinux.cfg and SYSLINUX itself (the BIOS path)."""
     with open(path, "wb") as fh:
         fh.truncate(BOOT_PART_BYTES)
     _run(["mkfs.fat", "-n", BOOT_LABEL, str(path)], timeout=60, what="mkfs.fat")
-    cfg = path.with_name("syslinux.cfg")
-    cfg.write_text(SYSLINUX_CFG)
     env = {"MTOOLS_SKIP_CHECK": "1"}
-    for src, name in ((kernel, "vmlinuz"), (initrd, "initrd.img"), (cfg, "syslinux.cfg")):
+    grub_cfg = efi / "grub.cfg"
+    grub_cfg.write_text(GRUB_CFG.replace("@CMDLINE@", kernel_cmdline(arch)))
+    copies = [(kernel, "vmlinuz"), (initrd, "initrd.img")]
+    for name in sorted(os.listdir(efi)):  # shim looks for GRUB beside itself; GRUB for its menu in EFI/debian
+        copies.append((efi / name, f"EFI/BOOT/{name}"))
+    copies.append((grub_cfg, "EFI/debian/grub.cfg"))
+    if arch == "amd64":
+        cfg = path.with_name("syslinux.cfg")
+        cfg.write_text(SYSLINUX_CFG)
+        copies.append((cfg, "syslinux.cfg"))
+    _run(["mmd", "-i", str(path), "::/EFI", "::/EFI/BOOT", "::/EFI/debian"], timeout=60, env=env, what="mmd")
+    for src, name in copies:
         _run(["mcopy", "-i", str(path), str(src), f"::/{name}"], timeout=120, env=env, what="mcopy")
-    _run(["syslinux", "--install", str(path)], timeout=60, env=env, what="syslinux --install")
+    if arch == "amd64":
+        _run(["syslinux", "--install", str(path)], timeout=60, env=env, what="syslinux --install")
 
 
 def _partition_table(boot_bytes: int, root_bytes: int) -> str:
-    """sfdisk script: FAT boot partition (active), then the ext4 root as the last partition."""
+    """sfdisk script: the FAT boot partition (an ESP, active for BIOS), then the ext4 root as the last partition."""
     sector = 512
     boot_start = PART_ALIGN // sector
     root_start = boot_start + boot_bytes // sector
     return ("label: dos\nlabel-id: 0x706d6163\nunit: sectors\n\n"
-            f"start={boot_start}, size={boot_bytes // sector}, type=e, bootable\n"  # FAT16 (LBA)
+            f"start={boot_start}, size={boot_bytes // sector}, type=ef, bootable\n"  # EFI System (FAT), active for SYSLINUX's MBR
             f"start={root_start}, size={root_bytes // sector}, type=83\n")
 
 
-def _make_disk(root: Path, raw: Path, qcow2: Path, kernel: Path, initrd: Path) -> int:
-    """The bootable disk (MBR + FAT boot + ext4 root, nothing mounted), then compressed qcow2.
+def _make_disk(root: Path, raw: Path, qcow2: Path, kernel: Path, initrd: Path, efi: Path, arch: str) -> int:
+    """The bootable disk (MBR + FAT boot/ESP + ext4 root, nothing mounted), then compressed qcow2.
 
     The root is sized at what it uses plus room to boot; the partition and
     filesystem grow to the machine's disk size at first boot.
     """
-    if not os.path.isfile(SYSLINUX_MBR):
+    if arch == "amd64" and not os.path.isfile(SYSLINUX_MBR):
         raise MachineError(f"{SYSLINUX_MBR} not found (install Debian's syslinux, syslinux-common, mtools, dosfstools, fdisk)")
     used = int(_run(["du", "-sxb", str(root)], timeout=300, what="du").split()[0])
     root_bytes = ((int(used * 1.3) + (768 << 20)) // (256 << 20) + 1) * (256 << 20)
@@ -508,7 +627,7 @@ def _make_disk(root: Path, raw: Path, qcow2: Path, kernel: Path, initrd: Path) -
     _run(["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-L", ROOT_LABEL, "-d", str(root),
           "-E", f"offset={root_offset}", str(raw), str(root_bytes // 4096)], timeout=600, what="mke2fs")
     boot = raw.with_name("boot.fat")
-    _make_boot_fat(boot, kernel, initrd)
+    _make_boot_fat(boot, kernel, initrd, efi, arch)
     with open(boot, "rb") as src, open(raw, "r+b") as dst:
         dst.seek(PART_ALIGN)
         shutil.copyfileobj(src, dst, 1 << 20)
@@ -518,8 +637,9 @@ def _make_disk(root: Path, raw: Path, qcow2: Path, kernel: Path, initrd: Path) -
                           capture_output=True, text=True, timeout=60, check=False)
     if proc.returncode != 0:
         raise MachineError(f"sfdisk failed: {(proc.stderr or proc.stdout).strip()[:200]}")
-    with open(SYSLINUX_MBR, "rb") as src, open(raw, "r+b") as dst:
-        dst.write(src.read(440))  # boot code only: the partition table and disk id stay
+    if arch == "amd64":
+        with open(SYSLINUX_MBR, "rb") as src, open(raw, "r+b") as dst:
+            dst.write(src.read(440))  # boot code only: the partition table and disk id stay
     _run(["qemu-img", "convert", "-O", "qcow2", "-c", str(raw), str(qcow2)], timeout=1200,
          what="qemu-img convert")
     raw.unlink()
@@ -542,25 +662,14 @@ def _packages(root: Path) -> dict[str, str]:
 
 @contextmanager
 def _build_lock(cache_dir: Path, key: str, log: Log) -> Iterator[None]:
+    """One build (or export, or prune) of an image at a time, across processes."""
+    from pymachine.machine.locking import exclusive
+
     lock_path = cache_dir / f".{key}.lock"
-    with open(lock_path, "a+") as fh:
-        deadline = time.monotonic() + BUILD_LOCK_TIMEOUT
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    log("Another process is building this image; waiting for it...")
-                    waited = True
-                if time.monotonic() > deadline:
-                    raise MachineError(f"timed out waiting for the image build lock {lock_path}") from None
-                time.sleep(1.0)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive(lock_path, timeout=BUILD_LOCK_TIMEOUT, poll=1.0,
+                   busy_message=f"timed out waiting for the image build lock {lock_path}",
+                   on_wait=lambda: log("Another process is building this image; waiting for it...")):
+        yield
 
 
 def build_image(cache_dir: Path, log: Log) -> ImageInfo:

@@ -7,20 +7,17 @@ are interchangeable with a docker-machine store. Certificates carry only
 
 Files are written atomically (temp file in the same directory, fsync,
 ``os.replace``) so a crash never leaves a half-written key, and the CA
-bootstrap runs under an exclusive ``flock`` so concurrent first runs agree
+bootstrap runs under an exclusive lock (``machine.locking``) so concurrent first runs agree
 on exactly one CA.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import ipaddress
 import os
 import secrets
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pymachine.machine.errors import MachineError
+from pymachine.machine.filemodes import set_fd_mode
+from pymachine.machine.locking import exclusive
 from pymachine.machine.tlsclient import client_tls_context
 
 __all__ = [
@@ -117,7 +116,7 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fchmod(fh.fileno(), mode)
+            set_fd_mode(fh.fileno(), mode)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -392,28 +391,10 @@ def _client_problem(paths: CertPaths, now: datetime | None) -> str | None:
 
 @contextlib.contextmanager
 def _exclusive_lock(lock_path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    """flock the lock file, polling so the wait stays bounded."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise MachineError(
-                        f"Timed out after {timeout:.0f}s waiting for certificate lock {lock_path}"
-                    ) from None
-                time.sleep(0.02)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    """Lock the CA bootstrap (machine.locking), so concurrent first runs agree on one CA."""
+    busy = f"Timed out after {timeout:.0f}s waiting for certificate lock {lock_path}"
+    with exclusive(lock_path, timeout=timeout, busy_message=busy, poll=0.02):
+        yield
 
 
 def _ensure_dir(directory: Path) -> None:

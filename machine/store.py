@@ -16,7 +16,6 @@ not hide the others.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -265,24 +264,13 @@ class Store:
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
         """An exclusive per-machine lock, so two commands never write one config at once."""
-        import time
+        from pymachine.machine.locking import exclusive
 
         locks = self.path / "locks"
         locks.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise MachineError(f'machine "{name}" is busy: another pymachine command holds its lock') from None
-                    time.sleep(0.05)
+        busy = f'machine "{name}" is busy: another pymachine command holds its lock'
+        with exclusive(locks / f"{name}.lock", timeout=timeout, busy_message=busy, poll=0.05):
             yield
-        finally:
-            os.close(fd)
 
     # pymachine's own per-machine cache (last state and engine version seen) ----------------
     def read_state(self, name: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ as the machine's QEMU only if its command line names this machine's pidfile.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -167,6 +166,8 @@ def kvm_usable(device: str = "/dev/kvm") -> tuple[bool, str]:
     except OSError as exc:
         return False, f"{device}: {exc.strerror}"
     try:
+        import fcntl  # POSIX only; /dev/kvm exists only where it is (Linux)
+
         version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
     except OSError as exc:
         return False, f"{device}: KVM_GET_API_VERSION failed: {exc.strerror}"
