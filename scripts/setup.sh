@@ -11,6 +11,7 @@ APT_PACKAGES=(
   tinyproxy debootstrap busybox-static iproute2 util-linux gcc libc6-dev  # namespaced test hosts
   syslinux syslinux-common mtools dosfstools fdisk  # the bootable base image (SYSLINUX on a FAT boot partition)
   rsync sshfs fuse3              # scp --delta, mount
+  zsh fish tcsh                  # completion and env --shell, tested by the real shells
   qemu-system-x86 qemu-utils     # the qemu driver
   golang-go golang-github-vmware-govmomi-dev   # vcsim, the vSphere simulator, built offline
   nsis p7zip-full osslsigncode xorriso genisoimage libarchive-tools dpkg-dev fakeroot gnupg minisign  # installers

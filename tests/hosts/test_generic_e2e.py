@@ -68,6 +68,7 @@ def test_generic_create_through_proxy_then_day_two(pm, make_test_host, http_prox
     back = tmp_path / "down.txt"
     pm.ok("scp", "gen1:/tmp/up.txt", str(back))
     assert back.read_text() == "payload-123\n"
+    _ssh_config_and_forwarding(pm, tmp_path)
 
     # Day two: change a label in config.json (as users did with docker-machine) and re-provision.
     cfg_path = pm.store / "machines" / "gen1" / "config.json"
@@ -139,3 +140,45 @@ def test_generic_create_with_engine_bundle_and_no_network(pm, make_test_host, ss
     pm.ok("provision", "bun1", timeout=300)  # idempotent: the installed engine is reused
     assert docker(pm, "bun1", "ps").returncode == 0
     pm.ok("rm", "-y", "bun1")
+
+
+def _ssh_config_and_forwarding(pm, tmp_path) -> None:
+    """Other tools reach the machine through ``ssh-config``'s Host block (pinned key, strict
+    checking), and ``pymachine ssh NAME -L ... -N`` forwards a port as OpenSSH does."""
+    import socket
+    import time
+
+    block = pm.ok("ssh-config", "gen1").stdout
+    assert "StrictHostKeyChecking yes" in block
+    assert f"UserKnownHostsFile {pm.store / 'machines' / 'gen1' / 'known_hosts'}" in block
+    config = tmp_path / "ssh_config"
+    config.write_text(block)
+    via = subprocess.run(["ssh", "-F", str(config), "gen1", "cat /etc/hostname"], capture_output=True,
+                         text=True, timeout=60, env=pm.env)
+    assert via.returncode == 0 and via.stdout.strip() == "gen1", via.stderr
+    # rsync, as users run it with the block
+    (tmp_path / "sync").mkdir()
+    (tmp_path / "sync" / "a.txt").write_text("rsynced\n")
+    synced = subprocess.run(["rsync", "-a", "-e", f"ssh -F {config}", f"{tmp_path / 'sync'}/", "gen1:/tmp/sync/"],
+                            capture_output=True, text=True, timeout=60, env=pm.env)
+    assert synced.returncode == 0, synced.stderr
+    assert pm.ok("ssh", "gen1", "--", "cat", "/tmp/sync/a.txt").stdout == "rsynced\n"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    forward = subprocess.Popen([shutil.which("pymachine", path=pm.env["PATH"]), "ssh", "gen1", "-L", f"127.0.0.1:{port}:127.0.0.1:22", "-N"],
+                               env=pm.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        banner = b""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not banner:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                    banner = conn.recv(64)
+            except OSError:
+                time.sleep(0.2)
+        assert banner.startswith(b"SSH-2.0-"), "the forwarded port reaches the machine's sshd"
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
