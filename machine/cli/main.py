@@ -20,6 +20,7 @@ from pymachine.machine.store import Store, default_storage_path
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "active": ("info", "cmd_active", "Print which machine is active"),
+    "completion": ("completion", "cmd_completion", "Print a shell completion script (bash, zsh, fish)"),
     "config": ("env", "cmd_config", "Print the connection config for machine"),
     "create": ("create", "cmd_create", "Create a machine"),
     "env": ("env", "cmd_env", "Display the commands to set up the environment for the Docker client"),
@@ -36,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "restart": ("lifecycle", "cmd_restart", "Restart a machine"),
     "rm": ("lifecycle", "cmd_rm", "Remove a machine"),
     "ssh": ("sshcmds", "cmd_ssh", "Log into or run a command on a machine with SSH."),
+    "ssh-config": ("sshconfig_cmd", "cmd_ssh_config", "Print an OpenSSH config block for a machine (ssh -F, rsync, VS Code)"),
     "scp": ("sshcmds", "cmd_scp", "Copy files between machines"),
     "start": ("lifecycle", "cmd_start", "Start a machine"),
     "status": ("info", "cmd_status", "Get the status of a machine"),
@@ -46,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "use": ("use", "cmd_use", "Make a machine the current Docker CLI context (no eval needed)"),
     "version": ("info", "cmd_version", "Show the pymachine version or a machine docker version"),
     "help": ("main", "cmd_help", "Shows a list of commands or help for one command"),
+    "__complete": ("completion", "cmd_complete", "(hidden) completion candidates for the shell scripts"),
 }
 
 # flag -> (attribute, env var, takes a value)
@@ -69,7 +72,7 @@ def version_line() -> str:
 
 
 def app_help() -> str:
-    width = max(len(c) for c in COMMANDS) + 2
+    width = max(len(c) for c in COMMANDS if not c.startswith("_")) + 2
     lines = [
         f"Usage: {ARGV0} [OPTIONS] COMMAND [arg...]",
         "",
@@ -92,7 +95,7 @@ def app_help() -> str:
         "",
         "Commands:",
     ]
-    lines += [f"  {name:<{width}}{info[2]}" for name, info in COMMANDS.items()]
+    lines += [f"  {name:<{width}}{info[2]}" for name, info in COMMANDS.items() if not name.startswith("_")]
     lines += ["", f"Run '{ARGV0} COMMAND --help' for more information on a command."]
     return "\n".join(lines)
 

@@ -10,8 +10,9 @@ def test_help_and_version(pm):
     assert res.stdout.startswith("Usage: pymachine [OPTIONS] COMMAND [arg...]\n\nCreate and manage machines running Docker.")
     for command in ("active", "config", "create", "env", "inspect", "ip", "kill", "ls", "mount", "provision",
                     "regenerate-certs", "restart", "rm", "ssh", "scp", "start", "status", "stop", "upgrade",
-                    "url", "use", "version"):
+                    "url", "use", "version", "completion", "ssh-config"):
         assert f"\n  {command} " in res.stdout
+    assert "__complete" not in res.stdout  # the shell scripts' hook stays hidden
     assert pm.ok("--version").stdout.startswith("pymachine version 0.1.0, build ")
     assert pm.ok("version").stdout == pm.ok("-v").stdout
     assert "--url" in pm.ok("create", "-d", "none", "--help").stdout
