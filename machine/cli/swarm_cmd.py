@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pymachine.machine.cli.common import Context, UsageError, parse, parser
 
-USAGE = "ls [--nodes]"
+USAGE = "ls [--nodes] [--format json|TEMPLATE]"
 
 
 def _table(ctx: Context, rows: list[tuple[str, ...]]) -> None:
@@ -25,12 +25,21 @@ def cmd_swarm(ctx: Context, args: list[str]) -> int:
     p.add_argument("action", nargs="?", choices=["ls"])
     p.add_argument("--nodes", action="store_true", help="List every node of every cluster")
     p.add_argument("--timeout", "-t", type=seconds, default=3.0, help="Seconds to wait for each manager")
+    p.add_argument("--format", "-f", default="", help="'json', or a Go template (prefix 'table' for headers)")
     ns = parse(p, args)
     if ns.rest:
         raise UsageError(f"Invalid command line. Found extra arguments {ns.rest}")
     if ns.action != "ls":
         raise UsageError(f"pymachine swarm needs a subcommand: {USAGE}")
     views = swarm.survey(ctx.store, timeout=ns.timeout)
+    if ns.format:
+        from pymachine.machine.cli.listformat import emit
+
+        if ns.nodes:
+            emit(_node_records(ctx, views), ns.format, NODE_HEADERS)
+        else:
+            emit([_cluster_record(v) for v in views], ns.format, CLUSTER_HEADERS)
+        return 0
     if not ns.nodes:
         rows = [("CLUSTER", "MANAGERS", "MACHINES", "NODES", "READY", "HEALTH")]
         for v in views:
@@ -40,17 +49,40 @@ def cmd_swarm(ctx: Context, args: list[str]) -> int:
         _table(ctx, rows)
         return 0
     rows = [("CLUSTER", "NODE", "MACHINE", "ROLE", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ADDRESS")]
+    for r in _node_records(ctx, views):
+        rows.append((str(r["ClusterID"])[:12], str(r["Node"]), str(r["Machine"] or "-"), str(r["Role"]),
+                     str(r["Status"]), str(r["Availability"]), str(r["ManagerStatus"] or "-"), str(r["Address"])))
+    _table(ctx, rows)
+    return 0
+
+
+CLUSTER_HEADERS = {"ClusterID": "CLUSTER", "Managers": "MANAGERS", "Machines": "MACHINES", "Nodes": "NODES",
+                   "Ready": "READY", "Health": "HEALTH", "Reached": "REACHED", "Error": "ERROR"}
+NODE_HEADERS = {"ClusterID": "CLUSTER", "Node": "NODE", "Machine": "MACHINE", "Role": "ROLE", "Status": "STATUS",
+                "Availability": "AVAILABILITY", "ManagerStatus": "MANAGER STATUS", "Address": "ADDRESS"}
+
+
+def _cluster_record(view) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """A cluster for ``--format``: full ids and lists, counts as numbers (None when unreachable)."""
+    return {"ClusterID": view.cluster_id, "Managers": list(view.managers), "Machines": list(view.machines),
+            "Nodes": len(view.nodes) if view.reached else None, "Ready": view.ready if view.reached else None,
+            "Health": view.health if view.reached else "unreachable", "Reached": view.reached,
+            "Error": view.error}
+
+
+def _node_records(ctx: Context, views) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    records = []
     for v in views:
         by_node = _machines_by_node(ctx, v.machines)
         for n in sorted(v.nodes, key=lambda n: (n.get("Description") or {}).get("Hostname", "")):
             spec, status = n.get("Spec") or {}, n.get("Status") or {}
             mstatus = n.get("ManagerStatus") or {}
             manager = "Leader" if mstatus.get("Leader") else (mstatus.get("Reachability") or "").capitalize()
-            rows.append((v.cluster_id[:12], (n.get("Description") or {}).get("Hostname", ""),
-                         by_node.get(n.get("ID", ""), "-"), spec.get("Role", ""), status.get("State", ""),
-                         spec.get("Availability", ""), manager or "-", status.get("Addr", "")))
-    _table(ctx, rows)
-    return 0
+            records.append({"ClusterID": v.cluster_id, "Node": (n.get("Description") or {}).get("Hostname", ""),
+                            "Machine": by_node.get(n.get("ID", ""), ""), "Role": spec.get("Role", ""),
+                            "Status": status.get("State", ""), "Availability": spec.get("Availability", ""),
+                            "ManagerStatus": manager, "Address": status.get("Addr", "")})
+    return records
 
 
 def _machines_by_node(ctx: Context, names: list[str]) -> dict[str, str]:

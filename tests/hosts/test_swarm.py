@@ -158,6 +158,14 @@ def test_three_node_swarm(pm, make_test_host, ssh_keypair, busybox_image, tmp_pa
                                                ["w1", "w1", "worker", "ready", "active"],
                                                ["w2", "w2", "worker", "ready", "active"]]
         assert node_rows[0][6:] == ["Leader", ips[0]] and node_rows[1][6:] == ["-", ips[1]]
+        clusters = json.loads(pm.ok("swarm", "ls", "--format", "json").stdout)
+        assert [(c["ClusterID"], c["Managers"], c["Nodes"], c["Ready"], c["Health"]) for c in clusters] == [
+            (cid, ["m1"], 3, 3, "healthy")]
+        nodes_json = json.loads(pm.ok("swarm", "ls", "--nodes", "--format", "json").stdout)
+        assert [(n["Machine"], n["Role"], n["ManagerStatus"]) for n in nodes_json] == [
+            ("m1", "manager", "Leader"), ("w1", "worker", ""), ("w2", "worker", "")]
+        table = pm.ok("swarm", "ls", "--nodes", "--format", "table {{.Node}}\t{{.Role}}").stdout.splitlines()
+        assert [r.split() for r in table] == [["NODE", "ROLE"], ["m1", "manager"], ["w1", "worker"], ["w2", "worker"]]
 
         # Idempotent: provisioning a member again keeps it where it is.
         again = pm.ok("provision", "w1", timeout=300)
