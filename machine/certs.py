@@ -17,7 +17,6 @@ import contextlib
 import ipaddress
 import os
 import secrets
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,8 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pymachine.machine.atomic import write_atomic
 from pymachine.machine.errors import MachineError
-from pymachine.machine.filemodes import set_fd_mode
 from pymachine.machine.locking import exclusive
 from pymachine.machine.tlsclient import client_tls_context
 
@@ -90,42 +89,6 @@ def current_user_org() -> str:
 # --------------------------------------------------------------------------- files
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; not every filesystem allows fsync on a dir."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` so readers see either the old file or the whole new one.
-
-    ``mkstemp`` creates the temp file 0600, so key material is never briefly
-    world-readable, whatever the umask.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            set_fd_mode(fh.fileno(), mode)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
@@ -141,8 +104,8 @@ def _new_key() -> rsa.RSAPrivateKey:
 def _write_pair(cert_path: Path, key_path: Path, cert: x509.Certificate,
                 key: rsa.RSAPrivateKey) -> None:
     """Key first: a present certificate then always has its key next to it."""
-    _atomic_write(Path(key_path), _key_pem(key), KEY_MODE)
-    _atomic_write(Path(cert_path), cert.public_bytes(serialization.Encoding.PEM), CERT_MODE)
+    write_atomic(Path(key_path), _key_pem(key), KEY_MODE)
+    write_atomic(Path(cert_path), cert.public_bytes(serialization.Encoding.PEM), CERT_MODE)
 
 
 def _load_cert(cert_path: Path) -> x509.Certificate:
@@ -459,5 +422,5 @@ def generate_ssh_keypair(private_path: Path) -> None:
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-    _atomic_write(private_path, _key_pem(key), KEY_MODE)
-    _atomic_write(private_path.with_name(private_path.name + ".pub"), public + b"\n", KEY_MODE)
+    write_atomic(private_path, _key_pem(key), KEY_MODE)
+    write_atomic(private_path.with_name(private_path.name + ".pub"), public + b"\n", KEY_MODE)

@@ -15,7 +15,7 @@ Metadata (``pymachine.machine``, ``pymachine.previous``), which the docker
 CLI keeps and shows but ignores.  ``previous`` is always a context that
 pymachine did not create: switching from one machine to another inherits it,
 so ``unuse`` returns to what the user had before pymachine took over.
-Every file is written atomically (temp file + rename) so a crash never leaves
+Every file is written atomically (machine.atomic) so a crash never leaves
 a half-written meta.json, which would break every `docker context` command.
 """
 
@@ -26,11 +26,11 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pymachine.machine.atomic import write_atomic
 from pymachine.machine.errors import MachineError
 
 DEFAULT_CONTEXT = "default"
@@ -80,21 +80,6 @@ def _meta_dir(cfg: Path, name: str) -> Path:
 
 def _tls_dir(cfg: Path, name: str) -> Path:
     return cfg / "contexts" / "tls" / _digest(name)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_meta(cfg: Path, name: str) -> dict[str, Any] | None:
@@ -174,7 +159,7 @@ def _set_current(cfg: Path, name: str) -> None:
     except FileNotFoundError:
         mode = 0o600
     cfg.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(data, indent="\t", ensure_ascii=False).encode("utf-8"), mode)
+    write_atomic(path, json.dumps(data, indent="\t", ensure_ascii=False).encode("utf-8"), mode)
 
 
 def _exists(cfg: Path, name: str) -> bool:
@@ -222,7 +207,7 @@ def use_machine(
 
     tls = _tls_dir(cfg, ctx) / "docker"
     for fname, data in material.items():
-        _write_atomic(tls / fname, data, 0o600)
+        write_atomic(tls / fname, data, 0o600)
     meta = {
         "Name": ctx,
         "Metadata": {
@@ -232,7 +217,7 @@ def use_machine(
         },
         "Endpoints": {"docker": {"Host": host_url, "SkipTLSVerify": False}},
     }
-    _write_atomic(_meta_dir(cfg, ctx) / "meta.json", json.dumps(meta).encode("utf-8"), 0o600)
+    write_atomic(_meta_dir(cfg, ctx) / "meta.json", json.dumps(meta).encode("utf-8"), 0o600)
     _set_current(cfg, ctx)
     return ctx
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pymachine.machine.store import atomic_write
+from pymachine.machine.atomic import write_atomic
 
 FILE = "secrets.json"
 
@@ -36,4 +36,4 @@ def save_secrets(machine_dir: str | Path, **values: str | None) -> None:
             current[key] = value
         else:
             current.pop(key, None)
-    atomic_write(Path(machine_dir) / FILE, json.dumps(current, indent=1).encode(), mode=0o600)
+    write_atomic(Path(machine_dir) / FILE, json.dumps(current, indent=1).encode(), mode=0o600)

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pymachine.machine.atomic import write_atomic
+
 VOLUME_ID = "cidata"
 SUDO_RULE = "ALL=(ALL) NOPASSWD:ALL"
 APT_PROXY_PATH = "/etc/apt/apt.conf.d/90pymachine-proxy"
@@ -216,15 +218,12 @@ def write_seed_iso(
     for iso_path, name, text in files:
         data = text.encode()
         iso.add_fp(io.BytesIO(data), len(data), iso_path, rr_name=name.rpartition("/")[2], joliet_path="/" + name)
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    buf = io.BytesIO()  # a seed is a few hundred KiB: build it in memory, write it once
     try:
-        with os.fdopen(fd, "wb") as fh:
-            iso.write_fp(fh)
+        iso.write_fp(buf)
     finally:
         iso.close()
-    os.replace(tmp, target)
+    write_atomic(path, buf.getvalue(), 0o600)
 
 
 def read_seed_iso(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -18,7 +18,6 @@ import secrets
 import select
 import shlex
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Self
 
 import paramiko
 
+from pymachine.machine.atomic import write_atomic
 from pymachine.machine.errors import CommandError, MachineError
 from pymachine.machine.runner import CommandResult
 from pymachine.machine.sshcommands import SSHTarget, check_key_file, wrap_command
@@ -115,15 +115,7 @@ def _append_known_host(path: Path, name: str, key: paramiko.PKey) -> None:
     old = path.read_text() if path.exists() else ""
     if old and not old.endswith("\n"):
         old += "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".known_hosts.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{old}{name} {key.get_name()} {key.get_base64()}\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, f"{old}{name} {key.get_name()} {key.get_base64()}\n".encode(), 0o600)
 
 
 class _PinOnFirstUse(paramiko.MissingHostKeyPolicy):

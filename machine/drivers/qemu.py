@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pymachine.machine.atomic import write_atomic
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
@@ -254,10 +255,7 @@ def cached_probe(cache_file: Path, kernel: str, qemu: str = QEMU) -> tuple[bool,
         return bool(ok), str(reason)
     ok, reason = probe_kvm(kernel, qemu)
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + f".{os.getpid()}")
-        tmp.write_text(json.dumps({key: [ok, reason]}))
-        os.replace(tmp, cache_file)
+        write_atomic(cache_file, json.dumps({key: [ok, reason]}).encode(), 0o600)
     except OSError:
         pass
     return ok, reason
