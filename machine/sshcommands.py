@@ -31,21 +31,50 @@ class SSHTarget:
     key_path: Path | None
     known_hosts: Path
 
+    def __post_init__(self) -> None:
+        # A stored config (or a flag) could carry "-oProxyCommand=..." here; refuse it
+        # before any argv is built, whatever wrote it.
+        check_ssh_value("SSH host", self.host)
+        check_ssh_value("SSH user", self.user)
+        if self.key_path is not None:
+            check_ssh_value("SSH key path", str(self.key_path), path=True)
+
     @property
     def address(self) -> str:
         """``HOST:PORT`` as used in error messages (IPv6 hosts bracketed)."""
         return f"{_bracket(self.host)}:{self.port}"
 
 
+def check_ssh_value(what: str, value: str, *, path: bool = False) -> None:
+    """Refuse a user, host or key path that ssh/scp/rsync/sshfs could read as an option.
+
+    A value starting with ``-`` becomes an option wherever a tool does not take it as
+    the argument of a flag (``-oProxyCommand=...`` runs a local command), and
+    whitespace, control characters, ``@`` in users or ``"`` break ``user@host`` and
+    ``-o`` values.  Called when a machine is created and again for every argv.
+    """
+    if not value:
+        raise MachineError(f"{what} may not be empty")
+    if value.startswith("-"):
+        raise MachineError(f"{what} may not start with '-': {value!r}")
+    if any(ord(c) < 32 or ord(c) == 127 or c == '"' for c in value):
+        raise MachineError(f"{what} may not contain quotes or control characters: {value!r}")
+    if not path and any(c.isspace() or c in "@/" for c in value):
+        raise MachineError(f"{what} may not contain whitespace, '@' or '/': {value!r}")
+
+
 # Docker Machine's external-client options (libmachine/ssh/client.go), except that the
-# host key is verified against the machine's pinned key instead of being ignored.
+# host key is verified against the machine's pinned key instead of being ignored, and
+# LogLevel is ERROR rather than QUIET: quiet hid why a changed host key was refused
+# (exit 255 and nothing), while ERROR still keeps banners and INFO chatter out.
+_LOG_LEVEL = "LogLevel=ERROR"
 _SSH_BASE_OPTIONS = (
     "-F", "/dev/null",
     "-o", "ConnectionAttempts=3",
     "-o", "ConnectTimeout=10",
     "-o", "ControlMaster=no",
     "-o", "ControlPath=none",
-    "-o", "LogLevel=quiet",
+    "-o", _LOG_LEVEL,
     "-o", "PasswordAuthentication=no",
     "-o", "ServerAliveInterval=60",
 )  # fmt: skip
@@ -92,12 +121,16 @@ def wrap_command(
 def ssh_argv(
     target: SSHTarget, args: Sequence[str] = (), *, known_hosts: Path | None = None
 ) -> list[str]:
-    """argv for the system ``ssh`` client: a login shell, or ``args`` run remotely."""
+    """argv for the system ``ssh`` client: a login shell, or ``args`` run remotely.
+
+    The user goes through ``-l`` and the host after ``--``, so neither can be read
+    as an option whatever it holds.
+    """
     argv = ["ssh", *_SSH_BASE_OPTIONS]
     argv += _host_key_options(known_hosts or target.known_hosts)
     if target.key_path is not None:
         argv += ["-o", "IdentitiesOnly=yes", "-i", str(target.key_path)]
-    argv += ["-p", str(target.port), f"{target.user}@{target.host}"]
+    argv += ["-l", target.user, "-p", str(target.port), "--", target.host]
     return argv + list(args)
 
 
@@ -141,6 +174,8 @@ def parse_scp_arg(arg: str, resolve: Callable[[str], SSHTarget]) -> _Location:
     user = None
     if "@" in host:
         user, host = host.split("@", 1)
+        if user:
+            check_ssh_value("SSH user", user)
     return _Location(path, resolve(host), user or None)
 
 
@@ -171,7 +206,7 @@ def scp_argv(
 
     both_sides = dst.target is not None and any(s.target is not None for s in srcs)
     third_party = both_sides or len(targets) > 1
-    argv = ["scp", "-o", "LogLevel=quiet"]
+    argv = ["scp", "-o", _LOG_LEVEL]
     argv += _host_key_options(*(t.known_hosts for t in targets))
     if third_party:
         argv.append("-3")
@@ -182,6 +217,7 @@ def scp_argv(
     argv += _identity_options(targets)
     if targets and not third_party:
         argv += ["-o", f"Port={targets[0].port}"]
+    argv.append("--")  # operands only from here: a path or login starting with "-" stays one
     for loc in [*srcs, dst]:
         if loc.target is None:
             argv.append(loc.path)
@@ -222,7 +258,7 @@ def _rsync_argv(
 ) -> list[str]:
     if len(targets) > 1 or (dst.target is not None and any(s.target for s in srcs)):
         raise MachineError("--delta cannot copy between two remote machines")
-    ssh = ["ssh", "-o", "LogLevel=quiet"]
+    ssh = ["ssh", "-o", _LOG_LEVEL]
     if targets:
         t = targets[0]
         ssh += _host_key_options(t.known_hosts)
@@ -234,6 +270,7 @@ def _rsync_argv(
     argv += ["-e", shlex.join(ssh)]
     if recursive:
         argv.append("-r")
+    argv.append("--")
     for loc in [*srcs, dst]:
         argv.append(loc.path if loc.target is None else f"{loc.login}:{loc.path}")
     return argv
@@ -250,20 +287,21 @@ def sshfs_argv(target: SSHTarget, remote_path: str, local_dir: str | Path) -> li
         "sshfs",
         "-o", "StrictHostKeyChecking=yes",
         "-o", f"UserKnownHostsFile={_fuse_escape(str(target.known_hosts))}",
-        "-o", "LogLevel=quiet",
+        "-o", _LOG_LEVEL,
     ]  # fmt: skip
     if target.key_path is not None:
         argv += ["-o", "IdentitiesOnly=yes"]
     argv += ["-o", f"Port={target.port}"]
     if target.key_path is not None:
         argv += ["-o", f"IdentityFile={_fuse_escape(str(target.key_path))}"]
-    argv += [f"{target.user}@{_bracket(target.host)}:{remote_path}", str(local_dir)]
+    # sshfs (FUSE's option parser) ends options at "--" too.
+    argv += ["--", f"{target.user}@{_bracket(target.host)}:{remote_path}", str(local_dir)]
     return argv
 
 
 def unmount_argv(local_dir: str | Path) -> list[str]:
     """argv for ``pymachine mount -u``."""
-    return ["fusermount", "-u", str(local_dir)]
+    return ["fusermount", "-u", "--", str(local_dir)]
 
 
 _MISSING_TOOL = {

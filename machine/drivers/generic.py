@@ -9,13 +9,40 @@ host alone.  Provisioning over SSH is the Host layer's job, not this one's.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from collections.abc import Mapping
 from typing import Any
 
+from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
+
+
+# Files pymachine itself keeps in a machine dir: a user's key must never land on (or
+# later be overwritten by) one of them, e.g. a key called key.pem by the TLS client key.
+RESERVED_NAMES = frozenset({
+    "ca.pem", "cert.pem", "key.pem", "server.pem", "server-key.pem",
+    "config.json", "secrets.json", "known_hosts", "state.json",
+})
+
+
+def key_file_name(key: str) -> str:
+    """The key's name inside the machine dir: its own (as Docker Machine), unless taken."""
+    base = os.path.basename(key)
+    if base in RESERVED_NAMES or base + ".pub" in RESERVED_NAMES or base.startswith("."):
+        return "ssh-" + base.lstrip(".")
+    return base
+
+
+def _copy_private(src: str, dest: str) -> None:
+    """Copy as a new 0600 file renamed into place: a symlink planted at ``dest`` is replaced,
+    never followed."""
+    from pathlib import Path
+
+    from pymachine.machine.store import atomic_write
+
+    with open(src, "rb") as fh:
+        atomic_write(Path(dest), fh.read(), mode=0o600)
 
 
 class GenericDriver(Driver):
@@ -40,9 +67,17 @@ class GenericDriver(Driver):
             port = values.get(flag)
             if not isinstance(port, int) or not 0 < port < 65536:
                 raise MachineError(f"--{flag} must be a port number between 1 and 65535, got {port!r}")
+        from pymachine.machine.sshcommands import check_ssh_value
+
+        user = str(values.get("generic-ssh-user") or "root")
+        key = str(values.get("generic-ssh-key") or "")
+        check_ssh_value("--generic-ip-address", ip)
+        check_ssh_value("--generic-ssh-user", user)
+        if key:
+            check_ssh_value("--generic-ssh-key", key, path=True)
         self.config.update(
             IPAddress=ip,
-            SSHUser=str(values.get("generic-ssh-user") or "root"),
+            SSHUser=user,
             SSHPort=int(values["generic-ssh-port"]),
             EnginePort=int(values["generic-engine-port"]),
             SSHKey=os.path.expanduser(str(values.get("generic-ssh-key") or "")),
@@ -62,13 +97,11 @@ class GenericDriver(Driver):
         if not key:
             log(f"({self.machine_name}) No SSH key specified. Assuming an existing key at the default location.")
             return
-        dest = os.path.join(self.machine_dir, os.path.basename(key))
+        dest = os.path.join(self.machine_dir, key_file_name(key))
         log(f"({self.machine_name}) Importing SSH key...")
-        shutil.copyfile(key, dest)
-        os.chmod(dest, 0o600)
+        _copy_private(key, dest)
         if os.path.exists(key + ".pub"):
-            shutil.copyfile(key + ".pub", dest + ".pub")
-            os.chmod(dest + ".pub", 0o600)
+            _copy_private(key + ".pub", dest + ".pub")
         self.config["SSHKeyPath"] = dest
 
     def ssh_address(self) -> tuple[str, int, str, str]:
@@ -91,9 +124,7 @@ class GenericDriver(Driver):
         return self.engine_url()
 
     def engine_url(self) -> str:
-        ip = self.ip()
-        host = f"[{ip}]" if ":" in ip else ip
-        return f"tcp://{host}:{self.engine_port}"
+        return urls.engine_url(self.ip(), self.engine_port, self.machine_name)
 
     def start(self, log: Log) -> None:
         raise MachineError("generic driver does not support start")

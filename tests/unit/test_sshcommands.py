@@ -49,12 +49,12 @@ def test_ssh_argv_matches_docker_machine_options_but_pins_host_keys():
         "ssh", "-F", "/dev/null",
         "-o", "ConnectionAttempts=3", "-o", "ConnectTimeout=10",
         "-o", "ControlMaster=no", "-o", "ControlPath=none",
-        "-o", "LogLevel=quiet", "-o", "PasswordAuthentication=no",
+        "-o", "LogLevel=ERROR", "-o", "PasswordAuthentication=no",
         "-o", "ServerAliveInterval=60",
         "-o", "StrictHostKeyChecking=yes",
         "-o", f'UserKnownHostsFile="{KH1}"',
         "-o", "IdentitiesOnly=yes", "-i", str(KEY1),
-        "-p", "22", "docker@10.0.0.5", "uname", "-a",
+        "-l", "docker", "-p", "22", "--", "10.0.0.5", "uname", "-a",
     ]  # fmt: skip
     assert "StrictHostKeyChecking=no" not in ssh_argv(M1)
     assert "UserKnownHostsFile=/dev/null" not in ssh_argv(M1)
@@ -65,7 +65,7 @@ def test_ssh_argv_without_key_and_explicit_known_hosts():
     argv = ssh_argv(target, known_hosts=Path("/other/kh"))
     assert "-i" not in argv and "IdentitiesOnly=yes" not in argv
     assert 'UserKnownHostsFile="/other/kh"' in argv
-    assert argv[-3:] == ["-p", "50022", "root@192.168.99.100"]
+    assert argv[-6:] == ["-l", "root", "-p", "50022", "--", "192.168.99.100"]
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client not installed")
@@ -92,21 +92,21 @@ def test_ssh_argv_is_accepted_by_the_real_ssh_parser(tmp_path):
 # ---------------------------------------------------------------------------- scp
 def test_scp_local_to_remote():
     assert scp(["./docker-compose.yml"], "m1:/home/docker/app/") == [
-        "scp", "-o", "LogLevel=quiet",
+        "scp", "-o", "LogLevel=ERROR",
         "-o", "StrictHostKeyChecking=yes", "-o", f'UserKnownHostsFile="{KH1}"',
         "-o", "IdentitiesOnly=yes", "-o", f'IdentityFile="{KEY1}"', "-o", "Port=22",
-        "./docker-compose.yml", "docker@10.0.0.5:/home/docker/app/",
+        "--", "./docker-compose.yml", "docker@10.0.0.5:/home/docker/app/",
     ]  # fmt: skip
 
 
 def test_scp_remote_to_local_with_user_override_recursive_quiet():
     argv = scp(["root@m2:/etc/docker"], "./backup", recursive=True, quiet=True)
     assert argv == [
-        "scp", "-o", "LogLevel=quiet",
+        "scp", "-o", "LogLevel=ERROR",
         "-o", "StrictHostKeyChecking=yes", "-o", f'UserKnownHostsFile="{KH2}"',
         "-r", "-q",
         "-o", "IdentitiesOnly=yes", "-o", f'IdentityFile="{KEY2}"', "-o", "Port=2222",
-        "root@127.0.0.1:/etc/docker", "./backup",
+        "--", "root@127.0.0.1:/etc/docker", "./backup",
     ]  # fmt: skip
     assert "-3" not in argv
 
@@ -146,11 +146,11 @@ def test_scp_delta_builds_rsync():
     assert argv[2] == "-e"
     ssh_cmd = shlex.split(argv[3])
     assert ssh_cmd == [
-        "ssh", "-o", "LogLevel=quiet",
+        "ssh", "-o", "LogLevel=ERROR",
         "-o", "StrictHostKeyChecking=yes", "-o", f'UserKnownHostsFile="{KH2}"',
         "-o", "IdentitiesOnly=yes", "-o", f'IdentityFile="{KEY2}"', "-o", "Port=2222",
     ]  # fmt: skip
-    assert argv[4:] == ["-r", "./src/", "ubuntu@127.0.0.1:/srv/app"]
+    assert argv[4:] == ["-r", "--", "./src/", "ubuntu@127.0.0.1:/srv/app"]
     quiet = scp(["m1:/a"], "b", delta=True, quiet=True)
     assert "--progress" not in quiet and quiet[-2:] == ["docker@10.0.0.5:/a", "b"]
 
@@ -176,11 +176,11 @@ def test_sshfs_and_unmount_argv():
     assert sshfs_argv(M2, "/home/ubuntu", "/mnt/m2") == [
         "sshfs",
         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={KH2}",
-        "-o", "LogLevel=quiet", "-o", "IdentitiesOnly=yes", "-o", "Port=2222",
+        "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-o", "Port=2222",
         "-o", f"IdentityFile={KEY2}",
-        "ubuntu@127.0.0.1:/home/ubuntu", "/mnt/m2",
+        "--", "ubuntu@127.0.0.1:/home/ubuntu", "/mnt/m2",
     ]  # fmt: skip
-    assert unmount_argv(Path("/mnt/m2")) == ["fusermount", "-u", "/mnt/m2"]
+    assert unmount_argv(Path("/mnt/m2")) == ["fusermount", "-u", "--", "/mnt/m2"]
 
 
 def test_sshfs_escapes_commas_in_option_values():
