@@ -23,7 +23,6 @@ import io
 import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from pymachine.machine.atomic import write_atomic

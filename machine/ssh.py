@@ -13,7 +13,6 @@ Why the details matter:
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import select
 import shlex

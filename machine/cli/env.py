@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pymachine.machine.cli.common import ARGV0, Context, UsageError, one_target, parse, parser
+from pymachine.machine import urls
 from pymachine.machine.errors import MachineError
 
 ENV_NAMES = ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME")
@@ -122,15 +123,12 @@ def regenerate_for_new_ip(ctx: Context, name: str, ip: str):
 
 
 def swarm_url(machine, url: str) -> str:
-    from urllib.parse import urlsplit
-
     opts = machine.host.swarm_options
     if not opts.get("Master"):
         raise MachineError(
             f'"{machine.name}" is not a swarm master. The --swarm flag is intended for use with swarm masters'
         )
-    port = urlsplit(opts.get("Host") or "tcp://0.0.0.0:3376").port or 3376
-    return f"tcp://{urlsplit(url).hostname}:{port}"
+    return urls.swarm_url(url, opts.get("Host") or "")
 
 
 class EnvArgs:

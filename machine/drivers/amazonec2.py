@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import MachineError, PreCreateError
 
@@ -165,11 +166,7 @@ class AmazonEC2Driver(Driver):
 
     # Addresses (from the stored config: no API call) --------------------------------------
     def engine_url(self) -> str:
-        ip = self.ip()
-        if not ip:
-            return ""
-        host = f"[{ip}]" if ":" in ip else ip
-        return f"tcp://{host}:{ENGINE_PORT}"
+        return urls.engine_url(self.ip(), ENGINE_PORT, self.machine_name)
 
     def url(self) -> str:
         return self.engine_url()

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import MachineError, PreCreateError
 
@@ -554,11 +555,7 @@ class AzureDriver(Driver):
             str(self.config.get("SSHKeyPath") or "")
 
     def url(self) -> str:
-        ip = self.ip()
-        if not ip:
-            raise MachineError(f'Host "{self.machine_name}" has no IP address yet')
-        host = f"[{ip}]" if ":" in ip else ip
-        return f"tcp://{host}:{self.docker_port}"
+        return urls.engine_url(self.ip(), self.docker_port, self.machine_name)
 
     # -- state ------------------------------------------------------------------------------------
     def state(self, timeout: float = 10.0) -> State:

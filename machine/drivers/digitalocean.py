@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import MachineError, PreCreateError
 
@@ -460,10 +461,7 @@ class DigitalOceanDriver(Driver):
         return self.engine_url()
 
     def engine_url(self) -> str:
-        ip = self.ip()
-        if not ip:
-            raise MachineError("IP address is not set")
-        return f"tcp://{ip}:2376"
+        return urls.engine_url(self.ip(), urls.ENGINE_PORT, self.machine_name)
 
     def state(self, timeout: float = 10.0) -> State:
         try:

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pymachine.machine.atomic import write_atomic
+from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
@@ -532,7 +533,7 @@ class QemuDriver(Driver):
         return int(self.config.get("EnginePort") or 0)
 
     def engine_url(self) -> str:
-        return f"tcp://{LOOPBACK}:{self.engine_port}"
+        return urls.engine_url(LOOPBACK, self.engine_port, self.machine_name)
 
     def guest_engine_port(self) -> int:
         """The port the engine listens on inside the guest.

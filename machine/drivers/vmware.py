@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
@@ -469,7 +470,7 @@ class VMwareDriver(Driver):
 
     # Addresses -------------------------------------------------------------------------
     def engine_url(self) -> str:
-        return f"tcp://{self.ip()}:{ENGINE_PORT}" if self.ip() else ""
+        return urls.engine_url(self.ip(), ENGINE_PORT, self.machine_name)
 
     def url(self) -> str:
         if self.state(timeout=5.0) != State.RUNNING:
@@ -477,7 +478,7 @@ class VMwareDriver(Driver):
         return self.engine_url()
 
     def running_url(self) -> str:
-        return self.engine_url()
+        return self.engine_url() if self.ip() else ""  # ls: no lease yet is an empty URL, as docker-machine
 
     # State and lifecycle ---------------------------------------------------------------
     def state(self, timeout: float = 10.0) -> State:

@@ -50,6 +50,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
@@ -576,7 +577,7 @@ class VSphereDriver(Driver):
         ip = self.ip()
         if not ip:
             raise HostNotRunning("IP address is not set")
-        return f"tcp://{f'[{ip}]' if ':' in ip else ip}:2376"
+        return urls.engine_url(ip, urls.ENGINE_PORT, self.machine_name)
 
     # State and lifecycle -------------------------------------------------------------------
     def state(self, timeout: float = 10.0) -> State:
