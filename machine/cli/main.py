@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("info", "cmd_inspect", "Inspect information about a machine"),
     "ip": ("info", "cmd_ip", "Get the IP address of a machine"),
     "kill": ("lifecycle", "cmd_kill", "Kill a machine"),
+    "logs": ("logs_cmd", "cmd_logs", "Show a machine's host agent log (published ports, conflicts)"),
     "ls": ("ls", "cmd_ls", "List machines"),
     "mount": ("sshcmds", "cmd_mount", "Mount or unmount a directory from a machine with SSHFS."),
     "provision": ("lifecycle", "cmd_provision", "Re-provision existing machines"),

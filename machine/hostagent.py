@@ -1,0 +1,319 @@
+"""The per-machine host agent: a local VM's published container ports answer on 127.0.0.1.
+
+With docker-machine and VirtualBox, ``docker run -p 8080:80`` answered at
+``$(docker-machine ip):8080``; Lima and Colima answer at ``localhost:8080``.  A qemu
+machine on user networking has no address the host can reach, so this agent, one small
+process per running machine (as Lima's host agent), follows the engine's container
+events over its TLS API and adds or removes QEMU user-network forwards through QMP
+(``hostfwd_add``): bound to 127.0.0.1 only, never reachable from other machines, and
+no root needed.
+
+It is started (detached) when the VM starts and ends by itself when the VM's monitor
+goes away; ``stop`` signals it without waiting, and ``ls``/``env`` never touch it.  What it
+does, including ports it could not take because something on the host holds them, goes
+to ``hostagent.log`` in the machine directory (``pymachine logs NAME``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOG_NAME = "hostagent.log"
+PID_NAME = "hostagent.pid"
+SYNC_INTERVAL = 30.0  # a full resync at least this often (missed events cannot last)
+ENGINE_RETRY = 1.0  # while the engine is not up yet
+LOOPBACK = "127.0.0.1"
+_LOG_LIMIT = 1 << 20  # the log is cut back to its last half past 1 MiB
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True, order=True)
+class Forward:
+    """One published host port; the guest publishes it on the same port number."""
+
+    proto: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{LOOPBACK}:{self.port}/{self.proto}"
+
+
+def published(containers: list[Mapping[str, Any]]) -> dict[Forward, str]:
+    """The host ports ``docker ps`` shows as published, each with one container's name.
+
+    Ports the engine bound to the guest's own loopback stay inside the guest."""
+    wanted: dict[Forward, str] = {}
+    for container in containers:
+        name = ((container.get("Names") or ["?"])[0] or "?").lstrip("/")
+        for port in container.get("Ports") or []:
+            public = port.get("PublicPort")
+            proto = port.get("Type") or "tcp"
+            if not public or proto not in ("tcp", "udp"):
+                continue
+            if (port.get("IP") or "") in ("127.0.0.1", "::1"):
+                continue
+            wanted.setdefault(Forward(proto, int(public)), name)
+    return wanted
+
+
+def port_free(forward: Forward) -> bool:
+    """Whether 127.0.0.1:PORT can be bound now (what QEMU will try)."""
+    kind = socket.SOCK_STREAM if forward.proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        if os.name != "nt":
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, forward.port))
+        except OSError:
+            return False
+    return True
+
+
+class QemuForwarder:
+    """Adds and removes user-network forwards of a running QEMU through its QMP socket."""
+
+    def __init__(self, qmp_path: str, netdev: str = "n0", timeout: float = 5.0) -> None:
+        self.qmp_path = qmp_path
+        self.netdev = netdev
+        self.timeout = timeout
+
+    def _hmp(self, command_line: str) -> str:
+        from pymachine.machine.qmp import qmp_command
+
+        out = qmp_command(self.qmp_path, "human-monitor-command", {"command-line": command_line},
+                          timeout=self.timeout)
+        return str(out or "").strip()
+
+    def add(self, forward: Forward) -> str | None:
+        """None when added, else QEMU's reason."""
+        out = self._hmp(f"hostfwd_add {self.netdev} {forward.proto}:{LOOPBACK}:{forward.port}-:{forward.port}")
+        return out or None
+
+    def remove(self, forward: Forward) -> None:
+        self._hmp(f"hostfwd_remove {self.netdev} {forward.proto}:{LOOPBACK}:{forward.port}")
+
+
+class EngineEvents:
+    """The engine's container list and event stream over its TLS API."""
+
+    def __init__(self, host: str, port: int, ca: Path, cert: Path, key: Path) -> None:
+        from pymachine.machine.tlsclient import client_tls_context
+
+        self.host, self.port = host, port
+        self.context = client_tls_context(ca, cert, key)
+
+    def _connection(self, timeout: float):  # type: ignore[no-untyped-def]
+        import http.client
+
+        return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=timeout)
+
+    def containers(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        conn = self._connection(timeout)
+        try:
+            conn.request("GET", "/containers/json")
+            resp = conn.getresponse()
+            body = resp.read(8 << 20)
+            if resp.status != 200:
+                raise OSError(f"engine answered {resp.status} to /containers/json")
+            data = json.loads(body)
+            return data if isinstance(data, list) else []
+        finally:
+            conn.close()
+
+    def follow(self, duration: float) -> Iterator[dict[str, Any]]:
+        """Container start/stop events for at most ``duration`` seconds."""
+        from urllib.parse import quote
+
+        filters = quote(json.dumps({"type": ["container"], "event": ["start", "die", "stop", "kill", "pause",
+                                                                      "unpause", "destroy"]}))
+        until = int(time.time() + duration)
+        conn = self._connection(duration + 10.0)
+        try:
+            conn.request("GET", f"/events?filters={filters}&until={until}")
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise OSError(f"engine answered {resp.status} to /events")
+            while True:
+                line = resp.readline(1 << 16)
+                if not line:
+                    return
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    yield event
+        finally:
+            conn.close()
+
+
+class PortSync:
+    """Keeps QEMU's forwards equal to the engine's published ports; logs every change."""
+
+    def __init__(self, forwarder: QemuForwarder, log: Log) -> None:
+        self.forwarder = forwarder
+        self.log = log
+        self.active: dict[Forward, str] = {}
+        self.conflicts: dict[Forward, str] = {}
+
+    def apply(self, wanted: dict[Forward, str]) -> None:
+        for forward in sorted(set(self.active) - set(wanted)):
+            name = self.active.pop(forward)
+            try:
+                self.forwarder.remove(forward)
+            finally:
+                self.log(f"stopped forwarding {forward} ({name} no longer publishes it)")
+        for forward in sorted(set(self.conflicts) - set(wanted)):
+            del self.conflicts[forward]
+        for forward, name in sorted(wanted.items()):
+            if forward in self.active:
+                continue
+            reason = None if port_free(forward) else "the port is already in use on the host"
+            if reason is None:
+                reason = self.forwarder.add(forward)
+            if reason is None:
+                self.active[forward] = name
+                self.conflicts.pop(forward, None)
+                self.log(f"forwarding {forward} to container {name}")
+            elif self.conflicts.get(forward) != name:
+                self.conflicts[forward] = name
+                self.log(f"CONFLICT: cannot forward {forward} for container {name}: {reason}")
+
+
+def _settings(machine_dir: Path) -> tuple[str, int, str]:
+    config = json.loads((machine_dir / "config.json").read_text())
+    driver = config.get("Driver") or {}
+    return LOOPBACK, int(driver.get("EnginePort") or 2376), str(machine_dir / "qmp.sock")
+
+
+def run(machine_dir: Path, log: Log, *, max_runtime: float | None = None) -> int:
+    """The agent's loop: until the VM's monitor socket goes away (or ``max_runtime``)."""
+    host, port, qmp_path = _settings(machine_dir)
+    engine = EngineEvents(host, port, machine_dir / "ca.pem", machine_dir / "cert.pem", machine_dir / "key.pem")
+    sync = PortSync(QemuForwarder(qmp_path), log)
+    started = time.monotonic()
+    log(f"host agent started (pid {os.getpid()}): forwarding published ports to {LOOPBACK}")
+    waiting_logged = False
+    while max_runtime is None or time.monotonic() - started < max_runtime:
+        if not os.path.exists(qmp_path):
+            log("the VM stopped: host agent exits")
+            return 0
+        try:
+            sync.apply(published(engine.containers()))
+            for _event in engine.follow(SYNC_INTERVAL):
+                sync.apply(published(engine.containers()))
+        except (OSError, ValueError) as exc:
+            if not waiting_logged:
+                log(f"waiting for the engine at {host}:{port} ({exc.__class__.__name__})")
+                waiting_logged = True
+            time.sleep(ENGINE_RETRY)
+        except Exception as exc:  # noqa: BLE001 - a QMP failure: the VM is going away or refused
+            from pymachine.machine.qmp import QMPError
+
+            if not isinstance(exc, QMPError):
+                raise
+            if not os.path.exists(qmp_path):
+                continue
+            log(f"QEMU's monitor refused a forward: {exc}")
+            time.sleep(ENGINE_RETRY)
+    return 0
+
+
+def _file_log(path: Path) -> Log:
+    def log(line: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        try:
+            if path.exists() and path.stat().st_size > _LOG_LIMIT:
+                tail = path.read_bytes()[-_LOG_LIMIT // 2:]
+                path.write_bytes(tail)
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(f"{stamp} {line}\n")
+        except OSError:
+            pass
+
+    return log
+
+
+# -- process management (used by the driver; never waits) --------------------------------------
+def _agent_pid(machine_dir: Path) -> int | None:
+    try:
+        pid = int((machine_dir / PID_NAME).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():  # Linux: make sure the pid is still our agent, not a reused number
+        try:
+            return pid if b"pymachine.machine.hostagent" in cmdline.read_bytes() else None
+        except OSError:
+            return None
+    try:
+        os.kill(pid, 0)  # elsewhere: alive is all we can tell cheaply
+    except OSError:
+        return None
+    return pid
+
+
+def launch(machine_dir: Path) -> int | None:
+    """Start the agent for ``machine_dir`` unless one runs; returns its pid."""
+    existing = _agent_pid(machine_dir)
+    if existing is not None:
+        return existing
+    kwargs: dict[str, Any] = {}
+    if os.name == "nt":
+        kwargs["creationflags"] = 0x00000008 | 0x00000200  # DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP
+    else:
+        kwargs["start_new_session"] = True
+    with open(os.devnull, "rb") as devnull, open(machine_dir / LOG_NAME, "ab") as logfile:
+        proc = subprocess.Popen([sys.executable, "-m", "pymachine.machine.hostagent", str(machine_dir)],
+                                stdin=devnull, stdout=logfile, stderr=logfile, close_fds=True, **kwargs)
+    (machine_dir / PID_NAME).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def stop(machine_dir: Path) -> None:
+    """Signal the agent to end (it also ends by itself once the VM is gone); never waits."""
+    import signal
+
+    pid = _agent_pid(machine_dir)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    try:
+        (machine_dir / PID_NAME).unlink()
+    except OSError:
+        pass
+
+
+def log_lines(machine_dir: Path) -> list[str]:
+    try:
+        return (machine_dir / LOG_NAME).read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m pymachine.machine.hostagent MACHINE_DIR\n")
+        return 2
+    machine_dir = Path(args[0])
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    return run(machine_dir, _file_log(machine_dir / LOG_NAME))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
