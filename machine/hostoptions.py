@@ -1,8 +1,9 @@
 """Build a machine's ``HostOptions`` exactly as Docker Machine 0.16 wrote them.
 
 Key order, zero values and the ``null`` vs ``[]`` choices follow configs
-written by docker-machine 0.16 (see tests/fixtures/dm016-store), so a store
-pymachine writes is one docker-machine can load, and the other way round.
+written by docker-machine 0.16 (tests/integration/test_dm0162_store.py compares
+them with a store docker-machine 0.16.2 wrote), so a store pymachine writes is
+one docker-machine can load, and the other way round.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-DEFAULT_INSTALL_URL = "https://get.docker.com"
+from pymachine.engine.options import DEFAULT_INSTALL_URL, EngineOptions
+
 DEFAULT_SWARM_HOST = "tcp://0.0.0.0:3376"
 DEFAULT_SWARM_IMAGE = "swarm:latest"
-DEFAULT_ENGINE_PORT = 2376
 
 
 def engine_options(
@@ -26,21 +27,13 @@ def engine_options(
     registry_mirror: list[str] | None = None,
     install_url: str = DEFAULT_INSTALL_URL,
 ) -> dict[str, Any]:
-    return {
-        "ArbitraryFlags": list(arbitrary_flags or []),
-        "Dns": None,
-        "GraphDir": "",
-        "Env": list(env or []),
-        "Ipv6": False,
-        "InsecureRegistry": list(insecure_registry or []),
-        "Labels": list(labels or []),
-        "LogLevel": "",
-        "StorageDriver": storage_driver,
-        "SelinuxEnabled": False,
-        "TlsVerify": True,
-        "RegistryMirror": list(registry_mirror or []),
-        "InstallURL": install_url,
-    }
+    """A new machine's ``EngineOptions``; the JSON shape is engine.options' alone."""
+    return EngineOptions(
+        arbitrary_flags=list(arbitrary_flags or []), env=list(env or []),
+        insecure_registry=list(insecure_registry or []), labels=list(labels or []),
+        storage_driver=storage_driver, registry_mirror=list(registry_mirror or []),
+        install_url=install_url,
+    ).to_json()
 
 
 def swarm_options(

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pymachine.machine.drivers.base import Driver
     from pymachine.machine.host import Machine
     from pymachine.machine.ssh import SSHClient
+    from pymachine.provisioners.base import ProvisionPlan
 
 Log = Callable[[str], None]
 SSH_WAIT = 120.0
@@ -71,24 +72,29 @@ def ssh_run(driver: Driver, command: str, check: bool = True):
         return client.run(command, check=check)
 
 
+def engine_url(driver: Driver) -> str:
+    """The engine URL without a state query (drivers that have ``engine_url``), else ``url()``."""
+    return driver.engine_url() if hasattr(driver, "engine_url") else driver.url()
+
+
 def engine_port(machine: Machine) -> int:
     """The port dockerd listens on inside the host (not a host-side forward)."""
     from urllib.parse import urlsplit
+
+    from pymachine.machine.urls import ENGINE_PORT
 
     driver = machine.driver
     guest_port = getattr(driver, "guest_engine_port", None)
     if callable(guest_port):
         return int(guest_port())
-    url = driver.engine_url() if hasattr(driver, "engine_url") else driver.url()
-    return urlsplit(url).port or 2376
+    return urlsplit(engine_url(driver)).port or ENGINE_PORT
 
 
 def wait_for_engine(machine: Machine, timeout: float = ENGINE_WAIT) -> str:
     """Poll the engine's TLS /version until it answers; returns the version."""
     from pymachine.machine import dockerapi
 
-    driver = machine.driver
-    url = driver.engine_url() if hasattr(driver, "engine_url") else driver.url()
+    url = engine_url(machine.driver)
     tls = machine.tls()
     deadline = time.monotonic() + timeout
     delay = 0.1
@@ -117,24 +123,20 @@ def _record(machine: Machine, step: str | None, message: str | None) -> None:
     machine.save()
 
 
-def last_error(host_extra: dict[str, Any]) -> dict[str, Any] | None:
-    err = (host_extra.get("Pymachine") or {}).get("LastError")
-    return err if isinstance(err, dict) else None
+def build_plan(machine: Machine, log: Log | None = None) -> ProvisionPlan:
+    """The one ProvisionPlan builder: the machine's engine options, its TLS files
+    as they are on disk now, its address and the engine's port inside the host.
 
-
-def _plan(machine: Machine, client: SSHClient, log: Log, new_certs: bool = True):
+    With ``log``, a bundle install source gets its upload hook (provisioning);
+    without, the plan only renders files (a first-boot seed).
+    """
     from pymachine.engine.options import EngineOptions
-    from pymachine.machine.host import copy_client_certs, issue_server_cert
     from pymachine.provisioners.base import ProvisionPlan
 
-    log("Copying certs to the local machine directory...")
-    copy_client_certs(machine)
-    if new_certs or not server_cert_reusable(machine):
-        issue_server_cert(machine)
     tls = machine.tls()
     engine = EngineOptions.from_json(machine.host.engine_options)
     bundle_hook = None
-    if engine.install_source == "bundle":
+    if log is not None and engine.install_source == "bundle":
         from pymachine.engine import bundle
 
         bundle_hook = bundle.installer(Path(engine.bundle_path), log)
@@ -151,6 +153,16 @@ def _plan(machine: Machine, client: SSHClient, log: Log, new_certs: bool = True)
     )
 
 
+def _plan(machine: Machine, log: Log, new_certs: bool = True) -> ProvisionPlan:
+    from pymachine.machine.host import copy_client_certs, issue_server_cert
+
+    log("Copying certs to the local machine directory...")
+    copy_client_certs(machine)
+    if new_certs or not server_cert_reusable(machine):
+        issue_server_cert(machine)
+    return build_plan(machine, log)
+
+
 def provision_over(machine: Machine, client: SSHClient, log: Log, new_certs: bool = True) -> str:
     """Run the provisioner for ``machine`` over an open connection; returns the engine version."""
     from pymachine.provisioners.base import ProvisionError
@@ -164,7 +176,7 @@ def provision_over(machine: Machine, client: SSHClient, log: Log, new_certs: boo
         raise
     log(f"Provisioning with {provisioner.name}...")
     try:
-        plan = _plan(machine, client, log, new_certs)
+        plan = _plan(machine, log, new_certs)
         provisioner.provision(client, plan, log)
     except ProvisionError as exc:
         _record(machine, exc.step, str(exc))

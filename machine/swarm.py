@@ -120,8 +120,9 @@ class Engine:
 
 
 def engine_of(machine: Machine) -> Engine:
-    driver = machine.driver
-    url = driver.engine_url() if hasattr(driver, "engine_url") else driver.url()
+    from pymachine.machine.provision import engine_url
+
+    url = engine_url(machine.driver)
     if not url:
         raise MachineError(f'Host "{machine.name}" is not running')
     tls = machine.tls()

@@ -644,10 +644,9 @@ class QemuDriver(Driver):
         the facts of pymachine's image, so the first engine start is the final
         one.  Empty when the machine's record cannot be read (no pre-seeding).
         """
-        from pymachine.engine.options import EngineOptions
         from pymachine.machine.host import Machine, copy_client_certs, issue_server_cert
+        from pymachine.machine.provision import build_plan
         from pymachine.machine.store import Store
-        from pymachine.provisioners.base import ProvisionPlan
 
         store = Store(self.store_path)
         try:
@@ -657,18 +656,7 @@ class QemuDriver(Driver):
         machine.driver = self
         copy_client_certs(machine)
         issue_server_cert(machine)
-        tls = machine.tls()
-        plan = ProvisionPlan(
-            hostname=self.machine_name,
-            engine=EngineOptions.from_json(machine.host.engine_options),
-            driver_name=self.name,
-            ca_pem=tls.ca_cert.read_bytes(),
-            server_pem=tls.server_cert.read_bytes(),
-            server_key_pem=tls.server_key.read_bytes(),
-            machine_ip=self.ip(),
-            engine_port=self.guest_engine_port(),
-        )
-        return render_engine_files(plan)
+        return render_engine_files(build_plan(machine))
 
     def create(self, log: Log) -> None:
         from pymachine.machine import certs
