@@ -90,11 +90,6 @@ def _fingerprint(key: paramiko.PKey) -> str:
     return key.fingerprint  # "SHA256:<base64 without padding>", as OpenSSH prints it
 
 
-def _host_key_name(host: str, port: int) -> str:
-    """The known_hosts name OpenSSH uses: bare host on port 22, ``[host]:port`` otherwise."""
-    return host if port == 22 else f"[{host}]:{port}"
-
-
 def load_private_key(path: Path) -> paramiko.PKey:
     """Load an RSA/ed25519/ecdsa private key, refusing loose permissions first."""
     check_key_file(path)
