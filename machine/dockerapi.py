@@ -1,7 +1,10 @@
 """The two things pymachine asks a Docker engine directly: a TLS handshake and /version.
 
 Standard library only (ssl + http.client): this is on the path of ``env`` and
-``ls``, which must start fast.  Every call takes a timeout and is bounded.
+``ls``, which must start fast.  Every call takes a timeout that bounds the *whole*
+call (connect, handshake, request, answer), not each read: an engine (or anything
+squatting on its port) that trickles one byte a second cannot hold a command for
+minutes.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 from pymachine.machine.errors import MachineError
@@ -35,12 +39,31 @@ def split_url(url: str) -> tuple[str, int]:
 
 def tls_handshake(url: str, ca: Path, cert: Path, key: Path, timeout: float = 20.0) -> None:
     """Connect and complete a mutual TLS handshake, as docker-machine's cert check did."""
+    deadline = time.monotonic() + timeout
+    _connect_tls(url, tls_context(ca, cert, key), deadline).close()
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    return left
+
+
+def _connect_tls(url: str, ctx: ssl.SSLContext, deadline: float) -> ssl.SSLSocket:
+    """A TLS connection whose connect and handshake together finish by ``deadline``.
+
+    CPython's handshake treats the socket timeout as a deadline for the whole
+    handshake (not per read), so the remaining budget is all it gets.
+    """
     host, port = split_url(url)
-    ctx = tls_context(ca, cert, key)
-    with socket.create_connection((host, port), timeout=timeout) as raw:
-        raw.settimeout(timeout)
-        with ctx.wrap_socket(raw, server_hostname=host):
-            pass
+    raw = socket.create_connection((host, port), timeout=_remaining(deadline))
+    try:
+        raw.settimeout(_remaining(deadline))
+        return ctx.wrap_socket(raw, server_hostname=host)
+    except BaseException:
+        raw.close()
+        raise
 
 
 _CONTEXTS: dict[tuple[str, str, str], ssl.SSLContext] = {}
@@ -72,20 +95,22 @@ def engine_version(url: str, ca: Path, cert: Path, key: Path, timeout: float = 1
 
 
 def https_get(url: str, path: str, ctx: ssl.SSLContext, timeout: float, limit: int = 1 << 20) -> bytes:
-    """GET ``path`` with ``Connection: close``; returns the body of a 200 answer."""
-    host, port = split_url(url)
-    with socket.create_connection((host, port), timeout=timeout) as raw:
-        raw.settimeout(timeout)
-        with ctx.wrap_socket(raw, server_hostname=host) as conn:
-            conn.sendall(f"GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
-            chunks: list[bytes] = []
-            size = 0
-            while size <= limit:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
+    """GET ``path`` with ``Connection: close``; returns the body of a 200 answer.
+
+    ``timeout`` bounds the whole exchange; ``limit`` bounds what is read.
+    """
+    deadline = time.monotonic() + timeout
+    with _connect_tls(url, ctx, deadline) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            conn.settimeout(_remaining(deadline))
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     head, sep, body = b"".join(chunks).partition(b"\r\n\r\n")
     if not sep:
         raise MachineError(f"engine sent no complete HTTP answer to {path}")
@@ -95,7 +120,10 @@ def https_get(url: str, path: str, ctx: ssl.SSLContext, timeout: float, limit: i
         raise MachineError(f"engine answered {lines[0]!r} to {path}")
     headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
     if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = _dechunk(body)
+        try:
+            body = _dechunk(body)
+        except ValueError:
+            raise MachineError(f"engine sent a malformed chunked answer to {path}") from None
     return body
 
 
