@@ -18,7 +18,7 @@ from pymachine.engine import bundle
 from pymachine.machine.cli import main as cli_main
 from pymachine.machine.errors import MachineError
 from pymachine.machine.runner import CommandResult
-from tests.unit.transcript import RecordingRunner
+from tests.unit.transcript import HOST_CHANGES, RecordingRunner
 
 VERSION = "99.1.0"
 
@@ -222,7 +222,15 @@ def test_verify_reports_a_corrupt_archive_in_one_line(built, tmp_path):
 def host_runner(*, digest_override: str | None = None, systemd: bool = True,
                 check_fails: bool = False) -> RecordingRunner:
     """A recorder whose `sha256sum FILE` hashes what was really uploaded."""
-    runner = RecordingRunner()
+    # The bundle's own changes on the host; a healthy host completes them silently.
+    runner = RecordingRunner(accept=HOST_CHANGES + (
+        r"^rm -rf /var/tmp/pymachine-engine\.d && mkdir -m 0700 -p /var/tmp/pymachine-engine\.d"
+        r" && tar -xzf /var/tmp/pymachine-engine\.tar\.gz -C /var/tmp/pymachine-engine\.d$",
+        r"^cd /var/tmp/pymachine-engine\.d && sha256sum -c -$",
+        r"^set -e\n",
+        r"^rm -f /var/tmp/pymachine-engine\.tar\.gz$",
+        r"^rm -rf /var/tmp/pymachine-engine\.d /var/tmp/pymachine-engine\.tar\.gz$",
+    ))
 
     def respond(command: str) -> CommandResult | None:
         m = re.fullmatch(r"sha256sum (\S+)", command)

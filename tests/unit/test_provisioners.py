@@ -42,9 +42,9 @@ from pymachine.provisioners.others import Boot2DockerProvisioner, set_sysconfig_
 from pymachine.provisioners.redhat import DOCKER_CE_REPO_PATH, set_main_option
 
 try:
-    from tests.unit.transcript import FAIL, OK, RecordingRunner
+    from tests.unit.transcript import FAIL, HOST_CHANGES, OK, Call, RecordingRunner
 except ImportError:  # tests/unit collected as a rootdir-less module
-    from transcript import FAIL, OK, RecordingRunner
+    from transcript import FAIL, HOST_CHANGES, OK, Call, RecordingRunner
 
 # -- real /etc/os-release files ------------------------------------------------
 
@@ -257,10 +257,13 @@ def fake_host(
     dockerd: str = "/usr/bin/dockerd",
     fs: str = "ext2/ext3",
     user: str = "root",
+    curl: bool = True,
     extra: dict[str, CommandResult | Callable[[str], CommandResult]] | None = None,
     files: dict[str, bytes] | None = None,
 ) -> RecordingRunner:
-    state = {"installed": installed}
+    """A host answering the provisioners' probes from its facts; changes (HOST_CHANGES)
+    succeed, and engine starts/stops are tracked so ``is-active`` answers truly."""
+    state = {"installed": installed, "active": False}
 
     def answer(cmd: str) -> CommandResult | None:
         for pattern, answer_ in (extra or {}).items():
@@ -280,12 +283,20 @@ def fake_host(
         if cmd.startswith("id -un"):
             home = "/root" if user == "root" else f"/home/{user}"
             return CommandResult(0, f"{user}\n{home}\n", "")
+        if cmd == "command -v curl":
+            return CommandResult(0, "/usr/bin/curl\n", "") if curl else FAIL
+        if re.fullmatch(r"systemctl is-active --quiet docker\.service", cmd):
+            return OK if state["active"] else CommandResult(3, "", "")
+        if re.search(r"^systemctl (re)?start docker\.service$|^(/etc/init\.d/docker|rc-service docker) (re)?start$", cmd):
+            state["active"] = state["installed"]
+        elif re.search(r"^systemctl stop docker\.service$|^(/etc/init\.d/docker|rc-service docker) stop", cmd):
+            state["active"] = False
         if INSTALL_RE.search(cmd):
             state["installed"] = True
         return None
 
     base = {"/etc/hosts": b"127.0.0.1\tlocalhost\n127.0.1.1\told-name\n"}
-    return RecordingRunner(answer, files={**base, **(files or {})})
+    return RecordingRunner(answer, files={**base, **(files or {})}, accept=HOST_CHANGES)
 
 
 def make_plan(**kw) -> ProvisionPlan:
@@ -728,7 +739,7 @@ class LocalShell(RecordingRunner):
     """Runs read-only probe commands in a real local shell."""
 
     def run(self, command: str, **kw) -> CommandResult:
-        super().run(command, **{**kw, "check": False})
+        self.calls.append(Call("run", command, sudo=bool(kw.get("sudo")), check=False))
         proc = _sh(command, "/usr/bin:/bin")
         return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
@@ -756,3 +767,21 @@ def test_reprovisioning_an_unchanged_host_rewrites_and_restarts_nothing():
     assert "/etc/docker/server.pem" not in puts and DROPIN not in puts
     assert not any("systemctl restart" in t or "systemctl stop" in t for t in r.transcript)
     assert "systemctl is-active --quiet docker.service" in r.transcript
+
+
+def test_the_recording_runner_is_strict():
+    """An unexpected command fails the test even where the code would treat it as a failed command."""
+    from pymachine.machine.errors import CommandError
+
+    runner = RecordingRunner({r"^uname -m$": CommandResult(0, "x86_64\n", "")})
+    assert runner.run("uname -m").stdout == "x86_64\n"
+    with pytest.raises(AssertionError, match="unexpected command"):
+        runner.run("rm -rf /", check=False)
+    try:
+        runner.run("reboot")
+    except CommandError:  # what provisioning code catches: must not swallow the mismatch
+        pytest.fail("an unexpected command must not look like a failed command")
+    except AssertionError:
+        pass
+    assert runner.unexpected == ["rm -rf /", "reboot"]
+    assert fake_host(DEBIAN_12).run("systemctl restart docker.service").ok  # a listed host change

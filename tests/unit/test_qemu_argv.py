@@ -245,14 +245,16 @@ def test_local_state_trusts_only_our_qemu(tmp_path: Path) -> None:
 def _image_host(files: dict[str, bytes]):
     """A recording runner answering like pymachine's image: systemd, docker.io, ext4, engine up."""
     from pymachine.machine.runner import CommandResult
-    from tests.unit.transcript import RecordingRunner
+    from tests.unit.transcript import HOST_CHANGES, RecordingRunner
 
     answers = {
         r"command -v dockerd": CommandResult(0, "/usr/sbin/dockerd\n", ""),
         r"^stat -f": CommandResult(0, "ext2/ext3\n", ""),
         r"^id -un": CommandResult(0, "docker\n/home/docker\n", ""),
+        r"^test -d /run/systemd/system$": CommandResult(0, "", ""),
+        r"^systemctl is-active --quiet docker\.service$": CommandResult(0, "", ""),
     }
-    return RecordingRunner(answers, files={"/etc/hosts": b"127.0.0.1 localhost\n", **files})
+    return RecordingRunner(answers, files={"/etc/hosts": b"127.0.0.1 localhost\n", **files}, accept=HOST_CHANGES)
 
 
 def test_pre_rendered_engine_files_are_what_provisioning_writes() -> None:

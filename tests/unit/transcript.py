@@ -4,6 +4,12 @@ It records every ``run``/``put``/``get`` in order, answers commands from a
 table of regular expressions (or a callable), and keeps the files written by
 ``put`` so a later ``cat <path>`` reads them back, which makes re-running a
 provisioner on "the same host" meaningful.
+
+It is strict, as libmachine's ``provisiontest.FakeSSHCommander``: a command
+no response matches (and that is not a ``cat`` of a file it holds or a
+``cat > path`` upload) fails the test with ``UnexpectedCommand``, an
+AssertionError the code under test does not catch as a command failure.
+Each test therefore says what the host answers to every command it expects.
 """
 
 from __future__ import annotations
@@ -37,14 +43,46 @@ class Call:
         return self.target if self.kind == "run" else f"{self.kind} {self.target}"
 
 
+#: Commands that change a host and, on a healthy one, exit 0 with no output: the
+#: only commands a test may leave unanswered, by passing ``accept=HOST_CHANGES``.
+#: Probes (whose output or exit status the provisioner decides on: ``command -v``,
+#: ``test -d``, ``systemctl is-active``, ``stat``, ``id``...) are never here: each
+#: test answers them as the host it models would.
+HOST_CHANGES: tuple[str, ...] = (
+    r"^hostname \S+ && printf '%s\\n' \S+ > /etc/hostname$",
+    r"^hostnamectl set-hostname \S+$",
+    r"^/usr/bin/sethostname \S+ && printf '%s\\n' \S+ > /var/lib/boot2docker/etc/hostname$",
+    r"^systemctl (daemon-reload|(enable|restart|stop|start) docker\.service|disable --now docker\.socket)$",
+    r"^/etc/init\.d/docker (start|stop|restart)( \|\| true)?$",
+    r"^rc-service docker (start|stop|restart)$",
+    r"^rc-update add docker default$",
+    r"^DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=\d+ .* (update|install -y --no-install-recommends [\w. -]+)$",
+    r"^if command -v dnf >/dev/null 2>&1; then dnf -y install [\w. -]+; else yum -y install [\w. -]+; fi$",
+    r"^zypper -n in docker$",
+    r"^pacman -Sy --noconfirm --noprogressbar --needed docker$",
+    r"^apk add --no-cache docker$",
+    r"^SUSEConnect -p sle-module-containers/[\d.]+/\"\$\(uname -m\)\"$",
+    r"^if ! type docker; then curl -sSL \S+ \| sh -; fi$",
+    r"^rm -f /etc/(apt/apt\.conf\.d/\d+pymachine-proxy|yum\.conf\.d/\S+)$",
+    r"^chown \w+: /(root|home/\w+)/\.docker /(root|home/\w+)/\.docker/config\.json$",
+)
+
+
+class UnexpectedCommand(AssertionError):
+    """A command the test did not expect: the fake has no honest answer for it."""
+
+
 @dataclass
 class RecordingRunner:
     """``responses`` maps regex -> result (first ``re.search`` match wins), or
-    is a callable returning a result or None; unmatched commands succeed."""
+    is a callable returning a result or None; unmatched commands fail the test
+    (they are also kept in ``unexpected``, in case the code swallows the error)."""
 
     responses: Mapping[str, CommandResult | Responder] | Responder | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    accept: tuple[str, ...] = ()  # regexes answered OK after ``responses`` (see HOST_CHANGES)
 
     def _answer(self, command: str) -> CommandResult:
         if callable(self.responses):
@@ -63,7 +101,12 @@ class RecordingRunner:
             if path in self.files:
                 return CommandResult(0, self.files[path].decode(), "")
             return CommandResult(1, "", f"cat: {path}: No such file or directory")
-        return OK
+        if re.fullmatch(r"cat > \S+", command):
+            return OK  # an upload through stdin, kept in ``files`` by ``run``
+        if any(re.search(pattern, command) for pattern in self.accept):
+            return OK
+        self.unexpected.append(command)
+        raise UnexpectedCommand(f"unexpected command (no response matches): {command!r}")
 
     def run(
         self,
