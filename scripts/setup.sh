@@ -13,6 +13,8 @@ APT_PACKAGES=(
   rsync sshfs fuse3              # scp --delta, mount
   zsh fish tcsh                  # completion and env --shell, tested by the real shells
   qemu-system-x86 qemu-utils     # the qemu driver
+  ovmf qemu-system-arm qemu-efi-aarch64  # UEFI boots (OVMF), arm64 guests (qemu-system-aarch64 + AAVMF)
+  qemu-user-static mmdebstrap uidmap     # the arm64 image built on x86_64 (binfmt_misc); unprivileged builds
   golang-go golang-github-vmware-govmomi-dev   # vcsim, the vSphere simulator, built offline
   nsis p7zip-full osslsigncode xorriso genisoimage libarchive-tools dpkg-dev fakeroot gnupg minisign  # installers
 )
@@ -32,8 +34,19 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
+# The distribution was called "pymachine" before it took its free PyPI name: drop that one.
+if .venv/bin/pip show -q pymachine >/dev/null 2>&1; then
+  .venv/bin/pip uninstall -y -q pymachine || true  # an editable one may have no files to remove
+fi
 .venv/bin/pip install -q --disable-pip-version-check --config-settings editable_mode=compat \
   -e '.[test,all]'
+# tests/packaging installs the built wheel offline: dependency wheels, downloaded once.
+WHEELHOUSE="${PYMACHINE_TEST_CACHE:-/var/tmp/pymachine-test-cache}/wheelhouse"
+if ! ls "$WHEELHOUSE"/installer-*.whl >/dev/null 2>&1; then
+  mkdir -p "$WHEELHOUSE"
+  .venv/bin/pip download -q --disable-pip-version-check --dest "$WHEELHOUSE" \
+    'cryptography>=41' 'filelock>=3.12' 'paramiko>=3.4' 'installer>=0.7' 'setuptools>=77'
+fi
 # Compile bytecode now: `pymachine env` is on every user's hot path, and a machine with
 # PYTHONDONTWRITEBYTECODE set would otherwise recompile our modules on every run.
 .venv/bin/python -m compileall -q machine engine provisioners installer >/dev/null
