@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import platform
 import re
 import shutil
 import socket
@@ -47,10 +48,12 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
@@ -76,11 +79,50 @@ STATE_MAP = {
     "running": State.RUNNING,
     "paused": State.PAUSED,
     "saved": State.SAVED,
+    # 7.0+: the VM process died holding a saved state; shown as Saved, start and rm discard it
+    # (reference virtualbox7-vmware.md a8: MachineState_AbortedSaved).
+    "aborted-saved": State.SAVED,
     "poweroff": State.STOPPED,
     "aborted": State.STOPPED,
     "starting": State.STARTING,
     "stopping": State.STOPPING,
+    "restoring": State.STARTING,
+    "saving": State.STOPPING,
 }
+#: Host-only networks pymachine makes itself (macOS, VirtualBox 7.x); only these are ever removed.
+HOSTONLYNET_PREFIX = "pymachine-"
+HOST_ENV = "PYMACHINE_VBOX_HOST"  # "<os>/<arch>", e.g. darwin/arm64: what a driver built without host= assumes
+#: ARM64 guest type: Debian's is documented (reference a3/a11: EFI, VirtIO-SCSI, VMSVGA defaults);
+#: a Debian13_arm64 id is not in the source read there.
+ARM_OSTYPE = "Debian12_arm64"
+
+
+@dataclass(frozen=True)
+class HostPlatform:
+    """The OS (sys.platform style: linux, darwin, win32) and CPU (x86_64, arm64) VirtualBox runs on.
+
+    A driver parameter rather than a global, so macOS and Windows behaviour is reachable on any host."""
+
+    os: str
+    arch: str
+
+    @classmethod
+    def current(cls, environ: Mapping[str, str] | None = None) -> HostPlatform:
+        env = os.environ if environ is None else environ
+        override = env.get(HOST_ENV, "")
+        if override:
+            host_os, _, arch = override.partition("/")
+            if host_os not in ("linux", "darwin", "win32") or arch not in ("x86_64", "arm64"):
+                raise MachineError(f"{HOST_ENV} must be <linux|darwin|win32>/<x86_64|arm64>, got {override!r}")
+            return cls(host_os, arch)
+        host_os = "linux" if sys.platform.startswith("linux") else sys.platform
+        machine = platform.machine().lower()
+        return cls(host_os, "arm64" if machine in ("arm64", "aarch64") else "x86_64")
+
+    @property
+    def vm_arch(self) -> str:
+        """The VirtualBox platform of the VMs this host runs: arm on arm64 hosts (7.1+), else x86."""
+        return "arm" if self.arch == "arm64" else "x86"
 
 
 class MachineMissing(MachineError):
@@ -176,22 +218,41 @@ def parse_version(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def parse_blocks(text: str) -> list[dict[str, str]]:
-    """`list hostonlyifs` / `list dhcpservers`: blank-line separated ``Key: value`` blocks."""
+def parse_blocks(text: str, first_key: str = "") -> list[dict[str, str]]:
+    """`list hostonlyifs|hostonlynets|dhcpservers`: ``Key: value`` records.
+
+    Records are split at blank lines, or - with ``first_key`` - wherever that key starts a line:
+    `list hostonlynets` prints a blank line inside each record, after ``GUID:`` (reference a4),
+    and 6.1+ `list dhcpservers` indents nested settings (a5), which are skipped."""
     blocks: list[dict[str, str]] = []
     cur: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():
-            if cur:
+            if cur and not first_key:
                 blocks.append(cur)
-            cur = {}
+                cur = {}
             continue
+        if line[:1].isspace():
+            continue  # nested (6.1+ dhcpservers "Global Configuration:" lines)
         key, sep, value = line.partition(":")
-        if sep:
-            cur[key.strip()] = value.strip()
+        if not sep:
+            continue
+        if first_key and key.strip() == first_key and cur:
+            blocks.append(cur)
+            cur = {}
+        cur[key.strip()] = value.strip()
     if cur:
         blocks.append(cur)
     return blocks
+
+
+def dhcp_server_fields(block: Mapping[str, str]) -> tuple[str, str, str, str, bool]:
+    """(server IP, mask, lower, upper, enabled) of one `list dhcpservers` record, in either format:
+    ``Dhcpd IP``/``LowerIPAddress``/``UpperIPAddress`` since 6.1, ``IP``/``lowerIPAddress``/
+    ``upperIPAddress`` before (reference a5)."""
+    return (block.get("Dhcpd IP") or block.get("IP", ""), block.get("NetworkMask", ""),
+            block.get("LowerIPAddress") or block.get("lowerIPAddress", ""),
+            block.get("UpperIPAddress") or block.get("upperIPAddress", ""), block.get("Enabled") == "Yes")
 
 
 def parse_machinereadable(text: str) -> dict[str, str]:
@@ -289,12 +350,21 @@ def host_networks() -> list[tuple[str, ipaddress.IPv4Network]]:
 
 
 def check_cidr(cidr: str, allow_any_range: bool, hostonly_nets: Sequence[ipaddress.IPv4Network],
-               host_nets: Sequence[tuple[str, ipaddress.IPv4Network]], conf_path: str | None = None) -> ipaddress.IPv4Interface:
-    """docker-machine's host-only CIDR rules plus VirtualBox 6.1.28's allowed ranges."""
+               host_nets: Sequence[tuple[str, ipaddress.IPv4Network]], conf_path: str | None = None,
+               host_os: str = sys.platform) -> ipaddress.IPv4Interface:
+    """docker-machine's host-only CIDR rules plus VirtualBox 6.1.28's allowed ranges (not on Windows).
+
+    ``hostonly_nets``: VirtualBox's own host-only interfaces/networks; the same network is reused,
+    an overlapping different one is a clash.  On macOS the ranges are applied to host-only
+    networks too (whether networks.conf governs them is unconfirmed, reference a4)."""
     iface = parse_cidr(cidr)
     if iface.ip == iface.network.network_address:
         raise MachineError("host-only cidr must be specified with a host address, not a network address")
-    if not allow_any_range and sys.platform != "win32":
+    for net in hostonly_nets:
+        if net != iface.network and net.overlaps(iface.network):
+            raise MachineError(f"host-only cidr {cidr} overlaps VirtualBox's host-only network {net}: "
+                               f"use {net} itself or a separate range")
+    if not allow_any_range and host_os != "win32":
         allowed, path = allowed_ranges(conf_path)
         if not any(iface.network.subnet_of(net) for net in allowed if net.prefixlen <= iface.network.prefixlen):
             shown = " ".join(str(n) for n in allowed) or "none"
@@ -340,9 +410,11 @@ def share_default(platform: str = sys.platform) -> tuple[str, str]:
     return "hosthome", "/home"
 
 
-def vtx_enabled(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
-    """True/False from the CPU flags on Linux; None where it cannot be told here."""
-    if not sys.platform.startswith("linux"):
+def vtx_enabled(cpuinfo: str = "/proc/cpuinfo", host: HostPlatform | None = None) -> bool | None:
+    """True/False from the CPU flags on x86 Linux; None where it cannot be told here
+    (arm64 CPUs have no vmx/svm flags, reference VB-10)."""
+    host = host or HostPlatform.current()
+    if host.os != "linux" or host.arch != "x86_64" or not sys.platform.startswith("linux"):
         return None
     try:
         text = Path(cpuinfo).read_text()
@@ -351,8 +423,8 @@ def vtx_enabled(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     return any(re.match(r"flags\s*:.*\b(vmx|svm)\b", line) for line in text.splitlines())
 
 
-def hyperv_running() -> bool:
-    if sys.platform != "win32":
+def hyperv_running(host_os: str = sys.platform) -> bool:
+    if host_os != "win32" or sys.platform != "win32":
         return False
     try:
         out = subprocess.run(["tasklist", "/FI", "IMAGENAME eq vmms.exe"], capture_output=True, text=True,
@@ -423,13 +495,16 @@ class VirtualBoxDriver(Driver):
         Flag("virtualbox-share-folder", "string", "", "VIRTUALBOX_SHARE_FOLDER", "Mount the specified directory instead of the default home location. Format: dir:name"),
     )
 
-    def __init__(self, config: dict[str, Any], backend: VBoxBackend | None = None) -> None:
+    def __init__(self, config: dict[str, Any], backend: VBoxBackend | None = None,
+                 host: HostPlatform | None = None) -> None:
         super().__init__(config)
         if backend is None:
             from pymachine.machine.drivers.vbox_api import select_backend
 
             backend = select_backend()
         self.backend: VBoxBackend = backend
+        self.host = host or HostPlatform.current()
+        self._version: tuple[int, int] | None = None
 
     @classmethod
     def extra_fields(cls) -> dict[str, Any]:
@@ -485,6 +560,20 @@ class VirtualBoxDriver(Driver):
     def vbm(self, *args: str, stdin: bytes | None = None) -> str:
         return self.backend.run(list(args), stdin=stdin)[0]
 
+    def version(self) -> tuple[int, int]:
+        """VirtualBox's (major, minor), asked once per driver object."""
+        if self._version is None:
+            self._version = parse_version(self.vbm("--version"))
+        return self._version
+
+    def uses_hostonly_nets(self) -> bool:
+        """macOS with VirtualBox 7.x: host-only *networks* (vmnet); adapters are gone (reference a4)."""
+        return self.host.os == "darwin" and self.version() >= (7, 0)
+
+    def vm_arch(self) -> str:
+        """x86 or arm: recorded at create, else what this host runs."""
+        return str(self.config.get("PlatformArchitecture") or self.host.vm_arch)
+
     def _path(self, name: str) -> str:
         return os.path.join(self.machine_dir, name)
 
@@ -499,6 +588,7 @@ class VirtualBoxDriver(Driver):
             version = self.vbm("--version").strip()
         except MachineError as exc:
             raise PreCreateError(str(exc)) from None
+        self._version = parse_version(version)
         if parse_version(version) < (5, 0):
             raise PreCreateError(
                 f'We support Virtualbox starting with version 5. Your VirtualBox install is "{version}". '
@@ -509,14 +599,19 @@ class VirtualBoxDriver(Driver):
                 f"pymachine's base image needs VirtualBox 6.1 or later (its IP is read from VirtualBox's DHCP "
                 f'leases); your VirtualBox install is "{version}": upgrade, or pass --virtualbox-boot2docker-url'
             )
+        if self.host.arch == "arm64" and self._version < (7, 1):
+            raise PreCreateError(
+                f'VirtualBox runs VMs on an arm64 host from 7.1 on; your VirtualBox install is "{version}": '
+                "upgrade to VirtualBox 7.1 or later (the macOSArm64 build on Apple Silicon)"
+            )
         if not self.config.get("NoVTXCheck"):
-            if hyperv_running():
+            if hyperv_running(self.host.os):
                 raise PreCreateError(
                     "This computer is running Hyper-V. VirtualBox won't boot a 64bits VM when Hyper-V is "
                     "activated. Either use Hyper-V as a driver, or disable the Hyper-V hypervisor. "
                     "(To skip this check, use --virtualbox-no-vtx-check)"
                 )
-            if vtx_enabled() is False:
+            if vtx_enabled(host=self.host) is False:
                 raise PreCreateError(
                     "This computer doesn't have VT-X/AMD-v enabled. Enabling it in the BIOS is mandatory "
                     "(To skip this check, use --virtualbox-no-vtx-check)"
@@ -525,6 +620,9 @@ class VirtualBoxDriver(Driver):
             raise PreCreateError("--virtualbox-import-boot2docker-vm is not supported by pymachine: "
                                  "pass --virtualbox-boot2docker-url instead")
         source = self._image_source()  # raises PreCreateError on a bad image
+        if self.host.vm_arch == "arm" and source is not None and image_suffix(source) == ".iso":
+            raise PreCreateError("boot2docker ISOs are x86-only and this host runs arm VMs: pass "
+                                 "--virtualbox-boot2docker-url with an arm64 EFI disk image (.vdi or .vmdk)")
         if source is None:
             self._check_base_image()
         if source is None or image_suffix(source) != ".iso":
@@ -533,7 +631,7 @@ class VirtualBoxDriver(Driver):
             ifs = self.hostonly_ifs()
             names = [i.get("Name", "") for i in ifs]
             dup = next((n for n in names if names.count(n) > 1), None)
-            if dup:
+            if dup and not self.uses_hostonly_nets():
                 raise PreCreateError(
                     f'VirtualBox is configured with multiple host-only adapters with the same name "{dup}". '
                     "Please remove one."
@@ -547,8 +645,14 @@ class VirtualBoxDriver(Driver):
     def _check_base_image(self) -> None:
         from pymachine.engine import images
 
+        arch = "arm64" if self.host.vm_arch == "arm" else "amd64"
+        if arch != "amd64" and not _takes_arch(images.check_for_driver):
+            raise PreCreateError("pymachine's base image is amd64 only and this host runs arm VMs: pass "
+                                 "--virtualbox-boot2docker-url with an arm64 EFI disk image (.vdi or .vmdk)")
+        kwargs = {"arch": arch} if _takes_arch(images.check_for_driver) else {}
         try:
-            images.check_for_driver(images.default_cache_dir(self.store_path), "vdi", "--virtualbox-boot2docker-url")
+            images.check_for_driver(images.default_cache_dir(self.store_path), "vdi", "--virtualbox-boot2docker-url",
+                                    **kwargs)
         except MachineError as exc:
             raise PreCreateError(str(exc)) from None
 
@@ -571,7 +675,12 @@ class VirtualBoxDriver(Driver):
         return path
 
     def hostonly_ifs(self) -> list[dict[str, str]]:
-        return parse_blocks(self.vbm("list", "hostonlyifs"))
+        """Host-only interfaces (`list hostonlyifs`) or, on macOS 7.x, networks (`list hostonlynets`),
+        each with its host address as ``IPAddress`` (a network's ``LowerIP``, which the host keeps)."""
+        if not self.uses_hostonly_nets():
+            return parse_blocks(self.vbm("list", "hostonlyifs"))
+        nets = parse_blocks(self.vbm("list", "hostonlynets"), first_key="Name")
+        return [{**n, "IPAddress": n.get("LowerIP", "")} for n in nets]
 
     def check_cidr(self, ifs: list[dict[str, str]] | None = None) -> ipaddress.IPv4Interface:
         ifs = self.hostonly_ifs() if ifs is None else ifs
@@ -582,7 +691,8 @@ class VirtualBoxDriver(Driver):
             except (KeyError, ValueError):
                 continue
         return check_cidr(str(self.config.get("HostOnlyCIDR") or DEFAULT_CIDR),
-                          bool(self.config.get("HostOnlyAllowAnyRange")), own, host_networks())
+                          bool(self.config.get("HostOnlyAllowAnyRange")), own, host_networks(),
+                          host_os=self.host.os)
 
     # Create ----------------------------------------------------------------------------
     def create(self, log: Log) -> None:
@@ -596,8 +706,9 @@ class VirtualBoxDriver(Driver):
         if source is None:
             from pymachine.engine import images
 
+            kwargs = {"arch": "arm64"} if self.vm_arch() == "arm" else {}
             vdi, info = images.disk_for_driver(images.default_cache_dir(self.store_path), "vdi",
-                                               lambda m: log(f"({name}) {m}"))
+                                               lambda m: log(f"({name}) {m}"), **kwargs)
             base, base_size = str(vdi), info.virtual_size
             is_iso = False
         else:
@@ -629,28 +740,21 @@ class VirtualBoxDriver(Driver):
             self.vbm("modifymedium", "disk", disk, "--resize", str(max(size_mb, -(-base_size // (1 << 20)))))
             dvd = self._path("seed.iso")
             self._write_seed(dvd, pub.decode(), share)
-        self.vbm("createvm", "--basefolder", self.machine_dir, "--name", name, "--register")
+        arch = self.vm_arch()
+        self.config["PlatformArchitecture"] = arch
+        # 7.1+: the platform is explicit (without it an Apple Silicon host makes an ARM VM, reference a3);
+        # earlier versions know no such option.
+        platform_arg = ("--platform-architecture", arch) if self.version() >= (7, 1) else ()
+        self.vbm("createvm", "--basefolder", self.machine_dir, "--name", name, *platform_arg, "--register")
         self.config["VMRegistered"] = True
         log(f"({name}) Creating VirtualBox VM with CPUs: {self.config['CPU']}, Memory: {self.config['Memory']}MB...")
-        onoff = {True: "on", False: "off"}
-        self.vbm(
-            "modifyvm", name, "--firmware", "bios", "--bioslogofadein", "off", "--bioslogofadeout", "off",
-            "--bioslogodisplaytime", "0", "--biosbootmenu", "disabled", "--ostype", "Linux26_64",
-            "--cpus", str(self.config["CPU"]), "--memory", str(self.config["Memory"]), "--acpi", "on",
-            "--ioapic", "on", "--rtcuseutc", "on",
-            "--natdnshostresolver1", onoff[bool(self.config.get("HostDNSResolver"))],
-            "--natdnsproxy1", onoff[bool(self.config.get("DNSProxy"))],
-            "--cpuhotplug", "off", "--pae", "on", "--hpet", "on", "--hwvirtex", "on", "--nestedpaging", "on",
-            "--largepages", "on", "--vtxvpid", "on", "--accelerate3d", "off",
-            "--boot1", "dvd" if is_iso else "disk",
-            *(("--longmode", "on") if sys.platform == "win32" else ()),
-        )
+        self.vbm("modifyvm", name, *self._machine_settings(arch, is_iso))
         self.vbm("modifyvm", name, "--nic1", "nat", "--nictype1", str(self.config.get("NatNicType") or "82540EM"),
                  "--cableconnected1", "on")
-        self.vbm("storagectl", name, "--name", "SATA", "--add", "sata", "--hostiocache", "on")
-        self.vbm("storageattach", name, "--storagectl", "SATA", "--port", "0", "--device", "0",
+        ctl = self._add_storage_controller(arch)
+        self.vbm("storageattach", name, "--storagectl", ctl, "--port", "0", "--device", "0",
                  "--type", "dvddrive", "--medium", dvd)
-        self.vbm("storageattach", name, "--storagectl", "SATA", "--port", "1", "--device", "0",
+        self.vbm("storageattach", name, "--storagectl", ctl, "--port", "1", "--device", "0",
                  "--type", "hdd", "--medium", disk)
         self._unattached_disk = ""  # from here on, unregistervm --delete removes it
         self.vbm("guestproperty", "set", name, "/VirtualBox/GuestAdd/SharedFolders/MountPrefix", "/")
@@ -662,6 +766,37 @@ class VirtualBoxDriver(Driver):
             self.vbm("setextradata", name, f"VBoxInternal2/SharedFoldersEnableSymlinksCreate/{share_name}", "1")
         log(f"({name}) Starting the VM...")
         self.start(log)
+
+    def _machine_settings(self, arch: str, is_iso: bool) -> list[str]:
+        """The one big ``modifyvm``: docker-machine's on x86; on ARM only options the ARM handler
+        takes - one x86-only option (--pae, --hpet, --hwvirtex, --nestedpaging, --largepages,
+        --vtxvpid, --longmode) fails the whole call and nothing of it is saved (reference a2)."""
+        onoff = {True: "on", False: "off"}
+        dns = ["--natdnshostresolver1", onoff[bool(self.config.get("HostDNSResolver"))],
+               "--natdnsproxy1", onoff[bool(self.config.get("DNSProxy"))]]
+        cpus, memory = str(self.config["CPU"]), str(self.config["Memory"])
+        if arch == "arm":  # EFI, ARMv8 virtual chipset, ARM64 guest type (reference a11, b step 2)
+            return ["--firmware", "efi", "--chipset", "armv8virtual", "--ostype", ARM_OSTYPE, "--cpus", cpus,
+                    "--memory", memory, "--acpi", "on", "--rtcuseutc", "on", *dns, "--boot1", "disk"]
+        return [
+            "--firmware", "bios", "--bioslogofadein", "off", "--bioslogofadeout", "off",
+            "--bioslogodisplaytime", "0", "--biosbootmenu", "disabled", "--ostype", "Linux26_64",
+            "--cpus", cpus, "--memory", memory, "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on", *dns,
+            "--cpuhotplug", "off", "--pae", "on", "--hpet", "on", "--hwvirtex", "on", "--nestedpaging", "on",
+            "--largepages", "on", "--vtxvpid", "on", "--accelerate3d", "off",
+            "--boot1", "dvd" if is_iso else "disk",
+            *(("--longmode", "on") if self.host.os == "win32" else ()),
+        ]
+
+    def _add_storage_controller(self, arch: str) -> str:
+        """SATA on x86 (docker-machine's); VirtIO-SCSI on ARM - the only ARM bus in the 7.1-era
+        source, still offered by 7.2 beside SATA/NVMe (reference a10)."""
+        if arch == "arm":
+            self.vbm("storagectl", self.machine_name, "--name", "VirtIO", "--add", "virtio-scsi",
+                     "--controller", "VirtIO", "--bootable", "on")
+            return "VirtIO"
+        self.vbm("storagectl", self.machine_name, "--name", "SATA", "--add", "sata", "--hostiocache", "on")
+        return "SATA"
 
     def _fetch_image(self, source: str) -> bool:
         """Copy or download the image into the machine dir; True for an ISO."""
@@ -735,16 +870,19 @@ class VirtualBoxDriver(Driver):
         if folder:
             share_dir, _, share_name = folder.rpartition(":")
         else:
-            share_name, share_dir = share_default()
+            share_name, share_dir = share_default(self.host.os)
         if not os.path.isdir(share_dir):
             return None
         return share_name, share_dir
 
     # Networking ------------------------------------------------------------------------
     def setup_hostonly_network(self) -> str:
-        """Reuse (same IP and mask) or create the host-only interface; DHCP; attach it as NIC 2."""
+        """Reuse (same IP and mask) or create the host-only interface; DHCP; attach it as NIC 2.
+        macOS with VirtualBox 7.x: a host-only network instead (reference a4)."""
         ifs = self.hostonly_ifs()
         iface = self.check_cidr(ifs)
+        if self.uses_hostonly_nets():
+            return self._setup_hostonly_net(ifs, iface)
         ip, mask = str(iface.ip), str(iface.netmask)
         match = next((i for i in ifs if i.get("IPAddress") == ip and i.get("NetworkMask") == mask), None)
         if match:
@@ -768,19 +906,60 @@ class VirtualBoxDriver(Driver):
                  "--hostonlyadapter2", ifname, "--cableconnected2", "on")
         return ifname
 
+    def _setup_hostonly_net(self, nets: list[dict[str, str]], iface: ipaddress.IPv4Interface) -> str:
+        """Reuse the host-only network of the CIDR's subnet or add one (the host keeps LowerIP, the
+        guests get the rest from macOS's vmnet DHCP: no VirtualBox DHCP server), attach it as NIC 2
+        (`--nic2 hostonlynet --host-only-net2`, what Vagrant's 7.x provider does)."""
+        match = next((n for n in nets if _net_of(n) == iface.network), None)
+        if match:
+            netname = match["Name"]
+        else:
+            netname = f"{HOSTONLYNET_PREFIX}{iface.network.network_address}-{iface.network.prefixlen}"
+            hosts = list(iface.network.hosts()) if iface.network.prefixlen < 31 else []
+            if len(hosts) < 2:
+                raise MachineError(f"host-only cidr {iface} is too small for a host and a guest")
+            self.vbm("hostonlynet", "add", f"--name={netname}", f"--netmask={iface.netmask}",
+                     f"--lower-ip={iface.ip}", f"--upper-ip={hosts[-1]}", "--enable")
+        self.config["HostOnlyNetwork"] = netname
+        self.vbm("modifyvm", self.machine_name, "--nic2", "hostonlynet",
+                 "--nictype2", str(self.config.get("HostOnlyNicType") or "82540EM"),
+                 "--nicpromisc2", str(self.config.get("HostOnlyPromiscMode") or "deny"),
+                 "--host-only-net2", netname, "--cableconnected2", "on")
+        return netname
+
+    def _remove_own_hostonly_net(self) -> None:
+        """After rm: drop the host-only network pymachine added when no other VM is attached to it."""
+        netname = str(self.config.get("HostOnlyNetwork") or "")
+        if not netname.startswith(HOSTONLYNET_PREFIX):
+            return
+        for line in self.vbm("list", "vms").splitlines():
+            m = re.match(r'"(.*)" \{([0-9a-f-]+)\}', line.strip())
+            if not m:
+                continue
+            try:
+                info = parse_machinereadable(self.vbm("showvminfo", m.group(2), "--machinereadable"))
+            except MachineError:
+                continue  # vanished meanwhile
+            if any(k.startswith("hostonly-network") and v == netname for k, v in info.items()):
+                return
+        try:
+            self.vbm("hostonlynet", "remove", f"--name={netname}")
+        except MachineError:
+            pass  # removed meanwhile
+
     def _setup_dhcp(self, ifname: str, iface: ipaddress.IPv4Interface, live: set[str]) -> None:
-        servers = {d.get("NetworkName", ""): d for d in parse_blocks(self.vbm("list", "dhcpservers"))}
+        servers = {d.get("NetworkName", ""): d
+                   for d in parse_blocks(self.vbm("list", "dhcpservers"), first_key="NetworkName")}
         for netname in servers:
             if netname.startswith(DHCP_PREFIX) and netname[len(DHCP_PREFIX):] not in live:
                 self.vbm("dhcpserver", "remove", "--netname", netname)
         netname = DHCP_PREFIX + ifname
         current = servers.get(netname)
-        server_ip, lower, upper = dhcp_settings(iface, (current or {}).get("IP", ""))
+        fields = dhcp_server_fields(current) if current else ("", "", "", "", False)
+        server_ip, lower, upper = dhcp_settings(iface, fields[0])
         enabled = not self.config.get("HostOnlyNoDHCP")
         mask = str(iface.netmask)
-        if current and (current.get("IP"), current.get("NetworkMask"), current.get("lowerIPAddress"),
-                        current.get("upperIPAddress"), current.get("Enabled") == "Yes") == (
-                            server_ip, mask, lower, upper, enabled):
+        if current and fields == (server_ip, mask, lower, upper, enabled):
             return
         self.vbm("dhcpserver", "modify" if current else "add", "--netname", netname, "--ip", server_ip,
                  "--netmask", mask, "--lowerip", lower, "--upperip", upper, "--enable" if enabled else "--disable")
@@ -800,7 +979,7 @@ class VirtualBoxDriver(Driver):
             str(self.config.get("SSHKeyPath") or "")
 
     def engine_url(self) -> str:
-        return f"tcp://{self.ip()}:{ENGINE_PORT}"
+        return urls.engine_url(self.ip(), ENGINE_PORT, self.machine_name)
 
     def url(self) -> str:
         if self.state(timeout=5.0) != State.RUNNING:
@@ -811,13 +990,17 @@ class VirtualBoxDriver(Driver):
         return self.engine_url() if self.ip() else ""
 
     def guest_ip(self) -> str:
-        """The host-only NIC's address: guest property first, else the DHCP lease of its MAC."""
+        """The host-only NIC's address: guest property (Guest Additions) first, else the DHCP lease
+        of its MAC; with a macOS host-only network (vmnet's DHCP, no VirtualBox lease) the guest's
+        own answer over the NAT SSH forward."""
         name = self.machine_name
         out = self.vbm("guestproperty", "get", name, "/VirtualBox/GuestInfo/Net/1/V4/IP")
         m = re.match(r"Value:\s*(\S+)", out.strip())
         if m:
             return m.group(1)
         info = parse_machinereadable(self.vbm("showvminfo", name, "--machinereadable"))
+        if info.get("hostonly-network2"):
+            return self._guest_ip_over_ssh()
         ifname, mac = info.get("hostonlyadapter2", ""), info.get("macaddress2", "")
         if not ifname or not mac:
             return ""
@@ -828,6 +1011,21 @@ class VirtualBoxDriver(Driver):
             return ""
         m = re.search(r"IP Address:\s*(\S+)", lease)
         return m.group(1) if m else ""
+
+    def _guest_ip_over_ssh(self) -> str:
+        """``ip -4 -o addr show`` in the guest through 127.0.0.1:<SSHPort> (the NAT forward, which
+        needs no Guest Additions, reference b): its address inside the host-only CIDR, or ""."""
+        from pymachine.machine.provision import connect
+
+        if not self.config.get("SSHKeyPath") or not self.config.get("SSHPort"):
+            return ""
+        network = parse_cidr(str(self.config.get("HostOnlyCIDR") or DEFAULT_CIDR)).network
+        try:
+            with connect(self, wait=0.0) as client:
+                out = client.run("ip -4 -o addr show", check=False, timeout=10).stdout
+        except (MachineError, OSError):
+            return ""  # not up yet: wait_for_ip asks again
+        return guest_address_in(out, network)
 
     def wait_for_ip(self, timeout: float = IP_WAIT) -> str:
         deadline = time.monotonic() + timeout
@@ -841,16 +1039,25 @@ class VirtualBoxDriver(Driver):
             time.sleep(1.0)
 
     # State and lifecycle ---------------------------------------------------------------
-    def state(self, timeout: float = 10.0) -> State:
+    def vm_state(self) -> str:
+        """VirtualBox's own state name (``VMState``), "" when showvminfo has none."""
         out = self.vbm("showvminfo", self.machine_name, "--machinereadable")
-        m = re.search(r'^VMState="(\w+)"', out, re.MULTILINE)
-        if not m:
-            return State.NONE
-        return STATE_MAP.get(m.group(1), State.NONE)
+        m = re.search(r'^VMState="([\w-]+)"', out, re.MULTILINE)
+        return m.group(1) if m else ""
+
+    def state(self, timeout: float = 10.0) -> State:
+        return STATE_MAP.get(self.vm_state(), State.NONE)
 
     def start(self, log: Log) -> None:
         name = self.machine_name
-        current = self.state()
+        raw = self.vm_state()
+        if raw == "aborted-saved":
+            # The VM process died holding a saved state: it is not mutable until that is discarded
+            # (modifyvm: "The machine is not mutable (state is Aborted-Saved)"), so boot afresh.
+            log(f"({name}) Discarding the saved state VirtualBox kept of an aborted run...")
+            self.vbm("discardstate", name)
+            raw = "poweroff"
+        current = STATE_MAP.get(raw, State.NONE)
         if current in (State.STOPPED, State.NONE):
             self.setup_hostonly_network()
         if current in (State.STOPPED, State.SAVED, State.NONE):
@@ -893,12 +1100,42 @@ class VirtualBoxDriver(Driver):
             self._close_medium(self._unattached_disk)
             self._unattached_disk = ""
         try:
-            current = self.state()
+            raw = self.vm_state()
         except MachineMissing:
+            self._remove_own_hostonly_net()
             return
-        if current not in (State.STOPPED, State.SAVED):
+        if raw in ("saved", "aborted-saved"):
+            self.vbm("discardstate", self.machine_name)  # no process to power off (reference a8)
+        elif STATE_MAP.get(raw, State.NONE) not in (State.STOPPED, State.SAVED):
             self.kill(log)
         self.vbm("unregistervm", "--delete", self.machine_name)
+        self._remove_own_hostonly_net()
+
+
+def guest_address_in(ip_addr_output: str, network: ipaddress.IPv4Network) -> str:
+    """The first address of ``ip -4 -o addr show`` output that lies in ``network`` (not its ends)."""
+    for m in re.finditer(r"\binet (\d+\.\d+\.\d+\.\d+)/\d+", ip_addr_output):
+        addr = ipaddress.IPv4Address(m.group(1))
+        if addr in network and addr not in (network.network_address, network.broadcast_address):
+            return str(addr)
+    return ""
+
+
+def _net_of(record: Mapping[str, str]) -> ipaddress.IPv4Network | None:
+    try:
+        return ipaddress.IPv4Interface(f"{record['IPAddress']}/{record['NetworkMask']}").network
+    except (KeyError, ValueError):
+        return None
+
+
+def _takes_arch(func: Any) -> bool:
+    """Whether engine.images offers ``arch=`` (issue 17) on this function yet."""
+    import inspect
+
+    try:
+        return "arch" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def image_suffix(source: str) -> str:
