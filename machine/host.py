@@ -10,7 +10,6 @@ keeps the machine, marked with the failing step, so ``provision`` can retry.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from pymachine.machine.authpaths import MachineTLS, machine_tls
 from pymachine.machine.drivers.base import Driver, State
 from pymachine.machine.drivers.registry import driver_class, load_driver
 from pymachine.machine.errors import MachineError
-from pymachine.machine.store import INVALID_NAME, Host, Store, valid_name
+from pymachine.machine.store import INVALID_NAME, Host, Store, atomic_write, valid_name
 
 Log = Callable[[str], None]
 
@@ -145,6 +144,10 @@ def prepare_driver(store: Store, name: str, driver_name: str, values: Mapping[st
     cls = driver_class(driver_name)
     driver = cls.new(name, str(store.path))
     driver.set_config_from_flags(values)
+    if driver.provisionable and driver.config.get("SSHUser") is not None:
+        from pymachine.machine.sshcommands import check_ssh_value  # no "-oProxyCommand=" user
+
+        check_ssh_value("SSH user", str(driver.config["SSHUser"]))
     return driver
 
 
@@ -219,9 +222,9 @@ def copy_client_certs(machine: Machine) -> None:
         (tls.client_cert, "cert.pem", 0o600),
         (tls.client_key, "key.pem", 0o600),
     ):
-        target = machine.dir / dst
-        shutil.copyfile(src, target)
-        os.chmod(target, mode)
+        # A new file renamed into place: a symlink planted at the target is replaced, not
+        # followed (copyfile would write the client key wherever it points).
+        atomic_write(machine.dir / dst, Path(src).read_bytes(), mode=mode)
 
 
 def server_cert_sans(machine: Machine) -> list[str]:
