@@ -24,11 +24,14 @@ BUILTIN: dict[str, str] = {
     "vmwareworkstation": "pymachine.machine.drivers.vmware:VMwareWorkstationDriver",
     "vmwarefusion": "pymachine.machine.drivers.vmware:VMwareFusionDriver",
     "vmwarevsphere": "pymachine.machine.drivers.vsphere:VSphereDriver",
+    "google": "pymachine.machine.drivers.google:GoogleDriver",
+    "openstack": "pymachine.machine.drivers.openstack:OpenStackDriver",
+    "hyperv": "pymachine.machine.drivers.hyperv:HyperVDriver",
 }
 
 #: Drivers docker-machine shipped that pymachine does not have: loadable from a
 #: store (shown in ``ls``), but not creatable.
-PLANNED = ("exoscale", "google", "hyperv", "openstack", "rackspace", "softlayer", "vmwarevcloudair")
+PLANNED = ("exoscale", "rackspace", "softlayer", "vmwarevcloudair")
 
 
 def _entry_point(name: str) -> str | None:
