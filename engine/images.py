@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pymachine.engine.binfmt import BINFMT_CONF_DIRS, foreign_binaries
 from pymachine.machine.errors import MachineError
 
 Log = Callable[[str], None]
@@ -672,10 +673,12 @@ def _build_lock(cache_dir: Path, key: str, log: Log) -> Iterator[None]:
         yield
 
 
-def build_image(cache_dir: Path, log: Log) -> ImageInfo:
-    """Return the image for the current recipe, building it first if it is not cached."""
+def build_image(cache_dir: Path, log: Log, arch: str | None = None) -> ImageInfo:
+    """Return the image for the current recipe on ``arch`` (default: the host's), building it
+    first if it is not cached."""
     cache_dir = Path(cache_dir)
-    key = recipe_hash()
+    arch = check_arch(arch)
+    key = recipe_hash(arch)
     final = cache_dir / key
     cached = _read_manifest(final)
     if cached:
@@ -696,7 +699,8 @@ def build_image(cache_dir: Path, log: Log) -> ImageInfo:
         global _failure_log
         _failure_log = cache_dir / "last-failed-build.log"
         try:
-            return _build_into(work, final, key, log)
+            with foreign_binaries(arch, host_arch()):
+                return _build_into(work, final, key, log, arch)
         finally:
             _failure_log = None
             _remove_tree(work)
@@ -743,7 +747,7 @@ def _keep_log(log_file: Path, cache_dir: Path) -> None:
         pass
 
 
-def _build_into(work: Path, final: Path, key: str, log: Log) -> ImageInfo:
+def _build_into(work: Path, final: Path, key: str, log: Log, arch: str) -> ImageInfo:
     started = time.monotonic()
     root = work / "root"
     out = work / "image"
@@ -757,37 +761,42 @@ def _build_into(work: Path, final: Path, key: str, log: Log) -> ImageInfo:
         phase = now
 
     proxy_env = _apt_proxy_env()
-    log(f"(image) debootstrap {SUITE} (minbase)...")
+    log(f"(image) debootstrap {SUITE} {arch} (minbase)...")
     try:
-        _run(_debootstrap_command(root), timeout=DEBOOTSTRAP_TIMEOUT, env=proxy_env, what="debootstrap")
+        _run(_debootstrap_command(root, arch), timeout=DEBOOTSTRAP_TIMEOUT, env=proxy_env, what="debootstrap")
     except MachineError:
         _keep_log(root / "debootstrap" / "debootstrap.log", final.parent)
         raise
     done("debootstrap")
     log(f"(image) installing {len(PACKAGES)} packages with apt (engine, kernel, sshd)...")
-    _apt_install(root, proxy_env)
+    _apt_install(root, proxy_env, arch)
+    efi = work / "efi"
+    _fetch_efi_loaders(root, arch, efi)
     done("apt-get install")
     log("(image) customising the root (networking, sshd, first-boot unit, initrd)...")
-    _customise(root)
+    _customise(root, arch)
     kernel, initrd, kernel_version = _kernel_files(root)
     shutil.copyfile(kernel, out / KERNEL_NAME)
     shutil.copyfile(initrd, out / INITRD_NAME)
     packages = _packages(root)
     done("customise")
-    log("(image) making the bootable disk (SYSLINUX, FAT boot, ext4 root) and compressing it to qcow2...")
-    size = _make_disk(root, work / "disk.raw", out / DISK_NAME, out / KERNEL_NAME, out / INITRD_NAME)
+    log("(image) making the bootable disk (ESP with shim+GRUB and SYSLINUX, ext4 root) and compressing it...")
+    size = _make_disk(root, work / "disk.raw", out / DISK_NAME, out / KERNEL_NAME, out / INITRD_NAME, efi, arch)
     done("disk")
     from pymachine.machine import __version__
 
     manifest = {
         "recipe": key,
+        "arch": arch,
         "suite": SUITE,
         "mirror": MIRROR,
         "engine_version": packages.get("docker.io", ""),
+        "compose_version": packages.get("docker-compose", ""),
+        "buildx_version": packages.get("docker-buildx", ""),
         "kernel_version": kernel_version,
         "virtual_size": size,
-        "boot": "bios-syslinux",
-        "kernel_cmdline": KERNEL_CMDLINE,
+        "boot": "bios-syslinux,uefi-shim-grub" if arch == "amd64" else "uefi-shim-grub",
+        "kernel_cmdline": kernel_cmdline(arch),
         "root_label": ROOT_LABEL,
         "disk_sha256": _sha256(out / DISK_NAME),
         "disk_bytes": (out / DISK_NAME).stat().st_size,
@@ -810,13 +819,17 @@ def _build_into(work: Path, final: Path, key: str, log: Log) -> ImageInfo:
 # ----------------------------------------------------------------------------- for drivers
 
 #: Host tools a build needs beyond root.
-BUILD_TOOLS = ("debootstrap", "mke2fs", "mkfs.fat", "mcopy", "syslinux", "sfdisk", "qemu-img")
+BUILD_TOOLS = ("debootstrap", "mke2fs", "mkfs.fat", "mcopy", "mmd", "syslinux", "sfdisk", "qemu-img", "dpkg-deb")
 
 
-def why_not_buildable() -> str | None:
-    """Why the image cannot be built on this host (None when it can)."""
+def why_not_buildable(arch: str | None = None) -> str | None:
+    """Why the image for ``arch`` (default: the host's) cannot be built on this host (None when it can)."""
+    arch = check_arch(arch)
     if os.geteuid() != 0:
         return "building it needs root (debootstrap, chroot)"
+    if arch != host_arch() and not any((d / f"qemu-{_ARCH[arch]['qemu_arch']}.conf").is_file()
+                                       for d in BINFMT_CONF_DIRS):
+        return f"building the {arch} image on a {host_arch()} host needs Debian's qemu-user-static"
     missing = [tool for tool in BUILD_TOOLS if shutil.which(tool) is None]
     if missing:
         return (f"building it needs {', '.join(missing)} (Debian packages debootstrap, e2fsprogs, dosfstools, "
@@ -824,17 +837,18 @@ def why_not_buildable() -> str | None:
     return None
 
 
-def image_for_driver(cache_dir: Path, flag: str) -> ImageInfo | None:
+def image_for_driver(cache_dir: Path, flag: str, arch: str | None = None) -> ImageInfo | None:
     """Pre-create check for drivers that default to this image: the cached
-    image, or None when it can be built at create; otherwise a one-line error
-    naming the driver's own image flag."""
-    found = find_image(cache_dir)
+    image for ``arch`` (default: the host's), or None when it can be built at
+    create; otherwise a one-line error naming the driver's own image flag."""
+    found = find_image(cache_dir, arch)
     if found is not None:
         return found
-    reason = why_not_buildable()
+    reason = why_not_buildable(arch)
     if reason:
+        arch_flag = "" if check_arch(arch) == host_arch() else f" --arch {arch}"
         raise MachineError(f"pymachine's base image is not built yet and {reason}: run "
-                           f"`sudo pymachine image build` once, or pass {flag}")
+                           f"`sudo pymachine image build{arch_flag}` once, or pass {flag}")
     return None
 
 
@@ -855,26 +869,27 @@ def stderr_log(message: str) -> None:
     sys.stderr.flush()
 
 
-def check_for_driver(cache_dir: Path, fmt: str, flag: str) -> None:
+def check_for_driver(cache_dir: Path, fmt: str, flag: str, arch: str | None = None) -> None:
     """Pre-create check of drivers that boot this image as ``fmt``: it is cached and exportable,
     or buildable at create; otherwise a one-line MachineError naming the driver's image ``flag``."""
-    problem = export_problem(image_for_driver(cache_dir, flag), fmt)
+    problem = export_problem(image_for_driver(cache_dir, flag, arch), fmt)
     if problem:
         raise MachineError(f"{problem}, or pass {flag}")
 
 
-def disk_for_driver(cache_dir: Path, fmt: str, announce: Log) -> tuple[Path, ImageInfo]:
-    """The image's disk as ``fmt`` for a driver's create: built on first use (``announce`` says
-    so first), exported once; progress goes to stderr."""
-    info = find_image(cache_dir)
+def disk_for_driver(cache_dir: Path, fmt: str, announce: Log,
+                    arch: str | None = None) -> tuple[Path, ImageInfo]:
+    """The image's disk for ``arch`` (default: the host's) as ``fmt`` for a driver's create: built
+    on first use (``announce`` says so first), exported once; progress goes to stderr."""
+    info = find_image(cache_dir, arch)
     if info is None:
         announce("Using pymachine's base image (built on first use; this can take minutes)...")
-        info = build_image(cache_dir, stderr_log)
+        info = build_image(cache_dir, stderr_log, arch)
     return export_image(info, fmt, stderr_log), info
 
 
 def export_image(info: ImageInfo, fmt: str, log: Log) -> Path:
-    """The image's disk converted to ``fmt`` (vmdk, vdi or raw), converted once and cached beside it.
+    """The image's disk converted to ``fmt`` (vmdk, vdi, raw or vhdx), converted once and cached beside it.
 
     A conversion is written to a temp file and renamed, under the image's
     build lock, so concurrent creates convert once and never see half a file.
@@ -906,24 +921,24 @@ def export_image(info: ImageInfo, fmt: str, log: Log) -> Path:
 
 
 def prune_images(cache_dir: Path, in_use: Callable[[Path], bool], log: Log) -> list[Path]:
-    """Remove cached images other than the current recipe's that no machine uses.
+    """Remove cached images other than the current recipe's (of any arch) that no machine uses.
 
     A qemu machine's overlay is backed by the image it was created from, so an
     image a machine still names is kept whatever its recipe.  Returns what was
     removed.  Each image is removed under its build lock, so a build or export
     in progress is never pulled from under a create.
     """
-    current = recipe_hash()
+    current = {recipe_hash(arch) for arch in ARCHES}
     removed = []
     for info in list_images(cache_dir):
-        if info.recipe == current or info.directory.name == current or in_use(info.directory):
+        if info.recipe in current or info.directory.name in current or in_use(info.directory):
             continue
         with _build_lock(Path(cache_dir), info.directory.name, log):
             _remove_tree(info.directory)
         removed.append(info.directory)
     for stale in Path(cache_dir).glob(".build-*"):  # a crashed build's leftovers (a live one holds the lock)
         key = stale.name[len(".build-"):].rsplit("-", 1)[0]
-        if key != current:
+        if key not in current:
             with _build_lock(Path(cache_dir), key, log):
                 _remove_tree(stale)
             removed.append(stale)

@@ -28,9 +28,12 @@ def qemu_img_available() -> bool:
     return shutil.which("qemu-img") is not None
 
 
-def make_fake_image(store: str | os.PathLike[str], size_mb: int = DEFAULT_SIZE_MB) -> images.ImageInfo:
-    """Put a fake current-recipe image into ``store``'s image cache and return it as found there."""
-    directory = images.default_cache_dir(store) / images.recipe_hash()
+def make_fake_image(store: str | os.PathLike[str], size_mb: int = DEFAULT_SIZE_MB,
+                    arch: str | None = None) -> images.ImageInfo:
+    """Put a fake current-recipe image for ``arch`` (default: the host's) into ``store``'s image
+    cache and return it as found there."""
+    arch = images.check_arch(arch)
+    directory = images.default_cache_dir(store) / images.recipe_hash(arch)
     directory.mkdir(parents=True, exist_ok=True)
     raw = directory / "disk.raw.tmp"
     with open(raw, "wb") as fh:  # sparse, with marker sectors so copies can be compared to the image
@@ -43,9 +46,9 @@ def make_fake_image(store: str | os.PathLike[str], size_mb: int = DEFAULT_SIZE_M
     raw.unlink()
     (directory / images.KERNEL_NAME).write_bytes(b"fake kernel\n")
     (directory / images.INITRD_NAME).write_bytes(b"fake initrd\n")
-    manifest = {"recipe": images.recipe_hash(), "virtual_size": size_mb << 20, "fake": True}
+    manifest = {"recipe": images.recipe_hash(arch), "arch": arch, "virtual_size": size_mb << 20, "fake": True}
     (directory / images.MANIFEST_NAME).write_text(json.dumps(manifest) + "\n")
-    found = images.find_image(images.default_cache_dir(store))
+    found = images.find_image(images.default_cache_dir(store), arch)
     assert found is not None, f"find_image does not accept the fake image in {directory}"
     return found
 

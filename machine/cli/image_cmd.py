@@ -1,9 +1,10 @@
 """``pymachine image build|ls|prune|export|pack|load``: pymachine's own base VM image.
 
 ``build`` makes (or finds) the cached image for the current recipe and prints
-where it is; ``ls`` lists cached images; ``prune`` removes images that are
+where it is (``--arch amd64|arm64``, default the host's; arm64 builds on an
+x86_64 host through qemu-user-static); ``ls`` lists cached images with their arch; ``prune`` removes images that are
 neither the current recipe's nor used by a machine; ``export FORMAT`` prints the path of
-the image's bootable disk converted to vmdk, vdi or raw (converted once and
+the image's bootable disk converted to vmdk, vdi, raw or vhdx (converted once and
 cached), for hypervisors other than QEMU.  ``pack`` writes the current
 image (with its VDI export by default) as one reproducible .tar.gz and
 ``load FILE`` verifies such a file and puts it in the cache: that is how
@@ -19,13 +20,14 @@ import time
 
 from pymachine.machine.cli.common import Context, UsageError, parse, parser
 
-USAGE = "build | ls | prune | export vmdk|vdi|raw | pack [-o FILE] [--formats vdi,vmdk] | load FILE"
+USAGE = ("build [--arch amd64|arm64] | ls | prune | export vmdk|vdi|raw|vhdx [--arch A] | "
+         "pack [-o FILE] [--formats vdi,vmdk] [--arch A] | load FILE")
 
 
 def _summary(info) -> str:  # type: ignore[no-untyped-def]
     m = info.manifest
     size_mb = int(m.get("disk_bytes", 0)) / 1e6
-    return (f"{info.recipe}  {m.get('suite', '')}  kernel {m.get('kernel_version', '')}  "
+    return (f"{info.recipe}  {info.arch}  {m.get('suite', '')}  kernel {m.get('kernel_version', '')}  "
             f"engine {m.get('engine_version', '')}  {size_mb:.0f} MB  built {m.get('built_at', '')}")
 
 
@@ -65,16 +67,17 @@ def _formats(value: str | None) -> list[str]:
     return names
 
 
-def _pack(ctx: Context, cache, output: str | None, formats: str | None) -> int:  # type: ignore[no-untyped-def]
+def _pack(ctx: Context, cache, output: str | None, formats: str | None,  # type: ignore[no-untyped-def]
+          arch: str | None) -> int:
     import os
     from pathlib import Path
 
     from pymachine.engine import image_pack, images
 
     wanted = _formats(formats)
-    info = images.find_image(cache)
+    info = images.find_image(cache, arch)
     if info is None:
-        raise UsageError("pymachine's base image is not built yet: run `pymachine image build` "
+        raise UsageError(f"pymachine's {images.check_arch(arch)} base image is not built yet: run `pymachine image build` "
                          "(or `pymachine image load FILE`) first")
     out = Path(output) if output else Path.cwd() / image_pack.default_name(info.recipe)
     if out.is_dir():
@@ -91,9 +94,9 @@ def _load(ctx: Context, cache, rest: list[str]) -> int:  # type: ignore[no-untyp
     if len(rest) != 1:
         raise UsageError("pymachine image load needs one file: pymachine image load FILE")
     info = image_pack.unpack_image(Path(rest[0]), cache, _stderr_log)
-    current = images.recipe_hash()
+    current = images.recipe_hash(info.arch)
     if info.directory.name != current:
-        _stderr_log(f"Note: this image's recipe {info.directory.name} is not this pymachine's ({current}): "
+        _stderr_log(f"Note: this {info.arch} image's recipe {info.directory.name} is not this pymachine's ({current}): "
                     "drivers will not pick it by default; pass its disk by path (e.g. "
                     "--virtualbox-boot2docker-url DIR/disk.vdi), or load the image made for this version")
     ctx.out(str(info.directory))
@@ -107,26 +110,34 @@ def cmd_image(ctx: Context, args: list[str]) -> int:
     p.add_argument("action", nargs="?", choices=["build", "ls", "prune", "export", "pack", "load"])
     p.add_argument("-o", "--output", default=None, help="pack: the file (or directory) to write")
     p.add_argument("--formats", default=None, help="pack: exports to include, e.g. vdi,vmdk (default vdi; none)")
+    p.add_argument("--arch", default=None, help="build, export, pack: amd64 or arm64 (default: this host's)")
     ns = parse(p, args)
     if not ns.action:
         raise UsageError(f"pymachine image needs a subcommand: {USAGE}")
     if ns.action != "pack" and (ns.output is not None or ns.formats is not None):
         raise UsageError("-o/--output and --formats go with `pymachine image pack` only")
+    if ns.arch is not None:
+        if ns.action not in ("build", "export", "pack"):
+            raise UsageError("--arch goes with `pymachine image build`, `export` and `pack` only")
+        if ns.arch not in images.ARCHES:
+            raise UsageError(f"unknown architecture {ns.arch!r} for --arch: use one of {', '.join(images.ARCHES)}")
     cache = images.default_cache_dir(ctx.store.path)
     if ns.action == "load":
         return _load(ctx, cache, ns.rest)
     if ns.action == "export":
         if len(ns.rest) != 1 or ns.rest[0] not in images.EXPORT_FORMATS:
             raise UsageError(f"pymachine image export needs one format: {' | '.join(images.EXPORT_FORMATS)}")
-        info = images.find_image(cache)
+        info = images.find_image(cache, ns.arch)
         if info is None:
-            raise UsageError("pymachine's base image is not built yet: run `pymachine image build` first")
+            flag = f" --arch {ns.arch}" if ns.arch else ""
+            raise UsageError(f"pymachine's {images.check_arch(ns.arch)} base image is not built yet: "
+                             f"run `pymachine image build{flag}` first")
         ctx.out(str(images.export_image(info, ns.rest[0], lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush()))))
         return 0
     if ns.rest:
         raise UsageError(f"Invalid command line. Found extra arguments {ns.rest}")
     if ns.action == "pack":
-        return _pack(ctx, cache, ns.output, ns.formats)
+        return _pack(ctx, cache, ns.output, ns.formats, ns.arch)
     if ns.action == "prune":
         removed = images.prune_images(cache, lambda d: _used_by_a_machine(ctx, d),
                                       lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush()))
@@ -134,20 +145,20 @@ def cmd_image(ctx: Context, args: list[str]) -> int:
             ctx.out(f"Removed {path}")
         return 0
     if ns.action == "ls":
-        current = images.recipe_hash()
-        rows = [("RECIPE", "SUITE", "KERNEL", "ENGINE", "SIZE", "BUILT", "CURRENT")]
+        current = {images.recipe_hash(arch) for arch in images.ARCHES}
+        rows = [("RECIPE", "ARCH", "SUITE", "KERNEL", "ENGINE", "SIZE", "BUILT", "CURRENT")]
         for info in images.list_images(cache):
             m = info.manifest
-            rows.append((info.recipe, str(m.get("suite", "")), str(m.get("kernel_version", "")),
+            rows.append((info.recipe, info.arch, str(m.get("suite", "")), str(m.get("kernel_version", "")),
                          str(m.get("engine_version", "")), f"{int(m.get('disk_bytes', 0)) / 1e6:.0f}MB",
-                         str(m.get("built_at", "")), "*" if info.recipe == current else ""))
+                         str(m.get("built_at", "")), "*" if info.recipe in current else ""))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
             ctx.out("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         return 0
     started = time.monotonic()
-    cached = images.find_image(cache)
-    info = cached or images.build_image(cache, lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush()))
+    cached = images.find_image(cache, ns.arch)
+    info = cached or images.build_image(cache, _stderr_log, ns.arch)
     ctx.out(str(info.directory))
     ctx.out(_summary(info))
     ctx.out(f"disk sha256 {info.manifest.get('disk_sha256', '')}, virtual size "

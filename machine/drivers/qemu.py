@@ -1,10 +1,15 @@
 """The ``qemu`` driver: local VMs with no hypervisor service, no root daemon, no network.
 
-Each machine is one ``qemu-system-x86_64 -daemonize`` process: a qcow2
-overlay on top of the cached base image (no copy), direct kernel boot with
-the image's own kernel and initrd, a cloud-init NoCloud seed for the user and
-key, and QEMU user networking with two loopback port forwards (SSH and the
-engine).  So the machine's address is always 127.0.0.1: certificates stay
+Each machine is one ``qemu-system-x86_64`` (or ``qemu-system-aarch64
+-machine virt``) ``-daemonize`` process: a qcow2 overlay on top of the cached
+base image of the machine's arch (no copy), direct kernel boot with the
+image's own kernel and initrd on x86_64 with SeaBIOS (the fastest path), or
+the disk's own boot loader through UEFI firmware (arm64 always, x86_64 with
+``--qemu-firmware uefi``), a cloud-init NoCloud seed for the user and key, and
+QEMU user networking with two loopback port forwards (SSH and the engine).
+The host's arch runs under KVM/hvf when usable; ``--qemu-arch`` picks the
+other one, always under TCG (see qemu_firmware).  So the machine's address
+is always 127.0.0.1: certificates stay
 valid when the forwarded ports change on a restart.
 
 State comes from the pidfile and /proc only, never from SSH: a pid counts
@@ -63,6 +68,13 @@ QMP_SOCKET = "qmp.sock"
 CONSOLE_LOG = "console.log"
 QEMU_LOG = "qemu.log"
 SSH_KEY = "id_rsa"
+UEFI_VARS = "efivars.fd"
+
+
+def _cpu_model(arch: str, accel: str) -> str:
+    from pymachine.machine.drivers.qemu_firmware import cpu_model
+
+    return cpu_model(arch, accel)
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -86,6 +98,12 @@ class VMSpec:
     restrict_network: bool = False
     qemu: str = QEMU
     guest_engine_port: int = GUEST_ENGINE_PORT
+    #: -machine and -cpu ("" for QEMU's default: pc on x86_64); arm64 needs virt and a CPU model.
+    machine: str = ""
+    cpu: str = ""
+    #: UEFI: the read-only edk2 code and this machine's own copy of its variable store.
+    firmware_code: str = ""
+    firmware_vars: str = ""
 
 
 def qemu_argv(spec: VMSpec) -> list[str]:
@@ -100,7 +118,9 @@ def qemu_argv(spec: VMSpec) -> list[str]:
     argv = [
         spec.qemu,
         "-name", f"pymachine-{os.path.basename(d)}",
+        *(["-machine", spec.machine] if spec.machine else []),
         "-accel", spec.accel,
+        *(["-cpu", spec.cpu] if spec.cpu else []),
         "-smp", str(spec.cpus),
         "-m", f"{spec.memory_mb}M",
         "-nodefaults",
@@ -117,6 +137,9 @@ def qemu_argv(spec: VMSpec) -> list[str]:
         "-pidfile", os.path.join(d, PIDFILE),
         "-daemonize",
     ]
+    if spec.firmware_code:
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={spec.firmware_code}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={spec.firmware_vars}"]
     if spec.kernel:
         argv += ["-kernel", spec.kernel, "-append", spec.append]
         if spec.initrd:
@@ -229,24 +252,27 @@ def render_engine_files(plan: Any) -> dict[str, str]:
     }
 
 
-def kvm_probe_cache(store_path: str) -> Path:
-    """Where the KVM probe's answer is kept: per host boot, shared by every
-    store of this user (/run is emptied at boot), else under the store."""
+def kvm_probe_cache(store_path: str = "") -> Path:
+    """Where the KVM probe's answer is kept: one file per user whatever the store
+    (``store_path`` is not used), in the runtime dir (emptied at boot) or else the
+    user's cache dir; entries are keyed by the boot id, so a reboot probes again."""
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    if not runtime and os.geteuid() == 0 and os.path.isdir("/run"):
+    if not runtime and hasattr(os, "geteuid") and os.geteuid() == 0 and os.path.isdir("/run"):
         runtime = "/run/pymachine"
     if runtime:
         return Path(runtime) / "qemu-kvm-probe.json"
-    return Path(store_path) / "cache" / "kvm-probe.json"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "pymachine" / "qemu-kvm-probe.json"
 
 
 def cached_probe(cache_file: Path, kernel: str, qemu: str = QEMU) -> tuple[bool, str]:
-    """probe_kvm, remembered per host boot, kernel and QEMU binary (it costs up to 8 s)."""
+    """probe_kvm, remembered per host boot and QEMU binary (it costs up to 8 s): at most one
+    probe per boot, whichever store or image asks (``kernel`` is only what it boots)."""
     try:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot_id = ""
-    key = f"{boot_id}|{kernel}|{shutil.which(qemu) or qemu}"
+    key = f"{boot_id}|{shutil.which(qemu) or qemu}"
     try:
         saved = json.loads(cache_file.read_text())
     except (OSError, ValueError):
@@ -256,6 +282,7 @@ def cached_probe(cache_file: Path, kernel: str, qemu: str = QEMU) -> tuple[bool,
         return bool(ok), str(reason)
     ok, reason = probe_kvm(kernel, qemu)
     try:
+        cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(cache_file, json.dumps({key: [ok, reason]}).encode(), 0o600)
     except OSError:
         pass
@@ -471,6 +498,10 @@ class QemuDriver(Driver):
         Flag("qemu-image-checksum", "string", "", "QEMU_IMAGE_CHECKSUM",
              "Digest of the image's disk file: sha256:HEX, sha512:HEX, bare hex, or sums:URL of a SHA256SUMS file"),
         Flag("qemu-accel", "string", "auto", "QEMU_ACCEL", "Accelerator: auto, kvm, hvf or tcg"),
+        Flag("qemu-arch", "string", "", "QEMU_ARCH",
+             "Guest architecture: amd64 or arm64 (default: the host's; the other one runs under TCG)"),
+        Flag("qemu-firmware", "string", "", "QEMU_FIRMWARE",
+             "Firmware: bios or uefi on amd64 (default bios, booting the image's kernel directly); arm64: uefi"),
         Flag("qemu-ssh-port", "int", 0, "QEMU_SSH_PORT", "Loopback port forwarded to the guest's SSH (0: pick a free one)"),
         Flag("qemu-engine-port", "int", 0, "QEMU_ENGINE_PORT", "Loopback port forwarded to the guest's engine (0: pick a free one)"),
         Flag("qemu-restrict-network", "bool", False, "QEMU_RESTRICT_NETWORK",
@@ -484,6 +515,7 @@ class QemuDriver(Driver):
             "Accel": "auto", "AccelUsed": "", "EnginePort": 0, "FixedSSHPort": 0, "FixedEnginePort": 0,
             "RestrictNetwork": False, "BaseDisk": "", "BaseFormat": "", "Kernel": "", "Initrd": "",
             "KernelAppend": "", "QemuBinary": QEMU, "GuestEnginePort": 0, "EngineSeeded": False,
+            "Arch": "", "Firmware": "", "Machine": "", "FirmwareCode": "",
         }
 
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
@@ -497,7 +529,13 @@ class QemuDriver(Driver):
         accel = str(values.get("qemu-accel") or "auto")
         if accel not in ACCELS:
             raise MachineError(f"--qemu-accel must be one of {', '.join(ACCELS)}, got {accel!r}")
+        from pymachine.machine.drivers import qemu_firmware as fw
+
+        arch = fw.check_arch(str(values.get("qemu-arch") or ""))
+        firmware = fw.check_firmware(str(values.get("qemu-firmware") or ""), arch)
+        spec = fw.SPECS[arch]
         self.config.update(
+            Arch=arch, Firmware=firmware, Machine=spec.machine, QemuBinary=spec.binary,
             IPAddress=LOOPBACK,
             SSHUser=self.default_ssh_user,
             CPU=int(values.get("qemu-cpu-count", 1)),
@@ -550,10 +588,20 @@ class QemuDriver(Driver):
 
         return default_cache_dir(self.store_path)
 
+    def _arch(self) -> str:
+        return str(self.config.get("Arch") or "amd64")  # machines from before arm64 are amd64
+
     def pre_create_check(self) -> None:
-        for tool in (QEMU, QEMU_IMG):
+        from pymachine.machine.drivers import qemu_firmware as fw
+
+        arch = self._arch()
+        packages = fw.SPECS[arch].debian_packages
+        for tool in (str(self.config.get("QemuBinary") or QEMU), QEMU_IMG):
             if shutil.which(tool) is None:
-                raise PreCreateError(f"{tool} not found: install the Debian packages {DEBIAN_PACKAGES}")
+                raise PreCreateError(f"{tool} not found: install the Debian packages {packages}")
+        if self.config.get("Firmware") == "uefi":
+            fw.find_uefi(arch)
+        fw.accel_for(arch, str(self.config.get("Accel") or "auto"))
         memory = int(self.config.get("Memory") or 0)
         if memory < MIN_MEMORY_MB:
             raise PreCreateError(f"--qemu-memory must be at least {MIN_MEMORY_MB} MB, got {memory}")
@@ -574,14 +622,17 @@ class QemuDriver(Driver):
         elif source:
             image = image_from_path(source.removeprefix("file://"))
         else:
-            from pymachine.engine.images import find_image
+            from pymachine.engine.images import find_image, why_not_buildable
 
-            built = find_image(self._default_cache())
+            built = find_image(self._default_cache(), arch)
             if built is not None:
                 image = BaseImage(str(built.disk), "qcow2", built.virtual_size, str(built.kernel), str(built.initrd), True)
-            elif shutil.which("debootstrap") is None or os.geteuid() != 0:
-                raise PreCreateError("pymachine's base image is not built yet and cannot be built here "
-                                     "(needs root and debootstrap): run `pymachine image build` as root, or pass --qemu-image")
+            else:
+                reason = why_not_buildable(arch)
+                if reason:
+                    flag = "" if arch == fw.host_arch() else f" --arch {arch}"
+                    raise PreCreateError(f"pymachine's {arch} base image is not built yet and {reason}: run "
+                                         f"`pymachine image build{flag}` as root, or pass --qemu-image")
         if image is not None:
             self._check_disk_size(image)
             checksum = str(self.config.get("ImageChecksum") or "")
@@ -590,7 +641,7 @@ class QemuDriver(Driver):
         elif self.config.get("ImageChecksum") and not _is_url(source):
             parse_checksum(str(self.config["ImageChecksum"]))
         accel = str(self.config.get("Accel") or "auto")
-        if accel in ("kvm", "hvf"):
+        if accel in ("kvm", "hvf") and arch == fw.host_arch():
             choose_accel(accel)
         for key, what in (("FixedSSHPort", "SSH"), ("FixedEnginePort", "engine")):
             port = int(self.config.get(key) or 0)
@@ -619,7 +670,7 @@ class QemuDriver(Driver):
         from pymachine.engine.images import build_image, stderr_log
 
         log(f"({self.machine_name}) Using pymachine's base image (built on first use; this can take minutes)...")
-        built = build_image(self._default_cache(), stderr_log)
+        built = build_image(self._default_cache(), stderr_log, self._arch())
         return BaseImage(str(built.disk), "qcow2", built.virtual_size, str(built.kernel), str(built.initrd), True)
 
     def _proxy(self) -> dict[str, str] | None:
@@ -662,20 +713,33 @@ class QemuDriver(Driver):
         from pymachine.machine import certs
         from pymachine.machine.seed import write_seed_iso
 
+        from pymachine.machine.drivers import qemu_firmware as fw
+
         t0 = time.monotonic()
         image = self._resolve_image(log)
         self._check_disk_size(image)
-        self.config.update(BaseDisk=image.disk, BaseFormat=image.format, Kernel=image.kernel,
-                           Initrd=image.initrd, KernelAppend=KERNEL_APPEND if image.kernel else "")
-        accel, warning = choose_accel(
-            str(self.config.get("Accel") or "auto"),
-            probe=lambda: cached_probe(kvm_probe_cache(self.store_path), image.kernel,
-                                       str(self.config.get("QemuBinary") or QEMU)),
-        )
+        arch = self._arch()
+        # Direct kernel boot is the fast path under SeaBIOS; through UEFI the disk's own
+        # shim and GRUB boot it (the path VirtualBox, VMware and Macs take).
+        direct = bool(image.kernel) and self.config.get("Firmware") != "uefi"
+        self.config.update(BaseDisk=image.disk, BaseFormat=image.format, Kernel=image.kernel if direct else "",
+                           Initrd=image.initrd if direct else "", KernelAppend=KERNEL_APPEND if direct else "")
+        accel, warning = fw.accel_for(arch, str(self.config.get("Accel") or "auto")), None
+        if accel is None:
+            accel, warning = choose_accel(
+                str(self.config.get("Accel") or "auto"),
+                probe=lambda: cached_probe(kvm_probe_cache(), image.kernel,
+                                           str(self.config.get("QemuBinary") or QEMU)),
+            )
         if warning:
             log(f"({self.machine_name}) Warning: {warning}")
         self.config["AccelUsed"] = accel
         os.makedirs(self.machine_dir, mode=0o700, exist_ok=True)
+        if self.config.get("Firmware") == "uefi":
+            code, variables = fw.find_uefi(arch)
+            shutil.copyfile(variables, self._path(UEFI_VARS))  # the machine's own boot entries
+            os.chmod(self._path(UEFI_VARS), 0o600)
+            self.config["FirmwareCode"] = code
         log(f"({self.machine_name}) Creating SSH key...")
         key = Path(self._path(SSH_KEY))
         certs.generate_ssh_keypair(key)
@@ -724,6 +788,10 @@ class QemuDriver(Driver):
             kernel=str(c.get("Kernel") or ""), initrd=str(c.get("Initrd") or ""),
             append=str(c.get("KernelAppend") or KERNEL_APPEND), restrict_network=bool(c.get("RestrictNetwork")),
             qemu=str(c.get("QemuBinary") or QEMU), guest_engine_port=self.guest_engine_port(),
+            machine=str(c.get("Machine") or ""),
+            cpu=_cpu_model(str(c.get("Arch") or "amd64"), str(c.get("AccelUsed") or "tcg")),
+            firmware_code=str(c.get("FirmwareCode") or ""),
+            firmware_vars=self._path(UEFI_VARS) if c.get("FirmwareCode") else "",
         )
 
     def launch(self, log: Log) -> None:

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.integration,
 
 def test_export_converts_once_and_prints_the_path(pm: PyMachine) -> None:
     info = make_fake_image(pm.store)
-    for fmt in ("vdi", "vmdk", "raw"):
+    for fmt in ("vdi", "vmdk", "raw", "vhdx"):
         res = pm.ok("image", "export", fmt)
         path = Path(res.stdout.strip())
         assert path == info.exported(fmt) and path.is_file()
@@ -41,9 +41,12 @@ def test_export_converts_once_and_prints_the_path(pm: PyMachine) -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (("image", "export"), "pymachine image export needs one format: vmdk | vdi | raw"),
-    (("image", "export", "qcow3"), "pymachine image export needs one format: vmdk | vdi | raw"),
-    (("image", "export", "vdi"), "pymachine's base image is not built yet: run `pymachine image build` first"),
+    (("image", "export"), "pymachine image export needs one format: vmdk | vdi | raw | vhdx"),
+    (("image", "export", "qcow3"), "pymachine image export needs one format: vmdk | vdi | raw | vhdx"),
+    (("image", "export", "vdi", "--arch", "arm64"),
+     "pymachine's arm64 base image is not built yet: run `pymachine image build --arch arm64` first"),
+    (("image", "build", "--arch", "sparc"), "unknown architecture 'sparc' for --arch: use one of amd64, arm64"),
+    (("image", "ls", "--arch", "arm64"), "--arch goes with `pymachine image build`, `export` and `pack` only"),
     (("image", "prune", "extra"), "Invalid command line. Found extra arguments ['extra']"),
 ])
 def test_bad_image_commands_are_one_line_errors(pm: PyMachine, args: tuple[str, ...], message: str) -> None:
@@ -124,3 +127,19 @@ def test_prune_sees_a_machine_that_names_the_image_by_its_real_path(pm: PyMachin
     alias.symlink_to(pm.store)
     assert pm.ok("image", "prune", env={"MACHINE_STORAGE_PATH": str(alias)}).stdout == ""
     assert used.is_dir()
+
+
+def test_each_arch_has_its_own_current_image_and_ls_shows_the_arch(pm: PyMachine) -> None:
+    amd64 = make_fake_image(pm.store, arch="amd64")
+    arm64 = make_fake_image(pm.store, arch="arm64")
+    assert amd64.directory != arm64.directory and (amd64.arch, arm64.arch) == ("amd64", "arm64")
+    old = _old_image(amd64.directory.parent, "0000000000000005")  # a bookworm-era image: no arch recorded
+    rows = {line.split()[0]: line.split() for line in pm.ok("image", "ls").stdout.splitlines()[1:]}
+    assert rows[amd64.recipe][1] == "amd64" and rows[amd64.recipe][-1] == "*"
+    assert rows[arm64.recipe][1] == "arm64" and rows[arm64.recipe][-1] == "*"
+    assert rows["0000000000000005"][1] == "amd64" and rows["0000000000000005"][-1] != "*"
+    path = Path(pm.ok("image", "export", "raw", "--arch", "arm64").stdout.strip())
+    assert path == arm64.exported("raw") and not amd64.exported("raw").exists()
+    # Prune keeps both arches' current images and removes the older recipe nobody uses.
+    assert pm.ok("image", "prune").stdout.strip() == f"Removed {old}"
+    assert amd64.directory.is_dir() and arm64.directory.is_dir()

@@ -1,7 +1,10 @@
 """pymachine's base image boots on its own: the disk VirtualBox, VMware and vSphere get.
 
 Those hypervisors cannot run here, so their hardware is imitated under QEMU
-and each export is booted through the PC firmware (SeaBIOS, no ``-kernel``):
+and each export is booted through the PC firmware, no ``-kernel``: SeaBIOS
+(SYSLINUX's MBR) and OVMF (Debian's ``ovmf``: UEFI through the ESP's signed
+shim and GRUB; on VirtualBox-like hardware with Secure Boot enforcing and
+Microsoft's keys enrolled, as on a stock UEFI PC):
 
 - the VDI (what the virtualbox driver clones) from an AHCI SATA disk with an
   e1000 NIC and the NoCloud seed on a SATA CD-ROM, the way that driver wires
@@ -81,7 +84,7 @@ def test_exported_vmdk_and_vdi_hold_the_same_bootable_disk(image: images.ImageIn
     assert mbr[510:512] == b"\x55\xaa"
     assert mbr[:440] == Path(images.SYSLINUX_MBR).read_bytes()[:440], "SYSLINUX's MBR boot code"
     entries = [mbr[446 + 16 * i: 462 + 16 * i] for i in range(4)]
-    assert entries[0][0] == 0x80 and entries[0][4] == 0x0E, "partition 1: the active FAT16 (LBA) boot partition"
+    assert entries[0][0] == 0x80 and entries[0][4] == 0xEF, "partition 1: the active FAT ESP (boot partition)"
     assert entries[1][0] == 0x00 and entries[1][4] == 0x83, "partition 2: the Linux root"
     boot_start = int.from_bytes(entries[0][8:12], "little")
     root_start = int.from_bytes(entries[1][8:12], "little")
@@ -105,10 +108,29 @@ HARDWARE = {
 }
 
 
+OVMF_DIR = Path("/usr/share/OVMF")
+#: (machine type, pflash code, pflash vars template, extra args) per firmware; Secure Boot needs SMM (q35).
+FIRMWARE: dict[str, tuple[str, str | None, str | None, list[str]]] = {
+    "bios": ("pc", None, None, []),
+    "uefi": ("pc", "OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd", []),
+    "uefi-secureboot": ("q35,smm=on", "OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd",
+                        ["-global", "driver=cfi.pflash01,property=secure,value=on"]),
+}
+#: The EFI global variable GUID: SecureBoot-<guid> holds 1 when Secure Boot is enforcing.
+EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-e0ab1c3c8c2c"
+
+
 class _Guest:
     """A QEMU process with a hypervisor's hardware booting a disk through the firmware."""
 
-    def __init__(self, tmp_path: Path, disk: Path, disk_format: str, hardware: str = "virtualbox") -> None:
+    def __init__(self, tmp_path: Path, disk: Path, disk_format: str, hardware: str = "virtualbox",
+                 firmware: str = "bios") -> None:
+        machine, code, vars_template, fw_args = FIRMWARE[firmware]
+        if code:
+            vars_copy = tmp_path / "efivars.fd"
+            shutil.copyfile(OVMF_DIR / vars_template, vars_copy)
+            fw_args = [*fw_args, "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_DIR / code}",
+                       "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
         devices, nic, share_type, share_source, share_dir = HARDWARE[hardware]
         self.share_line = f"{share_source} {share_dir} {share_type} defaults,nofail,"
         self.dir = tmp_path
@@ -125,7 +147,8 @@ class _Guest:
         self.qmp = tmp_path / "qmp.sock"
         self.console = tmp_path / "console.log"
         self.argv = [
-            QEMU, "-machine", "pc", "-accel", "tcg", "-m", "1024", "-smp", "2", "-nodefaults", "-display", "none",
+            QEMU, "-machine", machine, "-accel", "tcg", "-m", "1024", "-smp", "2", "-nodefaults", "-display", "none",
+            *fw_args,
             "-serial", f"file:{self.console}", "-qmp", f"unix:{self.qmp},server=on,wait=off",
             "-drive", f"if=none,id=disk0,file={self.overlay},format=qcow2",
             "-drive", f"if=none,id=cd0,file={self.seed},format=raw,media=cdrom,readonly=on",
@@ -155,25 +178,35 @@ class _Guest:
 
 @pytest.mark.vm
 @pytest.mark.timeout(1200)
-@pytest.mark.parametrize("hardware, fmt", [("virtualbox", "vdi"), ("vmware", "vmdk")])
+@pytest.mark.parametrize("hardware, fmt, firmware", [
+    ("virtualbox", "vdi", "bios"), ("vmware", "vmdk", "bios"),
+    ("virtualbox", "vdi", "uefi-secureboot"), ("vmware", "vmdk", "uefi"),
+])
 def test_export_boots_through_the_firmware_on_the_hypervisors_hardware(image: images.ImageInfo, tmp_path: Path,
-                                                                       hardware: str, fmt: str) -> None:
+                                                                       hardware: str, fmt: str,
+                                                                       firmware: str) -> None:
+    if firmware != "bios" and not (OVMF_DIR / FIRMWARE[firmware][1]).is_file():
+        pytest.skip("Debian's ovmf is not installed")
     disk = images.export_image(image, fmt, print)
-    guest = _Guest(tmp_path, disk, fmt, hardware)
+    guest = _Guest(tmp_path, disk, fmt, hardware, firmware)
     try:
         started = time.monotonic()
         try:
             conn = guest.ssh()
         except Exception as exc:  # noqa: BLE001 - show the guest's console with the failure
             pytest.fail(f"no SSH within {BOOT_TIMEOUT:g}s ({exc}); console:\n{guest.console_tail()}")
-        print(f"\n[timing] firmware boot of the {fmt} on {hardware} hardware to SSH: "
+        print(f"\n[timing] {firmware} boot of the {fmt} on {hardware} hardware to SSH: "
               f"{time.monotonic() - started:.1f}s")
         with conn:
             def out(command: str, sudo: bool = False) -> str:
                 return conn.run(command, sudo=sudo, timeout=120).stdout.strip()
 
             cmdline = out("cat /proc/cmdline")
-            assert "BOOT_IMAGE=/vmlinuz" in cmdline, f"not booted by SYSLINUX: {cmdline}"
+            assert "BOOT_IMAGE=/vmlinuz" in cmdline, f"not booted from the boot partition: {cmdline}"
+            efi = out("test -d /sys/firmware/efi && echo uefi || echo bios")
+            assert efi == ("bios" if firmware == "bios" else "uefi")
+            if firmware == "uefi-secureboot":  # shim (Microsoft-signed) -> GRUB -> kernel, all verified
+                assert out(f"od -An -tu1 /sys/firmware/efi/efivars/SecureBoot-{EFI_GLOBAL}").split()[-1] == "1"
             assert f"root=LABEL={images.ROOT_LABEL}" in cmdline
             assert out("findmnt -n -o SOURCE /") == "/dev/sda2", "root on the disk's second partition"
             driver = "ahci" if hardware == "virtualbox" else "vmw_pvscsi"  # the disk's controller has its driver
@@ -187,6 +220,11 @@ def test_export_boots_through_the_firmware_on_the_hypervisors_hardware(image: im
             while out("systemctl is-active docker || true") != "active" and time.monotonic() < deadline:
                 time.sleep(2)
             assert out("docker version --format '{{.Server.Os}}'", sudo=True) == "linux"
+            # The engine, its CLI and both plugins, current enough for Docker 29 clients (API >= 1.44).
+            api = out("docker version --format '{{.Server.APIVersion}}'", sudo=True)
+            assert tuple(int(x) for x in api.split(".")) >= (1, 44), api
+            assert "Docker Compose version" in out("docker compose version")
+            assert "github.com/docker/buildx" in out("docker buildx version")
             # DNS comes from whatever the NIC's DHCP lease says (systemd-resolved), not a QEMU-only
             # address: QEMU's restricted network offers none, so none is known.
             assert out("readlink /etc/resolv.conf") == "../run/systemd/resolve/stub-resolv.conf"
