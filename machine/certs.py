@@ -316,7 +316,8 @@ def validate_pair(cert_path: Path, key_path: Path) -> None:
     """Raise MachineError unless both files parse and the key belongs to the cert."""
     cert = _load_cert(cert_path)
     key = _load_key(key_path)
-    if cert.public_key() != key.public_key():
+    # public numbers, not the key objects: keys compare equal only from cryptography 40 (Debian 12 has 38)
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():
         raise MachineError(f"Certificate {cert_path} does not match private key {key_path}")
 
 
@@ -336,6 +337,23 @@ def _ca_problem(paths: CertPaths, now: datetime | None) -> str | None:
     return None
 
 
+def _verify_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> None:
+    """Raise unless ``ca`` signed ``cert`` (``verify_directly_issued_by`` is cryptography >= 40;
+    Debian 12 has 38: there, check the issuer name and the RSA PKCS#1 v1.5 signature we make)."""
+    verify = getattr(cert, "verify_directly_issued_by", None)
+    if verify is not None:
+        verify(ca)
+        return
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    if cert.issuer != ca.subject:
+        raise ValueError("issuer does not match the CA's subject")
+    public = ca.public_key()
+    if not isinstance(public, rsa.RSAPublicKey) or cert.signature_hash_algorithm is None:
+        raise TypeError("not an RSA-signed certificate")
+    public.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm)
+
+
 def _client_problem(paths: CertPaths, now: datetime | None) -> str | None:
     """Why the client cert must be (re)made; it must also chain to the current CA."""
     if not paths.client_cert.exists():
@@ -344,7 +362,7 @@ def _client_problem(paths: CertPaths, now: datetime | None) -> str | None:
         validate_pair(paths.client_cert, paths.client_key)
         if is_expired(paths.client_cert, now):
             return "outdated"
-        _load_cert(paths.client_cert).verify_directly_issued_by(_load_cert(paths.ca_cert))
+        _verify_issued_by(_load_cert(paths.client_cert), _load_cert(paths.ca_cert))
     except MachineError:
         return "unreadable"
     except (ValueError, TypeError, InvalidSignature):
