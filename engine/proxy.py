@@ -156,6 +156,37 @@ class ProxySettings:
         )
 
 
+def redact_url(value: str) -> str:
+    """``scheme://user:PASS@host`` -> ``scheme://user:****@host`` (a bare ``token@`` too).
+
+    Values without credentials come back unchanged, so ``redact_url(v) != v`` says
+    whether ``v`` carries a secret.  Parsed by hand: urllib is not needed here.
+    """
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return value
+    last = rest.rfind("@")
+    if last < 0:
+        return value
+    if any(c in rest[last + 1:] for c in "/?#"):
+        # RFC 3986: the authority ends at the first "/", "?" or "#".
+        end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+        last = rest.rfind("@", 0, end)
+        if last < 0:
+            return value
+    # Otherwise the last "@" ends the userinfo, even when an unencoded "/" or "@" sits
+    # in the password: showing too little beats printing part of a secret.
+    userinfo = rest[:last]
+    if not userinfo:
+        return value
+    user, colon, _password = userinfo.partition(":")
+    shown = f"{user}:{REDACTED}" if colon else REDACTED
+    return f"{scheme}://{shown}{rest[last:]}"
+
+
+REDACTED = "****"
+
+
 def _first(mapping: Mapping[str, str], names: Iterable[str]) -> str:
     for name in names:
         value = mapping.get(name)

@@ -133,8 +133,11 @@ def build_plan(machine: Machine, log: Log | None = None) -> ProvisionPlan:
     from pymachine.engine.options import EngineOptions
     from pymachine.provisioners.base import ProvisionPlan
 
+    from pymachine.machine.secrets import engine_with_secrets
+
     tls = machine.tls()
-    engine = EngineOptions.from_json(machine.host.engine_options)
+    # config.json holds proxy URLs with the password masked; the engine needs the real ones.
+    engine = engine_with_secrets(machine.dir, EngineOptions.from_json(machine.host.engine_options))
     bundle_hook = None
     if log is not None and engine.install_source == "bundle":
         from pymachine.engine import bundle

@@ -679,7 +679,9 @@ class QemuDriver(Driver):
             data = json.loads(Path(self._path("config.json")).read_text())
             from pymachine.engine.options import EngineOptions
 
-            engine = EngineOptions.from_json(data["HostOptions"]["EngineOptions"])
+            from pymachine.machine.secrets import engine_with_secrets
+
+            engine = engine_with_secrets(self.machine_dir, EngineOptions.from_json(data["HostOptions"]["EngineOptions"]))
             proxy = engine.effective_proxy(LOOPBACK, "localhost")
         except (OSError, ValueError, KeyError, TypeError):
             return None
