@@ -72,7 +72,10 @@ class Machine:
         return machine_tls(self.store, self.host)
 
     def save(self) -> None:
+        from pymachine.machine.secrets import protect_host  # proxy passwords stay out of config.json
+
         self.host.driver = self.driver.config
+        protect_host(self.dir, self.host.host_options)
         self.store.save(self.host)
 
     def url(self) -> str:
