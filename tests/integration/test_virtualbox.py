@@ -505,3 +505,170 @@ def test_default_image_leaves_nothing_in_virtualboxs_media_registry(pm, vbox, fa
     assert vbox.state()["registered"] == [f"{mdir}/disk.vdi"], "only the attached copy stays registered"
     pm.ok("rm", "-y", "vbreg2")
     assert vbox.state()["registered"] == []
+
+
+# VirtualBox 6.1-7.2 on Linux, Windows and macOS (Intel, Apple Silicon) ---------------------------------
+# The fake VBoxManage plays each version/host as /work/shared/reference/virtualbox7-vmware.md documents
+# it; the driver is told the same host through PYMACHINE_VBOX_HOST (its host parameter's default).
+
+MATRIX = [  # (VBoxManage --version, host OS, host CPU): combinations VirtualBox ships (reference a12)
+    ("6.1.50r161033", "linux", "x86_64"),
+    ("7.0.20r163906", "win32", "x86_64"),
+    ("7.0.20r163906", "darwin", "x86_64"),
+    ("7.1.8r168469", "linux", "x86_64"),
+    ("7.1.8r168469", "darwin", "arm64"),
+    ("7.2.4r170995", "darwin", "x86_64"),
+    ("7.2.4r170995", "darwin", "arm64"),
+    ("7.2.4r170995", "win32", "x86_64"),
+]
+NET = "pymachine-192.168.56.0-24"
+
+
+def host_env(version: str, host_os: str, arch: str) -> dict[str, str]:
+    return {"FAKE_VBOX_VERSION": version, "FAKE_VBOX_HOST_OS": host_os, "FAKE_VBOX_HOST_ARCH": arch,
+            "PYMACHINE_VBOX_HOST": f"{host_os}/{arch}"}
+
+
+def fake_vdi(path: Path, size: int = 8 << 20) -> Path:
+    """A VDI header VirtualBox (and the fake) recognises: magic 0xbeda107f at 0x40, disk size at 0x170."""
+    head = bytearray(0x200)
+    head[0:0x40] = b"<<< Oracle VM VirtualBox Disk Image >>>\n".ljust(0x40, b"\0")
+    head[0x40:0x44] = (0xBEDA107F).to_bytes(4, "little")
+    head[0x170:0x178] = size.to_bytes(8, "little")
+    path.write_bytes(bytes(head))
+    return path
+
+
+def vdi_args(image: Path, name: str, *extra: str) -> list[str]:
+    return ["create", "-d", "virtualbox", "--virtualbox-boot2docker-url", str(image), "--virtualbox-disk-size", "8",
+            "--virtualbox-no-vtx-check", "--virtualbox-no-share", *extra, name]
+
+
+def network_calls(name: str, host_os: str, version: str, first: bool) -> list[list[str]]:
+    """What start runs to attach NIC 2: a host-only network on macOS 7.x, an interface + DHCP elsewhere."""
+    if host_os == "darwin" and not version.startswith("6."):
+        return [["list", "hostonlynets"],
+                *([["hostonlynet", "add", f"--name={NET}", "--netmask=255.255.255.0", "--lower-ip=192.168.56.1",
+                    "--upper-ip=192.168.56.254", "--enable"]] if first else []),
+                ["modifyvm", name, "--nic2", "hostonlynet", "--nictype2", "82540EM", "--nicpromisc2", "deny",
+                 "--host-only-net2", NET, "--cableconnected2", "on"]]
+    return [["list", "hostonlyifs"],
+            *([["hostonlyif", "create"], ["list", "hostonlyifs"],
+               ["hostonlyif", "ipconfig", "vboxnet0", "--ip", "192.168.56.1", "--netmask", "255.255.255.0"]]
+              if first else []),
+            ["list", "dhcpservers"],
+            *([["dhcpserver", "add", "--netname", "HostInterfaceNetworking-vboxnet0", "--ip", "192.168.56.2",
+                "--netmask", "255.255.255.0", "--lowerip", "192.168.56.100", "--upperip", "192.168.56.254",
+                "--enable"]] if first else []),
+            ["modifyvm", name, "--nic2", "hostonly", "--nictype2", "82540EM", "--nicpromisc2", "deny",
+             "--hostonlyadapter2", "vboxnet0", "--cableconnected2", "on"]]
+
+
+def machine_settings(arch: str, host_os: str) -> list[str]:
+    dns = ["--natdnshostresolver1", "off", "--natdnsproxy1", "on"]
+    if arch == "arm64":  # reference b step 2: EFI, ARMv8 chipset, ARM64 type, no x86-only option
+        return ["--firmware", "efi", "--chipset", "armv8virtual", "--ostype", "Debian12_arm64", "--cpus", "1",
+                "--memory", "1024", "--acpi", "on", "--rtcuseutc", "on", *dns, "--boot1", "disk"]
+    return ["--firmware", "bios", "--bioslogofadein", "off", "--bioslogofadeout", "off",
+            "--bioslogodisplaytime", "0", "--biosbootmenu", "disabled", "--ostype", "Linux26_64", "--cpus", "1",
+            "--memory", "1024", "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on", *dns,
+            "--cpuhotplug", "off", "--pae", "on", "--hpet", "on", "--hwvirtex", "on", "--nestedpaging", "on",
+            "--largepages", "on", "--vtxvpid", "on", "--accelerate3d", "off", "--boot1", "disk",
+            *(["--longmode", "on"] if host_os == "win32" else [])]
+
+
+@pytest.mark.parametrize("version, host_os, arch", MATRIX, ids=["-".join(c) for c in MATRIX])
+def test_lifecycle_over_the_version_host_matrix(pm, vbox, tmp_path, version, host_os, arch):
+    env = host_env(version, host_os, arch)
+    pm.env.update(env)
+    image = fake_vdi(tmp_path / "arm64.vdi" if arch == "arm64" else tmp_path / "x86.vdi")
+    res = pm(*vdi_args(image, "m1"))
+    # No VM boots: the driver's part completes, then provisioning waits for SSH in vain.
+    assert res.returncode == 1 and "Unable to connect to 127.0.0.1" in res.stderr, res.stdout + res.stderr
+    mdir = pm.store / "machines" / "m1"
+    cfg = json.loads((mdir / "config.json").read_text())["Driver"]
+    port = cfg["SSHPort"]
+    vmnet = host_os == "darwin" and not version.startswith("6.")
+    platform = ["--platform-architecture", "arm" if arch == "arm64" else "x86"] if version >= "7.1" else []
+    ctl = "VirtIO" if arch == "arm64" else "SATA"
+    storagectl = (["storagectl", "m1", "--name", "VirtIO", "--add", "virtio-scsi", "--controller", "VirtIO",
+                   "--bootable", "on"] if arch == "arm64" else
+                  ["storagectl", "m1", "--name", "SATA", "--add", "sata", "--hostiocache", "on"])
+    disk, seed = f"{mdir}/disk.vdi", f"{mdir}/seed.iso"
+    forward = [["modifyvm", "m1", "--natpf1", "delete", "ssh"],
+               ["modifyvm", "m1", "--natpf1", f"ssh,tcp,127.0.0.1,{port},,22"],
+               ["startvm", "m1", "--type", "headless"],
+               ["guestproperty", "get", "m1", "/VirtualBox/GuestInfo/Net/1/V4/IP"]]
+    assert vbox.calls() == [
+        ["--version"],
+        ["list", "hostonlynets" if vmnet else "hostonlyifs"],
+        ["clonemedium", "disk", f"{mdir}/image.vdi", disk, "--format", "VDI"],  # the flag's image, copied in
+        ["closemedium", "disk", f"{mdir}/image.vdi"],
+        ["modifymedium", "disk", disk, "--resize", "8"],
+        ["createvm", "--basefolder", str(mdir), "--name", "m1", *platform, "--register"],
+        ["modifyvm", "m1", *machine_settings(arch, host_os)],
+        ["modifyvm", "m1", "--nic1", "nat", "--nictype1", "82540EM", "--cableconnected1", "on"],
+        storagectl,
+        ["storageattach", "m1", "--storagectl", ctl, "--port", "0", "--device", "0", "--type", "dvddrive",
+         "--medium", seed],
+        ["storageattach", "m1", "--storagectl", ctl, "--port", "1", "--device", "0", "--type", "hdd",
+         "--medium", disk],
+        ["guestproperty", "set", "m1", "/VirtualBox/GuestAdd/SharedFolders/MountPrefix", "/"],
+        ["guestproperty", "set", "m1", "/VirtualBox/GuestAdd/SharedFolders/MountDir", "/"],
+        ["showvminfo", "m1", "--machinereadable"],
+        *network_calls("m1", host_os, version, first=True),
+        *forward,
+    ]
+    vm = next(iter(vbox.state()["vms"].values()))
+    assert vm["arch"] == ("arm" if arch == "arm64" else "x86") and vm["state"] == "running"
+    assert cfg["PlatformArchitecture"] == vm["arch"] and cfg["IPAddress"] == "127.0.0.1"
+    if vmnet:
+        assert cfg["HostOnlyNetwork"] == NET and vbox.state()["hostonlyifs"] == {}
+        assert vbox.state()["dhcpservers"] == {}, "vmnet serves DHCP on a host-only network, not VirtualBox"
+
+    vbox.reset_log()
+    pm.ok("stop", "m1")
+    assert vbox.calls() == [
+        ["showvminfo", "m1", "--machinereadable"],
+        ["showvminfo", "m1", "--machinereadable"],
+        ["controlvm", "m1", "acpipowerbutton"],
+        ["showvminfo", "m1", "--machinereadable"],
+    ]
+    vbox.reset_log()
+    pm.ok("start", "m1")
+    # A new process: macOS asks the version to pick the network kind; the network/DHCP is reused as is.
+    assert vbox.calls() == [
+        ["showvminfo", "m1", "--machinereadable"],
+        ["showvminfo", "m1", "--machinereadable"],
+        *([["--version"]] if host_os == "darwin" else []),
+        *network_calls("m1", host_os, version, first=False),
+        *forward,
+    ]
+    vbox.reset_log()
+    pm.ok("restart", "m1")
+    calls = vbox.calls()
+    assert calls[calls.index(["controlvm", "m1", "acpipowerbutton"]) + 1:] == [
+        ["showvminfo", "m1", "--machinereadable"],
+        ["showvminfo", "m1", "--machinereadable"],
+        *([["--version"]] if host_os == "darwin" else []),
+        *network_calls("m1", host_os, version, first=False),
+        *forward,
+    ], calls
+    vbox.reset_log()
+    pm.ok("kill", "m1")
+    assert vbox.calls()[-1] == ["controlvm", "m1", "poweroff"]
+    assert pm.ok("status", "m1").stdout.strip() == "Stopped"
+    pm.ok("start", "m1")
+    vbox.reset_log()
+    pm.ok("rm", "-y", "m1")
+    assert vbox.calls() == [
+        ["showvminfo", "m1", "--machinereadable"],
+        ["controlvm", "m1", "poweroff"],
+        ["unregistervm", "--delete", "m1"],
+        *([["list", "vms"], ["hostonlynet", "remove", f"--name={NET}"]] if vmnet else []),
+    ]
+    assert vbox.vms() == [] and not mdir.exists()
+    if vmnet:  # pymachine's own host-only network goes with its last machine
+        assert vbox.state()["hostonlynets"] == {}
+    else:  # the host-only interface stays for other machines, as in docker-machine
+        assert list(vbox.state()["hostonlyifs"]) == ["vboxnet0"]
