@@ -22,7 +22,20 @@ class MachineTLS(NamedTuple):
     client_key: Path
     server_cert: Path
     server_key: Path
-    cert_dir: Path  # DOCKER_CERT_PATH: the machine directory, holding ca.pem/cert.pem/key.pem
+    cert_dir: Path  # DOCKER_CERT_PATH: a directory holding ca.pem/cert.pem/key.pem
+
+
+CLIENT_FILES = ("ca.pem", "cert.pem", "key.pem")
+
+
+def _client_dir(mdir: Path, recorded: str | None, certs: Path) -> Path:
+    """The machine directory when it holds the client files (provisioning copies them
+    there, as docker-machine's did), else the recorded CertDir or this store's certs:
+    docker-machine's ``none`` machines never got a copy."""
+    for candidate in (mdir, Path(recorded) if recorded else None, certs):
+        if candidate is not None and all((candidate / f).is_file() for f in CLIENT_FILES):
+            return candidate
+    return mdir
 
 
 def _pick(recorded: str | None, fallback: Path) -> Path:
@@ -42,5 +55,5 @@ def machine_tls(store: Store, host: Host) -> MachineTLS:
         client_key=_pick(auth.get("ClientKeyPath"), certs / "key.pem"),
         server_cert=_pick(auth.get("ServerCertPath"), mdir / "server.pem"),
         server_key=_pick(auth.get("ServerKeyPath"), mdir / "server-key.pem"),
-        cert_dir=mdir,
+        cert_dir=_client_dir(mdir, auth.get("CertDir"), certs),
     )

@@ -143,9 +143,14 @@ def _mounts_under(root: Path) -> list[str]:
 
 
 def start_dockerd(
-    tmpdir: Path, ca: Path, server_cert: Path, server_key: Path, port: int | None = None
+    tmpdir: Path, ca: Path, server_cert: Path, server_key: Path, port: int | None = None,
+    *, address: str = "127.0.0.1", netns: str | None = None,
 ) -> DockerdHandle:
-    """Start dockerd with TLS on 127.0.0.1:``port`` (a free one if None) and wait until it answers.
+    """Start dockerd with TLS on ``address``:``port`` (a free one if None) and wait until it answers.
+
+    With ``netns`` it runs inside that network namespace (``nsenter --net``, which
+    execs dockerd, so the pid is dockerd's; ``ip netns exec`` would remount /sys and
+    hide the cgroups); readiness is then its unix socket alone.
 
     Data and log go under ``tmpdir``; the unix socket, exec-root and pidfile
     go under a short /tmp dir because socket paths are limited to 108 bytes.
@@ -161,12 +166,13 @@ def start_dockerd(
     config.write_text(json.dumps({}))
     ns = f"pmtest-{runtime.name}"
     argv = [
+        *(("nsenter", f"--net=/run/netns/{netns}") if netns else ()),
         DOCKERD, "--config-file", str(config),
         "--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
         "--data-root", str(tmpdir / "data"), "--exec-root", str(runtime / "exec"),
         "--pidfile", str(runtime / "pid"),
         "--containerd-namespace", ns, "--containerd-plugins-namespace", ns + "-plugins",
-        "-H", f"unix://{sock}", "-H", f"tcp://127.0.0.1:{port}",
+        "-H", f"unix://{sock}", "-H", f"tcp://{address}:{port}",
         "--tlsverify", "--tlscacert", str(ca), "--tlscert", str(server_cert), "--tlskey", str(server_key),
     ]
     try:
@@ -176,12 +182,12 @@ def start_dockerd(
     except OSError:
         shutil.rmtree(runtime, ignore_errors=True)
         raise
-    handle = DockerdHandle(f"tcp://127.0.0.1:{port}", port, proc.pid, sock, runtime, log, proc)
+    handle = DockerdHandle(f"tcp://{address}:{port}", port, proc.pid, sock, runtime, log, proc)
     deadline = time.monotonic() + START_TIMEOUT
     for _ in range(int(START_TIMEOUT / 0.1)):
         if proc.poll() is not None or time.monotonic() > deadline:
             break
-        if _http_ok(sock) and _tcp_open(port):
+        if _http_ok(sock) and (netns is not None or _tcp_open(port)):
             return handle
         time.sleep(0.1)
     handle.stop()

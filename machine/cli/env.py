@@ -209,7 +209,7 @@ def cmd_env(ctx: Context, args: list[str]) -> int:
     variables = [
         ("DOCKER_TLS_VERIFY", "1"),
         ("DOCKER_HOST", url),
-        ("DOCKER_CERT_PATH", str(machine.dir)),
+        ("DOCKER_CERT_PATH", str(machine.tls().cert_dir)),
         ("DOCKER_MACHINE_NAME", machine.name),
     ]
     if ns.no_proxy:
@@ -243,5 +243,5 @@ def cmd_config(ctx: Context, args: Sequence[str]) -> int:
     ns = parse(p, args)
     name = one_target(ctx, ns.names + ns.rest)
     machine, url = check_connection(ctx, name, swarm=ns.swarm)
-    print("\n".join(config_lines(str(machine.dir), url)))
+    print("\n".join(config_lines(str(machine.tls().cert_dir), url)))
     return 0

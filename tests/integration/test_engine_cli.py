@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from fixtures_dockerd import free_loopback_port, start_dockerd, start_engine_for
 
 pytestmark = pytest.mark.integration
 
-FIXTURE_STORE = Path(__file__).resolve().parents[1] / "fixtures" / "dm016-store"
 DOCKER = shutil.which("docker") or "/usr/bin/docker"
 
 
@@ -140,37 +138,3 @@ def test_env_refuses_an_engine_with_a_foreign_certificate(pm, tmp_path):
         assert "certificate verify failed" in res.stderr or "x509" in res.stderr
     finally:
         handle.stop()
-
-
-def test_docker_machine_016_store_loads_as_is(pm, tmp_path):
-    """A store written by Docker Machine 0.16 (another user's paths) works for ls, inspect, env."""
-    from pymachine.machine import certs
-
-    store = tmp_path / "dm-store"
-    shutil.copytree(FIXTURE_STORE, store)
-    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
-    env = {"MACHINE_STORAGE_PATH": str(store)}
-    paths = certs.CertPaths.in_dir(store / "certs")
-    server = tmp_path / "srv"
-    server.mkdir()
-    certs.generate_server_cert(paths, server / "server.pem", server / "server-key.pem", "fixture.local", ["127.0.0.1"])
-    handle = start_dockerd(tmp_path / "d", store / "certs" / "ca.pem", server / "server.pem",
-                           server / "server-key.pem", port=42376)
-    try:
-        rows = pm.ok("ls", "--format", "{{.Name}}|{{.DriverName}}|{{.State}}|{{.DockerVersion}}|{{.Error}}", env=env).out_lines
-        by_name = {r.split("|")[0]: r.split("|") for r in rows}
-        assert sorted(by_name) == ["default", "gen", "local"]
-        assert by_name["local"][1:4] == ["none", "Running", f"v{server_version(handle)}"]
-        assert by_name["default"][1:3] == ["virtualbox", "Error"]
-        assert by_name["default"][4].startswith("VBoxManage not found: install VirtualBox")
-        inspected = json.loads(pm.ok("inspect", "gen", env=env).stdout)
-        assert list(inspected) == ["ConfigVersion", "Driver", "DriverName", "HostOptions", "Name"]
-        assert inspected["Driver"]["SSHKey"] == "/Users/olduser/.ssh/id_rsa"
-        assert pm.ok("inspect", "-f", "{{.HostOptions.EngineOptions.Labels}}", "gen", env=env).stdout == "[env=dev]\n"
-        out = bash(f'eval "$(pymachine env local)" && {DOCKER} version --format "{{{{.Server.Version}}}}"', {**pm.env, **env})
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == server_version(handle)
-    finally:
-        handle.stop()
-    after = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and "pymachine-state" not in p.name and "locks" not in p.parts}
-    assert after == before, "reading a docker-machine store must not rewrite it"
