@@ -29,7 +29,9 @@ def _file_lock(path: Path):  # noqa: ANN202 - filelock is imported lazily
         # its marker-file lock and warns once; that is expected there.
         warnings.filterwarnings("ignore", message="only soft file lock is available")
         import filelock
-    return filelock, filelock.FileLock(os.fspath(path), mode=LOCK_FILE_MODE)
+    # The mode only where file modes exist (filelock applies it with os.fchmod).
+    mode = LOCK_FILE_MODE if hasattr(os, "fchmod") and os.name != "nt" else -1
+    return filelock, filelock.FileLock(os.fspath(path), mode=mode)
 
 
 @contextlib.contextmanager

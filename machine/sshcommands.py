@@ -79,7 +79,16 @@ _SSH_BASE_OPTIONS = (
     "-o", "ServerAliveInterval=60",
 )  # fmt: skip
 
+# Windows' OpenSSH (Win32-OpenSSH) has no connection multiplexing: no Control* options there.
+_CONTROL_OPTIONS = ("ControlMaster=no", "ControlPath=none")
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_WINDOWS_DRIVE = re.compile(r"[A-Za-z]:([\\/]|\Z)")
+
+
+def _is_windows(windows: bool | None) -> bool:
+    """The caller's platform choice, else this interpreter's (tests pass it explicitly)."""
+    return os.name == "nt" if windows is None else windows
 
 
 def check_key_file(path: Path) -> None:
@@ -119,19 +128,29 @@ def wrap_command(
 
 
 def ssh_argv(
-    target: SSHTarget, args: Sequence[str] = (), *, known_hosts: Path | None = None
+    target: SSHTarget, args: Sequence[str] = (), *, known_hosts: Path | None = None,
+    windows: bool | None = None,
 ) -> list[str]:
     """argv for the system ``ssh`` client: a login shell, or ``args`` run remotely.
 
     The user goes through ``-l`` and the host after ``--``, so neither can be read
     as an option whatever it holds.
     """
-    argv = ["ssh", *_SSH_BASE_OPTIONS]
+    argv = ["ssh", *_base_options(_is_windows(windows))]
     argv += _host_key_options(known_hosts or target.known_hosts)
     if target.key_path is not None:
         argv += ["-o", "IdentitiesOnly=yes", "-i", str(target.key_path)]
     argv += ["-l", target.user, "-p", str(target.port), "--", target.host]
     return argv + list(args)
+
+
+def _base_options(windows: bool) -> list[str]:
+    opts = list(_SSH_BASE_OPTIONS)
+    if windows:
+        for opt in _CONTROL_OPTIONS:
+            i = opts.index(opt)
+            del opts[i - 1:i + 1]  # the value and its "-o"
+    return opts
 
 
 def _host_key_options(*known_hosts: Path) -> list[str]:
@@ -140,10 +159,15 @@ def _host_key_options(*known_hosts: Path) -> list[str]:
 
 
 def _config_quote(value: str) -> str:
-    """Quote a value for an ssh ``-o`` option (ssh's own tokenizer honours double quotes)."""
+    """Quote a path for an ssh ``-o`` option, for ssh's own tokenizer (argv_split).
+
+    Inside double quotes ssh (8.2+) reads ``\\\\`` as one backslash, so Windows paths
+    (``C:\\Users\\...``, ``\\\\server\\share``) have theirs doubled; an older ssh keeps
+    them doubled, which Windows reads as one separator.
+    """
     if '"' in value:
         raise MachineError(f"SSH option value may not contain a double quote: {value}")
-    return f'"{value}"'
+    return '"' + value.replace("\\", "\\\\") + '"'
 
 
 @dataclass(frozen=True)
@@ -164,9 +188,14 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def parse_scp_arg(arg: str, resolve: Callable[[str], SSHTarget]) -> _Location:
-    """Parse ``[[user@]machine:][path]``; a bare path or ``localhost:`` means local."""
-    if ":" not in arg:
+def parse_scp_arg(
+    arg: str, resolve: Callable[[str], SSHTarget], *, windows: bool | None = None
+) -> _Location:
+    """Parse ``[[user@]machine:][path]``; a bare path or ``localhost:`` means local.
+
+    On Windows a drive path (``C:\\dir``, ``c:/dir``) is local too, not machine ``C``.
+    """
+    if ":" not in arg or (_is_windows(windows) and _WINDOWS_DRIVE.match(arg)):
         return _Location(arg)
     host, path = arg.split(":", 1)
     if host == "localhost":
@@ -187,6 +216,7 @@ def scp_argv(
     quiet: bool = False,
     delta: bool = False,
     resolve: Callable[[str], SSHTarget],
+    windows: bool | None = None,
 ) -> list[str]:
     """argv for ``pymachine scp``: ``scp`` (or ``rsync`` with ``delta``) between machines.
 
@@ -197,8 +227,8 @@ def scp_argv(
     """
     if not sources or not dest:
         raise MachineError("Improper number of arguments")
-    srcs = [parse_scp_arg(s, resolve) for s in sources]
-    dst = parse_scp_arg(dest, resolve)
+    srcs = [parse_scp_arg(s, resolve, windows=windows) for s in sources]
+    dst = parse_scp_arg(dest, resolve, windows=windows)
     remotes = [loc for loc in [*srcs, dst] if loc.target is not None]
     targets = _unique_targets(remotes)
     if delta:
@@ -313,9 +343,29 @@ _MISSING_TOOL = {
 }
 
 
-def require_tool(argv: Sequence[str]) -> list[str]:
-    """Resolve ``argv[0]`` on PATH, or fail with Docker Machine's one-line message."""
-    found = shutil.which(argv[0])
+def require_tool(
+    argv: Sequence[str], *, windows: bool | None = None, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Resolve ``argv[0]`` on PATH, or fail with Docker Machine's one-line message.
+
+    On Windows, ssh and scp are first taken from Windows' own OpenSSH
+    (``%SystemRoot%\\System32\\OpenSSH``), which is not always on PATH.
+    """
+    found = None
+    if _is_windows(windows) and argv[0] in ("ssh", "scp"):
+        found = _windows_openssh(argv[0], os.environ if environ is None else environ)
+    found = found or shutil.which(argv[0])
     if found is None:
         raise MachineError(_MISSING_TOOL.get(argv[0], f"{argv[0]} not found on PATH"))
     return [found, *argv[1:]]
+
+
+def _windows_openssh(tool: str, environ: Mapping[str, str]) -> str | None:
+    """``%SystemRoot%\\System32\\OpenSSH\\<tool>.exe`` if that file exists."""
+    import ntpath
+
+    root = environ.get("SystemRoot") or environ.get("SYSTEMROOT") or environ.get("windir")
+    if not root:
+        return None
+    exe = ntpath.join(root, "System32", "OpenSSH", f"{tool}.exe")
+    return exe if os.path.isfile(exe) else None
