@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ntpath
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,10 +40,18 @@ class StoreError(MachineError):
     """The store or one of its files cannot be read or written."""
 
 
-def default_storage_path(environ: dict[str, str] | None = None) -> Path:
+def default_storage_path(environ: dict[str, str] | None = None, platform: str | None = None) -> Path:
+    """MACHINE_STORAGE_PATH, else ``<home>/.docker/machine``.
+
+    Home is docker-machine's: %USERPROFILE% on Windows (where Git Bash's HOME must not
+    move the store away from what the installer seeded), else $HOME.
+    """
     env = os.environ if environ is None else environ
     if env.get("MACHINE_STORAGE_PATH"):
         return Path(env["MACHINE_STORAGE_PATH"]).expanduser()
+    if (sys.platform if platform is None else platform).startswith("win"):
+        home = env.get("USERPROFILE") or env.get("HOME") or str(Path.home())
+        return Path(ntpath.join(home, ".docker", "machine"))
     home = env.get("HOME") or env.get("USERPROFILE") or str(Path.home())
     return Path(home) / ".docker" / "machine"
 

@@ -25,6 +25,9 @@ def invoked_argv() -> list[str]:
     argv = list(sys.argv) or [ARGV0]
     first = argv[0]
     base = os.path.basename(first)
+    if base == "__main__.py":  # python -m pymachine (Windows' pymachine.cmd runs that)
+        argv[0] = ARGV0
+        return argv
     for directory in os.environ.get("PATH", "").split(os.pathsep):
         candidate = os.path.join(directory, base)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
@@ -206,17 +209,15 @@ def cmd_env(ctx: Context, args: list[str]) -> int:
 
     name = one_target(ctx, names)
     machine, url = check_connection(ctx, name, swarm=ns.swarm)
-    variables = [
-        ("DOCKER_TLS_VERIFY", "1"),
-        ("DOCKER_HOST", url),
-        ("DOCKER_CERT_PATH", str(machine.tls().cert_dir)),
-        ("DOCKER_MACHINE_NAME", machine.name),
-    ]
+    no_proxy = None
     if ns.no_proxy:
         from urllib.parse import urlsplit
 
         ip = urlsplit(url).hostname or machine.driver.ip()
-        variables.append(shells.no_proxy_update(ctx.environ, ip))
+        no_proxy = shells.no_proxy_update(ctx.environ, ip)
+    # docker-machine adds COMPOSE_CONVERT_WINDOWS_PATHS when the client runs on Windows.
+    variables = shells.docker_variables(url, str(machine.tls().cert_dir), machine.name,
+                                        windows_client=sys.platform == "win32", no_proxy=no_proxy)
     sys.stdout.write(shells.env_output(shell, variables, argv))
     return 0
 
