@@ -17,7 +17,7 @@ import contextlib
 import ipaddress
 import os
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,10 +122,14 @@ def _load_key(key_path: Path) -> rsa.RSAPrivateKey:
         key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
     except OSError as exc:
         raise MachineError(f"Error reading private key {key_path}: {exc.strerror}") from exc
-    except (ValueError, TypeError) as exc:
+    except TypeError as exc:  # "Password was not given but private key is encrypted"
+        raise MachineError(f"Error reading private key {key_path}: it is protected by a passphrase; "
+                           "pymachine needs an unencrypted RSA key") from exc
+    except ValueError as exc:
         raise MachineError(f"Error reading private key {key_path}: not a PEM private key") from exc
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise MachineError(f"Error reading private key {key_path}: not an RSA key")
+        raise MachineError(f"Error reading private key {key_path}: not an RSA key "
+                           "(docker-machine stores use RSA)")
     return key
 
 
@@ -236,6 +240,26 @@ def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+def check_sans(sans: Sequence[str]) -> None:
+    """Refuse a ``--tls-san`` that cannot go into a certificate, before anything is made.
+
+    X.509 DNS names are ASCII: an internationalised name must be given in its
+    IDNA (``xn--``) form, which the error message spells out.
+    """
+    for raw in sans:
+        value = str(raw).strip()
+        if not value or _parse_ip(value) is not None:
+            continue
+        if value.isascii() and all(c.isalnum() or c in "-.*_" for c in value):
+            continue
+        hint = ""
+        try:
+            hint = f" (its IDNA form is {value.encode('idna').decode('ascii')!r})"
+        except UnicodeError:
+            pass
+        raise MachineError(f"--tls-san {value!r} is not an IP address or an ASCII DNS name{hint}")
 
 
 def _san_extension(sans: Sequence[str]) -> x509.SubjectAlternativeName:
@@ -390,24 +414,83 @@ def _ensure_dir(directory: Path) -> None:
         ) from exc
 
 
+def check_user_files(paths: CertPaths, user_files: Collection[Path],
+                     now: datetime | None = None) -> tuple[bool, bool]:
+    """Validate the CA and client pairs the user named; (CA is theirs, client is theirs).
+
+    A pair with either file named by the user (``--tls-ca-cert``/``--tls-ca-key``,
+    ``--tls-client-*`` or ``MACHINE_TLS_*``) is the user's: it must be usable as it
+    is, because pymachine never writes, regenerates or locks beside a user's file.
+    """
+    user = {Path(p) for p in user_files}
+    ca_user = paths.ca_cert in user or paths.ca_key in user
+    client_user = paths.client_cert in user or paths.client_key in user
+    pairs = [("CA", paths.ca_cert, paths.ca_key, "--tls-ca-cert", "--tls-ca-key")] if ca_user else []
+    if client_user:
+        pairs.append(("client", paths.client_cert, paths.client_key, "--tls-client-cert", "--tls-client-key"))
+    for what, cert, key, cert_flag, key_flag in pairs:
+        for path, flag in ((cert, cert_flag), (key, key_flag)):
+            if path.is_dir():
+                raise MachineError(f"{flag} {path} is a directory, not a file")
+            if not path.exists():
+                raise MachineError(f"{flag} {path} does not exist (pymachine does not create a {what} "
+                                   "where you point it; omit the flag to use the store's own)")
+        try:
+            validate_pair(cert, key)
+        except MachineError as exc:
+            raise MachineError(f"{exc} (your {what} files are left as they are)") from None
+        if is_expired(cert, now):
+            raise MachineError(f"{what} certificate {cert} has expired (your {what} files are left as they are)")
+    if client_user:
+        try:
+            _verify_issued_by(_load_cert(paths.client_cert), _load_cert(paths.ca_cert))
+        except (MachineError, ValueError, TypeError, InvalidSignature):
+            raise MachineError(f"client certificate {paths.client_cert} is not signed by the CA "
+                               f"{paths.ca_cert}") from None
+    return ca_user, client_user
+
+
+def _sweep_temp_files(directory: Path) -> None:
+    """Temp files a killed writer left in the certs dir (only ever called under its lock)."""
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.startswith(".") and ".pem.tmp" in entry:
+            with contextlib.suppress(OSError):
+                os.unlink(directory / entry)
+
+
 def bootstrap_certificates(paths: CertPaths, log: Callable[[str], None] = print, *,
-                           now: datetime | None = None) -> bool:
-    """Create the CA and client cert if missing; remake them if expired or unreadable.
+                           now: datetime | None = None, lock_dir: Path | None = None,
+                           user_files: Collection[Path] = ()) -> bool:
+    """Create the CA and client cert if missing; remake pymachine's own if expired or unreadable.
 
     Logs ``Creating CA: <path>`` and ``Creating client certificate: <path>``
     like docker-machine. Returns True if anything was written. A client cert
     that no longer chains to the CA (because the CA was remade) is remade too.
+    Files in ``user_files`` are the user's: checked (one-line error if unusable),
+    never written; the lock lives in ``lock_dir`` (the store's certs dir), never
+    beside a user's file.
     """
-    if _ca_problem(paths, now) is None and _client_problem(paths, now) is None:
+    ca_user, client_user = check_user_files(paths, user_files, now)
+    ca_problem = None if ca_user else _ca_problem(paths, now)
+    client_problem = None if client_user else _client_problem(paths, now)
+    if ca_problem is None and client_problem is None:
         return False  # fast path: no lock needed to read good files
-    certs_dir = paths.ca_cert.parent
-    _ensure_dir(certs_dir)
-    _ensure_dir(paths.client_cert.parent)
+    lock_dir = Path(lock_dir) if lock_dir is not None else paths.ca_cert.parent
+    _ensure_dir(lock_dir)
+    if not ca_user:
+        _ensure_dir(paths.ca_cert.parent)
+    if not client_user:
+        _ensure_dir(paths.client_cert.parent)
     org = current_user_org()
     created = False
-    with _exclusive_lock(certs_dir / LOCK_NAME):
+    with _exclusive_lock(lock_dir / LOCK_NAME):
+        _sweep_temp_files(lock_dir)
         # Re-check under the lock: another process may have just done the work.
-        problem = _ca_problem(paths, now)
+        problem = None if ca_user else _ca_problem(paths, now)
         if problem is not None:
             if problem != "missing":
                 log(f"CA certificate is {problem} and needs to be regenerated")
@@ -415,9 +498,10 @@ def bootstrap_certificates(paths: CertPaths, log: Callable[[str], None] = print,
             try:
                 generate_ca(paths.ca_cert, paths.ca_key, org, now=now)
             except OSError as exc:
-                raise MachineError(f"Error generating CA certificate: {exc}") from exc
+                raise MachineError(f"Error generating CA certificate {paths.ca_cert}: "
+                                   f"{exc.strerror or exc}") from exc
             created = True
-        problem = _client_problem(paths, now)
+        problem = None if client_user else _client_problem(paths, now)
         if problem is not None:
             if problem != "missing" and not created:  # after a new CA it is self-evident
                 log(f"Client certificate is {problem} and needs to be regenerated")
@@ -425,7 +509,8 @@ def bootstrap_certificates(paths: CertPaths, log: Callable[[str], None] = print,
             try:
                 generate_client_cert(paths, f"{org}.<bootstrap>", now=now)
             except OSError as exc:
-                raise MachineError(f"Error generating client certificate: {exc}") from exc
+                raise MachineError(f"Error generating client certificate {paths.client_cert}: "
+                                   f"{exc.strerror or exc}") from exc
             created = True
     return created
 

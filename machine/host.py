@@ -19,7 +19,7 @@ from pymachine.machine.authpaths import MachineTLS, machine_tls
 from pymachine.machine.drivers.base import Driver, State
 from pymachine.machine.drivers.registry import driver_class, load_driver
 from pymachine.machine.errors import MachineError
-from pymachine.machine.store import INVALID_NAME, Host, Store, atomic_write, valid_name
+from pymachine.machine.store import Host, MachineRemoved, Store, StoreError, atomic_write, check_new_name
 
 Log = Callable[[str], None]
 
@@ -54,7 +54,10 @@ class Machine:
     def __init__(self, store: Store, host: Host) -> None:
         self.store = store
         self.host = host
-        self.driver: Driver = load_driver(host.driver_name, host.driver)
+        # The driver's files are found from this store and the directory name (the
+        # machine's identity), never from a StorePath or MachineName in the file.
+        pinned = {**host.driver, "MachineName": host.name, "StorePath": str(store.path)}
+        self.driver: Driver = load_driver(host.driver_name, pinned)
 
     @classmethod
     def load(cls, store: Store, name: str) -> Machine:
@@ -76,7 +79,7 @@ class Machine:
 
         self.host.driver = self.driver.config
         protect_host(self.dir, self.host.host_options)
-        self.store.save(self.host)
+        self.store.save(self.host, must_exist=True)  # never re-made after a concurrent rm
 
     def url(self) -> str:
         return self.driver.url()
@@ -140,8 +143,7 @@ def new_host(store: Store, name: str, driver: Driver, opts: CreateOptions) -> Ho
 
 def prepare_driver(store: Store, name: str, driver_name: str, values: Mapping[str, Any]) -> Driver:
     """Validate everything that needs no side effect: the store stays untouched on error."""
-    if not valid_name(name):
-        raise MachineError(INVALID_NAME)
+    check_new_name(name)
     if store.exists(name):
         raise MachineError(f'Docker machine "{name}" already exists')
     cls = driver_class(driver_name)
@@ -154,6 +156,19 @@ def prepare_driver(store: Store, name: str, driver_name: str, values: Mapping[st
     return driver
 
 
+def cert_paths(store: Store, opts: CreateOptions) -> tuple[Any, set[Path]]:
+    """The CA and client files for a create, and which of them are the user's own."""
+    from pymachine.machine import certs
+
+    given = {"ca_cert": opts.ca_cert, "ca_key": opts.ca_key,
+             "client_cert": opts.client_cert, "client_key": opts.client_key}
+    default = certs.CertPaths.in_dir(store.certs_dir)
+    paths = certs.CertPaths(**{k: Path(v).expanduser().absolute() if v else getattr(default, k)
+                               for k, v in given.items()})
+    user = {getattr(paths, k) for k, v in given.items() if v}
+    return paths, user
+
+
 def create(
     store: Store,
     name: str,
@@ -162,18 +177,20 @@ def create(
     log: Log,
     argv0: str = "pymachine",
 ) -> Machine:
+    """All or nothing: any failure or interrupt before the machine is usable rolls it back.
+
+    ``Pymachine.Creating`` (this PID) is in the config from the first save to the
+    last, so a create killed midway shows as interrupted in ``ls``.  Provisioning
+    runs without the machine's lock so an ``rm`` can win: the store then refuses
+    the create's next save (the directory is never re-made) and the create stops.
+    """
     from pymachine.machine import certs  # heavy (cryptography): only on create
 
+    check_new_name(name)
+    certs.check_sans(opts.tls_sans)
     store.ensure()
-    certs.bootstrap_certificates(
-        certs.CertPaths(
-            ca_cert=Path(opts.ca_cert) if opts.ca_cert else store.certs_dir / "ca.pem",
-            ca_key=Path(opts.ca_key) if opts.ca_key else store.certs_dir / "ca-key.pem",
-            client_cert=Path(opts.client_cert) if opts.client_cert else store.certs_dir / "cert.pem",
-            client_key=Path(opts.client_key) if opts.client_key else store.certs_dir / "key.pem",
-        ),
-        log=log,
-    )
+    paths, user_files = cert_paths(store, opts)
+    certs.bootstrap_certificates(paths, log=log, lock_dir=store.certs_dir, user_files=user_files)
     log("Running pre-create checks...")
     driver.pre_create_check()
     store.reserve(name)
@@ -181,27 +198,46 @@ def create(
         with store.lock(name):
             machine = Machine(store, new_host(store, name, driver, opts))
             machine.driver = driver
+            machine.host.extra.setdefault("Pymachine", {})["Creating"] = {"Pid": os.getpid()}
             machine.save()
             log("Creating machine...")
             driver.create(log)
             machine.save()
             copy_client_certs(machine)
-    except BaseException:
+            if not driver.provisionable:
+                issue_server_cert(machine)
+                _finish(machine)
+    except MachineRemoved:
+        raise _removed_meanwhile(name) from None
+    except BaseException as exc:
         _rollback(store, name, driver, log)
+        if isinstance(exc, OSError):
+            raise StoreError(f"Error creating machine {name!r}: {describe_os_error(exc)}; "
+                             "nothing was kept") from None
         raise
     if not driver.provisionable:
-        issue_server_cert(machine)
         return machine
     from pymachine.machine import provision  # paramiko and the provisioners: only when needed
 
     try:
         provision.after_create(machine, log)
+    except MachineRemoved:
+        raise _removed_meanwhile(name) from None
     except MachineError:
+        if not store.exists(name):
+            raise _removed_meanwhile(name) from None
         last = (machine.host.extra.get("Pymachine") or {}).get("LastError") or {}
         if driver.rollback_unreachable and last.get("Step") == "ssh":
             log(f"Removing {name}: the host never answered over SSH")
             _rollback(store, name, driver, log)
+            raise
+        _finish(machine)  # kept for 'provision' to retry; LastError says why
         raise
+    except BaseException:  # an interrupt while provisioning: nothing half-made is kept
+        if store.exists(name):
+            _rollback(store, name, driver, log)
+        raise
+    _finish(machine)
     log(
         "To see how to connect your Docker Client to the Docker Engine running on this "
         f"virtual machine, run: {argv0} env {name}"
@@ -209,12 +245,39 @@ def create(
     return machine
 
 
+def _finish(machine: Machine) -> None:
+    """Clear the create's in-progress mark; a concurrent rm makes this raise MachineRemoved."""
+    ext = machine.host.extra.get("Pymachine")
+    if isinstance(ext, dict):
+        ext.pop("Creating", None)
+        if not ext:
+            machine.host.extra.pop("Pymachine")
+    try:
+        machine.save()
+    except MachineRemoved:
+        raise _removed_meanwhile(machine.name) from None
+
+
+def _removed_meanwhile(name: str) -> MachineError:
+    return MachineError(f'create of "{name}" stopped: the machine was removed while it was being created')
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'No space left on device: /path' rather than the OSError's repr."""
+    what = exc.strerror or exc.__class__.__name__
+    where = exc.filename or ""
+    return f"{what}: {where}" if where else what
+
+
 def _rollback(store: Store, name: str, driver: Driver, log: Log) -> None:
     try:
         driver.remove(log)
     except Exception as exc:  # noqa: BLE001 -- the original error matters more; say what may be left
         log(f"Warning: could not remove what the driver made for {name}: {exc}")
-    store.remove(name)
+    try:
+        store.remove(name)
+    except MachineError as exc:
+        log(f"Warning: {exc}")
 
 
 def copy_client_certs(machine: Machine) -> None:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymachine.machine import docker_context
+from pymachine.machine import docker_context, urls
 from pymachine.machine.drivers.base import State
 from pymachine.machine.errors import MachineError
 from pymachine.machine.store import BrokenHost, Host, Store
@@ -72,18 +72,14 @@ def is_active(item: ListItem, environ: dict[str, str]) -> None:
     if docker_host:
         if item.URL and item.URL == docker_host:
             item.ActiveHost, item.Active = True, "*"
-        elif item.SwarmOptions and item.SwarmOptions.get("Master") and swarm_url(item) == docker_host:
+        elif item.URL and item.SwarmOptions and item.SwarmOptions.get("Master") and swarm_url(item) == docker_host:
             item.ActiveSwarm, item.Active = True, "* (swarm)"
     elif docker_context.current_machine(environ) == item.Name:
         item.ActiveHost, item.Active = True, "*"
 
 
 def swarm_url(item: ListItem) -> str:
-    from urllib.parse import urlsplit
-
-    host = urlsplit(item.URL).hostname or ""
-    port = urlsplit((item.SwarmOptions or {}).get("Host") or "tcp://0.0.0.0:3376").port or 3376
-    return f"tcp://{host}:{port}"
+    return urls.swarm_url(item.URL, (item.SwarmOptions or {}).get("Host") or "")
 
 
 def base_item(host: Host | BrokenHost) -> ListItem:
@@ -94,8 +90,31 @@ def base_item(host: Host | BrokenHost) -> ListItem:
         DriverName=host.driver_name,
         SwarmOptions=host.swarm_options,
         EngineOptions=host.engine_options,
-        _labels=list(host.engine_options.get("Labels") or []),
+        _labels=_labels_of(host),
     )
+
+
+def _labels_of(host: Host) -> list[str]:
+    """EngineOptions.Labels as strings; a hand-edited non-list counts as none."""
+    labels = host.engine_options.get("Labels")
+    return [str(label) for label in labels] if isinstance(labels, list) else []
+
+
+def creation_error(host: Host) -> tuple[bool, str] | None:
+    """(interrupted?, message) for a machine whose create has not finished.
+
+    ``create`` records ``Pymachine.Creating`` with its PID first and clears it
+    last; a PID that is gone means the create was killed midway.
+    """
+    from pymachine.machine.store import pid_alive
+
+    info = (host.extra.get("Pymachine") or {}).get("Creating")
+    if info is None:
+        return None
+    pid = info.get("Pid") if isinstance(info, dict) else None
+    if isinstance(pid, int) and pid_alive(pid):
+        return False, f"create in progress (pid {pid})"
+    return True, f"create was interrupted; remove it with 'pymachine rm -f {host.name}'"
 
 
 def query_host(store: Store, host: Host, item: ListItem, deadline: float,
@@ -129,11 +148,25 @@ def query_host(store: Store, host: Host, item: ListItem, deadline: float,
         item.State = State.ERROR.value
         if str(exc) != "Host is not running":
             item.Error = str(exc)
+    except Exception as exc:  # noqa: BLE001 -- a hand-edited driver config: one error row, not a crash
+        item.State = State.ERROR.value
+        item.Error = f"cannot use the {host.driver_name} driver's config: {exc.__class__.__name__}"
+    local_evidence(host, item)
+    item.ResponseTime = format_duration(time.monotonic() - started)
+
+
+def local_evidence(host: Host, item: ListItem) -> None:
+    """A recorded provisioning failure or an unfinished create overrides what was queried."""
     failed = (host.extra.get("Pymachine") or {}).get("LastError")
     if isinstance(failed, dict):
         item.State = State.ERROR.value
         item.Error = provisioning_error(host.name, failed)
-    item.ResponseTime = format_duration(time.monotonic() - started)
+    creating = creation_error(host)
+    if creating is not None:
+        interrupted, message = creating
+        if interrupted:
+            item.State = State.ERROR.value
+        item.Error = message
 
 
 def batch_states(hosts: list[Host], deadline: float) -> dict[str, State]:
@@ -145,7 +178,7 @@ def batch_states(hosts: list[Host], deadline: float) -> dict[str, State]:
     for host in hosts:
         try:
             driver = load_driver(host.driver_name, host.driver)
-        except MachineError:
+        except Exception:  # noqa: BLE001 -- query_host reports it as that machine's error row
             continue
         groups.setdefault(type(driver), []).append(driver)
     results: dict[str, State] = {}
@@ -177,7 +210,7 @@ def timed_out_item(store: Store, host: Host, item: ListItem, deadline_s: float) 
     local: State | None = None
     try:
         local = load_driver(host.driver_name, host.driver).local_state()
-    except MachineError:
+    except Exception:  # noqa: BLE001 -- no local evidence from a driver that cannot load
         local = None
     out = base_item(host)
     out.State = State.TIMEOUT.value
@@ -187,10 +220,7 @@ def timed_out_item(store: Store, host: Host, item: ListItem, deadline_s: float) 
         out.DockerVersion = f"{cached['DockerVersion']} (cached)"
     hint = f"; last known state {out.LocalState}" if out.LocalState else ""
     out.Error = f"no answer within {deadline_s:g}s{hint}"
-    failed = (host.extra.get("Pymachine") or {}).get("LastError")
-    if isinstance(failed, dict):  # a recorded provisioning failure is local evidence too
-        out.State = State.ERROR.value
-        out.Error = provisioning_error(host.name, failed)
+    local_evidence(host, out)  # a recorded provisioning failure is local evidence too
     return out
 
 
@@ -236,8 +266,11 @@ def gather(
             store.write_state(name, State=item.State, **({"DockerVersion": item.DockerVersion} if item.DockerVersion.startswith("v") else {}))
         is_active(item, environ)
         result.append(item)
-    fill_swarm_column(result)
-    fill_swarm_mode_column(result, [h for h in hosts if isinstance(h, Host)])
+    try:
+        fill_swarm_column(result)
+        fill_swarm_mode_column(result, [h for h in hosts if isinstance(h, Host)])
+    except Exception:  # noqa: BLE001 -- a hand-edited swarm record costs the SWARM column, not the listing
+        pass
     result.sort(key=lambda it: natural_key(it.Name))
     return result
 
@@ -302,7 +335,7 @@ def matches_static(host: Host | BrokenHost, filters: dict[str, list[str]]) -> bo
     if isinstance(host, BrokenHost):
         return not ({"label", "swarm"} & filters.keys())
     if "label" in filters:
-        labels = host.engine_options.get("Labels") or []
+        labels = _labels_of(host)
         if not any(_label_match(v, labels) for v in filters["label"]):
             return False
     return True

@@ -25,15 +25,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pymachine.machine.atomic import write_atomic
+from pymachine.machine.atomic import write_atomic as atomic_write  # noqa: F401  (older callers)
 from pymachine.machine.errors import MachineError, MachineNotFound
 
 CONFIG_VERSION = 3
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9\-\.]*$")
+NAME_RE = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9\-\.]*\Z")  # \Z: "name\n" is not a name
+#: A new name is at most a hostname label long, so every path made from it
+#: (``locks/NAME.lock``, ``.removing-NAME-PID``, a Docker context) fits a file name.
+MAX_NAME = 63
+#: Names an older pymachine let through (up to 200 characters) still load and remove.
+MAX_EXISTING_NAME = 200
 INVALID_NAME = (
     "Error creating machine: Invalid hostname specified. "
     "Allowed hostname chars are: 0-9a-zA-Z . -"
 )
+NAME_TOO_LONG = f"Error creating machine: Invalid hostname specified. A name has at most {MAX_NAME} characters"
 STATE_FILE = "pymachine-state.json"
+TOMB_PREFIX = ".removing-"
+#: Deeper JSON than this in a config.json is refused (one error row), never recursed into.
+MAX_CONFIG_DEPTH = 32
 
 
 class StoreError(MachineError):
@@ -57,25 +68,68 @@ def default_storage_path(environ: dict[str, str] | None = None, platform: str | 
 
 
 def valid_name(name: str) -> bool:
-    return bool(NAME_RE.match(name))
+    """A name ``create`` accepts: hostname characters, at most MAX_NAME long."""
+    return isinstance(name, str) and len(name) <= MAX_NAME and bool(NAME_RE.match(name))
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+def valid_existing_name(name: str) -> bool:
+    """A name that may already be in a store (older versions allowed longer ones)."""
+    return isinstance(name, str) and len(name) <= MAX_EXISTING_NAME and bool(NAME_RE.match(name))
+
+
+def check_new_name(name: str) -> None:
+    """Raise the one-line create error for a name no machine may have."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise MachineError(INVALID_NAME)
+    if len(name) > MAX_NAME:
+        raise MachineError(NAME_TOO_LONG)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (POSIX signal 0; Windows asks the kernel)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        try:
+            ok = kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        finally:
+            kernel32.CloseHandle(handle)
+        return bool(ok) and code.value == 259  # STILL_ACTIVE
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    except OSError:
+        return False
+    return True
+
+
+def json_depth_ok(data: Any, limit: int = MAX_CONFIG_DEPTH) -> bool:
+    """Whether ``data`` nests at most ``limit`` levels (checked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = list(value.values())
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
 
 
 def dump_json(obj: Any) -> bytes:
@@ -134,7 +188,20 @@ class Host:
         options = data.get("HostOptions") or {}
         if not isinstance(options, dict):
             raise StoreError("config.json field HostOptions is not an object")
+        for key in ("AuthOptions", "EngineOptions", "SwarmOptions"):
+            if options.get(key) is not None and not isinstance(options[key], dict):
+                raise StoreError(f"config.json field HostOptions.{key} is not an object")
+        if data.get("Pymachine") is not None and not isinstance(data["Pymachine"], dict):
+            raise StoreError("config.json field Pymachine is not an object")
+        # The directory name is the machine's identity: a Name (or the driver's
+        # MachineName) that disagrees is a copied or crafted config, never a path.
         name = data.get("Name") or dir_name
+        if name != dir_name:
+            raise StoreError(f"config.json names the machine {str(name)[:80]!r}, not {dir_name!r} "
+                             f"(a copied directory? remove it with 'pymachine rm -f {dir_name}')")
+        if driver.get("MachineName") not in (None, "", dir_name):
+            raise StoreError(f"config.json field Driver.MachineName is not {dir_name!r} "
+                             f"(a copied directory? remove it with 'pymachine rm -f {dir_name}')")
         known = {"ConfigVersion", "Driver", "DriverName", "HostOptions", "Name"}
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(name, driver_name, driver, options, CONFIG_VERSION, extra)
@@ -151,6 +218,14 @@ class Host:
     @property
     def swarm_options(self) -> dict[str, Any]:
         return self.host_options.setdefault("SwarmOptions", {}) or {}
+
+
+class MachineRemoved(StoreError):
+    """The machine's directory went away under us: a concurrent ``rm`` won."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f'machine "{name}" was removed while this command ran')
+        self.name = name
 
 
 class BrokenHost:
@@ -196,14 +271,40 @@ class Store:
             return []
         except OSError as exc:
             raise StoreError(f"cannot read {self.machines_dir}: {exc.strerror}") from None
+        self.sweep_removals(entries)
         return sorted(e for e in entries if not e.startswith(".") and (self.machines_dir / e).is_dir())
 
+    def sweep_removals(self, entries: list[str] | None = None) -> None:
+        """Finish removals a killed ``rm`` left behind (``.removing-NAME-PID``, PID gone)."""
+        import shutil
+
+        if entries is None:
+            try:
+                entries = os.listdir(self.machines_dir)
+            except OSError:
+                return
+        for entry in entries:
+            if not entry.startswith(TOMB_PREFIX):
+                continue
+            pid = entry.rsplit("-", 1)[-1]
+            if pid.isdigit() and pid_alive(int(pid)):
+                continue  # that rm is still running
+            shutil.rmtree(self.machines_dir / entry, ignore_errors=True)
+
     def exists(self, name: str) -> bool:
-        return self.machine_dir(name).is_dir()
+        return valid_existing_name(name) and self.machine_dir(name).is_dir()
+
+    def require(self, name: str) -> None:
+        """Raise MachineNotFound unless ``name`` is a machine here; touches nothing.
+
+        Commands call this before taking a lock, so a name like ``/tmp/x`` or
+        ``../x`` never makes a lock file anywhere.
+        """
+        if not self.exists(name):
+            raise MachineNotFound(name)
 
     def load(self, name: str) -> Host:
-        if not valid_name(name) or not self.exists(name):
-            raise MachineNotFound(name)
+        self.require(name)
         path = self.config_path(name)
         try:
             raw = path.read_bytes()
@@ -215,6 +316,10 @@ class Store:
             data = json.loads(raw)
         except ValueError as exc:
             raise StoreError(f"corrupt config.json for {name!r}: {exc}") from None
+        except RecursionError:
+            data = None
+        if data is None or not json_depth_ok(data):
+            raise StoreError(f"config.json of {name!r} nests deeper than {MAX_CONFIG_DEPTH} levels")
         return Host.from_json(data, name)
 
     def load_all(self) -> list[Host | BrokenHost]:
@@ -224,6 +329,8 @@ class Store:
                 out.append(self.load(name))
             except MachineError as exc:
                 out.append(BrokenHost(name, str(exc)))
+            except Exception as exc:  # noqa: BLE001 -- one bad machine must not take down the store
+                out.append(BrokenHost(name, f"cannot load config.json: {exc.__class__.__name__}"))
         return out
 
     # Writing -------------------------------------------------------------------------------
@@ -239,7 +346,9 @@ class Store:
 
     def reserve(self, name: str) -> Path:
         """Create the machine directory; exactly one concurrent caller wins a name."""
+        check_new_name(name)
         self.ensure()
+        self.sweep_removals()
         d = self.machine_dir(name)
         try:
             os.mkdir(d, 0o700)
@@ -249,24 +358,44 @@ class Store:
             raise StoreError(f"cannot create {d}: {exc.strerror}") from None
         return d
 
-    def save(self, host: Host) -> None:
+    def save(self, host: Host, *, must_exist: bool = False) -> None:
+        """Write the config.  With ``must_exist`` (every save of a live machine) a
+        removed directory is never re-made: a concurrent ``rm`` stays won."""
         d = self.machine_dir(host.name)
+        if not valid_existing_name(host.name):
+            raise MachineNotFound(str(host.name))
         if not d.is_dir():
-            d.mkdir(parents=True, mode=0o700)
+            if must_exist:
+                raise MachineRemoved(host.name)
+            try:
+                d.mkdir(parents=True, mode=0o700)
+            except OSError as exc:
+                raise StoreError(f"cannot create {d}: {exc.strerror}") from None
         try:
-            atomic_write(self.config_path(host.name), dump_json(host.to_json()))
+            write_atomic(self.config_path(host.name), dump_json(host.to_json()), dir_mode=None)
+        except FileNotFoundError:
+            raise MachineRemoved(host.name) from None
         except OSError as exc:
             raise StoreError(f"cannot save {self.config_path(host.name)}: {exc.strerror}") from None
 
     def remove(self, name: str) -> None:
         import shutil
 
+        if not valid_existing_name(name):
+            raise MachineNotFound(name)
         d = self.machine_dir(name)
+        self.sweep_removals()
         if not d.exists():
             return
-        # Rename first so a crash mid-delete never leaves a half machine that looks alive.
-        tomb = self.machines_dir / f".removing-{name}-{os.getpid()}"
-        os.replace(d, tomb)
+        # Rename first so a crash mid-delete never leaves a half machine that looks alive;
+        # a later command finishes a tomb whose rm was killed (sweep_removals).
+        tomb = self.machines_dir / f"{TOMB_PREFIX}{name}-{os.getpid()}"
+        try:
+            os.replace(d, tomb)
+        except FileNotFoundError:
+            return  # someone else removed it first
+        except OSError as exc:
+            raise StoreError(f"cannot remove {d}: {exc.strerror}") from None
         shutil.rmtree(tomb, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path / "locks" / f"{name}.lock")
@@ -296,4 +425,4 @@ class Store:
         if merged == current or not self.exists(name):
             return
         with contextlib.suppress(OSError):
-            atomic_write(self.machine_dir(name) / STATE_FILE, json.dumps(merged, indent=1).encode())
+            write_atomic(self.machine_dir(name) / STATE_FILE, json.dumps(merged, indent=1).encode())

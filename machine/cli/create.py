@@ -8,8 +8,9 @@ which each driver declares as data.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pymachine.machine import hostoptions
@@ -156,7 +157,7 @@ def with_engine_extras(engine: dict[str, Any], ns: argparse.Namespace, ctx: Cont
 def cmd_create(ctx: Context, args: list[str]) -> int:
     from pymachine.machine import host as hostmod
     from pymachine.machine.drivers.registry import driver_class
-    from pymachine.machine.store import INVALID_NAME, valid_name
+    from pymachine.machine.store import check_new_name
 
     driver_name = find_driver(args, ctx.environ)
     p = parser("create", "Create a machine.", "[arg...]")
@@ -181,7 +182,9 @@ def cmd_create(ctx: Context, args: list[str]) -> int:
     if not names:
         raise UsageError("Error: No machine name specified")
     name = names[0]
-    _check_name(ctx, [name], valid_name, INVALID_NAME)
+    check_new_name(name)  # before anything touches the disk
+    if ctx.store.exists(name):
+        raise MachineError(f'Docker machine "{name}" already exists')
     from pymachine.machine.provision import ssh_wait
 
     ssh_wait(ctx.environ)  # a bad PYMACHINE_SSH_WAIT fails now, before anything is made
@@ -195,15 +198,27 @@ def cmd_create(ctx: Context, args: list[str]) -> int:
     driver = hostmod.prepare_driver(ctx.store, name, driver_name, driver_values(ns, cls.flags))
     # A driver whose image carries the engine (qemu) defaults to configuring it only.
     default_source = getattr(driver, "default_install_source", "packages")
-    hostmod.create(ctx.store, name, driver, options_from(ns, ctx, default_source), ctx.out, argv0=ARGV0)
+    opts = options_from(ns, ctx, default_source)
+    with terminate_as_interrupt():
+        hostmod.create(ctx.store, name, driver, opts, ctx.out, argv0=ARGV0)
     return 0
 
 
-def _check_name(ctx: Context, names: list[str], valid_name: Any, invalid: str) -> None:
-    if not names:
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM during a create raises KeyboardInterrupt, so the create rolls back like on Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    name = names[0]
-    if not valid_name(name):
-        raise MachineError(invalid)
-    if ctx.store.exists(name):
-        raise MachineError(f'Docker machine "{name}" already exists')
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

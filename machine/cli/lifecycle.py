@@ -32,6 +32,7 @@ def _machine(ctx: Context, name: str):
 
 def _each(ctx: Context, names: list[str], op: str) -> None:
     def act(name: str) -> None:
+        ctx.store.require(name)  # validated before the lock touches the disk
         with ctx.store.lock(name):
             getattr(_machine(ctx, name), op)(ctx.out)
 
@@ -97,19 +98,23 @@ def cmd_rm(ctx: Context, args: list[str]) -> int:
 
 def remove_one(ctx: Context, name: str, force: bool, assume_yes: bool = False) -> None:
     from pymachine.machine.host import Machine
-    from pymachine.machine.store import StoreError, valid_name
 
-    if not valid_name(name) or not ctx.store.exists(name):
-        from pymachine.machine.errors import MachineNotFound
-
-        raise MachineNotFound(name)
+    ctx.store.sweep_removals()  # finish what a killed rm left behind
+    ctx.store.require(name)  # validated before the lock touches the disk
     with ctx.store.lock(name):
+        ctx.store.require(name)  # a concurrent rm may have won while we waited
         try:
             machine = Machine.load(ctx.store, name)
-        except StoreError:
+        except MachineError:
             if not force:
                 raise
-            ctx.store.remove(name)  # a broken directory: -f removes what is there
+            ctx.store.remove(name)  # a broken directory: -f removes what is there, nothing else
+            return
+        except Exception as exc:  # noqa: BLE001 -- a config no driver can read is broken too
+            if not force:
+                raise MachineError(f"cannot load machine {name!r}: {exc.__class__.__name__} "
+                                   f"(remove it with 'pymachine rm -f {name}')") from None
+            ctx.store.remove(name)
             return
         from pymachine.machine import swarm  # a swarm node drains and leaves its cluster first
 
@@ -138,6 +143,7 @@ def _over_ssh(ctx: Context, names: list[str], operation: str) -> None:
     """Run ``machine.provision.<operation>`` on each machine, refusing drivers without SSH."""
 
     def act(name: str) -> None:
+        ctx.store.require(name)
         with ctx.store.lock(name):
             machine = _machine(ctx, name)
             if not machine.driver.provisionable:
@@ -167,6 +173,7 @@ def cmd_regenerate_certs(ctx: Context, args: list[str]) -> int:
         regenerate_client_certs(ctx, names[0])
 
     def act(name: str) -> None:
+        ctx.store.require(name)
         with ctx.store.lock(name):
             machine = _machine(ctx, name)
             ctx.out("Regenerating TLS certificates")
@@ -191,9 +198,15 @@ def regenerate_client_certs(ctx: Context, name: str) -> None:
     ctx.out("Regenerating local certificates")
     tls = _machine(ctx, name).tls()
     paths = certs.CertPaths(tls.ca_cert, tls.ca_key, tls.client_cert, tls.client_key)
-    for path in (paths.ca_cert, paths.client_cert):
-        path.unlink(missing_ok=True)
-    certs.bootstrap_certificates(paths, log=ctx.out)
+    own = ctx.store.certs_dir.resolve()
+    # Only pymachine's own files (in the store's certs dir) are remade; a CA or client
+    # certificate the user provided elsewhere is used as it is, never deleted.
+    user = {p for p in (paths.ca_cert, paths.ca_key, paths.client_cert, paths.client_key)
+            if p.resolve().parent != own}
+    for cert, key in ((paths.ca_cert, paths.ca_key), (paths.client_cert, paths.client_key)):
+        if cert not in user and key not in user:
+            cert.unlink(missing_ok=True)
+    certs.bootstrap_certificates(paths, log=ctx.out, lock_dir=ctx.store.certs_dir, user_files=user)
 
 
 def cmd_upgrade(ctx: Context, args: list[str]) -> int:
