@@ -12,7 +12,9 @@ the interpreter at registration time, so it works inside a chroot.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +63,7 @@ def foreign_binaries(arch: str, host: str, binfmt_dir: Path = BINFMT_DIR) -> Ite
             raise MachineError(f"could not mount binfmt_misc on {binfmt_dir}: {proc.stderr.strip()}")
         mounted = True
     entry = binfmt_dir / f"qemu-{cpu}"
+    previous = _exit_on_sigterm()
     try:
         if entry.exists():
             if "enabled" not in entry.read_text().splitlines()[0]:
@@ -74,3 +77,16 @@ def foreign_binaries(arch: str, host: str, binfmt_dir: Path = BINFMT_DIR) -> Ite
             entry.write_text("-1")
         if mounted:
             subprocess.run(["umount", str(binfmt_dir)], capture_output=True, timeout=30, check=False)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm():  # type: ignore[no-untyped-def]
+    """A killed build (``timeout``, CI cancelling) still restores the host: SIGTERM unwinds."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _raise(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, _raise)

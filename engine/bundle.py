@@ -170,6 +170,60 @@ def elf_info(data: bytes) -> tuple[str | None, list[str]]:
     return arch, needed
 
 
+_GLIBC_VERSION = re.compile(rb"^GLIBC_(\d+)\.(\d+)(?:\.\d+)?$")
+
+
+def glibc_needed(data: bytes) -> tuple[int, int] | None:
+    """The newest ``GLIBC_x.y`` symbol version an ELF image needs (its ``.gnu.version_r``),
+    or None (static, not ELF, or no versioned glibc symbols): the oldest glibc it runs on."""
+    if data[:4] != b"\x7fELF" or len(data) < 64:
+        return None
+    is64, end = data[4] == 2, "<" if data[5] == 1 else ">"
+    if is64:
+        shoff, = struct.unpack_from(end + "Q", data, 40)
+        shentsize, shnum = struct.unpack_from(end + "HH", data, 58)
+        sh_fmt = end + "IIQQQQIIQQ"
+    else:
+        shoff, = struct.unpack_from(end + "I", data, 32)
+        shentsize, shnum = struct.unpack_from(end + "HH", data, 46)
+        sh_fmt = end + "IIIIIIIIII"
+    sections = []
+    for i in range(shnum):
+        off = shoff + i * shentsize
+        if off + struct.calcsize(sh_fmt) > len(data):
+            break
+        sections.append(struct.unpack_from(sh_fmt, data, off))
+    best: tuple[int, int] | None = None
+    for sec in sections:
+        if sec[1] != 0x6FFFFFFE or sec[6] >= len(sections):  # SHT_GNU_verneed
+            continue
+        str_off = sections[sec[6]][4]
+        pos, count = sec[4], sec[7]  # sh_info: the number of Verneed entries
+        for _ in range(count):
+            _ver, cnt, _file, aux, nxt = struct.unpack_from(end + "HHIII", data, pos)
+            apos = pos + aux
+            for _ in range(cnt):
+                _hash, _flags, _other, name, anext = struct.unpack_from(end + "IHHII", data, apos)
+                start = str_off + name
+                m = _GLIBC_VERSION.match(data[start:data.index(b"\0", start)])
+                if m:
+                    found = (int(m.group(1)), int(m.group(2)))
+                    best = found if best is None or found > best else best
+                if not anext:
+                    break
+                apos += anext
+            if not nxt:
+                break
+            pos += nxt
+    return best
+
+
+def _glibc_of(paths: Iterable[Path]) -> str | None:
+    """The glibc a set of binaries and libraries needs, as "2.38" (None: no glibc needed)."""
+    needs = [v for v in (glibc_needed(p.read_bytes()) for p in paths) if v is not None]
+    return "%d.%d" % max(needs) if needs else None
+
+
 # -- building -----------------------------------------------------------------
 
 
@@ -185,6 +239,8 @@ class _Staged:
     arch: str
     engine_version: str
     host_libraries: list[str]
+    #: The oldest host glibc the binaries run on ("2.38"), None for static binaries.
+    glibc: str | None = None
 
 
 def _digest(content: Content) -> tuple[str, int]:
@@ -377,7 +433,8 @@ def _stage(source_kind: str, source: Path | None, work: Path, log: Log) -> _Stag
                           "and the source does not name it")
     for member, text, mode in init_files():
         files[member] = (text.encode(), mode)
-    return _Staged(files, src, arch, version, host_libs)
+    glibc = _glibc_of([*picked.values(), *libs.values()])
+    return _Staged(files, src, arch, version, host_libs, glibc)
 
 
 def render_manifest(staged: _Staged) -> bytes:
@@ -392,6 +449,7 @@ def render_manifest(staged: _Staged) -> bytes:
         "arch": staged.arch,
         "source": staged.source,
         "host_libraries": staged.host_libraries,
+        "glibc": staged.glibc,
         "files": {},
     }
     for member, (content, mode) in sorted(staged.files.items()):
@@ -638,6 +696,28 @@ def install_script(manifest: dict, init_system: str, stage: str = REMOTE_STAGE) 
     return "\n".join(lines) + "\n"
 
 
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:2])
+
+
+def check_host_glibc(runner: Runner, manifest: dict, name: str) -> None:
+    """Refuse, before anything is uploaded, a host whose glibc is older than the bundle's
+    binaries need (trixie's runc needs 2.38; Debian 12 has 2.36).  A host without glibc
+    (musl) is refused too; static bundles (no "glibc" in the manifest) pass everywhere."""
+    need = manifest.get("glibc")
+    if not need:
+        return
+    result = runner.run("getconf GNU_LIBC_VERSION 2>/dev/null || ldd --version 2>&1 | head -n 1", check=False)
+    found = re.search(r"(\d+)\.(\d+)", result.stdout) if "glibc" in result.stdout.lower() or \
+        "gnu libc" in result.stdout.lower() or "gnu c library" in result.stdout.lower() else None
+    have = f"{found.group(1)}.{found.group(2)}" if found else None
+    if have is None or _version_tuple(have) < _version_tuple(need):
+        what = f"glibc {have}" if have else "no glibc"
+        raise BundleError(f"engine bundle {name} needs glibc {need} or newer and the host has {what}: "
+                          "build the bundle from the host's own release (--from-debs/--from-apt there) "
+                          "or from Docker's static archive (--from-static); nothing was installed")
+
+
 def installer(path: Path, log: Log) -> Callable[[Runner], None]:
     """Verify the bundle here (refusing a bad one before anything touches the
     host), then return the install step the provisioner runs over its Runner."""
@@ -654,6 +734,7 @@ def installer(path: Path, log: Log) -> Callable[[Runner], None]:
     version = manifest.get("engine_version", "?")
 
     def install(runner: Runner) -> None:
+        check_host_glibc(runner, manifest, path.name)
         log(f"Uploading the engine bundle (Docker {version}, {len(data) / 1e6:.1f} MB)...")
         runner.put(REMOTE_ARCHIVE, data, mode=0o600)
         result = runner.run(f"sha256sum {REMOTE_ARCHIVE}", sudo=True, check=False)

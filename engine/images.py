@@ -179,6 +179,13 @@ trap 'umount $seed' EXIT
 . $seed/pymachine/config
 state=/var/lib/pymachine
 if [ "$(cat $state/instance-id 2>/dev/null || true)" = "$INSTANCE_ID" ]; then exit 0; fi
+# The host key pymachine made and already pinned (no trust on first use, no key
+# generation under emulation); an older seed without one gets fresh keys.
+if [ -f $seed/pymachine/ssh_host_ed25519_key ]; then
+    rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+    install -m 0600 $seed/pymachine/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key
+    install -m 0644 $seed/pymachine/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ed25519_key.pub
+fi
 ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1 || ssh-keygen -A
 printf '%s\n' "$HOSTNAME" > /etc/hostname
 hostname "$HOSTNAME"
@@ -290,9 +297,13 @@ _FILES: dict[str, tuple[str, int]] = {
     "etc/initramfs/post-update.d/zz-pymachine-boot-sync": (
         "#!/bin/sh\nexec /usr/local/sbin/pymachine-boot-sync\n", 0o755),
     "etc/ssh/sshd_config.d/50-pymachine.conf": (
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nPrintMotd no\n",
         0o644,
     ),
+    # pam_env gives SSH sessions this PATH (as on Ubuntu and boot2docker): `pymachine ssh
+    # dev dockerd --version` finds Debian's /usr/sbin/dockerd as the docker user.
+    "etc/environment": ('PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"\n', 0o644),
     # sshd answers once the engine has started (or failed, bounded below): the
     # provisioning pass then finds it running and leaves it alone.
     "etc/systemd/system/ssh.service.d/10-pymachine-after-docker.conf": ("[Unit]\nAfter=docker.service\n", 0o644),

@@ -15,6 +15,10 @@ about a second instead of running cloud-init (a minute under emulation).
 It may also carry the engine's final TLS files and systemd drop-in
 (``engine_files``), installed by that unit before docker.service first
 starts, so provisioning finds them unchanged and never restarts the engine.
+And it may carry the guest's SSH host key (``host_key``, made here by
+:func:`new_host_key`): the driver pins its public half before the first
+connection, so there is no trust on first use and no key generation in a
+guest that runs under emulation.
 """
 
 from __future__ import annotations
@@ -162,10 +166,12 @@ def shares_fstab(shares: Sequence[tuple[str, str, str]]) -> str:
 def pymachine_files(*, hostname: str, user: str, ssh_pubkey: str, instance_id: str,
                     proxy: Mapping[str, str] | None = None,
                     engine_files: Mapping[str, str] | None = None,
-                    shares: Sequence[tuple[str, str, str]] = ()) -> dict[str, str]:
+                    shares: Sequence[tuple[str, str, str]] = (),
+                    host_key: tuple[str, str] | None = None) -> dict[str, str]:
     """Files under ``pymachine/`` on the seed, read by the base image's first-boot script.
 
-    ``engine_files`` maps guest paths (keys of ENGINE_SEED_FILES' values) to contents.
+    ``engine_files`` maps guest paths (keys of ENGINE_SEED_FILES' values) to contents;
+    ``host_key`` is (private, public) from :func:`new_host_key`.
     """
     import shlex
 
@@ -180,7 +186,28 @@ def pymachine_files(*, hostname: str, user: str, ssh_pubkey: str, instance_id: s
     files.update(engine_seed_files(engine_files or {}))
     if shares:
         files["fstab"] = shares_fstab(shares)
+    if host_key:
+        private, public = host_key
+        files[HOST_KEY_NAME] = private
+        files[HOST_KEY_NAME + ".pub"] = public.strip() + "\n"
     return files
+
+
+#: Seed names of the guest's SSH host key pair.
+HOST_KEY_NAME = "ssh_host_ed25519_key"
+
+
+def new_host_key() -> tuple[str, str]:
+    """A fresh ed25519 SSH host key: (private key in OpenSSH format, ``ssh-ed25519 BASE64`` public line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return private, public
 
 
 def _iso_name(name: str) -> str:
@@ -199,6 +226,7 @@ def write_seed_iso(
     instance_id: str,
     engine_files: Mapping[str, str] | None = None,
     shares: Sequence[tuple[str, str, str]] = (),
+    host_key: tuple[str, str] | None = None,
 ) -> None:
     """Write the seed ISO atomically (temp file + rename); mode 0600: it names the
     user's key and may carry the engine's server key."""
@@ -209,7 +237,7 @@ def write_seed_iso(
         ("/METADATA.;1", "meta-data", meta_data(hostname=hostname, instance_id=instance_id)),
     ]
     extra = pymachine_files(hostname=hostname, user=user, ssh_pubkey=ssh_pubkey, instance_id=instance_id,
-                            proxy=proxy, engine_files=engine_files, shares=shares)
+                            proxy=proxy, engine_files=engine_files, shares=shares, host_key=host_key)
     files += [(f"/PYMACHIN/{_iso_name(name)}", f"pymachine/{name}", text) for name, text in extra.items()]
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_ID)

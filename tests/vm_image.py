@@ -13,27 +13,31 @@ import shutil
 import sys
 from pathlib import Path
 
-from pymachine.engine.images import ImageInfo, build_image, find_image, prune_images, why_not_buildable
+from pymachine.engine.images import ImageInfo, build_image, find_image, host_arch, prune_images, why_not_buildable
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("PYMACHINE_TEST_CACHE", "/var/tmp/pymachine-test-cache")) / "vm-images"
 
 
-def missing_prerequisites() -> str | None:
-    """Why the image cannot be built or booted here, or None."""
-    if find_image(cache_dir()) is None:
-        reason = why_not_buildable()
+QEMU_BINARY = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
+
+
+def missing_prerequisites(arch: str | None = None) -> str | None:
+    """Why the ``arch`` image (default: the host's) cannot be built or booted here, or None."""
+    arch = arch or host_arch()
+    if find_image(cache_dir(), arch) is None:
+        reason = why_not_buildable(arch)
         if reason:
-            return f"the VM image is not cached and {reason}"
-    for tool in ("qemu-img", "qemu-system-x86_64"):
+            return f"the {arch} VM image is not cached and {reason}"
+    for tool in ("qemu-img", QEMU_BINARY[arch]):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     return None
 
 
-def cached_image() -> ImageInfo:
-    """The image for the current recipe: reused if cached, else built (progress on stderr).
+def cached_image(arch: str | None = None) -> ImageInfo:
+    """The ``arch`` image for the current recipe: reused if cached, else built (progress on stderr).
 
     Images of older recipes are pruned (no test machine outlives its test), so
     the cache holds one image and its exports, not one per recipe change.
@@ -41,7 +45,7 @@ def cached_image() -> ImageInfo:
     def log(message: str) -> None:
         print(f"[vm-image] {message}", file=sys.stderr, flush=True)
 
-    info = build_image(cache_dir(), log)
+    info = build_image(cache_dir(), log, arch)
     for path in prune_images(cache_dir(), lambda _: False, log):
         log(f"pruned {path}")
     return info

@@ -69,6 +69,9 @@ CONSOLE_LOG = "console.log"
 QEMU_LOG = "qemu.log"
 SSH_KEY = "id_rsa"
 UEFI_VARS = "efivars.fd"
+#: The guest's SSH host public key (made by pymachine, delivered on the seed, pinned in known_hosts).
+HOST_KEY_PUB = "ssh_host_ed25519_key.pub"
+KNOWN_HOSTS = "known_hosts"
 
 
 def _cpu_model(arch: str, accel: str) -> str:
@@ -751,6 +754,13 @@ class QemuDriver(Driver):
                                            int(self.config.get("FixedEnginePort") or 0))
         self.config.update(SSHPort=ssh_port, EnginePort=engine_port, GuestEnginePort=engine_port)
         engine_files: dict[str, str] = {}
+        host_key = None
+        if image.pymachine:  # pymachine's image installs the seeded host key: pin it before any connection
+            from pymachine.machine.seed import new_host_key
+
+            host_key = new_host_key()
+            write_atomic(self._path(HOST_KEY_PUB), (host_key[1].strip() + "\n").encode(), 0o600)
+            self._pin_host_key()
         if image.pymachine:
             log(f"({self.machine_name}) Rendering the engine's TLS files and configuration for the first boot...")
             engine_files = self._engine_files()
@@ -759,7 +769,7 @@ class QemuDriver(Driver):
             self._path(SEED), hostname=self.machine_name, user=str(self.config.get("SSHUser") or "docker"),
             ssh_pubkey=Path(str(key) + ".pub").read_text(), proxy=self._proxy(),
             instance_id=f"pymachine-{self.machine_name}-{uuid.uuid4().hex[:12]}",
-            engine_files=engine_files,
+            engine_files=engine_files, host_key=host_key,
         )
         log(f"({self.machine_name}) Creating a {self.config['DiskSize']} MB disk backed by {image.disk}...")
         self._run_img(["create", "-q", "-f", "qcow2", "-F", image.format, "-b", image.disk,
@@ -810,6 +820,7 @@ class QemuDriver(Driver):
             self.config.update(SSHPort=ssh_port, EnginePort=engine_port)
             if not self.config.get("GuestEnginePort"):
                 self.config["GuestEnginePort"] = engine_port
+            self._pin_host_key()
             error = self._spawn()
             if error is None:
                 return
@@ -818,6 +829,25 @@ class QemuDriver(Driver):
                 previous = (0, 0)
                 continue
             raise MachineError(f"QEMU failed to start: {error}")
+
+    def _pin_host_key(self) -> None:
+        """Pin the guest's seeded host key for the SSH forward's current port (a restart on
+        another port too), so every connection verifies it and none trusts on first use."""
+        try:
+            public = Path(self._path(HOST_KEY_PUB)).read_text().strip()
+        except OSError:
+            return  # a foreign image makes its own keys: pinned on first use
+        port = int(self.config.get("SSHPort") or 0)
+        if not public or not port:
+            return
+        name = f"[{LOOPBACK}]:{port}"
+        path = Path(self._path(KNOWN_HOSTS))
+        lines = path.read_text().splitlines() if path.exists() else []
+        wanted = f"{name} {public}"
+        if wanted in lines:
+            return
+        kept = [line for line in lines if line.split(" ", 1)[0] != name]
+        write_atomic(path, ("\n".join([*kept, wanted]) + "\n").encode(), 0o600)
 
     def _spawn(self) -> str | None:
         argv = qemu_argv(self.spec())

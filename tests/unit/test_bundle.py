@@ -220,7 +220,7 @@ def test_verify_reports_a_corrupt_archive_in_one_line(built, tmp_path):
 
 
 def host_runner(*, digest_override: str | None = None, systemd: bool = True,
-                check_fails: bool = False) -> RecordingRunner:
+                check_fails: bool = False, glibc: str = "glibc 2.36") -> RecordingRunner:
     """A recorder whose `sha256sum FILE` hashes what was really uploaded."""
     # The bundle's own changes on the host; a healthy host completes them silently.
     runner = RecordingRunner(accept=HOST_CHANGES + (
@@ -243,6 +243,8 @@ def host_runner(*, digest_override: str | None = None, systemd: bool = True,
                                  "sha256sum: WARNING: 1 computed checksum did NOT match\n")
         if command == "test -d /run/systemd/system":
             return CommandResult(0 if systemd else 1, "", "")
+        if command.startswith("getconf GNU_LIBC_VERSION"):
+            return CommandResult(0, glibc + "\n", "")
         if "openrc-run" in command:
             return CommandResult(1, "", "")
         return None
@@ -397,3 +399,55 @@ def test_host_tar_tools_read_the_archive(built, tmp_path, tar_cmd):
     proc = subprocess.run([str(dest / "bin/dockerd"), "--version"], capture_output=True, text=True,
                           check=True)
     assert proc.stdout.strip() == f"Docker version {VERSION}, build test"
+
+
+# -- glibc ----------------------------------------------------------------------
+
+
+def test_elf_reader_finds_the_newest_glibc_symbol_version_objdump_sees():
+    runc = shutil.which("runc") or "/usr/sbin/runc"
+    if not Path(runc).is_file() or shutil.which("objdump") is None:
+        pytest.skip("needs a dynamically linked runc and objdump")
+    seen = re.findall(r"GLIBC_(\d+)\.(\d+)", subprocess.run(["objdump", "-p", runc], capture_output=True,
+                                                             text=True, check=True, timeout=60).stdout)
+    assert bundle.glibc_needed(Path(runc).read_bytes()) == max((int(a), int(b)) for a, b in seen)
+    assert bundle.glibc_needed(b"#!/bin/sh\n") is None
+
+
+@pytest.fixture
+def glibc_bundle(tmp_path: Path) -> bundle.BundleInfo:
+    """A bundle whose runc is this host's real, dynamically linked runc (it needs the host's glibc)."""
+    runc = shutil.which("runc") or "/usr/sbin/runc"
+    if not Path(runc).is_file():
+        pytest.skip("needs a dynamically linked runc")
+    src = tmp_path / "docker-99.1.0.tgz"
+    make_static_tgz(src, tweak={"runc": Path(runc).read_bytes()})
+    return bundle.build_bundle("static", src, tmp_path / "out" / "g.tar.gz")
+
+
+def test_bundle_records_the_glibc_its_binaries_need(built, glibc_bundle):
+    assert bundle.read_manifest(built.path)["glibc"] is None  # static binaries run anywhere
+    need = bundle.read_manifest(glibc_bundle.path)["glibc"]
+    runc = shutil.which("runc") or "/usr/sbin/runc"
+    assert need == "%d.%d" % bundle.glibc_needed(Path(runc).read_bytes())
+
+
+@pytest.mark.parametrize("host_says", ["glibc 2.17", "", "musl libc (x86_64)"])
+def test_a_host_with_an_older_glibc_is_refused_before_anything_is_uploaded(glibc_bundle, host_says):
+    need = bundle.read_manifest(glibc_bundle.path)["glibc"]
+    runner = host_runner(glibc=host_says)
+    with pytest.raises(bundle.BundleError) as err:
+        bundle.installer(glibc_bundle.path, lambda _m: None)(runner)
+    message = str(err.value)
+    assert "\n" not in message and f"needs glibc {need} or newer" in message and "--from-static" in message
+    assert ("glibc 2.17" if host_says == "glibc 2.17" else "no glibc") in message
+    assert [c.target for c in runner.calls] == ["getconf GNU_LIBC_VERSION 2>/dev/null || ldd --version 2>&1 | head -n 1"]
+
+
+def test_a_host_with_a_new_enough_glibc_gets_the_bundle(glibc_bundle, built):
+    runner = host_runner(glibc="glibc 2.99")
+    bundle.installer(glibc_bundle.path, lambda _m: None)(runner)
+    assert runner.index(r"^put /var/tmp/pymachine-engine\.tar\.gz$") > 0
+    static = host_runner(glibc="")  # a static bundle never asks
+    bundle.installer(built.path, lambda _m: None)(static)
+    assert not static.find("getconf")

@@ -139,3 +139,23 @@ def test_real_aarch64_qemu_accepts_the_argv_with_uefi(tmp_path: Path) -> None:
     finally:
         drv.kill(lambda _m: None)
     assert drv.local_state() == State.STOPPED
+
+
+def test_seeded_host_key_is_pinned_for_every_port_the_forward_uses(tmp_path: Path) -> None:
+    drv = new_driver(tmp_path)
+    os.makedirs(drv.machine_dir)
+    known = Path(drv._path(qemu.KNOWN_HOSTS))
+    drv.config["SSHPort"] = 40022
+    drv._pin_host_key()
+    assert not known.exists()  # no seeded key (a foreign image): nothing pinned ahead
+    Path(drv._path(qemu.HOST_KEY_PUB)).write_text("ssh-ed25519 AAAAkey\n")
+    drv._pin_host_key()
+    assert known.read_text() == "[127.0.0.1]:40022 ssh-ed25519 AAAAkey\n"
+    assert oct(known.stat().st_mode & 0o777) == "0o600"
+    drv._pin_host_key()
+    assert known.read_text() == "[127.0.0.1]:40022 ssh-ed25519 AAAAkey\n"  # idempotent
+    known.write_text(known.read_text() + "[127.0.0.1]:40100 ssh-rsa AAAAother\n")
+    drv.config["SSHPort"] = 40100  # a restart on another port: that port's stale pin is replaced
+    drv._pin_host_key()
+    assert known.read_text().splitlines() == ["[127.0.0.1]:40022 ssh-ed25519 AAAAkey",
+                                              "[127.0.0.1]:40100 ssh-ed25519 AAAAkey"]

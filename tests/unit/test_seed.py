@@ -168,7 +168,7 @@ def test_seed_carries_shared_folders_as_fstab_lines_the_first_boot_mounts(tmp_pa
 
 
 def test_base_image_partition_table_puts_the_root_last(tmp_path: Path) -> None:
-    """sfdisk accepts the layout on a disk file: an active FAT boot partition at
+    """sfdisk accepts the layout on a disk file: an active FAT boot partition (the ESP) at
     1 MiB, then the root running to the disk's end (so first boot can grow it)."""
     import json
     import shutil
@@ -188,6 +188,33 @@ def test_base_image_partition_table_puts_the_root_last(tmp_path: Path) -> None:
                                       check=True, timeout=30).stdout)["partitiontable"]
     boot, root = table["partitions"]
     assert (boot["start"] * 512, boot["size"] * 512, boot.get("bootable"), boot["type"]) == (
-        images.PART_ALIGN, images.BOOT_PART_BYTES, True, "e")
+        images.PART_ALIGN, images.BOOT_PART_BYTES, True, "ef")  # an EFI System partition, active for BIOS
     assert (root["start"] + root["size"]) * 512 == disk.stat().st_size and root["type"] == "83"
     assert f"root=LABEL={images.ROOT_LABEL}" in images.SYSLINUX_CFG
+
+
+def test_seed_carries_a_host_key_pair_that_the_first_boot_installs(tmp_path: Path) -> None:
+    """The guest's SSH host key is made here (a real OpenSSH ed25519 pair) and rides on the
+    seed; the first-boot script installs it instead of generating keys in the guest."""
+    from pymachine.engine.images import FIRSTBOOT_SCRIPT
+    from pymachine.machine.seed import HOST_KEY_NAME, new_host_key
+
+    private, public = new_host_key()
+    assert public.startswith("ssh-ed25519 ") and new_host_key()[1] != public
+    path = tmp_path / "seed.iso"
+    write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1",
+                   host_key=(private, public))
+    files = read_seed_iso(path)
+    assert files[f"pymachine/{HOST_KEY_NAME}"] == private and files[f"pymachine/{HOST_KEY_NAME}.pub"] == public + "\n"
+    if shutil.which("ssh-keygen"):
+        key_file = _write(tmp_path / "hostkey", private)
+        key_file.chmod(0o600)
+        derived = subprocess.run(["ssh-keygen", "-y", "-f", str(key_file)], capture_output=True, text=True,
+                                 check=True, timeout=30).stdout.split()
+        assert derived[:2] == public.split()[:2]
+    assert f"install -m 0600 $seed/pymachine/{HOST_KEY_NAME} /etc/ssh/{HOST_KEY_NAME}" in FIRSTBOOT_SCRIPT
+    # Only when no key came with the seed does the guest make its own.
+    assert FIRSTBOOT_SCRIPT.index(f"$seed/pymachine/{HOST_KEY_NAME}") < FIRSTBOOT_SCRIPT.index("ssh-keygen -A")
+    without = tmp_path / "plain.iso"
+    write_seed_iso(without, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1")
+    assert f"pymachine/{HOST_KEY_NAME}" not in read_seed_iso(without)

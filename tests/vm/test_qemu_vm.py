@@ -25,6 +25,33 @@ from tests.hosts.images import IMAGE_NAME, busybox_image_tar
 from tests.vm_image import cached_image, missing_prerequisites
 
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
+#: A current Docker CLI (28.x here): it must reach the machine without DOCKER_API_VERSION.
+CURRENT_DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else None
+
+
+def assert_current_engine(pm: PyMachine, name: str, env: dict[str, str]) -> None:
+    """The engine is new enough for Docker 29 clients (API >= 1.44); the guest's CLI has the
+    Compose and buildx plugins; dockerd, containerd and docker are on the SSH user's PATH;
+    the machine's SSH host key is the one pymachine made and pinned (the guest made none)."""
+    if CURRENT_DOCKER:
+        plain = {k: v for k, v in env.items() if k != "DOCKER_API_VERSION"}
+        res = subprocess.run([CURRENT_DOCKER, "version", "--format", "{{.Client.Version}} {{.Server.APIVersion}}"],
+                             env=plain, capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode == 0, res.stderr
+        client, api = res.stdout.split()
+        print(f"[engine] docker CLI {client} -> server API {api}")
+        assert tuple(int(x) for x in api.split(".")) >= (1, 44)
+    out = pm("ssh", name, "--", "docker compose version && docker buildx version && command -v dockerd containerd docker",
+             timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Docker Compose version" in out.stdout and "github.com/docker/buildx" in out.stdout
+    assert "/usr/sbin/dockerd" in out.stdout and "/usr/bin/containerd" in out.stdout
+    machine_dir = pm.store / "machines" / name
+    pinned = (machine_dir / "known_hosts").read_text().splitlines()
+    seeded = (machine_dir / "ssh_host_ed25519_key.pub").read_text().strip()
+    assert pinned and all(line.split(" ", 1)[1] == seeded for line in pinned), pinned
+    keys = pm("ssh", name, "--", "ls /etc/ssh/ && cat /etc/ssh/ssh_host_ed25519_key.pub", timeout=60).stdout
+    assert seeded.split()[1] in keys and "ssh_host_rsa_key" not in keys and "ssh_host_ecdsa_key" not in keys
 
 
 def qemu_pids_under(path: Path) -> list[int]:
@@ -148,6 +175,7 @@ def test_qemu_machine_lifecycle(vm_pm: PyMachine, image) -> None:
     print(f"[timing] docker run in the VM: {time.monotonic() - t:.1f}s")
     assert run.returncode == 0, run.stderr
     assert run.stdout.decode().startswith("hello from ")
+    assert_current_engine(pm, "dev", env)
     # -- ssh ------------------------------------------------------------------------------------------
     ssh = pm("ssh", "dev", "--", "echo", "hi", "&&", "hostname", timeout=60)
     assert ssh.returncode == 0, ssh.stderr
@@ -270,3 +298,55 @@ def test_image_build_reuses_the_cache_and_ls_lists_it(pm: PyMachine, image) -> N
     assert image.manifest["kernel_version"] in listing[1]
     bad = pm("image")
     assert bad.returncode == 1 and "build | ls" in bad.stderr
+
+
+@pytest.mark.vm
+@pytest.mark.timeout(2400)
+def test_qemu_machine_of_the_other_arch(vm_pm: PyMachine) -> None:
+    """An arm64 machine on this x86_64 host (or the reverse): qemu-system-aarch64 -machine virt under
+    TCG, booted through the firmware (AAVMF -> the disk's signed shim -> GRUB), no -kernel."""
+    from pymachine.engine.images import host_arch
+
+    pm = vm_pm
+    arch = "arm64" if host_arch() == "amd64" else "amd64"
+    reason = missing_prerequisites(arch)
+    if reason:
+        pytest.skip(reason)
+    started = time.monotonic()
+    image = cached_image(arch)
+    print(f"\n[timing] {arch} image ready in {time.monotonic() - started:.1f}s "
+          f"(built in {image.manifest.get('build_seconds')}s)")
+    res, lines = timed(pm, "create", "-d", "qemu", "--qemu-arch", arch, "--qemu-image", str(image.directory),
+                       "--qemu-restrict-network", "--qemu-memory", "1024", "--qemu-cpu-count", "2", "dev",
+                       timeout=1500)
+    for t, line in lines:
+        print(f"[create {arch} +{t:6.1f}s] {line}")
+    assert res.returncode == 0, res.stdout
+    assert "Docker is up and running!" in res.stdout
+    machine_dir = pm.store / "machines" / "dev"
+    (pid,) = qemu_pids_under(machine_dir)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert os.path.basename(argv[0]) == (b"qemu-system-aarch64" if arch == "arm64" else b"qemu-system-x86_64")
+    assert b"-kernel" not in argv and any(a.startswith(b"if=pflash") for a in argv)
+    env = docker_env(pm, "dev")
+    assert pm("ssh", "dev", "--", "uname -m", timeout=60).stdout.strip() == ("aarch64" if arch == "arm64" else "x86_64")
+    assert pm("ssh", "dev", "--", "test -d /sys/firmware/efi && echo uefi", timeout=60).stdout.strip() == "uefi"
+    assert_current_engine(pm, "dev", env)
+    # An image of the guest's own arch: its echo and C library, imported through the engine.
+    imported = pm("ssh", "dev", "--",
+                  "set -e; d=$(mktemp -d); mkdir -p $d/usr/bin; cp /usr/bin/echo $d/usr/bin/; "
+                  "cp -L --parents $(ldd /usr/bin/echo | grep -o '/[^ ]*') $d/; "
+                  "sudo tar -C $d -c . | sudo docker import - local/echo:1 >/dev/null && echo imported", timeout=300)
+    assert imported.stdout.strip().endswith("imported"), imported.stderr
+    run = docker(env, "run", "--rm", "--network", "none", "local/echo:1", "/usr/bin/echo", "hello", arch, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.decode().strip() == f"hello {arch}"
+    pm.ok("stop", "dev", timeout=300)
+    assert ls_state(pm, "dev") == "Stopped" and qemu_pids_under(machine_dir) == []
+    t = time.monotonic()
+    pm.ok("start", "dev", timeout=900)
+    ps = wait_docker_ps(env, timeout=600)
+    print(f"[timing] {arch} start to docker ps: {time.monotonic() - t:.1f}s")
+    assert ps.returncode == 0, ps.stderr
+    pm.ok("rm", "-y", "dev", timeout=300)
+    assert qemu_pids_under(pm.store) == [] and not machine_dir.exists()
