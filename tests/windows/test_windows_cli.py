@@ -39,7 +39,6 @@ from tests.integration.test_cli_input import (  # noqa: F401
     test_corrupt_config_is_an_error_row_not_a_crash,
     test_unknown_driver_creates_nothing,
 )
-from tests.integration.test_store_format import test_written_config_matches_docker_machine_016  # noqa: F401
 
 from conftest import PyMachine  # tests/conftest.py (tests/ is on pythonpath)
 from pymachine.machine.tlsclient import server_tls_context
