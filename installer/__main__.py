@@ -4,6 +4,7 @@
     python -m pymachine.installer build --platform linux|windows|macos|all --out DIR [--lock FILE]
         [--without NAME] [--source DIR] [--cert C --key K] [--gpg-key ID | --minisign-key FILE]
     python -m pymachine.installer verify DIR [--gpg-home H | --minisign-pub FILE]
+    python -m pymachine.installer cli-plugins [--remove] DIR [--config FILE]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _lock_cmd(ns: argparse.Namespace) -> int:
         for plat, comps in sorted(lock.platforms.items()):
             for c in comps:
                 pin = f"{c.sha256[:12]} {c.size}" if c.sha256 else "UNPINNED"
-                print(f"{plat:8} {c.name:22} {c.version:12} {pin}")
+                print(f"{plat:8} {c.name:22} {c.arch or 'any':7} {c.version:12} {pin}")
         return 0
     changes = lockmod.update(lock, set(ns.only) if ns.only else None)
     lock.save(ns.lock)
@@ -35,8 +36,8 @@ def _lock_cmd(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _components(lock: Lock, platform: str, without: list[str]):
-    comps = [c for c in lock.components(platform) if c.name not in without]
+def _components(lock: Lock, platform: str, without: list[str], arch: str | None = None):
+    comps = [c for c in lock.components(platform, arch) if c.name not in without]
     for c in comps:
         c.require_pinned()
     return comps
@@ -57,16 +58,20 @@ def _build_cmd(ns: argparse.Namespace) -> int:
             from pymachine.installer import linux
 
             artefacts.append(linux.build_pyz(out / "pymachine.pyz", source=source))
-            artefacts.append(linux.build_deb(out, _components(lock, "linux", ns.without), source=source))
+            for arch in lock.arches("linux"):
+                artefacts.append(linux.build_deb(out, _components(lock, "linux", ns.without, arch),
+                                                 source=source, arch=arch))
         elif plat == "windows":
             from pymachine.installer import windows
 
-            artefacts.append(windows.build_exe(out, _components(lock, "windows", ns.without),
+            artefacts.append(windows.build_exe(out, _components(lock, "windows", ns.without, "x86_64"),
                                                cert=ns.cert, key=ns.key, source=source))
         else:
             from pymachine.installer import macos
 
-            artefacts.append(macos.build_pkg(out, _components(lock, "macos", ns.without), source=source))
+            for arch in lock.arches("macos"):  # one .pkg per Mac: see installer/macos.py
+                artefacts.append(macos.build_pkg(out, _components(lock, "macos", ns.without, arch),
+                                                 source=source, arch=arch))
         sys.stderr.write(f"{plat}: built in {time.monotonic() - started:.2f}s\n")
     sums_path = sums.write_sums(out, artefacts)
     if ns.gpg_key:
@@ -88,6 +93,18 @@ def _verify_cmd(ns: argparse.Namespace) -> int:
         sums.verify_gpg(directory / "SHA256SUMS", ns.gpg_home)
     checked = sums.check_sums(directory)
     print(f"OK: signature and {len(checked)} checksums")
+    return 0
+
+
+def _cli_plugins_cmd(ns: argparse.Namespace) -> int:
+    from pymachine.installer import docker_config
+
+    config = Path(ns.config) if ns.config else docker_config.config_path()
+    if ns.remove:
+        changed = docker_config.remove_plugin_dir(ns.dir, config)
+    else:
+        changed = docker_config.add_plugin_dir(ns.dir, config)
+    print(f"{config}: {docker_config.KEY} {'updated' if changed else 'unchanged'}")
     return 0
 
 
@@ -113,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("dir")
     v.add_argument("--gpg-home", default=None)
     v.add_argument("--minisign-pub", default=None)
+    cp = sub.add_parser("cli-plugins", help="add (or --remove) a docker CLI plugin dir in the user's Docker config")
+    cp.add_argument("dir")
+    cp.add_argument("--remove", action="store_true")
+    cp.add_argument("--config", default=None, help="config.json (default: $DOCKER_CONFIG or ~/.docker)")
     ns = p.parse_args(argv)
     try:
-        return {"lock": _lock_cmd, "build": _build_cmd, "verify": _verify_cmd}[ns.cmd](ns)
+        return {"lock": _lock_cmd, "build": _build_cmd, "verify": _verify_cmd,
+                "cli-plugins": _cli_plugins_cmd}[ns.cmd](ns)
     except MachineError as exc:
         sys.stderr.write(f"{exc}\n")
         return exc.exit_code or 1

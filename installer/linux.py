@@ -1,9 +1,23 @@
-"""Linux artefacts: a single-file ``pymachine.pyz`` and a ``.deb`` that installs it.
+"""Linux artefacts: a single-file ``pymachine.pyz`` and a ``.deb`` per arch that installs it.
 
 The pyz is a zipapp of pymachine's own pure-Python packages, written by
 hand so entry order and timestamps are fixed (SOURCE_DATE_EPOCH) and two
-builds are byte-identical; cryptography and paramiko come from the system
-(the .deb's Depends) because they carry native code.
+builds are byte-identical.
+
+The .deb works on Debian 12 and 13 alike.  Native modules come from the
+distribution, with the versions paramiko needs (``python3-cryptography (>= 38),
+python3-bcrypt (>= 3.2), python3-nacl (>= 1.5)``: Debian 12 has 38.0.4,
+3.2.2 and 1.5.0).  paramiko itself is vendored, pure Python, under
+``/usr/lib/pymachine/vendor`` (with invoke; the lock's ``dest``), which the
+launcher puts ahead of the system's packages: Debian 12's python3-paramiko is
+2.12, without ``PKey.from_path``.  Compose is the Docker CLI plugin in
+``/usr/lib/docker/cli-plugins/`` (a directory every docker CLI searches,
+before ``/usr/libexec/docker/cli-plugins`` where Debian 13's own v2
+``docker-compose`` and Docker's ``docker-compose-plugin`` live, so there is
+no file conflict and ``docker compose`` works on Debian 12, whose
+``docker-compose`` is the v1 Python tool); it is a per-arch binary, so the
+package is per arch (``amd64``/``arm64``).  The lock's Linux ``dest`` paths are
+relative to ``/``.
 
 The .deb ships no VM image: a package cannot seed each user's store
 (~/.docker/machine), and Linux hosts can build the image themselves
@@ -13,7 +27,9 @@ The .deb ships no VM image: a package cannot seed each user's store
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -29,11 +45,61 @@ from pymachine.machine import __version__
 from pymachine.machine.errors import MachineError
 
 SHEBANG = b"#!/usr/bin/python3\n"
+# <prefix>/bin/pymachine finds the .deb's vendored wheels in <prefix>/lib/pymachine/vendor,
+# ahead of the system's site-packages; a pyz run from elsewhere has none and uses the system's.
 MAIN = (
-    "import sys\n"
+    "import os, sys\n"
+    "_vendor = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(sys.path[0]))), "
+    "'lib', 'pymachine', 'vendor')\n"
+    "if os.path.isdir(_vendor):\n"
+    "    sys.path.insert(1, _vendor)\n"
     "from pymachine.machine.cli.main import main\n"
     "sys.exit(main())\n"
 )
+COMPOSE_PLUGIN = "usr/lib/docker/cli-plugins/docker-compose"
+DEB_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
+HOMEPAGE = "https://github.com/pymachine/pymachine"
+MAINTAINER_ENV = "PYMACHINE_DEB_MAINTAINER"
+DEFAULT_MAINTAINER = "pymachine maintainers <maintainers@pymachine.dev>"
+COPYRIGHT = """\
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: pymachine
+Source: {homepage}
+
+Files: *
+Copyright: 2026 pymachine developers
+License: Apache-2.0
+
+Files: usr/lib/pymachine/vendor/paramiko*
+Copyright: 2003-2023 Robey Pointer, Jeff Forcier and contributors
+License: LGPL-2.1+
+
+Files: usr/lib/pymachine/vendor/invoke*
+Copyright: 2020 Jeff Forcier
+License: BSD-2-clause
+
+Files: usr/lib/pymachine/vendor/filelock*
+Copyright: none claimed
+License: Unlicense
+
+Files: usr/lib/docker/cli-plugins/*
+Copyright: 2020 Docker, Inc.
+License: Apache-2.0
+
+License: Apache-2.0
+ On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.
+
+License: LGPL-2.1+
+ On Debian systems the full text is in /usr/share/common-licenses/LGPL-2.1.
+
+License: BSD-2-clause
+ Redistribution and use in source and binary forms, with or without modification, are
+ permitted provided that the conditions of the 2-clause BSD licence are met; see the
+ LICENSE file in invoke's dist-info directory.
+
+License: Unlicense
+ This is free and unencumbered software released into the public domain.
+"""
 
 
 def _zip_time(epoch: int) -> tuple[int, int, int, int, int, int]:
@@ -64,39 +130,70 @@ def build_pyz(out: Path, epoch: int | None = None, shebang: bytes = SHEBANG, sou
     return out
 
 
+def maintainer(environ: dict[str, str] | None = None) -> str:
+    """The .deb's Maintainer: $PYMACHINE_DEB_MAINTAINER (a release sets its own), else the project's."""
+    value = (os.environ if environ is None else environ).get(MAINTAINER_ENV, "").strip() or DEFAULT_MAINTAINER
+    if not re.fullmatch(r"[^<>@\n]+ <[^<>@\s]+@[^<>@\s]+\.[a-z]{2,}>", value) or "localhost" in value:
+        raise MachineError(f"{MAINTAINER_ENV}: {value!r} is not 'Name <address@domain>'")
+    return value
+
+
+def _changelog(version: str, who: str, epoch: int) -> bytes:
+    """A native package's changelog.gz (Debian policy 12.7), gzip without a timestamp."""
+    date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(epoch))
+    text = (f"pymachine ({version}) unstable; urgency=medium\n\n"
+            f"  * Release {version}: see the README's release notes.\n\n -- {who}  {date}\n")
+    return gzip.compress(text.encode(), compresslevel=9, mtime=0)
+
+
 def build_deb(out_dir: Path, components: list[Component], cache: Path | None = None,
-              epoch: int | None = None, version: str = __version__, source: Path | None = None) -> Path:
-    """Build ``pymachine_<version>_all.deb`` with dpkg-deb; reproducible for one epoch."""
+              epoch: int | None = None, version: str = __version__, source: Path | None = None,
+              arch: str = "x86_64") -> Path:
+    """Build ``pymachine_<version>_<debarch>.deb`` with dpkg-deb; reproducible for one epoch.
+
+    ``components`` are the lock's Linux ones for ``arch`` (``Lock.components("linux", arch)``);
+    without an arch-specific one (no Compose) the package is ``Architecture: all``.
+    """
     if not shutil.which("dpkg-deb"):
         raise MachineError("dpkg-deb is not installed (apt-get install dpkg-dev)")
+    if arch not in DEB_ARCH:
+        raise MachineError(f"no Debian architecture for {arch!r}")
+    foreign = sorted({c.name for c in components if c.arch not in ("", arch)})
+    if foreign:
+        raise MachineError(f"components built for another arch than {arch}: {', '.join(foreign)}")
+    who = maintainer()
+    deb_arch = DEB_ARCH[arch] if any(c.arch for c in components) else "all"
     epoch = source_date_epoch() if epoch is None else epoch
     source = source or default_source()
     out_dir.mkdir(parents=True, exist_ok=True)
-    deb = out_dir / f"pymachine_{version}_all.deb"
+    deb = out_dir / f"pymachine_{version}_{deb_arch}.deb"
     with tempfile.TemporaryDirectory(prefix="pm-deb-") as tmp:
         root = Path(tmp) / "root"
         (root / "usr" / "bin").mkdir(parents=True)
         build_pyz(root / "usr" / "bin" / "pymachine", epoch, source=source)
-        libdir = root / "usr" / "lib" / "pymachine"
-        libdir.mkdir(parents=True)
-        stage(components, libdir, cache)
-        check_vm_image(components, libdir, source, ())  # the repo lock ships none: Linux hosts build it
+        stage(components, root, cache)
+        check_vm_image(components, root, source, ())  # the repo lock ships none: Linux hosts build it
         doc = root / "usr" / "share" / "doc" / "pymachine"
         doc.mkdir(parents=True)
-        (doc / "copyright").write_text("pymachine: Apache-2.0\n")
-        manifest = "".join(f"{c.name} {c.version} {c.sha256}\n" for c in components)
-        (doc / "components.txt").write_text(manifest)
+        (doc / "copyright").write_text(COPYRIGHT.format(homepage=HOMEPAGE))
+        (doc / "changelog.gz").write_bytes(_changelog(version, who, epoch))
+        plugin = root / COMPOSE_PLUGIN
+        if plugin.is_file():  # Compose is a static Go binary upstream, like Debian's own Go packages
+            overrides = root / "usr" / "share" / "lintian" / "overrides"
+            overrides.mkdir(parents=True)
+            (overrides / "pymachine").write_text(f"pymachine: statically-linked-binary [{COMPOSE_PLUGIN}]\n")
         size_kb = sum(p.stat().st_size for p in walk_sorted(root) if p.is_file()) // 1024 + 1
         control_dir = root / "DEBIAN"
         control_dir.mkdir()
         template = packaging_file("deb", "control.in").read_text()
-        control = render(template, {"VERSION": version, "INSTALLED_SIZE": str(size_kb)}, "control.in")
+        control = render(template, {"VERSION": version, "INSTALLED_SIZE": str(size_kb), "ARCH": deb_arch,
+                                    "MAINTAINER": who, "HOMEPAGE": HOMEPAGE}, "control.in")
         (control_dir / "control").write_text(control)
         for path in walk_sorted(root):
             if path.is_dir():
                 path.chmod(0o755)
-            elif not os.access(path, os.X_OK):
-                path.chmod(0o644)
+            elif "vendor" in path.relative_to(root).parts or not os.access(path, os.X_OK):
+                path.chmod(0o644)  # vendored modules are imported, never run
         normalise_tree(root, epoch)
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
         proc = subprocess.run(

@@ -19,9 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pymachine.machine.atomic import write_atomic
 from pymachine.machine.errors import MachineError
 
 PLATFORMS = ("windows", "macos", "linux")
+ARCHES = ("x86_64", "arm64")  # a component's ``arch``; "" = the same file serves every arch
 
 
 def packaging_file(*parts: str) -> Path:
@@ -47,7 +49,9 @@ class LockError(MachineError):
 @dataclass
 class Component:
     """One bundled file.  ``dest`` is where it lands in the installed tree;
-    ``unpack`` ("zip"/"tar") extracts it there instead of copying it."""
+    ``unpack`` ("zip"/"tar") extracts it there instead of copying it; ``arch``
+    ("x86_64"/"arm64") names the CPU it is built for ("" = any: scripts, pure-Python
+    wheels), so one name (docker-cli, vm-image, ...) has one entry per arch."""
 
     name: str
     version: str
@@ -59,6 +63,7 @@ class Component:
     strip: int = 0
     optional: bool = False
     upstream: dict[str, Any] = field(default_factory=dict)
+    arch: str = ""
 
     def require_pinned(self) -> None:
         if not isinstance(self.size, int) or not self.sha256 or not SHA256_RE.match(self.sha256):
@@ -91,6 +96,13 @@ class Lock:
             if plat not in PLATFORMS:
                 raise LockError(f"{path}: unknown platform {plat!r}")
             platforms[plat] = [Component(**c) for c in comps]
+            for c in platforms[plat]:
+                if c.arch not in ("", *ARCHES):
+                    raise LockError(f"{path}: {plat}/{c.name}: unknown arch {c.arch!r} (one of {', '.join(ARCHES)})")
+            seen = [(c.name, c.arch) for c in platforms[plat]]
+            dup = sorted({f"{n}/{a or 'any'}" for n, a in seen if seen.count((n, a)) > 1})
+            if dup:
+                raise LockError(f"{path}: {plat}: components listed twice: {', '.join(dup)}")
         return cls(product=dict(data.get("product", {})), platforms=platforms)
 
     def to_json(self) -> str:
@@ -102,14 +114,20 @@ class Lock:
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
+        write_atomic(path, self.to_json().encode(), 0o644, dir_mode=None)
 
-    def components(self, platform: str) -> list[Component]:
+    def components(self, platform: str, arch: str | None = None) -> list[Component]:
+        """The platform's components; with ``arch``, those built for it plus the arch-free ones."""
         if platform not in self.platforms:
             raise LockError(f"the lock has no components for platform {platform!r}")
-        return self.platforms[platform]
+        if arch is not None and arch not in ARCHES:
+            raise LockError(f"unknown arch {arch!r} (one of {', '.join(ARCHES)})")
+        return [c for c in self.platforms[platform] if arch is None or c.arch in ("", arch)]
+
+    def arches(self, platform: str) -> list[str]:
+        """The arches the platform's lock names (each gets its own installer), x86_64 if none."""
+        named = {c.arch for c in self.components(platform) if c.arch}
+        return [a for a in ARCHES if a in named] or ["x86_64"]
 
 
 # ---------------------------------------------------------------- lock --update
@@ -246,5 +264,6 @@ def update(lock: Lock, only: set[str] | None = None) -> list[str]:
                 raise LockError(f"{comp.name}: cannot read upstream metadata: {exc}") from None
             comp.require_pinned()
             if (comp.version, comp.sha256) != before:
-                changes.append(f"{plat}/{comp.name} {before[0]} -> {comp.version} ({comp.sha256[:12]})")
+                label = f"{comp.name}[{comp.arch}]" if comp.arch else comp.name
+                changes.append(f"{plat}/{label} {before[0]} -> {comp.version} ({comp.sha256[:12]})")
     return changes

@@ -1,4 +1,16 @@
-"""macOS: a flat product archive (.pkg) written on Linux with our own xar and Bom writers.
+"""macOS: one flat product archive (.pkg) per Mac architecture, written on Linux with our own
+xar and Bom writers.
+
+Why one .pkg per arch rather than one carrying both: every heavy component
+exists twice (python-build-standalone, docker, Compose, VirtualBox's Intel and
+Apple Silicon builds, and above all the amd64 and arm64 base images, hundreds
+of MB each), so a dual package would double every user's download to install
+half of it.  Each .pkg names its arch in ``hostArchitectures`` and in its file
+name (``-arm64``/``-x86_64``), and its Distribution's installation check refuses
+the other kind of Mac by ``system.sysctl('hw.optional.arm64')`` (1 on Apple
+Silicon even under Rosetta, which would otherwise run the Intel package and its
+VirtualBox that cannot run there), naming the package to take instead; the
+README says which to download.
 
 Product layout: ``Distribution`` (choices; VirtualBox offered only when it is
 missing or older; refuses to install while VirtualBox runs), ``Resources/``,
@@ -123,8 +135,19 @@ def _vbox_members(src: Path) -> tuple[list[xar.Member], list[tuple[str, str, str
     return members, refs
 
 
+ARCH_TITLES = {"x86_64": "Intel", "arm64": "Apple Silicon"}
+MIN_OS = {"x86_64": "10.13", "arm64": "11.0"}  # the first macOS on Apple Silicon is 11
+
+
 def build_pkg(out_dir: Path, components: list[Component], cache: Path | None = None,
-              epoch: int | None = None, version: str = __version__, source: Path | None = None) -> Path:
+              epoch: int | None = None, version: str = __version__, source: Path | None = None,
+              arch: str = "x86_64") -> Path:
+    """``pymachine-toolbox-<version>-<arch>.pkg`` from the lock's macOS components for ``arch``."""
+    if arch not in ARCH_TITLES:
+        raise MachineError(f"no macOS package for arch {arch!r}")
+    foreign = sorted({c.name for c in components if c.arch not in ("", arch)})
+    if foreign:
+        raise MachineError(f"components built for another arch than {arch}: {', '.join(foreign)}")
     epoch = source_date_epoch() if epoch is None else epoch
     source = source or default_source()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +176,8 @@ def build_pkg(out_dir: Path, components: list[Component], cache: Path | None = N
             xar.Member("pymachine.pkg/Scripts", scripts),
             xar.Member("Resources/en.lproj/License.txt", b"pymachine: Apache-2.0\n"),
         ]
-        values = {"VERSION": version, "INSTALL_KB": str(install_kb), "VBOX_VERSION": "0",
+        values = {"VERSION": version, "INSTALL_KB": str(install_kb), "VBOX_VERSION": "0", "ARCH": arch,
+                  "ARCH_TITLE": ARCH_TITLES[arch], "MIN_OS": MIN_OS[arch],
                   "VBOX_BUNDLED": "false", "VBOX_LINE": "", "VBOX_CHOICE": "", "VBOX_PKGREFS": ""}
         if vbox is not None:
             from pymachine.installer.fetch import fetch
@@ -165,13 +189,13 @@ def build_pkg(out_dir: Path, components: list[Component], cache: Path | None = N
                 VBOX_VERSION=vbox.version, VBOX_BUNDLED="true",
                 VBOX_LINE='    <line choice="virtualbox"/>',
                 VBOX_CHOICE=(f'  <choice id="virtualbox" title="VirtualBox {vbox.version}" '
-                             'start_selected="vboxNeedsUpgrade()" start_enabled="vboxNeedsUpgrade()" '
-                             f'start_visible="vboxNeedsUpgrade()">\n{ids}\n  </choice>'),
+                             'start_selected="vboxChoice()" start_enabled="vboxChoice()" '
+                             f'start_visible="vboxChoice()">\n{ids}\n  </choice>'),
                 VBOX_PKGREFS="\n".join(f'  <pkg-ref id="{ident}" version="{ver}" auth="root">#{d}</pkg-ref>'
                                        for d, ident, ver in refs),
             )
         distribution = render((PKG_DIR / "Distribution.in").read_text(), values, "Distribution.in")
         members.append(xar.Member("Distribution", distribution.encode()))
-    out = out_dir / f"pymachine-toolbox-{version}.pkg"
+    out = out_dir / f"pymachine-toolbox-{version}-{arch}.pkg"
     out.write_bytes(xar.write(members, epoch))
     return out

@@ -104,10 +104,25 @@ def environment(ctx, name: str) -> tuple[list[tuple[str, str]], str]:
     return variables, ip
 
 
+def register_bundled_compose(environ: Mapping[str, str], warn: Callable[[str], None]) -> None:
+    """Make ``docker compose`` find the installer's Compose plugin, for this user (the
+    installer registered it for the user who ran it); never fatal."""
+    from pymachine.installer import docker_config
+
+    plugins = docker_config.bundled_plugin_dir()
+    if plugins is None:
+        return
+    try:
+        docker_config.add_plugin_dir(plugins, docker_config.config_path(environ))
+    except (MachineError, OSError) as exc:
+        warn(f"docker compose may not find the bundled plugin: {exc}")
+
+
 def run(ctx, opts: Options, dispatch: Callable[..., int]) -> int:
     from pymachine.machine import shells
     from pymachine.machine.cli.env import invoked_argv
 
+    register_bundled_compose(ctx.environ, ctx.err)
     ensure_running(ctx, opts, dispatch)
     variables, ip = environment(ctx, opts.name)
     try:

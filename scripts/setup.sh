@@ -16,7 +16,7 @@ APT_PACKAGES=(
   ovmf qemu-system-arm qemu-efi-aarch64  # UEFI boots (OVMF), arm64 guests (qemu-system-aarch64 + AAVMF)
   qemu-user-static mmdebstrap uidmap     # the arm64 image built on x86_64 (binfmt_misc); unprivileged builds
   golang-go golang-github-vmware-govmomi-dev   # vcsim, the vSphere simulator, built offline
-  nsis p7zip-full osslsigncode xorriso genisoimage libarchive-tools dpkg-dev fakeroot gnupg minisign  # installers
+  nsis p7zip-full osslsigncode xorriso genisoimage libarchive-tools dpkg-dev fakeroot gnupg minisign lintian  # installers (lintian: the .deb check)
 )
 
 SUDO=""

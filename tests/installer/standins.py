@@ -155,3 +155,87 @@ def src_snapshot(tmp_path_factory) -> Path:
     for pkg in ("pymachine", "machine", "provisioners", "engine", "installer", "packaging"):
         shutil.copytree(repo / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dest
+
+
+# ------------------------------------------------------------ Linux / Compose stand-ins
+
+COMPOSE_VERSION = "2.30.3"
+_COMPOSE_C = r"""
+/* Stand-in for Docker Compose v2 as a docker CLI plugin.  The plugin protocol
+   (docker/cli cli-plugins/manager): the CLI runs `<plugin> docker-cli-plugin-metadata`
+   and reads JSON with SchemaVersion "0.1.0", Vendor and Version; it then runs
+   `<plugin> compose <args>`.  Standalone, `docker-compose version` answers too. */
+#include <stdio.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "docker-cli-plugin-metadata") == 0) {
+        puts("{\"SchemaVersion\":\"0.1.0\",\"Vendor\":\"pymachine stand-in\","
+             "\"Version\":\"v@V@\",\"ShortDescription\":\"Docker Compose (stand-in)\"}");
+        return 0;
+    }
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "version") == 0) {
+            printf("Docker Compose version v@V@ (pymachine stand-in, argv0 %s)\n", argv[0]);
+            return 0;
+        }
+    fputs("compose stand-in: only 'version' is implemented\n", stderr);
+    return 1;
+}
+"""
+
+
+@functools.cache
+def compose_standin() -> bytes:
+    """A static, stripped x86_64 ELF (as Compose's release binaries are) speaking the plugin protocol."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="pm-compose-") as tmp:
+        src, out = Path(tmp) / "compose.c", Path(tmp) / "docker-compose"
+        src.write_text(_COMPOSE_C.replace("@V@", COMPOSE_VERSION))
+        subprocess.run(["gcc", "-static", "-Os", "-s", "-o", str(out), str(src)], check=True,
+                       capture_output=True, timeout=120)
+        return out.read_bytes()
+
+
+@functools.cache
+def wheel_from_installed(dist_name: str) -> tuple[str, bytes]:
+    """(filename, bytes) of a pure-Python wheel re-made from the distribution installed in this venv:
+    the real code, without a download (the lock pins the PyPI file; tests pin this one)."""
+    from importlib import metadata
+
+    dist = metadata.distribution(dist_name)
+    files = sorted(f for f in dist.files or [] if "__pycache__" not in f.parts and not str(f).startswith(".."))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.writestr(zipfile.ZipInfo(f.as_posix(), date_time=(2020, 1, 1, 0, 0, 0)), f.locate().read_bytes())
+    name = dist.metadata["Name"].replace("-", "_")
+    return f"{name}-{dist.version}-py3-none-any.whl", buf.getvalue()
+
+
+def linux_standins() -> dict[str, tuple[bytes, dict]]:
+    """The repo lock's Linux components, as stand-ins: Compose for x86_64 and the vendored wheels."""
+    files = {"docker-compose-linux-x86_64": (compose_standin(), {
+        "name": "docker-compose", "version": COMPOSE_VERSION, "arch": "x86_64",
+        "dest": "usr/lib/docker/cli-plugins/docker-compose"})}
+    for dist in ("paramiko", "invoke", "filelock"):
+        filename, data = wheel_from_installed(dist)
+        files[filename] = (data, {"name": f"wheel-{dist}", "version": filename.split("-")[1],
+                                  "dest": "usr/lib/pymachine/vendor", "unpack": "zip"})
+    return files
+
+
+@pytest.fixture
+def linux_lock(http_root, tmp_path: Path):
+    """(components for x86_64, www dir, cache dir) of the Linux stand-ins, served and pinned."""
+    from pymachine.installer.lock import Lock
+
+    www, base = http_root
+    comps = []
+    for filename, (data, fields) in linux_standins().items():
+        (www / filename).write_bytes(data)
+        comps.append({"url": f"{base}/{filename}", "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                      "unpack": "", "strip": 0, "optional": False, "upstream": {}, **fields})
+    path = tmp_path / "linux.lock.json"
+    path.write_text(json.dumps({"schema": 1, "product": {}, "platforms": {"linux": comps}}, indent=2))
+    return Lock.load(path).components("linux", "x86_64"), www, tmp_path / "cache"

@@ -27,17 +27,33 @@ REPO = Path(__file__).resolve().parents[2]
 def test_repo_lock_covers_every_platform_and_component():
     lock = Lock.load(REPO / "packaging" / "components.lock.json")
     assert set(lock.platforms) == {"windows", "macos", "linux"}
-    for plat in ("windows", "macos"):
-        names = {c.name for c in lock.components(plat)}
+    assert lock.arches("windows") == ["x86_64"] and lock.arches("macos") == ["x86_64", "arm64"]
+    assert lock.arches("linux") == ["x86_64", "arm64"]
+    for plat, arch in (("windows", "x86_64"), ("macos", "x86_64"), ("macos", "arm64")):
+        comps = lock.components(plat, arch)
+        names = [c.name for c in comps]
         assert {"python-runtime", "docker-cli", "docker-compose", "virtualbox", "vm-image",
-                "wheel-cryptography", "wheel-paramiko"} <= names
+                "wheel-cryptography", "wheel-paramiko", "wheel-cffi"} <= set(names)
+        assert len(names) == len(set(names)), f"{plat}/{arch}: one file per component"
+        for c in comps:  # a file for another CPU never lands in this arch's installer
+            assert c.arch in ("", arch)
+            other = {"x86_64": ("arm64", "aarch64"), "arm64": ("x86_64", "amd64")}[arch]
+            if c.arch:
+                assert not any(o in c.url for o in other), c.url
+        compose = next(c for c in comps if c.name == "docker-compose")  # the docker CLI plugin
+        assert compose.dest in ("cli-plugins/docker-compose", "cli-plugins/docker-compose.exe")
     for plat in ("windows", "macos"):  # pymachine's own packed image, laid out where the store looks
-        image = next(c for c in lock.components(plat) if c.name == "vm-image")
-        assert image.url == ("https://github.com/pymachine/pymachine/releases/download/"
-                             f"v{lock.product['version']}/pymachine-image-{image.version}.tar.gz")
-        assert (image.dest, image.unpack, image.strip) == ("cache/images", "tar", 0)
-        assert image.upstream["type"] == "pymachine-image" and "boot2docker" not in json.dumps(asdict(image))
-    assert "vm-image" not in {c.name for c in lock.components("linux")}  # Linux hosts build it
+        for image in (c for c in lock.components(plat) if c.name == "vm-image"):
+            suffix = "" if image.arch == "x86_64" else f"-{image.arch}"
+            assert image.url == ("https://github.com/pymachine/pymachine/releases/download/"
+                                 f"v{lock.product['version']}/pymachine-image-{image.version}{suffix}.tar.gz")
+            assert (image.dest, image.unpack, image.strip) == ("cache/images", "tar", 0)
+            assert image.upstream["type"] == "pymachine-image" and "boot2docker" not in json.dumps(asdict(image))
+    linux = lock.components("linux")
+    assert "vm-image" not in {c.name for c in linux}  # Linux hosts build it
+    assert {c.dest for c in linux if c.name == "docker-compose"} == {"usr/lib/docker/cli-plugins/docker-compose"}
+    assert {c.name for c in linux if c.dest == "usr/lib/pymachine/vendor"} == {
+        "wheel-paramiko", "wheel-invoke", "wheel-filelock"}  # pure Python, beside Debian's native modules
     for comps in lock.platforms.values():
         for c in comps:
             assert c.url.startswith("https://") and c.version and c.dest
@@ -307,3 +323,21 @@ def test_lock_names_the_image_this_checkout_builds() -> None:
     assert entries, "no vm-image component in the lock"
     for entry in entries:
         assert entry["version"] == recipe_hash() and recipe_hash() in entry["url"], entry
+
+
+def test_lock_arch_is_validated_and_filters_components(tmp_path):
+    base = {"version": "1", "url": "https://x/y", "size": None, "sha256": None, "dest": "bin"}
+    def lock_with(*comps):
+        path = tmp_path / "l.json"
+        path.write_text(json.dumps({"schema": 1, "product": {}, "platforms": {"macos": list(comps)}}))
+        return path
+    with pytest.raises(LockError, match="unknown arch 'ppc'"):
+        Lock.load(lock_with({**base, "name": "docker-cli", "arch": "ppc"}))
+    with pytest.raises(LockError, match="listed twice: docker-cli/arm64"):
+        Lock.load(lock_with({**base, "name": "docker-cli", "arch": "arm64"}, {**base, "name": "docker-cli", "arch": "arm64"}))
+    lock = Lock.load(lock_with({**base, "name": "docker-cli", "arch": "arm64"},
+                               {**base, "name": "docker-cli", "arch": "x86_64"}, {**base, "name": "wheel-x"}))
+    assert [(c.name, c.arch) for c in lock.components("macos", "arm64")] == [("docker-cli", "arm64"), ("wheel-x", "")]
+    assert lock.arches("macos") == ["x86_64", "arm64"]
+    with pytest.raises(LockError, match="unknown arch"):
+        lock.components("macos", "aarch64")

@@ -8,25 +8,29 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
-from standins import current_recipe, exe_stub, image_filename, packed_image, tar_bytes
+from standins import compose_standin, current_recipe, image_filename, packed_image, tar_bytes, zip_bytes
 
 from pymachine.installer import bom, xar
 from pymachine.installer.fetch import IntegrityError
 from pymachine.installer.lock import Lock
 from pymachine.installer.macos import build_pkg, cpio_odc, read_cpio_odc
+from pymachine.machine.errors import MachineError
 
 pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
 
 EPOCH = 1700000000
+DOCKER = "/usr/local/bin/docker"  # the real docker CLI (28.x)
 
 
-def _vbox_flat_pkg() -> bytes:
+def _vbox_flat_pkg(arch: str = "x86_64") -> bytes:
     """A stand-in VirtualBox component package (itself a xar) with its own Bom."""
     entries = [(".", 0o755, None), ("./Applications", 0o755, None),
-               ("./Applications/VirtualBox.app", 0o755, b"stand-in app")]
+               ("./Applications/VirtualBox.app", 0o755, f"stand-in app {arch}".encode())]
     payload = gzip.compress(cpio_odc(entries, EPOCH), mtime=0)
     info = b'<pkg-info format-version="2" identifier="org.virtualbox.pkg.virtualbox" version="7.1.4"/>'
     bom_blob = bom.write([bom.BomEntry(n, bom.TYPE_DIR if d is None else bom.TYPE_FILE,
@@ -36,35 +40,54 @@ def _vbox_flat_pkg() -> bytes:
                       xar.Member("Bom", bom_blob)], EPOCH)
 
 
+ARCH_NAMES = {"x86_64": "x86_64", "arm64": "aarch64"}  # upstream spellings in file names
+
+
 @pytest.fixture
 def mac_lock(http_root, tmp_path):
+    """A macOS lock with both arches: per-arch python, docker, Compose (the static stand-in plugin),
+    VirtualBox and image; the arch-free wheel (universal2/pure Python) serves both."""
     www, base = http_root
-    files = {
-        "cpython-install_only.tar.gz": (tar_bytes({"python/bin/python3": b"#!stand-in python\n"}),
-                                        {"name": "python-runtime", "dest": "python", "unpack": "tar", "strip": 1}),
-        "docker-27.3.1.tgz": (tar_bytes({"docker/docker": b"\x7fELF stand-in docker"}),
-                              {"name": "docker-cli", "dest": "bin", "unpack": "tar", "strip": 1}),
-        "docker-compose-darwin-x86_64": (exe_stub("compose"), {"name": "docker-compose", "dest": "bin/docker-compose"}),
-        "VirtualBox-7.1.4.pkg": (_vbox_flat_pkg(), {"name": "virtualbox", "version": "7.1.4",
-                                                    "dest": "installers/VirtualBox.pkg", "optional": True}),
-        image_filename(): (packed_image(), {"name": "vm-image", "dest": "cache/images", "unpack": "tar"}),
-    }
+    files = {}
+    for arch, upstream in ARCH_NAMES.items():
+        files.update({
+            f"cpython-{upstream}-apple-darwin-install_only.tar.gz": (
+                tar_bytes({"python/bin/python3": f"#!stand-in python {arch}\n".encode()}),
+                {"name": "python-runtime", "dest": "python", "unpack": "tar", "strip": 1, "arch": arch}),
+            f"{upstream}/docker-27.3.1.tgz": (tar_bytes({"docker/docker": f"\x7fELF stand-in docker {arch}".encode()}),
+                                              {"name": "docker-cli", "dest": "bin", "unpack": "tar", "strip": 1,
+                                               "arch": arch}),
+            f"docker-compose-darwin-{upstream}": (compose_standin() + arch.encode(),
+                                                  {"name": "docker-compose", "dest": "cli-plugins/docker-compose",
+                                                   "arch": arch}),
+            f"VirtualBox-7.1.4-{arch}.pkg": (_vbox_flat_pkg(arch), {"name": "virtualbox", "version": "7.1.4",
+                                                                    "dest": "installers/VirtualBox.pkg",
+                                                                    "optional": True, "arch": arch}),
+            f"{arch}/{image_filename()}": (packed_image(), {"name": "vm-image", "dest": "cache/images",
+                                                            "unpack": "tar", "arch": arch}),
+        })
+    files["pycparser-2.22-py3-none-any.whl"] = (zip_bytes({"pycparser/__init__.py": b"# stand-in\n"}),
+                                                {"name": "wheel-pycparser", "dest": "lib", "unpack": "zip"})
     comps = []
     for name, (data, fields) in files.items():
+        (www / name).parent.mkdir(parents=True, exist_ok=True)
         (www / name).write_bytes(data)
         comps.append({"version": "1", "url": f"{base}/{name}", "size": len(data),
                       "sha256": hashlib.sha256(data).hexdigest(), "unpack": "", "strip": 0, "optional": False,
                       "upstream": {}, **fields})
     path = tmp_path / "mac.lock.json"
     path.write_text(json.dumps({"schema": 1, "product": {}, "platforms": {"macos": comps}}))
-    return Lock.load(path).components("macos"), www, tmp_path / "cache"
+    return Lock.load(path), www, tmp_path / "cache"
 
 
-def test_pkg_structure_is_read_the_same_by_us_bsdtar_and_7z(mac_lock, src_snapshot, tmp_path):
-    comps, _www, cache = mac_lock
-    pkg = build_pkg(tmp_path / "a", comps, cache=cache, epoch=EPOCH, source=src_snapshot)
-    again = build_pkg(tmp_path / "b", comps, cache=cache, epoch=EPOCH, source=src_snapshot)
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_pkg_structure_is_read_the_same_by_us_bsdtar_and_7z(arch, mac_lock, src_snapshot, tmp_path):
+    lock, _www, cache = mac_lock
+    comps = lock.components("macos", arch)
+    pkg = build_pkg(tmp_path / "a", comps, cache=cache, epoch=EPOCH, source=src_snapshot, arch=arch)
+    again = build_pkg(tmp_path / "b", comps, cache=cache, epoch=EPOCH, source=src_snapshot, arch=arch)
     assert pkg.read_bytes() == again.read_bytes()  # reproducible
+    assert pkg.name == f"pymachine-toolbox-0.1.0-{arch}.pkg"
 
     reader = xar.Reader(pkg.read_bytes())  # checks header, TOC sha1 and member sha1s
     ours = {p for p, e in reader.entries.items() if e.kind == "file"}
@@ -93,8 +116,9 @@ def test_pkg_structure_is_read_the_same_by_us_bsdtar_and_7z(mac_lock, src_snapsh
     assert refs == {"io.pymachine.pkg.pymachine": "#pymachine.pkg", "org.virtualbox.pkg.virtualbox": "#VirtualBox.pkg"}
     for target in refs.values():
         assert reader.entries[target[1:]].kind == "directory"
+    assert root.find("options").get("hostArchitectures") == arch
     vbox_choice = next(c for c in root.iter("choice") if c.get("id") == "virtualbox")
-    assert vbox_choice.get("start_selected") == "vboxNeedsUpgrade()"
+    assert vbox_choice.get("start_selected") == "vboxChoice()"
     assert "compareVersions(plist.CFBundleVersion, '7.1.4') === -1" in dist
     assert "vboxRunning()" in dist and "my.result.type = 'Fatal'" in dist
     assert not re.search(r"@[A-Z_]+@", dist)
@@ -103,6 +127,17 @@ def test_pkg_structure_is_read_the_same_by_us_bsdtar_and_7z(mac_lock, src_snapsh
     payload = read_cpio_odc(gzip.decompress(reader.read("pymachine.pkg/Payload")))
     names = [n for n, *_ in payload]
     assert "./usr/local/pymachine/bin/pymachine" in names and "./usr/local/pymachine/bin/docker" in names
+    # this arch's native files only; the arch-free wheel in both
+    other = {"x86_64": b"arm64", "arm64": b"x86_64"}[arch]
+    natives = {n: d for n, _m, _u, _g, d in payload if n.endswith(("/python3", "/docker", "/docker-compose"))}
+    assert set(natives) == {"./usr/local/pymachine/python/bin/python3", "./usr/local/pymachine/bin/docker",
+                            "./usr/local/pymachine/cli-plugins/docker-compose"}
+    for name, data in natives.items():  # the compose stand-in is a Linux ELF tagged with its arch at the end
+        assert data.endswith(arch.encode()) if name.endswith("compose") else (arch.encode() in data
+                                                                            and other not in data), name
+    assert "./usr/local/pymachine/lib/pycparser/__init__.py" in names
+    vbox_payload = read_cpio_odc(gzip.decompress(reader.read("VirtualBox.pkg/Payload")))
+    assert [d for n, *_r, d in vbox_payload if n.endswith("VirtualBox.app")] == [f"stand-in app {arch}".encode()]
     assert "./usr/local/pymachine/lib/pymachine/installer/quickstart.py" in names
     # pymachine's image (with its VDI) as cache/images/<recipe>/ under the prefix, which postinstall seeds
     # into the console user's ~/.docker/machine/cache
@@ -127,7 +162,9 @@ def test_pkg_structure_is_read_the_same_by_us_bsdtar_and_7z(mac_lock, src_snapsh
             assert boms[name].size == len(data) and boms[name].cksum == bom.posix_cksum(data)
     scripts = {n: (m, d) for n, m, _u, _g, d in read_cpio_odc(gzip.decompress(reader.read("pymachine.pkg/Scripts")))}
     mode, script = scripts["./postinstall"]
-    assert mode & 0o111 and b'ln -sf "/usr/local/pymachine/bin/$tool" "/usr/local/bin/$tool"' in script
+    assert mode & 0o111 and b'ln -sf "$P/bin/$tool" "/usr/local/bin/$tool"' in script
+    assert b'ln -sf "$P/cli-plugins/docker-compose" /usr/local/bin/docker-compose' in script
+    assert b'-m pymachine.installer cli-plugins "$P/cli-plugins"' in script
 
 
 def test_bom_cksum_matches_posix_cksum_tool():
@@ -137,7 +174,8 @@ def test_bom_cksum_matches_posix_cksum_tool():
 
 
 def test_tampered_xar_member_is_detected_and_tampered_component_stops_build(mac_lock, src_snapshot, tmp_path):
-    comps, www, cache = mac_lock
+    lock, www, cache = mac_lock
+    comps = lock.components("macos", "x86_64")
     pkg = build_pkg(tmp_path, [c for c in comps if c.name != "virtualbox"], cache=cache, epoch=EPOCH,
                     source=src_snapshot)
     blob = bytearray(pkg.read_bytes())
@@ -151,3 +189,123 @@ def test_tampered_xar_member_is_detected_and_tampered_component_stops_build(mac_
     served.write_bytes(b"\0" + served.read_bytes()[1:])
     with pytest.raises(IntegrityError, match="'virtualbox'"):
         build_pkg(tmp_path / "bad", comps, cache=cache, epoch=EPOCH, source=src_snapshot)
+
+
+# Apple's Installer JavaScript runs the Distribution's <script> with a `system` object
+# (Installer JS reference: system.sysctl, system.files.plistAtPath, system.compareVersions,
+# system.run) and `my.result` for installation checks.  node evaluates the same text against
+# a stub of that object for an Apple Silicon and an Intel Mac.
+_NODE_HARNESS = r"""
+const vm = require('vm');
+const input = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+const calls = [];
+const system = {
+  sysctl(name) { calls.push(name); return name === 'hw.optional.arm64' && input.appleSilicon ? 1 : undefined; },
+  files: { plistAtPath(path) { return input.vbox ? { CFBundleVersion: input.vbox } : null; } },
+  compareVersions(a, b) {
+    const pa = a.split('.').map(Number), pb = b.split('.').map(Number);
+    for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+      const x = pa[i] || 0, y = pb[i] || 0;
+      if (x !== y) { return x < y ? -1 : 1; }
+    }
+    return 0;
+  },
+  run() { return input.vboxRunning ? 0 : 1; },
+};
+const ctx = vm.createContext({ system, my: { result: {} } });
+vm.runInContext(input.script, ctx);
+const out = { check: vm.runInContext(input.check, ctx), result: ctx.my.result, choices: {}, calls };
+for (const [id, expr] of Object.entries(input.choices)) { out.choices[id] = vm.runInContext(expr, ctx); }
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def _run_distribution(dist: str, apple_silicon: bool, vbox: str | None = None, vbox_running: bool = False) -> dict:
+    root = ET.fromstring(dist)
+    choices = {c.get("id"): c.get("start_selected") for c in root.iter("choice")}
+    payload = {"script": root.find("script").text, "check": root.find("installation-check").get("script"),
+               "choices": choices, "appleSilicon": apple_silicon, "vbox": vbox, "vboxRunning": vbox_running}
+    proc = subprocess.run(["node", "-e", _NODE_HARNESS], input=json.dumps(payload), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="needs node to run the Distribution's installer JavaScript")
+def test_distribution_choices_follow_the_mac_it_runs_on(mac_lock, src_snapshot, tmp_path):
+    lock, _www, cache = mac_lock
+    dists = {}
+    for arch in ("x86_64", "arm64"):
+        pkg = build_pkg(tmp_path / arch, lock.components("macos", arch), cache=cache, epoch=EPOCH,
+                        source=src_snapshot, arch=arch)
+        dists[arch] = xar.Reader(pkg.read_bytes()).read("Distribution").decode()
+    for arch, dist in dists.items():
+        for host_arm in (True, False):
+            right = (arch == "arm64") == host_arm
+            out = _run_distribution(dist, apple_silicon=host_arm)
+            assert "hw.optional.arm64" in out["calls"]
+            assert out["check"] is right, (arch, host_arm, out)
+            assert out["choices"] == {"pymachine": right, "virtualbox": right}  # no VirtualBox yet: offered
+            if not right:
+                assert out["result"]["type"] == "Fatal"
+                want = "arm64" if host_arm else "x86_64"
+                assert f"pymachine-toolbox-0.1.0-{want}.pkg" in out["result"]["message"]
+                assert ("Apple Silicon" if arch == "arm64" else "Intel") in out["result"]["title"]
+    # the right Mac with a current VirtualBox: not offered; an older running one stops the install
+    current = _run_distribution(dists["arm64"], apple_silicon=True, vbox="7.1.4")
+    assert current["check"] is True and current["choices"]["virtualbox"] is False
+    running = _run_distribution(dists["arm64"], apple_silicon=True, vbox="7.0.20", vbox_running=True)
+    assert running["check"] is False and running["result"]["title"] == "VirtualBox is running"
+
+
+def test_pkg_refuses_components_of_the_other_arch(mac_lock, src_snapshot, tmp_path):
+    lock, _www, cache = mac_lock
+    with pytest.raises(MachineError, match="another arch than arm64: docker-cli, docker-compose"):
+        build_pkg(tmp_path, lock.components("macos"), cache=cache, epoch=EPOCH, source=src_snapshot, arch="arm64")
+    assert not list(tmp_path.glob("*.pkg"))
+
+
+@pytest.mark.skipif(not Path(DOCKER).is_file(), reason="needs the docker CLI")
+def test_docker_compose_answers_from_the_staged_mac_tree(mac_lock, src_snapshot, tmp_path):
+    """What postinstall does, with the real docker CLI: the Compose plugin in the installed tree is
+    registered in the user's existing config.json (merged) and `docker compose` finds it."""
+    from pymachine.installer import docker_config
+
+    lock, _www, cache = mac_lock
+    pkg = build_pkg(tmp_path / "pkg", lock.components("macos", "x86_64"), cache=cache, epoch=EPOCH,
+                    source=src_snapshot, arch="x86_64")
+    payload = read_cpio_odc(gzip.decompress(xar.Reader(pkg.read_bytes()).read("pymachine.pkg/Payload")))
+    installed = tmp_path / "installed"
+    for name, mode, _uid, _gid, data in payload:
+        path = installed / name
+        if mode & 0o040000:
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.write_bytes(data)
+            path.chmod(mode & 0o777)
+    prefix = installed / "usr/local/pymachine"
+    assert docker_config.bundled_plugin_dir(prefix / "lib") == prefix / "cli-plugins"
+    home = tmp_path / "home" / ".docker"
+    home.mkdir(parents=True)
+    existing = {"auths": {"registry.example": {"auth": "dXNlcjpwYXNz"}}, "credsStore": "desktop",
+                "cliPluginsExtraDirs": ["/opt/other-plugins"], "psFormat": "table {{.ID}}"}
+    (home / "config.json").write_text(json.dumps(existing))
+    (home / "config.json").chmod(0o600)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "DOCKER_CONFIG": str(home)}
+    res = subprocess.run([sys.executable, "-m", "pymachine.installer", "cli-plugins", str(prefix / "cli-plugins")],
+                         capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(prefix / "lib")},
+                         cwd=tmp_path, check=False)
+    assert res.returncode == 0, res.stderr
+    merged = json.loads((home / "config.json").read_text())
+    assert merged == {**existing, "cliPluginsExtraDirs": ["/opt/other-plugins", str(prefix / "cli-plugins")]}
+    assert (home / "config.json").stat().st_mode & 0o777 == 0o600
+    compose = subprocess.run([DOCKER, "compose", "version"], capture_output=True, text=True, timeout=60, env=env,
+                             check=False)
+    assert compose.returncode == 0, compose.stderr
+    assert compose.stdout.startswith("Docker Compose version v2.30.3 (pymachine stand-in")
+    assert str(prefix / "cli-plugins" / "docker-compose") in compose.stdout
+    # without the registration the docker CLI does not find it: the config is what makes it work
+    (home / "config.json").write_text(json.dumps(existing))
+    missing = subprocess.run([DOCKER, "compose", "version"], capture_output=True, text=True, timeout=60, env=env,
+                             check=False)
+    assert "pymachine stand-in" not in missing.stdout

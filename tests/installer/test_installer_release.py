@@ -73,7 +73,7 @@ def test_build_all_signs_sums_verifies_and_is_reproducible(release_lock, gnupgho
     assert sums == (two / "SHA256SUMS").read_text()  # byte-identical artefacts
     listed = [line.split("  ", 1)[1] for line in sums.splitlines()]
     assert listed == sorted(["pymachine.pyz", "pymachine_0.1.0_all.deb", "pymachine-toolbox-0.1.0-x64.exe",
-                             "pymachine-toolbox-0.1.0.pkg"])
+                             "pymachine-toolbox-0.1.0-x86_64.pkg"])
 
     ok = _installer("verify", str(one), "--gpg-home", gnupghome, env=env)
     assert ok.returncode == 0 and "OK: signature and 4 checksums" in ok.stdout, ok.stderr
