@@ -247,10 +247,18 @@ def reprovision(machine: Machine, log: Log, new_certs: bool = False) -> None:
 
 
 def upgrade(machine: Machine, log: Log) -> None:
-    """Upgrade the engine package (or re-install the bundle), then re-provision."""
+    """Upgrade the engine package (or re-install the bundle), then re-provision.
+
+    A stopped machine is started first and waited for, as docker-machine did."""
+    from pymachine.machine.drivers.base import State
     from pymachine.provisioners.detect import detect
 
-    with connect(machine.driver, wait=10.0) as client:
+    wait = 10.0
+    if machine.driver.state() != State.RUNNING:
+        log("Starting machine so machine can be upgraded...")
+        machine.start(log)
+        wait = ssh_wait()
+    with connect(machine.driver, wait=wait) as client:
         provisioner = detect(client)
         log(f"Upgrading docker on {machine.name} ({provisioner.name})...")
         upgrade_cmd = getattr(provisioner, "packages_upgrade", None)
