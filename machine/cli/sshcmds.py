@@ -55,6 +55,8 @@ def cmd_ssh(ctx: Context, args: list[str]) -> int:
     if not ctx.native_ssh and _has_ssh():
         argv = require_tool(ssh_argv(target, rest))
         sys.stdout.flush()
+        if os.name == "nt":  # execv there starts ssh.exe and returns to the shell at once
+            return subprocess.call(argv)
         os.execv(argv[0], argv)
     return native_ssh(target, rest)
 
@@ -83,8 +85,13 @@ def native_ssh(target, command: list[str]) -> int:
 def _interactive(client) -> int:
     import select
     import shutil
-    import termios
-    import tty
+
+    try:
+        import termios
+        import tty
+    except ImportError:  # Windows: no POSIX terminal to put in raw mode
+        raise MachineError("An interactive shell with the built-in SSH client needs a POSIX terminal: "
+                           "install Windows' OpenSSH client (ssh.exe), or pass a command") from None
 
     cols, rows = shutil.get_terminal_size()
     chan = client.transport.open_session()

@@ -130,3 +130,13 @@ def test_windows_prefers_system32_openssh(tmp_path: Path, monkeypatch: pytest.Mo
         require_tool(["scp"], windows=True, environ=env)  # no scp.exe there, none on PATH
     with pytest.raises(MachineError, match="You must have a copy of the ssh binary locally"):
         require_tool(["ssh"], windows=False, environ=env)  # not Windows: PATH only
+
+
+def test_native_interactive_ssh_without_termios_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from pymachine.machine.cli import sshcmds
+
+    monkeypatch.setitem(sys.modules, "termios", None)  # as on Windows: the import fails
+    with pytest.raises(MachineError, match="needs a POSIX terminal: install Windows' OpenSSH client"):
+        sshcmds._interactive(client=None)
