@@ -45,6 +45,7 @@ import secrets
 import shutil
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -53,6 +54,19 @@ from typing import Any
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
+
+
+def _is_download(url: str) -> bool:
+    return url.lower().startswith(("http://", "https://"))
+
+
+def _local_iso(value: str) -> str:
+    """--vmwarevsphere-boot2docker-url as a local path: a plain path or a file:// URL ("" for downloads)."""
+    if not value or _is_download(value):
+        return ""
+    if value.lower().startswith("file://"):
+        value = urllib.request.url2pathname(urllib.parse.urlsplit(value).path)
+    return os.path.abspath(os.path.expanduser(value))
 
 ANNOTATION_KEY = "pymachine-machine"
 IP_WAIT_ENV = "PYMACHINE_VSPHERE_IP_WAIT"
@@ -99,7 +113,8 @@ class VSphereDriver(Driver):
         Flag("vmwarevsphere-cpu-count", "int", 2, "VSPHERE_CPU_COUNT", "vSphere CPU number for docker VM"),
         Flag("vmwarevsphere-memory-size", "int", 2048, "VSPHERE_MEMORY_SIZE", "vSphere size of memory for docker VM (in MB)"),
         Flag("vmwarevsphere-disk-size", "int", 20480, "VSPHERE_DISK_SIZE", "vSphere size of disk for docker VM (in MB)"),
-        Flag("vmwarevsphere-boot2docker-url", "string", "", "VSPHERE_BOOT2DOCKER_URL", "Local path of the boot ISO to upload"),
+        Flag("vmwarevsphere-boot2docker-url", "string", "", "VSPHERE_BOOT2DOCKER_URL",
+             "The boot ISO to upload: a local path, file:// or http(s):// URL (downloaded once and cached)"),
         Flag("vmwarevsphere-vcenter", "string", "", "VSPHERE_VCENTER", "vSphere IP/hostname for vCenter"),
         Flag("vmwarevsphere-vcenter-port", "int", 443, "VSPHERE_VCENTER_PORT", "vSphere Port for vCenter"),
         Flag("vmwarevsphere-username", "string", "", "VSPHERE_USERNAME", "vSphere username"),
@@ -162,7 +177,7 @@ class VSphereDriver(Driver):
         cloudinit = s("cloudinit")
         self.config.update(
             Memory=n("memory-size", 1), DiskSize=n("disk-size", 1), CPU=n("cpu-count", 1),
-            Boot2DockerURL=iso, ISO=os.path.abspath(os.path.expanduser(iso)) if iso else "",
+            Boot2DockerURL=iso, ISO=_local_iso(iso),
             IP=s("vcenter"), Port=port, Username=s("username"),
             Networks=[x for x in (values.get("vmwarevsphere-network") or []) if x],
             Datastore=s("datastore"), Datacenter=s("datacenter"), Folder=s("folder"), Pool=s("pool"),
@@ -326,8 +341,10 @@ class VSphereDriver(Driver):
         raw = str(self.config.get("Boot2DockerURL") or "")
         if not raw:
             self._check_base_image()
-        elif "://" in raw:
-            raise PreCreateError(f"--vmwarevsphere-boot2docker-url must be a local file (downloads are not supported): {raw}")
+        elif _is_download(raw):
+            pass  # fetched at create, through the verified cached downloader
+        elif "://" in raw and not raw.lower().startswith("file://"):
+            raise PreCreateError(f"--vmwarevsphere-boot2docker-url must be a local path, file:// or http(s):// URL: {raw}")
         elif not os.path.isfile(iso):
             raise PreCreateError(f"boot ISO not found: {raw}")
         ci = str(self.config.get("CloudInit") or "")
@@ -367,6 +384,13 @@ class VSphereDriver(Driver):
         pubkey = Path(key + ".pub").read_text().strip()
         user = str(self.config.get("SSHUser") or self.default_ssh_user)
         base: tuple[str, int] | None = None
+        raw = str(self.config.get("Boot2DockerURL") or "")
+        if _is_download(raw):
+            from pymachine.engine.download import fetch, url_file_name
+
+            cache = Path(self.store_path) / "cache" / "downloads"
+            self.config["ISO"] = str(fetch(raw, cache, "", lambda m: log(f"({name}) {m}")))
+            self.config["ISOName"] = url_file_name(raw)
         if not self.config.get("ISO"):
             from pymachine.engine import images
 
@@ -388,7 +412,7 @@ class VSphereDriver(Driver):
             self.config["DatastoreFolder"] = f"[{ds}] {name}"
             self.config["UploadedFiles"] = []
             if base is None:
-                iso_name = os.path.basename(str(self.config["ISO"]))
+                iso_name = str(self.config.get("ISOName") or os.path.basename(str(self.config["ISO"])))
                 self._upload_file(si, log, dc.name, ds, iso_name, str(self.config["ISO"]))
             else:
                 iso_name = SEED_ISO

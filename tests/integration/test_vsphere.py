@@ -386,3 +386,40 @@ def test_cli_bad_input_exit_3_one_line_nothing_left(pm, vcsim, iso):
     after = inventory(vcsim)
     assert after["vms"].keys() == before["vms"].keys() and after["files"] == before["files"]
     assert not (pm.store / "machines" / "pm-bad").exists()
+
+
+def test_boot2docker_url_takes_file_and_http_urls(vcsim, tmp_path, iso, monkeypatch):
+    """As docker-machine did: a file:// URL is the local file; an http(s):// one is downloaded once
+    through the verified, cached downloader (here from a server on loopback) and uploaded."""
+    import hashlib
+    import http.server
+    import threading
+    from functools import partial
+
+    monkeypatch.setenv("PYMACHINE_VSPHERE_IP_WAIT", "1")
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "b2d.iso").write_bytes(ISO_BYTES)
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name, url, uploaded in (
+            ("pm-file", iso.as_uri(), "pm-boot.iso"),
+            ("pm-http", f"http://127.0.0.1:{server.server_address[1]}/b2d.iso", "b2d.iso"),
+        ):
+            driver = make_driver(vcsim, tmp_path / "store", name, iso, boot2docker_url=url)
+            driver.pre_create_check()
+            with pytest.raises(MachineError, match="reported no IP address within 1 s"):
+                driver.create(lambda _: None)
+            assert f"file:{name}/{uploaded}" in ours(inventory(vcsim), name)
+            driver.remove(lambda _: None)
+            assert ours(inventory(vcsim), name) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+    cached = tmp_path / "store" / "cache" / "downloads" / "by-digest" / hashlib.sha256(ISO_BYTES).hexdigest()
+    assert cached.read_bytes() == ISO_BYTES
+    bad = make_driver(vcsim, tmp_path / "store", "pm-ftp", iso, boot2docker_url="ftp://127.0.0.1/b2d.iso")
+    with pytest.raises(PreCreateError, match="must be a local path, file:// or http"):
+        bad.pre_create_check()
