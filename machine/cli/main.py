@@ -104,6 +104,8 @@ def app_help() -> str:
 def cmd_help(ctx: Context, args: Sequence[str]) -> int:
     if args and args[0] in COMMANDS and args[0] != "help":
         return dispatch(ctx, args[0], ["--help"])
+    if args and args[0] != "help":  # urfave/cli's answer, as docker-machine gave it
+        raise UsageError(f"No help topic for {args[0]!r}")
     print(app_help())
     return 0
 
