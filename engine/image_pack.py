@@ -27,7 +27,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from pymachine.engine import images
@@ -60,9 +60,18 @@ def default_name(recipe: str) -> str:
     return f"pymachine-image-{recipe}.tar.gz"
 
 
-def _epoch() -> int:
-    from pymachine.installer.template import source_date_epoch  # the installer's archives use the same date
+def source_date_epoch(environ: Mapping[str, str] | None = None) -> int:
+    """SOURCE_DATE_EPOCH, else a fixed date: builds are reproducible by default.
 
+    The one rule for every archive pymachine makes; the installer builder
+    (installer.template) uses it too, the runtime never imports the builder.
+    """
+    env = os.environ if environ is None else environ
+    value = env.get("SOURCE_DATE_EPOCH", "").strip()
+    return int(value) if value else 1700000000
+
+
+def _epoch() -> int:
     return source_date_epoch()
 
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from pymachine.engine.image_pack import source_date_epoch as source_date_epoch  # one rule for all archives
 from pymachine.machine.errors import MachineError
 
 TOKEN = re.compile(r"@([A-Z][A-Z0-9_]*)@")
@@ -25,13 +26,6 @@ def render(text: str, values: Mapping[str, str], name: str = "template") -> str:
     if unused:
         raise MachineError(f"{name}: values not used by the template: {', '.join(unused)}")
     return TOKEN.sub(lambda m: str(values[m.group(1)]), text)
-
-
-def source_date_epoch(environ: Mapping[str, str] | None = None) -> int:
-    """SOURCE_DATE_EPOCH, else a fixed date: builds are reproducible by default."""
-    env = os.environ if environ is None else environ
-    value = env.get("SOURCE_DATE_EPOCH", "").strip()
-    return int(value) if value else 1700000000
 
 
 def walk_sorted(root: Path) -> Iterator[Path]:

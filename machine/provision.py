@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pymachine.machine.errors import MachineError
+from pymachine.machine.sshconnect import connect, ssh_run, ssh_target
+
+__all__ = ["build_plan", "connect", "engine_url", "provision_over", "reprovision", "ssh_run", "ssh_target",
+           "ssh_wait", "upgrade", "wait_for_engine"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymachine.machine.drivers.base import Driver
@@ -49,27 +53,6 @@ def ssh_wait(environ: dict[str, str] | None = None) -> float:
     if not 0 <= value <= 86400:
         raise MachineError(f"{SSH_WAIT_ENV} must be a number of seconds between 0 and 86400, got {raw!r}")
     return value
-
-
-def ssh_target(driver: Driver):
-    from pymachine.machine.sshcommands import SSHTarget
-
-    host, port, user, key = driver.ssh_address()
-    if not host:
-        raise MachineError(f'Host "{driver.machine_name}" has no address yet')
-    known = Path(driver.machine_dir) / "known_hosts"
-    return SSHTarget(host=host, port=port, user=user, key_path=Path(key) if key else None, known_hosts=known)
-
-
-def connect(driver: Driver, wait: float = 0.0) -> SSHClient:
-    from pymachine.machine.ssh import SSHClient
-
-    return SSHClient.connect(ssh_target(driver), timeout=10.0, wait=wait)
-
-
-def ssh_run(driver: Driver, command: str, check: bool = True):
-    with connect(driver) as client:
-        return client.run(command, check=check)
 
 
 def engine_url(driver: Driver) -> str:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from pymachine.machine.cli.common import ARGV0, UsageError
+from pymachine.machine.cli.usage import ARGV0, UsageError
 
 
 class Parser(argparse.ArgumentParser):

@@ -7,14 +7,11 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
+from pymachine.machine.cli.usage import ARGV0, UsageError
 from pymachine.machine.errors import MachineError
 from pymachine.machine.store import Store
 
-ARGV0 = "pymachine"
-
-
-class UsageError(MachineError):
-    """Bad command line: one line, exit 1 (docker-machine's codegangsta/cli did the same)."""
+__all__ = ["ARGV0", "Context", "UsageError", "one_target", "parse", "parser", "run_concurrently", "target_names"]
 
 
 class Context:

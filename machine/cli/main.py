@@ -166,6 +166,28 @@ def setup_debug(enabled: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def missing_sdk_hint(exc: ModuleNotFoundError, argv: list[str], environ: dict[str, str]) -> str | None:
+    """One line naming the pip extra for a missing optional SDK; the driver from ``create -d``,
+    or the named machine's stored driver, picks the extra where several bring the module."""
+    from pymachine.machine import extras
+
+    driver = None
+    try:
+        values, rest = parse_globals(argv, environ)
+        if rest[:1] == ["create"]:
+            from pymachine.machine.cli.create import find_driver
+
+            driver = find_driver(rest[1:], environ)
+        else:
+            storage = values.get("storage_path") or default_storage_path(environ)
+            names = [a for a in rest[1:] if not a.startswith("-")]
+            if names:
+                driver = Store(str(storage)).load(names[0]).driver_name
+    except Exception:  # noqa: BLE001 -- only a better hint is at stake
+        driver = None
+    return extras.install_hint(exc.name or "", driver)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = dict(os.environ)
@@ -200,6 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except Exception as exc:  # noqa: BLE001 -- a bug: still one line for the user, the trace with --debug
+        hint = missing_sdk_hint(exc, argv, environ) if isinstance(exc, ModuleNotFoundError) else None
+        if hint:  # not a bug: an optional SDK this install lacks
+            sys.stdout.flush()
+            sys.stderr.write(hint + "\n")
+            return 1
         if "logging" in sys.modules and sys.modules["logging"].getLogger().isEnabledFor(10):
             sys.modules["logging"].getLogger("pymachine").exception("unexpected error")
         sys.stderr.write(f"Error: {exc.__class__.__name__}: {exc} (run with --debug for details)\n")

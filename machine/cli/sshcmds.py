@@ -19,7 +19,7 @@ from pymachine.machine.errors import MachineError
 
 def _running_target(ctx: Context, name: str):
     from pymachine.machine.host import Machine
-    from pymachine.machine.provision import ssh_target
+    from pymachine.machine.sshconnect import ssh_target
 
     machine = Machine.load(ctx.store, name)
     if not machine.driver.provisionable:

@@ -39,10 +39,10 @@ def _copy_private(src: str, dest: str) -> None:
     never followed."""
     from pathlib import Path
 
-    from pymachine.machine.store import atomic_write
+    from pymachine.machine.atomic import write_atomic
 
     with open(src, "rb") as fh:
-        atomic_write(Path(dest), fh.read(), mode=0o600)
+        write_atomic(Path(dest), fh.read(), mode=0o600)
 
 
 class GenericDriver(Driver):
@@ -136,6 +136,6 @@ class GenericDriver(Driver):
         raise MachineError("generic driver does not support kill")
 
     def restart(self, log: Log) -> None:
-        from pymachine.machine.provision import ssh_run
+        from pymachine.machine.sshconnect import ssh_run
 
         ssh_run(self, "sudo shutdown -r now", check=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, State
 from pymachine.machine.errors import MachineError
 
@@ -73,7 +74,10 @@ def driver_class(name: str) -> type[Driver]:
                 f'Driver "{name}" is not available in this pymachine build yet '
                 f"(available: {', '.join(available())})"
             ) from None
-        raise MachineError(f'Driver "{name}" cannot be loaded: {exc} (pip install "pymachine[{name}]")') from None
+        from pymachine.machine.extras import install_hint
+
+        hint = install_hint(exc.name or "", name)
+        raise MachineError(hint or f'Driver "{name}" cannot be loaded: {exc}') from None
     except ImportError as exc:
         raise MachineError(f'Driver "{name}" cannot be loaded: {exc}') from None
     cls = getattr(module, attr)
@@ -96,8 +100,7 @@ class UnavailableDriver(Driver):
         self.reason = reason
 
     def url(self) -> str:
-        ip = self.ip()
-        return f"tcp://{ip}:2376" if ip else ""
+        return urls.engine_url(self.ip(), machine=self.name)
 
     def state(self, timeout: float = 10.0) -> State:
         raise MachineError(self.reason)

@@ -706,7 +706,8 @@ class VirtualBoxDriver(Driver):
         if source is None:
             from pymachine.engine import images
 
-            kwargs = {"arch": "arm64"} if self.vm_arch() == "arm" else {}
+            arch = "arm64" if self.vm_arch() == "arm" else "amd64"
+            kwargs = {"arch": arch} if _takes_arch(images.disk_for_driver) else {}
             vdi, info = images.disk_for_driver(images.default_cache_dir(self.store_path), "vdi",
                                                lambda m: log(f"({name}) {m}"), **kwargs)
             base, base_size = str(vdi), info.virtual_size
@@ -1015,7 +1016,7 @@ class VirtualBoxDriver(Driver):
     def _guest_ip_over_ssh(self) -> str:
         """``ip -4 -o addr show`` in the guest through 127.0.0.1:<SSHPort> (the NAT forward, which
         needs no Guest Additions, reference b): its address inside the host-only CIDR, or ""."""
-        from pymachine.machine.provision import connect
+        from pymachine.machine.sshconnect import connect
 
         if not self.config.get("SSHKeyPath") or not self.config.get("SSHPort"):
             return ""
