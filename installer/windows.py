@@ -2,7 +2,11 @@
 
 Layout installed under ``$INSTDIR``: ``python\\`` (embeddable CPython),
 ``lib\\`` (pymachine + dependency wheels, unpacked), ``bin\\`` (docker,
-docker-compose, ``pymachine.cmd``, ``pymachine-quickstart.cmd``).  The VM
+``docker-compose.cmd``, ``pymachine.cmd``, ``pymachine-quickstart.cmd``) and
+``cli-plugins\\docker-compose.exe``, which the installer registers in the user's
+``cliPluginsExtraDirs`` (``python -m pymachine.installer cli-plugins``, merged into
+``%USERPROFILE%\\.docker\\config.json``) so ``docker compose`` works, and removes again
+on uninstall.  The VM
 image (pymachine's own, packed by ``pymachine image pack`` with its VDI) is
 pre-seeded into ``%USERPROFILE%\\.docker\\machine\\cache\\images\\<recipe>``,
 where pymachine's default store finds it, as Toolbox seeded its ISO;
@@ -30,6 +34,8 @@ from pymachine.machine.errors import MachineError
 TEMPLATE = packaging_file("windows", "installer.nsi.in")
 LAUNCHERS = {
     "pymachine.cmd": '@"%~dp0..\\python\\python.exe" -m pymachine %*\r\n',
+    # Compose v2 is one binary: the docker CLI plugin, and docker-compose on PATH through this
+    "docker-compose.cmd": '@"%~dp0..\\cli-plugins\\docker-compose.exe" %*\r\n',
     "pymachine-quickstart.cmd": (
         '@echo off\r\ntitle pymachine Quickstart Terminal\r\n'
         'set "PATH=%~dp0;%PATH%"\r\n'
@@ -86,6 +92,8 @@ def _add_pymachine(core: Path, source: Path) -> None:
     bindir = core / "bin"
     bindir.mkdir(parents=True, exist_ok=True)
     for name, text in LAUNCHERS.items():
+        if name == "docker-compose.cmd" and not (core / "cli-plugins" / "docker-compose.exe").is_file():
+            continue
         (bindir / name).write_bytes(text.encode())
     # the embeddable CPython ignores PYTHONPATH: its ._pth file must name lib\
     for pth in sorted((core / "python").glob("*._pth")) if (core / "python").is_dir() else []:

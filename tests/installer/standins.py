@@ -111,7 +111,8 @@ def standin_files() -> dict[str, tuple[bytes, dict]]:
             {"name": "docker-cli", "version": "27.3.1", "dest": "bin", "unpack": "zip", "strip": 1},
         ),
         "docker-compose-windows-x86_64.exe": (
-            exe_stub("compose"), {"name": "docker-compose", "version": "2.30.3", "dest": "bin/docker-compose.exe"},
+            exe_stub("compose"), {"name": "docker-compose", "version": "2.30.3",
+                                  "dest": "cli-plugins/docker-compose.exe"},
         ),
         "VirtualBox-7.1.4-165100-Win.exe": (
             exe_stub("virtualbox"),

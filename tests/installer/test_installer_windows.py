@@ -62,7 +62,7 @@ def test_exe_lists_components_is_64bit_and_reproducible(comps, tmp_path):
 
     head, names = _listing(a)
     assert "Type = Nsis" in head and "SubType = NSIS-3 Unicode 64-bit" in head
-    for expected in ("bin/docker.exe", "bin/docker-compose.exe", "bin/pymachine.cmd",
+    for expected in ("bin/docker.exe", "cli-plugins/docker-compose.exe", "bin/docker-compose.cmd", "bin/pymachine.cmd",
                      "bin/pymachine-quickstart.cmd", "python/python.exe", "python/python311._pth",
                      "lib/pymachine/machine/cli/main.py", "lib/pymachine/machine/cli/quickstart_cmd.py", "lib/pymachine/installer/quickstart.py",
                      "$PLUGINSDIR/virtualbox.exe", "uninstall.exe",
@@ -76,6 +76,8 @@ def test_exe_lists_components_is_64bit_and_reproducible(comps, tmp_path):
     assert (out / "bin" / "docker.exe").read_bytes().startswith(b"MZ")
     assert (out / "python" / "python311._pth").read_text().splitlines()[-1] == "..\\lib"
     assert "-m pymachine quickstart" in (out / "bin" / "pymachine-quickstart.cmd").read_text()
+    assert (out / "bin" / "docker-compose.cmd").read_bytes() == b'@"%~dp0..\\cli-plugins\\docker-compose.exe" %*\r\n'
+    assert (out / "cli-plugins" / "docker-compose.exe").read_bytes().startswith(b"MZ")
     assert _pe_machine((out / "uninstall.exe").read_bytes()) == (0x8664, 0x20B)
     # the seeded image is where pymachine's default store (%USERPROFILE%\.docker\machine) finds it
     seeded = images.find_image(out / "$PROFILE" / ".docker" / "machine" / "cache" / "images")
@@ -85,6 +87,12 @@ def test_exe_lists_components_is_64bit_and_reproducible(comps, tmp_path):
         assert f'Delete "$PROFILE\\.docker\\machine\\cache\\images\\{current_recipe()}\\{name}"' in script
     assert f'RMDir "$PROFILE\\.docker\\machine\\cache\\images\\{current_recipe()}"' in script
     assert 'RMDir /r "$PROFILE\\.docker\\machine\\cache' not in script
+    # docker compose: registered in the user's Docker config on install, unregistered on uninstall
+    install, uninstall = script.split('Section "Uninstall"')
+    assert ('-m pymachine.installer cli-plugins "$INSTDIR\\cli-plugins"' in install
+            and "--remove" not in install)
+    assert '-m pymachine.installer cli-plugins --remove "$INSTDIR\\cli-plugins"' in uninstall
+    assert uninstall.index("cli-plugins --remove") < uninstall.index('Delete "$PROFILE')  # before any file goes
 
 
 def _nsis_script(components, cache, tmp_path):
