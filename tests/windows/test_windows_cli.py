@@ -172,3 +172,26 @@ def test_store_and_certs_written_without_fchmod(pm: PyMachine) -> None:
     assert (pm.store / "machines" / "one" / "server.pem").is_file()
     assert json.loads((pm.store / "machines" / "one" / "config.json").read_text())["Name"] == "one"
     assert pm.ok("ls", "-q").out_lines == ["one"]
+
+
+def test_every_pymachine_module_imports_without_posix_modules(pm: PyMachine) -> None:
+    """No module, drivers and installer included, needs a POSIX-only module at import time."""
+    probe = (
+        "import importlib, pkgutil\n"
+        "bad, count = [], 0\n"
+        "for root in ('machine', 'engine', 'provisioners', 'installer'):\n"
+        "    pkg = importlib.import_module('pymachine.' + root)\n"
+        "    for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        count += 1\n"
+        "        try:\n"
+        "            importlib.import_module(info.name)\n"
+        "        except Exception as exc:\n"
+        "            bad.append(f'{info.name}: {exc!r}')\n"
+        "print(count)\n"
+        "print('\\n'.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=pm.env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    count, *bad = out.stdout.splitlines()
+    assert int(count) > 50 and [b for b in bad if b] == []
