@@ -214,8 +214,7 @@ class GoogleDriver(Driver):
             if not m or not 0 < int(m.group(1)) < 65536:
                 raise MachineError(f"--google-open-port must look like 8080/tcp or 8000-8010/udp, got {port!r}")
         image = str(values.get("google-machine-image") or DEFAULT_IMAGE)
-        if image.startswith(GOOGLE_PREFIX):
-            image = image[len(GOOGLE_PREFIX):]
+        image = image.removeprefix(GOOGLE_PREFIX)
         creds = str(values.get("google-credentials") or "")
         if creds:
             path = Path(creds).expanduser()

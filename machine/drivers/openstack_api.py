@@ -49,8 +49,7 @@ def identity_base(auth_url: str) -> str:
         raise MachineError(f"--openstack-auth-url must be an http(s) URL, got {auth_url!r}")
     path = split.path.rstrip("/")
     for suffix in ("/v3", "/v2.0"):
-        if path.endswith(suffix):
-            path = path[: -len(suffix)]
+        path = path.removesuffix(suffix)
     return urlunsplit((split.scheme, split.netloc, path, "", ""))
 
 

@@ -73,7 +73,7 @@ class RestClient:
         self.base_url = base_url.rstrip("/")
         self._split = split
         self._prefix = split.path.rstrip("/")
-        self._headers = headers or (lambda: {})
+        self._headers = headers or (dict)
         self._ca_cert = ca_cert
         self._insecure = insecure
         self.timeout = timeout

@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
@@ -142,7 +142,7 @@ class FakeOpenStack(HTTPSFake):
     def add_server(self, name: str) -> dict[str, Any]:
         """A server someone else made, ACTIVE, with no address."""
         with self._lock:
-            status, payload = self._create_server({"name": name, "flavorRef": "1",
+            _status, payload = self._create_server({"name": name, "flavorRef": "1",
                                                    "imageRef": next(iter(IMAGES))}, check_quota=False)
             sid = payload["server"]["id"]
             self._builds.pop(sid, None)

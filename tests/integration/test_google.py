@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.gce import FakeGCE, PROJECT
+from tests.fakes.gce import PROJECT, FakeGCE
 
 pytestmark = pytest.mark.integration
 SUBNET = itertools.count(1)
@@ -235,7 +235,7 @@ def test_use_existing_keeps_metadata_and_the_instance(pm, fake, sa_file):
     fake.add_instance("g1", metadata=[{"key": "startup-script", "value": "echo hi"}])
     fake.instances[("us-central1-a", "g1")]["networkInterfaces"][0] = {
         "networkIP": "127.78.1.1", "accessConfigs": [{"natIP": "127.78.1.1"}]}
-    driver, _ = stored_machine(pm, fake, sa_file, "g1", **{"google-use-existing": True})
+    _driver, _ = stored_machine(pm, fake, sa_file, "g1", **{"google-use-existing": True})
     inst = fake.instances[("us-central1-a", "g1")]
     keys = {i["key"]: i["value"] for i in inst["metadata"]["items"]}
     assert keys["startup-script"] == "echo hi" and keys["ssh-keys"].startswith("docker-user:ssh-")

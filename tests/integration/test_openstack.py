@@ -161,7 +161,7 @@ def test_unreachable_host_is_rolled_back(pm, fake):
     server = create.body["server"]
     assert server["metadata"] == {"team": "web", "pymachine": "machine", "pymachine-machine": "o1"}
     assert server["key_name"].startswith("pymachine-o1-")
-    assert [g["name"] for g in server["security_groups"]][0].startswith("pymachine-o1-")
+    assert next(g["name"] for g in server["security_groups"]).startswith("pymachine-o1-")
     assert len(fake.calls("POST", "/network/v2.0/floatingips")) == 1
     assert_nothing_left(pm, fake, "o1")
 
