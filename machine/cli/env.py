@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from pymachine.machine.cli.common import ARGV0, Context, UsageError, one_target, parse, parser
-from pymachine.machine import urls
 from pymachine.machine.errors import MachineError
 
 ENV_NAMES = ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME")
@@ -38,100 +36,10 @@ def invoked_argv() -> list[str]:
 
 
 def check_connection(ctx: Context, name: str, swarm: bool = False):
-    """Load the machine, work out DOCKER_HOST and prove the TLS handshake works."""
-    from pymachine.machine import dockerapi
-    from pymachine.machine.host import Machine
+    """The library's check (machine.connection); a re-provisioning is reported on stderr."""
+    from pymachine.machine.connection import check_connection as check
 
-    machine = Machine.load(ctx.store, name)
-    url = machine.url()
-    if not url:
-        raise MachineError("Host is not running")
-    if machine.driver.provisionable:
-        ip = machine.driver.ip()
-        if ip and not cert_covers(machine.tls().server_cert, ip):
-            machine = regenerate_for_new_ip(ctx, name, ip)
-            url = machine.url()
-    if swarm:
-        url = swarm_url(machine, url)
-    tls = machine.tls()
-    try:
-        dockerapi.tls_handshake(url, tls.ca_cert, tls.client_cert, tls.client_key, timeout=20.0)
-    except (OSError, ValueError) as exc:
-        host = url.split("://", 1)[-1]
-        raise MachineError(
-            "Error checking TLS connection: Error checking and/or regenerating the certs: "
-            f'There was an error validating certificates for host "{host}": {dockerapi.describe_error(exc)}\n'
-            f"You can attempt to regenerate them using '{ARGV0} regenerate-certs [name]'.\n"
-            "Be advised that this will trigger a Docker daemon restart which might stop running containers."
-        ) from None
-    return machine, url
-
-
-def cert_covers(cert_path: Path, host: str) -> bool:
-    """True when the PEM certificate's SANs name ``host``, or when the file cannot be
-    read (then the TLS check below reports the real problem).
-
-    Uses the stdlib's private certificate decoder, not ``cryptography``: ``env``
-    runs at every shell prompt and must stay cheap; ``machine.certs`` is the
-    fallback should that private API ever go away.
-    """
-    import ipaddress
-    import ssl
-
-    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
-    if decode is None:
-        from pymachine.machine.certs import cert_covers_host
-
-        try:
-            return cert_covers_host(cert_path, host)
-        except (OSError, ValueError):
-            return True
-    try:
-        sans = decode(str(cert_path)).get("subjectAltName", ())
-    except (OSError, ValueError, ssl.SSLError):
-        return True
-    try:
-        wanted_ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        wanted = host.rstrip(".").lower()
-        return any(kind == "DNS" and value.rstrip(".").lower() == wanted for kind, value in sans)
-    for kind, value in sans:
-        if kind == "IP Address":
-            try:
-                if ipaddress.ip_address(value.strip()) == wanted_ip:
-                    return True
-            except ValueError:
-                continue
-    return False
-
-
-def regenerate_for_new_ip(ctx: Context, name: str, ip: str):
-    """Re-issue the server certificate for the machine's new address and re-provision,
-    under the machine's lock: docker-machine left this to a manual regenerate-certs."""
-    from pymachine.machine import provision
-    from pymachine.machine.host import Machine
-
-    with ctx.store.lock(name):
-        machine = Machine.load(ctx.store, name)  # another command may have done it meanwhile
-        if cert_covers(machine.tls().server_cert, ip):
-            return machine
-        ctx.err(f'Machine "{name}" has a new IP address ({ip}); regenerating its certificates...')
-        try:
-            provision.reprovision(machine, ctx.err)
-        except MachineError as exc:
-            raise MachineError(
-                f'Error regenerating the certificates of machine "{name}" for {ip}: {exc}'
-            ) from None
-    return machine
-
-
-def swarm_url(machine, url: str) -> str:
-    opts = machine.host.swarm_options
-    if not opts.get("Master"):
-        raise MachineError(
-            f'"{machine.name}" is not a swarm master. The --swarm flag is intended for use with swarm masters'
-        )
-    return urls.swarm_url(url, opts.get("Host") or "")
+    return check(ctx.store, name, swarm=swarm, log=ctx.err)
 
 
 class EnvArgs:
