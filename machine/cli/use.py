@@ -13,7 +13,7 @@ from pymachine.machine.cli.common import Context, UsageError, one_target, parse,
 
 def cmd_use(ctx: Context, args: list[str]) -> int:
     from pymachine.machine import docker_context
-    from pymachine.machine.cli.env import check_connection
+    from pymachine.machine.connection import check_connection
 
     p = parser("use", "Make a machine the current Docker CLI context", "[NAME]")
     p.add_argument("--unset", "-u", action="store_true", help="Restore the Docker context that was current before")
@@ -27,7 +27,7 @@ def cmd_use(ctx: Context, args: list[str]) -> int:
         ctx.out(f'Current context is now "{current}"')
         return 0
     name = one_target(ctx, names)
-    machine, url = check_connection(ctx, name)
+    machine, url = check_connection(ctx.store, name, log=ctx.err)
     d = machine.dir
     context = docker_context.use_machine(
         name, url, d / "ca.pem", d / "cert.pem", d / "key.pem",
