@@ -61,3 +61,14 @@ def test_refused_patterns_say_why_in_one_line(pattern, why):
     with pytest.raises(MachineError, match=why) as err:
         NameFilter(pattern)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.integration
+def test_ls_with_a_backtracking_filter_answers_at_once(pm):
+    name = "a" * 40
+    pm.ok("create", "-d", "none", "--url", "tcp://127.0.0.1:1", name)
+    start = time.monotonic()
+    res = pm.ok("ls", "-q", "--filter", "name=(a|aa)+b$", timeout=30)
+    assert res.stdout == ""
+    assert pm.ok("ls", "-q", "--filter", "name=^(a|aa)+$").stdout == name + "\n"
+    assert time.monotonic() - start < 10
