@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.drivers.powershell import PowerShell, find_powershell, quote
 from pymachine.machine.drivers.restclient import seconds_from_env
@@ -257,10 +258,7 @@ class HyperVDriver(Driver):
 
     # -- state -------------------------------------------------------------------------------
     def url(self) -> str:
-        ip = self.ip()
-        if not ip:
-            raise MachineError("IP address is not set")
-        return f"tcp://{ip}:2376"
+        return urls.engine_url(self.ip(), urls.ENGINE_PORT, self.machine_name)
 
     def state(self, timeout: float = 10.0) -> State:
         vm = self._vm(timeout=timeout)

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.drivers.openstack_api import Credentials, Session, session
 from pymachine.machine.drivers.restclient import HTTPError
@@ -379,11 +380,7 @@ class OpenStackDriver(Driver):
 
     # -- addresses and state -------------------------------------------------------------
     def url(self) -> str:
-        ip = self.ip()
-        if not ip:
-            raise MachineError("IP address is not set")
-        host = f"[{ip}]" if ":" in ip else ip
-        return f"tcp://{host}:2376"
+        return urls.engine_url(self.ip(), urls.ENGINE_PORT, self.machine_name)
 
     def state(self, timeout: float = 10.0) -> State:
         return STATES.get(str(self._get_server(self.session(timeout), timeout).get("status")), State.NONE)
