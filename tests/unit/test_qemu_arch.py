@@ -159,3 +159,17 @@ def test_seeded_host_key_is_pinned_for_every_port_the_forward_uses(tmp_path: Pat
     drv._pin_host_key()
     assert known.read_text().splitlines() == ["[127.0.0.1]:40022 ssh-ed25519 AAAAkey",
                                               "[127.0.0.1]:40100 ssh-ed25519 AAAAkey"]
+
+
+def test_a_machine_created_before_arches_keeps_its_command_line(tmp_path: Path) -> None:
+    """A bookworm-era qemu machine's config has no Arch/Firmware/Machine keys: it still runs
+    qemu-system-x86_64 with SeaBIOS and its base image's kernel, exactly as before."""
+    drv = new_driver(tmp_path)
+    for key in ("Arch", "Firmware", "Machine", "FirmwareCode"):
+        drv.config.pop(key, None)
+    drv.config.update(QemuBinary="qemu-system-x86_64", AccelUsed="tcg", SSHPort=40022, EnginePort=42376,
+                      Kernel="/old/vmlinuz", Initrd="/old/initrd.img", KernelAppend=qemu.KERNEL_APPEND)
+    argv = qemu.qemu_argv(drv.spec())
+    assert argv[0] == "qemu-system-x86_64" and opt(argv, "-kernel") == ["/old/vmlinuz"]
+    assert "-machine" not in argv and "-cpu" not in argv and not any("pflash" in d for d in opt(argv, "-drive"))
+    assert drv._arch() == "amd64"
