@@ -56,6 +56,7 @@ NETWORK_TAG = "docker-machine"
 FIREWALL_DESCRIPTION = "docker-machine engine ports (made by pymachine; removed with its last machine)"
 LABEL = "pymachine"
 MACHINE_LABEL = "pymachine-machine"
+CREATE_LABEL = "pymachine-create"
 SECRET_KEY = "GoogleCredentials"
 WAIT_ENV = "PYMACHINE_GOOGLE_WAIT"
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -303,7 +304,19 @@ class GoogleDriver(Driver):
         return f"/projects/{image}"
 
     def _labels(self) -> dict[str, str]:
-        return {LABEL: "machine", MACHINE_LABEL: label_value(self.machine_name)}
+        labels = {LABEL: "machine", MACHINE_LABEL: label_value(self.machine_name)}
+        if self.config.get("CreateToken"):
+            labels[CREATE_LABEL] = str(self.config["CreateToken"])
+        return labels
+
+    def _made_by_this_create(self, resource: Mapping[str, Any] | None) -> bool:
+        """Ours by id, or by the label only this create used (never just by name: another store may share it)."""
+        if resource is None:
+            return False
+        if self.config.get("InstanceID") and str(resource.get("id")) == self.config["InstanceID"]:
+            return True
+        token = self.config.get("CreateToken")
+        return bool(token) and (resource.get("labels") or {}).get(CREATE_LABEL) == token
 
     def _ports(self) -> list[tuple[str, str]]:
         ports = [("tcp", "2376")]
@@ -389,6 +402,7 @@ class GoogleDriver(Driver):
             self._adopt(api, public, limit)
         else:
             log(f"({self.machine_name}) Creating instance")
+            self.config["CreateToken"] = os.urandom(8).hex()
             self._insert(api, public, limit)
         log(f"({self.machine_name}) Waiting for Instance")
         self._wait_ip(api, limit)
@@ -464,8 +478,10 @@ class GoogleDriver(Driver):
             "scheduling": {"preemptible": bool(self.config.get("Preemptible"))},
         }
         self.config["DiskName"] = self.disk_name
+        # From here on rm looks for the instance (by this create's label), even if the
+        # insert's answer is lost or the operation wait fails.
+        self.config["InstanceCreated"] = True
         op = api.call("POST", f"/zones/{zone}/instances", body)
-        self.config["InstanceCreated"] = True  # from here on rm deletes the instance, even if this wait fails
         api.wait(op, limit)
 
     def _adopt(self, api: Compute, public: str, limit: float) -> None:
@@ -576,14 +592,20 @@ class GoogleDriver(Driver):
             log(f"({self.machine_name}) Leaving the existing instance in place (--google-use-existing)")
             self._release_existing(api, limit)
         elif self.config.get("InstanceCreated") or self.config.get("InstanceID"):
-            try:
-                api.wait(api.call("DELETE", self._instance_path()), limit)
-            except HTTPError as exc:
-                if exc.status != 404:
-                    raise
+            instance = api.get(self._instance_path())
+            if self._made_by_this_create(instance):
+                try:
+                    api.wait(api.call("DELETE", self._instance_path()), limit)
+                except HTTPError as exc:
+                    if exc.status != 404:
+                        raise
+            elif instance is None:
                 log(f"({self.machine_name}) Remote instance does not exist, proceeding with removing local reference")
+            else:
+                log(f"({self.machine_name}) Instance {self.machine_name} in {self.zone} was not made by this "
+                    "machine's create; leaving it")
             disk = api.get(f"/zones/{self.zone}/disks/{self.disk_name}")
-            if disk is not None and (disk.get("labels") or {}).get(MACHINE_LABEL) == label_value(self.machine_name):
+            if self._made_by_this_create(disk) and not disk.get("users"):
                 api.wait(api.call("DELETE", f"/zones/{self.zone}/disks/{self.disk_name}"), limit)
         self._drop_firewall_if_unused(api, limit, log)
 

@@ -264,6 +264,8 @@ class OpenStackDriver(Driver):
             save_secrets(self.machine_dir, **{SECRET_KEY: self._password})
         api = self.session()
         suffix = os.urandom(4).hex()
+        # Unique to this create: a resource whose create answer is lost is still found (and removed) by it.
+        self.config["CreateToken"] = os.urandom(8).hex()
         self._key_pair(api, suffix, log)
         log(f"({self.machine_name}) Creating security group for SSH and the engine port...")
         self._security_group(api, suffix)
@@ -290,11 +292,12 @@ class OpenStackDriver(Driver):
         self.config["SSHKeyPath"] = str(private)
         name = f"{MARK}-{self.machine_name.replace('.', '_')}-{suffix}"
         public = private.with_name("id_rsa.pub").read_text().strip()
+        self.config.update(KeyPairName=name, KeyPairCreated=True)  # a unique name: safe to delete by it
         api.call("compute", "POST", "/os-keypairs", {"keypair": {"name": name, "public_key": public}})
-        self.config.update(KeyPairName=name, KeyPairCreated=True)
 
     def _security_group(self, api: Session, suffix: str) -> None:
         name = f"{MARK}-{self.machine_name}-{suffix}"
+        self.config["SecurityGroupName"] = name
         group = api.call("network", "POST", "/v2.0/security-groups", {"security_group": {
             "name": name, "description": f"{MARK}: SSH and Docker engine for machine {self.machine_name}"}})
         self.config["SecurityGroupId"] = str((group.get("security_group") or {}).get("id") or "")
@@ -310,7 +313,8 @@ class OpenStackDriver(Driver):
         c = self.config
         meta = str(c.get("Metadata") or "").split(",") if c.get("Metadata") else []
         metadata = {meta[i]: meta[i + 1] for i in range(0, len(meta), 2)}
-        metadata.update({MARK: "machine", f"{MARK}-machine": self.machine_name})
+        metadata.update({MARK: "machine", f"{MARK}-machine": self.machine_name,
+                         f"{MARK}-create": str(c.get("CreateToken") or "")})
         server: dict[str, Any] = {
             "name": self.machine_name, "flavorRef": c["FlavorId"], "imageRef": c["ImageId"],
             "key_name": c["KeyPairName"], "metadata": metadata,
@@ -362,8 +366,33 @@ class OpenStackDriver(Driver):
             raise MachineError(f"instance {self.server_id} has no Neutron port to bind a floating IP to")
         fip = api.call("network", "POST", "/v2.0/floatingips", {"floatingip": {
             "floating_network_id": self.config["FloatingIpPoolId"], "port_id": ports[0]["id"],
-            "description": f"{MARK}: machine {self.machine_name}"}})
+            "description": self._fip_description()}})
         self.config["FloatingIpId"] = str((fip.get("floatingip") or {}).get("id") or "")
+
+    def _fip_description(self) -> str:
+        return f"{MARK}: machine {self.machine_name} ({self.config.get('CreateToken')})"
+
+    def _find_lost(self, api: Session) -> None:
+        """Ids of resources whose create answer never arrived, found by this create's unique marks."""
+        c = self.config
+        token = str(c.get("CreateToken") or "")
+        if not token:
+            return
+        if not self.server_id:
+            servers = api.call("compute", "GET", "/servers/detail", query={"name": self.machine_name}).get("servers") or []
+            mine = [s for s in servers if (s.get("metadata") or {}).get(f"{MARK}-create") == token]
+            if mine:
+                c["MachineId"] = str(mine[0]["id"])
+        if not c.get("SecurityGroupId") and c.get("SecurityGroupName"):
+            groups = api.call("network", "GET", "/v2.0/security-groups",
+                              query={"name": c["SecurityGroupName"]}).get("security_groups") or []
+            if groups:
+                c["SecurityGroupId"] = str(groups[0]["id"])
+        if not c.get("FloatingIpId") and c.get("FloatingIpPoolId"):
+            fips = api.call("network", "GET", "/v2.0/floatingips",
+                            query={"description": self._fip_description()}).get("floatingips") or []
+            if fips:
+                c["FloatingIpId"] = str(fips[0]["id"])
 
     def _address(self, server: Mapping[str, Any]) -> str:
         want = "floating" if self.config.get("FloatingIpPoolId") else "fixed"
@@ -426,9 +455,11 @@ class OpenStackDriver(Driver):
     def remove(self, log: Log) -> None:
         """Delete what this machine's create made, by recorded id; 404 means already gone."""
         c = self.config
-        if not (self.server_id or c.get("FloatingIpId") or c.get("SecurityGroupId") or c.get("KeyPairCreated")):
+        if not (self.server_id or c.get("FloatingIpId") or c.get("SecurityGroupId") or c.get("KeyPairCreated")
+                or c.get("CreateToken")):
             return
         api = self.session()
+        self._find_lost(api)
 
         def delete(service: str, path: str, what: str) -> None:
             try:

@@ -21,6 +21,7 @@ Network safety: an instance only ever gets the address the test's
 ``address_for(instance, ssh_keys)`` returns; without one it gets none.
 
 Failure injection: ``fail_next(method, path_prefix, status, reason, message)``,
+``drop_response_next(method, path_prefix)`` (done, but the answer is lost),
 ``rate_limit(n, status=429|403)``, ``quota_cpus`` (the region's CPUS limit).
 """
 
@@ -103,6 +104,7 @@ class FakeGCE(HTTPSFake):
         self._ids = itertools.count(7_000_000_001)
         self._injected: list[list[Any]] = []
         self._rate_limited: tuple[int, int] = (0, 429)
+        self._dropped: list[tuple[str, str]] = []
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -135,6 +137,11 @@ class FakeGCE(HTTPSFake):
     def fail_next(self, method: str, prefix: str, status: int, reason: str, message: str, times: int = 1) -> None:
         with self._lock:
             self._injected.append([method.upper(), prefix, status, reason, message, times])
+
+    def drop_response_next(self, method: str, prefix: str) -> None:
+        """The next matching request takes effect but its answer is lost (the connection closes)."""
+        with self._lock:
+            self._dropped.append((method.upper(), prefix))
 
     def rate_limit(self, times: int, status: int = 429) -> None:
         with self._lock:
@@ -274,14 +281,12 @@ class FakeGCE(HTTPSFake):
         target = f"{G}/{self.project}/zones/{zone}/instances/{name}"
         cpus = MACHINE_TYPES[mtype][0]
 
-        def apply() -> dict[str, Any] | None:
-            region = ZONES[zone]
-            if self.cpu_usage(region) + cpus > self.quota_cpus:
-                return {"code": "QUOTA_EXCEEDED", "message": f"Quota 'CPUS' exceeded.  Limit: {self.quota_cpus} in region {region}."}
-            self._make_instance(zone, body)
-            return None
-
-        return 200, self._op("insert", target, zone, apply)
+        region = ZONES[zone]
+        if self.cpu_usage(region) + cpus > self.quota_cpus:  # reported in the operation; nothing is made
+            error = {"code": "QUOTA_EXCEEDED", "message": f"Quota 'CPUS' exceeded.  Limit: {self.quota_cpus} in region {region}."}
+            return 200, self._op("insert", target, zone, lambda: error)
+        self._make_instance(zone, body)  # listed at once, PROVISIONING, as on GCE
+        return 200, self._op("insert", target, zone, lambda: None)
 
     def _image(self, path: str) -> dict[str, Any] | None:
         """``<project>/global/images/<name>`` or ``.../images/family/<family>``."""
@@ -329,6 +334,10 @@ class FakeGCE(HTTPSFake):
                     return inj[2], _err(inj[2], inj[3], inj[4]), {}
             self._tick()
             status, payload = self._route(method, path, query, body if isinstance(body, dict) else {})
+            drop = next((d for d in self._dropped if d[0] == method and path.startswith(d[1])), None)
+            if drop:
+                self._dropped.remove(drop)
+                return 0, None, {}
             return status, payload, {}
 
     def _token(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -550,6 +559,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         status, payload, headers = self.fake.handle(self.command, split.path, parse_qs(split.query), body, form,
                                                     self.headers.get("Authorization", ""))
+        if status == 0:
+            self.close_connection = True
+            return
         self._reply(status, payload, headers)
 
     def _reply(self, status: int, payload: dict[str, Any] | None, headers: dict[str, str]) -> None:

@@ -19,6 +19,7 @@ return.  Deleting a server takes ``delete_delay`` (status ``DELETED`` in between
 a security group still used by a port cannot be deleted (409 ``SecurityGroupInUse``).
 
 Failure injection: ``fail_next(method, path_prefix, status, fault, message)``,
+``drop_response_next(method, path_prefix)`` (done, but the answer is lost),
 ``rate_limit(n)`` (429 ``overLimit`` with ``Retry-After: 1``), ``expire_tokens()``,
 limits (``max_instances``, ``max_cores``), ``no_valid_host``.
 """
@@ -107,6 +108,7 @@ class FakeOpenStack(HTTPSFake):
         self.requests: list[Request] = []
         self._injected: list[list[Any]] = []
         self._rate_limited = 0
+        self._dropped: list[tuple[str, str]] = []
         self._builds: dict[str, float] = {}
         self._deletes: dict[str, float] = {}
         self._ids = itertools.count(1)
@@ -125,6 +127,11 @@ class FakeOpenStack(HTTPSFake):
     def fail_next(self, method: str, prefix: str, status: int, message: str, times: int = 1) -> None:
         with self._lock:
             self._injected.append([method.upper(), prefix, status, message, times])
+
+    def drop_response_next(self, method: str, prefix: str) -> None:
+        """The next matching request takes effect but its answer is lost (the connection closes)."""
+        with self._lock:
+            self._dropped.append((method.upper(), prefix))
 
     def rate_limit(self, times: int) -> None:
         with self._lock:
@@ -289,6 +296,10 @@ class FakeOpenStack(HTTPSFake):
                 status, payload = self._glance_route(method, parts[2:], query)
             else:
                 status, payload = 404, _keystone(404, "Not Found", f"({path}): The resource could not be found.")
+            drop = next((d for d in self._dropped if d[0] == method and path.startswith(d[1])), None)
+            if drop:
+                self._dropped.remove(drop)
+                return 0, None, {}
             return status, payload, {}
 
     def _auth(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -365,7 +376,11 @@ class FakeOpenStack(HTTPSFake):
             if method == "POST" and len(parts) == 1:
                 return self._create_server(body.get("server") or {})
             if method == "GET" and parts == ["servers", "detail"]:
-                return 200, {"servers": [self._public_server(s) for s in self.servers.values()]}
+                import re
+
+                wanted = (query.get("name") or [""])[0]  # Nova matches it as a regular expression
+                return 200, {"servers": [self._public_server(s) for s in self.servers.values()
+                                         if not wanted or re.search(wanted, s["name"])]}
             server = self.servers.get(parts[1]) if len(parts) > 1 else None
             if server is None:
                 return 404, _nova(404, f"Instance {parts[1] if len(parts) > 1 else ''} could not be found.")
@@ -508,6 +523,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         status, payload, headers = self.fake.handle(self.command, split.path, parse_qs(split.query), body,
                                                     self.headers.get("X-Auth-Token", ""))
+        if status == 0:
+            self.close_connection = True
+            return
         self._reply(status, payload, headers)
 
     def _reply(self, status: int, payload: dict[str, Any] | None, headers: dict[str, str]) -> None:

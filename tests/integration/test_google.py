@@ -159,13 +159,42 @@ def test_unreachable_host_is_rolled_back(pm, fake, sa_file):
     assert "never answered over SSH" in res.stdout
     [insert] = fake.calls("POST", "/zones/us-central1-a/instances")
     body = insert.body
-    assert body["labels"] == {"pymachine": "machine", "pymachine-machine": "g1"}
+    labels = body["labels"]
+    assert labels == {"pymachine": "machine", "pymachine-machine": "g1", "pymachine-create": labels["pymachine-create"]}
+    assert len(labels["pymachine-create"]) == 16
     assert body["tags"]["items"] == ["docker-machine", "web", "team-a"]
     assert body["disks"][0]["initializeParams"]["diskName"] == "g1-disk"
     assert body["disks"][0]["initializeParams"]["labels"]["pymachine-machine"] == "g1"
     assert body["metadata"]["items"][0]["key"] == "ssh-keys"
     assert body["metadata"]["items"][0]["value"].startswith("docker-user:ssh-")
     assert_nothing_left(pm, fake, "g1")
+
+
+def test_lost_insert_answer_still_leaves_nothing(pm, fake, sa_file):
+    """The insert takes effect but its answer never arrives: the rollback finds the instance by the
+    create's own label and deletes it; a same-named instance of someone else's would be left alone."""
+    fake.drop_response_next("POST", f"/compute/v1/projects/{PROJECT}/zones/us-central1-a/instances")
+    res = pm("create", "-d", "google", "g1", env=gce_env(fake, sa_file))
+    assert res.returncode == 1
+    assert "cannot reach the Compute Engine API" in one_line_error(res)
+    assert len(fake.calls("DELETE", "/instances/g1")) == 1
+    assert_nothing_left(pm, fake, "g1")
+
+
+def test_rollback_never_deletes_a_same_named_instance_it_did_not_make(pm, fake, sa_file):
+    other = fake.add_instance("g1", tags=["docker-machine"])  # made by another store after our check
+    from pymachine.machine.drivers.google import GoogleDriver
+
+    driver = GoogleDriver.new("g1", str(pm.store))
+    driver.set_config_from_flags({**{f.name: f.default for f in GoogleDriver.flags}, "google-project": PROJECT,
+                                  "google-credentials": str(sa_file), "google-api-url": fake.url + "/compute/v1",
+                                  "google-ca-cert": str(fake.ca_cert)})
+    driver.config.update(InstanceCreated=True, CreateToken="0123456789abcdef")
+    (pm.store / "machines" / "g1").mkdir(parents=True)
+    lines: list[str] = []
+    driver.remove(lines.append)
+    assert fake.instances[("us-central1-a", "g1")] is other
+    assert any("was not made by this machine's create" in line for line in lines)
 
 
 def test_rate_limits_are_retried(pm, fake, sa_file):

@@ -152,6 +152,22 @@ def test_quota_race_at_server_create_rolls_back_key_and_group(pm, fake):
     assert_nothing_left(pm, fake, "o1")
 
 
+@pytest.mark.parametrize("lost", ["/compute/v2.1/servers", "/network/v2.0/security-groups",
+                                  "/compute/v2.1/os-keypairs", "/network/v2.0/floatingips"])
+def test_lost_create_answers_still_leave_nothing(pm, fake, lost):
+    """A create call takes effect but its answer never arrives: the rollback finds what it made by
+    the create's own marks (metadata, unique names, description), never by the machine name alone."""
+    other = fake.add_server("o1")  # same name, someone else's: must survive
+    fake.drop_response_next("POST", lost)
+    res = pm("create", "-d", "openstack", "--openstack-floatingip-pool", "public", "o1", env=os_env(fake))
+    assert res.returncode == 1
+    assert "cannot reach the OpenStack" in one_line_error(res)
+    assert list(fake.servers.values()) == [other]
+    other_name = f"server {other['name']}"
+    assert fake.nothing_left() == [other_name]
+    assert not (pm.store / "machines" / "o1").exists()
+
+
 def test_unreachable_host_is_rolled_back(pm, fake):
     res = pm("create", "-d", "openstack", "--openstack-floatingip-pool", "public", "--openstack-metadata",
              "team,web", "o1", env=os_env(fake), timeout=180)
@@ -159,7 +175,9 @@ def test_unreachable_host_is_rolled_back(pm, fake):
     assert "never answered over SSH" in res.stdout
     [create] = fake.calls("POST", "/compute/v2.1/servers")
     server = create.body["server"]
-    assert server["metadata"] == {"team": "web", "pymachine": "machine", "pymachine-machine": "o1"}
+    meta = server["metadata"]
+    assert meta == {"team": "web", "pymachine": "machine", "pymachine-machine": "o1",
+                    "pymachine-create": meta["pymachine-create"]}
     assert server["key_name"].startswith("pymachine-o1-")
     assert next(g["name"] for g in server["security_groups"]).startswith("pymachine-o1-")
     assert len(fake.calls("POST", "/network/v2.0/floatingips")) == 1
