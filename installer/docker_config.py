@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pymachine.machine.atomic import write_atomic
 from pymachine.machine.errors import MachineError
 
 KEY = "cliPluginsExtraDirs"
@@ -62,20 +62,12 @@ def _load(path: Path) -> dict[str, Any]:
 
 def _save(path: Path, data: dict[str, Any]) -> None:
     """Atomic write keeping the file's mode (0600 for a new one: it may hold credentials)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         mode = path.stat().st_mode & 0o777
     except FileNotFoundError:
         mode = 0o600
-    fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(data, indent="\t") + "\n")  # the docker CLI's own layout
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # the docker CLI's own layout (tab-indented)
+    write_atomic(path, (json.dumps(data, indent="\t") + "\n").encode("utf-8"), mode)
 
 
 def add_plugin_dir(directory: str | os.PathLike[str], config: Path | None = None) -> bool:
