@@ -37,9 +37,6 @@ class _PosixBlocker:
                                       name=name)
         return None
 
-    def find_module(self, name, path=None):  # noqa: ANN001, ANN201 - pre-3.4 protocol, unused
-        return None
-
 
 def install() -> None:
     already = sorted(m for m in sys.modules if m.partition(".")[0] in BLOCKED)
