@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import platform
 import re
 import shutil
 import socket
@@ -48,13 +47,13 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.hostplatform import HostPlatform
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 VBOXMANAGE = "VBoxManage"
@@ -95,34 +94,6 @@ HOST_ENV = "PYMACHINE_VBOX_HOST"  # "<os>/<arch>", e.g. darwin/arm64: what a dri
 #: ARM64 guest type: Debian's is documented (reference a3/a11: EFI, VirtIO-SCSI, VMSVGA defaults);
 #: a Debian13_arm64 id is not in the source read there.
 ARM_OSTYPE = "Debian12_arm64"
-
-
-@dataclass(frozen=True)
-class HostPlatform:
-    """The OS (sys.platform style: linux, darwin, win32) and CPU (x86_64, arm64) VirtualBox runs on.
-
-    A driver parameter rather than a global, so macOS and Windows behaviour is reachable on any host."""
-
-    os: str
-    arch: str
-
-    @classmethod
-    def current(cls, environ: Mapping[str, str] | None = None) -> HostPlatform:
-        env = os.environ if environ is None else environ
-        override = env.get(HOST_ENV, "")
-        if override:
-            host_os, _, arch = override.partition("/")
-            if host_os not in ("linux", "darwin", "win32") or arch not in ("x86_64", "arm64"):
-                raise MachineError(f"{HOST_ENV} must be <linux|darwin|win32>/<x86_64|arm64>, got {override!r}")
-            return cls(host_os, arch)
-        host_os = "linux" if sys.platform.startswith("linux") else sys.platform
-        machine = platform.machine().lower()
-        return cls(host_os, "arm64" if machine in ("arm64", "aarch64") else "x86_64")
-
-    @property
-    def vm_arch(self) -> str:
-        """The VirtualBox platform of the VMs this host runs: arm on arm64 hosts (7.1+), else x86."""
-        return "arm" if self.arch == "arm64" else "x86"
 
 
 class MachineMissing(MachineError):
@@ -413,7 +384,7 @@ def share_default(platform: str = sys.platform) -> tuple[str, str]:
 def vtx_enabled(cpuinfo: str = "/proc/cpuinfo", host: HostPlatform | None = None) -> bool | None:
     """True/False from the CPU flags on x86 Linux; None where it cannot be told here
     (arm64 CPUs have no vmx/svm flags, reference VB-10)."""
-    host = host or HostPlatform.current()
+    host = host or HostPlatform.current(HOST_ENV)
     if host.os != "linux" or host.arch != "x86_64" or not sys.platform.startswith("linux"):
         return None
     try:
@@ -503,7 +474,7 @@ class VirtualBoxDriver(Driver):
 
             backend = select_backend()
         self.backend: VBoxBackend = backend
-        self.host = host or HostPlatform.current()
+        self.host = host or HostPlatform.current(HOST_ENV)
         self._version: tuple[int, int] | None = None
 
     @classmethod

@@ -672,3 +672,237 @@ def test_lifecycle_over_the_version_host_matrix(pm, vbox, tmp_path, version, hos
         assert vbox.state()["hostonlynets"] == {}
     else:  # the host-only interface stays for other machines, as in docker-machine
         assert list(vbox.state()["hostonlyifs"]) == ["vboxnet0"]
+
+
+def fake_vbm(vbox: FakeVBox, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """One call of the fake VBoxManage itself (to set up what another tool or a user made before)."""
+    return subprocess.run([str(vbox.bin / "VBoxManage"), *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "FAKE_VBOX_HOME": str(vbox.home), **env}, check=False)
+
+
+MAC_ARM = host_env("7.2.4r170995", "darwin", "arm64")
+
+
+def test_macos_hostonly_network_reused_by_subnet_and_removed_with_its_last_machine(pm, vbox, tmp_path):
+    pm.env.update(MAC_ARM)
+    image = fake_vdi(tmp_path / "arm64.vdi")
+    assert pm(*vdi_args(image, "m1")).returncode == 1
+    vbox.reset_log()
+    res = pm(*vdi_args(image, "m2"))
+    assert res.returncode == 1 and "Unable to connect" in res.stderr, res.stderr
+    assert not any(c[:2] == ["hostonlynet", "add"] for c in vbox.calls()), "same subnet: reused"
+    assert ["modifyvm", "m2", "--nic2", "hostonlynet", "--nictype2", "82540EM", "--nicpromisc2", "deny",
+            "--host-only-net2", NET, "--cableconnected2", "on"] in vbox.calls()
+    # Another CIDR inside the allowed 192.168.56.0/21 gets its own network.
+    res = pm(*vdi_args(image, "m3", "--virtualbox-hostonly-cidr", "192.168.57.1/24"))
+    assert res.returncode == 1 and "Unable to connect" in res.stderr, res.stderr
+    nets = vbox.state()["hostonlynets"]
+    assert sorted(nets) == [NET, "pymachine-192.168.57.0-24"]
+    assert (nets["pymachine-192.168.57.0-24"]["lower"], nets["pymachine-192.168.57.0-24"]["upper"]) == (
+        "192.168.57.1", "192.168.57.254")
+    vbox.reset_log()
+    pm.ok("rm", "-y", "m1")
+    assert [c for c in vbox.calls() if c[0] == "hostonlynet"] == [], "m2 still uses it"
+    assert NET in vbox.state()["hostonlynets"]
+    pm.ok("rm", "-y", "m2", "m3")
+    assert vbox.state()["hostonlynets"] == {}
+
+
+def test_macos_hostonly_network_made_by_someone_else_is_reused_and_kept(pm, vbox, tmp_path):
+    """Vagrant's (or the user's) network of the same subnet is used as it is and never removed."""
+    assert fake_vbm(vbox, MAC_ARM, "hostonlynet", "add", "--name=vagrantnet-vbox1", "--netmask=255.255.255.0",
+                    "--lower-ip=192.168.56.1", "--upper-ip=192.168.56.254").returncode == 0
+    vbox.reset_log()
+    pm.env.update(MAC_ARM)
+    res = pm(*vdi_args(fake_vdi(tmp_path / "arm64.vdi"), "m1"))
+    assert res.returncode == 1 and "Unable to connect" in res.stderr, res.stderr
+    assert not any(c[:2] == ["hostonlynet", "add"] for c in vbox.calls())
+    assert ["modifyvm", "m1", "--nic2", "hostonlynet", "--nictype2", "82540EM", "--nicpromisc2", "deny",
+            "--host-only-net2", "vagrantnet-vbox1", "--cableconnected2", "on"] in vbox.calls()
+    pm.ok("rm", "-y", "m1")
+    assert list(vbox.state()["hostonlynets"]) == ["vagrantnet-vbox1"]
+
+
+@pytest.mark.parametrize("env", [MAC_ARM, host_env("7.2.4r170995", "linux", "x86_64")], ids=["macos", "linux"])
+def test_hostonly_cidr_overlapping_an_existing_network_is_a_clash(pm, vbox, tmp_path, env):
+    """A /21 host-only network exists: a /24 inside it is refused before anything is made, on both kinds."""
+    if env["FAKE_VBOX_HOST_OS"] == "darwin":
+        made = fake_vbm(vbox, env, "hostonlynet", "add", "--name=wide", "--netmask=255.255.248.0",
+                        "--lower-ip=192.168.56.1", "--upper-ip=192.168.63.254")
+    else:
+        assert fake_vbm(vbox, env, "hostonlyif", "create").returncode == 0
+        made = fake_vbm(vbox, env, "hostonlyif", "ipconfig", "vboxnet0", "--ip", "192.168.56.1",
+                        "--netmask", "255.255.248.0")
+    assert made.returncode == 0, made.stderr
+    vbox.reset_log()
+    pm.env.update(env)
+    res = pm(*vdi_args(fake_vdi(tmp_path / "disk.vdi"), "clash"))
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert res.stderr.strip() == ("host-only cidr 192.168.56.1/24 overlaps VirtualBox's host-only network "
+                                  "192.168.56.0/21: use 192.168.56.0/21 itself or a separate range")
+    assert_nothing_left(pm, vbox, "clash")
+    assert not any(c[0] in ("hostonlynet", "dhcpserver") for c in vbox.calls())
+
+
+def test_macos_hostonly_network_outside_the_allowed_ranges_is_refused(pm, vbox, tmp_path):
+    pm.env.update(MAC_ARM)
+    res = pm(*vdi_args(fake_vdi(tmp_path / "arm64.vdi"), "far", "--virtualbox-hostonly-cidr", "192.168.99.1/24"))
+    assert res.returncode == 3 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "outside the ranges VirtualBox allows (192.168.56.0/21)" in res.stderr
+    assert_nothing_left(pm, vbox, "far")
+    res = pm(*vdi_args(fake_vdi(tmp_path / "arm64.vdi"), "far", "--virtualbox-hostonly-cidr", "192.168.99.1/24",
+                       "--virtualbox-hostonly-allow-any-range"))
+    assert res.returncode == 1 and "Unable to connect" in res.stderr, res.stderr
+    assert list(vbox.state()["hostonlynets"]) == ["pymachine-192.168.99.0-24"]
+
+
+def test_macos_cidr_clashing_with_host_interface(pm, vbox, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a private network namespace")
+    pm.env.update(MAC_ARM)
+    setup = "ip addr add 192.168.56.7/24 dev lo && ip link set lo up"
+    proc = in_namespaces(pm, ["-n"], setup, vdi_args(fake_vdi(tmp_path / "arm64.vdi"), "clash"))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == ("host-only cidr conflicts with the network address of a host interface "
+                                   "(lo: 192.168.56.0/24)")
+    assert_nothing_left(pm, vbox, "clash")
+
+
+@pytest.mark.parametrize("version", ["6.0.24r139119", "6.1.50r161033", "7.2.4r170995"])
+def test_dhcp_server_already_right_is_kept_in_both_list_formats(pm, vbox, version):
+    """A DHCP server with an in-pool address (.5) and pymachine's range: `list dhcpservers` is read in
+    the pre-6.1 and the 6.1+ format alike, and no `dhcpserver modify` resets it."""
+    env = host_env(version, "linux", "x86_64")
+    for args in (["hostonlyif", "create"],
+                 ["hostonlyif", "ipconfig", "vboxnet0", "--ip", "192.168.56.1", "--netmask", "255.255.255.0"],
+                 ["dhcpserver", "add", "--netname", "HostInterfaceNetworking-vboxnet0", "--ip", "192.168.56.5",
+                  "--netmask", "255.255.255.0", "--lowerip", "192.168.56.100", "--upperip", "192.168.56.254",
+                  "--enable"]):
+        assert fake_vbm(vbox, env, *args).returncode == 0
+    listing = fake_vbm(vbox, env, "list", "dhcpservers").stdout
+    assert ("Dhcpd IP:       192.168.56.5" in listing) == (version >= "6.1"), listing
+    vbox.reset_log()
+    pm.env.update(env)
+    res = pm(*create_args(vbox, "d1", "--virtualbox-no-share"))  # the boot2docker ISO: 6.0 still takes it
+    assert res.returncode == 1 and "Unable to connect" in res.stderr, res.stderr
+    assert ["list", "dhcpservers"] in vbox.calls()
+    assert not any(c[0] == "dhcpserver" for c in vbox.calls()), vbox.calls()
+    assert vbox.state()["dhcpservers"]["HostInterfaceNetworking-vboxnet0"]["ip"] == "192.168.56.5"
+    # A range that differs is corrected with one modify, the in-pool server address kept.
+    assert fake_vbm(vbox, env, "dhcpserver", "modify", "--netname", "HostInterfaceNetworking-vboxnet0",
+                    "--lowerip", "192.168.56.50").returncode == 0
+    pm.ok("stop", "d1")
+    vbox.reset_log()
+    pm.ok("start", "d1")
+    assert [c for c in vbox.calls() if c[0] == "dhcpserver"] == [
+        ["dhcpserver", "modify", "--netname", "HostInterfaceNetworking-vboxnet0", "--ip", "192.168.56.5",
+         "--netmask", "255.255.255.0", "--lowerip", "192.168.56.100", "--upperip", "192.168.56.254", "--enable"]]
+
+
+def crash_holding_saved_state(vbox: FakeVBox, name: str) -> None:
+    """What VirtualBox 7.x shows when the VM process died while it held a saved state (reference a8)."""
+    path = vbox.home / "state.json"
+    state = json.loads(path.read_text())
+    vm = next(v for v in state["vms"].values() if v["name"] == name)
+    vboxmanage.stop_forwarder(vm)
+    vm["state"] = "aborted-saved"
+    path.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("version, host_os, arch", [("7.0.20r163906", "linux", "x86_64"),
+                                                    ("7.2.4r170995", "darwin", "arm64")])
+def test_aborted_saved_vm_is_shown_saved_started_afresh_and_really_removed(pm, vbox, tmp_path, version, host_os,
+                                                                           arch):
+    pm.env.update(host_env(version, host_os, arch))
+    image = fake_vdi(tmp_path / "disk.vdi")
+    assert pm(*vdi_args(image, "ab")).returncode == 1
+    crash_holding_saved_state(vbox, "ab")
+    assert pm.ok("status", "ab").stdout.strip() == "Saved"
+    vbox.reset_log()
+    pm.ok("start", "ab")
+    calls = vbox.calls()
+    assert calls[:3] == [["showvminfo", "ab", "--machinereadable"], ["showvminfo", "ab", "--machinereadable"],
+                         ["discardstate", "ab"]], calls
+    assert ["startvm", "ab", "--type", "headless"] in calls
+    assert pm.ok("status", "ab").stdout.strip() == "Running"
+    # rm -f of a crashed VM: no "poweroff" of a VM that is not running, and VirtualBox forgets it.
+    crash_holding_saved_state(vbox, "ab")
+    vbox.reset_log()
+    res = pm("rm", "-f", "-y", "ab")
+    assert res.returncode == 0 and "Successfully removed ab" in res.stdout, res.stdout + res.stderr
+    assert vbox.calls()[:3] == [["showvminfo", "ab", "--machinereadable"], ["discardstate", "ab"],
+                                ["unregistervm", "--delete", "ab"]]
+    assert vbox.vms() == [] and not (pm.store / "machines" / "ab").exists()
+
+
+def test_arm_host_without_an_arm64_image_or_with_old_virtualbox_is_exit_3(pm, vbox, tmp_path):
+    pm.env.update(MAC_ARM)
+    fake_base_image.make_fake_image(pm.store, arch="amd64")  # an amd64 image is no use on an ARM VM
+    res = pm(*image_args("noarm", "--virtualbox-no-share"),
+             env={"PATH": fake_base_image.path_without_debootstrap(vbox.bin)})
+    assert res.returncode == 3 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "pymachine image build --arch arm64" in res.stderr and "--virtualbox-boot2docker-url" in res.stderr
+    res = pm(*create_args(vbox, "noarm"))  # a boot2docker ISO is x86-only
+    assert res.returncode == 3 and "boot2docker ISOs are x86-only" in res.stderr.strip(), res.stderr
+    res = pm(*vdi_args(fake_vdi(tmp_path / "arm64.vdi"), "noarm"),
+             env=host_env("7.0.20r163906", "darwin", "arm64"))
+    assert res.returncode == 3, res.stderr
+    assert res.stderr.strip() == ('VirtualBox runs VMs on an arm64 host from 7.1 on; your VirtualBox install is '
+                                  '"7.0.20r163906": upgrade to VirtualBox 7.1 or later (the macOSArm64 build on '
+                                  'Apple Silicon)')
+    assert_nothing_left(pm, vbox, "noarm")
+    from pymachine.engine import images
+
+    cache = images.default_cache_dir(pm.store)
+    assert sorted(p.name for p in cache.iterdir()) == [images.recipe_hash("amd64")], "no arm64 build begun"
+
+
+@pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
+def test_arm_vm_boots_the_arm64_base_image(pm, vbox):
+    """On Apple Silicon the default image is the arm64 one (issue 17's arch=), exported to VDI."""
+    pm.env.update(MAC_ARM)
+    image = fake_base_image.make_fake_image(pm.store, arch="arm64")
+    res = pm(*image_args("armimg", "--virtualbox-no-share"))
+    assert res.returncode == 1 and "Unable to connect" in res.stderr, res.stdout + res.stderr
+    disk = f"{pm.store}/machines/armimg/disk.vdi"
+    calls = vbox.calls()
+    assert ["clonemedium", "disk", str(image.exported("vdi")), disk, "--format", "VDI"] in calls
+    assert ["createvm", "--basefolder", f"{pm.store}/machines/armimg", "--name", "armimg",
+            "--platform-architecture", "arm", "--register"] in calls
+    pm.ok("rm", "-y", "armimg")
+    assert vbox.vms() == [] and vbox.state()["hostonlynets"] == {}
+
+
+# The fake itself: what it refuses, because the real tool does (reference sections in the fake) ------
+
+def test_fake_refuses_what_virtualbox_refuses(vbox, tmp_path):
+    def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+        return fake_vbm(vbox, env, *args)
+
+    mac70 = host_env("7.0.20r163906", "darwin", "x86_64")
+    gone = run(mac70, "hostonlyif", "create")
+    assert gone.returncode == 1 and "VBoxNetAdpCtl add 2>&1' - exit status: 34304" in gone.stderr
+    assert run(mac70, "list", "hostonlyifs").returncode == 2
+    linux70 = host_env("7.0.20r163906", "linux", "x86_64")
+    assert run(linux70, "hostonlynet", "add", "--name=x", "--netmask=255.255.255.0", "--lower-ip=192.168.56.1",
+               "--upper-ip=192.168.56.9").returncode == 2, "host-only networks exist on macOS builds only"
+    made = run(linux70, "createvm", "--name", "v70", "--platform-architecture", "x86", "--register")
+    assert made.returncode == 2 and "Invalid parameter '--platform-architecture'" in made.stderr
+    arm = host_env("7.1.8r168469", "darwin", "arm64")
+    assert run(arm, "createvm", "--name", "a1", "--register").returncode == 0  # no platform: the host's (ARM)
+    res = run(arm, "modifyvm", "a1", "--cpus", "2", "--pae", "on")
+    assert res.returncode == 2 and "--pae" in res.stderr
+    info = run(arm, "showvminfo", "a1", "--machinereadable").stdout
+    assert 'platformArchitecture="ARM"' in info and "cpus=1" in info, "the failed call saved nothing"
+    assert run(arm, "storagectl", "a1", "--name", "SATA", "--add", "sata").returncode == 1  # 7.1: VirtIO-SCSI only
+    assert run(host_env("7.2.4r170995", "darwin", "arm64"), "storagectl", "a1", "--name", "SATA",
+               "--add", "sata").returncode == 0
+    assert run(arm, "modifyvm", "a1", "--nic-type1", "virtio", "--nic1", "nat").returncode == 0
+    assert run(host_env("6.1.50r161033", "linux", "x86_64"), "modifyvm", "a1", "--nic-type1",
+               "virtio").returncode == 2, "6.1 knows only the old spellings"
+    assert run(arm, "frobnicate", "a1").returncode == 2
+    assert run(arm, "modifyvm", "a1", "--no-such-option", "on").returncode == 2
+    crash_holding_saved_state(vbox, "a1")
+    stuck = run(arm, "modifyvm", "a1", "--cpus", "2")
+    assert stuck.returncode == 1 and "The machine is not mutable (state is Aborted-Saved)" in stuck.stderr
+    assert "is not currently running" in run(arm, "controlvm", "a1", "poweroff").stderr
