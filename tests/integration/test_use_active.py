@@ -46,3 +46,27 @@ def test_a_context_pymachine_did_not_write_names_no_machine(pm, tmp_path):
         assert "dev -" in pm.ok("ls", "--format", "{{.Name}} {{.Active}}").out_lines
     finally:
         handle.stop()
+
+
+def test_removing_a_machine_from_python_also_forgets_its_context(pm, tmp_path):
+    """rm's behaviour is the library's: machine.removal.remove_machine deletes the context too."""
+    import json
+
+    from pymachine.machine import docker_context
+    from pymachine.machine.removal import remove_machine
+    from pymachine.machine.store import Store
+
+    handle = start_engine_for(pm, "dev", tmp_path / "d")
+    try:
+        pm.ok("use", "dev")
+    finally:
+        handle.stop()
+    environ = {"DOCKER_CONFIG": str(pm.docker_config), "HOME": str(pm.home)}
+    assert docker_context.current_machine(environ) == "dev"
+    lines: list[str] = []
+    remove_machine(Store(str(pm.store)), "dev", log=lines.append, environ=environ)
+    assert not (pm.store / "machines" / "dev").exists()
+    assert docker_context.current_machine(environ) is None
+    assert json.loads((pm.docker_config / "config.json").read_text()).get("currentContext", "default") == "default"
+    assert not list((pm.docker_config / "contexts" / "meta").iterdir())
+    assert pm.ok("ls", "-q").stdout == ""
