@@ -19,7 +19,15 @@ from pymachine.machine.authpaths import MachineTLS, machine_tls
 from pymachine.machine.drivers.base import Driver, State
 from pymachine.machine.drivers.registry import driver_class, load_driver
 from pymachine.machine.errors import MachineError
-from pymachine.machine.store import Host, MachineRemoved, Store, StoreError, atomic_write, check_new_name
+from pymachine.machine.store import (
+    Host,
+    MachineRemoved,
+    Store,
+    StoreError,
+    atomic_write,
+    check_new_name,
+    describe_os_error,
+)
 
 Log = Callable[[str], None]
 
@@ -212,7 +220,7 @@ def create(
     except BaseException as exc:
         _rollback(store, name, driver, log)
         if isinstance(exc, OSError):
-            raise StoreError(f"Error creating machine {name!r}: {describe_os_error(exc)}; "
+            raise StoreError(f"Error creating machine {name!r}: {describe_os_error(exc, store.machine_dir(name))}; "
                              "nothing was kept") from None
         raise
     if not driver.provisionable:
@@ -260,13 +268,6 @@ def _finish(machine: Machine) -> None:
 
 def _removed_meanwhile(name: str) -> MachineError:
     return MachineError(f'create of "{name}" stopped: the machine was removed while it was being created')
-
-
-def describe_os_error(exc: OSError) -> str:
-    """'No space left on device: /path' rather than the OSError's repr."""
-    what = exc.strerror or exc.__class__.__name__
-    where = exc.filename or ""
-    return f"{what}: {where}" if where else what
 
 
 def _rollback(store: Store, name: str, driver: Driver, log: Log) -> None:

@@ -115,6 +115,22 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def describe_os_error(exc: OSError, where: Path | str | None = None) -> str:
+    """'Read-only file system: /path' rather than an OSError's repr."""
+    what = exc.strerror or str(exc) or exc.__class__.__name__
+    place = exc.filename or where or ""
+    return f"{what}: {place}" if place else what
+
+
+@contextlib.contextmanager
+def os_errors_as_messages(doing: str, where: Path | str | None = None) -> Iterator[None]:
+    """Turn an OSError (read-only store, full disk) into one line saying what and where."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"cannot {doing}: {describe_os_error(exc, where)}") from None
+
+
 def json_depth_ok(data: Any, limit: int = MAX_CONFIG_DEPTH) -> bool:
     """Whether ``data`` nests at most ``limit`` levels (checked without recursion)."""
     stack = [(data, 1)]
@@ -406,9 +422,13 @@ class Store:
         from pymachine.machine.locking import exclusive
 
         locks = self.path / "locks"
-        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
         busy = f'machine "{name}" is busy: another pymachine command holds its lock'
-        with exclusive(locks / f"{name}.lock", timeout=timeout, busy_message=busy, poll=0.05):
+        with contextlib.ExitStack() as held:
+            try:
+                locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+                held.enter_context(exclusive(locks / f"{name}.lock", timeout=timeout, busy_message=busy, poll=0.05))
+            except OSError as exc:  # a read-only or full store: say what and where
+                raise StoreError(f"cannot lock machine {name!r} in {locks}: {exc.strerror or exc}") from None
             yield
 
     # pymachine's own per-machine cache (last state and engine version seen) ----------------

@@ -15,6 +15,7 @@ from pymachine.machine.cli.common import (
     target_names,
 )
 from pymachine.machine.errors import MachineError
+from pymachine.machine.store import os_errors_as_messages
 
 
 def _names(ctx: Context, command: str, description: str, args: list[str]) -> list[str]:
@@ -33,7 +34,7 @@ def _machine(ctx: Context, name: str):
 def _each(ctx: Context, names: list[str], op: str) -> None:
     def act(name: str) -> None:
         ctx.store.require(name)  # validated before the lock touches the disk
-        with ctx.store.lock(name):
+        with ctx.store.lock(name), os_errors_as_messages(f"{op} {name}", ctx.store.machine_dir(name)):
             getattr(_machine(ctx, name), op)(ctx.out)
 
     run_concurrently(names, act)
@@ -101,7 +102,7 @@ def remove_one(ctx: Context, name: str, force: bool, assume_yes: bool = False) -
 
     ctx.store.sweep_removals()  # finish what a killed rm left behind
     ctx.store.require(name)  # validated before the lock touches the disk
-    with ctx.store.lock(name):
+    with ctx.store.lock(name), os_errors_as_messages(f"remove {name}", ctx.store.machine_dir(name)):
         ctx.store.require(name)  # a concurrent rm may have won while we waited
         try:
             machine = Machine.load(ctx.store, name)
@@ -144,7 +145,7 @@ def _over_ssh(ctx: Context, names: list[str], operation: str) -> None:
 
     def act(name: str) -> None:
         ctx.store.require(name)
-        with ctx.store.lock(name):
+        with ctx.store.lock(name), os_errors_as_messages(f"{operation} {name}", ctx.store.machine_dir(name)):
             machine = _machine(ctx, name)
             if not machine.driver.provisionable:
                 raise _not_provisionable(machine)
@@ -170,11 +171,13 @@ def cmd_regenerate_certs(ctx: Context, args: list[str]) -> int:
     if not ns.force and not confirm("Regenerate TLS machine certs?  Warning: this is irreversible. (y/n): "):
         return 0
     if ns.client_certs:
-        regenerate_client_certs(ctx, names[0])
+        with os_errors_as_messages("regenerate the client certificates", ctx.store.certs_dir):
+            regenerate_client_certs(ctx, names[0])
 
     def act(name: str) -> None:
         ctx.store.require(name)
-        with ctx.store.lock(name):
+        with ctx.store.lock(name), os_errors_as_messages(f"regenerate the certificates of {name}",
+                                                         ctx.store.machine_dir(name)):
             machine = _machine(ctx, name)
             ctx.out("Regenerating TLS certificates")
             if machine.driver.provisionable:

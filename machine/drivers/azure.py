@@ -78,6 +78,21 @@ def describe(exc: BaseException) -> str:
     return re.sub(r"^\(\w+\)\s*", "", line)
 
 
+def _check_https(flag: str, url: str) -> None:
+    """An authority or ARM endpoint must be an https:// URL with a host: tokens travel there."""
+    if not url:
+        return
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError:
+        raise MachineError(f"--{flag} {url!r} is not a URL like https://HOST[:PORT]") from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise MachineError(f"--{flag} {url!r} must be an https:// URL (credentials are sent there)")
+
+
 def _code(exc: BaseException) -> str:
     return str(getattr(getattr(exc, "error", None), "code", "") or "")
 
@@ -173,6 +188,8 @@ class AzureDriver(Driver):
             num, _, proto = item.partition("/")
             if not num.isdigit() or not 0 < int(num) < 65536 or proto.lower() not in ("", "tcp", "udp", "*"):
                 raise MachineError(f"--azure-open-port {item!r} must be PORT or PORT/tcp or PORT/udp")
+        for flag in ("azure-authority-host", "azure-arm-endpoint"):
+            _check_https(flag, s(flag))
         if values.get("azure-no-public-ip") and not values.get("azure-use-private-ip"):
             raise MachineError("--azure-no-public-ip requires --azure-use-private-ip (the machine would be unreachable)")
         if values.get("azure-no-public-ip") and (values.get("azure-static-public-ip") or s("azure-dns")):
@@ -293,8 +310,11 @@ class AzureDriver(Driver):
         try:
             yield
         except ClientAuthenticationError as exc:
+            detail = self._auth_detail(exc)
+            if detail.startswith("cannot reach"):  # where, not which credentials
+                raise exc_type(f"Azure authentication failed while {what}: {detail}") from None
             raise exc_type(
-                f"Azure authentication failed while {what}: {self._auth_detail(exc)} "
+                f"Azure authentication failed while {what}: {detail} "
                 "(check --azure-client-id/--azure-client-secret/--azure-tenant-id, or run 'az login')"
             ) from None
         except AzureError as exc:
@@ -308,6 +328,9 @@ class AzureDriver(Driver):
             return match.group(1)
         if "Unable to get authority configuration" in text:
             return (f"tenant {self.config.get('TenantID')!r} is unknown to {self._endpoints()[1]}")
+        unreachable = re.search(r"Failed to establish a new connection: (?:\[Errno -?\d+\] )?([^')\]]+)", text)
+        if unreachable:
+            return f"cannot reach the authority {self._endpoints()[1]}: {unreachable.group(1).strip().lower()}"
         return re.sub(r"^\w+\.get_token(_info)? failed: ", "", text)[:300]
 
     def _tags(self) -> dict[str, str]:
