@@ -19,7 +19,8 @@ driver asks (VMs, switches), with enums as strings; output lines end in CRLF.
 State keys: ``module`` (Hyper-V module present), ``hyperv_admin``, ``admin``,
 ``switches`` [{Id, Name, SwitchType}], ``vms`` {name: {...}}, ``guest_ip``
 (the IPv4 a started VM reports, after an IPv6 link-local one; none if unset),
-``ignore_shutdown`` (graceful Stop-VM fails), ``gen2`` (False: Server 2012's
+``guest_hook`` (argv run on a gen 2 VM's start with the VM name and its DVD images; it plays the
+guest's first boot and prints the address the guest reports), ``ignore_shutdown`` (graceful Stop-VM fails), ``gen2`` (False: Server 2012's
 ``New-VM`` without ``-Generation``), ``fail`` {cmdlet: message} (fail on
 demand).  Every script is appended to ``calls.log`` beside the state file.
 """
@@ -370,6 +371,18 @@ class Shell:
         # A Linux loader under the Windows Secure Boot template never boots: no guest, no address.
         boots = not (fw.get("SecureBoot") == "On" and fw.get("SecureBootTemplate") == "MicrosoftWindows")
         ip = self.state.get("guest_ip")
+        hook = self.state.get("guest_hook")
+        if hook and boots and vm["Generation"] == 2:
+            # The guest's first boot (cloud-init reading the seed on the DVD, then DHCP and the KVP
+            # daemon reporting the address): the test's hook plays it and prints the address.
+            import subprocess
+
+            proc = subprocess.run([*hook, vm["Name"], *vm["DvdDrives"]], capture_output=True, text=True,
+                                  timeout=120, check=False)
+            if proc.returncode != 0:
+                raise PSError(f"Start-VM : guest hook failed: {proc.stderr.strip()[-200:]}", "NotSpecified",
+                              "FakeGuestHook", stmt)
+            ip = (proc.stdout.strip().splitlines() or [""])[-1]
         vm["NetworkAdapters"][0]["IPAddresses"] = ["fe80::215:5dff:fe00:603", ip] if (ip and boots) else []
 
     def do_Stop_VM(self, p: dict[str, Any], stmt: str) -> None:
