@@ -220,8 +220,8 @@ def _holds(at, multiline: bool, pos: int, text: str) -> bool:
         return pos == n
     if at is C.AT_BOUNDARY:
         return _is_word(text, pos - 1) != _is_word(text, pos)
-    if at is C.AT_NON_BOUNDARY:
-        return _is_word(text, pos - 1) == _is_word(text, pos)
+    if at is C.AT_NON_BOUNDARY:  # as sre: never true in an empty string
+        return n > 0 and _is_word(text, pos - 1) == _is_word(text, pos)
     raise MachineError(f"invalid name filter: unsupported anchor {at}")
 
 

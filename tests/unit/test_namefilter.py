@@ -24,7 +24,8 @@ def test_backtracking_patterns_answer_in_linear_time(pattern):
 
 
 def test_results_agree_with_python_re_on_ordinary_patterns():
-    atoms = ["a", "b", ".", "[ab]", "[^a]", r"\d", r"\w", "-", "[a-c0-9]", r"\b", "^", "$", "(?i:A)", "1"]
+    atoms = ["a", "b", ".", "[ab]", "[^a]", r"\d", r"\w", "-", "[a-c0-9]", r"\b", "^", "$", "(?i:A)", "1",
+             r"\B", r"\A", r"\Z", r"\S", r"\W", "(?:a|)", "(?P<n>b)", "[.-]", r"\.", "[A-Z]"]
     rng = random.Random(7)
 
     def gen(depth: int = 0) -> str:
@@ -35,12 +36,12 @@ def test_results_agree_with_python_re_on_ordinary_patterns():
             return gen(depth + 1) + gen(depth + 1)
         if r < 0.75:
             return f"({gen(depth + 1)}|{gen(depth + 1)})"
-        return f"({gen(depth + 1)})" + rng.choice(["*", "+", "?", "{2}", "{1,3}", "*?"])
+        return f"({gen(depth + 1)})" + rng.choice(["*", "+", "?", "{2}", "{1,3}", "*?", "{,2}", "{3,}", "??"])
 
-    names = ["", "a", "ab", "aab", "abc-1", "x_y", "A", "dev-01", "prod", "aaaa"]
+    names = ["", "a", "ab", "aab", "abc-1", "x_y", "A", "dev-01", "prod", "aaaa", "m-1.b", "B1"]
     checked = 0
     for _ in range(1500):
-        pattern = gen()
+        pattern = ("(?i)" if rng.random() < 0.2 else "") + gen()
         try:
             expected = re.compile(pattern)
         except re.error:
