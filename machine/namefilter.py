@@ -19,7 +19,7 @@ from re import _parser as sre_parse  # type: ignore[attr-defined]
 from pymachine.machine.errors import MachineError
 
 MAX_PATTERN = 1000  # characters
-MAX_PROGRAM = 10000  # NFA instructions after expanding counted repeats
+MAX_PROGRAM = 2000  # NFA instructions after expanding counted repeats (bounds the time per name)
 MAX_REPEAT = 1000  # Go's RE2 limit on {n,m}
 
 Pred = Callable[[str], bool]
