@@ -195,12 +195,14 @@ class HyperVDriver(Driver):
         switch = str(self.config.get("SwitchUsed") or self._choose_switch(ps))
         log(f"({name}) Using switch \"{switch}\"")
         source = str(self.config.get("Boot2DockerURL") or "")
+        grow = False  # your own disk is used at its own size
         if not source:
             from pymachine.engine import images
 
-            vhdx, _info = images.disk_for_driver(images.default_cache_dir(self.store_path), "vhdx",
-                                                 lambda m: log(f"({name}) {m}"), arch="amd64")
+            vhdx, info = images.disk_for_driver(images.default_cache_dir(self.store_path), "vhdx",
+                                                lambda m: log(f"({name}) {m}"), arch="amd64")
             source = str(vhdx)
+            grow = int(self.config["DiskSize"]) << 20 > info.virtual_size  # Resize-VHD refuses to shrink
         key = Path(self._path("id_rsa"))
         log(f"({name}) Creating SSH key...")
         certs.generate_ssh_keypair(key)
@@ -212,7 +214,7 @@ class HyperVDriver(Driver):
         shutil.copyfile(source, disk)
         self.config["VMCreated"] = True  # from here on rm/rollback looks for the VM
         log(f"({name}) Creating VM...")
-        ps.run(self._create_script(switch, disk, iso))
+        ps.run(self._create_script(switch, disk, iso, grow))
         vm = self._vm(ps)
         self.config["VMId"] = str((vm or {}).get("Id") or "")
         log(f"({name}) Starting VM...")
@@ -220,10 +222,10 @@ class HyperVDriver(Driver):
         log(f"({name}) Waiting for host to start...")
         self.config["IPAddress"] = self.wait_for_ip(ps)
 
-    def _create_script(self, switch: str, disk: str, iso: str) -> str:
+    def _create_script(self, switch: str, disk: str, iso: str, grow: bool) -> str:
         name = quote(self.machine_name)
-        steps = [f"Hyper-V\\Resize-VHD -Path {quote(disk)} -SizeBytes {int(self.config['DiskSize'])}MB -ErrorAction SilentlyContinue",
-                 (f"Hyper-V\\New-VM -Name {name} -Generation 2 -MemoryStartupBytes {int(self.config['MemSize'])}MB "
+        steps = [f"Hyper-V\\Resize-VHD -Path {quote(disk)} -SizeBytes {int(self.config['DiskSize'])}MB"] if grow else []
+        steps += [(f"Hyper-V\\New-VM -Name {name} -Generation 2 -MemoryStartupBytes {int(self.config['MemSize'])}MB "
                  f"-SwitchName {quote(switch)} -VHDPath {quote(disk)} -Path {quote(self.machine_dir)}")]
         if self.config.get("DisableDynamicMemory"):
             steps.append(f"Hyper-V\\Set-VMMemory -VMName {name} -DynamicMemoryEnabled $false")

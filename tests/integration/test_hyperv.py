@@ -216,3 +216,21 @@ def test_fake_is_strict_about_parameters_and_cmdlets(fake):
                           "-ListAvailable", "Hyper-V).Name", "|", "Get-Unique"], capture_output=True,
                          env={**os.environ, **fake.env()}, timeout=60, check=False)
     assert res.stdout == b"Hyper-V\r\n"
+
+
+def test_own_vhdx_is_used_at_its_size_and_other_images_are_refused(pm, fake, tmp_path):
+    import subprocess
+
+    own = tmp_path / "own.vhdx"
+    subprocess.run(["qemu-img", "create", "-f", "vhdx", str(own), "32M"], check=True, capture_output=True, timeout=60)
+    pm("create", "-d", "hyperv", "--hyperv-boot2docker-url", str(own), "hv1", env=fake.env())
+    mdir = pm.store / "machines" / "hv1"
+    assert fake.state["vms"]["hv1"]["HardDrives"] == [str(mdir / "disk.vhdx")]
+    assert "vhd_sizes" not in fake.state and not any("Resize-VHD" in s for s in fake.scripts())
+    assert (mdir / "disk.vhdx").read_bytes()[:8] == b"vhdxfile"
+
+    res = pm("create", "-d", "hyperv", "--hyperv-boot2docker-url", str(tmp_path / "b2d.iso"), "hv2", env=fake.env())
+    assert res.returncode != 0 and "must name a .vhdx disk" in one_line_error(res)
+    res = pm("create", "-d", "hyperv", "--hyperv-boot2docker-url", str(tmp_path / "missing.vhdx"), "hv2", env=fake.env())
+    assert res.returncode == 3 and "does not exist" in one_line_error(res)
+    assert "hv2" not in fake.state["vms"] and not (pm.store / "machines" / "hv2").exists()
