@@ -133,14 +133,16 @@ def ssh_argv(
 ) -> list[str]:
     """argv for the system ``ssh`` client: a login shell, or ``args`` run remotely.
 
-    The user goes through ``-l`` and the host after ``--``, so neither can be read
-    as an option whatever it holds.
+    The user goes through ``-l``, so it is never read as an option whatever it holds;
+    the host (checked: never starts with ``-``) comes without ``--`` because OpenSSH
+    goes on parsing options after it (``pymachine ssh NAME -L ... -N``, as
+    docker-machine), which ``--`` would turn into a remote command.
     """
     argv = ["ssh", *_base_options(_is_windows(windows))]
     argv += _host_key_options(known_hosts or target.known_hosts)
     if target.key_path is not None:
         argv += ["-o", "IdentitiesOnly=yes", "-i", str(target.key_path)]
-    argv += ["-l", target.user, "-p", str(target.port), "--", target.host]
+    argv += ["-l", target.user, "-p", str(target.port), target.host]
     return argv + list(args)
 
 

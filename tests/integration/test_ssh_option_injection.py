@@ -155,3 +155,16 @@ def test_external_ssh_and_scp_say_why_a_changed_host_key_is_refused(tmp_path):
             assert res.returncode != 0
             assert "hi" not in res.stdout
             assert "Host key verification failed" in res.stderr, res.stderr
+
+
+@needs_sshd
+def test_ssh_options_after_the_host_still_reach_ssh(tmp_path):
+    """``pymachine ssh NAME -L ... -N`` (docker-machine's usage): ssh parses options
+    after the host, so the argv must not end them with ``--`` before it."""
+    with SSHD(tmp_path / "sshd") as sshd:
+        target = sshd.target(known_hosts=tmp_path / "kh")
+        SSHClient.connect(target).close()
+        res = subprocess.run(ssh_argv(target, ["-T", "-o", "BatchMode=yes", "echo", "hi"]),
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                             check=False)
+        assert (res.returncode, res.stdout) == (0, "hi\n"), res.stderr

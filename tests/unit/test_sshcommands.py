@@ -54,7 +54,7 @@ def test_ssh_argv_matches_docker_machine_options_but_pins_host_keys():
         "-o", "StrictHostKeyChecking=yes",
         "-o", f'UserKnownHostsFile="{KH1}"',
         "-o", "IdentitiesOnly=yes", "-i", str(KEY1),
-        "-l", "docker", "-p", "22", "--", "10.0.0.5", "uname", "-a",
+        "-l", "docker", "-p", "22", "10.0.0.5", "uname", "-a",
     ]  # fmt: skip
     assert "StrictHostKeyChecking=no" not in ssh_argv(M1)
     assert "UserKnownHostsFile=/dev/null" not in ssh_argv(M1)
@@ -65,7 +65,7 @@ def test_ssh_argv_without_key_and_explicit_known_hosts():
     argv = ssh_argv(target, known_hosts=Path("/other/kh"))
     assert "-i" not in argv and "IdentitiesOnly=yes" not in argv
     assert 'UserKnownHostsFile="/other/kh"' in argv
-    assert argv[-6:] == ["-l", "root", "-p", "50022", "--", "192.168.99.100"]
+    assert argv[-5:] == ["-l", "root", "-p", "50022", "192.168.99.100"]
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client not installed")
