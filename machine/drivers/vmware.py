@@ -30,6 +30,7 @@ is kept in the machine's secrets file, not in config.json.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -43,6 +44,7 @@ from urllib.parse import urlsplit
 
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.hostplatform import HostPlatform
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 B2D_USER = "docker"
@@ -57,6 +59,21 @@ IMAGE_SUFFIXES = (".iso", ".vmdk")
 IP_CALL_WAIT = 15.0
 LEASES_ENV = "PYMACHINE_VMWARE_DHCP_LEASES"  # os.pathsep-separated lease files (tests, odd installs)
 #: vmnet8 (NAT) DHCP lease files of Workstation (Linux, Windows) and Fusion, as docker-machine read them.
+HOST_ENV = "PYMACHINE_VMWARE_HOST"  # "<os>/<arch>": what a driver built without host= assumes
+DHCP_CONF_ENV = "PYMACHINE_VMWARE_DHCP_CONF"  # vmnet8's dhcpd.conf (tests, odd installs)
+#: vmnet8's dhcpd.conf, whose ``subnet`` is the NAT network guests get addresses in (Packer's
+#: dhcpConfPaths, reference c3).
+DHCP_CONF_FILES = {
+    "linux": ("/etc/vmware/vmnet8/dhcpd/dhcpd.conf",),
+    "darwin": ("/Library/Preferences/VMware Fusion/vmnet8/dhcpd.conf",),
+    "win32": ("C:\\ProgramData\\VMware\\vmnetdhcp.conf",),
+}
+#: Fusion 13 on Apple Silicon (reference c2, all third-party: Packer's platform notes and examples):
+#: an arm guest OS, EFI, SATA CD, NVMe (or SATA) disk, e1000e; hardware version 20 as in the
+#: reference's minimal arm .vmx (Packer's minimum is 19).  Debian 13 has no documented id yet.
+ARM_GUEST_OS = "arm-debian12-64"
+ARM_HW_VERSION = "20"
+FIRMWARES = ("bios", "efi")
 DHCP_LEASE_FILES = {
     "linux": ("/etc/vmware/vmnet8/dhcpd/dhcpd.leases",),
     "darwin": ("/var/db/vmware/vmnet-dhcpd-vmnet8.leases",),
@@ -82,25 +99,42 @@ def share_default(platform: str = sys.platform) -> tuple[str, str]:
 
 def render_vmx(*, name: str, cpu: int, memory: int, disk: str, iso: str, config_drive: str = "",
                share: tuple[str, str] | None = None, guest_os: str = "other3xlinux-64",
-               boot_order: str = "cdrom,hdd") -> str:
-    """The .vmx docker-machine's vmwarefusion wrote (virtual hardware 10, NAT, LSI Logic disk);
-    ``boot_order`` "hdd,cdrom" for disk images, whose CD is only the seed."""
+               boot_order: str = "cdrom,hdd", arch: str = "x86", firmware: str = "bios") -> str:
+    """The .vmx docker-machine's vmwarefusion wrote (virtual hardware 10, NAT, LSI Logic disk, IDE CDs),
+    with ``firmware = "efi"`` when asked; ``boot_order`` "hdd,cdrom" for disk images, whose CD is only
+    the seed.  ``arch="arm"``: Fusion 13 on Apple Silicon's devices instead (reference c2)."""
+    arm = arch == "arm"
     lines = [
-        ('.encoding', 'UTF-8'), ('config.version', '8'), ('virtualHW.version', '10'),
-        ('displayName', name), ('guestOS', guest_os),
-        ('numvcpus', str(cpu)), ('cpuid.coresPerSocket', str(cpu)), ('memsize', str(memory)),
-        ('ethernet0.present', 'TRUE'), ('ethernet0.connectionType', 'nat'),
-        ('ethernet0.virtualDev', 'vmxnet3'), ('ethernet0.wakeOnPcktRcv', 'FALSE'),
-        ('ethernet0.addressType', 'generated'), ('ethernet0.linkStatePropagation.enable', 'TRUE'),
-        ('pciBridge0.present', 'TRUE'), ('pciBridge4.present', 'TRUE'),
-        ('pciBridge4.virtualDev', 'pcieRootPort'), ('pciBridge4.functions', '8'),
-        ('ide1:0.present', 'TRUE'), ('ide1:0.fileName', iso), ('ide1:0.deviceType', 'cdrom-image'),
+        ('.encoding', 'UTF-8'), ('config.version', '8'),
+        ('virtualHW.version', ARM_HW_VERSION if arm else '10'),
+        ('displayName', name), ('guestOS', ARM_GUEST_OS if arm else guest_os),
     ]
-    if config_drive:
-        lines += [('ide1:1.present', 'TRUE'), ('ide1:1.fileName', config_drive), ('ide1:1.deviceType', 'cdrom-image')]
+    if arm or firmware == "efi":
+        lines.append(('firmware', 'efi'))
+    lines += [('numvcpus', str(cpu))] + ([] if arm else [('cpuid.coresPerSocket', str(cpu))]) + [
+        ('memsize', str(memory)),
+        ('ethernet0.present', 'TRUE'), ('ethernet0.connectionType', 'nat'),
+        ('ethernet0.virtualDev', 'e1000e' if arm else 'vmxnet3'), ('ethernet0.wakeOnPcktRcv', 'FALSE'),
+        ('ethernet0.addressType', 'generated'), ('ethernet0.linkStatePropagation.enable', 'TRUE'),
+    ]
+    if arm:  # no IDE, no LSI Logic: NVMe disk, SATA CDs; xHCI for a console's keyboard/mouse
+        lines += [('usb_xhci.present', 'TRUE'),
+                  ('sata0.present', 'TRUE'),
+                  ('sata0:0.present', 'TRUE'), ('sata0:0.fileName', iso), ('sata0:0.deviceType', 'cdrom-image')]
+        if config_drive:
+            lines += [('sata0:1.present', 'TRUE'), ('sata0:1.fileName', config_drive),
+                      ('sata0:1.deviceType', 'cdrom-image')]
+        lines += [('nvme0.present', 'TRUE'), ('nvme0:0.present', 'TRUE'), ('nvme0:0.fileName', disk)]
+    else:
+        lines += [('pciBridge0.present', 'TRUE'), ('pciBridge4.present', 'TRUE'),
+                  ('pciBridge4.virtualDev', 'pcieRootPort'), ('pciBridge4.functions', '8'),
+                  ('ide1:0.present', 'TRUE'), ('ide1:0.fileName', iso), ('ide1:0.deviceType', 'cdrom-image')]
+        if config_drive:
+            lines += [('ide1:1.present', 'TRUE'), ('ide1:1.fileName', config_drive),
+                      ('ide1:1.deviceType', 'cdrom-image')]
+        lines += [('scsi0.present', 'TRUE'), ('scsi0.virtualDev', 'lsilogic'),
+                  ('scsi0:0.present', 'TRUE'), ('scsi0:0.fileName', disk)]
     lines += [
-        ('scsi0.present', 'TRUE'), ('scsi0.virtualDev', 'lsilogic'),
-        ('scsi0:0.present', 'TRUE'), ('scsi0:0.fileName', disk),
         ('msg.autoAnswer', 'TRUE'), ('tools.synctime', 'TRUE'), ('tools.upgrade.policy', 'manual'),
         ('uuid.action', 'create'), ('bios.bootOrder', boot_order),
     ]
@@ -114,6 +148,60 @@ def render_vmx(*, name: str, cpu: int, memory: int, disk: str, iso: str, config_
             ('sharedFolder0.expiration', 'never'),
         ]
     return "".join(f'{k} = "{v}"\n' for k, v in lines)
+
+
+def vmx_disk(cfg: Mapping[str, str]) -> str:
+    """The hard disk's file name in a .vmx: scsi0:0 (x86) or nvme0:0 / sata0:0 (arm)."""
+    for slot in ("scsi0:0", "nvme0:0", "sata0:0"):
+        name = cfg.get(f"{slot}.fileName", "")
+        if name and cfg.get(f"{slot}.deviceType", "disk") != "cdrom-image":
+            return name
+    return ""
+
+
+def vmx_key(path: str, host: HostPlatform) -> str:
+    """A .vmx path as ``vmrun list`` matching needs it: real path (``/tmp`` is ``/private/tmp`` on
+    macOS), ``/`` separators and a lower-case drive on Windows, case-folded where the host's file
+    system folds case (Vagrant's read_state, reference c3)."""
+    if host.os == "win32":
+        path = path.replace("\\", "/")
+        if len(path) > 1 and path[1] == ":":
+            path = path[0].lower() + path[1:]
+    else:
+        path = os.path.realpath(path)
+    path = os.path.normpath(path).replace("\\", "/") if host.os == "win32" else os.path.normpath(path)
+    return path.casefold() if host.folds_case else path
+
+
+def nat_subnet(files: Sequence[str]) -> ipaddress.IPv4Network | None:
+    """vmnet8's NAT network from its dhcpd.conf (``subnet A netmask M {``), or None when unknown."""
+    import re
+
+    for path in files:
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError:
+            continue
+        m = re.search(r"^\s*subnet\s+(\d+\.\d+\.\d+\.\d+)\s+netmask\s+(\d+\.\d+\.\d+\.\d+)", text, re.MULTILINE)
+        if m:
+            try:
+                return ipaddress.IPv4Network(f"{m.group(1)}/{m.group(2)}")
+            except ValueError:
+                continue
+    return None
+
+
+def plausible_guest_ip(ip: str, subnet: ipaddress.IPv4Network | None) -> bool:
+    """Whether a ``getGuestIPAddress`` answer can be the guest's NAT address: an IPv4 address, not
+    ending in .1 (open-vm-tools may name docker0's 172.17.0.1 or a gateway; Vagrant discards those,
+    reference c3 / open-vm-tools#93), and inside vmnet8's subnet when that is known."""
+    try:
+        addr = ipaddress.IPv4Address(ip)
+    except ValueError:
+        return False
+    if ip.endswith(".1") or addr.is_unspecified:
+        return False
+    return subnet is None or (addr in subnet and addr not in (subnet.network_address, subnet.broadcast_address))
 
 
 def parse_vmx(text: str) -> dict[str, str]:
@@ -155,6 +243,8 @@ def _flags(prefix: str, env: str, fusion: bool) -> tuple[Flag, ...]:
         Flag(f"{prefix}-ssh-user", "string", B2D_USER, f"{env}_SSH_USER", "SSH user"),
         Flag(f"{prefix}-ssh-password", "string", B2D_PASSWORD, f"{env}_SSH_PASSWORD", "SSH password", secret=True),
         Flag(f"{prefix}-no-share", "bool", False, f"{env}_NO_SHARE", "Disable the mount of your home directory"),
+        Flag(f"{prefix}-firmware", "string", "", f"{env}_FIRMWARE",
+             "VM firmware: bios or efi (default: bios; efi on Apple Silicon, where it is the only one)"),
     ]
     return tuple(flags)
 
@@ -169,14 +259,20 @@ class VMwareDriver(Driver):
     vmrun_paths: ClassVar[tuple[str, ...]] = ()
     vdiskmanager_paths: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], host: HostPlatform | None = None) -> None:
         super().__init__(config)
         self._password: str | None = None
+        self.host = host or HostPlatform.current(HOST_ENV)
+
+    def vm_arch(self) -> str:
+        """arm on Apple Silicon (Fusion runs no x86 VMs there, reference c2), else x86."""
+        return str(self.config.get("Arch") or self.host.vm_arch)
 
     @classmethod
     def extra_fields(cls) -> dict[str, Any]:
         return {"Memory": 1024, "DiskSize": 20000, "CPU": 1, "ISO": "", "Boot2DockerURL": "",
-                "SSHPassword": "", "ConfigDriveISO": "", "ConfigDriveURL": "", "NoShare": False}
+                "SSHPassword": "", "ConfigDriveISO": "", "ConfigDriveURL": "", "NoShare": False,
+                "Firmware": "bios"}
 
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
         def get(name: str, default: Any = None) -> Any:
@@ -190,6 +286,13 @@ class VMwareDriver(Driver):
         for flag, value, low in (("cpu-count", cpu, 1), ("memory-size", memory, 64), ("disk-size", disk, 1)):
             if value < low:
                 raise MachineError(f"--{self.prefix}-{flag} must be at least {low}, got {value}")
+        arm = self.host.vm_arch == "arm"
+        firmware = str(get("firmware", "") or ("efi" if arm else "bios")).lower()
+        if firmware not in FIRMWARES:
+            raise MachineError(f"--{self.prefix}-firmware must be bios or efi, got {firmware!r}")
+        if arm and firmware != "efi":
+            raise MachineError(f"--{self.prefix}-firmware bios: arm VMs on Apple Silicon boot EFI only")
+        self.config.update(Firmware=firmware, Arch=self.host.vm_arch)
         self.config.update(
             CPU=cpu, Memory=memory, DiskSize=disk,
             Boot2DockerURL=str(get("boot2docker-url", "")), ConfigDriveURL=str(get("configdrive-url", "")),
@@ -243,9 +346,11 @@ class VMwareDriver(Driver):
         return proc.stdout
 
     @classmethod
-    def running_vmx(cls, output: str) -> set[str]:
+    def running_vmx(cls, output: str, host: HostPlatform | None = None) -> set[str]:
+        """`vmrun list`'s paths (after its "Total running VMs" line) as ``vmx_key``s."""
+        host = host or HostPlatform.current(HOST_ENV)
         lines = output.splitlines()
-        return {os.path.normpath(line.strip()) for line in lines[1:] if line.strip()}
+        return {vmx_key(line.strip(), host) for line in lines[1:] if line.strip()}
 
     # Checks and create -----------------------------------------------------------------
     def pre_create_check(self) -> None:
@@ -255,7 +360,14 @@ class VMwareDriver(Driver):
             raise PreCreateError(str(exc)) from None
         if not self.disk_tool():
             raise PreCreateError(f"neither vmware-vdiskmanager nor qemu-img found: install {self.product} or qemu-utils")
-        if self._image_source("Boot2DockerURL", required=False) is None:
+        source = self._image_source("Boot2DockerURL", required=False)
+        if self.vm_arch() == "arm":
+            if self.host_type != "fusion":
+                raise PreCreateError(f"{self.product} runs on x86_64 hosts only: on Apple Silicon use -d vmwarefusion")
+            if source is not None and urlsplit(source).path.lower().endswith(".iso"):
+                raise PreCreateError(f"boot2docker ISOs are x86-only and Fusion on Apple Silicon runs arm VMs: "
+                                     f"pass --{self.prefix}-boot2docker-url with an arm64 EFI .vmdk")
+        if source is None:
             self._check_base_image()
         if self.config.get("ConfigDriveURL"):
             self._image_source("ConfigDriveURL", required=True)
@@ -265,9 +377,13 @@ class VMwareDriver(Driver):
 
         flag = f"--{self.prefix}-boot2docker-url"
         try:
-            images.check_for_driver(images.default_cache_dir(self.store_path), "vmdk", flag)
+            images.check_for_driver(images.default_cache_dir(self.store_path), "vmdk", flag, **self._image_arch())
         except MachineError as exc:
             raise PreCreateError(str(exc)) from None
+
+    def _image_arch(self) -> dict[str, str]:
+        """``arch=`` for engine.images (arm64 on Apple Silicon)."""
+        return {"arch": "arm64" if self.vm_arch() == "arm" else "amd64"}
 
     def disk_tool(self) -> tuple[str, str] | None:
         tool = find_tool("vmware-vdiskmanager", self.vdiskmanager_paths)
@@ -327,13 +443,17 @@ class VMwareDriver(Driver):
                 self._run_tool([tool, "-r", source_vmdk, "-t", "0", self.disk_path])
                 if size_mb > -(-vmdk_capacity(self.disk_path) // (1 << 20)):
                     self._run_tool([tool, "-x", f"{size_mb}MB", self.disk_path])
-            else:
-                self._run_tool([tool, "-c", "-t", "0", "-s", f"{size_mb}MB", "-a", "lsilogic", self.disk_path])
+            else:  # arm VMs have no LSI Logic adapter: an NVMe disk there (reference c2)
+                adapter = "nvme" if self.vm_arch() == "arm" else "lsilogic"
+                self._run_tool([tool, "-c", "-t", "0", "-s", f"{size_mb}MB", "-a", adapter, self.disk_path])
         elif kind == "qemu-img":
             if source_vmdk:
                 # qemu-img cannot resize a VMDK: make the target at its final size, then copy into it.
                 size = max(size_mb << 20, vmdk_capacity(source_vmdk))
-                self._run_tool([tool, "create", "-f", "vmdk", "-o", "adapter_type=lsilogic", self.disk_path, str(size)])
+                # qemu-img has no NVMe adapter type; what Fusion makes of an ide-typed VMDK on NVMe is
+                # UNCONFIRMED (reference VM-2) - the descriptor hint is left at qemu-img's default there.
+                adapter = [] if self.vm_arch() == "arm" else ["-o", "adapter_type=lsilogic"]
+                self._run_tool([tool, "create", "-f", "vmdk", *adapter, self.disk_path, str(size)])
                 self._run_tool([tool, "convert", "-n", "--target-is-zero", "-O", "vmdk", source_vmdk, self.disk_path])
             else:
                 self._run_tool([tool, "create", "-f", "vmdk", self.disk_path, f"{size_mb}M"])
@@ -343,7 +463,7 @@ class VMwareDriver(Driver):
     def share(self) -> tuple[str, str] | None:
         if self.config.get("NoShare"):
             return None
-        name, path = share_default()
+        name, path = share_default(self.host.os)
         return (name, path) if os.path.isdir(path) else None
 
     def seed_shares(self) -> list[tuple[str, str, str]]:
@@ -365,7 +485,7 @@ class VMwareDriver(Driver):
             from pymachine.engine import images
 
             vmdk, _info = images.disk_for_driver(images.default_cache_dir(self.store_path), "vmdk",
-                                                 lambda m: log(f"({name}) {m}"))
+                                                 lambda m: log(f"({name}) {m}"), **self._image_arch())
             base = str(vmdk)
         is_iso = source is not None and (
             urlsplit(source).path.lower().endswith(".iso") if "://" in source else source.lower().endswith(".iso"))
@@ -402,7 +522,8 @@ class VMwareDriver(Driver):
             self.config["ConfigDriveISO"] = drive
         vmx = render_vmx(name=name, cpu=int(self.config["CPU"]), memory=int(self.config["Memory"]),
                          disk=os.path.basename(self.disk_path), iso=iso, config_drive=drive, share=self.share(),
-                         boot_order="cdrom,hdd" if is_iso else "hdd,cdrom")
+                         boot_order="cdrom,hdd" if is_iso else "hdd,cdrom", arch=self.vm_arch(),
+                         firmware=str(self.config.get("Firmware") or "bios"))
         fd = os.open(self.vmx_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(vmx)
@@ -449,7 +570,7 @@ class VMwareDriver(Driver):
                                 timeout=max(1.0, min(IP_CALL_WAIT, left))).strip()
             except MachineError:
                 ip = ""
-            if not ip or ip == "unknown":
+            if not plausible_guest_ip(ip, nat_subnet(dhcp_conf_files(self.host.os))):
                 ip = self.lease_ip()
             if ip:
                 self.config["IPAddress"] = ip
@@ -466,7 +587,7 @@ class VMwareDriver(Driver):
         except OSError:
             return ""
         mac = cfg.get("ethernet0.generatedAddress") or cfg.get("ethernet0.address") or ""
-        return ip_from_leases(mac, lease_files()) if mac else ""
+        return ip_from_leases(mac, lease_files(self.host.os)) if mac else ""
 
     # Addresses -------------------------------------------------------------------------
     def engine_url(self) -> str:
@@ -482,11 +603,11 @@ class VMwareDriver(Driver):
 
     # State and lifecycle ---------------------------------------------------------------
     def state(self, timeout: float = 10.0) -> State:
-        running = self.running_vmx(self.vmrun("list", timeout=max(1.0, timeout)))
+        running = self.running_vmx(self.vmrun("list", timeout=max(1.0, timeout)), self.host)
         return self._state_from(running)
 
     def _state_from(self, running: set[str]) -> State:
-        if os.path.normpath(self.vmx_path) in running:
+        if vmx_key(self.vmx_path, self.host) in running:
             return State.RUNNING
         if not os.path.exists(self.vmx_path):
             raise MachineError(f"machine does not exist: {self.vmx_path} is missing")
@@ -498,7 +619,7 @@ class VMwareDriver(Driver):
         mine = [d for d in drivers if isinstance(d, VMwareDriver)]
         if not mine:
             return {}
-        running = cls.running_vmx(mine[0].vmrun("list", timeout=max(1.0, timeout)))
+        running = cls.running_vmx(mine[0].vmrun("list", timeout=max(1.0, timeout)), mine[0].host)
         out = {}
         for d in mine:
             try:
@@ -536,9 +657,16 @@ class VMwareDriver(Driver):
     def remove(self, log: Log) -> None:
         if not os.path.exists(self.vmx_path):
             return
-        if os.path.normpath(self.vmx_path) in self.running_vmx(self.vmrun("list")):
+        if vmx_key(self.vmx_path, self.host) in self.running_vmx(self.vmrun("list"), self.host):
             self.vmrun("stop", self.vmx_path, "hard")
         self.vmrun("deleteVM", self.vmx_path)
+
+
+def dhcp_conf_files(platform: str = sys.platform) -> list[str]:
+    raw = os.environ.get(DHCP_CONF_ENV, "")
+    if raw:
+        return [p for p in raw.split(os.pathsep) if p]
+    return list(DHCP_CONF_FILES.get("linux" if platform.startswith("linux") else platform, ()))
 
 
 def lease_files(platform: str = sys.platform) -> list[str]:

@@ -17,6 +17,16 @@ Knobs (environment):
 - ``FAKE_VMRUN_LEASES`` + ``FAKE_VMRUN_LEASE_IP``: ``start`` plays vmnet-dhcpd and
   appends a lease of that IP for the VM's MAC (``ethernet0.generatedAddress``,
   which ``start`` writes into the .vmx as VMware does) to that lease file.
+- ``FAKE_VMRUN_PRODUCT``: ``ws17`` (Workstation 17, default), ``fusion13`` (Fusion 13
+  on an Intel Mac) or ``fusion13-arm`` (Fusion 13 on Apple Silicon).  ``start``
+  checks the .vmx against what that product takes, per
+  /work/shared/reference/virtualbox7-vmware.md section c ("ref cN"); Fusion's and
+  Workstation's exact error texts are UNCONFIRMED there, so the messages here are the fake's.
+- ``FAKE_VMRUN_LIST_REALPATH=1``: ``list`` prints each .vmx's real path (``/tmp`` is
+  ``/private/tmp`` on macOS); ``FAKE_VMRUN_LIST_UPPER=1``: upper-cased, as a case-insensitive
+  file system may hand a path back.  Which form vmrun prints is UNCONFIRMED (ref Part 2, VM-4).
+
+The fake is strict: unknown commands, host types and arguments fail.
 """
 
 from __future__ import annotations
@@ -57,17 +67,65 @@ def vm_of(state: dict, vmx: str) -> dict:
                                                              "shares": {}, "shares_enabled": False})
 
 
+DEVICE_SLOTS = ("scsi0:0", "ide1:0", "ide1:1", "nvme0:0", "sata0:0", "sata0:1")
+
+
+def product() -> str:
+    return os.environ.get("FAKE_VMRUN_PRODUCT", "ws17")
+
+
+def disk_slot(cfg: dict[str, str]) -> str:
+    return next((s for s in ("scsi0:0", "nvme0:0", "sata0:0") if cfg.get(f"{s}.present") == "TRUE"
+                 and cfg.get(f"{s}.deviceType", "disk") != "cdrom-image"), "")
+
+
+def invalid(vmx: str, why: str) -> Fail:
+    return Fail(f"Error: The virtual machine configuration is not valid: {why} in {vmx}")
+
+
+def check_product(vmx: str, cfg: dict[str, str]) -> None:
+    """What the selected product takes (ref c1, c2)."""
+    arm_host = product() == "fusion13-arm"
+    guest = cfg.get("guestOS", "")
+    firmware = cfg.get("firmware", "bios")
+    if firmware not in ("bios", "efi"):
+        raise invalid(vmx, f"firmware {firmware!r}")
+    if not cfg.get("virtualHW.version", "").isdigit():
+        raise invalid(vmx, "virtualHW.version")
+    if not arm_host:
+        if guest.startswith("arm-"):
+            raise invalid(vmx, f"guestOS {guest!r} needs an Apple silicon Mac")
+        return
+    # "We don't plan to support installing or running x86 VMs on Macs with Apple silicon" (VMW-BLOG).
+    if not guest.startswith("arm-"):
+        raise invalid(vmx, f"guestOS {guest!r} is not an arm guest; Apple silicon runs arm VMs only")
+    # Arm VMs are UEFI; what Fusion does without the key is UNCONFIRMED - the fake demands it (ref c2).
+    if firmware != "efi":
+        raise invalid(vmx, 'an arm VM needs firmware = "efi"')
+    # Packer's platform notes: CD on SATA, disk on SATA or NVMe, no LSI Logic (so no scsi0), no IDE.
+    for key in cfg:
+        if key.startswith(("ide", "scsi")) and key.endswith(".present") and cfg[key] == "TRUE":
+            raise invalid(vmx, f"{key.split('.')[0]} (IDE/SCSI) is not available on Apple silicon")
+    if cfg.get("ethernet0.virtualDev") not in ("e1000e", "vmxnet3"):
+        raise invalid(vmx, f"ethernet0.virtualDev {cfg.get('ethernet0.virtualDev')!r} on Apple silicon")
+    if int(cfg["virtualHW.version"]) < 19:  # Packer's MinimumHardwareVersion; the arm minimum is UNCONFIRMED
+        raise invalid(vmx, f"virtualHW.version {cfg['virtualHW.version']} is older than this product supports")
+
+
 def check_vmx(vmx: str) -> dict[str, str]:
     cfg = parse_vmx(Path(vmx))
     base = Path(vmx).parent
     for key in ("memsize", "numvcpus"):
         if not cfg.get(key, "").isdigit():
-            raise Fail(f"Error: The virtual machine configuration is not valid: {key} in {vmx}")
-    for key in ("scsi0:0.fileName", "ide1:0.fileName", "ide1:1.fileName"):
-        if cfg.get(key.split(".")[0] + ".present") == "TRUE":
-            target = base / cfg.get(key, "")
+            raise invalid(vmx, key)
+    check_product(vmx, cfg)
+    for slot in DEVICE_SLOTS:
+        if cfg.get(f"{slot}.present") == "TRUE":
+            target = base / cfg.get(f"{slot}.fileName", "")
             if not target.is_file():
                 raise Fail(f"Error: File not found: {target}")
+    if not disk_slot(cfg):
+        raise invalid(vmx, "no hard disk")
     return cfg
 
 
@@ -82,6 +140,8 @@ def run(state: dict, argv: list[str]) -> str:
         if flag == "-T":
             if value not in ("ws", "fusion", "player", "server", "esx"):
                 raise Fail(f"Error: Unrecognized host type: {value}")
+            if value != ("fusion" if product().startswith("fusion") else "ws"):
+                raise Fail("Error: Unable to connect to host.\nError: The specified version was not found")
             host_type = value
         elif flag == "-gu":
             user = value
@@ -95,7 +155,13 @@ def run(state: dict, argv: list[str]) -> str:
     if fail and words[:len(fail)] == fail:
         raise Fail(f"Error: injected failure of '{' '.join(fail)}'")
     if cmd == "list":
+        if rest:
+            raise Fail(f"Error: Invalid number of arguments for {cmd}" + USAGE)
         running = [p for p, v in state["vms"].items() if v["state"] == "on"]
+        if os.environ.get("FAKE_VMRUN_LIST_REALPATH") == "1":
+            running = [os.path.realpath(p) for p in running]
+        if os.environ.get("FAKE_VMRUN_LIST_UPPER") == "1":
+            running = [p.upper() for p in running]
         return f"Total running VMs: {len(running)}\n" + "".join(p + "\n" for p in running)
     if not rest:
         raise Fail(f"Error: Invalid number of arguments for {cmd}" + USAGE)
@@ -124,7 +190,8 @@ def run(state: dict, argv: list[str]) -> str:
         vm["state"] = "on"
         vm["host_type"] = host_type
         vm["boot_order"] = cfg.get("bios.bootOrder", "")
-        with open(Path(vmx).parent / cfg["scsi0:0.fileName"], "rb") as fh:  # what the BIOS would read
+        vm["firmware"] = cfg.get("firmware", "bios")
+        with open(Path(vmx).parent / cfg[f"{disk_slot(cfg)}.fileName"], "rb") as fh:  # what the firmware would read
             vm["disk_magic"] = fh.read(4).decode("latin-1")
         return ""
     if cmd == "stop":
@@ -140,7 +207,8 @@ def run(state: dict, argv: list[str]) -> str:
         if on:
             raise Fail("Error: The virtual machine is in use")
         cfg = parse_vmx(Path(vmx))
-        disk = Path(vmx).parent / cfg.get("scsi0:0.fileName", "")
+        slot = disk_slot(cfg)
+        disk = Path(vmx).parent / cfg.get(f"{slot}.fileName", "") if slot else Path(vmx).parent / "-"
         if disk.is_file():
             disk.unlink()
         Path(vmx).unlink()

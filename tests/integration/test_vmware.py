@@ -25,6 +25,9 @@ from tests.fakes import vmrun
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) not installed")]
 GUEST_IP = "127.0.0.9"  # loopback: nothing is dialled outside this machine
+#: Fusion 13 on an Intel Mac / on Apple Silicon: the fake's product and the driver's host parameter.
+FUSION_INTEL = {"FAKE_VMRUN_PRODUCT": "fusion13", "PYMACHINE_VMWARE_HOST": "darwin/x86_64"}
+FUSION_ARM = {"FAKE_VMRUN_PRODUCT": "fusion13-arm", "PYMACHINE_VMWARE_HOST": "darwin/arm64"}
 
 
 class FakeVmrun:
@@ -161,8 +164,8 @@ def test_fusion_configdrive_and_password_kept_secret(pm, fake, tmp_path):
     res = pm("create", "-d", "vmwarefusion", "--vmwarefusion-boot2docker-url", str(fake.iso),
              "--vmwarefusion-configdrive-url", str(drive), "--vmwarefusion-disk-size", "16",
              "--vmwarefusion-ssh-password", "s3cret-pw", "--vmwarefusion-no-share", "fu1",
-             env={"FAKE_VMRUN_GUEST_PASSWORD": "s3cret-pw"})
-    assert f"Unable to connect to {GUEST_IP}:22" in res.stderr, res.stdout + res.stderr
+             env={"FAKE_VMRUN_GUEST_PASSWORD": "s3cret-pw", **FUSION_INTEL})
+    assert res.returncode == 1 and f"Unable to connect to {GUEST_IP}:22" in res.stderr, res.stdout + res.stderr
     mdir = pm.store / "machines" / "fu1"
     calls = fake.calls()
     assert calls[0] == ["-T", "fusion", "start", str(mdir / "fu1.vmx"), "nogui"]
@@ -249,8 +252,9 @@ def test_default_image_disk_seed_and_hgfs_share(pm, fake, tmp_path):
 
     # --no-share: no shared folder in the .vmx nor in the seed; the export is reused; never below the image.
     fake.reset_log()
-    res = pm("create", "-d", "vmwarefusion", "--vmwarefusion-no-share", "--vmwarefusion-disk-size", "16", "fu-img")
-    assert "converting" not in res.stderr, res.stderr
+    res = pm("create", "-d", "vmwarefusion", "--vmwarefusion-no-share", "--vmwarefusion-disk-size", "16", "fu-img",
+             env=FUSION_INTEL)
+    assert res.returncode == 1 and "converting" not in res.stderr, res.stderr
     fdir = pm.store / "machines" / "fu-img"
     assert "sharedFolder0.present" not in vmx_of(fdir / "fu-img.vmx")
     assert "pymachine/fstab" not in read_seed_iso(fdir / "seed.iso")
@@ -260,7 +264,8 @@ def test_default_image_disk_seed_and_hgfs_share(pm, fake, tmp_path):
     fake.reset_log()
     pm.ok("stop", "ws-img")  # the image runs open-vm-tools: a soft stop
     assert fake.calls()[-1] == ["-T", "ws", "stop", vmx_path, "soft"] and fake.vms()[vmx_path]["last_stop"] == "soft"
-    pm.ok("rm", "-y", "ws-img", "fu-img")
+    pm.ok("rm", "-y", "ws-img")
+    pm.ok("rm", "-y", "fu-img", env=FUSION_INTEL)
     assert fake.vms() == {} and not (pm.store / "machines" / "ws-img").exists() and exported.is_file()
 
 
