@@ -605,7 +605,7 @@ class GoogleDriver(Driver):
                 log(f"({self.machine_name}) Instance {self.machine_name} in {self.zone} was not made by this "
                     "machine's create; leaving it")
             disk = api.get(f"/zones/{self.zone}/disks/{self.disk_name}")
-            if self._made_by_this_create(disk) and not disk.get("users"):
+            if disk is not None and self._made_by_this_create(disk) and not disk.get("users"):
                 api.wait(api.call("DELETE", f"/zones/{self.zone}/disks/{self.disk_name}"), limit)
         self._drop_firewall_if_unused(api, limit, log)
 

@@ -112,6 +112,7 @@ def test_wrong_key_is_refused_without_printing_it(pm, fake, tmp_path):
     ("--google-network", "nope", "--google-network"),
     ("--google-project", "someone-elses", "someone-elses"),
     ("--google-tags", "Bad_Tag", "--google-tags"),
+    ("--google-address", "no-such-address", "--google-address"),
 ])
 def test_unknown_placement_is_a_precreate_error(pm, fake, sa_file, flag, value, expect):
     res = pm("create", "-d", "google", flag, value, "g1", env=gce_env(fake, sa_file))
@@ -274,6 +275,17 @@ def test_use_existing_keeps_metadata_and_the_instance(pm, fake, sa_file):
     assert inst["metadata"]["items"] == [{"key": "startup-script", "value": "echo hi"}]
     assert "docker-machine" not in inst["tags"]["items"]
     assert fake.firewalls == {}
+
+
+def test_static_address_by_name(pm, fake, sa_file):
+    fake.add_address("docker-ip", "127.78.2.2")
+    driver, _ = stored_machine(pm, fake, sa_file, "g1", **{"google-address": "docker-ip"})
+    [insert] = fake.calls("POST", "/zones/us-central1-a/instances")
+    assert insert.body["networkInterfaces"][0]["accessConfigs"] == [
+        {"type": "ONE_TO_ONE_NAT", "name": "External NAT", "natIP": "127.78.2.2"}]
+    assert driver.config["IPAddress"] == "127.78.2.2"
+    pm.ok("rm", "-y", "g1")
+    assert fake.addresses, "a reserved address is the user's: rm keeps it"
 
 
 def test_authorized_user_adc_from_gcloud_dir(pm, fake, tmp_path):
