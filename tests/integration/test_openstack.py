@@ -238,3 +238,13 @@ def test_user_keypair_is_used_and_kept(pm, fake, tmp_path):
     assert fake.servers[driver.config["MachineId"]]["key_name"] == "mine"
     pm.ok("rm", "-y", "o1")
     assert list(fake.keypairs) == ["mine"] and fake.servers == {}
+
+
+def test_tls_trust_is_per_machine(pm, fake):
+    res = pm("create", "-d", "openstack", "o1", env=os_env(fake, OS_CACERT=""))
+    assert res.returncode == 3
+    assert "CERTIFICATE_VERIFY_FAILED" in one_line_error(res) or "certificate verify failed" in res.stderr
+    res = pm("create", "-d", "openstack", "--openstack-net-name", "nonet", "o1",
+             env=os_env(fake, OS_CACERT="", OS_INSECURE="true"))
+    assert res.returncode == 3 and "Unable to find network named nonet" in one_line_error(res)
+    assert_nothing_left(pm, fake, "o1")
