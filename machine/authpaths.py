@@ -4,6 +4,9 @@ docker-machine wrote absolute paths into config.json.  A store that was moved
 (another home directory, a copied backup) keeps those stale paths; where a
 recorded file is missing but the same file exists in this store, pymachine
 uses the store's copy instead of failing, so moved stores keep working.
+The CA and client pair may live outside the store (``--tls-ca-cert`` and
+friends); the machine's own files are always found from the store and the
+machine's directory name, whatever config.json records.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ def machine_tls(store: Store, host: Host) -> MachineTLS:
         ca_key=_pick(auth.get("CaPrivateKeyPath"), certs / "ca-key.pem"),
         client_cert=_pick(auth.get("ClientCertPath"), certs / "cert.pem"),
         client_key=_pick(auth.get("ClientKeyPath"), certs / "key.pem"),
-        server_cert=_pick(auth.get("ServerCertPath"), mdir / "server.pem"),
-        server_key=_pick(auth.get("ServerKeyPath"), mdir / "server-key.pem"),
+        # The server pair is always the machine directory's own (docker-machine never put it
+        # elsewhere): a ServerKeyPath edited to name another file is never read and uploaded.
+        server_cert=mdir / "server.pem",
+        server_key=mdir / "server-key.pem",
         cert_dir=_client_dir(mdir, auth.get("CertDir"), certs),
     )

@@ -98,40 +98,12 @@ def cmd_rm(ctx: Context, args: list[str]) -> int:
 
 
 def remove_one(ctx: Context, name: str, force: bool, assume_yes: bool = False) -> None:
-    from pymachine.machine.host import Machine
+    """One machine through the library's rm (machine.removal); a store that cannot be written is one line."""
+    from pymachine.machine.removal import remove_machine
 
-    ctx.store.sweep_removals()  # finish what a killed rm left behind
-    ctx.store.require(name)  # validated before the lock touches the disk
-    with ctx.store.lock(name), os_errors_as_messages(f"remove {name}", ctx.store.machine_dir(name)):
-        ctx.store.require(name)  # a concurrent rm may have won while we waited
-        try:
-            machine = Machine.load(ctx.store, name)
-        except MachineError:
-            if not force:
-                raise
-            ctx.store.remove(name)  # a broken directory: -f removes what is there, nothing else
-            return
-        except Exception as exc:  # noqa: BLE001 -- a config no driver can read is broken too
-            if not force:
-                raise MachineError(f"cannot load machine {name!r}: {exc.__class__.__name__} "
-                                   f"(remove it with 'pymachine rm -f {name}')") from None
-            ctx.store.remove(name)
-            return
-        from pymachine.machine import swarm  # a swarm node drains and leaves its cluster first
-
-        if not swarm.before_remove(machine, ctx.out, confirm, assume_yes):
-            raise MachineError("removal cancelled: it is the last swarm manager")
-        machine.remove(ctx.out, force=force)
-    _forget_context(ctx, name)
-
-
-def _forget_context(ctx: Context, name: str) -> None:
-    try:
-        from pymachine.machine import docker_context
-
-        docker_context.remove_context(name, environ=ctx.environ)
-    except (ImportError, OSError, MachineError):
-        pass
+    with os_errors_as_messages(f"remove {name}", ctx.store.machines_dir):
+        remove_machine(ctx.store, name, force=force, log=ctx.out, confirm=confirm,
+                       assume_yes=assume_yes, environ=ctx.environ)
 
 
 def _not_provisionable(machine) -> MachineError:

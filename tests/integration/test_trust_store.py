@@ -198,3 +198,21 @@ def test_one_bad_config_is_one_error_row_removable_with_rm_f(pm, kind):
 
     pm.ok("rm", "-f", name)
     assert set(ls_rows(pm)) == {"good"}
+
+
+def test_recorded_server_key_path_never_reads_a_file_outside_the_machine(pm, tmp_path):
+    """A ServerKeyPath edited to name another file is ignored: provisioning would upload it."""
+    from pymachine.machine.authpaths import machine_tls
+    from pymachine.machine.store import Store
+
+    pm.ok("create", "-d", "none", "--url", URL, "m")
+    secret = tmp_path / "id_rsa"
+    secret.write_text("not for the machine")
+    config = pm.store / "machines" / "m" / "config.json"
+    data = json.loads(config.read_text())
+    data["HostOptions"]["AuthOptions"].update(ServerKeyPath=str(secret), ServerCertPath=str(secret))
+    config.write_text(json.dumps(data))
+    store = Store(pm.store)
+    tls = machine_tls(store, store.load("m"))
+    assert tls.server_key == pm.store / "machines" / "m" / "server-key.pem"
+    assert tls.server_cert == pm.store / "machines" / "m" / "server.pem"
