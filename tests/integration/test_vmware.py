@@ -330,3 +330,112 @@ def test_vmrun_missing_is_exit_3(pm, fake):
     assert res.stderr.strip() == "Error with pre-create check: vmrun not found: install VMware Workstation and put vmrun on PATH" \
         or res.stderr.strip().endswith("vmrun not found: install VMware Workstation and put vmrun on PATH"), res.stderr
     assert not (pm.store / "machines" / "novm").exists()
+
+
+# Fusion 13 on Apple Silicon, Workstation 17 EFI, guest IP checks, vmrun list matching ---------------
+
+def test_fusion_on_apple_silicon_writes_an_arm_vmx_the_product_accepts(pm, fake):
+    """The arm64 base image on NVMe, the seed on a SATA CD, EFI, an arm guest OS, e1000e, hardware 20:
+    what Fusion 13 on Apple Silicon takes (reference c2); the fake's fusion13-arm check starts it."""
+    image = fake_base_image.make_fake_image(pm.store, arch="arm64")
+    res = pm("create", "-d", "vmwarefusion", "--vmwarefusion-no-share", "--vmwarefusion-disk-size", "64", "fa",
+             env=FUSION_ARM)
+    assert res.returncode == 1 and f"Unable to connect to {GUEST_IP}:22" in res.stderr, res.stdout + res.stderr
+    mdir = pm.store / "machines" / "fa"
+    vmx = vmx_of(mdir / "fa.vmx")
+    assert {k: vmx[k] for k in ("guestOS", "firmware", "virtualHW.version", "ethernet0.virtualDev",
+                                "nvme0.present", "nvme0:0.fileName", "sata0:0.fileName", "sata0:0.deviceType",
+                                "usb_xhci.present", "bios.bootOrder")} == {
+        "guestOS": "arm-debian12-64", "firmware": "efi", "virtualHW.version": "20", "ethernet0.virtualDev": "e1000e",
+        "nvme0.present": "TRUE", "nvme0:0.fileName": "fa.vmdk", "sata0:0.fileName": str(mdir / "seed.iso"),
+        "sata0:0.deviceType": "cdrom-image", "usb_xhci.present": "TRUE", "bios.bootOrder": "hdd,cdrom"}
+    assert not any(k.startswith(("ide", "scsi")) for k in vmx), "no IDE, no LSI Logic on Apple Silicon"
+    state = fake.vms()[str(mdir / "fa.vmx")]
+    assert state["state"] == "on" and state["firmware"] == "efi" and state["disk_magic"] == "KDMV"
+    cmp = subprocess.run(["qemu-img", "compare", str(image.disk), str(mdir / "fa.vmdk")],
+                         check=False, capture_output=True, text=True)
+    assert cmp.returncode == 0, "the arm64 image's content is the machine's disk"
+    cfg = json.loads((mdir / "config.json").read_text())["Driver"]
+    assert (cfg["Arch"], cfg["Firmware"]) == ("arm", "efi")
+    pm.ok("rm", "-y", "fa", env=FUSION_ARM)
+    assert fake.vms() == {}
+
+
+@pytest.mark.parametrize("extra, message, code", [
+    (["--vmwarefusion-firmware", "bios"], "--vmwarefusion-firmware bios: arm VMs on Apple Silicon boot EFI only", None),
+    (["--vmwarefusion-boot2docker-url", "ISO"], "boot2docker ISOs are x86-only", 3),
+])
+def test_fusion_on_apple_silicon_refusals_are_one_line(pm, fake, extra, message, code):
+    extra = [str(fake.iso) if a == "ISO" else a for a in extra]
+    res = pm("create", "-d", "vmwarefusion", *extra, "--vmwarefusion-no-share", "nope", env=FUSION_ARM)
+    assert res.returncode != 0 and (code is None or res.returncode == code), res.stderr
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (pm.store / "machines" / "nope").exists() and fake.calls() == []
+
+
+def test_fake_fusion_arm_refuses_an_x86_vmx(pm, fake):
+    """The fake is strict: docker-machine's x86 .vmx (IDE CD, LSI Logic, no EFI) is not started on
+    Apple Silicon, and the failed create leaves nothing."""
+    res = pm("create", "-d", "vmwarefusion", "--vmwarefusion-boot2docker-url", str(fake.iso),
+             "--vmwarefusion-no-share", "--vmwarefusion-disk-size", "16", "x86",
+             env={**FUSION_ARM, "PYMACHINE_VMWARE_HOST": "darwin/x86_64"})
+    assert res.returncode == 1, res.stderr
+    assert "is not an arm guest; Apple silicon runs arm VMs only" in res.stderr
+    assert fake.vms() == {} and not (pm.store / "machines" / "x86").exists()
+
+
+def test_workstation_efi_firmware_option(pm, fake):
+    res = pm(*ws_args(fake, "efi1", "--vmwareworkstation-firmware", "efi", "--vmwareworkstation-no-share"))
+    assert res.returncode == 1 and f"Unable to connect to {GUEST_IP}:22" in res.stderr, res.stdout + res.stderr
+    mdir = pm.store / "machines" / "efi1"
+    vmx = vmx_of(mdir / "efi1.vmx")
+    assert (vmx["firmware"], vmx["guestOS"], vmx["scsi0.virtualDev"]) == ("efi", "other3xlinux-64", "lsilogic")
+    assert fake.vms()[str(mdir / "efi1.vmx")]["firmware"] == "efi"
+    res = pm(*ws_args(fake, "bios1", "--vmwareworkstation-no-share"))
+    assert res.returncode == 1
+    assert "firmware" not in vmx_of(pm.store / "machines" / "bios1" / "bios1.vmx"), "BIOS stays the default"
+    res = pm(*ws_args(fake, "bad", "--vmwareworkstation-firmware", "uefi"))
+    assert res.returncode != 0 and res.stderr.strip() == \
+        "--vmwareworkstation-firmware must be bios or efi, got 'uefi'", res.stderr
+    assert not (pm.store / "machines" / "bad").exists()
+
+
+@pytest.mark.parametrize("answer", ["172.17.0.1", "127.0.0.1", "10.9.9.9"], ids=["docker0", "gateway", "off-subnet"])
+def test_implausible_guest_ip_answer_is_ignored_for_the_lease(pm, fake, tmp_path, answer):
+    """open-vm-tools may name docker0 (172.17.0.1) or a gateway; an address outside vmnet8's subnet is
+    not the NAT NIC's either: the vmnet DHCP lease of the VM's MAC is used instead."""
+    leases, conf = tmp_path / "dhcpd.leases", tmp_path / "dhcpd.conf"
+    leases.write_text("")
+    conf.write_text("allow unknown-clients;\nsubnet 127.0.0.0 netmask 255.0.0.0 {\n  range 127.0.0.2 127.0.0.254;\n}\n")
+    env = {"FAKE_VMRUN_GUEST_IP": answer, "FAKE_VMRUN_LEASES": str(leases), "FAKE_VMRUN_LEASE_IP": GUEST_IP,
+           "PYMACHINE_VMWARE_DHCP_LEASES": str(leases), "PYMACHINE_VMWARE_DHCP_CONF": str(conf)}
+    res = pm(*ws_args(fake, "ip1", "--vmwareworkstation-no-share"), env=env)
+    assert res.returncode == 1 and f"Unable to connect to {GUEST_IP}:22" in res.stderr, res.stdout + res.stderr
+    assert json.loads((pm.store / "machines" / "ip1" / "config.json").read_text())["Driver"]["IPAddress"] == GUEST_IP
+
+
+def test_vmrun_list_matched_after_realpath_and_case_folding(pm, fake, tmp_path):
+    """The store reached through a symlink (macOS's /tmp is /private/tmp) and vmrun printing the real
+    path; a path printed in other case matches where the host's file system folds case (macOS), not on Linux."""
+    link = tmp_path / "linked-store"
+    pm.store.mkdir(exist_ok=True)
+    link.symlink_to(pm.store)
+    env = {"MACHINE_STORAGE_PATH": str(link)}
+    res = pm(*ws_args(fake, "ws1", "--vmwareworkstation-no-share"), env=env)
+    assert res.returncode == 1 and f"Unable to connect to {GUEST_IP}:22" in res.stderr, res.stderr
+    forget_provisioning_error(pm, "ws1")
+    assert pm.ok("status", "ws1", env=env).stdout.strip() == "Running"
+    real = {**env, "FAKE_VMRUN_LIST_REALPATH": "1"}
+    assert fake.calls()[-1] == ["-T", "ws", "list"]
+    assert pm.ok("status", "ws1", env=real).stdout.strip() == "Running"
+    assert pm.ok("ls", "--format", "{{.Name}} {{.State}}", env=real).stdout.split() == ["ws1", "Running"]
+    upper = {**env, "FAKE_VMRUN_LIST_UPPER": "1"}
+    assert pm.ok("status", "ws1", env=upper).stdout.strip() == "Stopped", "Linux file systems keep case"
+    res = pm("create", "-d", "vmwarefusion", "--vmwarefusion-boot2docker-url", str(fake.iso),
+             "--vmwarefusion-no-share", "--vmwarefusion-disk-size", "16", "fu1", env={**env, **FUSION_INTEL})
+    assert res.returncode == 1 and f"Unable to connect to {GUEST_IP}:22" in res.stderr, res.stderr
+    forget_provisioning_error(pm, "fu1")
+    both = {**env, **FUSION_INTEL, "FAKE_VMRUN_LIST_UPPER": "1", "FAKE_VMRUN_LIST_REALPATH": "1"}
+    assert pm.ok("status", "fu1", env=both).stdout.strip() == "Running", "APFS folds case"
+    pm.ok("rm", "-y", "-f", "fu1", env=both)  # matched as running: stopped hard, then deleted for real
+    assert [Path(p).name for p in fake.vms()] == ["ws1.vmx"]
