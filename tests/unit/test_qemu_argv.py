@@ -36,7 +36,7 @@ def test_argv_direct_kernel_boot_and_forwards(tmp_path: Path) -> None:
     assert opt(argv, "-accel") == ["tcg"]
     assert opt(argv, "-smp") == ["2"] and opt(argv, "-m") == ["1536M"]
     assert opt(argv, "-kernel") == ["/img/vmlinuz"] and opt(argv, "-initrd") == ["/img/initrd.img"]
-    assert opt(argv, "-append") == ["console=ttyS0 root=LABEL=pymachine-root rw"]
+    assert opt(argv, "-append") == ["console=ttyS0 root=LABEL=pymachine-root rw systemd.mask=apparmor.service"]
     drives = opt(argv, "-drive")
     assert drives[0] == f"file={d}/disk.qcow2,if=virtio,format=qcow2,discard=unmap"
     assert drives[1] == f"file={d}/seed.iso,if=virtio,format=raw,readonly=on"
