@@ -288,8 +288,14 @@ class VBoxAPIBackend:
 
     def _showvminfo(self, args: list[str]) -> str:
         m = self._machine(args[1])
-        lines = [f'name="{m.name}"', f'UUID="{m.id}"', f'CfgFile="{m.settingsFilePath}"',
-                 f"memory={m.memorySize}", f"cpus={m.CPUCount}", f'VMState="{self._state_word(m)}"']
+        lines = [f'name="{m.name}"']
+        platform = getattr(m, "platform", None)  # 7.1+: IMachine.platform.architecture (x86 or ARM)
+        if platform is not None:
+            arch = self._named("PlatformArchitecture", platform.architecture, (("x86", "x86"), ("ARM", "ARM")), "")
+            if arch:
+                lines.append(f'platformArchitecture="{arch}"')
+        lines += [f'UUID="{m.id}"', f'CfgFile="{m.settingsFilePath}"',
+                  f"memory={m.memorySize}", f"cpus={m.CPUCount}", f'VMState="{self._state_word(m)}"']
         for slot in range(MAX_NICS):
             lines.extend(self._nic_lines(m.getNetworkAdapter(slot), slot + 1))
         return "\n".join(lines) + "\n"
@@ -305,6 +311,8 @@ class VBoxAPIBackend:
             lines += [f'Forwarding({i})="{rule}"' for i, rule in enumerate(rules)]
         elif kind == "hostonly":
             lines.append(f'hostonlyadapter{n}="{nic.hostOnlyInterface}"')
+        elif kind == "hostonlynetwork":  # 7.x macOS host-only network (INetworkAdapter.hostOnlyNetwork)
+            lines.append(f'hostonly-network{n}="{nic.hostOnlyNetwork}"')
         lines += [f'macaddress{n}="{nic.MACAddress}"',
                   f'cableconnected{n}="{"on" if nic.cableConnected else "off"}"',
                   f'nic{n}="{kind}"',

@@ -425,3 +425,28 @@ def test_started_through_the_api_forwards_nat_ssh_until_powered_off(vbox, bindin
         api.run(["controlvm", "vb1", "poweroff"])
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_virtualbox_7_macos_arm_names_answer_as_vboxmanage_does(vbox, binding, monkeypatch):
+    """7.x API names: a host-only *network* NIC (INetworkAdapter.hostOnlyNetwork -> hostonly-network2),
+    7.1's IMachine.platform.architecture, and the AbortedSaved state, by name (reference a4, a8)."""
+    for knob, value in (("FAKE_VBOX_VERSION", "7.2.4r170995"), ("FAKE_VBOX_HOST_OS", "darwin"),
+                        ("FAKE_VBOX_HOST_ARCH", "arm64")):
+        monkeypatch.setenv(knob, value)
+    vbox.vbm("createvm", "--name", "arm1", "--platform-architecture", "arm", "--register")
+    vbox.vbm("hostonlynet", "add", "--name=net1", "--netmask=255.255.255.0", "--lower-ip=192.168.56.1",
+             "--upper-ip=192.168.56.254")
+    vbox.vbm("modifyvm", "arm1", "--nic2", "hostonlynet", "--host-only-net2", "net1", "--nic-type2", "virtio")
+    cli, api = vbox.cli(), api_backend(vbox)
+    info_api = parse_machinereadable(api.run(["showvminfo", "arm1", "--machinereadable"])[0])
+    info_cli = parse_machinereadable(cli.run(["showvminfo", "arm1", "--machinereadable"])[0])
+    for key in ("platformArchitecture", "nic2", "hostonly-network2", "macaddress2", "nictype2", "VMState"):
+        assert info_api[key] == info_cli[key], key
+    assert (info_api["platformArchitecture"], info_api["nic2"], info_api["hostonly-network2"]) == (
+        "ARM", "hostonlynetwork", "net1")
+    path = vbox.home / "state.json"
+    state = json.loads(path.read_text())
+    next(iter(state["vms"].values()))["state"] = "aborted-saved"
+    path.write_text(json.dumps(state))
+    assert api.run(["showvminfo", "arm1", "--machinereadable"])[0].count('VMState="aborted-saved"') == 1
+    assert vbox.driver("arm1", api).state() == State.SAVED == vbox.driver("arm1", cli).state()

@@ -92,6 +92,11 @@ def version_text() -> str:
     return os.environ.get("FAKE_VBOX_VERSION", "6.1.50r161033")
 
 
+def major_minor() -> tuple[int, int]:
+    major, _, rest = version_text().partition(".")
+    return int(major), int(rest.split(".")[0])
+
+
 def major() -> int:
     m = re.match(r"(\d+)", version_text())
     return int(m.group(1)) if m else 6
@@ -149,9 +154,11 @@ _ADAPTERS = ["Null", "Am79C970A", "Am79C973", "I82540EM", "I82543GC", "I82545EM"
 
 #: the fake VBoxManage's state words <-> MachineState names
 STATE_WORDS = {"poweroff": "PoweredOff", "saved": "Saved", "aborted": "Aborted", "running": "Running",
-               "paused": "Paused", "starting": "Starting", "stopping": "Stopping"}
+               "paused": "Paused", "starting": "Starting", "stopping": "Stopping",
+               "aborted-saved": "AbortedSaved"}  # 7.0+ (reference virtualbox7-vmware.md a8)
 NIC_WORDS = {"nat": "NAT", "bridged": "Bridged", "intnet": "Internal", "hostonly": "HostOnly",
-             "generic": "Generic", "natnetwork": "NATNetwork", "null": "Null"}
+             "generic": "Generic", "natnetwork": "NATNetwork", "null": "Null",
+             "hostonlynet": "HostOnlyNetwork"}  # 7.x macOS host-only networks (a4)
 NICTYPE_WORDS = {"Am79C970A": "Am79C970A", "Am79C973": "Am79C973", "82540EM": "I82540EM",
                  "82543GC": "I82543GC", "82545EM": "I82545EM", "virtio": "Virtio"}
 
@@ -164,7 +171,10 @@ class VirtualBoxReflectionInfo:
         self._values: dict[str, int] = {}
         for i, n in enumerate(_STATES_70 if version_major >= 7 else _STATES_61):
             self._values[f"MachineState_{n}"] = i
-        for prefix, names in (("NetworkAttachmentType", _ATTACHMENTS), ("NetworkAdapterType", _ADAPTERS),
+        enums = [("NetworkAttachmentType", _ATTACHMENTS), ("NetworkAdapterType", _ADAPTERS)]
+        if major_minor() >= (7, 1):
+            enums.append(("PlatformArchitecture", ["None", "x86", "ARM"]))  # 7.1's IPlatform
+        for prefix, names in (*enums,
                               ("LockType", ["Null", "Shared", "Write", "VM"]),
                               ("SessionState", ["Null", "Unlocked", "Locked", "Spawning", "Unlocking"])):
             for i, n in enumerate(names):
@@ -250,6 +260,10 @@ class INetworkAdapter:
         return self._setting("hostonlyadapter")
 
     @property
+    def hostOnlyNetwork(self) -> str:
+        return self._setting("hostonlynet")
+
+    @property
     def cableConnected(self) -> bool:
         return self._setting("cableconnected") != "off"
 
@@ -329,6 +343,16 @@ def find(state: dict, key: str) -> dict:
     raise XPCOMException(VBOX_E_OBJECT_NOT_FOUND, f"Could not find a registered machine named '{key}'")
 
 
+class IPlatform:
+    def __init__(self, machine: IMachine) -> None:
+        self._machine = machine
+
+    @property
+    def architecture(self) -> int:
+        word = "ARM" if self._machine._vm().get("arch") == "arm" else "x86"
+        return getattr(self._machine._c, "PlatformArchitecture_" + word)
+
+
 class IMachine:
     """A registered VM, by UUID; every property read goes back to the state file."""
 
@@ -358,6 +382,13 @@ class IMachine:
     @property
     def settingsFilePath(self) -> str:
         return self._vm()["cfg"]
+
+    @property
+    def platform(self) -> IPlatform:
+        """7.1+ only: ``IMachine.platform`` (AttributeError before, as an older binding raises)."""
+        if major_minor() < (7, 1):
+            raise AttributeError("platform")
+        return IPlatform(self)
 
     @property
     def memorySize(self) -> int:
