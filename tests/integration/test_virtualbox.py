@@ -906,3 +906,37 @@ def test_fake_refuses_what_virtualbox_refuses(vbox, tmp_path):
     stuck = run(arm, "modifyvm", "a1", "--cpus", "2")
     assert stuck.returncode == 1 and "The machine is not mutable (state is Aborted-Saved)" in stuck.stderr
     assert "is not currently running" in run(arm, "controlvm", "a1", "poweroff").stderr
+
+
+def test_macos_guest_ip_read_in_the_guest_over_the_nat_ssh_forward(vbox, tmp_path, monkeypatch):
+    """No Guest Additions and no VirtualBox DHCP lease on a macOS host-only network: the driver asks the
+    guest itself (`ip -4 -o addr show` over SSH) for its address inside the host-only CIDR.  A real sshd
+    on 127.0.0.1 stands in for the guest behind the NAT forward; the CIDR is loopback's, so its answer
+    (this machine's 127.0.0.1/8) is the "guest" address and nothing outside this machine is dialled."""
+    from tests.fixtures_sshd import SSHD, unavailable_reason
+
+    from pymachine.machine.drivers.hostplatform import HostPlatform
+    from pymachine.machine.drivers.virtualbox import VBoxManageCLI, VirtualBoxDriver
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    for key, value in {**MAC_ARM, "FAKE_VBOX_HOME": str(vbox.home)}.items():
+        monkeypatch.setenv(key, value)
+    cli = VBoxManageCLI(str(vbox.bin / "VBoxManage"))
+    cli.run(["createvm", "--name", "g1", "--register"])
+    cli.run(["hostonlynet", "add", "--name=net1", "--netmask=255.0.0.0", "--lower-ip=127.0.0.2",
+             "--upper-ip=127.255.255.254"])
+    cli.run(["modifyvm", "g1", "--nic2", "hostonlynet", "--host-only-net2", "net1"])
+    store = tmp_path / "store"
+    driver = VirtualBoxDriver.new("g1", str(store))
+    driver.backend, driver.host = cli, HostPlatform("darwin", "arm64")
+    os.makedirs(driver.machine_dir)
+    with SSHD(tmp_path / "sshd") as sshd:
+        driver.config.update(SSHPort=sshd.port, SSHKeyPath=str(sshd.client_key), SSHUser="root",
+                             HostOnlyCIDR="127.0.0.2/8")
+        assert driver.guest_ip() == "127.0.0.1"
+        driver.config["HostOnlyCIDR"] = "192.168.56.1/24"
+        assert driver.guest_ip() == "", "no address of the guest lies in that network"
+    assert driver.guest_ip() == "", "the guest's sshd is not up (yet): no answer, wait_for_ip asks again"
+    assert not any(c[:2] == ["dhcpserver", "findlease"] for c in vbox.calls())
