@@ -194,7 +194,7 @@ def _pymachine_image(comp: Component, up: dict[str, Any], product: dict[str, str
     from pymachine.machine import __version__
 
     version = str(product.get("version") or __version__)
-    recipe = recipe_hash()
+    recipe = recipe_hash({"x86_64": "amd64", "arm64": "arm64"}.get(comp.arch))  # each arch: its own recipe
     tag = f"v{version}"
     release = json.loads(_get(f"{_github_api()}/repos/{up['repo']}/releases/tags/{tag}"))
     wanted = _expand(up["asset"], recipe=recipe, version=version)

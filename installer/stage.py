@@ -80,16 +80,20 @@ def stage(components: list[Component], root: Path, cache: Path | None = None) ->
 IMAGE_COMPONENT = "vm-image"
 
 
-def shipped_recipe(source: Path) -> str:
-    """The image recipe hash of the pymachine under ``source`` (which may not be the running one)."""
+IMAGE_ARCH = {"x86_64": "amd64", "arm64": "arm64", "": None}  # lock arch -> engine.images arch (None: host's)
+
+
+def shipped_recipe(source: Path, arch: str = "") -> str:
+    """The image recipe hash, for the lock arch ``arch``, of the pymachine under ``source``
+    (which may not be the running one)."""
     import subprocess
     import sys
 
     path_entry = source if (source / "pymachine" / "__init__.py").is_file() else source.parent
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-            "from pymachine.engine.images import recipe_hash; print(recipe_hash())")
-    proc = subprocess.run([sys.executable, "-I", "-c", code, str(path_entry)], capture_output=True, text=True,
-                          timeout=60, check=False)
+            "from pymachine.engine.images import recipe_hash; print(recipe_hash(sys.argv[2] or None))")
+    proc = subprocess.run([sys.executable, "-I", "-c", code, str(path_entry), IMAGE_ARCH[arch] or ""],
+                          capture_output=True, text=True, timeout=60, check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise MachineError(f"cannot compute the image recipe of the pymachine in {source}: {detail}")
@@ -117,7 +121,7 @@ def check_vm_image(components: list[Component], root: Path, source: Path, export
         raise MachineError(f"component {comp.name!r}: expected one image directory under {comp.dest}/, "
                            f"found {[d.name for d in dirs]} (dest/unpack must lay out <recipe>/)")
     image = dirs[0]
-    want = shipped_recipe(source)
+    want = shipped_recipe(source, comp.arch)  # each arch's image has its own recipe
     if image.name != want:
         raise MachineError(
             f"component {comp.name!r}: the bundled image is recipe {image.name} but the pymachine being shipped "

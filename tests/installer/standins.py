@@ -87,10 +87,11 @@ def packed_image(recipe: str | None = None) -> bytes:
         return out.read_bytes()
 
 
-def current_recipe() -> str:
+def current_recipe(arch: str = "") -> str:
+    """This checkout's image recipe for a lock arch ("" = this host's)."""
     from pymachine.engine import images
 
-    return images.recipe_hash()
+    return images.recipe_hash({"x86_64": "amd64", "arm64": "arm64"}.get(arch))
 
 
 def image_filename(recipe: str | None = None) -> str:

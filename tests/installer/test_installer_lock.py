@@ -44,9 +44,8 @@ def test_repo_lock_covers_every_platform_and_component():
         assert compose.dest in ("cli-plugins/docker-compose", "cli-plugins/docker-compose.exe")
     for plat in ("windows", "macos"):  # pymachine's own packed image, laid out where the store looks
         for image in (c for c in lock.components(plat) if c.name == "vm-image"):
-            suffix = "" if image.arch == "x86_64" else f"-{image.arch}"
             assert image.url == ("https://github.com/pymachine/pymachine/releases/download/"
-                                 f"v{lock.product['version']}/pymachine-image-{image.version}{suffix}.tar.gz")
+                                 f"v{lock.product['version']}/pymachine-image-{image.version}.tar.gz")
             assert (image.dest, image.unpack, image.strip) == ("cache/images", "tar", 0)
             assert image.upstream["type"] == "pymachine-image" and "boot2docker" not in json.dumps(asdict(image))
     linux = lock.components("linux")
@@ -113,7 +112,7 @@ def test_stage_unpacks_zip_tar_and_copies(standin_lock, tmp_path):
     root = tmp_path / "stage"
     stage(Lock.load(path).components("windows"), root, cache)
     assert (root / "bin" / "docker.exe").read_bytes().startswith(b"MZ")  # zip, strip 1
-    assert (root / "bin" / "docker-compose.exe").exists()
+    assert (root / "cli-plugins" / "docker-compose.exe").exists()
     assert (root / "python" / "python311._pth").exists()
     # the vm-image: pymachine's packed image, where pymachine's store finds it (cache/images/<recipe>/)
     found = images.find_image(root / "cache" / "images")
@@ -320,9 +319,10 @@ def test_lock_names_the_image_this_checkout_builds() -> None:
 
     lock = json.loads((Path(__file__).resolve().parents[2] / "packaging" / "components.lock.json").read_text())
     entries = [c for comps in lock["platforms"].values() for c in comps if c["name"] == "vm-image"]
-    assert entries, "no vm-image component in the lock"
-    for entry in entries:
-        assert entry["version"] == recipe_hash() and recipe_hash() in entry["url"], entry
+    assert {c["arch"] for c in entries} == {"x86_64", "arm64"}, "the amd64 and arm64 images"
+    for entry in entries:  # each arch's image has its own recipe
+        recipe = recipe_hash({"x86_64": "amd64", "arm64": "arm64"}[entry["arch"]])
+        assert entry["version"] == recipe and recipe in entry["url"], entry
 
 
 def test_lock_arch_is_validated_and_filters_components(tmp_path):

@@ -63,8 +63,8 @@ def mac_lock(http_root, tmp_path):
             f"VirtualBox-7.1.4-{arch}.pkg": (_vbox_flat_pkg(arch), {"name": "virtualbox", "version": "7.1.4",
                                                                     "dest": "installers/VirtualBox.pkg",
                                                                     "optional": True, "arch": arch}),
-            f"{arch}/{image_filename()}": (packed_image(), {"name": "vm-image", "dest": "cache/images",
-                                                            "unpack": "tar", "arch": arch}),
+            image_filename(current_recipe(arch)): (packed_image(current_recipe(arch)), {
+                "name": "vm-image", "dest": "cache/images", "unpack": "tar", "arch": arch}),  # its own recipe
         })
     files["pycparser-2.22-py3-none-any.whl"] = (zip_bytes({"pycparser/__init__.py": b"# stand-in\n"}),
                                                 {"name": "wheel-pycparser", "dest": "lib", "unpack": "zip"})
@@ -141,16 +141,16 @@ def test_pkg_structure_is_read_the_same_by_us_bsdtar_and_7z(arch, mac_lock, src_
     assert "./usr/local/pymachine/lib/pymachine/installer/quickstart.py" in names
     # pymachine's image (with its VDI) as cache/images/<recipe>/ under the prefix, which postinstall seeds
     # into the console user's ~/.docker/machine/cache
-    image_dir = f"./usr/local/pymachine/cache/images/{current_recipe()}"
+    image_dir = f"./usr/local/pymachine/cache/images/{current_recipe(arch)}"
     shipped = {n.rsplit("/", 1)[1]: d for n, _m, _u, _g, d in payload if n.startswith(image_dir + "/")}
     assert set(shipped) == {"manifest.json", "disk.qcow2", "disk.vdi", "vmlinuz", "initrd.img", "SHA256SUMS"}
-    seeded = tmp_path / "seeded" / current_recipe()
+    seeded = tmp_path / "seeded" / current_recipe(arch)
     seeded.mkdir(parents=True)
     for name, data in shipped.items():
         (seeded / name).write_bytes(data)
     from pymachine.engine import images
 
-    assert images.find_image(seeded.parent) is not None
+    assert images.find_image(seeded.parent, {"x86_64": "amd64", "arm64": "arm64"}[arch]) is not None
     assert all(uid == 0 and gid == 80 for _n, _m, uid, gid, _d in payload)
     info = ET.fromstring(reader.read("pymachine.pkg/PackageInfo"))
     assert int(info.find("payload").get("numberOfFiles")) == len(payload)
@@ -200,7 +200,11 @@ const vm = require('vm');
 const input = JSON.parse(require('fs').readFileSync(0, 'utf8'));
 const calls = [];
 const system = {
-  sysctl(name) { calls.push(name); return name === 'hw.optional.arm64' && input.appleSilicon ? 1 : undefined; },
+  sysctl(name) {
+    calls.push(name);
+    if (input.sysctlThrows) { throw new Error('unknown sysctl ' + name); }  // an Intel Mac may lack the key
+    return name === 'hw.optional.arm64' && input.appleSilicon ? 1 : undefined;
+  },
   files: { plistAtPath(path) { return input.vbox ? { CFBundleVersion: input.vbox } : null; } },
   compareVersions(a, b) {
     const pa = a.split('.').map(Number), pb = b.split('.').map(Number);
@@ -220,11 +224,13 @@ process.stdout.write(JSON.stringify(out));
 """
 
 
-def _run_distribution(dist: str, apple_silicon: bool, vbox: str | None = None, vbox_running: bool = False) -> dict:
+def _run_distribution(dist: str, apple_silicon: bool, vbox: str | None = None, vbox_running: bool = False,
+                      sysctl_throws: bool = False) -> dict:
     root = ET.fromstring(dist)
     choices = {c.get("id"): c.get("start_selected") for c in root.iter("choice")}
     payload = {"script": root.find("script").text, "check": root.find("installation-check").get("script"),
-               "choices": choices, "appleSilicon": apple_silicon, "vbox": vbox, "vboxRunning": vbox_running}
+               "choices": choices, "appleSilicon": apple_silicon, "vbox": vbox, "vboxRunning": vbox_running,
+               "sysctlThrows": sysctl_throws}
     proc = subprocess.run(["node", "-e", _NODE_HARNESS], input=json.dumps(payload), capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -251,6 +257,9 @@ def test_distribution_choices_follow_the_mac_it_runs_on(mac_lock, src_snapshot, 
                 want = "arm64" if host_arm else "x86_64"
                 assert f"pymachine-toolbox-0.1.0-{want}.pkg" in out["result"]["message"]
                 assert ("Apple Silicon" if arch == "arm64" else "Intel") in out["result"]["title"]
+    # a sysctl that throws reads as Intel
+    assert _run_distribution(dists["x86_64"], apple_silicon=False, sysctl_throws=True)["check"] is True
+    assert _run_distribution(dists["arm64"], apple_silicon=True, sysctl_throws=True)["check"] is False
     # the right Mac with a current VirtualBox: not offered; an older running one stops the install
     current = _run_distribution(dists["arm64"], apple_silicon=True, vbox="7.1.4")
     assert current["check"] is True and current["choices"]["virtualbox"] is False
