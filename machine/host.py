@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pymachine.machine import hostoptions
+from pymachine.machine.atomic import write_atomic
 from pymachine.machine.authpaths import MachineTLS, machine_tls
 from pymachine.machine.drivers.base import Driver, State
 from pymachine.machine.drivers.registry import driver_class, load_driver
@@ -24,7 +25,6 @@ from pymachine.machine.store import (
     MachineRemoved,
     Store,
     StoreError,
-    atomic_write,
     check_new_name,
     describe_os_error,
 )
@@ -291,7 +291,7 @@ def copy_client_certs(machine: Machine) -> None:
     ):
         # A new file renamed into place: a symlink planted at the target is replaced, not
         # followed (copyfile would write the client key wherever it points).
-        atomic_write(machine.dir / dst, Path(src).read_bytes(), mode=mode)
+        write_atomic(machine.dir / dst, Path(src).read_bytes(), mode=mode)
 
 
 def server_cert_sans(machine: Machine) -> list[str]:

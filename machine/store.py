@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from pymachine.machine.atomic import write_atomic
-from pymachine.machine.atomic import write_atomic as atomic_write  # noqa: F401  (older callers)
 from pymachine.machine.errors import MachineError, MachineNotFound
 
 CONFIG_VERSION = 3
