@@ -5,7 +5,7 @@ drivers at a private endpoint needs private methods, its TLS trust is process
 wide (no CA bundle per machine), and it retries no 429 (see the two driver
 docstrings).  What both drivers need is a dozen plain JSON calls with: a CA
 bundle or "insecure" per machine, a deadline per call (``ls`` has one),
-bounded retries with backoff on 429 and 5xx (``Retry-After`` honoured), and
+bounded retries with backoff on 429 and, for idempotent calls, 5xx (``Retry-After`` honoured), and
 errors that keep the API's status and message for one-line reports.
 """
 
@@ -22,6 +22,7 @@ from pymachine.machine.errors import MachineError
 RETRIES = 5
 MAX_DELAY = 20.0
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+IDEMPOTENT = ("GET", "HEAD", "PUT", "DELETE")
 
 
 class HTTPError(MachineError):
@@ -138,14 +139,17 @@ class RestClient:
                 payload = json.loads(raw) if raw else None
             except ValueError:
                 payload = None
-            if status in self._retry_statuses and attempt < self._retries:
+            # 429 means "not processed": always safe to repeat.  A 5xx may come after the work was
+            # done (a proxy timing out), so only idempotent calls are repeated; a POST is not.
+            retryable = status == 429 or (status in self._retry_statuses and method in IDEMPOTENT)
+            if retryable and attempt < self._retries:
                 delay = retry_delay(resp_headers, attempt)
                 if time.monotonic() + delay < deadline:
                     time.sleep(delay)
                     continue
             if status >= 400:
                 message, reason = self._error_parser(status, payload, raw)
-                if status in self._retry_statuses:
+                if retryable:
                     message += f" (still failing after {attempt + 1} attempts)"
                 raise HTTPError(method, shown, status, message, reason, payload)
             return payload, resp_headers

@@ -297,3 +297,17 @@ def test_authorized_user_adc_from_gcloud_dir(pm, fake, tmp_path):
     [token] = fake.calls("POST", "/token")
     assert token.body["grant_type"] == ["refresh_token"]
     assert "fake-refresh-token" not in res.stdout + res.stderr
+
+
+def test_server_errors_retry_reads_but_never_repeat_an_insert(pm, fake, sa_file):
+    fake.fail_next("GET", f"/compute/v1/projects/{PROJECT}/zones/", 503, "backendError", "Backend Error", times=2)
+    res = pm("create", "-d", "google", "--google-zone", "nowhere-1a", "g1", env=gce_env(fake, sa_file))
+    assert res.returncode == 3 and "nowhere-1a" in one_line_error(res)
+    assert len(fake.calls("GET", "/zones/nowhere-1a")) == 3
+
+    fake.fail_next("POST", f"/compute/v1/projects/{PROJECT}/zones/us-central1-a/instances", 503, "backendError",
+                   "Backend Error")
+    res = pm("create", "-d", "google", "g1", env=gce_env(fake, sa_file))
+    assert res.returncode == 1 and "503 Backend Error" in one_line_error(res)
+    assert len(fake.calls("POST", "/zones/us-central1-a/instances")) == 1
+    assert_nothing_left(pm, fake, "g1")
