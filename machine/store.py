@@ -301,10 +301,13 @@ class Store:
         for entry in entries:
             if not entry.startswith(TOMB_PREFIX):
                 continue
-            pid = entry.rsplit("-", 1)[-1]
+            name, _, pid = entry[len(TOMB_PREFIX):].rpartition("-")
             if pid.isdigit() and pid_alive(int(pid)):
                 continue  # that rm is still running
             shutil.rmtree(self.machines_dir / entry, ignore_errors=True)
+            if valid_existing_name(name) and not (self.machines_dir / name).exists():
+                with contextlib.suppress(OSError):  # the killed rm's last step
+                    os.unlink(self.path / "locks" / f"{name}.lock")
 
     def exists(self, name: str) -> bool:
         return valid_existing_name(name) and self.machine_dir(name).is_dir()

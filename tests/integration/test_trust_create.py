@@ -145,6 +145,7 @@ def test_killed_rm_is_finished_by_the_next_command(pm, tmp_path):
     assert tombs and (pm.store / "machines" / tombs[0] / "key.pem").exists()  # secrets left behind
     assert ls_rows(pm) == {}
     assert machines(pm) == []
+    assert list((pm.store / "locks").iterdir()) == []
 
 
 def test_rm_during_provisioning_wins_and_the_create_stops(pm, monkeypatch):
