@@ -193,6 +193,7 @@ class GoogleDriver(Driver):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self._creds_text = ""
+        self._creds_path = ""  # --google-credentials: read at pre-create (exit 3 when unreadable)
 
     @classmethod
     def extra_fields(cls) -> dict[str, Any]:
@@ -216,13 +217,7 @@ class GoogleDriver(Driver):
                 raise MachineError(f"--google-open-port must look like 8080/tcp or 8000-8010/udp, got {port!r}")
         image = str(values.get("google-machine-image") or DEFAULT_IMAGE)
         image = image.removeprefix(GOOGLE_PREFIX)
-        creds = str(values.get("google-credentials") or "")
-        if creds:
-            path = Path(creds).expanduser()
-            try:
-                self._creds_text = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise MachineError(f"cannot read --google-credentials {creds}: {exc.strerror}") from None
+        self._creds_path = str(values.get("google-credentials") or "")
         ca = str(values.get("google-ca-cert") or "")
         only_internal = bool(values.get("google-use-internal-ip-only"))
         self.config.update(
@@ -244,6 +239,12 @@ class GoogleDriver(Driver):
     def credentials(self) -> dict[str, Any]:
         from pymachine.machine.drivers import google_auth
 
+        if self._creds_path and not self._creds_text:
+            try:
+                self._creds_text = Path(self._creds_path).expanduser().read_text(encoding="utf-8")
+            except OSError as exc:
+                raise google_auth.AuthError(f"cannot read --google-credentials {self._creds_path}: "
+                                            f"{exc.strerror}") from None
         if self._creds_text:
             return google_auth.parse_credentials(self._creds_text, "--google-credentials")
         if self.machine_name and self.store_path:

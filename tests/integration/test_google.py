@@ -93,6 +93,17 @@ def test_missing_project_and_credentials_are_precreate_errors(pm, fake, tmp_path
     assert not (pm.store / "machines" / "g1").exists()
 
 
+def test_unreadable_or_malformed_key_file_is_exit_3(pm, fake, tmp_path):
+    res = pm("create", "-d", "google", "--google-credentials", str(tmp_path / "missing.json"), "g1", env=gce_env(fake))
+    assert res.returncode == 3 and "cannot read --google-credentials" in one_line_error(res)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"type": "service_account", "client_email": "x@y", "private_key": "s3cr3t-not-a-pem"}')
+    res = pm("create", "-d", "google", "--google-credentials", str(bad), "g1", env=gce_env(fake))
+    assert res.returncode == 3 and "not a PEM RSA key" in one_line_error(res)
+    assert "s3cr3t-not-a-pem" not in res.stdout + res.stderr
+    assert fake.requests == [] and not (pm.store / "machines" / "g1").exists()
+
+
 def test_wrong_key_is_refused_without_printing_it(pm, fake, tmp_path):
     bad = fake.service_account_file(tmp_path / "bad.json", wrong_key=True)
     res = pm("create", "-d", "google", "g1", env=gce_env(fake, bad))
