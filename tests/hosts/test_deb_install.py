@@ -35,6 +35,7 @@ EXTRA_PACKAGES = ("python3-paramiko",)
 READY = ".pmt-debroot-ready"
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = "/usr/local/bin/docker"  # docker CLI 28, a static binary: it runs inside either root
+DEBIAN_DOCKER = "/usr/bin/docker"  # this machine's docker.io (Debian 12's CLI, 20.10)
 
 
 def deb_depends(control: str | None = None) -> list[str]:
@@ -190,6 +191,8 @@ def test_deb_installs_and_creates_a_generic_machine_from_inside_debian(
         bundle = real_engine_bundle()
         bundle_in = root.put(f"root/in/{bundle.name}", bundle.read_bytes())
         root.put("usr/local/bin/docker", Path(DOCKER).read_bytes(), 0o755)  # the real (static) docker CLI
+        if Path(DEBIAN_DOCKER).is_file():  # and Debian 12's own docker.io CLI (20.10, glibc-linked)
+            root.put("usr/local/bin/docker-debian12", Path(DEBIAN_DOCKER).read_bytes(), 0o755)
 
         # dpkg alone (no apt, no --force-depends): every versioned Depends is met by the release's own packages
         installed = root.run(f"dpkg -i {deb} && dpkg-query -W -f '${{Status}} ${{Version}}' pymachine")
@@ -209,6 +212,9 @@ def test_deb_installs_and_creates_a_generic_machine_from_inside_debian(
         assert compose.returncode == 0, compose.stderr
         assert "Docker Compose version v2.30.3 (pymachine stand-in" in compose.stdout
         assert "/usr/lib/docker/cli-plugins/docker-compose" in compose.stdout
+        if Path(DEBIAN_DOCKER).is_file():
+            old_cli = root.run("docker-debian12 compose version")
+            assert old_cli.returncode == 0 and "pymachine stand-in" in old_cli.stdout, old_cli.stderr
 
         host = make_test_host(f"deb{release}")
         create = root.run(f"pymachine create -d generic --generic-ip-address {host.ip} --generic-ssh-key {key} "
