@@ -26,7 +26,6 @@ import gzip
 import io
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 

@@ -15,7 +15,6 @@ import hashlib
 import inspect
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -202,7 +201,7 @@ def test_deb_installs_and_creates_a_generic_machine_from_inside_debian(
                             "python3 -c 'import paramiko; print(\"system-paramiko\", paramiko.__version__)'")
         assert versions.returncode == 0, versions.stderr
         debian_version, pm_version, system_paramiko = versions.stdout.splitlines()
-        assert debian_version.startswith(release) or debian_version.startswith(suite), debian_version
+        assert debian_version.startswith((release, suite)), debian_version
         assert pm_version.startswith("pymachine version 0.1.0")
         if release == "12":  # the issue: Debian 12's paramiko lacks PKey.from_path; the vendored one is used
             assert system_paramiko.startswith("system-paramiko 2.12"), system_paramiko

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -100,7 +99,7 @@ def test_remove_drops_only_ours(tmp_path):
 
 def test_cli_entry_prints_and_fails_in_one_line(tmp_path):
     cfg = tmp_path / "config.json"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "pymachine.installer", "cli-plugins", *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pymachine.installer", "cli-plugins", *a],
                                     capture_output=True, text=True, timeout=60, check=False)
     ok = run(PLUGINS, "--config", str(cfg))
     assert ok.returncode == 0 and ok.stdout.strip() == f"{cfg}: cliPluginsExtraDirs updated"
