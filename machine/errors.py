@@ -20,10 +20,20 @@ class PreCreateError(MachineError):
     exit_code = 3
 
 
+def quoted(name: str) -> str:
+    """``"name"``, escaped like Go's ``%q`` when it holds control characters or quotes, so
+    a hostile name (``"a\n"``) cannot split a one-line error (docker-machine used %q)."""
+    if name.isprintable() and '"' not in name and "\\" not in name:
+        return f'"{name}"'
+    import json
+
+    return json.dumps(name, ensure_ascii=False)
+
+
 class MachineNotFound(MachineError):
     def __init__(self, name: str, argv0: str = "pymachine") -> None:
         super().__init__(
-            f'Docker machine "{name}" does not exist. Use "{argv0} ls" to list machines. '
+            f'Docker machine {quoted(name)} does not exist. Use "{argv0} ls" to list machines. '
             f'Use "{argv0} create" to add a new one.'
         )
         self.name = name

@@ -14,7 +14,7 @@ from pymachine.machine.cli.common import (
     run_concurrently,
     target_names,
 )
-from pymachine.machine.errors import MachineError
+from pymachine.machine.errors import MachineError, quoted
 from pymachine.machine.store import os_errors_as_messages
 
 
@@ -91,7 +91,7 @@ def cmd_rm(ctx: Context, args: list[str]) -> int:
             remove_one(ctx, name, ns.force, assume_yes=ns.yes or ns.force)
             ctx.out(f"Successfully removed {name}")
         except MachineError as exc:
-            errors.append(f'Error removing host "{name}": {exc}')
+            errors.append(f"Error removing host {quoted(name)}: {exc}")
     if errors:
         raise MachineError("\n".join(errors))
     return 0
