@@ -134,6 +134,14 @@ def test_deb_maintainer_is_a_real_address_and_arch_follows_components(linux_lock
     with pytest.raises(MachineError, match="another arch"):
         build_deb(tmp_path / "arm", comps, cache=cache, epoch=1700000000, source=src_snapshot, arch="arm64")
     assert compose.arch == "x86_64"
+    # an arm64 Compose makes an arm64 package (the file here is the x86_64 stand-in relabelled: never run)
+    monkeypatch.delenv(MAINTAINER_ENV)
+    compose.arch = "arm64"
+    arm = build_deb(tmp_path / "arm", comps, cache=cache, epoch=1700000000, source=src_snapshot, arch="arm64")
+    assert arm.name == f"pymachine_{__version__}_arm64.deb"
+    fields = subprocess.run(["dpkg-deb", "-f", str(arm), "Architecture"], capture_output=True, text=True,
+                            check=True).stdout
+    assert fields.strip() == "arm64"
 
 
 def test_deb_build_stops_on_tampered_component(standin_lock, tmp_path, src_snapshot):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import hashlib
 import json
 import re
@@ -318,3 +319,21 @@ def test_docker_compose_answers_from_the_staged_mac_tree(mac_lock, src_snapshot,
     missing = subprocess.run([DOCKER, "compose", "version"], capture_output=True, text=True, timeout=60, env=env,
                              check=False)
     assert "pymachine stand-in" not in missing.stdout
+
+
+def test_build_command_makes_one_pkg_per_mac_and_sums_them(mac_lock, src_snapshot, tmp_path):
+    """``python -m pymachine.installer build --platform macos`` from a lock naming both arches."""
+    _lock, _www, cache = mac_lock
+    out = tmp_path / "dist"
+    env = {**os.environ, "PYMACHINE_DOWNLOAD_CACHE": str(cache), "SOURCE_DATE_EPOCH": str(EPOCH)}
+    proc = subprocess.run([sys.executable, "-m", "pymachine.installer", "build", "--platform", "macos",
+                           "--lock", str(tmp_path / "mac.lock.json"), "--out", str(out), "--source", str(src_snapshot)],
+                          capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    built = sorted(p.name for p in out.iterdir())
+    assert built == ["SHA256SUMS", "pymachine-toolbox-0.1.0-arm64.pkg", "pymachine-toolbox-0.1.0-x86_64.pkg"]
+    sums = (out / "SHA256SUMS").read_text()
+    for name in built[1:]:
+        assert f"{hashlib.sha256((out / name).read_bytes()).hexdigest()}  {name}" in sums
+        dist = xar.Reader((out / name).read_bytes()).read("Distribution").decode()
+        assert f'hostArchitectures="{name.rsplit("-", 1)[1][:-4]}"' in dist
