@@ -110,6 +110,12 @@ def _cases() -> list[Case]:
         ("frobnicate", [f"{TOKEN}"]),
         ("global-flag", ["--nonsense", "ls"]),
         ("help[unknown]", ["help", f"{TOKEN}"]),
+        ("ls[format-no-value]", ["ls", "--format"]),
+        ("ls[filter-no-value]", ["ls", "--filter"]),
+        ("inspect[f-no-value]", ["inspect", "-f"]),
+        ("create[d-no-value]", ["create", "-d"]),
+        ("create[url-no-value]", ["create", "-d", "none", "--url"]),
+        ("global[s-no-value]", ["-s"]),
         # numbers
         ("ls[timeout-inf]", ["ls", "--timeout", "inf"]),
         ("ls[timeout-nan]", ["ls", "--timeout", "nan"]),
