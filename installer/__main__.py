@@ -4,7 +4,7 @@
     python -m pymachine.installer build --platform linux|windows|macos|all --out DIR [--lock FILE]
         [--without NAME] [--source DIR] [--cert C --key K] [--gpg-key ID | --minisign-key FILE]
     python -m pymachine.installer verify DIR [--gpg-home H | --minisign-pub FILE]
-    python -m pymachine.installer cli-plugins [--remove] DIR [--config FILE]
+    python -m pymachine.installer cli-plugins [--remove] DIR [--config-dir DIR]
 """
 
 from __future__ import annotations
@@ -99,12 +99,14 @@ def _verify_cmd(ns: argparse.Namespace) -> int:
 def _cli_plugins_cmd(ns: argparse.Namespace) -> int:
     from pymachine.installer import docker_config
 
-    config = Path(ns.config) if ns.config else docker_config.config_path()
+    from pymachine.machine.docker_context import docker_config_dir
+
+    cfg = Path(ns.config_dir) if ns.config_dir else docker_config_dir()
     if ns.remove:
-        changed = docker_config.remove_plugin_dir(ns.dir, config)
+        changed = docker_config.remove_plugin_dir(ns.dir, cfg)
     else:
-        changed = docker_config.add_plugin_dir(ns.dir, config)
-    print(f"{config}: {docker_config.KEY} {'updated' if changed else 'unchanged'}")
+        changed = docker_config.add_plugin_dir(ns.dir, cfg)
+    print(f"{cfg / 'config.json'}: {docker_config.KEY} {'updated' if changed else 'unchanged'}")
     return 0
 
 
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     cp = sub.add_parser("cli-plugins", help="add (or --remove) a docker CLI plugin dir in the user's Docker config")
     cp.add_argument("dir")
     cp.add_argument("--remove", action="store_true")
-    cp.add_argument("--config", default=None, help="config.json (default: $DOCKER_CONFIG or ~/.docker)")
+    cp.add_argument("--config-dir", default=None, help="the Docker config dir (default: $DOCKER_CONFIG or ~/.docker)")
     ns = p.parse_args(argv)
     try:
         return {"lock": _lock_cmd, "build": _build_cmd, "verify": _verify_cmd,

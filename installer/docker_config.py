@@ -9,7 +9,9 @@ home would leave stale binaries behind.  The docker CLI (>= 20.10) searches
 
 One implementation, run by the macOS postinstall (as the console user), the
 Windows installer, and every ``pymachine quickstart`` (for users who did not
-run the installer).  A config that is not a JSON object, or whose
+run the installer).  The config is read and written by machine.docker_context's
+rules (``$DOCKER_CONFIG`` or ``~/.docker``, a symlinked config.json followed,
+tab-indented, atomic, mode kept).  A config that is not a JSON object, or whose
 ``cliPluginsExtraDirs`` is not a list of strings, is left untouched: the user
 gets a one-line error instead of a rewritten file.
 """
@@ -18,76 +20,56 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pymachine.machine.atomic import write_atomic
+from pymachine.machine.docker_context import _config_path, _load_config, docker_config_dir
 from pymachine.machine.errors import MachineError
 
 KEY = "cliPluginsExtraDirs"
-
-
-def config_path(environ: Mapping[str, str] | None = None) -> Path:
-    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json`` (the docker CLI's own rule)."""
-    env = os.environ if environ is None else environ
-    base = env.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
-    return Path(base) / "config.json"
 
 
 def _same(a: str, b: str) -> bool:
     return os.path.normcase(os.path.normpath(a)) == os.path.normcase(os.path.normpath(b))
 
 
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise MachineError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not text.strip():
-        return {}
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise MachineError(f"{path} is not valid JSON ({exc}); left unchanged: add {KEY} yourself") from None
-    if not isinstance(data, dict):
-        raise MachineError(f"{path} is not a JSON object; left unchanged")
+def _load(cfg: Path) -> dict[str, Any]:
+    data = _load_config(cfg)
     dirs = data.get(KEY, [])
     if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
-        raise MachineError(f"{path}: {KEY} is not a list of paths; left unchanged")
+        raise MachineError(f"{_config_path(cfg)}: {KEY} is not a list of paths; left unchanged")
     return data
 
 
-def _save(path: Path, data: dict[str, Any]) -> None:
-    """Atomic write keeping the file's mode (0600 for a new one: it may hold credentials)."""
+def _save(cfg: Path, data: dict[str, Any]) -> None:
+    path = _config_path(cfg)
     try:
         mode = path.stat().st_mode & 0o777
     except FileNotFoundError:
-        mode = 0o600
-    # the docker CLI's own layout (tab-indented)
-    write_atomic(path, (json.dumps(data, indent="\t") + "\n").encode("utf-8"), mode)
+        mode = 0o600  # it may come to hold registry credentials
+    write_atomic(path, json.dumps(data, indent="\t", ensure_ascii=False).encode("utf-8"), mode)
 
 
-def add_plugin_dir(directory: str | os.PathLike[str], config: Path | None = None) -> bool:
-    """Append ``directory`` to the config's ``cliPluginsExtraDirs``; False if it was there."""
-    path = (config or config_path()).resolve()  # a symlinked config.json: write its target
-    data = _load(path)
+def add_plugin_dir(directory: str | os.PathLike[str], cfg: Path | None = None) -> bool:
+    """Append ``directory`` to ``cliPluginsExtraDirs`` of the config in ``cfg`` (default: the
+    user's Docker config dir); False if it was there already (the file is not rewritten)."""
+    cfg = cfg if cfg is not None else docker_config_dir()
+    data = _load(cfg)
     dirs: list[str] = list(data.get(KEY, []))
     if any(_same(d, os.fspath(directory)) for d in dirs):
         return False
     data[KEY] = [*dirs, os.fspath(directory)]
-    _save(path, data)
+    _save(cfg, data)
     return True
 
 
-def remove_plugin_dir(directory: str | os.PathLike[str], config: Path | None = None) -> bool:
+def remove_plugin_dir(directory: str | os.PathLike[str], cfg: Path | None = None) -> bool:
     """Drop ``directory`` from ``cliPluginsExtraDirs`` (the uninstallers); False if absent."""
-    path = (config or config_path()).resolve()
-    if not path.exists():
+    cfg = cfg if cfg is not None else docker_config_dir()
+    if not _config_path(cfg).exists():
         return False
-    data = _load(path)
+    data = _load(cfg)
     dirs: list[str] = list(data.get(KEY, []))
     kept = [d for d in dirs if not _same(d, os.fspath(directory))]
     if kept == dirs:
@@ -96,7 +78,7 @@ def remove_plugin_dir(directory: str | os.PathLike[str], config: Path | None = N
         data[KEY] = kept
     else:
         data.pop(KEY, None)
-    _save(path, data)
+    _save(cfg, data)
     return True
 
 

@@ -113,7 +113,9 @@ def register_bundled_compose(environ: Mapping[str, str], warn: Callable[[str], N
     if plugins is None:
         return
     try:
-        docker_config.add_plugin_dir(plugins, docker_config.config_path(environ))
+        from pymachine.machine.docker_context import docker_config_dir
+
+        docker_config.add_plugin_dir(plugins, docker_config_dir(environ))
     except (MachineError, OSError) as exc:
         warn(f"docker compose may not find the bundled plugin: {exc}")
 

@@ -3,31 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from pymachine.installer import docker_config
-from pymachine.installer.docker_config import add_plugin_dir, bundled_plugin_dir, config_path, remove_plugin_dir
+from pymachine.installer.docker_config import add_plugin_dir, bundled_plugin_dir, remove_plugin_dir
 from pymachine.machine.errors import MachineError
 
 PLUGINS = "/usr/local/pymachine/cli-plugins"
 
 
-def test_config_path_follows_docker_config_then_home(tmp_path, monkeypatch):
-    assert config_path({"DOCKER_CONFIG": str(tmp_path)}) == tmp_path / "config.json"
-    monkeypatch.setenv("HOME", str(tmp_path / "h"))
-    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
-    assert config_path() == tmp_path / "h" / ".docker" / "config.json"
-
-
 def test_missing_config_is_created_private(tmp_path):
-    cfg = tmp_path / "new" / ".docker" / "config.json"
+    cfg = tmp_path / "new" / ".docker"
     assert add_plugin_dir(PLUGINS, cfg) is True
-    assert json.loads(cfg.read_text()) == {"cliPluginsExtraDirs": [PLUGINS]}
-    assert cfg.stat().st_mode & 0o777 == 0o600 and cfg.parent.stat().st_mode & 0o777 == 0o700
+    assert json.loads((cfg / "config.json").read_text()) == {"cliPluginsExtraDirs": [PLUGINS]}
+    assert (cfg / "config.json").stat().st_mode & 0o777 == 0o600 and cfg.stat().st_mode & 0o777 == 0o700
+
+
+def test_default_is_the_users_docker_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dc"))
+    assert add_plugin_dir(PLUGINS) is True
+    assert json.loads((tmp_path / "dc" / "config.json").read_text()) == {"cliPluginsExtraDirs": [PLUGINS]}
 
 
 def test_existing_keys_order_and_mode_are_kept_and_second_run_changes_nothing(tmp_path):
@@ -37,15 +35,15 @@ def test_existing_keys_order_and_mode_are_kept_and_second_run_changes_nothing(tm
                 "proxies": {"default": {"httpProxy": "http://127.0.0.1:3128"}}}
     cfg.write_text(json.dumps(original, indent=2))
     cfg.chmod(0o644)
-    assert add_plugin_dir(PLUGINS, cfg) is True
+    assert add_plugin_dir(PLUGINS, tmp_path) is True
     merged = json.loads(cfg.read_text())
     assert list(merged) == list(original)  # key order kept
     assert merged == {**original, "cliPluginsExtraDirs": ["/opt/homebrew/lib/docker/cli-plugins", PLUGINS]}
     assert cfg.stat().st_mode & 0o777 == 0o644
     before = cfg.read_bytes()
-    assert add_plugin_dir(PLUGINS + "/", cfg) is False  # same dir, spelled differently
+    assert add_plugin_dir(PLUGINS + "/", tmp_path) is False  # same dir, spelled differently
     assert cfg.read_bytes() == before
-    assert not [p for p in tmp_path.iterdir() if p.name != "config.json"]  # no temp file left
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temp file left
 
 
 @pytest.mark.parametrize("text, why", [
@@ -58,54 +56,58 @@ def test_unusable_config_is_left_byte_for_byte(tmp_path, text, why):
     cfg = tmp_path / "config.json"
     cfg.write_text(text)
     with pytest.raises(MachineError, match=why) as exc:
-        add_plugin_dir(PLUGINS, cfg)
+        add_plugin_dir(PLUGINS, tmp_path)
     assert "\n" not in str(exc.value)
     assert cfg.read_text() == text
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
 
-def test_bom_empty_and_symlinked_configs(tmp_path):
-    bom = tmp_path / "bom.json"
-    bom.write_bytes(b'\xef\xbb\xbf{"psFormat": "x"}')  # Windows PowerShell 5 writes UTF-8 with a BOM
-    add_plugin_dir("C:\\Program Files\\pymachine\\cli-plugins", bom)
-    assert json.loads(bom.read_text()) == {"psFormat": "x", "cliPluginsExtraDirs": ["C:\\Program Files\\pymachine\\cli-plugins"]}
-    empty = tmp_path / "empty.json"
-    empty.write_text("")
-    add_plugin_dir(PLUGINS, empty)
-    assert json.loads(empty.read_text()) == {"cliPluginsExtraDirs": [PLUGINS]}
+def test_empty_and_symlinked_configs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("")
+    add_plugin_dir("C:\\Program Files\\pymachine\\cli-plugins", empty)
+    assert json.loads((empty / "config.json").read_text()) == {
+        "cliPluginsExtraDirs": ["C:\\Program Files\\pymachine\\cli-plugins"]}
     target = tmp_path / "dotfiles" / "docker.json"
     target.parent.mkdir()
     target.write_text('{"detachKeys": "ctrl-e,e"}')
-    link = tmp_path / "linked.json"
-    link.symlink_to(target)
-    add_plugin_dir(PLUGINS, link)
-    assert link.is_symlink()  # the user's dotfile link survives; its target is updated
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "config.json").symlink_to(target)
+    add_plugin_dir(PLUGINS, linked)
+    assert (linked / "config.json").is_symlink()  # the user's dotfile link survives; its target is updated
     assert json.loads(target.read_text()) == {"detachKeys": "ctrl-e,e", "cliPluginsExtraDirs": [PLUGINS]}
 
 
 def test_remove_drops_only_ours(tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"auths": {}, "cliPluginsExtraDirs": ["/opt/a", PLUGINS]}))
-    assert remove_plugin_dir(PLUGINS, cfg) is True
+    assert remove_plugin_dir(PLUGINS, tmp_path) is True
     assert json.loads(cfg.read_text()) == {"auths": {}, "cliPluginsExtraDirs": ["/opt/a"]}
-    assert remove_plugin_dir(PLUGINS, cfg) is False
-    add_plugin_dir(PLUGINS, cfg)
-    remove_plugin_dir("/opt/a", cfg)
-    remove_plugin_dir(PLUGINS, cfg)
+    assert remove_plugin_dir(PLUGINS, tmp_path) is False
+    add_plugin_dir(PLUGINS, tmp_path)
+    remove_plugin_dir("/opt/a", tmp_path)
+    remove_plugin_dir(PLUGINS, tmp_path)
     assert json.loads(cfg.read_text()) == {"auths": {}}  # the key goes when it is empty
-    assert remove_plugin_dir(PLUGINS, tmp_path / "absent.json") is False
-    assert not (tmp_path / "absent.json").exists()
+    assert remove_plugin_dir(PLUGINS, tmp_path / "absent") is False
+    assert not (tmp_path / "absent").exists()
 
 
 def test_cli_entry_prints_and_fails_in_one_line(tmp_path):
     cfg = tmp_path / "config.json"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "pymachine.installer", "cli-plugins", *a],
-                                    capture_output=True, text=True, timeout=60, check=False)
-    ok = run(PLUGINS, "--config", str(cfg))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pymachine.installer", "cli-plugins", *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    ok = run(PLUGINS, "--config-dir", str(tmp_path))
     assert ok.returncode == 0 and ok.stdout.strip() == f"{cfg}: cliPluginsExtraDirs updated"
-    assert run(PLUGINS, "--config", str(cfg)).stdout.strip() == f"{cfg}: cliPluginsExtraDirs unchanged"
+    assert run(PLUGINS, "--config-dir", str(tmp_path)).stdout.strip() == f"{cfg}: cliPluginsExtraDirs unchanged"
+    removed = run("--remove", PLUGINS, "--config-dir", str(tmp_path))
+    assert removed.returncode == 0 and json.loads(cfg.read_text()) == {}
     cfg.write_text("{oops")
-    bad = run(PLUGINS, "--config", str(cfg))
+    bad = run(PLUGINS, "--config-dir", str(tmp_path))
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "not valid JSON" in bad.stderr
     assert cfg.read_text() == "{oops"
 
@@ -127,4 +129,4 @@ def test_quickstart_registers_the_bundled_plugin_for_its_user(tmp_path, monkeypa
     (home / "config.json").write_text("not json")
     quickstart.register_bundled_compose({"DOCKER_CONFIG": str(home)}, warnings.append)
     assert len(warnings) == 1 and "not valid JSON" in warnings[0]  # a warning, never fatal
-    assert os.path.exists(home / "config.json") and (home / "config.json").read_text() == "not json"
+    assert (home / "config.json").read_text() == "not json"
