@@ -27,6 +27,7 @@ from pymachine.machine.store import (
     StoreError,
     check_new_name,
     describe_os_error,
+    driver_config,
 )
 
 Log = Callable[[str], None]
@@ -64,8 +65,7 @@ class Machine:
         self.host = host
         # The driver's files are found from this store and the directory name (the
         # machine's identity), never from a StorePath or MachineName in the file.
-        pinned = {**host.driver, "MachineName": host.name, "StorePath": str(store.path)}
-        self.driver: Driver = load_driver(host.driver_name, pinned)
+        self.driver: Driver = load_driver(host.driver_name, driver_config(store, host))
 
     @classmethod
     def load(cls, store: Store, name: str) -> Machine:

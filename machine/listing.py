@@ -20,7 +20,7 @@ from typing import Any
 from pymachine.machine import docker_context, urls
 from pymachine.machine.drivers.base import State
 from pymachine.machine.errors import MachineError
-from pymachine.machine.store import BrokenHost, Host, Store
+from pymachine.machine.store import BrokenHost, Host, Store, driver_config
 
 DEFAULT_DEADLINE = 2.0
 
@@ -126,7 +126,7 @@ def query_host(store: Store, host: Host, item: ListItem, deadline: float,
 
     started = time.monotonic()
     try:
-        driver = load_driver(host.driver_name, host.driver)
+        driver = load_driver(host.driver_name, driver_config(store, host))
         state = (known_states or {}).get(host.name) or driver.state(timeout=max(0.1, deadline - time.monotonic()))
         item.State = state.value
         if state == State.RUNNING:
@@ -169,7 +169,7 @@ def local_evidence(host: Host, item: ListItem) -> None:
         item.Error = message
 
 
-def batch_states(hosts: list[Host], deadline: float) -> dict[str, State]:
+def batch_states(hosts: list[Host], deadline: float, store: Store | None = None) -> dict[str, State]:
     """One ``batch_states`` call per driver class that has more than one machine, in parallel."""
     from pymachine.machine.drivers.base import Driver
     from pymachine.machine.drivers.registry import load_driver
@@ -177,7 +177,7 @@ def batch_states(hosts: list[Host], deadline: float) -> dict[str, State]:
     groups: dict[type, list[Any]] = {}
     for host in hosts:
         try:
-            driver = load_driver(host.driver_name, host.driver)
+            driver = load_driver(host.driver_name, driver_config(store, host) if store else host.driver)
         except Exception:  # noqa: BLE001 -- query_host reports it as that machine's error row
             continue
         groups.setdefault(type(driver), []).append(driver)
@@ -209,7 +209,7 @@ def timed_out_item(store: Store, host: Host, item: ListItem, deadline_s: float) 
     cached = store.read_state(host.name)
     local: State | None = None
     try:
-        local = load_driver(host.driver_name, host.driver).local_state()
+        local = load_driver(host.driver_name, driver_config(store, host)).local_state()
     except Exception:  # noqa: BLE001 -- no local evidence from a driver that cannot load
         local = None
     out = base_item(host)
@@ -235,7 +235,7 @@ def gather(
     deadline_s: float = DEFAULT_DEADLINE,
 ) -> list[ListItem]:
     deadline = time.monotonic() + deadline_s
-    known_states = batch_states([h for h in hosts if isinstance(h, Host)], deadline)
+    known_states = batch_states([h for h in hosts if isinstance(h, Host)], deadline, store)
     items: dict[str, ListItem] = {}
     done: dict[str, threading.Event] = {}
     for host in hosts:

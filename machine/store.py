@@ -243,6 +243,15 @@ class MachineRemoved(StoreError):
         self.name = name
 
 
+def driver_config(store: "Store", host: Host) -> dict[str, Any]:
+    """The driver's config with its paths pinned to this store and the directory name.
+
+    A driver finds its files (disks, pidfiles, keys) under StorePath/machines/MachineName;
+    taking those from the file would let a copied or crafted config reach outside the store.
+    """
+    return {**host.driver, "MachineName": host.name, "StorePath": str(store.path)}
+
+
 class BrokenHost:
     """A machine directory whose config could not be loaded: shown as an error row."""
 

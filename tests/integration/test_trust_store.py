@@ -216,3 +216,21 @@ def test_recorded_server_key_path_never_reads_a_file_outside_the_machine(pm, tmp
     tls = machine_tls(store, store.load("m"))
     assert tls.server_key == pm.store / "machines" / "m" / "server-key.pem"
     assert tls.server_cert == pm.store / "machines" / "m" / "server.pem"
+
+
+def test_crafted_store_path_in_driver_config_reaches_nothing_outside(pm, tmp_path):
+    """A qemu config whose StorePath names another store: ls and rm work on this store's directory only."""
+    victim = tmp_path / "victim" / "machines" / "q"
+    victim.mkdir(parents=True)
+    for name in ("disk.qcow2", "seed.iso", "console.log", "qemu.log"):
+        (victim / name).write_text("keep")
+    before = tree(tmp_path / "victim")
+    d = pm.store / "machines" / "q"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({
+        "ConfigVersion": 3, "DriverName": "qemu", "Name": "q", "HostOptions": {},
+        "Driver": {"MachineName": "q", "StorePath": str(tmp_path / "victim")}}))
+    assert "q" in ls_rows(pm)
+    pm.ok("rm", "-y", "q")
+    assert not d.exists()
+    assert tree(tmp_path / "victim") == before
