@@ -114,7 +114,8 @@ def options_from(ns: argparse.Namespace, ctx: Context, driver_default_source: st
     swarm = hostoptions.swarm_options(
         is_swarm=ns.swarm or ns.swarm_master, address=ns.swarm_addr, discovery=ns.swarm_discovery,
         master=ns.swarm_master, host=ns.swarm_host, image=ns.swarm_image, strategy=ns.swarm_strategy,
-        arbitrary_flags=ns.swarm_opt, arbitrary_join_flags=ns.swarm_join_opt, env=ns.engine_env or None,
+        arbitrary_flags=ns.swarm_opt, arbitrary_join_flags=ns.swarm_join_opt,
+        env=(ns.engine_env or None) if ns.swarm or ns.swarm_master else None,  # docker-machine 0.16.2: null off swarm
         experimental=ns.swarm_experimental,
     )
     return CreateOptions(
