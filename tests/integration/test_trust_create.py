@@ -28,7 +28,8 @@ import errno, os, signal, sys
 
 MODE, TARGET = os.environ["INJECT_MODE"], os.environ["INJECT_TARGET"]
 real_replace = os.replace
-SIGNALS = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM, "sigkill": getattr(signal, "SIGKILL", 9)}
+SIGNALS = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM, "sigkill": getattr(signal, "SIGKILL", 9),
+           "sigstop": getattr(signal, "SIGSTOP", 19)}
 
 
 def hit(dst):
@@ -135,6 +136,32 @@ def test_killed_create_shows_as_interrupted_not_running(pm, tmp_path):
     assert "rm -f m" in row["Error"]
     pm.ok("rm", "-f", "m")
     assert machines(pm) == ["first"]
+
+
+def test_create_in_progress_is_shown_as_such_then_completes(pm, tmp_path):
+    """A create paused (SIGSTOP) just before its last write: ls says so, and the create still finishes."""
+    import signal
+    import time
+
+    pm.ok("create", "-d", "none", "--url", URL, "first")
+    script = tmp_path / "inject.py"
+    script.write_text(INJECT)
+    proc = subprocess.Popen([sys.executable, str(script), "create", "-d", "none", "--url", URL, "m"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**pm.env, "INJECT_MODE": "sigstop", "INJECT_TARGET": "server.pem"})
+    try:
+        deadline = time.monotonic() + 60
+        while "m" not in ls_rows(pm) or "in progress" not in ls_rows(pm)["m"]["Error"]:
+            assert proc.poll() is None and time.monotonic() < deadline, "the create never paused"
+            time.sleep(0.2)
+        row = ls_rows(pm)["m"]
+        assert row["Error"] == f"create in progress (pid {proc.pid})"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    row = ls_rows(pm)["m"]
+    assert row["State"] == "Running" and "create" not in row["Error"]
 
 
 def test_killed_rm_is_finished_by_the_next_command(pm, tmp_path):
