@@ -60,7 +60,7 @@ NAMES = {
 NAME_COMMANDS = [
     ["inspect"], ["ip"], ["url"], ["status"], ["start"], ["stop"], ["restart"], ["kill"],
     ["rm", "-y"], ["rm", "-f", "-y"], ["env"], ["config"], ["regenerate-certs", "-f"], ["provision"],
-    ["upgrade"], ["ssh"], ["ssh-config"], ["use"], ["version"],
+    ["upgrade"], ["ssh"], ["ssh-config"], ["use"], ["version"], ["logs"],
 ]
 
 
@@ -116,6 +116,17 @@ def _cases() -> list[Case]:
         ("create[d-no-value]", ["create", "-d"]),
         ("create[url-no-value]", ["create", "-d", "none", "--url"]),
         ("global[s-no-value]", ["-s"]),
+        # the other commands
+        ("image[unknown]", ["image", TOKEN]),
+        ("image[flag]", ["image", "--bogus"]),
+        ("image-load[missing]", ["image", "load", f"/nonexistent/{TOKEN}.tar.gz"]),
+        ("image-load[not-archive]", ["image", "load", "/etc/hostname"]),
+        ("engine[unknown]", ["engine", TOKEN]),
+        ("engine-bundle[flag]", ["engine", "bundle", "--bogus"]),
+        ("completion[unknown]", ["completion", TOKEN]),
+        ("swarm[unknown]", ["swarm", TOKEN]),
+        ("quickstart[flag]", ["quickstart", "--bogus"]),
+        ("use[u-and-name]", ["use", "-u", "alpha"]),
         # numbers
         ("ls[timeout-inf]", ["ls", "--timeout", "inf"]),
         ("ls[timeout-nan]", ["ls", "--timeout", "nan"]),
