@@ -153,7 +153,8 @@ INITRD_NAME = "initrd.img"
 MANIFEST_NAME = "manifest.json"
 BUILD_LOCK_TIMEOUT = 1800.0
 STALE_LOAD_SECONDS = 6 * 3600.0
-DEBOOTSTRAP_TIMEOUT = 1800.0
+#: Per debootstrap/apt step; a foreign arch under qemu-user on a loaded 2-core host needs more than 30 min.
+DEBOOTSTRAP_TIMEOUT = 3600.0
 
 #: The image reads pymachine's own files on the NoCloud seed instead of running
 #: cloud-init: measured under TCG, cloud-init's four Python stages put 62 s on
