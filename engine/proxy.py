@@ -197,5 +197,5 @@ def _first(mapping: Mapping[str, str], names: Iterable[str]) -> str:
 
 def _apt_escape(value: str) -> str:
     if '"' in value or "\n" in value:
-        raise ValueError(f"proxy URL not usable in apt configuration: {value!r}")
+        raise ValueError(f"proxy URL not usable in apt configuration: {redact_url(value)!r}")
     return value
