@@ -329,3 +329,24 @@ def test_case_ids_are_unique():
 def test_bad_input(outcomes, case_id):
     outcome = outcomes[case_id]
     assert not outcome.problems, f"{outcome.case.argv!r}: " + "; ".join(outcome.problems)
+
+
+@pytest.mark.parametrize(
+    "argv,env",
+    [
+        (["create", "-d", "none", "--url", "tcp://127.0.0.1:2376", "x"], {"PYMACHINE_SSH_WAIT": "abc"}),
+        (["create", "-d", "none", "--url", "tcp://127.0.0.1:99999", "x"], {}),
+        (["create", "-d", "none", "--url", "tcp://[::1:2376", "x"], {}),
+        (["create", "-d", "generic", "--generic-ip-address", "127.0.0.1",
+          "--generic-ssh-user", "-oProxyCommand=true", "x"], {}),
+        (["ls", "--timeout", "nan"], {}),
+    ],
+)
+def test_parse_time_refusals_make_nothing_not_even_the_store(tmp_path, argv, env):
+    """Checked while parsing: no store, CA or machine dir appears for a refused create."""
+    store = tmp_path / "store"
+    res = subprocess.run([str(BIN), *argv], env={**_env(store, tmp_path), **env}, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert res.returncode != 0
+    assert len(res.stderr.splitlines()) == 1, res.stderr
+    assert not store.exists()
