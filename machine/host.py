@@ -214,7 +214,7 @@ def create(
             copy_client_certs(machine)
             if not driver.provisionable:
                 issue_server_cert(machine)
-                _finish(machine)
+                finish_create(machine)
     except MachineRemoved:
         raise _removed_meanwhile(name) from None
     except BaseException as exc:
@@ -239,13 +239,13 @@ def create(
             log(f"Removing {name}: the host never answered over SSH")
             _rollback(store, name, driver, log)
             raise
-        _finish(machine)  # kept for 'provision' to retry; LastError says why
+        finish_create(machine)  # kept for 'provision' to retry; LastError says why
         raise
     except BaseException:  # an interrupt while provisioning: nothing half-made is kept
         if store.exists(name):
             _rollback(store, name, driver, log)
         raise
-    _finish(machine)
+    finish_create(machine)
     log(
         "To see how to connect your Docker Client to the Docker Engine running on this "
         f"virtual machine, run: {argv0} env {name}"
@@ -253,7 +253,7 @@ def create(
     return machine
 
 
-def _finish(machine: Machine) -> None:
+def finish_create(machine: Machine) -> None:
     """Clear the create's in-progress mark; a concurrent rm makes this raise MachineRemoved."""
     ext = machine.host.extra.get("Pymachine")
     if isinstance(ext, dict):

@@ -114,7 +114,8 @@ def creation_error(host: Host) -> tuple[bool, str] | None:
     pid = info.get("Pid") if isinstance(info, dict) else None
     if isinstance(pid, int) and pid_alive(pid):
         return False, f"create in progress (pid {pid})"
-    return True, f"create was interrupted; remove it with 'pymachine rm -f {host.name}'"
+    return True, (f"create was interrupted; remove it with 'pymachine rm -f {host.name}'"
+                  + (f" or finish it with 'pymachine provision {host.name}'" if host.driver_name != "none" else ""))
 
 
 def query_host(store: Store, host: Host, item: ListItem, deadline: float,

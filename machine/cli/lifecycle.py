@@ -124,6 +124,10 @@ def _over_ssh(ctx: Context, names: list[str], operation: str) -> None:
             from pymachine.machine import provision
 
             getattr(provision, operation)(machine, ctx.out)
+            if operation == "reprovision" and "Creating" in (machine.host.extra.get("Pymachine") or {}):
+                from pymachine.machine.host import finish_create
+
+                finish_create(machine)  # a provision that succeeds finishes an interrupted create
 
     run_concurrently(names, act)
 

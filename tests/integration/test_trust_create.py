@@ -164,6 +164,25 @@ def test_create_in_progress_is_shown_as_such_then_completes(pm, tmp_path):
     assert row["State"] == "Running" and "create" not in row["Error"]
 
 
+def test_provision_that_succeeds_finishes_an_interrupted_create(pm, tmp_path, monkeypatch):
+    """``provision`` is the other way out of an interrupted create: once it succeeds, ls shows no error."""
+    from pymachine.machine import provision
+    from pymachine.machine.cli.common import Context
+    from pymachine.machine.cli.lifecycle import cmd_provision
+    from pymachine.machine.drivers.none import NoneDriver
+    from pymachine.machine.store import Store
+
+    res = injected(pm, tmp_path, "sigkill", "server.pem", "create", "-d", "none", "--url", URL, "m")
+    assert res.returncode == -9
+    assert "create was interrupted" in ls_rows(pm)["m"]["Error"]
+    # Provisioning over SSH is stood in for; what is tested is what the command does after it succeeds.
+    monkeypatch.setattr(NoneDriver, "provisionable", True)
+    monkeypatch.setattr(provision, "reprovision", lambda machine, log: None)
+    assert cmd_provision(Context(Store(pm.store), environ=dict(pm.env)), ["m"]) == 0
+    row = ls_rows(pm)["m"]
+    assert row["State"] == "Running" and "create" not in row["Error"]
+
+
 def test_killed_rm_is_finished_by_the_next_command(pm, tmp_path):
     pm.ok("create", "-d", "none", "--url", URL, "m")
     res = injected(pm, tmp_path, "sigkill-after", ".removing-*", "rm", "-f", "m")
