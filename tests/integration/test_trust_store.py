@@ -234,3 +234,17 @@ def test_crafted_store_path_in_driver_config_reaches_nothing_outside(pm, tmp_pat
     pm.ok("rm", "-y", "q")
     assert not d.exists()
     assert tree(tmp_path / "victim") == before
+
+
+def test_a_long_name_an_older_version_made_still_lists_and_removes(pm):
+    pm.ok("create", "-d", "none", "--url", URL, "good")
+    long = "l" * 150  # over today's limit of 63, as earlier versions allowed
+    shutil.copytree(pm.store / "machines" / "good", pm.store / "machines" / long)
+    config = pm.store / "machines" / long / "config.json"
+    data = json.loads(config.read_text())
+    data["Name"] = data["Driver"]["MachineName"] = long
+    config.write_text(json.dumps(data))
+    assert ls_rows(pm)[long]["State"] == "Running"
+    pm.ok("rm", "-y", long)
+    assert sorted(p.name for p in (pm.store / "machines").iterdir()) == ["good"]
+    assert not (pm.store / "locks" / f"{long}.lock").exists()
