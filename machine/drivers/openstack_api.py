@@ -68,8 +68,9 @@ class Credentials:
     insecure: bool = False
 
     def key(self) -> tuple[str, ...]:
+        """Everything that changes who we are or whom we trust: machines differing in any share no session."""
         return (identity_base(self.auth_url), self.username, self.tenant_id, self.tenant_name, self.domain_id,
-                self.domain_name, self.region, self.endpoint_type, self.password)
+                self.domain_name, self.region, self.endpoint_type, self.password, self.cacert, str(self.insecure))
 
     def auth_body(self) -> dict[str, Any]:
         domain = {"id": self.domain_id} if self.domain_id else {"name": self.domain_name or "Default"}

@@ -248,3 +248,21 @@ def test_tls_trust_is_per_machine(pm, fake):
              env=os_env(fake, OS_CACERT="", OS_INSECURE="true"))
     assert res.returncode == 3 and "Unable to find network named nonet" in one_line_error(res)
     assert_nothing_left(pm, fake, "o1")
+
+
+def test_two_machines_with_different_tls_trust_do_not_share_a_session(pm, fake):
+    """``ls`` (one process) over an insecure machine and a strict one: each keeps its own trust."""
+    stored_machine(pm, fake, "o1")
+    stored_machine(pm, fake, "o2")
+    for name, trust in (("o1", {"Insecure": True, "CaCert": ""}), ("o2", {"Insecure": False, "CaCert": ""})):
+        cfg_path = pm.store / "machines" / name / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["Driver"].update(trust)
+        cfg_path.write_text(json.dumps(cfg))
+    rows = dict(line.split(" ", 1) for line in
+                pm.ok("ls", "--format", "{{.Name}} {{.State}}").stdout.strip().splitlines())
+    assert rows["o1"] == "Running"
+    assert rows["o2"] != "Running"  # the default trust store does not know the fake's CA
+    res = pm("status", "o2")
+    assert res.returncode != 0 and "certificate_verify_failed" in res.stderr.lower()
+    pm.ok("rm", "-y", "o1")
