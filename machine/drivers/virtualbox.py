@@ -25,6 +25,16 @@ boot2docker mounted it) on the DVD drive.  The old implicit
 is dead, and a stray ISO silently winning over the maintained image would
 surprise; pass it with the flag to keep using it.
 
+VirtualBox 6.1 to 7.2 (read against the project's VirtualBox 7 / VMware
+reference): the host (OS and CPU) is a ``HostPlatform`` parameter.  On macOS
+with 7.x host-only adapters are gone: NIC 2 is a host-only *network*
+(``hostonlynet``; vmnet serves its DHCP, so no VirtualBox DHCP server, and the
+guest IP is read in the guest over the NAT SSH forward when no Guest
+Additions publish it).  Apple Silicon (7.1+) runs ARM VMs: ``createvm
+--platform-architecture`` (7.1+), EFI, the ARMv8 chipset, VirtIO-SCSI and no
+x86-only ``modifyvm`` option (one fails the whole call).  An ``aborted-saved``
+VM (7.0+) shows as Saved; start and rm discard that state first.
+
 Every VBoxManage call goes through a ``VBoxBackend``: ``VBoxManageCLI``, or
 ``machine.drivers.vbox_api.VBoxAPIBackend`` when VirtualBox's SDK binding
 ``vboxapi`` is importable and reaches VBoxSVC (``PYMACHINE_VBOX_BACKEND`` =

@@ -24,6 +24,14 @@ shuts the guest down; stop still falls back to a hard power-off.  The old
 implicit ``<store>/cache/boot2docker.iso`` fallback is gone (boot2docker is
 dead); a boot2docker ISO still works through the flag.
 
+Fusion 13 on Apple Silicon (host ``HostPlatform`` arm64) gets an arm .vmx
+instead: arm guest OS, EFI, SATA CD, NVMe disk, e1000e, hardware version 20
+(reference c2); ``--*-firmware efi`` asks for UEFI on x86.  An answer of
+``getGuestIPAddress`` ending in .1 (docker0's 172.17.0.1, a gateway) or
+outside vmnet8's subnet is not trusted: the DHCP lease is read instead.
+``vmrun list`` paths are compared after realpath, case-folded on macOS and
+Windows.
+
 The guest password (``--*-ssh-password``, boot2docker's ``tcuser`` by default)
 is kept in the machine's secrets file, not in config.json.
 """
@@ -452,8 +460,8 @@ class VMwareDriver(Driver):
                 size = max(size_mb << 20, vmdk_capacity(source_vmdk))
                 # qemu-img has no NVMe adapter type; what Fusion makes of an ide-typed VMDK on NVMe is
                 # UNCONFIRMED (reference VM-2) - the descriptor hint is left at qemu-img's default there.
-                adapter = [] if self.vm_arch() == "arm" else ["-o", "adapter_type=lsilogic"]
-                self._run_tool([tool, "create", "-f", "vmdk", *adapter, self.disk_path, str(size)])
+                adapter_opt = [] if self.vm_arch() == "arm" else ["-o", "adapter_type=lsilogic"]
+                self._run_tool([tool, "create", "-f", "vmdk", *adapter_opt, self.disk_path, str(size)])
                 self._run_tool([tool, "convert", "-n", "--target-is-zero", "-O", "vmdk", source_vmdk, self.disk_path])
             else:
                 self._run_tool([tool, "create", "-f", "vmdk", self.disk_path, f"{size_mb}M"])

@@ -103,8 +103,8 @@ def check_product(vmx: str, cfg: dict[str, str]) -> None:
     if firmware != "efi":
         raise invalid(vmx, 'an arm VM needs firmware = "efi"')
     # Packer's platform notes: CD on SATA, disk on SATA or NVMe, no LSI Logic (so no scsi0), no IDE.
-    for key in cfg:
-        if key.startswith(("ide", "scsi")) and key.endswith(".present") and cfg[key] == "TRUE":
+    for key, value in cfg.items():
+        if key.startswith(("ide", "scsi")) and key.endswith(".present") and value == "TRUE":
             raise invalid(vmx, f"{key.split('.')[0]} (IDE/SCSI) is not available on Apple silicon")
     if cfg.get("ethernet0.virtualDev") not in ("e1000e", "vmxnet3"):
         raise invalid(vmx, f"ethernet0.virtualDev {cfg.get('ethernet0.virtualDev')!r} on Apple silicon")

@@ -862,7 +862,8 @@ def test_arm_vm_boots_the_arm64_base_image(pm, vbox):
     """On Apple Silicon the default image is the arm64 one (issue 17's arch=), exported to VDI."""
     pm.env.update(MAC_ARM)
     image = fake_base_image.make_fake_image(pm.store, arch="arm64")
-    res = pm(*image_args("armimg", "--virtualbox-no-share"))
+    res = pm(*image_args("armimg", "--virtualbox-no-share"),
+             env={"PATH": fake_base_image.path_without_debootstrap(vbox.bin)})  # never a real build
     assert res.returncode == 1 and "Unable to connect" in res.stderr, res.stdout + res.stderr
     disk = f"{pm.store}/machines/armimg/disk.vdi"
     calls = vbox.calls()
@@ -913,10 +914,10 @@ def test_macos_guest_ip_read_in_the_guest_over_the_nat_ssh_forward(vbox, tmp_pat
     guest itself (`ip -4 -o addr show` over SSH) for its address inside the host-only CIDR.  A real sshd
     on 127.0.0.1 stands in for the guest behind the NAT forward; the CIDR is loopback's, so its answer
     (this machine's 127.0.0.1/8) is the "guest" address and nothing outside this machine is dialled."""
-    from tests.fixtures_sshd import SSHD, unavailable_reason
-
     from pymachine.machine.drivers.hostplatform import HostPlatform
     from pymachine.machine.drivers.virtualbox import VBoxManageCLI, VirtualBoxDriver
+
+    from tests.fixtures_sshd import SSHD, unavailable_reason
 
     reason = unavailable_reason()
     if reason:

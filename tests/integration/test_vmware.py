@@ -339,7 +339,7 @@ def test_fusion_on_apple_silicon_writes_an_arm_vmx_the_product_accepts(pm, fake)
     what Fusion 13 on Apple Silicon takes (reference c2); the fake's fusion13-arm check starts it."""
     image = fake_base_image.make_fake_image(pm.store, arch="arm64")
     res = pm("create", "-d", "vmwarefusion", "--vmwarefusion-no-share", "--vmwarefusion-disk-size", "64", "fa",
-             env=FUSION_ARM)
+             env={**FUSION_ARM, "PATH": fake_base_image.path_without_debootstrap(fake.bin)})  # never a real build
     assert res.returncode == 1 and f"Unable to connect to {GUEST_IP}:22" in res.stderr, res.stdout + res.stderr
     mdir = pm.store / "machines" / "fa"
     vmx = vmx_of(mdir / "fa.vmx")
