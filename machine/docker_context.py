@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ntpath
 import os
 import re
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,11 +46,18 @@ _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.+-]*$")
 OVERRIDING_VARIABLES = ("DOCKER_HOST", "DOCKER_CONTEXT")
 
 
-def docker_config_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """``$DOCKER_CONFIG``, else ``~/.docker`` (the docker CLI's rule)."""
+def docker_config_dir(environ: Mapping[str, str] | None = None, platform: str | None = None) -> Path:
+    """``$DOCKER_CONFIG``, else ``<home>/.docker`` (the docker CLI's rule).
+
+    Home is the docker CLI's: %USERPROFILE% on Windows (docker.exe ignores the HOME
+    that Git Bash sets), else $HOME -- as store.default_storage_path does.
+    """
     env = os.environ if environ is None else environ
     if env.get("DOCKER_CONFIG"):
         return Path(env["DOCKER_CONFIG"])
+    if (sys.platform if platform is None else platform).startswith("win"):
+        home = env.get("USERPROFILE") or env.get("HOME") or str(Path.home())
+        return Path(ntpath.join(home, ".docker"))
     home = env.get("HOME") or env.get("USERPROFILE")
     return (Path(home) if home else Path.home()) / ".docker"
 

@@ -44,6 +44,16 @@ def test_windows_store_is_under_userprofile_even_when_git_bash_sets_home() -> No
     assert str(default_storage_path({**env, "MACHINE_STORAGE_PATH": r"D:\m"}, "win32")) == r"D:\m"
 
 
+def test_windows_docker_config_is_under_userprofile_even_when_git_bash_sets_home() -> None:
+    """docker.exe reads %USERPROFILE%\\.docker (docker's homedir.Get on Windows), so contexts and plugins go there."""
+    from pymachine.machine.docker_context import docker_config_dir
+
+    env = {"USERPROFILE": WIN_HOME, "HOME": "/c/Users/jane"}
+    assert str(docker_config_dir(env, "win32")) == WIN_HOME + r"\.docker"
+    assert str(docker_config_dir({"HOME": "/home/jane", "USERPROFILE": "x"}, "linux")) == "/home/jane/.docker"
+    assert str(docker_config_dir({**env, "DOCKER_CONFIG": r"D:\cfg"}, "win32")) == r"D:\cfg"
+
+
 # --- shells ------------------------------------------------------------------------------
 
 
