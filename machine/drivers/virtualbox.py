@@ -97,6 +97,14 @@ STATE_MAP = {
     "stopping": State.STOPPING,
     "restoring": State.STARTING,
     "saving": State.STOPPING,
+    # the rest of VBoxManage's VMState words (reference a8; vbox_api.MACHINE_STATES lists them all)
+    "gurumeditation": State.ERROR,  # stuck: only a power-off helps (rm does one)
+    "teleported": State.STOPPED,
+    "teleporting": State.RUNNING, "livesnapshotting": State.RUNNING, "onlinesnapshotting": State.RUNNING,
+    "deletingsnapshotlive": State.RUNNING, "faulttolerantsyncing": State.RUNNING, "teleportingpausedvm": State.PAUSED,
+    "deletingsnapshotlivepaused": State.PAUSED, "teleportingin": State.STARTING,
+    "settingup": State.STOPPED, "snapshotting": State.STOPPED, "deletingsnapshot": State.STOPPED,
+    "restoringsnapshot": State.STOPPED,
 }
 #: Host-only networks pymachine makes itself (macOS, VirtualBox 7.x); only these are ever removed.
 HOSTONLYNET_PREFIX = "pymachine-"

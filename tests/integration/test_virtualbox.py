@@ -941,3 +941,15 @@ def test_macos_guest_ip_read_in_the_guest_over_the_nat_ssh_forward(vbox, tmp_pat
         assert driver.guest_ip() == "", "no address of the guest lies in that network"
     assert driver.guest_ip() == "", "the guest's sshd is not up (yet): no answer, wait_for_ip asks again"
     assert not any(c[:2] == ["dhcpserver", "findlease"] for c in vbox.calls())
+
+
+def test_every_vmstate_word_has_a_state():
+    """Each VMState word VBoxManage prints (the API's MachineState names, 7.x included) maps to a state,
+    so `ls` never shows a blank one."""
+    from pymachine.machine.drivers.base import State
+    from pymachine.machine.drivers.vbox_api import MACHINE_STATES
+    from pymachine.machine.drivers.virtualbox import STATE_MAP
+
+    words = {word for _name, word in MACHINE_STATES}
+    assert words - set(STATE_MAP) == set()
+    assert STATE_MAP["aborted-saved"] == State.SAVED and STATE_MAP["gurumeditation"] == State.ERROR

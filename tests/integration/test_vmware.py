@@ -439,3 +439,15 @@ def test_vmrun_list_matched_after_realpath_and_case_folding(pm, fake, tmp_path):
     assert pm.ok("status", "fu1", env=both).stdout.strip() == "Running", "APFS folds case"
     pm.ok("rm", "-y", "-f", "fu1", env=both)  # matched as running: stopped hard, then deleted for real
     assert [Path(p).name for p in fake.vms()] == ["ws1.vmx"]
+
+
+def test_vmx_key_normalises_what_vmrun_list_prints_per_host():
+    """Windows: back slashes, drive letter and case do not matter; Linux keeps case; macOS folds it."""
+    from pymachine.machine.drivers.hostplatform import HostPlatform
+    from pymachine.machine.drivers.vmware import VMwareDriver, vmx_key
+
+    win, linux, mac = HostPlatform("win32", "x86_64"), HostPlatform("linux", "x86_64"), HostPlatform("darwin", "arm64")
+    listed = "Total running VMs: 1\nc:/Users/Me/.docker/machine/machines/W1/W1.vmx\n"
+    assert vmx_key(r"C:\Users\me\.docker\machine\machines\w1\w1.vmx", win) in VMwareDriver.running_vmx(listed, win)
+    assert vmx_key("/srv/m/A.vmx", linux) != vmx_key("/srv/m/a.vmx", linux)
+    assert vmx_key("/srv/m/A.vmx", mac) == vmx_key("/srv/m/a.vmx", mac)
