@@ -11,6 +11,7 @@ errors that keep the API's status and message for one-line reports.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -84,8 +85,6 @@ class RestClient:
         self._retries = retries
 
     def _connection(self, timeout: float):
-        import http.client
-
         host, port = self._split.hostname or "", self._split.port
         if self._split.scheme == "http":
             return http.client.HTTPConnection(host, port, timeout=timeout)
@@ -133,6 +132,10 @@ class RestClient:
             except OSError as exc:
                 reason = getattr(exc, "reason", None) or exc.strerror or exc
                 raise MachineError(f"cannot reach {self._what} at {self.base_url}: {reason}") from None
+            except http.client.HTTPException as exc:  # BadStatusLine, IncompleteRead, LineTooLong: not OSError
+                detail = " ".join(str(exc).split())[:120] or "no detail"
+                raise MachineError(f"bad answer from {self._what} at {self.base_url}: "
+                                   f"{type(exc).__name__}: {detail}") from None
             finally:
                 conn.close()
             try:
