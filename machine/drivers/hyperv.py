@@ -132,10 +132,21 @@ class HyperVDriver(Driver):
         return (ps or self.ps()).json(VM_LIST, timeout)
 
     def _vm(self, ps: PowerShell | None = None, timeout: float = 60.0) -> dict[str, Any] | None:
-        found = [v for v in self.list_vms(ps, timeout) if v.get("Name") == self.machine_name]
-        if self.config.get("VMId"):
-            found = [v for v in found if str(v.get("Id")) == self.config["VMId"]] or found
-        return found[0] if found else None
+        return self._pick(self.list_vms(ps, timeout))
+
+    def _pick(self, vms: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Ours among ``vms``: by the recorded VMId only (Hyper-V allows duplicate names), else by name."""
+        vm_id = str(self.config.get("VMId") or "").lower()
+        if vm_id:
+            return next((v for v in vms if str(v.get("Id")).lower() == vm_id), None)
+        return next((v for v in vms if v.get("Name") == self.machine_name), None)
+
+    def _on_vm(self, cmdlet: str, args: str = "") -> str:
+        """``cmdlet`` applied to our VM alone: ``-Name`` would act on every VM of that name."""
+        vm_id = str(self.config.get("VMId") or "")
+        if vm_id:
+            return f"Hyper-V\\Get-VM -Id {quote(vm_id)} | Hyper-V\\{cmdlet}{args}"
+        return f"Hyper-V\\{cmdlet} -Name {quote(self.machine_name)}{args}"
 
     # -- pre-create ------------------------------------------------------------------------
     def pre_create_check(self) -> None:
@@ -218,7 +229,7 @@ class HyperVDriver(Driver):
         vm = self._vm(ps)
         self.config["VMId"] = str((vm or {}).get("Id") or "")
         log(f"({name}) Starting VM...")
-        ps.run(f"Hyper-V\\Start-VM -Name {quote(name)}")
+        ps.run(self._on_vm("Start-VM"))
         log(f"({name}) Waiting for host to start...")
         self.config["IPAddress"] = self.wait_for_ip(ps)
 
@@ -278,27 +289,26 @@ class HyperVDriver(Driver):
             vms = mine[0].list_vms(timeout=timeout)
         except MachineError:
             return {}
-        by_name = {str(v.get("Name")): str(v.get("State")) for v in vms}
-        return {d.machine_name: STATES.get(by_name[d.machine_name], State.NONE)
-                for d in mine if d.machine_name in by_name}
+        picked = {d.machine_name: d._pick(vms) for d in mine}
+        return {name: STATES.get(str(vm.get("State")), State.NONE) for name, vm in picked.items() if vm}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, log: Log) -> None:
         ps = self.ps()
-        ps.run(f"Hyper-V\\Start-VM -Name {quote(self.machine_name)}")
+        ps.run(self._on_vm("Start-VM"))
         self.config["IPAddress"] = self.wait_for_ip(ps)  # the Default Switch may hand out another one
 
     def stop(self, log: Log) -> None:
         ps = self.ps()
         limit = seconds_from_env(SHUTDOWN_WAIT_ENV, 60.0)
         try:
-            ps.run(f"Hyper-V\\Stop-VM -Name {quote(self.machine_name)}", timeout=max(limit, 1.0))
+            ps.run(self._on_vm("Stop-VM"), timeout=max(limit, 1.0))
         except MachineError as exc:
             log(f"({self.machine_name}) Graceful shutdown failed ({exc}); turning the VM off")
-            ps.run(f"Hyper-V\\Stop-VM -Name {quote(self.machine_name)} -TurnOff")
+            ps.run(self._on_vm("Stop-VM", " -TurnOff"))
 
     def kill(self, log: Log) -> None:
-        self.ps().run(f"Hyper-V\\Stop-VM -Name {quote(self.machine_name)} -TurnOff")
+        self.ps().run(self._on_vm("Stop-VM", " -TurnOff"))
 
     def restart(self, log: Log) -> None:
         self.stop(log)
@@ -313,7 +323,7 @@ class HyperVDriver(Driver):
         if vm is None:
             log(f"({self.machine_name}) Hyper-V VM does not exist, assuming it is already deleted")
             return
-        name = quote(self.machine_name)
+        self.config["VMId"] = str(vm.get("Id") or "")  # a machine from before VMId was kept: this one only
         if vm.get("State") != "Off":
-            ps.run(f"Hyper-V\\Stop-VM -Name {name} -TurnOff")
-        ps.run(f"Hyper-V\\Remove-VM -Name {name} -Force")
+            ps.run(self._on_vm("Stop-VM", " -TurnOff"))
+        ps.run(self._on_vm("Remove-VM", " -Force"))

@@ -15,9 +15,13 @@ to find a virtual machine with name "X".``; with ``$ErrorActionPreference =
 'Stop'`` the first error ends the script, exit code 1, error record on stderr.
 ``ConvertTo-Json -Compress @(...)`` is answered for the two projections the
 driver asks (VMs, switches), with enums as strings; output lines end in CRLF.
+VM names need not be unique, as in Hyper-V: ``-Name``/``-VMName`` select every VM
+of that name (Stop-VM/Remove-VM act on all of them), ``Get-VM -Id`` one VM, and
+``Get-VM ... | Start-VM|Stop-VM|Remove-VM`` pipes the VM objects into ``-VM``
+(the cmdlets' documented pipeline input, ``VirtualMachine[]``).
 
 State keys: ``module`` (Hyper-V module present), ``hyperv_admin``, ``admin``,
-``switches`` [{Id, Name, SwitchType}], ``vms`` {name: {...}}, ``guest_ip``
+``switches`` [{Id, Name, SwitchType}], ``vms`` {key: {Name, Id, ...}} (the key is the name unless taken), ``guest_ip``
 (the IPv4 a started VM reports, after an IPv6 link-local one; none if unset),
 ``guest_hook`` (argv run on a gen 2 VM's start with the VM name and its DVD images; it plays the
 guest's first boot and prints the address the guest reports), ``ignore_shutdown`` (graceful Stop-VM fails), ``gen2`` (False: Server 2012's
@@ -57,10 +61,11 @@ CMDLETS: dict[str, dict[str, str]] = {
     "Add-VMDvdDrive": {"VMName": "value", "Path": "value", "ControllerNumber": "value", "ControllerLocation": "value"},
     "Get-VMHardDiskDrive": {"VMName": "value"},
     "Resize-VHD": {"Path": "value", "SizeBytes": "value", "ToMinimumSize": "switch"},
-    "Start-VM": {"Name": "value", "Passthru": "switch"},
-    "Stop-VM": {"Name": "value", "TurnOff": "switch", "Force": "switch", "Save": "switch"},
-    "Remove-VM": {"Name": "value", "Force": "switch"},
+    "Start-VM": {"Name": "value", "VM": "value", "Passthru": "switch"},
+    "Stop-VM": {"Name": "value", "VM": "value", "TurnOff": "switch", "Force": "switch", "Save": "switch"},
+    "Remove-VM": {"Name": "value", "VM": "value", "Force": "switch"},
 }
+PIPED_VM = ("Start-VM", "Stop-VM", "Remove-VM")  # take Get-VM's output as -VM
 POSITIONAL = {"Get-VM": "Name", "Start-VM": "Name", "Stop-VM": "Name", "Remove-VM": "Name", "New-VM": "Name",
               "Set-VMProcessor": "VMName", "Get-VMSwitch": "Name", "Resize-VHD": "Path"}
 SECURE_BOOT_TEMPLATES = ("MicrosoftWindows", "MicrosoftUEFICertificateAuthority", "OpenSourceShieldedVM")
@@ -156,13 +161,24 @@ class Shell:
     def emit(self, *lines: str) -> None:
         self.out.extend(lines)
 
-    def vm(self, name: str, cmdlet: str, stmt: str) -> dict[str, Any]:
-        vm = self.state["vms"].get(name)
-        if vm is None:
+    def named(self, name: str, cmdlet: str, stmt: str) -> list[dict[str, Any]]:
+        """Every VM called ``name`` (Hyper-V does not keep names unique); none is an error."""
+        found = [v for v in self.state["vms"].values() if v["Name"] == name]
+        if not found:
             raise PSError(f'{cmdlet} : Hyper-V was unable to find a virtual machine with name "{name}".',
                           f"InvalidArgument: ({name}:String) [{cmdlet}], VirtualizationException",
                           f"InvalidParameter,Microsoft.HyperV.PowerShell.Commands.{cmdlet.replace('-', '')}", stmt)
-        return vm
+        return found
+
+    def vm(self, name: str, cmdlet: str, stmt: str) -> dict[str, Any]:
+        return self.named(name, cmdlet, stmt)[0]
+
+    def targets(self, p: dict[str, Any], cmdlet: str, stmt: str) -> list[dict[str, Any]]:
+        """The VMs piped in as ``-VM``, else all of ``-Name``'s."""
+        if "VM" in p:
+            ids = {v["Id"] for v in p["VM"]}
+            return [v for v in self.state["vms"].values() if v["Id"] in ids]
+        return self.named(p["Name"], cmdlet, stmt)
 
     def statement(self, stmt: str) -> None:
         if stmt.startswith(("$ErrorActionPreference", "[Console]::OutputEncoding")):
@@ -183,7 +199,10 @@ class Shell:
         if stmt.startswith("ConvertTo-Json -Compress @(") and stmt.endswith(")"):
             self.emit(json.dumps(self.pipeline(stmt[len("ConvertTo-Json -Compress @("):-1], stmt), separators=(",", ":")))
             return
-        self.cmdlet(stmt)
+        stages = split_top(stmt, "|")
+        objs = self.cmdlet(stages[0])
+        for stage in stages[1:]:
+            objs = self.cmdlet(stage, piped=objs)
 
     def pipeline(self, text: str, stmt: str) -> list[dict[str, Any]]:
         stages = split_top(text, "|")
@@ -198,7 +217,7 @@ class Shell:
             return [{"Id": s["Id"], "Name": s["Name"], "SwitchType": s["SwitchType"]} for s in objs]
         raise PSError(f"fake powershell: unsupported projection {projection!r}", "NotImplemented", "FakeUnsupported", stmt)
 
-    def cmdlet(self, stmt: str) -> list[dict[str, Any]]:
+    def cmdlet(self, stmt: str, piped: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         toks = tokens(stmt)
         if not toks or toks[0][0] != "word":
             raise PSError(f"fake powershell: cannot parse {stmt!r}", "ParserError", "FakeParse", stmt)
@@ -222,6 +241,11 @@ class Shell:
                           "using Run as Administrator.", f"ObjectNotFound: (:) [{name}], VirtualizationException",
                           f"ObjectNotFound,Microsoft.HyperV.PowerShell.Commands.{name.replace('-', '')}", stmt)
         params: dict[str, Any] = {}
+        if piped is not None:
+            if name not in PIPED_VM:
+                raise PSError(f"fake powershell: {name} takes no pipeline input here", "NotImplemented",
+                              "FakeUnsupported", stmt)
+            params["VM"] = piped
         spec = {**CMDLETS[name], **COMMON}
         i = 1
         while i < len(toks):
@@ -269,8 +293,15 @@ class Shell:
 
     # -- cmdlets ---------------------------------------------------------------------------
     def do_Get_VM(self, p: dict[str, Any], stmt: str) -> list[dict[str, Any]]:
+        if "Id" in p:
+            found = [v for v in self.state["vms"].values() if v["Id"].lower() == str(p["Id"]).lower()]
+            if not found:
+                raise PSError(f'Get-VM : Hyper-V was unable to find a virtual machine with id "{p["Id"]}".',
+                              f"InvalidArgument: ({p['Id']}:Guid) [Get-VM], VirtualizationException",
+                              "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM", stmt)
+            return found
         if "Name" in p:
-            return [self.vm(p["Name"], "Get-VM", stmt)]
+            return self.named(p["Name"], "Get-VM", stmt)
         return list(self.state["vms"].values())
 
     def do_Get_VMSwitch(self, p: dict[str, Any], stmt: str) -> list[dict[str, Any]]:
@@ -296,9 +327,9 @@ class Shell:
             if gen == 2 and magic != b"vhdxfile":
                 raise PSError("New-VM : Generation 2 virtual machines support only VHDX virtual hard disks.",
                               "InvalidArgument", "InvalidParameter", stmt)
-        name = p["Name"]
-        self.state["vms"][name] = {
-            "Name": name, "Id": str(uuid.uuid4()), "State": "Off", "Generation": gen, "Path": p.get("Path"),
+        name, vm_id = p["Name"], str(uuid.uuid4())
+        self.state["vms"][name if name not in self.state["vms"] else vm_id] = {
+            "Name": name, "Id": vm_id, "State": "Off", "Generation": gen, "Path": p.get("Path"),
             "MemoryStartup": number(str(p.get("MemoryStartupBytes", "512MB"))), "DynamicMemoryEnabled": gen == 1 and False,
             "ProcessorCount": 1, "HardDrives": [vhd] if vhd else [], "DvdDrives": [],
             "NetworkAdapters": [{"SwitchName": switch, "MacAddress": "00155D" + uuid.uuid4().hex[:6].upper(),
@@ -365,7 +396,10 @@ class Shell:
         self.state.setdefault("vhd_sizes", {})[str(path)] = number(str(p["SizeBytes"]))
 
     def do_Start_VM(self, p: dict[str, Any], stmt: str) -> None:
-        vm = self.vm(p["Name"], "Start-VM", stmt)
+        for vm in self.targets(p, "Start-VM", stmt):
+            self.start(vm, stmt)
+
+    def start(self, vm: dict[str, Any], stmt: str) -> None:
         vm["State"] = "Running"
         fw = vm.get("Firmware") or {}
         # A Linux loader under the Windows Secure Boot template never boots: no guest, no address.
@@ -386,21 +420,23 @@ class Shell:
         vm["NetworkAdapters"][0]["IPAddresses"] = ["fe80::215:5dff:fe00:603", ip] if (ip and boots) else []
 
     def do_Stop_VM(self, p: dict[str, Any], stmt: str) -> None:
-        vm = self.vm(p["Name"], "Stop-VM", stmt)
-        if vm["State"] == "Off":
-            return
-        if not p.get("TurnOff") and self.state.get("ignore_shutdown"):
-            raise PSError(f"Stop-VM : The virtual machine '{vm['Name']}' failed to shut down. The guest did not "
-                          "respond to the shutdown request.", "NotSpecified", "OperationFailed", stmt)
-        vm["State"] = "Off"
-        vm["NetworkAdapters"][0]["IPAddresses"] = []
+        for vm in self.targets(p, "Stop-VM", stmt):
+            if vm["State"] == "Off":
+                continue
+            if not p.get("TurnOff") and self.state.get("ignore_shutdown"):
+                raise PSError(f"Stop-VM : The virtual machine '{vm['Name']}' failed to shut down. The guest did not "
+                              "respond to the shutdown request.", "NotSpecified", "OperationFailed", stmt)
+            vm["State"] = "Off"
+            if vm.get("NetworkAdapters"):
+                vm["NetworkAdapters"][0]["IPAddresses"] = []
 
     def do_Remove_VM(self, p: dict[str, Any], stmt: str) -> None:
-        vm = self.vm(p["Name"], "Remove-VM", stmt)
-        if vm["State"] != "Off":
-            raise PSError(f"Remove-VM : The operation cannot be performed while the virtual machine '{vm['Name']}' "
-                          "is in its current state.", "InvalidOperation", "InvalidState", stmt)
-        del self.state["vms"][vm["Name"]]
+        for vm in self.targets(p, "Remove-VM", stmt):
+            if vm["State"] != "Off":
+                raise PSError(f"Remove-VM : The operation cannot be performed while the virtual machine "
+                              f"'{vm['Name']}' is in its current state.", "InvalidOperation", "InvalidState", stmt)
+            key = next(k for k, v in self.state["vms"].items() if v["Id"] == vm["Id"])
+            del self.state["vms"][key]
 
 
 def main(argv: list[str]) -> int:

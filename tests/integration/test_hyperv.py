@@ -27,7 +27,7 @@ ADDRESSES = itertools.count(2)
 class Fake:
     def __init__(self, root: Path) -> None:
         self.bin = root / "bin"
-        self.state_file = fake_ps.install(self.bin, root / "state", guest_ip=f"127.80.0.{next(ADDRESSES) % 250}")
+        self.state_file = fake_ps.install(self.bin, root / "state", guest_ip=f"127.80.0.{next(ADDRESSES) % 250 + 1}")
 
     @property
     def state(self) -> dict:
@@ -155,8 +155,8 @@ def test_create_builds_a_gen2_vm_from_the_vhdx_and_rm_removes_it(pm, fake, image
     assert fake.state["vms"] == {}
     assert not mdir.exists()
     removal = fake.scripts()[-2:]
-    assert removal[0].endswith("Hyper-V\\Stop-VM -Name 'hv1' -TurnOff")
-    assert removal[1].endswith("Hyper-V\\Remove-VM -Name 'hv1' -Force")
+    assert removal[0].endswith(f"Hyper-V\\Get-VM -Id '{vm['Id']}' | Hyper-V\\Stop-VM -TurnOff")
+    assert removal[1].endswith(f"Hyper-V\\Get-VM -Id '{vm['Id']}' | Hyper-V\\Remove-VM -Force")
 
 
 def test_failed_create_and_missing_ip_roll_back(pm, fake, image):
@@ -186,8 +186,9 @@ def test_ls_one_powershell_stop_falls_back_to_turnoff(pm, fake, image):
     fake.update(ignore_shutdown=True)
     res = pm.ok("stop", "hv1", env=fake.env())
     assert "Graceful shutdown failed" in res.stdout
-    assert [s.split("; ")[-1] for s in fake.scripts()[-2:]] == ["Hyper-V\\Stop-VM -Name 'hv1'",
-                                                                "Hyper-V\\Stop-VM -Name 'hv1' -TurnOff"]
+    by_id = f"Hyper-V\\Get-VM -Id '{fake.state['vms']['hv1']['Id']}' | "
+    assert [s.split("; ")[-1] for s in fake.scripts()[-2:]] == [by_id + "Hyper-V\\Stop-VM",
+                                                                by_id + "Hyper-V\\Stop-VM -TurnOff"]
     assert pm.ok("status", "hv1", env=fake.env()).stdout.strip() == "Stopped"
     pm.ok("start", "hv1", env=fake.env())
     assert fake.state["vms"]["hv1"]["State"] == "Running"
@@ -195,6 +196,43 @@ def test_ls_one_powershell_stop_falls_back_to_turnoff(pm, fake, image):
     assert fake.state["vms"]["hv2"]["State"] == "Off"
     pm.ok("rm", "-y", "hv1", "hv2", env=fake.env())
     assert fake.state["vms"] == {}
+
+
+def test_a_foreign_vm_with_the_same_name_is_never_touched(pm, fake, image):
+    """Hyper-V allows duplicate names (and ``-Name`` acts on all of them): every command targets the recorded VMId."""
+    pm("create", "-d", "hyperv", "hv1", env=fake.env())
+    forget_provisioning_error(pm, "hv1")
+    ours = fake.state["vms"]["hv1"]
+    foreign = {**ours, "Id": "0e6f1a34-5c1d-4f0b-9a63-0000000f0001", "Path": "D:\\Other\\hv1", "State": "Running",
+               "HardDrives": [], "DvdDrives": []}
+    fake.update(vms={"hv1": ours, "someone-elses": foreign})
+
+    def state_of(vm_id: str) -> str:
+        return next(v["State"] for v in fake.state["vms"].values() if v["Id"] == vm_id)
+
+    pm.ok("stop", "hv1", env=fake.env())
+    assert (state_of(ours["Id"]), state_of(foreign["Id"])) == ("Off", "Running")
+    assert pm.ok("status", "hv1", env=fake.env()).stdout.strip() == "Stopped"
+    assert pm.ok("ls", "--format", "{{.Name}} {{.State}}", env=fake.env()).stdout.split() == ["hv1", "Stopped"]
+    fake.update(vms={**fake.state["vms"], "someone-elses": {**foreign, "State": "Off"}})
+    pm.ok("start", "hv1", env=fake.env())
+    assert (state_of(ours["Id"]), state_of(foreign["Id"])) == ("Running", "Off")
+    fake.update(vms={**fake.state["vms"], "someone-elses": foreign})
+    pm.ok("kill", "hv1", env=fake.env())
+    assert (state_of(ours["Id"]), state_of(foreign["Id"])) == ("Off", "Running")
+    pm.ok("rm", "-y", "hv1", env=fake.env())
+    assert [v["Id"] for v in fake.state["vms"].values()] == [foreign["Id"]]
+    assert fake.state["vms"]["someone-elses"]["State"] == "Running"
+
+
+def test_rm_of_a_vanished_vm_leaves_a_same_named_one_alone(pm, fake, image):
+    pm("create", "-d", "hyperv", "hv1", env=fake.env())
+    foreign = {**fake.state["vms"]["hv1"], "Id": "0e6f1a34-5c1d-4f0b-9a63-0000000f0002", "State": "Running"}
+    fake.update(vms={"someone-elses": foreign})  # ours was deleted by hand; another VM took its name
+    assert pm("status", "hv1", env=fake.env()).stdout.strip() != "Running"
+    res = pm.ok("rm", "-y", "hv1", env=fake.env())
+    assert "does not exist" in res.stdout + res.stderr
+    assert fake.state["vms"] == {"someone-elses": foreign}
 
 
 def test_fake_is_strict_about_parameters_and_cmdlets(fake):
