@@ -953,3 +953,12 @@ def test_every_vmstate_word_has_a_state():
     words = {word for _name, word in MACHINE_STATES}
     assert words - set(STATE_MAP) == set()
     assert STATE_MAP["aborted-saved"] == State.SAVED and STATE_MAP["gurumeditation"] == State.ERROR
+
+
+def test_windows_host_has_no_networks_conf_range_check(pm, vbox, tmp_path):
+    """networks.conf is a Linux/macOS file: on a Windows host any range is VirtualBox's to refuse."""
+    pm.env.update(host_env("7.2.4r170995", "win32", "x86_64"))
+    res = pm(*vdi_args(fake_vdi(tmp_path / "x86.vdi"), "w1", "--virtualbox-hostonly-cidr", "10.9.8.1/24"))
+    assert res.returncode == 1 and "Unable to connect" in res.stderr, res.stderr
+    assert ["hostonlyif", "ipconfig", "vboxnet0", "--ip", "10.9.8.1", "--netmask", "255.255.255.0"] in vbox.calls()
+    assert ["modifyvm", "w1", *machine_settings("x86_64", "win32")] in vbox.calls()  # --longmode on, as docker-machine
