@@ -8,9 +8,10 @@ The .deb works on Debian 12 and 13 alike.  Native modules come from the
 distribution, with the versions paramiko needs (``python3-cryptography (>= 38),
 python3-bcrypt (>= 3.2), python3-nacl (>= 1.5)``: Debian 12 has 38.0.4,
 3.2.2 and 1.5.0).  paramiko itself is vendored, pure Python, under
-``/usr/lib/pymachine/vendor`` (with invoke; the lock's ``dest``), which the
-launcher puts ahead of the system's packages: Debian 12's python3-paramiko is
-2.12, without ``PKey.from_path``.  Compose is the Docker CLI plugin in
+``/usr/lib/pymachine/vendor`` (with invoke, filelock and pycdlib; the lock's
+``dest``), which the launcher puts ahead of the system's packages: Debian 12's
+python3-paramiko is 2.12, without ``PKey.from_path``, and its python3-pycdlib
+1.12 is older than the seed ISO writer needs (>= 1.14).  Compose is the Docker CLI plugin in
 ``/usr/lib/docker/cli-plugins/`` (a directory every docker CLI searches,
 before ``/usr/libexec/docker/cli-plugins`` where Debian 13's own v2
 ``docker-compose`` and Docker's ``docker-compose-plugin`` live, so there is
@@ -82,6 +83,10 @@ Files: usr/lib/pymachine/vendor/filelock*
 Copyright: none claimed
 License: Unlicense
 
+Files: usr/lib/pymachine/vendor/pycdlib*
+Copyright: 2015-2022 Chris Lalancette <clalancette@gmail.com>
+License: LGPL-2.1
+
 Files: usr/lib/docker/cli-plugins/*
 Copyright: 2020 Docker, Inc.
 License: Apache-2.0
@@ -90,6 +95,9 @@ License: Apache-2.0
  On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.
 
 License: LGPL-2.1+
+ On Debian systems the full text is in /usr/share/common-licenses/LGPL-2.1.
+
+License: LGPL-2.1
  On Debian systems the full text is in /usr/share/common-licenses/LGPL-2.1.
 
 License: BSD-2-clause

@@ -140,7 +140,7 @@ class Chroot:
 @pytest.fixture(scope="module")
 def amd64_deb(tmp_path_factory):
     """The .deb of this checkout for x86_64, from the Linux stand-ins (static Compose plugin, vendored
-    paramiko/invoke/filelock wheels re-made from this venv's), served over loopback and pinned."""
+    wheels of the repo lock re-made from this venv's), served over loopback and pinned."""
     import hashlib
     import http.server
     import json
@@ -205,6 +205,14 @@ def test_deb_installs_and_creates_a_generic_machine_from_inside_debian(
         assert pm_version.startswith("pymachine version 0.1.0")
         if release == "12":  # the issue: Debian 12's paramiko lacks PKey.from_path; the vendored one is used
             assert system_paramiko.startswith("system-paramiko 2.12"), system_paramiko
+
+        # the seed ISO of the local drivers: the vendored pycdlib (Debian 12's python3-pycdlib is 1.12)
+        seed = root.run("python3 -c \"import sys; sys.path[:0] = ['/usr/lib/pymachine/vendor', '/usr/bin/pymachine']; "
+                        "import pycdlib; from pymachine.machine import seed; "
+                        "seed.write_seed_iso('/root/seed.iso', hostname='h', user='docker', ssh_pubkey='ssh-ed25519 A k', "
+                        "proxy=None, instance_id='i'); print(pycdlib.__file__, sorted(seed.read_seed_iso('/root/seed.iso')))\"")
+        assert seed.returncode == 0, seed.stderr
+        assert seed.stdout.startswith("/usr/lib/pymachine/vendor/pycdlib/") and "'user-data'" in seed.stdout, seed.stdout
 
         # docker compose: the plugin in a directory every docker CLI searches, without any config
         compose = root.run("docker compose version")

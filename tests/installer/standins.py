@@ -215,15 +215,27 @@ def wheel_from_installed(dist_name: str) -> tuple[str, bytes]:
     return f"{name}-{dist.version}-py3-none-any.whl", buf.getvalue()
 
 
+def repo_pure_wheels(platform: str) -> list[tuple[str, str]]:
+    """(PyPI project, dest) of each pure-Python wheel the repo lock vendors for ``platform``: the
+    stand-ins follow the lock, so a wheel missing there is missing from the staged tree too."""
+    import re
+
+    from pymachine.installer.lock import Lock
+
+    lock = Lock.load(Path(__file__).resolve().parents[2] / "packaging" / "components.lock.json")
+    return sorted({(c.upstream["project"], c.dest) for c in lock.components(platform)
+                   if c.name.startswith("wheel-") and re.search(r"-(py2\.)?py3-none-any\.whl$", c.filename)})
+
+
 def linux_standins() -> dict[str, tuple[bytes, dict]]:
     """The repo lock's Linux components, as stand-ins: Compose for x86_64 and the vendored wheels."""
     files = {"docker-compose-linux-x86_64": (compose_standin(), {
         "name": "docker-compose", "version": COMPOSE_VERSION, "arch": "x86_64",
         "dest": "usr/lib/docker/cli-plugins/docker-compose"})}
-    for dist in ("paramiko", "invoke", "filelock"):
+    for dist, dest in repo_pure_wheels("linux"):
         filename, data = wheel_from_installed(dist)
         files[filename] = (data, {"name": f"wheel-{dist}", "version": filename.split("-")[1],
-                                  "dest": "usr/lib/pymachine/vendor", "unpack": "zip"})
+                                  "dest": dest, "unpack": "zip"})
     return files
 
 

@@ -88,10 +88,21 @@ def test_deb_contents_control_install_and_reproducible(linux_lock, tmp_path, src
     assert which.stdout.strip() == f"pymachine version {__version__}, build python"
     vendor = root / "usr/lib/pymachine/vendor"
     code = ("import sys, runpy; sys.path.insert(0, sys.argv[1]); "
-            "import paramiko, filelock; print(paramiko.__file__); print(filelock.__file__)")
+            "import paramiko, filelock, pycdlib; print(paramiko.__file__); print(filelock.__file__); "
+            "print(pycdlib.__file__)")
     files = subprocess.run([sys.executable, "-c", code, str(vendor)], capture_output=True, text=True,
                            timeout=60, check=True).stdout.split()
-    assert all(f.startswith(str(vendor)) for f in files)
+    assert len(files) == 3 and all(f.startswith(str(vendor)) for f in files)
+    # the installed pymachine (the pyz) writes a seed ISO with the vendored pycdlib (Debian 12 has 1.12)
+    seed = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import pycdlib; "
+            "from pymachine.machine import seed; assert pycdlib.__file__.startswith(sys.argv[1]); "
+            "seed.write_seed_iso(sys.argv[3], hostname='deb1', user='docker', ssh_pubkey='ssh-ed25519 AAAA k', "
+            "proxy=None, instance_id='i-1'); print(sorted(seed.read_seed_iso(sys.argv[3])))")
+    iso = tmp_path / "seed.iso"
+    out = subprocess.run([sys.executable, "-I", "-c", seed, str(vendor), str(binary), str(iso)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "user-data" in out.stdout and iso.read_bytes()[0x8001:0x8006] == b"CD001"
     plugin = root / "usr/lib/docker/cli-plugins/docker-compose"
     meta = subprocess.run([str(plugin), "docker-cli-plugin-metadata"], capture_output=True, text=True,
                           timeout=10, check=True).stdout

@@ -52,7 +52,7 @@ def test_repo_lock_covers_every_platform_and_component():
     assert "vm-image" not in {c.name for c in linux}  # Linux hosts build it
     assert {c.dest for c in linux if c.name == "docker-compose"} == {"usr/lib/docker/cli-plugins/docker-compose"}
     assert {c.name for c in linux if c.dest == "usr/lib/pymachine/vendor"} == {
-        "wheel-paramiko", "wheel-invoke", "wheel-filelock"}  # pure Python, beside Debian's native modules
+        "wheel-paramiko", "wheel-invoke", "wheel-filelock", "wheel-pycdlib"}  # pure Python, beside Debian's native modules
     for comps in lock.platforms.values():
         for c in comps:
             assert c.url.startswith("https://") and c.version and c.dest
@@ -61,6 +61,31 @@ def test_repo_lock_covers_every_platform_and_component():
                 assert c.size > 10_000 and c.filename.endswith(".whl")
             elif c.sha256 is not None:
                 c.require_pinned()
+
+
+def test_every_installer_carries_pycdlib_for_the_seed_iso():
+    """The default local drivers write their seed ISO with pycdlib (machine.seed): every bundle vendors a
+    pinned, pure-Python wheel at a version the extras accept (Debian 12's python3-pycdlib is 1.12)."""
+    import re
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    minimum = {tuple(int(x) for x in m.group(1).split("."))
+               for reqs in extras.values() for r in reqs if (m := re.fullmatch(r"pycdlib>=([\d.]+)", r))}
+    assert len(minimum) == 1
+    lock = Lock.load(REPO / "packaging" / "components.lock.json")
+    wheel_dest = {"linux": "usr/lib/pymachine/vendor", "macos": "lib", "windows": "lib"}
+    for plat, dest in wheel_dest.items():
+        for arch in lock.arches(plat):
+            [comp] = [c for c in lock.components(plat, arch) if c.name == "wheel-pycdlib"]
+            comp.require_pinned()
+            assert comp.dest == dest and comp.unpack == "zip" and comp.arch == ""
+            assert re.fullmatch(r"pycdlib-[\d.]+-(py2\.)?py3-none-any\.whl", comp.filename), comp.filename
+            assert tuple(int(x) for x in comp.version.split(".")) >= min(minimum)
+            assert comp.upstream == {"type": "pypi", "project": "pycdlib", "version": comp.version,
+                                     "filename": "pycdlib-{version}-py3-none-any\\.whl"}
+    control = (REPO / "packaging" / "deb" / "control.in").read_text()
+    assert "pycdlib" not in control  # vendored, not left to an old distribution package
 
 
 def test_unpinned_component_is_refused(tmp_path):

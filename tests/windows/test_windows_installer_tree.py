@@ -11,6 +11,7 @@ the real tree carries win_amd64 wheels that cannot load here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -22,6 +23,9 @@ import pytest
 from test_windows_cli import BLOCKER, TLSEngine
 
 from pymachine.installer import windows
+from pymachine.installer.lock import Component
+from pymachine.installer.stage import stage
+from tests.installer.standins import http_root, repo_pure_wheels, wheel_from_installed  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,3 +98,33 @@ def test_staged_cli_version_ls_create_env(staged: Path, tmp_path: Path) -> None:
         engine.close()
     res = run(staged, tmp_path, "ls", "-q")
     assert res.returncode == 0 and res.stdout == "win\n"
+
+
+def test_staged_tree_writes_a_seed_iso_with_its_own_pycdlib(staged: Path, tmp_path: Path, http_root) -> None:
+    """The default virtualbox/qemu/vmware/hyperv creates write a seed ISO (machine.seed, pycdlib).
+    The repo lock's pure-Python wheels (re-made from this venv, served over loopback, pinned) are
+    staged into ``lib`` by the installer's own code: pycdlib must be among them and load from there."""
+    www, base = http_root
+    comps = []
+    for dist, dest in repo_pure_wheels("windows"):
+        filename, data = wheel_from_installed(dist)
+        (www / filename).write_bytes(data)
+        comps.append(Component(f"wheel-{dist}", filename.split("-")[1], f"{base}/{filename}", len(data),
+                               hashlib.sha256(data).hexdigest(), dest, unpack="zip"))
+    stage(comps, staged, tmp_path / "cache")
+    probe = ("import os, sys, pycdlib\n"
+             "from pymachine.machine import seed\n"
+             "print(os.environ['PYMACHINE_POSIX_BLOCKED']); print(pycdlib.__file__); print(seed.__file__)\n"
+             "seed.write_seed_iso(sys.argv[1], hostname='win', user='docker', ssh_pubkey='ssh-ed25519 AAAA k',\n"
+             "                    proxy=None, instance_id='i-1')\n"
+             "print(' '.join(sorted(seed.read_seed_iso(sys.argv[1]))))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = os.pathsep.join([str(BLOCKER), str(staged / "lib")])
+    iso = tmp_path / "seed.iso"
+    out = subprocess.run([sys.executable, "-c", probe, str(iso)], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    blocked, pycdlib_file, seed_file, names = out.stdout.splitlines()
+    assert blocked == "1"
+    assert Path(pycdlib_file).is_relative_to(staged / "lib") and Path(seed_file).is_relative_to(staged / "lib")
+    assert "user-data" in names.split() and iso.read_bytes()[0x8001:0x8006] == b"CD001"
