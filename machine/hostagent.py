@@ -190,41 +190,51 @@ class PortSync:
                 self.log(f"CONFLICT: cannot forward {forward} for container {name}: {reason}")
 
 
-def _settings(machine_dir: Path) -> tuple[str, int, str]:
-    config = json.loads((machine_dir / "config.json").read_text())
-    driver = config.get("Driver") or {}
-    return LOOPBACK, int(driver.get("EnginePort") or 2376), str(machine_dir / "qmp.sock")
+def _vm_alive(machine_dir: Path, qmp_path: str) -> bool:
+    """QEMU still runs: its monitor socket is there and its pidfile names a live process."""
+    if not os.path.exists(qmp_path):
+        return False
+    try:
+        pid = int((machine_dir / "qemu.pid").read_text().strip())
+    except (OSError, ValueError):
+        return True  # written by QEMU a moment after the socket
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
-def run(machine_dir: Path, log: Log, *, max_runtime: float | None = None) -> int:
-    """The agent's loop: until the VM's monitor socket goes away (or ``max_runtime``)."""
-    host, port, qmp_path = _settings(machine_dir)
-    engine = EngineEvents(host, port, machine_dir / "ca.pem", machine_dir / "cert.pem", machine_dir / "key.pem")
+def run(machine_dir: Path, engine_port: int, log: Log, *, max_runtime: float | None = None) -> int:
+    """The agent's loop: until the VM is gone (or ``max_runtime``)."""
+    qmp_path = str(machine_dir / "qmp.sock")
     sync = PortSync(QemuForwarder(qmp_path), log)
+    engine: EngineEvents | None = None
     started = time.monotonic()
     log(f"host agent started (pid {os.getpid()}): forwarding published ports to {LOOPBACK}")
     waiting_logged = False
     while max_runtime is None or time.monotonic() - started < max_runtime:
-        if not os.path.exists(qmp_path):
+        if not _vm_alive(machine_dir, qmp_path):
             log("the VM stopped: host agent exits")
             return 0
         try:
+            if engine is None:  # the machine's client certificates arrive during create
+                engine = EngineEvents(LOOPBACK, engine_port, machine_dir / "ca.pem", machine_dir / "cert.pem",
+                                      machine_dir / "key.pem")
             sync.apply(published(engine.containers()))
             for _event in engine.follow(SYNC_INTERVAL):
                 sync.apply(published(engine.containers()))
-        except (OSError, ValueError) as exc:
-            if not waiting_logged:
-                log(f"waiting for the engine at {host}:{port} ({exc.__class__.__name__})")
-                waiting_logged = True
-            time.sleep(ENGINE_RETRY)
-        except Exception as exc:  # noqa: BLE001 - a QMP failure: the VM is going away or refused
+        except Exception as exc:  # noqa: BLE001 - the engine not up yet, or QEMU going away
             from pymachine.machine.qmp import QMPError
 
-            if not isinstance(exc, QMPError):
-                raise
-            if not os.path.exists(qmp_path):
-                continue
-            log(f"QEMU's monitor refused a forward: {exc}")
+            if isinstance(exc, QMPError):
+                if _vm_alive(machine_dir, qmp_path):
+                    log(f"QEMU's monitor refused a forward: {exc}")
+            elif not waiting_logged:
+                log(f"waiting for the engine at {LOOPBACK}:{engine_port} ({exc.__class__.__name__})")
+                waiting_logged = True
             time.sleep(ENGINE_RETRY)
     return 0
 
@@ -263,8 +273,8 @@ def _agent_pid(machine_dir: Path) -> int | None:
     return pid
 
 
-def launch(machine_dir: Path) -> int | None:
-    """Start the agent for ``machine_dir`` unless one runs; returns its pid."""
+def launch(machine_dir: Path, engine_port: int) -> int | None:
+    """Start the agent for ``machine_dir`` unless one runs; returns its pid; never waits."""
     existing = _agent_pid(machine_dir)
     if existing is not None:
         return existing
@@ -274,7 +284,8 @@ def launch(machine_dir: Path) -> int | None:
     else:
         kwargs["start_new_session"] = True
     with open(os.devnull, "rb") as devnull, open(machine_dir / LOG_NAME, "ab") as logfile:
-        proc = subprocess.Popen([sys.executable, "-m", "pymachine.machine.hostagent", str(machine_dir)],
+        proc = subprocess.Popen([sys.executable, "-m", "pymachine.machine.hostagent", str(machine_dir),
+                                 str(engine_port)],
                                 stdin=devnull, stdout=logfile, stderr=logfile, close_fds=True, **kwargs)
     (machine_dir / PID_NAME).write_text(f"{proc.pid}\n")
     return proc.pid
@@ -305,14 +316,14 @@ def log_lines(machine_dir: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.stderr.write("usage: python -m pymachine.machine.hostagent MACHINE_DIR\n")
+    if len(args) != 2 or not args[1].isdigit():
+        sys.stderr.write("usage: python -m pymachine.machine.hostagent MACHINE_DIR ENGINE_PORT\n")
         return 2
     machine_dir = Path(args[0])
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    return run(machine_dir, _file_log(machine_dir / LOG_NAME))
+    return run(machine_dir, int(args[1]), _file_log(machine_dir / LOG_NAME))
 
 
 if __name__ == "__main__":

@@ -827,6 +827,7 @@ class QemuDriver(Driver):
             self._pin_host_key()
             error = self._spawn()
             if error is None:
+                self._start_host_agent()
                 return
             # A port grabbed by someone else between the check and QEMU's bind: pick again.
             if "forwarding rule" in error and not all(fixed) and attempt < 2:
@@ -950,7 +951,19 @@ class QemuDriver(Driver):
             raise MachineError(f"QEMU (pid {pid}) is still running after SIGKILL")
         self._cleanup_runtime()
 
+    def _start_host_agent(self) -> None:
+        """Published container ports answer on 127.0.0.1 (machine/hostagent.py); never waits."""
+        from pymachine.machine import hostagent
+
+        try:
+            hostagent.launch(Path(self.machine_dir), int(self.config.get("EnginePort") or 0))
+        except OSError:
+            pass  # forwarding is a convenience: the machine works without it
+
     def _cleanup_runtime(self) -> None:
+        from pymachine.machine import hostagent
+
+        hostagent.stop(Path(self.machine_dir))
         for name in (PIDFILE, QMP_SOCKET):
             path = self._path(name)
             if os.path.lexists(path):
