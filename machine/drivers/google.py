@@ -37,6 +37,7 @@ import json
 import os
 import re
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -98,11 +99,18 @@ class Compute:
 
     def call(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None,
              timeout: float | None = None) -> Any:
-        """``path`` is relative to the project; 403 rateLimitExceeded is retried like a 429."""
+        """``path`` is relative to the project; 403 rateLimitExceeded is retried like a 429.
+
+        Every POST carries a fresh ``requestId`` (a UUID), the same on each try: Compute ignores a
+        repeat of a request it has already done and answers its operation, so a POST whose
+        answer was a 5xx is retried without making a second instance, rule or change.
+        """
         full = f"/projects/{self.project}{path}" if not path.startswith("/projects/") else path
+        if method == "POST":
+            query = {**(query or {}), "requestId": str(uuid.uuid4())}
         for attempt in range(5):
             try:
-                return self.rest.call(method, full, body, query, timeout) or {}
+                return self.rest.request(method, full, body, query, timeout, idempotent=True)[0] or {}
             except HTTPError as exc:
                 if exc.status == 403 and exc.reason == "rateLimitExceeded" and attempt < 4:
                     time.sleep(min(0.5 * 2 ** attempt, 8.0))

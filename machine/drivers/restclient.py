@@ -103,8 +103,13 @@ class RestClient:
 
     def request(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None,
                 timeout: float | None = None, form: Mapping[str, str] | None = None,
-                extra_headers: Mapping[str, str] | None = None) -> tuple[Any, dict[str, str]]:
-        """One call (retried on 429/5xx within the deadline): (parsed JSON or None, response headers)."""
+                extra_headers: Mapping[str, str] | None = None,
+                idempotent: bool = False) -> tuple[Any, dict[str, str]]:
+        """One call (retried on 429/5xx within the deadline): (parsed JSON or None, response headers).
+
+        ``idempotent`` marks a POST the server dedupes (a request id repeated on each try), so a
+        5xx may be retried for it as for GET/PUT/DELETE.
+        """
         url_path = self._prefix + path + (f"?{urlencode(query, doseq=True)}" if query else "")
         shown = self.base_url + path
         budget = timeout if timeout is not None else self.timeout * 3
@@ -143,8 +148,9 @@ class RestClient:
             except ValueError:
                 payload = None
             # 429 means "not processed": always safe to repeat.  A 5xx may come after the work was
-            # done (a proxy timing out), so only idempotent calls are repeated; a POST is not.
-            retryable = status == 429 or (status in self._retry_statuses and method in IDEMPOTENT)
+            # done (a proxy timing out), so only idempotent calls are repeated; a POST is not,
+            # unless the caller made it idempotent (Compute's requestId).
+            retryable = status == 429 or (status in self._retry_statuses and (method in IDEMPOTENT or idempotent))
             if retryable and attempt < self._retries:
                 delay = retry_delay(resp_headers, attempt)
                 if time.monotonic() + delay < deadline:

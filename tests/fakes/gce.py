@@ -22,7 +22,13 @@ Network safety: an instance only ever gets the address the test's
 
 Failure injection: ``fail_next(method, path_prefix, status, reason, message)``,
 ``drop_response_next(method, path_prefix)`` (done, but the answer is lost),
+``lose_answer_next(method, path_prefix)`` (done, but a 503 comes back, as from a proxy),
 ``rate_limit(n, status=429|403)``, ``quota_cpus`` (the region's CPUS limit).
+
+``requestId`` (the query parameter of every mutating Compute method): a UUID, not the
+zero one (else 400); a request repeating one already done is not done again and
+answers that first request's operation, as the Compute v1 reference documents
+("the server will know to ignore the request if it has already been completed").
 """
 
 from __future__ import annotations
@@ -105,6 +111,8 @@ class FakeGCE(HTTPSFake):
         self._injected: list[list[Any]] = []
         self._rate_limited: tuple[int, int] = (0, 429)
         self._dropped: list[tuple[str, str]] = []
+        self._lost: list[tuple[str, str]] = []
+        self.request_ids: dict[str, str] = {}  # requestId -> the name of the operation it made
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -142,6 +150,11 @@ class FakeGCE(HTTPSFake):
         """The next matching request takes effect but its answer is lost (the connection closes)."""
         with self._lock:
             self._dropped.append((method.upper(), prefix))
+
+    def lose_answer_next(self, method: str, prefix: str) -> None:
+        """The next matching request takes effect but answers 503 backendError."""
+        with self._lock:
+            self._lost.append((method.upper(), prefix))
 
     def rate_limit(self, times: int, status: int = 429) -> None:
         with self._lock:
@@ -333,11 +346,30 @@ class FakeGCE(HTTPSFake):
                     inj[5] -= 1
                     return inj[2], _err(inj[2], inj[3], inj[4]), {}
             self._tick()
+            request_id = (query.get("requestId") or [""])[0]
+            if request_id:
+                import uuid
+
+                try:
+                    valid = uuid.UUID(request_id).int != 0
+                except ValueError:
+                    valid = False
+                if not valid:
+                    return 400, _err(400, "invalid", f"Invalid value for field 'requestId': '{request_id}'. "
+                                                     "The request ID must be a valid UUID."), {}
+                if request_id in self.request_ids:  # done already: its operation, nothing done again
+                    return 200, dict(self.operations[self.request_ids[request_id]]), {}
             status, payload = self._route(method, path, query, body if isinstance(body, dict) else {})
+            if request_id and status == 200 and (payload or {}).get("kind") == "compute#operation":
+                self.request_ids[request_id] = payload["name"]
             drop = next((d for d in self._dropped if d[0] == method and path.startswith(d[1])), None)
             if drop:
                 self._dropped.remove(drop)
                 return 0, None, {}
+            lost = next((d for d in self._lost if d[0] == method and path.startswith(d[1])), None)
+            if lost:
+                self._lost.remove(lost)
+                return 503, _err(503, "backendError", "Backend Error"), {}
             return status, payload, {}
 
     def _token(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any], dict[str, str]]:

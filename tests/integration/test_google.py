@@ -310,15 +310,23 @@ def test_authorized_user_adc_from_gcloud_dir(pm, fake, tmp_path):
     assert "fake-refresh-token" not in res.stdout + res.stderr
 
 
-def test_server_errors_retry_reads_but_never_repeat_an_insert(pm, fake, sa_file):
+def test_server_errors_retry_reads_and_inserts_by_request_id(pm, fake, sa_file):
     fake.fail_next("GET", f"/compute/v1/projects/{PROJECT}/zones/", 503, "backendError", "Backend Error", times=2)
     res = pm("create", "-d", "google", "--google-zone", "nowhere-1a", "g1", env=gce_env(fake, sa_file))
     assert res.returncode == 3 and "nowhere-1a" in one_line_error(res)
     assert len(fake.calls("GET", "/zones/nowhere-1a")) == 3
 
-    fake.fail_next("POST", f"/compute/v1/projects/{PROJECT}/zones/us-central1-a/instances", 503, "backendError",
-                   "Backend Error")
-    res = pm("create", "-d", "google", "g1", env=gce_env(fake, sa_file))
-    assert res.returncode == 1 and "503 Backend Error" in one_line_error(res)
-    assert len(fake.calls("POST", "/zones/us-central1-a/instances")) == 1
+    # The insert and the firewall rule are done but answer 503: each POST is repeated with its
+    # requestId, which Compute dedupes, so there is one instance and one rule, not two.
+    fake.lose_answer_next("POST", f"/compute/v1/projects/{PROJECT}/zones/us-central1-a/instances")
+    fake.lose_answer_next("POST", f"/compute/v1/projects/{PROJECT}/global/firewalls")
+    driver, _ = stored_machine(pm, fake, sa_file, "g1")
+    for path in ("/zones/us-central1-a/instances", "/global/firewalls"):
+        posts = [c for c in fake.calls("POST") if c.path.endswith(path)]
+        assert len(posts) == 2 and posts[0].query["requestId"] == posts[1].query["requestId"], posts
+    assert list(fake.instances) == [("us-central1-a", "g1")] and len(fake.firewalls) == 1
+    ids = [c.query["requestId"][0] for c in fake.calls("POST", "/compute/v1/")]  # not the OAuth token POST
+    assert len(set(ids)) == len(ids) - 2  # every other POST has its own
+    assert driver.config["InstanceCreated"]
+    pm.ok("rm", "-y", "g1", env=gce_env(fake, sa_file))
     assert_nothing_left(pm, fake, "g1")
