@@ -100,7 +100,8 @@ def test_staged_cli_version_ls_create_env(staged: Path, tmp_path: Path) -> None:
     assert res.returncode == 0 and res.stdout == "win\n"
 
 
-def test_staged_tree_writes_a_seed_iso_with_its_own_pycdlib(staged: Path, tmp_path: Path, http_root) -> None:
+def test_staged_tree_writes_a_seed_iso_with_its_own_pycdlib(staged: Path, tmp_path: Path,
+                                                             http_root) -> None:  # noqa: F811 (fixture)
     """The default virtualbox/qemu/vmware/hyperv creates write a seed ISO (machine.seed, pycdlib).
     The repo lock's pure-Python wheels (re-made from this venv, served over loopback, pinned) are
     staged into ``lib`` by the installer's own code: pycdlib must be among them and load from there."""
