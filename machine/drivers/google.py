@@ -221,7 +221,8 @@ class GoogleDriver(Driver):
         ports = [str(p) for p in values.get("google-open-port") or []]
         for port in ports:
             m = PORT_RE.match(port)
-            if not m or not 0 < int(m.group(1)) < 65536:
+            low, high = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (0, 0)
+            if not 0 < low <= high < 65536:
                 raise MachineError(f"--google-open-port must look like 8080/tcp or 8000-8010/udp, got {port!r}")
         image = str(values.get("google-machine-image") or DEFAULT_IMAGE)
         image = image.removeprefix(GOOGLE_PREFIX)

@@ -115,6 +115,15 @@ def test_wrong_key_is_refused_without_printing_it(pm, fake, tmp_path):
     assert not (pm.store / "machines" / "g1").exists()
 
 
+@pytest.mark.parametrize("port", ["0/tcp", "70000/tcp", "8000-70000/tcp", "9000-8000/udp", "8080", "8080/icmp"])
+def test_bad_open_port_is_one_line_and_makes_nothing(pm, fake, sa_file, port):
+    """Both ends of a range are checked (1..65535, low <= high), not only the first number."""
+    res = pm("create", "-d", "google", "--google-open-port", port, "g1", env=gce_env(fake, sa_file))
+    assert "--google-open-port" in one_line_error(res) and port in res.stderr
+    assert not [c for c in fake.requests if c.method != "GET" and c.path != "/token"]
+    assert_nothing_left(pm, fake, "g1")
+
+
 @pytest.mark.parametrize(("flag", "value", "expect"), [
     ("--google-zone", "mars-central1-a", "--google-zone"),
     ("--google-machine-type", "n9-huge-512", "--google-machine-type"),
