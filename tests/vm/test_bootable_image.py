@@ -108,9 +108,11 @@ HARDWARE = {
         "vmxnet3", "fuse.vmhgfs-fuse", ".host:/hosthome", "/hosthome",
     ),
     # VMware's EFI VMs (Fusion on Apple Silicon, Workstation 17's newer guests) put the disk on
-    # NVMe; Debian's OVMF has no PVSCSI driver, so this is the VMware EFI hardware QEMU can imitate.
+    # NVMe and the CD-ROM on SATA; Debian's OVMF has no PVSCSI driver, so this is the VMware EFI
+    # hardware QEMU can imitate.
     "vmware-nvme": (
-        ["-device", "nvme,serial=pymachine,drive=disk0,bootindex=0", "-device", "ide-cd,drive=cd0,bus=ide.1"],
+        ["-device", "nvme,serial=pymachine,drive=disk0,bootindex=0",
+         "-device", "ahci,id=sata", "-device", "ide-cd,drive=cd0,bus=sata.0"],
         "vmxnet3", "fuse.vmhgfs-fuse", ".host:/hosthome", "/hosthome",
     ),
 }
