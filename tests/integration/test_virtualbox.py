@@ -127,7 +127,7 @@ def test_create_runs_docker_machines_vboxmanage_sequence(pm, vbox):
 
 
 def test_stop_start_kill_rm_sequences(pm, vbox):
-    pm(*create_args(vbox, "vb1", "--virtualbox-no-share"))
+    created(pm(*create_args(vbox, "vb1", "--virtualbox-no-share")))
     ls = pm.ok("ls", "--format", "{{.Name}} {{.DriverName}} {{.State}}").stdout
     assert "vb1 virtualbox" in ls
     vbox.reset_log()
@@ -139,10 +139,13 @@ def test_stop_start_kill_rm_sequences(pm, vbox):
         ["showvminfo", "vb1", "--machinereadable"],  # poll until not running
     ]
     assert pm.ok("status", "vb1").stdout.strip() == "Stopped"
-    port = json.loads((pm.store / "machines" / "vb1" / "config.json").read_text())["Driver"]["SSHPort"]
+    saved = json.loads((pm.store / "machines" / "vb1" / "config.json").read_text())["Driver"]["SSHPort"]
     vbox.reset_log()
     pm.ok("start", "vb1")
     calls = vbox.calls()
+    port = json.loads((pm.store / "machines" / "vb1" / "config.json").read_text())["Driver"]["SSHPort"]
+    # The saved port when still free; on a busy host another process may have taken it meanwhile.
+    assert port == saved or not port_free(saved)
     # The host-only interface and its DHCP server are reused: nothing is created again.
     assert calls == [
         ["showvminfo", "vb1", "--machinereadable"],
@@ -152,7 +155,7 @@ def test_stop_start_kill_rm_sequences(pm, vbox):
         ["modifyvm", "vb1", "--nic2", "hostonly", "--nictype2", "82540EM", "--nicpromisc2", "deny",
          "--hostonlyadapter2", "vboxnet0", "--cableconnected2", "on"],
         ["modifyvm", "vb1", "--natpf1", "delete", "ssh"],
-        ["modifyvm", "vb1", "--natpf1", f"ssh,tcp,127.0.0.1,{port},,22"],  # the saved port, still free
+        ["modifyvm", "vb1", "--natpf1", f"ssh,tcp,127.0.0.1,{port},,22"],
         ["startvm", "vb1", "--type", "headless"],
         ["guestproperty", "get", "vb1", "/VirtualBox/GuestInfo/Net/1/V4/IP"],
     ]
@@ -174,17 +177,17 @@ def test_stop_start_kill_rm_sequences(pm, vbox):
 
 
 def test_hostonly_interface_reused_by_second_machine_and_new_one_for_other_cidr(pm, vbox):
-    pm(*create_args(vbox, "vb1", "--virtualbox-no-share"))
+    created(pm(*create_args(vbox, "vb1", "--virtualbox-no-share")))
     vbox.reset_log()
-    pm(*create_args(vbox, "vb2", "--virtualbox-no-share"))
+    created(pm(*create_args(vbox, "vb2", "--virtualbox-no-share")))
     calls = vbox.calls()
     assert ["hostonlyif", "create"] not in calls
     assert not any(c[:2] in (["dhcpserver", "add"], ["dhcpserver", "modify"]) for c in calls)
     assert ["modifyvm", "vb2", "--nic2", "hostonly", "--nictype2", "82540EM", "--nicpromisc2", "deny",
             "--hostonlyadapter2", "vboxnet0", "--cableconnected2", "on"] in calls
     vbox.reset_log()
-    pm(*create_args(vbox, "vb3", "--virtualbox-no-share", "--virtualbox-hostonly-cidr", "192.168.57.1/24",
-                    "--virtualbox-hostonly-no-dhcp"))
+    created(pm(*create_args(vbox, "vb3", "--virtualbox-no-share", "--virtualbox-hostonly-cidr", "192.168.57.1/24",
+                            "--virtualbox-hostonly-no-dhcp")))
     calls = vbox.calls()
     assert ["hostonlyif", "ipconfig", "vboxnet1", "--ip", "192.168.57.1", "--netmask", "255.255.255.0"] in calls
     assert ["dhcpserver", "add", "--netname", "HostInterfaceNetworking-vboxnet1", "--ip", "192.168.57.2",
@@ -195,10 +198,27 @@ def test_hostonly_interface_reused_by_second_machine_and_new_one_for_other_cidr(
 
 
 def test_small_cidr_scopes_dhcp_to_subnet(pm, vbox):
-    pm(*create_args(vbox, "vb1", "--virtualbox-no-share", "--virtualbox-hostonly-cidr", "192.168.58.129/28"))
+    created(pm(*create_args(vbox, "vb1", "--virtualbox-no-share", "--virtualbox-hostonly-cidr", "192.168.58.129/28")))
     dhcp = vbox.state()["dhcpservers"]["HostInterfaceNetworking-vboxnet0"]
     assert (dhcp["ip"], dhcp["mask"], dhcp["lower"], dhcp["upper"]) == (
         "192.168.58.130", "255.255.255.240", "192.168.58.136", "192.168.58.142")
+
+
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def created(res):
+    """A create whose driver part completed: no VM boots here, so provisioning fails reaching SSH (exit 1)."""
+    assert res.returncode == 1 and "Unable to connect to" in res.stderr, res.stdout + res.stderr
+    return res
 
 
 def forget_provisioning_error(pm, name: str) -> None:
@@ -231,11 +251,11 @@ def test_bad_cidr_is_one_line_and_leaves_nothing(pm, vbox, cidr, message):
 def test_networks_conf_and_allow_any_range_widen_the_ranges(pm, vbox, tmp_path):
     conf = tmp_path / "networks.conf"
     conf.write_text("# allowed\n* 10.0.0.0/8 192.168.0.0/16\n")
-    pm(*create_args(vbox, "vb1", "--virtualbox-no-share", "--virtualbox-hostonly-cidr", "10.9.8.1/24"),
-       env={"PYMACHINE_VBOX_NETWORKS_CONF": str(conf)})
+    created(pm(*create_args(vbox, "vb1", "--virtualbox-no-share", "--virtualbox-hostonly-cidr", "10.9.8.1/24"),
+               env={"PYMACHINE_VBOX_NETWORKS_CONF": str(conf)}))
     assert vbox.state()["hostonlyifs"]["vboxnet0"]["ip"] == "10.9.8.1"
-    pm(*create_args(vbox, "vb2", "--virtualbox-no-share", "--virtualbox-hostonly-cidr", "172.20.0.1/16",
-                    "--virtualbox-hostonly-allow-any-range"))
+    created(pm(*create_args(vbox, "vb2", "--virtualbox-no-share", "--virtualbox-hostonly-cidr", "172.20.0.1/16",
+                            "--virtualbox-hostonly-allow-any-range")))
     assert vbox.state()["hostonlyifs"]["vboxnet1"]["mask"] == "255.255.0.0"
 
 
@@ -298,7 +318,7 @@ def test_not_ready_is_retried(pm, vbox):
 
 
 def test_ls_without_vboxmanage_says_how_to_install(pm, vbox):
-    pm(*create_args(vbox, "vb1", "--virtualbox-no-share"))
+    created(pm(*create_args(vbox, "vb1", "--virtualbox-no-share")))
     forget_provisioning_error(pm, "vb1")
     rows = pm.ok("ls", "--format", "{{.Name}}|{{.State}}|{{.Error}}", env={"PATH": "/usr/bin:/bin"}).out_lines
     assert rows == [("vb1|Error|VBoxManage not found: install VirtualBox (https://www.virtualbox.org) "
@@ -383,7 +403,7 @@ def test_default_image_shares_the_home_folder_where_boot2docker_mounted_it(pm, v
     if not os.path.isdir(host_dir):
         pytest.skip(f"{host_dir} does not exist here")
     fake_base_image.make_fake_image(pm.store)
-    pm(*image_args("vbhome"))
+    created(pm(*image_args("vbhome")))
     assert ["sharedfolder", "add", "vbhome", "--name", name, "--hostpath", host_dir, "--automount"] in vbox.calls()
     fstab = read_seed_iso(pm.store / "machines" / "vbhome" / "seed.iso")["pymachine/fstab"]
     assert fstab == f"{name} /{name} vboxsf defaults,nofail,uid=@UID@,gid=@GID@ 0 0\n"
@@ -471,7 +491,7 @@ def test_vboxapi_backend_answers_the_hot_paths_without_spawning_vboxmanage(pm, v
     VBoxManage's VirtualBox), `ls`, `status`, `ip`, `stop` and `start` are answered in
     process; create's one-off steps still go through VBoxManage."""
     api = {"PYMACHINE_VBOX_BACKEND": "auto", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "fakes")}
-    pm(*create_args(vbox, "vb1", "--virtualbox-no-share"), env=api)
+    created(pm(*create_args(vbox, "vb1", "--virtualbox-no-share"), env=api))
     assert ["createvm", "--basefolder", str(pm.store / "machines" / "vb1"), "--name", "vb1", "--register"] \
         in vbox.calls()
     api_log = vbox.home / "api-calls.log"
@@ -500,7 +520,7 @@ def test_default_image_leaves_nothing_in_virtualboxs_media_registry(pm, vbox, fa
     assert res.returncode == 1 and f"injected failure of '{failing}'" in res.stderr.strip().splitlines()[-1]
     assert vbox.state().get("registered") == []
     assert vbox.vms() == [] and not (pm.store / "machines" / "vbreg").exists()
-    pm(*image_args("vbreg2", "--virtualbox-no-share"))  # the VM exists (provisioning cannot reach it)
+    created(pm(*image_args("vbreg2", "--virtualbox-no-share")))  # the VM exists (provisioning cannot reach it)
     mdir = pm.store / "machines" / "vbreg2"
     assert vbox.state()["registered"] == [f"{mdir}/disk.vdi"], "only the attached copy stays registered"
     pm.ok("rm", "-y", "vbreg2")
@@ -595,10 +615,15 @@ def test_lifecycle_over_the_version_host_matrix(pm, vbox, tmp_path, version, hos
                    "--bootable", "on"] if arch == "arm64" else
                   ["storagectl", "m1", "--name", "SATA", "--add", "sata", "--hostiocache", "on"])
     disk, seed = f"{mdir}/disk.vdi", f"{mdir}/seed.iso"
-    forward = [["modifyvm", "m1", "--natpf1", "delete", "ssh"],
-               ["modifyvm", "m1", "--natpf1", f"ssh,tcp,127.0.0.1,{port},,22"],
-               ["startvm", "m1", "--type", "headless"],
-               ["guestproperty", "get", "m1", "/VirtualBox/GuestInfo/Net/1/V4/IP"]]
+    def forward() -> list[list[str]]:
+        """Start's last steps; the NAT port is the saved one unless another process took it meanwhile."""
+        now = json.loads((mdir / "config.json").read_text())["Driver"]["SSHPort"]
+        assert now == port or not port_free(port)
+        return [["modifyvm", "m1", "--natpf1", "delete", "ssh"],
+                ["modifyvm", "m1", "--natpf1", f"ssh,tcp,127.0.0.1,{now},,22"],
+                ["startvm", "m1", "--type", "headless"],
+                ["guestproperty", "get", "m1", "/VirtualBox/GuestInfo/Net/1/V4/IP"]]
+
     assert vbox.calls() == [
         ["--version"],
         ["list", "hostonlynets" if vmnet else "hostonlyifs"],
@@ -617,7 +642,7 @@ def test_lifecycle_over_the_version_host_matrix(pm, vbox, tmp_path, version, hos
         ["guestproperty", "set", "m1", "/VirtualBox/GuestAdd/SharedFolders/MountDir", "/"],
         ["showvminfo", "m1", "--machinereadable"],
         *network_calls("m1", host_os, version, first=True),
-        *forward,
+        *forward(),
     ]
     vm = next(iter(vbox.state()["vms"].values()))
     assert vm["arch"] == ("arm" if arch == "arm64" else "x86") and vm["state"] == "running"
@@ -642,7 +667,7 @@ def test_lifecycle_over_the_version_host_matrix(pm, vbox, tmp_path, version, hos
         ["showvminfo", "m1", "--machinereadable"],
         *([["--version"]] if host_os == "darwin" else []),
         *network_calls("m1", host_os, version, first=False),
-        *forward,
+        *forward(),
     ]
     vbox.reset_log()
     pm.ok("restart", "m1")
@@ -652,7 +677,7 @@ def test_lifecycle_over_the_version_host_matrix(pm, vbox, tmp_path, version, hos
         ["showvminfo", "m1", "--machinereadable"],
         *([["--version"]] if host_os == "darwin" else []),
         *network_calls("m1", host_os, version, first=False),
-        *forward,
+        *forward(),
     ], calls
     vbox.reset_log()
     pm.ok("kill", "m1")

@@ -65,6 +65,12 @@ def ws_args(fake: FakeVmrun, name: str, *extra: str) -> list[str]:
             "--vmwareworkstation-disk-size", "64", *extra, name]
 
 
+def created(res):
+    """A create whose driver part completed: no VM boots here, so provisioning fails reaching SSH (exit 1)."""
+    assert res.returncode == 1 and "Unable to connect to" in res.stderr, res.stdout + res.stderr
+    return res
+
+
 def forget_provisioning_error(pm, name: str) -> None:
     """Drop the recorded SSH failure (no VM boots here), as if provisioning had succeeded."""
     path = pm.store / "machines" / name / "config.json"
@@ -119,8 +125,8 @@ def test_workstation_create_writes_vmx_disk_and_injects_key(pm, fake):
 
 
 def test_ls_uses_one_vmrun_list_and_lifecycle_commands(pm, fake):
-    pm(*ws_args(fake, "ws1", "--vmwareworkstation-no-share"))
-    pm(*ws_args(fake, "ws2", "--vmwareworkstation-no-share"))
+    created(pm(*ws_args(fake, "ws1", "--vmwareworkstation-no-share")))
+    created(pm(*ws_args(fake, "ws2", "--vmwareworkstation-no-share")))
     for name in ("ws1", "ws2"):
         forget_provisioning_error(pm, name)
     vmx = str(pm.store / "machines" / "ws1" / "ws1.vmx")
@@ -189,8 +195,8 @@ def test_wrong_guest_password_rolls_back(pm, fake):
 def test_vmdk_image_boots_with_seed_instead_of_guest_operations(pm, fake, tmp_path):
     image = tmp_path / "pymachine.vmdk"
     subprocess.run(["qemu-img", "create", "-f", "vmdk", str(image), "32M"], check=True, capture_output=True)
-    pm("create", "-d", "vmwareworkstation", "--vmwareworkstation-boot2docker-url", str(image),
-       "--vmwareworkstation-no-share", "--vmwareworkstation-disk-size", "48", "img1")
+    created(pm("create", "-d", "vmwareworkstation", "--vmwareworkstation-boot2docker-url", str(image),
+               "--vmwareworkstation-no-share", "--vmwareworkstation-disk-size", "48", "img1"))
     mdir = pm.store / "machines" / "img1"
     assert [c[2] for c in fake.calls()] == ["start", "getGuestIPAddress"]
     vmx = vmx_of(mdir / "img1.vmx")
