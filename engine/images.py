@@ -792,7 +792,8 @@ def _build_into(work: Path, final: Path, key: str, log: Log, arch: str) -> Image
     shutil.copyfile(initrd, out / INITRD_NAME)
     packages = _packages(root)
     done("customise")
-    log("(image) making the bootable disk (ESP with shim+GRUB and SYSLINUX, ext4 root) and compressing it...")
+    loaders = "shim+GRUB and SYSLINUX" if arch == "amd64" else "shim+GRUB"
+    log(f"(image) making the bootable disk (ESP with {loaders}, ext4 root) and compressing it...")
     size = _make_disk(root, work / "disk.raw", out / DISK_NAME, out / KERNEL_NAME, out / INITRD_NAME, efi, arch)
     done("disk")
     from pymachine.machine import __version__
