@@ -214,7 +214,7 @@ def run(machine_dir: Path, engine_port: int, log: Log, *, max_runtime: float | N
     engine: EngineEvents | None = None
     started = time.monotonic()
     log(f"host agent started (pid {os.getpid()}): forwarding published ports to {LOOPBACK}")
-    waiting_logged = False
+    waiting_logged = reached = False
     while max_runtime is None or time.monotonic() - started < max_runtime:
         if not _vm_alive(machine_dir, qmp_path):
             log("the VM stopped: host agent exits")
@@ -224,6 +224,9 @@ def run(machine_dir: Path, engine_port: int, log: Log, *, max_runtime: float | N
                 engine = EngineEvents(LOOPBACK, engine_port, machine_dir / "ca.pem", machine_dir / "cert.pem",
                                       machine_dir / "key.pem")
             sync.apply(published(engine.containers()))
+            if waiting_logged or not reached:
+                log(f"following the engine's container events at {LOOPBACK}:{engine_port}")
+                waiting_logged, reached = False, True
             for _event in engine.follow(SYNC_INTERVAL):
                 sync.apply(published(engine.containers()))
         except Exception as exc:  # noqa: BLE001 - the engine not up yet, or QEMU going away

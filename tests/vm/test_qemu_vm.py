@@ -183,6 +183,7 @@ def test_qemu_machine_lifecycle(vm_pm: PyMachine, image) -> None:
     assert run.returncode == 0, run.stderr
     assert run.stdout.decode().startswith("hello from ")
     assert_current_engine(pm, "dev", env)
+    assert_published_ports_reach_the_host(pm, env)
     # Containers stay confined by docker-default although apparmor.service is masked on this path.
     confined = pm("ssh", "dev", "--", f"sudo docker run --rm --network none {IMAGE_NAME} cat /proc/self/attr/current",
                   timeout=300)
@@ -395,3 +396,58 @@ def test_qemu_machine_through_uefi(vm_pm: PyMachine, image) -> None:
     assert ps.returncode == 0, ps.stderr
     pm.ok("rm", "-y", "dev", timeout=300)
     assert qemu_pids_under(pm.store) == [] and not machine_dir.exists()
+
+
+def _http_get(port: int, timeout: float = 3.0) -> str | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+    except OSError:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    return body.decode(errors="replace") if head.startswith(b"HTTP/1.") else None
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def assert_published_ports_reach_the_host(pm: PyMachine, env: dict[str, str]) -> None:
+    """``docker run -p`` in the VM answers on the host's 127.0.0.1 (the host agent adds a QEMU
+    forward), stops answering after ``docker rm -f``, and a taken host port is in ``logs``."""
+    serve = ("mkdir -p /www && echo hello-from-the-vm > /www/index.html && "
+             "exec /bin/busybox httpd -f -p 8080 -h /www")
+    port, taken = _free_loopback_port(), _free_loopback_port()
+    run = docker(env, "run", "-d", "--name", "web", "-p", f"{port}:8080", IMAGE_NAME, "/bin/busybox", "sh", "-c",
+                 serve, timeout=300)
+    assert run.returncode == 0, run.stderr
+    started = time.monotonic()
+    body = None
+    while body is None and time.monotonic() - started < 90:
+        body = _http_get(port)
+        if body is None:
+            time.sleep(0.25)
+    print(f"[timing] published port answering on the host {time.monotonic() - started:.1f}s after docker run")
+    assert body == "hello-from-the-vm\n", pm("logs", "dev").stdout
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))
+        holder.listen()
+        clash = docker(env, "run", "-d", "--name", "clash", "-p", f"{taken}:8080", IMAGE_NAME, "/bin/busybox",
+                       "sh", "-c", serve, timeout=300)
+        assert clash.returncode == 0, clash.stderr
+        deadline = time.monotonic() + 60
+        wanted = f"CONFLICT: cannot forward 127.0.0.1:{taken}/tcp for container clash"
+        while wanted not in pm.ok("logs", "dev").stdout and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert wanted in pm.ok("logs", "dev").stdout
+    assert docker(env, "rm", "-f", "web", "clash", timeout=120).returncode == 0
+    deadline = time.monotonic() + 30
+    while _http_get(port, timeout=1.0) is not None and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert _http_get(port, timeout=1.0) is None, "the forward goes away with the container"
+    assert f"stopped forwarding 127.0.0.1:{port}/tcp" in pm.ok("logs", "dev").stdout
