@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pymachine.machine import ssh
 from pymachine.machine.cli import main as cli
+
 from tests.hosts.host import TestHost, cleanup_stale
 from tests.hosts.proxy import HttpProxy
 from tests.hosts.rootfs import build_rootfs

@@ -190,30 +190,6 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class _Progress:
-    """A one-line progress meter on stderr, only when stderr is a terminal."""
-
-    def __init__(self, total: int | None, done: int) -> None:
-        self.total, self.done = total, done
-        self.enabled = sys.stderr.isatty()
-        self.last = 0.0
-
-    def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and now - self.last >= 0.2:
-            self.last = now
-            mb = self.done / 1e6
-            text = f"{mb:.1f}/{self.total / 1e6:.1f} MB ({100 * self.done // self.total}%)" if self.total else f"{mb:.1f} MB"
-            sys.stderr.write(f"\r  {text}   ")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.last:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def _download(url: str, partial: Path, log: Log, *, timeout: float, attempts: int,
               sleep: Callable[[float], None]) -> None:
     """Fill ``partial`` with the whole body, resuming with Range after a failure."""
@@ -254,13 +230,10 @@ def _transfer(url: str, partial: Path, *, timeout: float) -> bool:
             have, mode = 0, "wb"
         length = resp.headers.get("Content-Length")
         expected = have + int(length) if length and length.isdigit() else None
-        progress = _Progress(expected, have)
+        progress = Task(f"Downloading {url_file_name(url)}", expected, done=have)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC), 0o600)
-        try:
-            with os.fdopen(fd, mode) as out:
-                _copy(resp, out, progress)
-        finally:
-            progress.close()
+        with progress, os.fdopen(fd, mode) as out:
+            _copy(resp, out, progress)
     size = partial.stat().st_size
     return expected is None or size >= expected
 
@@ -270,13 +243,13 @@ def _range_start(content_range: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _copy(resp: IO[bytes], out: IO[bytes], progress: _Progress) -> None:
+def _copy(resp: IO[bytes], out: IO[bytes], progress: Task) -> None:
     while True:
         block = resp.read(CHUNK)
         if not block:
             return
         out.write(block)
-        progress.add(len(block))
+        progress.advance(len(block))
 
 
 def _hash_file(path: Path, other_algo: str | None) -> tuple[str, str | None]:

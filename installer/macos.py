@@ -30,11 +30,10 @@ import tempfile
 from pathlib import Path
 
 from pymachine.installer import bom, xar
-from pymachine.installer.lock import Component
+from pymachine.installer.lock import Component, packaging_file
+from pymachine.installer.sources import copy_sources, default_source
 from pymachine.installer.stage import check_vm_image, stage
 from pymachine.installer.template import render, source_date_epoch, walk_sorted
-from pymachine.installer.lock import packaging_file
-from pymachine.installer.sources import copy_sources, default_source
 from pymachine.machine import __version__
 from pymachine.machine.errors import MachineError
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pymachine
 from pymachine.installer.template import walk_sorted
+
+import pymachine
 
 SUBPACKAGES = ("machine", "engine", "provisioners", "installer", "packaging")  # installer: quickstart
 

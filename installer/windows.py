@@ -23,11 +23,10 @@ import subprocess
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from pymachine.installer.lock import Component
+from pymachine.installer.lock import Component, packaging_file
+from pymachine.installer.sources import copy_sources, default_source
 from pymachine.installer.stage import check_vm_image, stage
 from pymachine.installer.template import normalise_tree, render, source_date_epoch, walk_sorted
-from pymachine.installer.lock import packaging_file
-from pymachine.installer.sources import copy_sources, default_source
 from pymachine.machine import __version__
 from pymachine.machine.errors import MachineError
 

@@ -27,7 +27,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from pymachine.machine.atomic import write_atomic
 from pymachine.machine.errors import MachineError
 from pymachine.machine.locking import exclusive

@@ -70,7 +70,7 @@ def is_active(item: ListItem, environ: dict[str, str]) -> None:
     if item.State != State.RUNNING.value:
         return
     if docker_host:
-        if item.URL and item.URL == docker_host:
+        if item.URL and docker_host == item.URL:
             item.ActiveHost, item.Active = True, "*"
         elif item.URL and item.SwarmOptions and item.SwarmOptions.get("Master") and swarm_url(item) == docker_host:
             item.ActiveSwarm, item.Active = True, "* (swarm)"

@@ -114,9 +114,8 @@ def build_plan(machine: Machine, log: Log | None = None) -> ProvisionPlan:
     without, the plan only renders files (a first-boot seed).
     """
     from pymachine.engine.options import EngineOptions
-    from pymachine.provisioners.base import ProvisionPlan
-
     from pymachine.machine.secrets import engine_with_secrets
+    from pymachine.provisioners.base import ProvisionPlan
 
     tls = machine.tls()
     # config.json holds proxy URLs with the password masked; the engine needs the real ones.

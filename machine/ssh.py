@@ -24,7 +24,6 @@ from pathlib import Path, PurePosixPath
 from typing import Self
 
 import paramiko
-
 from pymachine.machine.atomic import write_atomic
 from pymachine.machine.errors import CommandError, MachineError
 from pymachine.machine.runner import CommandResult

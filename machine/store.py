@@ -243,7 +243,7 @@ class MachineRemoved(StoreError):
         self.name = name
 
 
-def driver_config(store: "Store", host: Host) -> dict[str, Any]:
+def driver_config(store: Store, host: Host) -> dict[str, Any]:
     """The driver's config with its paths pinned to this store and the directory name.
 
     A driver finds its files (disks, pidfiles, keys) under StorePath/machines/MachineName;

@@ -1369,7 +1369,7 @@ def _ordered(a: Any, b: Any) -> tuple[Any, Any]:
     num = (int, float)
     if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
         raise _FuncError("invalid type for comparison")
-    if isinstance(a, num) and isinstance(b, num) or isinstance(a, str) and isinstance(b, str):
+    if (isinstance(a, num) and isinstance(b, num)) or (isinstance(a, str) and isinstance(b, str)):
         return a, b
     raise _FuncError("incompatible types for comparison")
 

@@ -21,7 +21,6 @@ from typing import Self
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
 from pymachine.machine.sshcommands import SSHTarget
 
 SSHD_BIN = "/usr/sbin/sshd"

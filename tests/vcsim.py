@@ -325,9 +325,8 @@ def inject_guest_ip(sim: Vcsim, machine: str, ip: str, *, timeout: float = 60.0,
     result: dict[str, Any] = {}
 
     def run() -> None:
-        from pyVmomi import vim
-
         from pymachine.machine.drivers.vsphere import wait_task
+        from pyVmomi import vim
 
         try:
             with sim.connect() as si:

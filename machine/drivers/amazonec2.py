@@ -384,7 +384,6 @@ class AmazonEC2Driver(Driver):
     # Create ----------------------------------------------------------------------------------
     def create(self, log: Log) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
-
         from pymachine.machine.secrets import save_secrets
 
         if self._flag_secrets:

@@ -17,7 +17,6 @@ from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
-
 # Files pymachine itself keeps in a machine dir: a user's key must never land on (or
 # later be overwritten by) one of them, e.g. a key called key.pem by the TLS client key.
 RESERVED_NAMES = frozenset({

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pymachine.machine.atomic import write_atomic
 from pymachine.machine import urls
+from pymachine.machine.atomic import write_atomic
 from pymachine.machine.drivers.base import Driver, Flag, Log, State
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
@@ -685,7 +685,6 @@ class QemuDriver(Driver):
         try:
             data = json.loads(Path(self._path("config.json")).read_text())
             from pymachine.engine.options import EngineOptions
-
             from pymachine.machine.secrets import engine_with_secrets
 
             engine = engine_with_secrets(self.machine_dir, EngineOptions.from_json(data["HostOptions"]["EngineOptions"]))
@@ -720,9 +719,8 @@ class QemuDriver(Driver):
 
     def create(self, log: Log) -> None:
         from pymachine.machine import certs
-        from pymachine.machine.seed import write_seed_iso
-
         from pymachine.machine.drivers import qemu_firmware as fw
+        from pymachine.machine.seed import write_seed_iso
 
         t0 = time.monotonic()
         image = self._resolve_image(log)

@@ -652,7 +652,7 @@ class VirtualBoxDriver(Driver):
             return None
         parts = urlsplit(url)
         path = parts.path if parts.scheme == "file" else url if not parts.scheme or len(parts.scheme) == 1 else ""
-        if not path.lower().endswith(IMAGE_SUFFIXES) and not (parts.scheme in ("http", "https")):
+        if not path.lower().endswith(IMAGE_SUFFIXES) and parts.scheme not in ("http", "https"):
             raise PreCreateError(f"--virtualbox-boot2docker-url must name an .iso, .vmdk or .vdi image, got {url!r}")
         if parts.scheme in ("http", "https"):
             if not parts.path.lower().endswith(IMAGE_SUFFIXES):

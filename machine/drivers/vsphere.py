@@ -366,10 +366,9 @@ class VSphereDriver(Driver):
 
     # Create --------------------------------------------------------------------------------
     def create(self, log: Log) -> None:
-        from pyVmomi import vim
-
         from pymachine.machine import certs, seed
         from pymachine.machine.secrets import save_secrets
+        from pyVmomi import vim
 
         name = self.machine_name
         key = os.path.join(self.machine_dir, "id_rsa")

@@ -353,7 +353,7 @@ class FakeARM(HTTPSFake):
         key = name.lower()
         group = self.groups.get(key)
         if method in ("GET", "HEAD"):
-            if group is None or group["properties"]["provisioningState"] == "Deleting" and method == "HEAD":
+            if group is None or (group["properties"]["provisioningState"] == "Deleting" and method == "HEAD"):
                 return 404, _rg_missing(name) if method == "GET" else None, {}
             return (200, group, {}) if method == "GET" else (204, None, {})
         if method == "PUT":

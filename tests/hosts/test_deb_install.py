@@ -146,10 +146,10 @@ def amd64_deb(tmp_path_factory):
     import json
     import threading
 
-    from tests.installer.standins import linux_standins
-
     from pymachine.installer.linux import build_deb
     from pymachine.installer.lock import Lock
+
+    from tests.installer.standins import linux_standins
 
     tmp = tmp_path_factory.mktemp("deb")
     www = tmp / "www"

@@ -74,6 +74,7 @@ def packed_image(recipe: str | None = None) -> bytes:
     import shutil
 
     from pymachine.engine import image_pack, images
+
     from tests.fake_base_image import make_fake_image
 
     with tempfile.TemporaryDirectory(prefix="pm-image-standin-") as tmp:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from pymachine.installer import docker_config
 from pymachine.installer.docker_config import add_plugin_dir, bundled_plugin_dir, remove_plugin_dir
 from pymachine.machine.errors import MachineError

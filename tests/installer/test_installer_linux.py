@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pymachine.installer.linux import build_deb, build_pyz
 from pymachine.installer.lock import Component
 from pymachine.machine import __version__

@@ -10,14 +10,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from standins import current_recipe, image_filename, packed_image
-
 from pymachine.engine import images
 from pymachine.installer import lock as lockmod
 from pymachine.installer.fetch import IntegrityError, fetch
 from pymachine.installer.lock import Lock, LockError
 from pymachine.installer.stage import check_vm_image, stage
 from pymachine.machine.errors import MachineError
+from standins import current_recipe, image_filename, packed_image
 
 pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import os
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,13 +14,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from standins import compose_standin, current_recipe, image_filename, packed_image, tar_bytes, zip_bytes
-
 from pymachine.installer import bom, xar
 from pymachine.installer.fetch import IntegrityError
 from pymachine.installer.lock import Lock
 from pymachine.installer.macos import build_pkg, cpio_odc, read_cpio_odc
 from pymachine.machine.errors import MachineError
+from standins import compose_standin, current_recipe, image_filename, packed_image, tar_bytes, zip_bytes
 
 pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
 

@@ -10,14 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from standins import current_recipe, image_filename, packed_image
-
 from pymachine.engine import images
 from pymachine.installer.fetch import IntegrityError
 from pymachine.installer.lock import Lock
 from pymachine.installer.template import render
 from pymachine.installer.windows import build_exe
 from pymachine.machine.errors import MachineError
+from standins import current_recipe, image_filename, packed_image
 
 pytest_plugins = ["standins"]  # fixtures (a conftest.py here would shadow tests/conftest.py)
 

@@ -8,11 +8,10 @@ answers, so a create that reaches provisioning is rolled back as unreachable.
 
 from __future__ import annotations
 
-import re
-
 import itertools
 import json
 import os
+import re
 import stat
 import subprocess
 import time

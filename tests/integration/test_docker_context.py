@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from fixtures_dockerd import DOCKERD, TLSFiles, make_tls_material, start_dockerd
-
 from pymachine.machine import docker_context as dc
 from pymachine.machine.errors import MachineError
 

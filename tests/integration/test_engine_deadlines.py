@@ -15,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from pymachine.machine import dockerapi
 from pymachine.machine.certs import CertPaths, bootstrap_certificates, generate_server_cert
 from pymachine.machine.errors import MachineError

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from pymachine.machine.hostagent import Forward, PortSync, QemuForwarder, port_free, published
 
 QEMU = shutil.which("qemu-system-x86_64")

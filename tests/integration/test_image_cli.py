@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from pymachine.engine import images
+
 from tests.conftest import PyMachine
 from tests.fake_base_image import make_fake_image, qemu_img_available
 

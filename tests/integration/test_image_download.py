@@ -16,7 +16,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
 from pymachine.engine import download
 from pymachine.machine.errors import MachineError
 

@@ -17,8 +17,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from pymachine.engine import image_pack, images
+
 from tests.conftest import PYMACHINE, PyMachine
 from tests.fake_base_image import make_fake_image, qemu_img_available
 

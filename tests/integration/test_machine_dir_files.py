@@ -6,7 +6,6 @@ import os
 import stat
 
 import pytest
-
 from pymachine.machine.drivers.generic import RESERVED_NAMES, GenericDriver
 
 pytestmark = pytest.mark.integration

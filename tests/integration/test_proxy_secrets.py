@@ -12,7 +12,6 @@ import os
 import stat
 
 import pytest
-
 from pymachine.machine.drivers.qemu import render_engine_files
 from pymachine.machine.host import Machine
 from pymachine.machine.provision import build_plan

@@ -19,6 +19,7 @@ if _REPO not in sys.path:  # so `tests.fixtures_sshd` imports under plain `pytes
 from pymachine.machine.errors import CommandError, MachineError
 from pymachine.machine.ssh import HostKeyChanged, SSHClient, SSHTimeout
 from pymachine.machine.sshcommands import SSHTarget, scp_argv, ssh_argv, wrap_command
+
 from tests.fixtures_sshd import SSHD, free_port, generate_key, unavailable_reason
 
 pytestmark = [

@@ -24,6 +24,7 @@ if _REPO not in sys.path:
 from pymachine.machine.errors import MachineError
 from pymachine.machine.ssh import SSHClient
 from pymachine.machine.sshcommands import SSHTarget, check_ssh_value, scp_argv, ssh_argv
+
 from tests.fixtures_sshd import SSHD, free_port, generate_key, unavailable_reason
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -18,7 +18,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from pymachine.machine.drivers import vbox_api
 from pymachine.machine.drivers.base import State
 from pymachine.machine.drivers.vbox_api import VBoxAPIBackend, select_backend
@@ -29,6 +28,7 @@ from pymachine.machine.drivers.virtualbox import (
     parse_machinereadable,
 )
 from pymachine.machine.errors import MachineError
+
 from tests.fakes import vboxmanage
 
 pytestmark = pytest.mark.integration

@@ -32,6 +32,7 @@ if _REPO not in sys.path:
 
 from pymachine.machine.drivers.base import State
 from pymachine.machine.errors import MachineError, PreCreateError
+
 from tests import fake_base_image
 from tests.vcsim import (
     Vcsim,
@@ -157,9 +158,8 @@ def test_failed_create_then_remove_deletes_the_upload_itself(vcsim, tmp_path, is
     unregistered out of band (its files stay, as on a real vCenter), so remove must delete the
     ISO and the folder itself -- successful DeleteDatastoreFile_Tasks, whose task entity vcsim
     reports as the FileManager."""
-    from pyVmomi import vim
-
     from pymachine.machine.drivers.vsphere import wait_task
+    from pyVmomi import vim
 
     monkeypatch.setenv("PYMACHINE_VSPHERE_IP_WAIT", "1")
     driver = make_driver(vcsim, tmp_path / "store", "pm-noip", iso)

@@ -6,7 +6,6 @@ import os
 import stat
 
 import pytest
-
 from pymachine.machine import atomic
 
 

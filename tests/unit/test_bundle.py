@@ -13,11 +13,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from pymachine.engine import bundle
 from pymachine.machine.cli import main as cli_main
 from pymachine.machine.errors import MachineError
 from pymachine.machine.runner import CommandResult
+
 from tests.unit.transcript import HOST_CHANGES, RecordingRunner
 
 VERSION = "99.1.0"

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from pymachine.engine.config import (
     EngineConfigError,
     b2d_profile,

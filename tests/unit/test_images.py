@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from pymachine.engine import images
 from pymachine.machine.errors import MachineError
 

@@ -17,7 +17,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from pymachine.machine import extras
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from pymachine.machine.cli.listformat import render
 from pymachine.machine.errors import MachineError
 

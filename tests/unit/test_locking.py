@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from pymachine.engine import images
 from pymachine.machine import certs
 from pymachine.machine.errors import MachineError

@@ -7,7 +7,6 @@ import re
 import time
 
 import pytest
-
 from pymachine.machine.errors import MachineError
 from pymachine.machine.namefilter import NameFilter
 

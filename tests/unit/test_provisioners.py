@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from pymachine.engine.options import EngineOptions
 from pymachine.engine.proxy import ProxySettings
 from pymachine.machine.errors import MachineError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pymachine.engine.proxy import redact_url
 from pymachine.machine.secrets import split_host_secrets
 

@@ -8,10 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from pymachine.machine.drivers import qemu, qemu_firmware as fw
+from pymachine.machine.drivers import qemu
+from pymachine.machine.drivers import qemu_firmware as fw
 from pymachine.machine.drivers.base import State
 from pymachine.machine.errors import PreCreateError
+
 from tests.unit.test_qemu_argv import new_driver, opt, spec
 
 OTHER = "arm64" if fw.host_arch() == "amd64" else "amd64"

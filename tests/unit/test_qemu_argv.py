@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pymachine.machine.drivers import qemu
 from pymachine.machine.drivers.base import State
 from pymachine.machine.drivers.registry import driver_class
@@ -245,6 +244,7 @@ def test_local_state_trusts_only_our_qemu(tmp_path: Path) -> None:
 def _image_host(files: dict[str, bytes]):
     """A recording runner answering like pymachine's image: systemd, docker.io, ext4, engine up."""
     from pymachine.machine.runner import CommandResult
+
     from tests.unit.transcript import HOST_CHANGES, RecordingRunner
 
     answers = {

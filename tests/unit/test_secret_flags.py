@@ -8,7 +8,6 @@ import json
 import re
 
 import pytest
-
 from pymachine.machine.drivers.registry import BUILTIN, driver_class
 
 #: What a driver needs before it accepts its flags at all.

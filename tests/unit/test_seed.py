@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pycdlib
 import pytest
-
 from pymachine.machine.seed import APT_PROXY_PATH, ENGINE_PROXY_PATH, read_seed_iso, write_seed_iso
 
 KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 pymachine-test"

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pymachine.machine import shells
 from pymachine.machine.errors import MachineError
 from pymachine.machine.shells import (

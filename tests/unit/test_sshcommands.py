@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pymachine.machine.errors import MachineError
 from pymachine.machine.sshcommands import (
     SSHTarget,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pymachine.machine import swarm
 from pymachine.machine.errors import MachineError
 from pymachine.machine.hostoptions import swarm_options

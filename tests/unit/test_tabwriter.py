@@ -8,7 +8,6 @@ were produced by running Go 1.19's text/tabwriter with ls's settings.
 from __future__ import annotations
 
 import pytest
-
 from pymachine.machine.tabwriter import (
     ALIGN_RIGHT,
     DEBUG,

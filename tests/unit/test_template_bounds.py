@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pymachine.machine.templates import MAX_TEXT, TemplateError, render
 
 

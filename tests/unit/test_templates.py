@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass
 
 import pytest
-
 from pymachine.machine.errors import MachineError
 from pymachine.machine.tabwriter import tabwrite
 from pymachine.machine.templates import MISSING, TemplateError, go_json, go_sprint, parse, render

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from pymachine.machine import certs
 from pymachine.machine.certs import CertPaths, bootstrap_certificates, generate_ca, generate_server_cert
 from pymachine.machine.errors import MachineError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pymachine.machine import provision
 from pymachine.machine.drivers.base import State
 

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from pymachine.machine import urls
 from pymachine.machine.errors import MachineError
 

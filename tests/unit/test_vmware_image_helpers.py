@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from pymachine.machine.drivers.virtualbox import guest_shares
 from pymachine.machine.drivers.vmware import ip_from_leases, vmdk_capacity
 from pymachine.machine.drivers.vsphere import vmfs_descriptor

@@ -33,13 +33,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from pymachine.engine import images
 from pymachine.machine import certs, seed
 from pymachine.machine.drivers.qemu import free_port
 from pymachine.machine.qmp import qmp_command
 from pymachine.machine.ssh import SSHClient
 from pymachine.machine.sshcommands import SSHTarget
+
 from tests.vm_image import cached_image, missing_prerequisites
 
 QEMU = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"

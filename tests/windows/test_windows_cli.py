@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import PyMachine  # tests/conftest.py (tests/ is on pythonpath)
+from pymachine.machine.tlsclient import server_tls_context
 
 # The everyday CLI tests, collected again here so they run with the blocked ``pm`` below.
 from tests.integration.test_cli_commands import (  # noqa: F401
@@ -39,9 +41,6 @@ from tests.integration.test_cli_input import (  # noqa: F401
     test_corrupt_config_is_an_error_row_not_a_crash,
     test_unknown_driver_creates_nothing,
 )
-
-from conftest import PyMachine  # tests/conftest.py (tests/ is on pythonpath)
-from pymachine.machine.tlsclient import server_tls_context
 
 BLOCKER = Path(__file__).resolve().parent / "blocker"
 

@@ -19,12 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from test_windows_cli import BLOCKER, TLSEngine
-
 from pymachine.installer import windows
 from pymachine.installer.lock import Component
 from pymachine.installer.stage import stage
+from test_windows_cli import BLOCKER, TLSEngine
+
 from tests.installer.standins import http_root, repo_pure_wheels, wheel_from_installed  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]

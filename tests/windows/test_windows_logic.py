@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from pymachine.machine.errors import MachineError
 from pymachine.machine.shells import detect_shell, docker_variables, env_output
 from pymachine.machine.sshcommands import (
