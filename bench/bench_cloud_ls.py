@@ -187,8 +187,12 @@ def run(tmp: Path) -> None:
     env = clean_env(tmp)
     from test_azure import azure_env
 
-    with (start_moto_server() as moto, ApiProxy(moto.port) as proxy,
-          FakeDigitalOcean(tmp / "fake-do", address_for=do_address()) as do_fake, FakeARM(tmp / "fake-arm", public_ip=AZURE_IP) as arm):
+    with (
+        start_moto_server() as moto,
+        ApiProxy(moto.port) as proxy,
+        FakeDigitalOcean(tmp / "fake-do", address_for=do_address()) as do_fake,
+        FakeARM(tmp / "fake-arm", public_ip=AZURE_IP) as arm,
+    ):
         store = tmp / "store"
         t0 = time.perf_counter()
         make_ec2(store, proxy, moto)

@@ -468,7 +468,9 @@ def _run(argv: list[str], *, timeout: float, env: dict[str, str] | None = None, 
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
                               env={**os.environ, **(env or {})})
     except FileNotFoundError:
-        raise MachineError(f"{what}: {argv[0]} not found (install Debian's debootstrap, e2fsprogs, qemu-utils)") from None
+        raise MachineError(
+            f"{what}: {argv[0]} not found (install Debian's debootstrap, e2fsprogs, qemu-utils)"
+        ) from None
     except subprocess.TimeoutExpired:
         raise MachineError(f"{what}: timed out after {timeout:g}s") from None
     if proc.returncode != 0:
@@ -618,9 +620,11 @@ def _partition_table(boot_bytes: int, root_bytes: int) -> str:
     sector = 512
     boot_start = PART_ALIGN // sector
     root_start = boot_start + boot_bytes // sector
-    return ("label: dos\nlabel-id: 0x706d6163\nunit: sectors\n\n"
-            f"start={boot_start}, size={boot_bytes // sector}, type=ef, bootable\n"  # EFI System (FAT), active for SYSLINUX's MBR
-            f"start={root_start}, size={root_bytes // sector}, type=83\n")
+    return (
+        "label: dos\nlabel-id: 0x706d6163\nunit: sectors\n\n"
+        f"start={boot_start}, size={boot_bytes // sector}, type=ef, bootable\n"  # EFI System (FAT), active for SYSLINUX's MBR
+        f"start={root_start}, size={root_bytes // sector}, type=83\n"
+    )
 
 
 def _make_disk(root: Path, raw: Path, qcow2: Path, kernel: Path, initrd: Path, efi: Path, arch: str) -> int:
@@ -630,7 +634,9 @@ def _make_disk(root: Path, raw: Path, qcow2: Path, kernel: Path, initrd: Path, e
     filesystem grow to the machine's disk size at first boot.
     """
     if arch == "amd64" and not os.path.isfile(SYSLINUX_MBR):
-        raise MachineError(f"{SYSLINUX_MBR} not found (install Debian's syslinux, syslinux-common, mtools, dosfstools, fdisk)")
+        raise MachineError(
+            f"{SYSLINUX_MBR} not found (install Debian's syslinux, syslinux-common, mtools, dosfstools, fdisk)"
+        )
     used = int(_run(["du", "-sxb", str(root)], timeout=300, what="du").split()[0])
     root_bytes = ((int(used * 1.3) + (768 << 20)) // (256 << 20) + 1) * (256 << 20)
     root_offset = PART_ALIGN + BOOT_PART_BYTES
@@ -696,7 +702,9 @@ def build_image(cache_dir: Path, log: Log, arch: str | None = None) -> ImageInfo
     if cached:
         return cached
     if os.geteuid() != 0:
-        raise MachineError("building the base image needs root (debootstrap, chroot); run `pymachine image build` as root")
+        raise MachineError(
+            "building the base image needs root (debootstrap, chroot); run `pymachine image build` as root"
+        )
     cache_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cache_dir, 0o755)
     with _build_lock(cache_dir, key, log):

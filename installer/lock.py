@@ -215,7 +215,12 @@ def _pypi(comp: Component, up: dict[str, Any], product: dict[str, str]) -> None:
     match = next((f for f in files or [] if pattern.fullmatch(f["filename"])), None)
     if match is None:
         raise LockError(f"{comp.name}: no file matching {pattern.pattern!r} in {up['project']} {version}")
-    comp.version, comp.url, comp.size, comp.sha256 = version, match["url"], int(match["size"]), match["digests"]["sha256"]
+    comp.version, comp.url, comp.size, comp.sha256 = (
+        version,
+        match["url"],
+        int(match["size"]),
+        match["digests"]["sha256"],
+    )
 
 
 def _sum_for(text: str, filename: str, name: str) -> str:

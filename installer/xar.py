@@ -131,7 +131,9 @@ class Reader:
             d = f.find("data")
             if d is not None:
                 e.offset, e.length = int(d.findtext("offset", "0")), int(d.findtext("length", "0"))
-                if (d.find("encoding").get("style") if d.find("encoding") is not None else "") != "application/octet-stream":
+                if (
+                    d.find("encoding").get("style") if d.find("encoding") is not None else ""
+                ) != "application/octet-stream":
                     raise MachineError(f"xar: {path}: compressed members are not supported")
                 e.sha1 = d.findtext("extracted-checksum", "")
             self.entries[path] = e

@@ -226,7 +226,9 @@ def timed_out_item(store: Store, host: Host, item: ListItem, deadline_s: float) 
 
 
 def provisioning_error(name: str, failed: dict[str, Any]) -> str:
-    return f"provisioning failed at step {failed.get('Step')}: {failed.get('Message')} (run: pymachine provision {name})"
+    return (
+        f"provisioning failed at step {failed.get('Step')}: {failed.get('Message')} (run: pymachine provision {name})"
+    )
 
 
 def gather(
@@ -264,7 +266,11 @@ def gather(
             assert isinstance(host, Host)
             item = timed_out_item(store, host, item, deadline_s)
         elif event is not None and item.State:
-            store.write_state(name, State=item.State, **({"DockerVersion": item.DockerVersion} if item.DockerVersion.startswith("v") else {}))
+            store.write_state(
+                name,
+                State=item.State,
+                **({"DockerVersion": item.DockerVersion} if item.DockerVersion.startswith("v") else {}),
+            )
         is_active(item, environ)
         result.append(item)
     try:

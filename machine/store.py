@@ -336,7 +336,9 @@ class Store:
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            raise StoreError(f"machine {name!r} has no config.json (half-created? remove it with 'pymachine rm -f {name}')") from None
+            raise StoreError(
+                f"machine {name!r} has no config.json (half-created? remove it with 'pymachine rm -f {name}')"
+            ) from None
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc.strerror}") from None
         try:

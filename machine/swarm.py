@@ -330,7 +330,11 @@ def configure(machine: Machine, log: Log) -> None:
     me.name = machine.name
     addr = opts.get("Address") or machine.driver.ip()
     discovery = opts.get("Discovery") or ""
-    manager = resolve_manager(machine.store, discovery, exclude=machine.name) if discovery and discovery != machine.name else None
+    manager = (
+        resolve_manager(machine.store, discovery, exclude=machine.name)
+        if discovery and discovery != machine.name
+        else None
+    )
     if manager is None and want == "worker":
         raise MachineError("a swarm worker needs --swarm-discovery NAME of a manager")
     info = me.swarm_info()
@@ -365,13 +369,17 @@ def _already_member(machine: Machine, me: Engine, info: dict[str, Any], manager:
     if manager is None:
         if info.get("ControlAvailable"):
             return "is already a swarm manager"
-        raise MachineError(f'"{machine.name}" is already a worker in another swarm; run "docker swarm leave" on it first')
+        raise MachineError(
+            f'"{machine.name}" is already a worker in another swarm; run "docker swarm leave" on it first'
+        )
     try:
         node = manager.call("GET", f"/nodes/{quote(node_id)}")
     except APIError as exc:
         if exc.status != 404:
             raise
-        raise MachineError(f'"{machine.name}" is already in another swarm; run "docker swarm leave" on it first') from None
+        raise MachineError(
+            f'"{machine.name}" is already in another swarm; run "docker swarm leave" on it first'
+        ) from None
     if want == "manager" and (node.get("Spec") or {}).get("Role") != "manager":
         _update_node(manager, node_id, lambda spec: spec.__setitem__("Role", "manager"))
         return "was promoted to manager"

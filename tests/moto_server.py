@@ -32,8 +32,10 @@ import pytest
 
 MOTO_BIN = Path(sys.executable).parent / "moto_server"
 READY_TIMEOUT = 30.0
-THROTTLED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code>'
-             b"<Message>Request limit exceeded.</Message></Error></Errors><RequestID>pmt-throttle</RequestID></Response>")
+THROTTLED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code>'
+    b"<Message>Request limit exceeded.</Message></Error></Errors><RequestID>pmt-throttle</RequestID></Response>"
+)
 
 
 def free_port() -> int:

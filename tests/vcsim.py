@@ -334,12 +334,16 @@ def inject_guest_ip(sim: Vcsim, machine: str, ip: str, *, timeout: float = 60.0,
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline:
                     view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-                    found = [vm for vm in view.view if vm.config and vm.config.annotation == f"pymachine-machine={machine}"]
+                    found = [
+                        vm for vm in view.view if vm.config and vm.config.annotation == f"pymachine-machine={machine}"
+                    ]
                     view.Destroy()
                     if found:
                         if before is not None:
                             before({o.key: str(o.value) for o in found[0].config.extraConfig})
-                        spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key="SET.guest.ipAddress", value=ip)])
+                        spec = vim.vm.ConfigSpec(
+                            extraConfig=[vim.option.OptionValue(key="SET.guest.ipAddress", value=ip)]
+                        )
                         wait_task(si, found[0].ReconfigVM_Task(spec=spec), "inject guest IP", timeout=30)
                         result["vm"] = found[0]._moId
                         return

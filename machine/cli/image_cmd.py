@@ -77,8 +77,10 @@ def _pack(ctx: Context, cache, output: str | None, formats: str | None,  # type:
     wanted = _formats(formats)
     info = images.find_image(cache, arch)
     if info is None:
-        raise UsageError(f"pymachine's {images.check_arch(arch)} base image is not built yet: run `pymachine image build` "
-                         "(or `pymachine image load FILE`) first")
+        raise UsageError(
+            f"pymachine's {images.check_arch(arch)} base image is not built yet: run `pymachine image build` "
+            "(or `pymachine image load FILE`) first"
+        )
     out = Path(output) if output else Path.cwd() / image_pack.default_name(info.recipe)
     if out.is_dir():
         out = out / image_pack.default_name(info.recipe)

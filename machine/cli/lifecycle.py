@@ -74,8 +74,18 @@ def confirm(prompt: str) -> bool:
 
 def cmd_rm(ctx: Context, args: list[str]) -> int:
     p = parser("rm", "Remove a machine", "[arg...]")
-    p.add_argument("--force", "-f", action="store_true", help="Remove local configuration even if machine cannot be removed, also implies an automatic yes (`-y`)")
-    p.add_argument("-y", dest="yes", action="store_true", help="Assumes automatic yes to proceed with remove, without prompting further user confirmation")
+    p.add_argument(
+        "--force",
+        "-f",
+        action="store_true",
+        help="Remove local configuration even if machine cannot be removed, also implies an automatic yes (`-y`)",
+    )
+    p.add_argument(
+        "-y",
+        dest="yes",
+        action="store_true",
+        help="Assumes automatic yes to proceed with remove, without prompting further user confirmation",
+    )
     p.add_argument("names", nargs="*")
     ns = parse(p, args)
     names = ns.names + ns.rest

@@ -33,12 +33,20 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ls": ("ls", "cmd_ls", "List machines"),
     "mount": ("sshcmds", "cmd_mount", "Mount or unmount a directory from a machine with SSHFS."),
     "provision": ("lifecycle", "cmd_provision", "Re-provision existing machines"),
-    "quickstart": ("quickstart_cmd", "cmd_quickstart", "Create or start the default machine and open a shell wired to it"),
+    "quickstart": (
+        "quickstart_cmd",
+        "cmd_quickstart",
+        "Create or start the default machine and open a shell wired to it",
+    ),
     "regenerate-certs": ("lifecycle", "cmd_regenerate_certs", "Regenerate TLS Certificates for a machine"),
     "restart": ("lifecycle", "cmd_restart", "Restart a machine"),
     "rm": ("lifecycle", "cmd_rm", "Remove a machine"),
     "ssh": ("sshcmds", "cmd_ssh", "Log into or run a command on a machine with SSH."),
-    "ssh-config": ("sshconfig_cmd", "cmd_ssh_config", "Print an OpenSSH config block for a machine (ssh -F, rsync, VS Code)"),
+    "ssh-config": (
+        "sshconfig_cmd",
+        "cmd_ssh_config",
+        "Print an OpenSSH config block for a machine (ssh -F, rsync, VS Code)",
+    ),
     "scp": ("sshcmds", "cmd_scp", "Copy files between machines"),
     "start": ("lifecycle", "cmd_start", "Start a machine"),
     "status": ("info", "cmd_status", "Get the status of a machine"),
@@ -149,7 +157,11 @@ def dispatch(ctx: Context, command: str, args: Sequence[str]) -> int:
     if command not in COMMANDS:
         raise UsageError(f"{ARGV0}: '{command}' is not a {ARGV0} command. See '{ARGV0} --help'.")
     module_name, func_name, _ = COMMANDS[command]
-    module = sys.modules[__name__] if module_name == "main" else importlib.import_module(f"pymachine.machine.cli.{module_name}")
+    module = (
+        sys.modules[__name__]
+        if module_name == "main"
+        else importlib.import_module(f"pymachine.machine.cli.{module_name}")
+    )
     result = getattr(module, func_name)(ctx, list(args))
     return int(result or 0)
 

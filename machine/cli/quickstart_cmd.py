@@ -13,8 +13,12 @@ def cmd_quickstart(ctx: Context, args: list[str]) -> int:
                "[-- COMMAND [ARG...]]")
     p.add_argument("--name", default=ctx.environ.get("DOCKER_MACHINE_NAME") or "default",
                    help="Machine to use [$DOCKER_MACHINE_NAME] (default: default)")
-    p.add_argument("--driver", "-d", default=quickstart.default_driver(ctx.environ),
-                   help=f"Driver for a new machine [${quickstart.DRIVER_ENV}] (virtualbox on Windows/macOS, qemu on Linux)")
+    p.add_argument(
+        "--driver",
+        "-d",
+        default=quickstart.default_driver(ctx.environ),
+        help=f"Driver for a new machine [${quickstart.DRIVER_ENV}] (virtualbox on Windows/macOS, qemu on Linux)",
+    )
     p.add_argument("--url", default="", help="Engine URL, for the none driver")
     p.add_argument("--create-opt", action="append", default=[], help="Extra flag passed to create (repeatable)")
     p.add_argument("--shell", default="", help="Shell to open (default: $SHELL, or %%COMSPEC%% on Windows)")

@@ -128,9 +128,21 @@ def cmd_scp(ctx: Context, args: list[str]) -> int:
     from pymachine.machine.sshcommands import require_tool, scp_argv
 
     p = parser("scp", "Copy files between machines", "[[user@]machine:][path] [[user@]machine:][path]")
-    p.add_argument("--recursive", "-r", action="store_true", help="Copy files recursively (required to copy directories)")
-    p.add_argument("--delta", "-d", action="store_true", help="Reduce amount of data sent over network by sending only the differences (uses rsync)")
-    p.add_argument("--quiet", "-q", action="store_true", help="Disables the progress meter as well as warning and diagnostic messages from ssh")
+    p.add_argument(
+        "--recursive", "-r", action="store_true", help="Copy files recursively (required to copy directories)"
+    )
+    p.add_argument(
+        "--delta",
+        "-d",
+        action="store_true",
+        help="Reduce amount of data sent over network by sending only the differences (uses rsync)",
+    )
+    p.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="Disables the progress meter as well as warning and diagnostic messages from ssh",
+    )
     p.add_argument("paths", nargs="*")
     ns = parse(p, args)
     paths = ns.paths + ns.rest

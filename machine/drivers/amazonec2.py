@@ -64,13 +64,24 @@ class AmazonEC2Driver(Driver):
         Flag("amazonec2-access-key", "string", "", "AWS_ACCESS_KEY_ID", "AWS Access Key", secret=True),
         Flag("amazonec2-secret-key", "string", "", "AWS_SECRET_ACCESS_KEY", "AWS Secret Key", secret=True),
         Flag("amazonec2-session-token", "string", "", "AWS_SESSION_TOKEN", "AWS Session Token", secret=True),
-        Flag("amazonec2-ami", "string", "", "AWS_AMI", "AWS machine image (default: newest Ubuntu 24.04 LTS of the region)"),
+        Flag(
+            "amazonec2-ami",
+            "string",
+            "",
+            "AWS_AMI",
+            "AWS machine image (default: newest Ubuntu 24.04 LTS of the region)",
+        ),
         Flag("amazonec2-region", "string", "us-east-1", "AWS_DEFAULT_REGION", "AWS region"),
         Flag("amazonec2-vpc-id", "string", "", "AWS_VPC_ID", "AWS VPC id"),
         Flag("amazonec2-zone", "string", "a", "AWS_ZONE", "AWS zone for instance (i.e. a,b,c,d,e)"),
         Flag("amazonec2-subnet-id", "string", "", "AWS_SUBNET_ID", "AWS VPC subnet id"),
-        Flag("amazonec2-security-group-readonly", "bool", False, "AWS_SECURITY_GROUP_READONLY",
-             "Skip adding default rules to security groups"),
+        Flag(
+            "amazonec2-security-group-readonly",
+            "bool",
+            False,
+            "AWS_SECURITY_GROUP_READONLY",
+            "Skip adding default rules to security groups",
+        ),
         Flag("amazonec2-security-group", "list", ["docker-machine"], "AWS_SECURITY_GROUP", "AWS VPC security group"),
         Flag("amazonec2-open-port", "list", [], None, "Make the specified port number accessible from the Internet"),
         Flag("amazonec2-tags", "string", "", "AWS_TAGS", "AWS Tags (e.g. key1,value1,key2,value2)"),
@@ -83,17 +94,39 @@ class AmazonEC2Driver(Driver):
         Flag("amazonec2-ssh-user", "string", "ubuntu", "AWS_SSH_USER", "Set the name of the ssh user"),
         Flag("amazonec2-request-spot-instance", "bool", False, None, "Set this flag to request spot instance"),
         Flag("amazonec2-spot-price", "string", "0.50", None, "AWS spot instance bid price (in dollar)"),
-        Flag("amazonec2-block-duration-minutes", "int", 0, None, "AWS spot instance duration in minutes (60, 120, 180, 240, 300, or 360)"),
+        Flag(
+            "amazonec2-block-duration-minutes",
+            "int",
+            0,
+            None,
+            "AWS spot instance duration in minutes (60, 120, 180, 240, 300, or 360)",
+        ),
         Flag("amazonec2-private-address-only", "bool", False, None, "Only use a private IP address"),
         Flag("amazonec2-use-private-address", "bool", False, None, "Force the usage of private IP address"),
-        Flag("amazonec2-private-ip-address", "string", "", None, "Primary private IP address of the instance (pymachine)"),
+        Flag(
+            "amazonec2-private-ip-address", "string", "", None, "Primary private IP address of the instance (pymachine)"
+        ),
         Flag("amazonec2-monitoring", "bool", False, None, "Set this flag to enable CloudWatch monitoring"),
         Flag("amazonec2-use-ebs-optimized-instance", "bool", False, None, "Create an EBS optimized instance"),
         Flag("amazonec2-ssh-keypath", "string", "", "AWS_SSH_KEYPATH", "SSH Key for Instance"),
-        Flag("amazonec2-keypair-name", "string", "", "AWS_KEYPAIR_NAME", "AWS keypair to use; requires --amazonec2-ssh-keypath"),
+        Flag(
+            "amazonec2-keypair-name",
+            "string",
+            "",
+            "AWS_KEYPAIR_NAME",
+            "AWS keypair to use; requires --amazonec2-ssh-keypath",
+        ),
         Flag("amazonec2-retries", "int", 5, None, "Set retry count for recoverable failures (use -1 to disable)"),
-        Flag("amazonec2-endpoint", "string", "", "AWS_ENDPOINT", "Optional endpoint URL (hostname only or fully qualified URI)"),
-        Flag("amazonec2-insecure-transport", "bool", False, "AWS_INSECURE_TRANSPORT", "Disable SSL when sending requests"),
+        Flag(
+            "amazonec2-endpoint",
+            "string",
+            "",
+            "AWS_ENDPOINT",
+            "Optional endpoint URL (hostname only or fully qualified URI)",
+        ),
+        Flag(
+            "amazonec2-insecure-transport", "bool", False, "AWS_INSECURE_TRANSPORT", "Disable SSL when sending requests"
+        ),
         Flag("amazonec2-userdata", "string", "", "AWS_USERDATA", "path to file with cloud-init user data"),
     )
 
@@ -137,7 +170,9 @@ class AmazonEC2Driver(Driver):
         if s("tags") and len(s("tags").split(",")) % 2:
             raise MachineError(f"--amazonec2-tags must be key,value pairs separated by commas, got {s('tags')!r}")
         groups = [g for g in (values.get("amazonec2-security-group") or ["docker-machine"]) if g]
-        self._flag_secrets = {k: s(f) for k, f in zip(SECRET_KEYS, ("access-key", "secret-key", "session-token"), strict=True) if s(f)}
+        self._flag_secrets = {
+            k: s(f) for k, f in zip(SECRET_KEYS, ("access-key", "secret-key", "session-token"), strict=True) if s(f)
+        }
         self.config.update(
             Region=region, Zone=zone, AMI=s("ami"), InstanceType=s("instance-type") or "t2.micro",
             VpcId=s("vpc-id"), SubnetId=s("subnet-id"),
@@ -282,7 +317,9 @@ class AmazonEC2Driver(Driver):
             if isinstance(exc, ClientError) and error_code(exc) in AUTH_ERRORS:
                 raise PreCreateError(f"AWS rejected the credentials ({aws_error(exc)}): {CREDENTIALS_HINT}") from None
             if not known_region:
-                raise PreCreateError(f"unknown AWS region {self.region!r}: choose one with --amazonec2-region") from None
+                raise PreCreateError(
+                    f"unknown AWS region {self.region!r}: choose one with --amazonec2-region"
+                ) from None
             raise
         if self.region not in regions:
             raise PreCreateError(f"unknown AWS region {self.region!r}: choose one with --amazonec2-region")
@@ -296,7 +333,9 @@ class AmazonEC2Driver(Driver):
                 {"Name": "name", "Values": [UBUNTU_LTS_PATTERN]}, {"Name": "state", "Values": ["available"]},
             ])["Images"]
             if not images:
-                raise PreCreateError(f"no Ubuntu 24.04 LTS image found in {self.region}: choose one with --amazonec2-ami")
+                raise PreCreateError(
+                    f"no Ubuntu 24.04 LTS image found in {self.region}: choose one with --amazonec2-ami"
+                )
             self.config["AMI"] = max(images, key=lambda i: i.get("CreationDate") or "")["ImageId"]
             return
         try:
@@ -438,9 +477,14 @@ class AmazonEC2Driver(Driver):
                 log(f"({self.machine_name}) Using security group {name} ({group['GroupId']})")
             else:
                 log(f"({self.machine_name}) Creating security group {name} in {self.config['VpcId']}")
-                gid = ec2.create_security_group(GroupName=name, Description="Docker Machine", VpcId=self.config["VpcId"],
-                                                TagSpecifications=[{"ResourceType": "security-group", "Tags": [
-                                                    {"Key": TAG_MACHINE, "Value": self.machine_name}]}])["GroupId"]
+                gid = ec2.create_security_group(
+                    GroupName=name,
+                    Description="Docker Machine",
+                    VpcId=self.config["VpcId"],
+                    TagSpecifications=[
+                        {"ResourceType": "security-group", "Tags": [{"Key": TAG_MACHINE, "Value": self.machine_name}]}
+                    ],
+                )["GroupId"]
                 self._created()["SecurityGroupIds"].append(gid)
                 group = {"GroupId": gid, "IpPermissions": []}
             ids.append(group["GroupId"])
@@ -545,7 +589,9 @@ class AmazonEC2Driver(Driver):
                 return instance
             if wanted == "running" and seen in ("terminated", "shutting-down", "gone"):
                 reason = ((instance or {}).get("StateReason") or {}).get("Message", "")
-                raise MachineError(f"instance {self.config['InstanceId']} is {seen}" + (f": {reason}" if reason else ""))
+                raise MachineError(
+                    f"instance {self.config['InstanceId']} is {seen}" + (f": {reason}" if reason else "")
+                )
             if time.monotonic() + delay > deadline:
                 raise MachineError(f"instance {self.config['InstanceId']} is still {seen} after {timeout:g}s "
                                    f"(waiting for {wanted}; ${WAIT_ENV} sets the bound)")

@@ -107,32 +107,117 @@ class AzureDriver(Driver):
     default_ssh_user = "docker-user"
     rollback_unreachable = True
     flags = (
-        Flag("azure-environment", "string", "AzurePublicCloud", "AZURE_ENVIRONMENT", "Azure environment (e.g. AzurePublicCloud, AzureChinaCloud)"),
+        Flag(
+            "azure-environment",
+            "string",
+            "AzurePublicCloud",
+            "AZURE_ENVIRONMENT",
+            "Azure environment (e.g. AzurePublicCloud, AzureChinaCloud)",
+        ),
         Flag("azure-subscription-id", "string", "", "AZURE_SUBSCRIPTION_ID", "Azure Subscription ID"),
-        Flag("azure-resource-group", "string", "docker-machine", "AZURE_RESOURCE_GROUP", "Azure Resource Group name (will be created if missing)"),
+        Flag(
+            "azure-resource-group",
+            "string",
+            "docker-machine",
+            "AZURE_RESOURCE_GROUP",
+            "Azure Resource Group name (will be created if missing)",
+        ),
         Flag("azure-ssh-user", "string", "docker-user", "AZURE_SSH_USER", "Username for SSH login"),
         Flag("azure-docker-port", "int", 2376, "AZURE_DOCKER_PORT", "Port number for Docker engine"),
         Flag("azure-location", "string", "westus", "AZURE_LOCATION", "Azure region to create the virtual machine"),
         Flag("azure-size", "string", DEFAULT_SIZE, "AZURE_SIZE", "Size for Azure Virtual Machine"),
-        Flag("azure-image", "string", DEFAULT_IMAGE, "AZURE_IMAGE", "Azure virtual machine OS image (publisher:offer:sku:version)"),
-        Flag("azure-vnet", "string", "docker-machine-vnet", "AZURE_VNET", "Azure Virtual Network name to connect the virtual machine (in [resourcegroup:]name format)"),
-        Flag("azure-subnet", "string", "docker-machine", "AZURE_SUBNET", "Azure Subnet Name to be used within the Virtual Network"),
-        Flag("azure-subnet-prefix", "string", "192.168.0.0/16", "AZURE_SUBNET_PREFIX", "Private CIDR block to be used for the new subnet, should comply RFC 1918"),
-        Flag("azure-availability-set", "string", "docker-machine", "AZURE_AVAILABILITY_SET", "Azure Availability Set to place the virtual machine into"),
+        Flag(
+            "azure-image",
+            "string",
+            DEFAULT_IMAGE,
+            "AZURE_IMAGE",
+            "Azure virtual machine OS image (publisher:offer:sku:version)",
+        ),
+        Flag(
+            "azure-vnet",
+            "string",
+            "docker-machine-vnet",
+            "AZURE_VNET",
+            "Azure Virtual Network name to connect the virtual machine (in [resourcegroup:]name format)",
+        ),
+        Flag(
+            "azure-subnet",
+            "string",
+            "docker-machine",
+            "AZURE_SUBNET",
+            "Azure Subnet Name to be used within the Virtual Network",
+        ),
+        Flag(
+            "azure-subnet-prefix",
+            "string",
+            "192.168.0.0/16",
+            "AZURE_SUBNET_PREFIX",
+            "Private CIDR block to be used for the new subnet, should comply RFC 1918",
+        ),
+        Flag(
+            "azure-availability-set",
+            "string",
+            "docker-machine",
+            "AZURE_AVAILABILITY_SET",
+            "Azure Availability Set to place the virtual machine into",
+        ),
         Flag("azure-custom-data", "string", "", "AZURE_CUSTOM_DATA_FILE", "Path to file with custom-data"),
         Flag("azure-private-ip-address", "string", "", None, "Specify a static private IP address for the machine"),
-        Flag("azure-storage-type", "string", "Standard_LRS", "AZURE_STORAGE_TYPE", "Type of Storage Account to host the OS Disk for the machine"),
+        Flag(
+            "azure-storage-type",
+            "string",
+            "Standard_LRS",
+            "AZURE_STORAGE_TYPE",
+            "Type of Storage Account to host the OS Disk for the machine",
+        ),
         Flag("azure-use-private-ip", "bool", False, None, "Use private IP address of the machine to connect"),
         Flag("azure-no-public-ip", "bool", False, None, "Do not create a public IP address for the machine"),
         Flag("azure-static-public-ip", "bool", False, None, "Assign a static public IP address to the machine"),
         Flag("azure-dns", "string", "", "AZURE_DNS_LABEL", "A unique DNS label for the public IP adddress"),
         Flag("azure-open-port", "list", [], None, "Make the specified port number accessible from the Internet"),
-        Flag("azure-client-id", "string", "", "AZURE_CLIENT_ID", "Azure Service Principal Account ID (optional, browser auth is used if not specified)"),
-        Flag("azure-client-secret", "string", "", "AZURE_CLIENT_SECRET", "Azure Service Principal Account password (optional, browser auth is used if not specified)", secret=True),
-        Flag("azure-tenant-id", "string", "", "AZURE_TENANT_ID", "Azure AD tenant of the service principal (discovered from the subscription if empty)"),
-        Flag("azure-arm-endpoint", "string", "", "AZURE_ARM_ENDPOINT", "Azure Resource Manager endpoint (private clouds; default from --azure-environment)"),
-        Flag("azure-authority-host", "string", "", "AZURE_AUTHORITY_HOST", "Azure AD authority host for tokens (default from --azure-environment)"),
-        Flag("azure-ca-file", "string", "", "AZURE_CA_FILE", "CA bundle to trust for the ARM and token endpoints (private clouds, tests)"),
+        Flag(
+            "azure-client-id",
+            "string",
+            "",
+            "AZURE_CLIENT_ID",
+            "Azure Service Principal Account ID (optional, browser auth is used if not specified)",
+        ),
+        Flag(
+            "azure-client-secret",
+            "string",
+            "",
+            "AZURE_CLIENT_SECRET",
+            "Azure Service Principal Account password (optional, browser auth is used if not specified)",
+            secret=True,
+        ),
+        Flag(
+            "azure-tenant-id",
+            "string",
+            "",
+            "AZURE_TENANT_ID",
+            "Azure AD tenant of the service principal (discovered from the subscription if empty)",
+        ),
+        Flag(
+            "azure-arm-endpoint",
+            "string",
+            "",
+            "AZURE_ARM_ENDPOINT",
+            "Azure Resource Manager endpoint (private clouds; default from --azure-environment)",
+        ),
+        Flag(
+            "azure-authority-host",
+            "string",
+            "",
+            "AZURE_AUTHORITY_HOST",
+            "Azure AD authority host for tokens (default from --azure-environment)",
+        ),
+        Flag(
+            "azure-ca-file",
+            "string",
+            "",
+            "AZURE_CA_FILE",
+            "CA bundle to trust for the ARM and token endpoints (private clouds, tests)",
+        ),
     )
 
     @classmethod
@@ -191,7 +276,9 @@ class AzureDriver(Driver):
         for flag in ("azure-authority-host", "azure-arm-endpoint"):
             _check_https(flag, s(flag))
         if values.get("azure-no-public-ip") and not values.get("azure-use-private-ip"):
-            raise MachineError("--azure-no-public-ip requires --azure-use-private-ip (the machine would be unreachable)")
+            raise MachineError(
+                "--azure-no-public-ip requires --azure-use-private-ip (the machine would be unreachable)"
+            )
         if values.get("azure-no-public-ip") and (values.get("azure-static-public-ip") or s("azure-dns")):
             raise MachineError("--azure-static-public-ip and --azure-dns need a public IP (drop --azure-no-public-ip)")
         self._secret_from_flag = s("azure-client-secret") or None
@@ -359,7 +446,9 @@ class AzureDriver(Driver):
                 raise HttpResponseError(response=resp)
             locations = sorted(str(loc.get("name")) for loc in resp.json().get("value", []))
         if location not in locations:
-            raise PreCreateError(f"location {location!r} does not exist; pick one of: {', '.join(locations)} (--azure-location)")
+            raise PreCreateError(
+                f"location {location!r} does not exist; pick one of: {', '.join(locations)} (--azure-location)"
+            )
         compute = self._client("compute")
         with self._api("listing VM sizes", PreCreateError):
             skus = [s for s in compute.resource_skus.list(filter=f"location eq '{location}'")
@@ -432,10 +521,16 @@ class AzureDriver(Driver):
                     "properties": {"platformFaultDomainCount": 2, "platformUpdateDomainCount": 5}}),
                 self.config["AvailabilitySet"])
         log(f'{prefix} Configuring network security group "{names["nsg"]}" in {location}...')
-        nsg_id = self._put("NSGID", "network security group",
-                           self._rid("Microsoft.Network", "networkSecurityGroups", names["nsg"]), lambda: network.network_security_groups.begin_create_or_update(
-            self.group, names["nsg"], {"location": location, "tags": self._tags(),
-                                       "properties": {"securityRules": self._rules()}}))
+        nsg_id = self._put(
+            "NSGID",
+            "network security group",
+            self._rid("Microsoft.Network", "networkSecurityGroups", names["nsg"]),
+            lambda: network.network_security_groups.begin_create_or_update(
+                self.group,
+                names["nsg"],
+                {"location": location, "tags": self._tags(), "properties": {"securityRules": self._rules()}},
+            ),
+        )
         vnet = self.config["VirtualNetwork"]
         vnet_group, _, vnet_name = vnet.rpartition(":")
         vnet_group = vnet_group or self.group
@@ -459,10 +554,16 @@ class AzureDriver(Driver):
             props: dict[str, Any] = {"publicIPAllocationMethod": "Static" if static else "Dynamic"}
             if self.config.get("DNSLabel"):
                 props["dnsSettings"] = {"domainNameLabel": self.config["DNSLabel"]}
-            ip_id = self._put("PublicIPID", "public IP address",
-                              self._rid("Microsoft.Network", "publicIPAddresses", names["ip"]), lambda: network.public_ip_addresses.begin_create_or_update(
-                self.group, names["ip"], {"location": location, "tags": self._tags(), "sku": {"name": "Basic"},
-                                          "properties": props}))
+            ip_id = self._put(
+                "PublicIPID",
+                "public IP address",
+                self._rid("Microsoft.Network", "publicIPAddresses", names["ip"]),
+                lambda: network.public_ip_addresses.begin_create_or_update(
+                    self.group,
+                    names["ip"],
+                    {"location": location, "tags": self._tags(), "sku": {"name": "Basic"}, "properties": props},
+                ),
+            )
         log(f'{prefix} Creating network interface "{names["nic"]}"...')
         ip_config: dict[str, Any] = {"subnet": {"id": subnet_id}}
         if self.config.get("PrivateIPAddr"):
@@ -471,16 +572,33 @@ class AzureDriver(Driver):
             ip_config["privateIPAllocationMethod"] = "Dynamic"
         if ip_id:
             ip_config["publicIPAddress"] = {"id": ip_id}
-        nic_id = self._put("NICID", "network interface",
-                           self._rid("Microsoft.Network", "networkInterfaces", names["nic"]), lambda: network.network_interfaces.begin_create_or_update(
-            self.group, names["nic"], {"location": location, "tags": self._tags(), "properties": {
-                "networkSecurityGroup": {"id": nsg_id},
-                "ipConfigurations": [{"name": "ip", "properties": ip_config}]}}))
+        nic_id = self._put(
+            "NICID",
+            "network interface",
+            self._rid("Microsoft.Network", "networkInterfaces", names["nic"]),
+            lambda: network.network_interfaces.begin_create_or_update(
+                self.group,
+                names["nic"],
+                {
+                    "location": location,
+                    "tags": self._tags(),
+                    "properties": {
+                        "networkSecurityGroup": {"id": nsg_id},
+                        "ipConfigurations": [{"name": "ip", "properties": ip_config}],
+                    },
+                },
+            ),
+        )
         log(f'{prefix} Creating virtual machine "{names["vm"]}" ({self.config["Size"]}) in {location}...')
         vm_body = self._vm_body(location, public_key, nic_id, avset_id)
         self.config["OSDiskID"] = self._rid("Microsoft.Compute", "disks", names["disk"])
-        vm = self._put("VMID", "virtual machine", self._rid("Microsoft.Compute", "virtualMachines", names["vm"]), lambda: compute.virtual_machines.begin_create_or_update(
-            self.group, names["vm"], vm_body), keep=True)
+        vm = self._put(
+            "VMID",
+            "virtual machine",
+            self._rid("Microsoft.Compute", "virtualMachines", names["vm"]),
+            lambda: compute.virtual_machines.begin_create_or_update(self.group, names["vm"], vm_body),
+            keep=True,
+        )
         disk = (((vm.storage_profile or {}).os_disk if vm.storage_profile else None) or None)
         if disk is not None and disk.managed_disk is not None and disk.managed_disk.id:
             self.config["OSDiskID"] = disk.managed_disk.id
@@ -611,8 +729,15 @@ class AzureDriver(Driver):
             first = members[0]
             try:
                 with first._api("listing virtual machines"):
-                    vms = {str(vm.name).lower(): vm for vm in first._client("compute").virtual_machines.list(
-                        first.group, expand="instanceView", connection_timeout=min(timeout, 10.0), read_timeout=timeout)}
+                    vms = {
+                        str(vm.name).lower(): vm
+                        for vm in first._client("compute").virtual_machines.list(
+                            first.group,
+                            expand="instanceView",
+                            connection_timeout=min(timeout, 10.0),
+                            read_timeout=timeout,
+                        )
+                    }
             except Exception:  # noqa: BLE001, S112 -- this subscription/group falls back to per-machine state()
                 continue
             for d in members:

@@ -127,7 +127,12 @@ class Driver:
     def ssh_address(self) -> tuple[str, int, str, str]:
         """(host, port, user, key path) to reach the machine over SSH."""
         key = str(self.config.get("SSHKeyPath") or "")
-        return self.ip(), int(self.config.get("SSHPort") or 22), str(self.config.get("SSHUser") or self.default_ssh_user), key
+        return (
+            self.ip(),
+            int(self.config.get("SSHPort") or 22),
+            str(self.config.get("SSHUser") or self.default_ssh_user),
+            key,
+        )
 
     # Interface ---------------------------------------------------------------------------
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:

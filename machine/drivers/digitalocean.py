@@ -201,24 +201,46 @@ class DigitalOceanDriver(Driver):
     flags = (
         Flag("digitalocean-access-token", "string", "", TOKEN_ENV, "Digital Ocean access token", secret=True),
         Flag("digitalocean-ssh-user", "string", "root", "DIGITALOCEAN_SSH_USER", "SSH username"),
-        Flag("digitalocean-ssh-key-fingerprint", "string", "", "DIGITALOCEAN_SSH_KEY_FINGERPRINT",
-             "SSH key fingerprint"),
+        Flag(
+            "digitalocean-ssh-key-fingerprint", "string", "", "DIGITALOCEAN_SSH_KEY_FINGERPRINT", "SSH key fingerprint"
+        ),
         Flag("digitalocean-ssh-key-path", "string", "", "DIGITALOCEAN_SSH_KEY_PATH", "SSH private key path "),
         Flag("digitalocean-ssh-port", "int", 22, "DIGITALOCEAN_SSH_PORT", "SSH port"),
         Flag("digitalocean-image", "string", DEFAULT_IMAGE, "DIGITALOCEAN_IMAGE", "Digital Ocean Image"),
         Flag("digitalocean-region", "string", "nyc3", "DIGITALOCEAN_REGION", "Digital Ocean region"),
         Flag("digitalocean-size", "string", "s-1vcpu-1gb", "DIGITALOCEAN_SIZE", "Digital Ocean size"),
         Flag("digitalocean-ipv6", "bool", False, "DIGITALOCEAN_IPV6", "enable ipv6 for droplet"),
-        Flag("digitalocean-private-networking", "bool", False, "DIGITALOCEAN_PRIVATE_NETWORKING",
-             "enable private networking for droplet"),
+        Flag(
+            "digitalocean-private-networking",
+            "bool",
+            False,
+            "DIGITALOCEAN_PRIVATE_NETWORKING",
+            "enable private networking for droplet",
+        ),
         Flag("digitalocean-backups", "bool", False, "DIGITALOCEAN_BACKUPS", "enable backups for droplet"),
         Flag("digitalocean-userdata", "string", "", "DIGITALOCEAN_USERDATA", "path to file with cloud-init user-data"),
         Flag("digitalocean-monitoring", "bool", False, "DIGITALOCEAN_MONITORING", "enable monitoring for droplet"),
-        Flag("digitalocean-tags", "string", "", "DIGITALOCEAN_TAGS", "comma-separated list of tags to apply to the Droplet"),
-        Flag("digitalocean-api-url", "string", DEFAULT_API_URL, "DIGITALOCEAN_API_URL",
-             "DigitalOcean API endpoint (private clouds, tests)"),
-        Flag("digitalocean-ca-cert", "string", "", "DIGITALOCEAN_CA_CERT",
-             "PEM CA bundle to trust for the API endpoint (default: the system's)"),
+        Flag(
+            "digitalocean-tags",
+            "string",
+            "",
+            "DIGITALOCEAN_TAGS",
+            "comma-separated list of tags to apply to the Droplet",
+        ),
+        Flag(
+            "digitalocean-api-url",
+            "string",
+            DEFAULT_API_URL,
+            "DIGITALOCEAN_API_URL",
+            "DigitalOcean API endpoint (private clouds, tests)",
+        ),
+        Flag(
+            "digitalocean-ca-cert",
+            "string",
+            "",
+            "DIGITALOCEAN_CA_CERT",
+            "PEM CA bundle to trust for the API endpoint (default: the system's)",
+        ),
     )
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -295,11 +317,15 @@ class DigitalOceanDriver(Driver):
     # -- create ------------------------------------------------------------------------
     def pre_create_check(self) -> None:
         if not self.access_token():
-            raise PreCreateError(f"DigitalOcean access token missing: pass --digitalocean-access-token or set {TOKEN_ENV}")
+            raise PreCreateError(
+                f"DigitalOcean access token missing: pass --digitalocean-access-token or set {TOKEN_ENV}"
+            )
         self._check_local_files()
         bad = [t for t in self.tags() if not TAG_RE.match(t)]
         if bad:
-            raise PreCreateError(f"invalid --digitalocean-tags {bad[0]!r}: tags may hold only letters, digits, ':', '-' and '_'")
+            raise PreCreateError(
+                f"invalid --digitalocean-tags {bad[0]!r}: tags may hold only letters, digits, ':', '-' and '_'"
+            )
         client = self.client()
         try:
             account = (client.call("GET", "/v2/account") or {}).get("account") or {}
@@ -334,7 +360,9 @@ class DigitalOceanDriver(Driver):
 
     def _check_account(self, client: Client, account: Mapping[str, Any]) -> None:
         if account.get("status") not in (None, "active"):
-            raise PreCreateError(f"DigitalOcean account is {account.get('status')}: {account.get('status_message') or 'see the control panel'}")
+            raise PreCreateError(
+                f"DigitalOcean account is {account.get('status')}: {account.get('status_message') or 'see the control panel'}"
+            )
         limit = account.get("droplet_limit")
         if isinstance(limit, int) and limit > 0:
             total = ((client.call("GET", "/v2/droplets", query={"per_page": 1}) or {}).get("meta") or {}).get("total")

@@ -50,7 +50,13 @@ class GenericDriver(Driver):
         Flag("generic-engine-port", "int", 2376, "GENERIC_ENGINE_PORT", "Docker engine port"),
         Flag("generic-ip-address", "string", "", "GENERIC_IP_ADDRESS", "IP Address of machine"),
         Flag("generic-ssh-user", "string", "root", "GENERIC_SSH_USER", "SSH user"),
-        Flag("generic-ssh-key", "string", "", "GENERIC_SSH_KEY", "SSH private key path (if not provided, default SSH key will be used)"),
+        Flag(
+            "generic-ssh-key",
+            "string",
+            "",
+            "GENERIC_SSH_KEY",
+            "SSH private key path (if not provided, default SSH key will be used)",
+        ),
         Flag("generic-ssh-port", "int", 22, "GENERIC_SSH_PORT", "SSH port"),
     )
 
@@ -109,7 +115,9 @@ class GenericDriver(Driver):
 
     def state(self, timeout: float = 10.0) -> State:
         try:
-            with socket.create_connection((self.ip(), int(self.config.get("SSHPort") or 22)), timeout=min(timeout, 15.0)):
+            with socket.create_connection(
+                (self.ip(), int(self.config.get("SSHPort") or 22)), timeout=min(timeout, 15.0)
+            ):
                 return State.RUNNING
         except OSError:
             return State.STOPPED

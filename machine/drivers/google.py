@@ -178,9 +178,20 @@ class GoogleDriver(Driver):
         Flag("google-machine-type", "string", "n1-standard-1", "GOOGLE_MACHINE_TYPE", "GCE Machine Type"),
         Flag("google-machine-image", "string", DEFAULT_IMAGE, "GOOGLE_MACHINE_IMAGE", "GCE Machine Image Absolute URL"),
         Flag("google-username", "string", "docker-user", "GOOGLE_USERNAME", "GCE User Name"),
-        Flag("google-service-account", "string", "default", "GOOGLE_SERVICE_ACCOUNT",
-             "GCE Service Account for the VM (email address)"),
-        Flag("google-scopes", "string", DEFAULT_SCOPES, "GOOGLE_SCOPES", "GCE Scopes (comma-separated if multiple scopes)"),
+        Flag(
+            "google-service-account",
+            "string",
+            "default",
+            "GOOGLE_SERVICE_ACCOUNT",
+            "GCE Service Account for the VM (email address)",
+        ),
+        Flag(
+            "google-scopes",
+            "string",
+            DEFAULT_SCOPES,
+            "GOOGLE_SCOPES",
+            "GCE Scopes (comma-separated if multiple scopes)",
+        ),
         Flag("google-disk-size", "int", 10, "GOOGLE_DISK_SIZE", "GCE Instance Disk Size (in GB)"),
         Flag("google-disk-type", "string", "pd-standard", "GOOGLE_DISK_TYPE", "GCE Instance Disk type"),
         Flag("google-network", "string", "default", "GOOGLE_NETWORK", "Specify network in which to provision vm"),
@@ -188,14 +199,46 @@ class GoogleDriver(Driver):
         Flag("google-address", "string", "", "GOOGLE_ADDRESS", "GCE Instance External IP"),
         Flag("google-preemptible", "bool", False, "GOOGLE_PREEMPTIBLE", "GCE Instance Preemptibility"),
         Flag("google-tags", "string", "", "GOOGLE_TAGS", "GCE Instance Tags (comma-separated)"),
-        Flag("google-use-internal-ip", "bool", False, "GOOGLE_USE_INTERNAL_IP", "Use internal GCE Instance IP rather than public one"),
-        Flag("google-use-internal-ip-only", "bool", False, "GOOGLE_USE_INTERNAL_IP_ONLY", "Configure GCE instance to not have an external IP address"),
+        Flag(
+            "google-use-internal-ip",
+            "bool",
+            False,
+            "GOOGLE_USE_INTERNAL_IP",
+            "Use internal GCE Instance IP rather than public one",
+        ),
+        Flag(
+            "google-use-internal-ip-only",
+            "bool",
+            False,
+            "GOOGLE_USE_INTERNAL_IP_ONLY",
+            "Configure GCE instance to not have an external IP address",
+        ),
         Flag("google-use-existing", "bool", False, "GOOGLE_USE_EXISTING", "Don't create a new VM, use an existing one"),
-        Flag("google-open-port", "list", [], None, "Make the specified port number accessible from the Internet, e.g, 8080/tcp"),
-        Flag("google-credentials", "string", "", "GOOGLE_APPLICATION_CREDENTIALS",
-             "service-account key file (default: application default credentials)", secret=False),
-        Flag("google-api-url", "string", DEFAULT_API_URL, "GOOGLE_API_URL", "Compute Engine v1 endpoint (private endpoints, tests)"),
-        Flag("google-ca-cert", "string", "", "GOOGLE_CA_CERT", "PEM CA bundle to trust for the API and token endpoints"),
+        Flag(
+            "google-open-port",
+            "list",
+            [],
+            None,
+            "Make the specified port number accessible from the Internet, e.g, 8080/tcp",
+        ),
+        Flag(
+            "google-credentials",
+            "string",
+            "",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "service-account key file (default: application default credentials)",
+            secret=False,
+        ),
+        Flag(
+            "google-api-url",
+            "string",
+            DEFAULT_API_URL,
+            "GOOGLE_API_URL",
+            "Compute Engine v1 endpoint (private endpoints, tests)",
+        ),
+        Flag(
+            "google-ca-cert", "string", "", "GOOGLE_CA_CERT", "PEM CA bundle to trust for the API and token endpoints"
+        ),
     )
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -346,7 +389,9 @@ class GoogleDriver(Driver):
                                  "letters, digits and '-', starting with a letter, at most 63 characters")
         for tag in [t for t in str(self.config.get("Tags") or "").split(",") if t]:
             if not NAME_RE.match(tag):
-                raise PreCreateError(f"invalid --google-tags {tag!r}: lowercase letters, digits and '-', starting with a letter")
+                raise PreCreateError(
+                    f"invalid --google-tags {tag!r}: lowercase letters, digits and '-', starting with a letter"
+                )
         if self.ca_cert and not os.path.isfile(self.ca_cert):
             raise PreCreateError(f"--google-ca-cert file not found: {self.ca_cert}")
         try:
@@ -365,15 +410,21 @@ class GoogleDriver(Driver):
             raise
         zone = api.get(f"/zones/{self.zone}")
         if zone is None:
-            raise PreCreateError(f'Compute Engine zone "{self.zone}" does not exist in project {self.project} (--google-zone)')
+            raise PreCreateError(
+                f'Compute Engine zone "{self.zone}" does not exist in project {self.project} (--google-zone)'
+            )
         mtype = api.get(f"/zones/{self.zone}/machineTypes/{self.config['MachineType']}")
         if mtype is None:
             raise PreCreateError(f'machine type "{self.config["MachineType"]}" does not exist in zone "{self.zone}" '
                                  "(--google-machine-type)")
         if api.get(f"/zones/{self.zone}/diskTypes/{self.config['DiskType']}") is None:
-            raise PreCreateError(f'disk type "{self.config["DiskType"]}" does not exist in zone "{self.zone}" (--google-disk-type)')
+            raise PreCreateError(
+                f'disk type "{self.config["DiskType"]}" does not exist in zone "{self.zone}" (--google-disk-type)'
+            )
         if api.get(f"/global/networks/{self.config['Network']}") is None:
-            raise PreCreateError(f'network "{self.config["Network"]}" does not exist in project {self.project} (--google-network)')
+            raise PreCreateError(
+                f'network "{self.config["Network"]}" does not exist in project {self.project} (--google-network)'
+            )
         instance = api.get(self._instance_path())
         if self.config.get("UseExisting"):
             if instance is None:
@@ -386,7 +437,9 @@ class GoogleDriver(Driver):
                                  f"e.g. {DEFAULT_IMAGE})")
         address = str(self.config.get("Address") or "")
         if address and not _is_ip(address) and api.get(f"/regions/{region_of(self.zone)}/addresses/{address}") is None:
-            raise PreCreateError(f'static address "{address}" not found in region {region_of(self.zone)} (--google-address)')
+            raise PreCreateError(
+                f'static address "{address}" not found in region {region_of(self.zone)} (--google-address)'
+            )
         region = api.get(f"/regions/{region_of(self.zone)}") or {}
         need = {"CPUS": int(mtype.get("guestCpus") or 1), "INSTANCES": 1}
         for quota in region.get("quotas") or []:

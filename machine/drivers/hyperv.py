@@ -78,18 +78,47 @@ class HyperVDriver(Driver):
     #: The host OS whose PowerShell is looked for (tests run the Windows lookup anywhere).
     platform: str = sys.platform
     flags = (
-        Flag("hyperv-boot2docker-url", "string", "", "HYPERV_BOOT2DOCKER_URL",
-             "a bootable .vhdx (generation 2) instead of pymachine's image"),
-        Flag("hyperv-virtual-switch", "string", "", "HYPERV_VIRTUAL_SWITCH",
-             "Virtual switch name (default: the Default Switch, else the first External switch)"),
-        Flag("hyperv-disk-size", "int", 20000, "HYPERV_DISK_SIZE", "Maximum size of the dynamically expanding disk (MB)"),
+        Flag(
+            "hyperv-boot2docker-url",
+            "string",
+            "",
+            "HYPERV_BOOT2DOCKER_URL",
+            "a bootable .vhdx (generation 2) instead of pymachine's image",
+        ),
+        Flag(
+            "hyperv-virtual-switch",
+            "string",
+            "",
+            "HYPERV_VIRTUAL_SWITCH",
+            "Virtual switch name (default: the Default Switch, else the first External switch)",
+        ),
+        Flag(
+            "hyperv-disk-size", "int", 20000, "HYPERV_DISK_SIZE", "Maximum size of the dynamically expanding disk (MB)"
+        ),
         Flag("hyperv-memory", "int", 1024, "HYPERV_MEMORY", "Memory size for host in MB"),
         Flag("hyperv-cpu-count", "int", 1, "HYPERV_CPU_COUNT", "number of CPUs for the machine"),
-        Flag("hyperv-static-macaddress", "string", "", "HYPERV_STATIC_MACADDRESS", "Hyper-V network adapter's static MAC address."),
+        Flag(
+            "hyperv-static-macaddress",
+            "string",
+            "",
+            "HYPERV_STATIC_MACADDRESS",
+            "Hyper-V network adapter's static MAC address.",
+        ),
         Flag("hyperv-vlan-id", "int", 0, "HYPERV_VLAN_ID", "Hyper-V network adapter's VLAN ID if any"),
-        Flag("hyperv-disable-dynamic-memory", "bool", False, "HYPERV_DISABLE_DYNAMIC_MEMORY", "Disable dynamic memory management setting"),
-        Flag("hyperv-wait-for-ip-timeout", "int", 240, "HYPERV_WAIT_FOR_IP_TIMEOUT",
-             "seconds to wait for the VM's IPv4 address"),
+        Flag(
+            "hyperv-disable-dynamic-memory",
+            "bool",
+            False,
+            "HYPERV_DISABLE_DYNAMIC_MEMORY",
+            "Disable dynamic memory management setting",
+        ),
+        Flag(
+            "hyperv-wait-for-ip-timeout",
+            "int",
+            240,
+            "HYPERV_WAIT_FOR_IP_TIMEOUT",
+            "seconds to wait for the VM's IPv4 address",
+        ),
     )
 
     @classmethod
@@ -243,12 +272,18 @@ class HyperVDriver(Driver):
         if int(self.config.get("CPU") or 1) > 1:
             steps.append(f"Hyper-V\\Set-VMProcessor -VMName {name} -Count {int(self.config['CPU'])}")
         if self.config.get("MacAddr"):
-            steps.append(f"Hyper-V\\Set-VMNetworkAdapter -VMName {name} -StaticMacAddress {quote(self.config['MacAddr'])}")
+            steps.append(
+                f"Hyper-V\\Set-VMNetworkAdapter -VMName {name} -StaticMacAddress {quote(self.config['MacAddr'])}"
+            )
         if int(self.config.get("VLanID") or 0) > 0:
-            steps.append(f"Hyper-V\\Set-VMNetworkAdapterVlan -VMName {name} -Access -VlanId {int(self.config['VLanID'])}")
-        steps += [f"Hyper-V\\Set-VMFirmware -VMName {name} -EnableSecureBoot On -SecureBootTemplate {SECURE_BOOT_TEMPLATE}",
-                  f"Hyper-V\\Add-VMDvdDrive -VMName {name} -Path {quote(iso)}",
-                  f"Hyper-V\\Set-VMFirmware -VMName {name} -FirstBootDevice (Hyper-V\\Get-VMHardDiskDrive -VMName {name})"]
+            steps.append(
+                f"Hyper-V\\Set-VMNetworkAdapterVlan -VMName {name} -Access -VlanId {int(self.config['VLanID'])}"
+            )
+        steps += [
+            f"Hyper-V\\Set-VMFirmware -VMName {name} -EnableSecureBoot On -SecureBootTemplate {SECURE_BOOT_TEMPLATE}",
+            f"Hyper-V\\Add-VMDvdDrive -VMName {name} -Path {quote(iso)}",
+            f"Hyper-V\\Set-VMFirmware -VMName {name} -FirstBootDevice (Hyper-V\\Get-VMHardDiskDrive -VMName {name})",
+        ]
         return "; ".join(steps)
 
     def wait_for_ip(self, ps: PowerShell | None = None) -> str:

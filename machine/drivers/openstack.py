@@ -75,7 +75,11 @@ class OpenStackDriver(Driver):
         _s("private-key-file", "OS_PRIVATE_KEY_FILE", "Private keyfile to use for SSH (absolute path)"),
         _s("user-data-file", "OS_USER_DATA_FILE", "File containing an openstack userdata script"),
         _s("sec-groups", "OS_SECURITY_GROUPS", "OpenStack comma separated security groups for the machine"),
-        _s("floatingip-pool", "OS_FLOATINGIP_POOL", "OpenStack floating IP pool to get an IP from to assign to the instance"),
+        _s(
+            "floatingip-pool",
+            "OS_FLOATINGIP_POOL",
+            "OpenStack floating IP pool to get an IP from to assign to the instance",
+        ),
         _s("ip-version", "OS_IP_VERSION", "OpenStack version of IP address assigned for the machine", 4, "int"),
         _s("ssh-user", "OS_SSH_USER", "OpenStack SSH user", "root"),
         _s("ssh-port", "OS_SSH_PORT", "OpenStack SSH port", 22, "int"),
@@ -178,14 +182,19 @@ class OpenStackDriver(Driver):
         for a, b, what in (("FlavorId", "FlavorName", "flavor"), ("ImageId", "ImageName", "image"),
                            ("NetworkId", "NetworkName", "net")):
             if c.get(a) and c.get(b):
-                raise PreCreateError(f"Either --openstack-{what}-id or --openstack-{what}-name must be specified, not both")
+                raise PreCreateError(
+                    f"Either --openstack-{what}-id or --openstack-{what}-name must be specified, not both"
+                )
             if what != "net" and not c.get(a) and not c.get(b):
                 raise PreCreateError(f"{what.capitalize()} id or name must be specified using the CLI option "
                                      f"--openstack-{what}-id or --openstack-{what}-name")
         if bool(c.get("KeyPairName")) != bool(c.get("PrivateKeyFile")):
             raise PreCreateError("Both --openstack-keypair-name and --openstack-private-key-file must be specified")
-        for key, flag in (("PrivateKeyFile", "--openstack-private-key-file"), ("UserData", "--openstack-user-data-file"),
-                          ("CaCert", "--openstack-cacert")):
+        for key, flag in (
+            ("PrivateKeyFile", "--openstack-private-key-file"),
+            ("UserData", "--openstack-user-data-file"),
+            ("CaCert", "--openstack-cacert"),
+        ):
             if c.get(key) and not os.path.isfile(str(c[key])):
                 raise PreCreateError(f"{flag} file not found: {c[key]}")
         if c.get("UserData") and os.path.getsize(str(c["UserData"])) > 49152:
@@ -379,7 +388,9 @@ class OpenStackDriver(Driver):
         if not token:
             return
         if not self.server_id:
-            servers = api.call("compute", "GET", "/servers/detail", query={"name": self.machine_name}).get("servers") or []
+            servers = (
+                api.call("compute", "GET", "/servers/detail", query={"name": self.machine_name}).get("servers") or []
+            )
             mine = [s for s in servers if (s.get("metadata") or {}).get(f"{MARK}-create") == token]
             if mine:
                 c["MachineId"] = str(mine[0]["id"])

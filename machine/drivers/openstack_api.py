@@ -103,8 +103,10 @@ class Session:
             payload, headers = identity.request("POST", "/v3/auth/tokens", self.creds.auth_body())
         except HTTPError as exc:
             if exc.status in (401, 403, 404):
-                raise AuthFailed(f"OpenStack authentication failed at {self.creds.auth_url}: {exc.api_message} "
-                                 "(check --openstack-username/-password/-tenant-name/-tenant-id/-domain-name)") from None
+                raise AuthFailed(
+                    f"OpenStack authentication failed at {self.creds.auth_url}: {exc.api_message} "
+                    "(check --openstack-username/-password/-tenant-name/-tenant-id/-domain-name)"
+                ) from None
             raise
         token = {k.lower(): v for k, v in headers.items()}.get("x-subject-token", "")
         body = (payload or {}).get("token") or {}

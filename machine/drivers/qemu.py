@@ -362,7 +362,9 @@ def verify_local_image(path: str, checksum: str) -> None:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != want.hex:
-        raise PreCreateError(f"checksum mismatch for QEMU image {path}: expected {want}, got {want.algo}:{digest.hexdigest()}")
+        raise PreCreateError(
+            f"checksum mismatch for QEMU image {path}: expected {want}, got {want.algo}:{digest.hexdigest()}"
+        )
 
 
 @dataclass(frozen=True)
@@ -499,20 +501,57 @@ class QemuDriver(Driver):
         Flag("qemu-cpu-count", "int", 1, "QEMU_CPU_COUNT", "Number of virtual CPUs"),
         Flag("qemu-memory", "int", 1024, "QEMU_MEMORY", "Memory in MB"),
         Flag("qemu-disk-size", "int", 20000, "QEMU_DISK_SIZE", "Disk size in MB"),
-        Flag("qemu-image", "string", "", "QEMU_IMAGE",
-             "Image directory, disk file or http(s) URL of a qcow2/raw cloud image (default: pymachine's "
-             "own Debian image, built and cached on first use)"),
-        Flag("qemu-image-checksum", "string", "", "QEMU_IMAGE_CHECKSUM",
-             "Digest of the image's disk file: sha256:HEX, sha512:HEX, bare hex, or sums:URL of a SHA256SUMS file"),
+        Flag(
+            "qemu-image",
+            "string",
+            "",
+            "QEMU_IMAGE",
+            "Image directory, disk file or http(s) URL of a qcow2/raw cloud image (default: pymachine's "
+            "own Debian image, built and cached on first use)",
+        ),
+        Flag(
+            "qemu-image-checksum",
+            "string",
+            "",
+            "QEMU_IMAGE_CHECKSUM",
+            "Digest of the image's disk file: sha256:HEX, sha512:HEX, bare hex, or sums:URL of a SHA256SUMS file",
+        ),
         Flag("qemu-accel", "string", "auto", "QEMU_ACCEL", "Accelerator: auto, kvm, hvf or tcg"),
-        Flag("qemu-arch", "string", "", "QEMU_ARCH",
-             "Guest architecture: amd64 or arm64 (default: the host's; the other one runs under TCG)"),
-        Flag("qemu-firmware", "string", "", "QEMU_FIRMWARE",
-             "Firmware: bios or uefi on amd64 (default bios, booting the image's kernel directly); arm64: uefi"),
-        Flag("qemu-ssh-port", "int", 0, "QEMU_SSH_PORT", "Loopback port forwarded to the guest's SSH (0: pick a free one)"),
-        Flag("qemu-engine-port", "int", 0, "QEMU_ENGINE_PORT", "Loopback port forwarded to the guest's engine (0: pick a free one)"),
-        Flag("qemu-restrict-network", "bool", False, "QEMU_RESTRICT_NETWORK",
-             "Isolate the guest: no traffic leaves it except the two port forwards"),
+        Flag(
+            "qemu-arch",
+            "string",
+            "",
+            "QEMU_ARCH",
+            "Guest architecture: amd64 or arm64 (default: the host's; the other one runs under TCG)",
+        ),
+        Flag(
+            "qemu-firmware",
+            "string",
+            "",
+            "QEMU_FIRMWARE",
+            "Firmware: bios or uefi on amd64 (default bios, booting the image's kernel directly); arm64: uefi",
+        ),
+        Flag(
+            "qemu-ssh-port",
+            "int",
+            0,
+            "QEMU_SSH_PORT",
+            "Loopback port forwarded to the guest's SSH (0: pick a free one)",
+        ),
+        Flag(
+            "qemu-engine-port",
+            "int",
+            0,
+            "QEMU_ENGINE_PORT",
+            "Loopback port forwarded to the guest's engine (0: pick a free one)",
+        ),
+        Flag(
+            "qemu-restrict-network",
+            "bool",
+            False,
+            "QEMU_RESTRICT_NETWORK",
+            "Isolate the guest: no traffic leaves it except the two port forwards",
+        ),
     )
 
     @classmethod
@@ -613,7 +652,9 @@ class QemuDriver(Driver):
         if memory < MIN_MEMORY_MB:
             raise PreCreateError(f"--qemu-memory must be at least {MIN_MEMORY_MB} MB, got {memory}")
         if len(self._path(QMP_SOCKET)) > SOCKET_PATH_MAX:
-            raise PreCreateError(f"the machine directory path is too long for QEMU's monitor socket: {self.machine_dir}")
+            raise PreCreateError(
+                f"the machine directory path is too long for QEMU's monitor socket: {self.machine_dir}"
+            )
         source = str(self.config.get("ImageSource") or "")
         image = None
         if source and _is_url(source):
@@ -633,7 +674,9 @@ class QemuDriver(Driver):
 
             built = find_image(self._default_cache(), arch)
             if built is not None:
-                image = BaseImage(str(built.disk), "qcow2", built.virtual_size, str(built.kernel), str(built.initrd), True)
+                image = BaseImage(
+                    str(built.disk), "qcow2", built.virtual_size, str(built.kernel), str(built.initrd), True
+                )
             else:
                 reason = why_not_buildable(arch)
                 if reason:
@@ -687,7 +730,9 @@ class QemuDriver(Driver):
             from pymachine.engine.options import EngineOptions
             from pymachine.machine.secrets import engine_with_secrets
 
-            engine = engine_with_secrets(self.machine_dir, EngineOptions.from_json(data["HostOptions"]["EngineOptions"]))
+            engine = engine_with_secrets(
+                self.machine_dir, EngineOptions.from_json(data["HostOptions"]["EngineOptions"])
+            )
             proxy = engine.effective_proxy(LOOPBACK, "localhost")
         except (OSError, ValueError, KeyError, TypeError):
             return None

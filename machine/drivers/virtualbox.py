@@ -257,7 +257,9 @@ def parse_cidr(cidr: str) -> ipaddress.IPv4Interface:
     try:
         iface = ipaddress.IPv4Interface(cidr)
     except ValueError:
-        raise MachineError(f"invalid host-only cidr {cidr!r}: expected an IPv4 address/prefix like {DEFAULT_CIDR}") from None
+        raise MachineError(
+            f"invalid host-only cidr {cidr!r}: expected an IPv4 address/prefix like {DEFAULT_CIDR}"
+        ) from None
     if "/" not in cidr:
         raise MachineError(f"invalid host-only cidr {cidr!r}: expected an IPv4 address/prefix like {DEFAULT_CIDR}")
     return iface
@@ -465,23 +467,101 @@ class VirtualBoxDriver(Driver):
     default_ssh_user = "docker"
     flags = (
         Flag("virtualbox-memory", "int", 1024, "VIRTUALBOX_MEMORY_SIZE", "Size of memory for host in MB"),
-        Flag("virtualbox-cpu-count", "int", 1, "VIRTUALBOX_CPU_COUNT", "number of CPUs for the machine (-1 to use the number of CPUs available)"),
+        Flag(
+            "virtualbox-cpu-count",
+            "int",
+            1,
+            "VIRTUALBOX_CPU_COUNT",
+            "number of CPUs for the machine (-1 to use the number of CPUs available)",
+        ),
         Flag("virtualbox-disk-size", "int", 20000, "VIRTUALBOX_DISK_SIZE", "Size of disk for host in MB"),
-        Flag("virtualbox-boot2docker-url", "string", "", "VIRTUALBOX_BOOT2DOCKER_URL", "The path or URL of a bootable image (.iso, .vmdk or .vdi)"),
-        Flag("virtualbox-import-boot2docker-vm", "string", "", "VIRTUALBOX_BOOT2DOCKER_IMPORT_VM", "The name of a Boot2Docker VM to import"),
-        Flag("virtualbox-host-dns-resolver", "bool", False, "VIRTUALBOX_HOST_DNS_RESOLVER", "Use the host DNS resolver"),
-        Flag("virtualbox-nat-nictype", "string", "82540EM", "VIRTUALBOX_NAT_NICTYPE", "Specify the Network Adapter Type"),
-        Flag("virtualbox-hostonly-cidr", "string", DEFAULT_CIDR, "VIRTUALBOX_HOSTONLY_CIDR", "Specify the Host Only CIDR"),
-        Flag("virtualbox-hostonly-nictype", "string", "82540EM", "VIRTUALBOX_HOSTONLY_NIC_TYPE", "Specify the Host Only Network Adapter Type"),
-        Flag("virtualbox-hostonly-nicpromisc", "string", "deny", "VIRTUALBOX_HOSTONLY_NIC_PROMISC", "Specify the Host Only Network Adapter Promiscuous Mode"),
-        Flag("virtualbox-hostonly-allow-any-range", "bool", False, "VIRTUALBOX_HOSTONLY_ALLOW_ANY_RANGE", "Skip the check against the ranges of /etc/vbox/networks.conf"),
-        Flag("virtualbox-ui-type", "string", "headless", "VIRTUALBOX_UI_TYPE", "Specify the UI Type: (gui|sdl|headless|separate)"),
-        Flag("virtualbox-hostonly-no-dhcp", "bool", False, "VIRTUALBOX_HOSTONLY_NO_DHCP", "Disable the Host Only DHCP Server"),
+        Flag(
+            "virtualbox-boot2docker-url",
+            "string",
+            "",
+            "VIRTUALBOX_BOOT2DOCKER_URL",
+            "The path or URL of a bootable image (.iso, .vmdk or .vdi)",
+        ),
+        Flag(
+            "virtualbox-import-boot2docker-vm",
+            "string",
+            "",
+            "VIRTUALBOX_BOOT2DOCKER_IMPORT_VM",
+            "The name of a Boot2Docker VM to import",
+        ),
+        Flag(
+            "virtualbox-host-dns-resolver", "bool", False, "VIRTUALBOX_HOST_DNS_RESOLVER", "Use the host DNS resolver"
+        ),
+        Flag(
+            "virtualbox-nat-nictype", "string", "82540EM", "VIRTUALBOX_NAT_NICTYPE", "Specify the Network Adapter Type"
+        ),
+        Flag(
+            "virtualbox-hostonly-cidr", "string", DEFAULT_CIDR, "VIRTUALBOX_HOSTONLY_CIDR", "Specify the Host Only CIDR"
+        ),
+        Flag(
+            "virtualbox-hostonly-nictype",
+            "string",
+            "82540EM",
+            "VIRTUALBOX_HOSTONLY_NIC_TYPE",
+            "Specify the Host Only Network Adapter Type",
+        ),
+        Flag(
+            "virtualbox-hostonly-nicpromisc",
+            "string",
+            "deny",
+            "VIRTUALBOX_HOSTONLY_NIC_PROMISC",
+            "Specify the Host Only Network Adapter Promiscuous Mode",
+        ),
+        Flag(
+            "virtualbox-hostonly-allow-any-range",
+            "bool",
+            False,
+            "VIRTUALBOX_HOSTONLY_ALLOW_ANY_RANGE",
+            "Skip the check against the ranges of /etc/vbox/networks.conf",
+        ),
+        Flag(
+            "virtualbox-ui-type",
+            "string",
+            "headless",
+            "VIRTUALBOX_UI_TYPE",
+            "Specify the UI Type: (gui|sdl|headless|separate)",
+        ),
+        Flag(
+            "virtualbox-hostonly-no-dhcp",
+            "bool",
+            False,
+            "VIRTUALBOX_HOSTONLY_NO_DHCP",
+            "Disable the Host Only DHCP Server",
+        ),
         Flag("virtualbox-no-share", "bool", False, "VIRTUALBOX_NO_SHARE", "Disable the mount of your home directory"),
-        Flag("virtualbox-no-dns-proxy", "bool", False, "VIRTUALBOX_NO_DNS_PROXY", "Disable proxying all DNS requests to the host"),
-        Flag("virtualbox-dns-proxy", "bool", False, "VIRTUALBOX_DNS_PROXY", "Proxy all DNS requests to the host (the default; kept for old scripts)"),
-        Flag("virtualbox-no-vtx-check", "bool", False, "VIRTUALBOX_NO_VTX_CHECK", "Disable checking for the availability of hardware virtualization before the vm is started"),
-        Flag("virtualbox-share-folder", "string", "", "VIRTUALBOX_SHARE_FOLDER", "Mount the specified directory instead of the default home location. Format: dir:name"),
+        Flag(
+            "virtualbox-no-dns-proxy",
+            "bool",
+            False,
+            "VIRTUALBOX_NO_DNS_PROXY",
+            "Disable proxying all DNS requests to the host",
+        ),
+        Flag(
+            "virtualbox-dns-proxy",
+            "bool",
+            False,
+            "VIRTUALBOX_DNS_PROXY",
+            "Proxy all DNS requests to the host (the default; kept for old scripts)",
+        ),
+        Flag(
+            "virtualbox-no-vtx-check",
+            "bool",
+            False,
+            "VIRTUALBOX_NO_VTX_CHECK",
+            "Disable checking for the availability of hardware virtualization before the vm is started",
+        ),
+        Flag(
+            "virtualbox-share-folder",
+            "string",
+            "",
+            "VIRTUALBOX_SHARE_FOLDER",
+            "Mount the specified directory instead of the default home location. Format: dir:name",
+        ),
     )
 
     def __init__(self, config: dict[str, Any], backend: VBoxBackend | None = None,
@@ -525,7 +605,9 @@ class VirtualBoxDriver(Driver):
         parse_cidr(str(get("hostonly-cidr") or DEFAULT_CIDR))
         promisc = str(get("hostonly-nicpromisc") or "deny")
         if promisc not in ("deny", "allow-vms", "allow-all"):
-            raise MachineError(f"--virtualbox-hostonly-nicpromisc must be deny, allow-vms or allow-all, got {promisc!r}")
+            raise MachineError(
+                f"--virtualbox-hostonly-nicpromisc must be deny, allow-vms or allow-all, got {promisc!r}"
+            )
         self.config.update(
             SSHUser=self.default_ssh_user, CPU=cpu, Memory=memory, DiskSize=disk,
             NatNicType=str(get("nat-nictype") or "82540EM"),
@@ -656,7 +738,9 @@ class VirtualBoxDriver(Driver):
             raise PreCreateError(f"--virtualbox-boot2docker-url must name an .iso, .vmdk or .vdi image, got {url!r}")
         if parts.scheme in ("http", "https"):
             if not parts.path.lower().endswith(IMAGE_SUFFIXES):
-                raise PreCreateError(f"--virtualbox-boot2docker-url must name an .iso, .vmdk or .vdi image, got {url!r}")
+                raise PreCreateError(
+                    f"--virtualbox-boot2docker-url must name an .iso, .vmdk or .vdi image, got {url!r}"
+                )
             return url
         path = os.path.expanduser(path)
         if not os.path.isfile(path):
@@ -834,7 +918,9 @@ class VirtualBoxDriver(Driver):
                 raise MachineError("VBoxManage convertfromraw did not finish") from None
         text = err.decode(errors="replace")
         if proc.returncode != 0 or "error:" in text:
-            raise MachineError(f"VBoxManage convertfromraw stdin {disk} {size} --format VMDK failed: {error_line(text)}")
+            raise MachineError(
+                f"VBoxManage convertfromraw stdin {disk} {size} --format VMDK failed: {error_line(text)}"
+            )
 
     def _write_seed(self, path: str, pubkey: str, share: tuple[str, str] | None) -> None:
         from pymachine.machine import seed

@@ -240,19 +240,40 @@ def keys_tar(pubkey: bytes) -> bytes:
 
 def _flags(prefix: str, env: str, fusion: bool) -> tuple[Flag, ...]:
     flags = [
-        Flag(f"{prefix}-boot2docker-url", "string", "", f"{env}_BOOT2DOCKER_URL", "Path or URL of a bootable image (.iso, or .vmdk)"),
+        Flag(
+            f"{prefix}-boot2docker-url",
+            "string",
+            "",
+            f"{env}_BOOT2DOCKER_URL",
+            "Path or URL of a bootable image (.iso, or .vmdk)",
+        ),
     ]
     if fusion:  # docker-machine's vmwarefusion only
-        flags.append(Flag(f"{prefix}-configdrive-url", "string", "", f"{env}_CONFIGDRIVE_URL", "Path or URL of a config drive ISO"))
+        flags.append(
+            Flag(
+                f"{prefix}-configdrive-url", "string", "", f"{env}_CONFIGDRIVE_URL", "Path or URL of a config drive ISO"
+            )
+        )
     flags += [
-        Flag(f"{prefix}-cpu-count", "int", 1, f"{env}_CPU_COUNT", "number of CPUs for the machine (-1 to use the number of CPUs available)"),
+        Flag(
+            f"{prefix}-cpu-count",
+            "int",
+            1,
+            f"{env}_CPU_COUNT",
+            "number of CPUs for the machine (-1 to use the number of CPUs available)",
+        ),
         Flag(f"{prefix}-memory-size", "int", 1024, f"{env}_MEMORY_SIZE", "Size of memory for host VM (in MB)"),
         Flag(f"{prefix}-disk-size", "int", 20000, f"{env}_DISK_SIZE", "Size of disk for host VM (in MB)"),
         Flag(f"{prefix}-ssh-user", "string", B2D_USER, f"{env}_SSH_USER", "SSH user"),
         Flag(f"{prefix}-ssh-password", "string", B2D_PASSWORD, f"{env}_SSH_PASSWORD", "SSH password", secret=True),
         Flag(f"{prefix}-no-share", "bool", False, f"{env}_NO_SHARE", "Disable the mount of your home directory"),
-        Flag(f"{prefix}-firmware", "string", "", f"{env}_FIRMWARE",
-             "VM firmware: bios or efi (default: bios; efi on Apple Silicon, where it is the only one)"),
+        Flag(
+            f"{prefix}-firmware",
+            "string",
+            "",
+            f"{env}_FIRMWARE",
+            "VM firmware: bios or efi (default: bios; efi on Apple Silicon, where it is the only one)",
+        ),
     ]
     return tuple(flags)
 
@@ -367,7 +388,9 @@ class VMwareDriver(Driver):
         except MachineError as exc:
             raise PreCreateError(str(exc)) from None
         if not self.disk_tool():
-            raise PreCreateError(f"neither vmware-vdiskmanager nor qemu-img found: install {self.product} or qemu-utils")
+            raise PreCreateError(
+                f"neither vmware-vdiskmanager nor qemu-img found: install {self.product} or qemu-utils"
+            )
         source = self._image_source("Boot2DockerURL", required=False)
         if self.vm_arch() == "arm":
             if self.host_type != "fusion":

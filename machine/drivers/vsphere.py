@@ -111,25 +111,80 @@ class VSphereDriver(Driver):
     rollback_unreachable = True
     flags = (
         Flag("vmwarevsphere-cpu-count", "int", 2, "VSPHERE_CPU_COUNT", "vSphere CPU number for docker VM"),
-        Flag("vmwarevsphere-memory-size", "int", 2048, "VSPHERE_MEMORY_SIZE", "vSphere size of memory for docker VM (in MB)"),
-        Flag("vmwarevsphere-disk-size", "int", 20480, "VSPHERE_DISK_SIZE", "vSphere size of disk for docker VM (in MB)"),
-        Flag("vmwarevsphere-boot2docker-url", "string", "", "VSPHERE_BOOT2DOCKER_URL",
-             "The boot ISO to upload: a local path, file:// or http(s):// URL (downloaded once and cached)"),
+        Flag(
+            "vmwarevsphere-memory-size",
+            "int",
+            2048,
+            "VSPHERE_MEMORY_SIZE",
+            "vSphere size of memory for docker VM (in MB)",
+        ),
+        Flag(
+            "vmwarevsphere-disk-size", "int", 20480, "VSPHERE_DISK_SIZE", "vSphere size of disk for docker VM (in MB)"
+        ),
+        Flag(
+            "vmwarevsphere-boot2docker-url",
+            "string",
+            "",
+            "VSPHERE_BOOT2DOCKER_URL",
+            "The boot ISO to upload: a local path, file:// or http(s):// URL (downloaded once and cached)",
+        ),
         Flag("vmwarevsphere-vcenter", "string", "", "VSPHERE_VCENTER", "vSphere IP/hostname for vCenter"),
         Flag("vmwarevsphere-vcenter-port", "int", 443, "VSPHERE_VCENTER_PORT", "vSphere Port for vCenter"),
         Flag("vmwarevsphere-username", "string", "", "VSPHERE_USERNAME", "vSphere username"),
         Flag("vmwarevsphere-password", "string", "", "VSPHERE_PASSWORD", "vSphere password", secret=True),
-        Flag("vmwarevsphere-network", "list", [], "VSPHERE_NETWORK", "vSphere network where the docker VM will be attached"),
+        Flag(
+            "vmwarevsphere-network",
+            "list",
+            [],
+            "VSPHERE_NETWORK",
+            "vSphere network where the docker VM will be attached",
+        ),
         Flag("vmwarevsphere-datastore", "string", "", "VSPHERE_DATASTORE", "vSphere datastore for docker VM"),
         Flag("vmwarevsphere-datacenter", "string", "", "VSPHERE_DATACENTER", "vSphere datacenter for docker VM"),
-        Flag("vmwarevsphere-folder", "string", "", "VSPHERE_FOLDER", "vSphere folder for the docker VM. This folder must already exist in the datacenter."),
+        Flag(
+            "vmwarevsphere-folder",
+            "string",
+            "",
+            "VSPHERE_FOLDER",
+            "vSphere folder for the docker VM. This folder must already exist in the datacenter.",
+        ),
         Flag("vmwarevsphere-pool", "string", "", "VSPHERE_POOL", "vSphere resource pool for docker VM"),
-        Flag("vmwarevsphere-hostsystem", "string", "", "VSPHERE_HOSTSYSTEM", "vSphere compute resource where the docker VM will be instantiated. This can be omitted if using a cluster with DRS."),
-        Flag("vmwarevsphere-cfgparam", "list", [], "VSPHERE_CFGPARAM", "vSphere vm configuration parameters (used for guestinfo)"),
-        Flag("vmwarevsphere-cloudinit", "string", "", "VSPHERE_CLOUDINIT", "vSphere cloud-init file or url to set in the guestinfo"),
+        Flag(
+            "vmwarevsphere-hostsystem",
+            "string",
+            "",
+            "VSPHERE_HOSTSYSTEM",
+            "vSphere compute resource where the docker VM will be instantiated. This can be omitted if using a cluster with DRS.",
+        ),
+        Flag(
+            "vmwarevsphere-cfgparam",
+            "list",
+            [],
+            "VSPHERE_CFGPARAM",
+            "vSphere vm configuration parameters (used for guestinfo)",
+        ),
+        Flag(
+            "vmwarevsphere-cloudinit",
+            "string",
+            "",
+            "VSPHERE_CLOUDINIT",
+            "vSphere cloud-init file or url to set in the guestinfo",
+        ),
         # pymachine additions: how to trust the vCenter certificate, and the guest's login user.
-        Flag("vmwarevsphere-ca-cert", "string", "", "VSPHERE_CA_CERT", "PEM file of the CA that signed the vCenter certificate"),
-        Flag("vmwarevsphere-insecure", "bool", False, "VSPHERE_INSECURE", "Do not verify the vCenter TLS certificate (self-signed vCenters)"),
+        Flag(
+            "vmwarevsphere-ca-cert",
+            "string",
+            "",
+            "VSPHERE_CA_CERT",
+            "PEM file of the CA that signed the vCenter certificate",
+        ),
+        Flag(
+            "vmwarevsphere-insecure",
+            "bool",
+            False,
+            "VSPHERE_INSECURE",
+            "Do not verify the vCenter TLS certificate (self-signed vCenters)",
+        ),
         Flag("vmwarevsphere-ssh-user", "string", "docker", "VSPHERE_SSH_USER", "SSH user of the guest image"),
         Flag("vmwarevsphere-ssh-port", "int", 22, "VSPHERE_SSH_PORT", "SSH port of the guest image"),
     )
@@ -169,22 +224,37 @@ class VSphereDriver(Driver):
             raise MachineError("vSphere driver requires the --vmwarevsphere-password option")
         port, ssh_port = n("vcenter-port", 1), n("ssh-port", 1)
         if port > 65535 or ssh_port > 65535:
-            raise MachineError(f"--vmwarevsphere-vcenter-port and -ssh-port must be port numbers, got {port}, {ssh_port}")
+            raise MachineError(
+                f"--vmwarevsphere-vcenter-port and -ssh-port must be port numbers, got {port}, {ssh_port}"
+            )
         cfg = list(values.get("vmwarevsphere-cfgparam") or [])
         parse_cfgparams(cfg)
         iso = s("boot2docker-url")
         ca = s("ca-cert")
         cloudinit = s("cloudinit")
         self.config.update(
-            Memory=n("memory-size", 1), DiskSize=n("disk-size", 1), CPU=n("cpu-count", 1),
-            Boot2DockerURL=iso, ISO=_local_iso(iso),
-            IP=s("vcenter"), Port=port, Username=s("username"),
+            Memory=n("memory-size", 1),
+            DiskSize=n("disk-size", 1),
+            CPU=n("cpu-count", 1),
+            Boot2DockerURL=iso,
+            ISO=_local_iso(iso),
+            IP=s("vcenter"),
+            Port=port,
+            Username=s("username"),
             Networks=[x for x in (values.get("vmwarevsphere-network") or []) if x],
-            Datastore=s("datastore"), Datacenter=s("datacenter"), Folder=s("folder"), Pool=s("pool"),
-            HostSystem=s("hostsystem"), CfgParams=cfg,
-            CloudInit=cloudinit if "://" in cloudinit or not cloudinit else os.path.abspath(os.path.expanduser(cloudinit)),
-            CACert=os.path.abspath(os.path.expanduser(ca)) if ca else "", Insecure=bool(values.get("vmwarevsphere-insecure")),
-            SSHUser=s("ssh-user") or self.default_ssh_user, SSHPort=ssh_port,
+            Datastore=s("datastore"),
+            Datacenter=s("datacenter"),
+            Folder=s("folder"),
+            Pool=s("pool"),
+            HostSystem=s("hostsystem"),
+            CfgParams=cfg,
+            CloudInit=cloudinit
+            if "://" in cloudinit or not cloudinit
+            else os.path.abspath(os.path.expanduser(cloudinit)),
+            CACert=os.path.abspath(os.path.expanduser(ca)) if ca else "",
+            Insecure=bool(values.get("vmwarevsphere-insecure")),
+            SSHUser=s("ssh-user") or self.default_ssh_user,
+            SSHPort=ssh_port,
         )
 
     # Connection ----------------------------------------------------------------------------
@@ -333,7 +403,9 @@ class VSphereDriver(Driver):
         try:
             return str(self._vm(si).runtime.powerState)
         except vmodl.fault.ManagedObjectNotFound:
-            raise MachineError(f"VM {self.config.get('VMRef')} of machine {self.machine_name} not found on vCenter") from None
+            raise MachineError(
+                f"VM {self.config.get('VMRef')} of machine {self.machine_name} not found on vCenter"
+            ) from None
 
     # Checks --------------------------------------------------------------------------------
     def pre_create_check(self) -> None:
@@ -344,7 +416,9 @@ class VSphereDriver(Driver):
         elif _is_download(raw):
             pass  # fetched at create, through the verified cached downloader
         elif "://" in raw and not raw.lower().startswith("file://"):
-            raise PreCreateError(f"--vmwarevsphere-boot2docker-url must be a local path, file:// or http(s):// URL: {raw}")
+            raise PreCreateError(
+                f"--vmwarevsphere-boot2docker-url must be a local path, file:// or http(s):// URL: {raw}"
+            )
         elif not os.path.isfile(iso):
             raise PreCreateError(f"boot ISO not found: {raw}")
         ci = str(self.config.get("CloudInit") or "")
@@ -407,7 +481,9 @@ class VSphereDriver(Driver):
             try:
                 content.fileManager.MakeDirectory(name=f"[{ds}] {name}", datacenter=dc, createParentDirectories=False)
             except vim.fault.FileAlreadyExists:
-                raise MachineError(f"datastore folder [{ds}] {name} already exists: remove it or pick another machine name") from None
+                raise MachineError(
+                    f"datastore folder [{ds}] {name} already exists: remove it or pick another machine name"
+                ) from None
             self.config["DatastoreFolder"] = f"[{ds}] {name}"
             self.config["UploadedFiles"] = []
             if base is None:
@@ -488,7 +564,9 @@ class VSphereDriver(Driver):
         from pyVmomi import vim
 
         name, ds = self.machine_name, inv["datastore"].name
-        extra = [vim.option.OptionValue(key=k, value=v) for k, v in parse_cfgparams(list(self.config.get("CfgParams") or []))]
+        extra = [
+            vim.option.OptionValue(key=k, value=v) for k, v in parse_cfgparams(list(self.config.get("CfgParams") or []))
+        ]
         extra += self._guestinfo(pubkey, userdata)
         devices: list[Any] = []
         scsi = vim.vm.device.ParaVirtualSCSIController(key=-100, busNumber=0, sharedBus="noSharing")
@@ -508,7 +586,10 @@ class VSphereDriver(Driver):
         for i, net in enumerate(inv["networks"]):
             if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
                 backing: Any = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
-                    port=vim.dvs.PortConnection(switchUuid=net.config.distributedVirtualSwitch.uuid, portgroupKey=net.key))
+                    port=vim.dvs.PortConnection(
+                        switchUuid=net.config.distributedVirtualSwitch.uuid, portgroupKey=net.key
+                    )
+                )
             else:
                 backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=net.name, network=net)
             nic = vim.vm.device.VirtualVmxnet3(
@@ -546,10 +627,16 @@ class VSphereDriver(Driver):
             changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=ide))
             slot = (-400, 0)
         cdrom = vim.vm.device.VirtualCdrom(
-            key=-401, controllerKey=slot[0], unitNumber=slot[1],
+            key=-401,
+            controllerKey=slot[0],
+            unitNumber=slot[1],
             backing=vim.vm.device.VirtualCdrom.IsoBackingInfo(
-                fileName=f"[{datastore.name}] {self.machine_name}/{iso_name}", datastore=datastore),
-            connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, allowGuestControl=True, connected=True))
+                fileName=f"[{datastore.name}] {self.machine_name}/{iso_name}", datastore=datastore
+            ),
+            connectable=vim.vm.device.VirtualDevice.ConnectInfo(
+                startConnected=True, allowGuestControl=True, connected=True
+            ),
+        )
         changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=cdrom))
         return vim.vm.ConfigSpec(deviceChange=changes)
 

@@ -194,8 +194,10 @@ class FakeARM(HTTPSFake):
             if not path.lower().startswith("/subscriptions/"):
                 return 404, error("InvalidResourceType", f"No route for {method} {path}"), {}
             if token not in self.tokens:
-                challenge = (f'Bearer authorization_uri="{self.url}/{self.tenant}", error="invalid_token", '
-                             'error_description="The authentication failed because of missing \'Authorization\' header."')
+                challenge = (
+                    f'Bearer authorization_uri="{self.url}/{self.tenant}", error="invalid_token", '
+                    "error_description=\"The authentication failed because of missing 'Authorization' header.\""
+                )
                 msg = "The access token is missing or invalid." if token else \
                     "Authentication failed. The 'Authorization' header is missing."
                 return 401, error("AuthenticationFailed" if not token else "InvalidAuthenticationToken", msg), \
@@ -205,8 +207,14 @@ class FakeARM(HTTPSFake):
     # -- AAD -----------------------------------------------------------------------------
     def _aad(self, tenant: str, what: str, form: Any) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
         if tenant not in (self.tenant, "organizations", "common"):
-            return 400, {"error": "invalid_tenant", "error_description":
-                         f"AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID."}, {}
+            return (
+                400,
+                {
+                    "error": "invalid_tenant",
+                    "error_description": f"AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID.",
+                },
+                {},
+            )
         if what.startswith("v2.0"):
             base = f"{self.url}/{tenant}"
             return 200, {"token_endpoint": f"{base}/oauth2/v2.0/token",
@@ -499,8 +507,11 @@ class FakeARM(HTTPSFake):
             return None
         size = (props.get("hardwareProfile") or {}).get("vmSize", "")
         if size not in SIZES:
-            return 400, error("InvalidParameter", f"The value {size} provided for the VM size is not valid. "
-                              "The valid sizes in the current region are: " + ", ".join(sorted(set(SIZES) - RESTRICTED)))
+            return 400, error(
+                "InvalidParameter",
+                f"The value {size} provided for the VM size is not valid. "
+                "The valid sizes in the current region are: " + ", ".join(sorted(set(SIZES) - RESTRICTED)),
+            )
         if size in RESTRICTED:
             return 409, error("SkuNotAvailable", f"The requested VM size for resource 'Following SKUs have failed "
                               f"for Capacity Restrictions: {size}' is currently not available in location "

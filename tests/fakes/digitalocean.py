@@ -199,7 +199,9 @@ class FakeDigitalOcean(HTTPSFake):
     def _create_droplet(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         name = body.get("name")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]*", name):
-            return 422, _err("unprocessable_entity", "Name Only valid hostname characters are allowed. (a-z, A-Z, 0-9, . and -)")
+            return 422, _err(
+                "unprocessable_entity", "Name Only valid hostname characters are allowed. (a-z, A-Z, 0-9, . and -)"
+            )
         region, size, image = body.get("region"), body.get("size"), body.get("image")
         if region not in REGIONS:
             return 422, _err("unprocessable_entity", "You specified an invalid region for Droplet creation.")
@@ -209,7 +211,9 @@ class FakeDigitalOcean(HTTPSFake):
             return 422, _err("unprocessable_entity", "You specified an invalid image for Droplet creation.")
         for tag in body.get("tags") or []:
             if not isinstance(tag, str) or not re.fullmatch(r"[A-Za-z0-9:_\-]{1,255}", tag):
-                return 422, _err("unprocessable_entity", "Tag names must be letters, numbers, colons, dashes and underscores")
+                return 422, _err(
+                    "unprocessable_entity", "Tag names must be letters, numbers, colons, dashes and underscores"
+                )
         public_keys = []
         for ref in body.get("ssh_keys") or []:
             key = self._find_key(str(ref))
@@ -320,9 +324,17 @@ class FakeDigitalOcean(HTTPSFake):
                 d["tags"] = [t for t in d["tags"] if t != name]
             return 204, None
         if method == "GET" and parts == ["account"]:
-            return 200, {"account": {"droplet_limit": self.droplet_limit, "floating_ip_limit": 3,
-                                     "email": "test@example.invalid", "uuid": "b6fr89dbf6d9156cace5f3c78dc9851d957381ef",
-                                     "email_verified": True, "status": "active", "status_message": ""}}
+            return 200, {
+                "account": {
+                    "droplet_limit": self.droplet_limit,
+                    "floating_ip_limit": 3,
+                    "email": "test@example.invalid",
+                    "uuid": "b6fr89dbf6d9156cace5f3c78dc9851d957381ef",
+                    "email_verified": True,
+                    "status": "active",
+                    "status_message": "",
+                }
+            }
         if method == "GET" and parts == ["regions"]:
             return 200, _listing("regions", [_region(r) for r in REGIONS])
         if method == "GET" and parts == ["sizes"]:

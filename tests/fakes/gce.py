@@ -137,9 +137,17 @@ class FakeGCE(HTTPSFake):
         return path
 
     def authorized_user_file(self, path: Path) -> Path:
-        path.write_text(json.dumps({"type": "authorized_user", "client_id": "764086051850-x.apps.googleusercontent.com",
-                                    "client_secret": "d-FL95Q19q7MQmFpd7hHD0Ty", "refresh_token": "1//fake-refresh-token",
-                                    "token_uri": f"{self.url}/token"}))
+        path.write_text(
+            json.dumps(
+                {
+                    "type": "authorized_user",
+                    "client_id": "764086051850-x.apps.googleusercontent.com",
+                    "client_secret": "d-FL95Q19q7MQmFpd7hHD0Ty",
+                    "refresh_token": "1//fake-refresh-token",
+                    "token_uri": f"{self.url}/token",
+                }
+            )
+        )
         return path
 
     def fail_next(self, method: str, prefix: str, status: int, reason: str, message: str, times: int = 1) -> None:
@@ -190,7 +198,9 @@ class FakeGCE(HTTPSFake):
                    if ZONES[z] == region and i["status"] not in ("TERMINATED",))
 
     # -- operations --------------------------------------------------------------------------
-    def _op(self, kind: str, target: str, zone: str | None, apply: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+    def _op(
+        self, kind: str, target: str, zone: str | None, apply: Callable[[], dict[str, Any] | None]
+    ) -> dict[str, Any]:
         name = f"operation-{int(time.time() * 1000)}-{next(self._ids)}"
         scope = f"{G}/{self.project}/zones/{zone}" if zone else f"{G}/{self.project}/global"
         op = {"kind": "compute#operation", "id": str(next(self._ids)), "name": name, "operationType": kind,
@@ -243,11 +253,18 @@ class FakeGCE(HTTPSFake):
         params = boot.get("initializeParams") or {}
         disk_name = params.get("diskName") or name
         self.disks[(zone, disk_name)] = {
-            "kind": "compute#disk", "id": str(next(self._ids)), "name": disk_name, "zone": f"{G}/{self.project}/zones/{zone}",
-            "sizeGb": str(params.get("diskSizeGb") or 10), "status": "READY", "sourceImage": params.get("sourceImage"),
+            "kind": "compute#disk",
+            "id": str(next(self._ids)),
+            "name": disk_name,
+            "zone": f"{G}/{self.project}/zones/{zone}",
+            "sizeGb": str(params.get("diskSizeGb") or 10),
+            "status": "READY",
+            "sourceImage": params.get("sourceImage"),
             "type": params.get("diskType") or f"{G}/{self.project}/zones/{zone}/diskTypes/pd-standard",
-            "labels": dict(params.get("labels") or {}), "users": [f"{G}/{self.project}/zones/{zone}/instances/{name}"],
-            "selfLink": f"{G}/{self.project}/zones/{zone}/disks/{disk_name}"}
+            "labels": dict(params.get("labels") or {}),
+            "users": [f"{G}/{self.project}/zones/{zone}/instances/{name}"],
+            "selfLink": f"{G}/{self.project}/zones/{zone}/disks/{disk_name}",
+        }
         nics = []
         for nic in body.get("networkInterfaces") or [{}]:
             nics.append({"kind": "compute#networkInterface", "name": f"nic{len(nics)}",
@@ -258,21 +275,40 @@ class FakeGCE(HTTPSFake):
                                             **({"natIP": ac["natIP"]} if ac.get("natIP") else {})}
                                            for ac in nic.get("accessConfigs") or []]})
         self.instances[(zone, name)] = {
-            "kind": "compute#instance", "id": str(next(self._ids)), "creationTimestamp": _now(), "name": name,
-            "description": body.get("description") or "", "status": "PROVISIONING",
+            "kind": "compute#instance",
+            "id": str(next(self._ids)),
+            "creationTimestamp": _now(),
+            "name": name,
+            "description": body.get("description") or "",
+            "status": "PROVISIONING",
             "zone": f"{G}/{self.project}/zones/{zone}",
             "machineType": f"{G}/{self.project}/{body['machineType'].split('/projects/')[-1].split('/', 1)[-1]}"
-            if "/projects/" in body["machineType"] else f"{G}/{self.project}/{body['machineType']}",
+            if "/projects/" in body["machineType"]
+            else f"{G}/{self.project}/{body['machineType']}",
             "tags": {"items": list((body.get("tags") or {}).get("items") or []), "fingerprint": "42WmSpB8rSM="},
-            "labels": dict(body.get("labels") or {}), "labelFingerprint": "42WmSpB8rSM=",
+            "labels": dict(body.get("labels") or {}),
+            "labelFingerprint": "42WmSpB8rSM=",
             "networkInterfaces": nics,
-            "disks": [{"type": "PERSISTENT", "mode": "READ_WRITE", "boot": True, "index": 0, "deviceName": disk_name,
-                       "autoDelete": bool(boot.get("autoDelete", True)), "source": self.disks[(zone, disk_name)]["selfLink"]}],
-            "metadata": {"kind": "compute#metadata", "fingerprint": f"fp{next(self._ids)}=",
-                         "items": [dict(i) for i in (body.get("metadata") or {}).get("items") or []]},
+            "disks": [
+                {
+                    "type": "PERSISTENT",
+                    "mode": "READ_WRITE",
+                    "boot": True,
+                    "index": 0,
+                    "deviceName": disk_name,
+                    "autoDelete": bool(boot.get("autoDelete", True)),
+                    "source": self.disks[(zone, disk_name)]["selfLink"],
+                }
+            ],
+            "metadata": {
+                "kind": "compute#metadata",
+                "fingerprint": f"fp{next(self._ids)}=",
+                "items": [dict(i) for i in (body.get("metadata") or {}).get("items") or []],
+            },
             "serviceAccounts": body.get("serviceAccounts") or [],
             "scheduling": body.get("scheduling") or {"preemptible": False},
-            "selfLink": f"{G}/{self.project}/zones/{zone}/instances/{name}"}
+            "selfLink": f"{G}/{self.project}/zones/{zone}/instances/{name}",
+        }
         self._boots[(zone, name)] = time.monotonic() + self.boot_delay
 
     def _insert_instance(self, zone: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -282,8 +318,12 @@ class FakeGCE(HTTPSFake):
             return 409, _err(409, "alreadyExists", f"The resource '{path}' already exists")
         mtype = str(body.get("machineType") or "").rsplit("/", 1)[-1]
         if mtype not in MACHINE_TYPES:
-            return 400, _err(400, "invalid", f"Invalid value for field 'resource.machineType': "
-                             f"'{body.get('machineType')}'. Machine type with name '{mtype}' does not exist in zone '{zone}'.")
+            return 400, _err(
+                400,
+                "invalid",
+                f"Invalid value for field 'resource.machineType': "
+                f"'{body.get('machineType')}'. Machine type with name '{mtype}' does not exist in zone '{zone}'.",
+            )
         boot = (body.get("disks") or [{}])[0]
         image = str((boot.get("initializeParams") or {}).get("sourceImage") or "")
         if not self._image(image.split("/projects/", 1)[-1]):
@@ -296,7 +336,10 @@ class FakeGCE(HTTPSFake):
 
         region = ZONES[zone]
         if self.cpu_usage(region) + cpus > self.quota_cpus:  # reported in the operation; nothing is made
-            error = {"code": "QUOTA_EXCEEDED", "message": f"Quota 'CPUS' exceeded.  Limit: {self.quota_cpus} in region {region}."}
+            error = {
+                "code": "QUOTA_EXCEEDED",
+                "message": f"Quota 'CPUS' exceeded.  Limit: {self.quota_cpus} in region {region}.",
+            }
             return 200, self._op("insert", target, zone, lambda: error)
         self._make_instance(zone, body)  # listed at once, PROVISIONING, as on GCE
         return 200, self._op("insert", target, zone, lambda: None)
@@ -335,12 +378,27 @@ class FakeGCE(HTTPSFake):
                              "errors": [{"message": "Rate Limit Exceeded", "domain": "usageLimits",
                                          "reason": "rateLimitExceeded"}]}}, {"Retry-After": "1"}
             if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
-                return 401, {"error": {"code": 401, "status": "UNAUTHENTICATED",
-                                       "message": "Request had invalid authentication credentials. Expected OAuth 2 "
-                                                  "access token, login cookie or other valid authentication credential.",
-                                       "errors": [{"message": "Invalid Credentials", "domain": "global",
-                                                   "reason": "authError", "location": "Authorization",
-                                                   "locationType": "header"}]}}, {}
+                return (
+                    401,
+                    {
+                        "error": {
+                            "code": 401,
+                            "status": "UNAUTHENTICATED",
+                            "message": "Request had invalid authentication credentials. Expected OAuth 2 "
+                            "access token, login cookie or other valid authentication credential.",
+                            "errors": [
+                                {
+                                    "message": "Invalid Credentials",
+                                    "domain": "global",
+                                    "reason": "authError",
+                                    "location": "Authorization",
+                                    "locationType": "header",
+                                }
+                            ],
+                        }
+                    },
+                    {},
+                )
             for inj in self._injected:
                 if inj[5] > 0 and inj[0] == method and path.startswith(inj[1]):
                     inj[5] -= 1
@@ -407,7 +465,11 @@ class FakeGCE(HTTPSFake):
         if proj != self.project:
             if len(rest) >= 3 and rest[:2] == ["global", "images"] and method == "GET":
                 image = self._image("/".join([proj, *rest]))
-                return (200, image) if image else (404, _err(404, "notFound", f"The resource 'projects/{proj}/{'/'.join(rest)}' was not found"))
+                return (
+                    (200, image)
+                    if image
+                    else (404, _err(404, "notFound", f"The resource 'projects/{proj}/{'/'.join(rest)}' was not found"))
+                )
             return 404, _err(404, "notFound", f"The resource 'projects/{proj}' was not found")
         resource = f"projects/{proj}/{'/'.join(rest)}"
         missing = (404, _err(404, "notFound", f"The resource '{resource}' was not found"))
@@ -432,11 +494,21 @@ class FakeGCE(HTTPSFake):
             if region not in ZONES.values():
                 return missing
             if method == "GET" and len(rest) == 2:
-                return 200, {"kind": "compute#region", "id": str(abs(hash(region)) % 10**6), "name": region, "status": "UP",
-                             "zones": [f"{G}/{proj}/zones/{z}" for z, r in ZONES.items() if r == region],
-                             "quotas": [{"metric": "CPUS", "limit": self.quota_cpus, "usage": float(self.cpu_usage(region))},
-                                        {"metric": "INSTANCES", "limit": 24.0,
-                                         "usage": float(sum(1 for z, _ in self.instances if ZONES[z] == region))}]}
+                return 200, {
+                    "kind": "compute#region",
+                    "id": str(abs(hash(region)) % 10**6),
+                    "name": region,
+                    "status": "UP",
+                    "zones": [f"{G}/{proj}/zones/{z}" for z, r in ZONES.items() if r == region],
+                    "quotas": [
+                        {"metric": "CPUS", "limit": self.quota_cpus, "usage": float(self.cpu_usage(region))},
+                        {
+                            "metric": "INSTANCES",
+                            "limit": 24.0,
+                            "usage": float(sum(1 for z, _ in self.instances if ZONES[z] == region)),
+                        },
+                    ],
+                }
             if method == "GET" and len(rest) == 4 and rest[2] == "addresses":
                 addr = self.addresses.get((region, rest[3]))
                 return (200, addr) if addr else missing
@@ -481,7 +553,10 @@ class FakeGCE(HTTPSFake):
                 if method == "GET":
                     return 200, rule
                 if method == "PUT":
-                    new = {**rule, **{k: body[k] for k in ("allowed", "sourceRanges", "targetTags", "description") if k in body}}
+                    new = {
+                        **rule,
+                        **{k: body[k] for k in ("allowed", "sourceRanges", "targetTags", "description") if k in body},
+                    }
                     return 200, self._op("update", rule["selfLink"], None,
                                          lambda: self.firewalls.__setitem__(rest[1], new))  # type: ignore[func-returns-value]
                 if method == "DELETE":
@@ -492,8 +567,14 @@ class FakeGCE(HTTPSFake):
     def _zonal(self, method: str, zone: str, rest: list[str], body: dict[str, Any],
                missing: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any] | None]:
         if method == "GET" and not rest:
-            return 200, {"kind": "compute#zone", "id": "2", "name": zone, "status": "UP",
-                         "region": f"{G}/{self.project}/regions/{ZONES[zone]}", "selfLink": f"{G}/{self.project}/zones/{zone}"}
+            return 200, {
+                "kind": "compute#zone",
+                "id": "2",
+                "name": zone,
+                "status": "UP",
+                "region": f"{G}/{self.project}/regions/{ZONES[zone]}",
+                "selfLink": f"{G}/{self.project}/zones/{zone}",
+            }
         if method == "GET" and len(rest) == 2 and rest[0] == "machineTypes":
             if rest[1] not in MACHINE_TYPES:
                 return missing
@@ -516,15 +597,23 @@ class FakeGCE(HTTPSFake):
                 return 200, disk
             if method == "DELETE":
                 if disk["users"]:
-                    return 400, _err(400, "resourceInUseByAnotherResource",
-                                     f"The disk resource '{disk['selfLink']}' is already being used by '{disk['users'][0]}'")
-                return 200, self._op("delete", disk["selfLink"], zone, lambda: self.disks.pop((zone, rest[1]), None) and None)
+                    return 400, _err(
+                        400,
+                        "resourceInUseByAnotherResource",
+                        f"The disk resource '{disk['selfLink']}' is already being used by '{disk['users'][0]}'",
+                    )
+                return 200, self._op(
+                    "delete", disk["selfLink"], zone, lambda: self.disks.pop((zone, rest[1]), None) and None
+                )
         if rest[:1] != ["instances"]:
             return missing
         if method == "POST" and len(rest) == 1:
             return self._insert_instance(zone, body)
         if method == "GET" and len(rest) == 1:
-            return 200, {"kind": "compute#instanceList", "items": [i for (z, _), i in self.instances.items() if z == zone]}
+            return 200, {
+                "kind": "compute#instanceList",
+                "items": [i for (z, _), i in self.instances.items() if z == zone],
+            }
         inst = self.instances.get((zone, rest[1])) if len(rest) >= 2 else None
         if inst is None:
             return missing
@@ -556,12 +645,16 @@ class FakeGCE(HTTPSFake):
                 return 200, self._op("start", inst["selfLink"], zone, start)  # type: ignore[arg-type]
             if verb == "setTags":
                 if body.get("fingerprint") != inst["tags"]["fingerprint"]:
-                    return 412, _err(412, "conditionNotMet", "Supplied fingerprint does not match current tag fingerprint.")
+                    return 412, _err(
+                        412, "conditionNotMet", "Supplied fingerprint does not match current tag fingerprint."
+                    )
                 inst["tags"] = {"items": list(body.get("items") or []), "fingerprint": f"t{next(self._ids)}="}
                 return 200, self._op("setTags", inst["selfLink"], zone, lambda: None)
             if verb == "setMetadata":
                 if body.get("fingerprint") != inst["metadata"]["fingerprint"]:
-                    return 412, _err(412, "conditionNotMet", "Supplied fingerprint does not match current metadata fingerprint.")
+                    return 412, _err(
+                        412, "conditionNotMet", "Supplied fingerprint does not match current metadata fingerprint."
+                    )
                 inst["metadata"] = {"kind": "compute#metadata", "fingerprint": f"fp{next(self._ids)}=",
                                     "items": [dict(i) for i in body.get("items") or []]}
                 return 200, self._op("setMetadata", inst["selfLink"], zone, lambda: None)

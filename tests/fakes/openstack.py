@@ -177,7 +177,11 @@ class FakeOpenStack(HTTPSFake):
                 server.update(status="ERROR", fault={"code": 500, "created": _now(), "message":
                                                      "No valid host was found. There are not enough hosts available."})
                 continue
-            ip = self.address_for(json.loads(json.dumps(server)), server.pop("_public_keys")) if self.address_for else None
+            ip = (
+                self.address_for(json.loads(json.dumps(server)), server.pop("_public_keys"))
+                if self.address_for
+                else None
+            )
             port = {"id": str(uuid.uuid4()), "device_id": sid, "network_id": server["_net"], "status": "ACTIVE",
                     "mac_address": f"fa:16:3e:00:00:{next(self._ids) % 256:02x}",
                     "security_groups": list(server["_groups"]),
@@ -325,14 +329,33 @@ class FakeOpenStack(HTTPSFake):
                                    "url": f"{self.url}{path}"} for region in self.regions
                                   for iface in ("public", "internal", "admin")]}
 
-        return 201, {"token": {
-            "methods": ["password"], "expires_at": "2099-01-01T00:00:00.000000Z", "issued_at": _now(),
-            "user": {"domain": {"id": "default", "name": DOMAIN}, "id": "u-demo", "name": USER, "password_expires_at": None},
-            "project": {"domain": {"id": "default", "name": DOMAIN}, "id": PROJECT_ID, "name": PROJECT},
-            "roles": [{"id": "r1", "name": "member"}], "is_domain": False, "audit_ids": [uuid.uuid4().hex[:22]],
-            "catalog": [service("identity", "keystone", "/identity/v3"), service("compute", "nova", "/compute/v2.1"),
-                        service("network", "neutron", "/network"), service("image", "glance", "/image")]}}, {
-            "X-Subject-Token": token}
+        return (
+            201,
+            {
+                "token": {
+                    "methods": ["password"],
+                    "expires_at": "2099-01-01T00:00:00.000000Z",
+                    "issued_at": _now(),
+                    "user": {
+                        "domain": {"id": "default", "name": DOMAIN},
+                        "id": "u-demo",
+                        "name": USER,
+                        "password_expires_at": None,
+                    },
+                    "project": {"domain": {"id": "default", "name": DOMAIN}, "id": PROJECT_ID, "name": PROJECT},
+                    "roles": [{"id": "r1", "name": "member"}],
+                    "is_domain": False,
+                    "audit_ids": [uuid.uuid4().hex[:22]],
+                    "catalog": [
+                        service("identity", "keystone", "/identity/v3"),
+                        service("compute", "nova", "/compute/v2.1"),
+                        service("network", "neutron", "/network"),
+                        service("image", "glance", "/image"),
+                    ],
+                }
+            },
+            {"X-Subject-Token": token},
+        )
 
     def _nova_route(self, method: str, parts: list[str], query: dict[str, list[str]],
                     body: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
@@ -349,11 +372,21 @@ class FakeOpenStack(HTTPSFake):
             return 200, {"availabilityZoneInfo": [{"zoneName": z, "zoneState": {"available": True}, "hosts": None}
                                                   for z in ZONES]}
         if method == "GET" and parts == ["limits"]:
-            return 200, {"limits": {"rate": [], "absolute": {
-                "maxTotalInstances": self.max_instances, "totalInstancesUsed": len(self.servers),
-                "maxTotalCores": self.max_cores, "totalCoresUsed": self._cores(),
-                "maxTotalRAMSize": 51200, "totalRAMUsed": sum(FLAVORS[s["flavor"]["id"]][1] for s in self.servers.values()),
-                "maxTotalKeypairs": 100, "maxServerMeta": 128}}}
+            return 200, {
+                "limits": {
+                    "rate": [],
+                    "absolute": {
+                        "maxTotalInstances": self.max_instances,
+                        "totalInstancesUsed": len(self.servers),
+                        "maxTotalCores": self.max_cores,
+                        "totalCoresUsed": self._cores(),
+                        "maxTotalRAMSize": 51200,
+                        "totalRAMUsed": sum(FLAVORS[s["flavor"]["id"]][1] for s in self.servers.values()),
+                        "maxTotalKeypairs": 100,
+                        "maxServerMeta": 128,
+                    },
+                }
+            }
         if parts[:1] == ["os-keypairs"]:
             if method == "POST" and len(parts) == 1:
                 kp = body.get("keypair") or {}
@@ -399,11 +432,15 @@ class FakeOpenStack(HTTPSFake):
         status = server["status"]
         if "os-stop" in body:
             if status != "ACTIVE":
-                return 409, _nova(409, f"Cannot 'stop' instance {server['id']} while it is in vm_state {status.lower()}")
+                return 409, _nova(
+                    409, f"Cannot 'stop' instance {server['id']} while it is in vm_state {status.lower()}"
+                )
             server["status"] = "SHUTOFF"
         elif "os-start" in body:
             if status != "SHUTOFF":
-                return 409, _nova(409, f"Cannot 'start' instance {server['id']} while it is in vm_state {status.lower()}")
+                return 409, _nova(
+                    409, f"Cannot 'start' instance {server['id']} while it is in vm_state {status.lower()}"
+                )
             server["status"] = "ACTIVE"
         elif "reboot" in body:
             if (body["reboot"] or {}).get("type") not in ("SOFT", "HARD"):
@@ -430,7 +467,11 @@ class FakeOpenStack(HTTPSFake):
             return 200, {"networks": [n for n in self.networks.values() if matches(n)]}
         if method == "GET" and len(parts) == 2 and parts[0] == "networks":
             net = self.networks.get(parts[1])
-            return (200, {"network": net}) if net else (404, _neutron("NetworkNotFound", f"Network {parts[1]} could not be found."))
+            return (
+                (200, {"network": net})
+                if net
+                else (404, _neutron("NetworkNotFound", f"Network {parts[1]} could not be found."))
+            )
         if method == "GET" and parts == ["ports"]:
             return 200, {"ports": [p for p in self.ports.values() if matches(p)]}
         if parts[:1] == ["security-groups"]:
@@ -454,7 +495,9 @@ class FakeOpenStack(HTTPSFake):
             rule = dict(body.get("security_group_rule") or {})
             group = self.security_groups.get(str(rule.get("security_group_id")))
             if group is None:
-                return 404, _neutron("SecurityGroupNotFound", f"Security group {rule.get('security_group_id')} does not exist")
+                return 404, _neutron(
+                    "SecurityGroupNotFound", f"Security group {rule.get('security_group_id')} does not exist"
+                )
             rule["id"] = str(uuid.uuid4())
             group["security_group_rules"].append(rule)
             return 201, {"security_group_rule": rule}
@@ -465,9 +508,13 @@ class FakeOpenStack(HTTPSFake):
                 fip = body.get("floatingip") or {}
                 net = self.networks.get(str(fip.get("floating_network_id")))
                 if net is None:
-                    return 404, _neutron("NetworkNotFound", f"Network {fip.get('floating_network_id')} could not be found.")
+                    return 404, _neutron(
+                        "NetworkNotFound", f"Network {fip.get('floating_network_id')} could not be found."
+                    )
                 if not net["router:external"]:
-                    return 400, _neutron("BadRequest", f"Bad floatingip request: Network {net['id']} is not a valid external network.")
+                    return 400, _neutron(
+                        "BadRequest", f"Bad floatingip request: Network {net['id']} is not a valid external network."
+                    )
                 port = self.ports.get(str(fip.get("port_id") or ""))
                 if fip.get("port_id") and port is None:
                     return 404, _neutron("PortNotFound", f"Port {fip.get('port_id')} could not be found.")
@@ -477,10 +524,16 @@ class FakeOpenStack(HTTPSFake):
                     return 400, _neutron("ExternalIpAddressExhausted",
                                          f"Unable to find any IP address on external network {net['id']}.")
                 fid = str(uuid.uuid4())
-                self.floatingips[fid] = {"id": fid, "floating_ip_address": addr, "floating_network_id": net["id"],
-                                         "port_id": port["id"] if port else None, "status": "ACTIVE",
-                                         "fixed_ip_address": (port["fixed_ips"] or [{}])[0].get("ip_address") if port else None,
-                                         "description": str(fip.get("description") or ""), "project_id": PROJECT_ID}
+                self.floatingips[fid] = {
+                    "id": fid,
+                    "floating_ip_address": addr,
+                    "floating_network_id": net["id"],
+                    "port_id": port["id"] if port else None,
+                    "status": "ACTIVE",
+                    "fixed_ip_address": (port["fixed_ips"] or [{}])[0].get("ip_address") if port else None,
+                    "description": str(fip.get("description") or ""),
+                    "project_id": PROJECT_ID,
+                }
                 return 201, {"floatingip": self.floatingips[fid]}
             if method == "DELETE" and len(parts) == 2:
                 if self.floatingips.pop(parts[1], None) is None:
@@ -488,7 +541,9 @@ class FakeOpenStack(HTTPSFake):
                 return 204, None
         return 404, _neutron("HTTPNotFound", "The resource could not be found.")
 
-    def _glance_route(self, method: str, parts: list[str], query: dict[str, list[str]]) -> tuple[int, dict[str, Any] | None]:
+    def _glance_route(
+        self, method: str, parts: list[str], query: dict[str, list[str]]
+    ) -> tuple[int, dict[str, Any] | None]:
         def image(iid: str) -> dict[str, Any]:
             return {"id": iid, "name": IMAGES[iid], "status": "active", "visibility": "public",
                     "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z",

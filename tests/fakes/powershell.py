@@ -194,10 +194,17 @@ class Shell:
             elif arg == "[Security.Principal.WindowsBuiltInRole] 'Administrator'":
                 self.emit(str(bool(self.state.get("admin", False))))
             else:
-                raise PSError(f"Cannot convert argument \"role\", with value: \"{arg}\".", "NotSpecified", "MethodArgumentConversionInvalidCastArgument", stmt)
+                raise PSError(
+                    f'Cannot convert argument "role", with value: "{arg}".',
+                    "NotSpecified",
+                    "MethodArgumentConversionInvalidCastArgument",
+                    stmt,
+                )
             return
         if stmt.startswith("ConvertTo-Json -Compress @(") and stmt.endswith(")"):
-            self.emit(json.dumps(self.pipeline(stmt[len("ConvertTo-Json -Compress @("):-1], stmt), separators=(",", ":")))
+            self.emit(
+                json.dumps(self.pipeline(stmt[len("ConvertTo-Json -Compress @(") : -1], stmt), separators=(",", ":"))
+            )
             return
         stages = split_top(stmt, "|")
         objs = self.cmdlet(stages[0])
@@ -215,7 +222,9 @@ class Shell:
                      "IPAddresses": [ip for a in v["NetworkAdapters"] for ip in a["IPAddresses"]]} for v in objs]
         if source.startswith("Hyper-V\\Get-VMSwitch") and projection == SWITCH_PROJECTION:
             return [{"Id": s["Id"], "Name": s["Name"], "SwitchType": s["SwitchType"]} for s in objs]
-        raise PSError(f"fake powershell: unsupported projection {projection!r}", "NotImplemented", "FakeUnsupported", stmt)
+        raise PSError(
+            f"fake powershell: unsupported projection {projection!r}", "NotImplemented", "FakeUnsupported", stmt
+        )
 
     def cmdlet(self, stmt: str, piped: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         toks = tokens(stmt)
@@ -253,9 +262,12 @@ class Shell:
             if kind == "param":
                 match = next((p for p in spec if p.lower() == value.lower()), None)
                 if match is None:
-                    raise PSError(f"{name} : A parameter cannot be found that matches parameter name '{value}'.",
-                                  f"InvalidArgument: (:) [{name}], ParameterBindingException",
-                                  f"NamedParameterNotFound,Microsoft.HyperV.PowerShell.Commands.{name.replace('-', '')}", stmt)
+                    raise PSError(
+                        f"{name} : A parameter cannot be found that matches parameter name '{value}'.",
+                        f"InvalidArgument: (:) [{name}], ParameterBindingException",
+                        f"NamedParameterNotFound,Microsoft.HyperV.PowerShell.Commands.{name.replace('-', '')}",
+                        stmt,
+                    )
                 if spec[match] == "switch":
                     params[match] = True
                     i += 1
@@ -329,13 +341,28 @@ class Shell:
                               "InvalidArgument", "InvalidParameter", stmt)
         name, vm_id = p["Name"], str(uuid.uuid4())
         self.state["vms"][name if name not in self.state["vms"] else vm_id] = {
-            "Name": name, "Id": vm_id, "State": "Off", "Generation": gen, "Path": p.get("Path"),
-            "MemoryStartup": number(str(p.get("MemoryStartupBytes", "512MB"))), "DynamicMemoryEnabled": gen == 1 and False,
-            "ProcessorCount": 1, "HardDrives": [vhd] if vhd else [], "DvdDrives": [],
-            "NetworkAdapters": [{"SwitchName": switch, "MacAddress": "00155D" + uuid.uuid4().hex[:6].upper(),
-                                 "StaticMac": False, "VlanId": None, "IPAddresses": []}],
+            "Name": name,
+            "Id": vm_id,
+            "State": "Off",
+            "Generation": gen,
+            "Path": p.get("Path"),
+            "MemoryStartup": number(str(p.get("MemoryStartupBytes", "512MB"))),
+            "DynamicMemoryEnabled": gen == 1 and False,
+            "ProcessorCount": 1,
+            "HardDrives": [vhd] if vhd else [],
+            "DvdDrives": [],
+            "NetworkAdapters": [
+                {
+                    "SwitchName": switch,
+                    "MacAddress": "00155D" + uuid.uuid4().hex[:6].upper(),
+                    "StaticMac": False,
+                    "VlanId": None,
+                    "IPAddresses": [],
+                }
+            ],
             "Firmware": {"SecureBoot": "On", "SecureBootTemplate": "MicrosoftWindows", "FirstBootDevice": "Network"}
-            if gen == 2 else None,
+            if gen == 2
+            else None,
         }
 
     def do_Set_VMMemory(self, p: dict[str, Any], stmt: str) -> None:

@@ -245,7 +245,9 @@ def cmd_modifyvm(state: dict, args: list[str]) -> str:
                     raise syntax(f"Missing argument to '{key}'")
                 rule = rest[i + step]
                 if rule not in natpf:
-                    raise error("Code NS_ERROR_INVALID_ARG (0x80070057) - Invalid argument value (extended info not available)")
+                    raise error(
+                        "Code NS_ERROR_INVALID_ARG (0x80070057) - Invalid argument value (extended info not available)"
+                    )
                 del natpf[rule]
                 i += step + 1
                 continue
@@ -375,7 +377,9 @@ def cmd_storagectl(state: dict, args: list[str]) -> str:
     if not args:
         raise syntax("Not enough parameters")
     v = vm(state, args[0])
-    o = opts(args[1:], {"--name": 1, "--add": 1, "--hostiocache": 1, "--controller": 1, "--portcount": 1, "--bootable": 1})
+    o = opts(
+        args[1:], {"--name": 1, "--add": 1, "--hostiocache": 1, "--controller": 1, "--portcount": 1, "--bootable": 1}
+    )
     if "--name" not in o:
         raise syntax("Storage controller name not specified")
     bus = o.get("--add", ["sata"])[0]
@@ -479,7 +483,7 @@ def cmd_convertfromraw(state: dict, args: list[str]) -> str:
     with open(dest, "wb") as fh:  # sparse stand-in: a header line and the first KiB of the raw data
         fh.write(f"# fake {fmt} disk, {size} bytes\n".encode() + head)
     state["media"].append({"path": dest, "size": size, "format": fmt, "head": head[:8192].hex()})
-    return f"Converting from raw image file=\"{a[0]}\" to file=\"{dest}\"...\nCreating dynamic image with size {size} bytes ({size >> 20}MB)...\n"
+    return f'Converting from raw image file="{a[0]}" to file="{dest}"...\nCreating dynamic image with size {size} bytes ({size >> 20}MB)...\n'
 
 
 def cmd_clonemedium(state: dict, args: list[str]) -> str:
@@ -686,7 +690,11 @@ def cmd_dhcpserver(state: dict, args: list[str]) -> str:
         ifname = o.get("--ifname", [""])[0]
         mac = o.get("--mac-address", [""])[0].replace(":", "").upper()
         for v in state["vms"].values():
-            if v["settings"].get("hostonlyadapter2") == ifname and v["settings"].get("macaddress2") == mac and v.get("lease"):
+            if (
+                v["settings"].get("hostonlyadapter2") == ifname
+                and v["settings"].get("macaddress2") == mac
+                and v.get("lease")
+            ):
                 return (f"IP Address:  {v['lease']}\nMAC Address: {o['--mac-address'][0]}\nState:       acked\n")
         raise error(f"Could not find a lease for {o.get('--mac-address', [''])[0]}")
     netname = (o.get("--netname") or [""])[0] or (DHCP_PREFIX_FAKE + o["--ifname"][0] if "--ifname" in o else "")

@@ -28,9 +28,11 @@ from tests.hosts import netns
 pytestmark = pytest.mark.hosts
 DOCKER = shutil.which("docker") or "/usr/bin/docker"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
-UBUNTU_USER = ("id ubuntu >/dev/null 2>&1 || useradd -m -s /bin/bash ubuntu; "
-               "echo 'ubuntu ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users; "
-               "chmod 0440 /etc/sudoers.d/90-cloud-init-users; install -d -m 0700 -o ubuntu -g ubuntu /home/ubuntu/.ssh")
+UBUNTU_USER = (
+    "id ubuntu >/dev/null 2>&1 || useradd -m -s /bin/bash ubuntu; "
+    "echo 'ubuntu ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users; "
+    "chmod 0440 /etc/sudoers.d/90-cloud-init-users; install -d -m 0700 -o ubuntu -g ubuntu /home/ubuntu/.ssh"
+)
 
 
 def aws_env(pm) -> dict[str, str]:

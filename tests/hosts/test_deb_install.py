@@ -87,10 +87,14 @@ def build_debian_root(suite: str, cache: Path | None = None) -> Path:
         try:
             started = time.monotonic()
             log(f"building {final} (debootstrap {suite})")
-            proc = subprocess.run(_debootstrap_argv(suite, tmp, [*deb_depends(), *EXTRA_PACKAGES]), capture_output=True, text=True,
-                                  timeout=900, check=False,
-                                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C",
-                                       "DEBIAN_FRONTEND": "noninteractive"})
+            proc = subprocess.run(
+                _debootstrap_argv(suite, tmp, [*deb_depends(), *EXTRA_PACKAGES]),
+                capture_output=True,
+                text=True,
+                timeout=900,
+                check=False,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "DEBIAN_FRONTEND": "noninteractive"},
+            )
             (cache / f"debroot-{suite}-{key}.log").write_text(proc.stdout + proc.stderr)
             if proc.returncode != 0:
                 raise RuntimeError(f"debootstrap {suite} failed: {(proc.stdout + proc.stderr)[-1500:]}")
@@ -207,12 +211,16 @@ def test_deb_installs_and_creates_a_generic_machine_from_inside_debian(
             assert system_paramiko.startswith("system-paramiko 2.12"), system_paramiko
 
         # the seed ISO of the local drivers: the vendored pycdlib (Debian 12's python3-pycdlib is 1.12)
-        seed = root.run("python3 -c \"import sys; sys.path[:0] = ['/usr/lib/pymachine/vendor', '/usr/bin/pymachine']; "
-                        "import pycdlib; from pymachine.machine import seed; "
-                        "seed.write_seed_iso('/root/seed.iso', hostname='h', user='docker', ssh_pubkey='ssh-ed25519 A k', "
-                        "proxy=None, instance_id='i'); print(pycdlib.__file__, sorted(seed.read_seed_iso('/root/seed.iso')))\"")
+        seed = root.run(
+            "python3 -c \"import sys; sys.path[:0] = ['/usr/lib/pymachine/vendor', '/usr/bin/pymachine']; "
+            "import pycdlib; from pymachine.machine import seed; "
+            "seed.write_seed_iso('/root/seed.iso', hostname='h', user='docker', ssh_pubkey='ssh-ed25519 A k', "
+            "proxy=None, instance_id='i'); print(pycdlib.__file__, sorted(seed.read_seed_iso('/root/seed.iso')))\""
+        )
         assert seed.returncode == 0, seed.stderr
-        assert seed.stdout.startswith("/usr/lib/pymachine/vendor/pycdlib/") and "'user-data'" in seed.stdout, seed.stdout
+        assert seed.stdout.startswith("/usr/lib/pymachine/vendor/pycdlib/") and "'user-data'" in seed.stdout, (
+            seed.stdout
+        )
 
         # docker compose: the plugin in a directory every docker CLI searches, without any config
         compose = root.run("docker compose version")
@@ -230,7 +238,9 @@ def test_deb_installs_and_creates_a_generic_machine_from_inside_debian(
         assert "Docker is up and running!" in create.stdout
         ssh = root.run(f"pymachine --native-ssh ssh deb{release} -- cat /etc/hostname")
         assert ssh.returncode == 0 and ssh.stdout.strip() == f"deb{release}", ssh.stdout + ssh.stderr
-        env = root.run(f'eval "$(pymachine env --shell bash deb{release})" && docker version --format "{{{{.Server.Version}}}}"')
+        env = root.run(
+            f'eval "$(pymachine env --shell bash deb{release})" && docker version --format "{{{{.Server.Version}}}}"'
+        )
         assert env.returncode == 0 and env.stdout.strip(), env.stdout + env.stderr
         # a second machine reuses the store's CA and client cert (checked against the release's cryptography)
         again = root.run(f"pymachine create -d none --url tcp://{host.ip}:2376 other{release} && pymachine ls -q")

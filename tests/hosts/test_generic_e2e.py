@@ -29,7 +29,9 @@ def docker(pm, name: str, *args: str, input: bytes | None = None, timeout: float
     return subprocess.run([DOCKER, *args], input=input, capture_output=True, timeout=timeout, env=env, check=False)
 
 
-def test_generic_create_through_proxy_then_day_two(pm, make_test_host, http_proxy, ssh_keypair, busybox_image, tmp_path):
+def test_generic_create_through_proxy_then_day_two(
+    pm, make_test_host, http_proxy, ssh_keypair, busybox_image, tmp_path
+):
     host = make_test_host("gen1")
     proxy_url = http_proxy.url_for(host)
     res = pm("create", "-d", "generic", "--generic-ip-address", host.ip,
@@ -136,7 +138,10 @@ def test_generic_create_with_engine_bundle_and_no_network(pm, make_test_host, ss
     assert imported.returncode == 0, imported.stderr
     ran = docker(pm, "bun1", "run", "--rm", "--network", "none", "local/busybox:1", "echo", "hello-from-bundle")
     assert ran.stdout.decode().strip() == "hello-from-bundle", ran.stderr
-    assert pm.ok("inspect", "-f", "{{.HostOptions.EngineOptions.Pymachine.InstallSource}}", "bun1").stdout.strip() == "bundle"
+    assert (
+        pm.ok("inspect", "-f", "{{.HostOptions.EngineOptions.Pymachine.InstallSource}}", "bun1").stdout.strip()
+        == "bundle"
+    )
     pm.ok("provision", "bun1", timeout=300)  # idempotent: the installed engine is reused
     assert docker(pm, "bun1", "ps").returncode == 0
     pm.ok("rm", "-y", "bun1")
@@ -167,8 +172,12 @@ def _ssh_config_and_forwarding(pm, tmp_path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    forward = subprocess.Popen([shutil.which("pymachine", path=pm.env["PATH"]), "ssh", "gen1", "-L", f"127.0.0.1:{port}:127.0.0.1:22", "-N"],
-                               env=pm.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    forward = subprocess.Popen(
+        [shutil.which("pymachine", path=pm.env["PATH"]), "ssh", "gen1", "-L", f"127.0.0.1:{port}:127.0.0.1:22", "-N"],
+        env=pm.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         banner = b""
         deadline = time.monotonic() + 20

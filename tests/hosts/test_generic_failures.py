@@ -95,7 +95,9 @@ def test_unreachable_ip_fails_within_the_ssh_wait(pm, make_test_host, ssh_keypai
     assert ls_rows(pm) == {}
 
 
-def test_failed_install_is_recorded_then_fixed_then_host_key_change_refused(pm, make_test_host, http_proxy, ssh_keypair):
+def test_failed_install_is_recorded_then_fixed_then_host_key_change_refused(
+    pm, make_test_host, http_proxy, ssh_keypair
+):
     host = make_test_host("inst1")
     # Nothing listens on port 1 of the host-side veth address: apt cannot fetch anything.
     dead_proxy = f"http://{host.host_side_ip}:1"
@@ -171,7 +173,10 @@ def test_new_ip_regenerates_certificates_on_env(pm, make_test_host, http_proxy, 
 
     res = pm("env", "ipc1", timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stderr.splitlines()[0] == f'Machine "ipc1" has a new IP address ({new_ip}); regenerating its certificates...'
+    assert (
+        res.stderr.splitlines()[0]
+        == f'Machine "ipc1" has a new IP address ({new_ip}); regenerating its certificates...'
+    )
     assert "Traceback" not in res.stderr
     assert f'export DOCKER_HOST="tcp://{new_ip}:2376"' in res.stdout
     assert cert_covers_host(mdir / "server.pem", new_ip)

@@ -148,7 +148,9 @@ def test_three_node_swarm(pm, make_test_host, ssh_keypair, busybox_image, tmp_pa
         assert rows == ["m1|m1 (manager)", "w1|m1", "w2|m1"]
         assert pm.ok("ls", "-q", "--filter", "swarm=m1").stdout.split() == ["m1", "w1", "w2"]
         cid = pm.ok("inspect", "-f", "{{.Pymachine.Swarm.ClusterID}}", "m1").stdout.strip()
-        assert pm.ok("inspect", "-f", "{{.Pymachine.Swarm.Role}} {{.Pymachine.Swarm.ClusterID}}", "w2").stdout.split() == ["worker", cid]
+        assert pm.ok(
+            "inspect", "-f", "{{.Pymachine.Swarm.Role}} {{.Pymachine.Swarm.ClusterID}}", "w2"
+        ).stdout.split() == ["worker", cid]
         for name in ("m1", "w1", "w2"):
             assert "SWMTKN" not in (pm.store / "machines" / name / "config.json").read_text()
         listing = pm.ok("swarm", "ls").stdout.splitlines()

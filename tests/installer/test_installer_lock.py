@@ -51,7 +51,11 @@ def test_repo_lock_covers_every_platform_and_component():
     assert "vm-image" not in {c.name for c in linux}  # Linux hosts build it
     assert {c.dest for c in linux if c.name == "docker-compose"} == {"usr/lib/docker/cli-plugins/docker-compose"}
     assert {c.name for c in linux if c.dest == "usr/lib/pymachine/vendor"} == {
-        "wheel-paramiko", "wheel-invoke", "wheel-filelock", "wheel-pycdlib"}  # pure Python, beside Debian's native modules
+        "wheel-paramiko",
+        "wheel-invoke",
+        "wheel-filelock",
+        "wheel-pycdlib",
+    }  # pure Python, beside Debian's native modules
     for comps in lock.platforms.values():
         for c in comps:
             assert c.url.startswith("https://") and c.version and c.dest
@@ -358,7 +362,9 @@ def test_lock_arch_is_validated_and_filters_components(tmp_path):
     with pytest.raises(LockError, match="unknown arch 'ppc'"):
         Lock.load(lock_with({**base, "name": "docker-cli", "arch": "ppc"}))
     with pytest.raises(LockError, match="listed twice: docker-cli/arm64"):
-        Lock.load(lock_with({**base, "name": "docker-cli", "arch": "arm64"}, {**base, "name": "docker-cli", "arch": "arm64"}))
+        Lock.load(
+            lock_with({**base, "name": "docker-cli", "arch": "arm64"}, {**base, "name": "docker-cli", "arch": "arm64"})
+        )
     lock = Lock.load(lock_with({**base, "name": "docker-cli", "arch": "arm64"},
                                {**base, "name": "docker-cli", "arch": "x86_64"}, {**base, "name": "wheel-x"}))
     assert [(c.name, c.arch) for c in lock.components("macos", "arm64")] == [("docker-cli", "arm64"), ("wheel-x", "")]

@@ -61,12 +61,24 @@ def test_exe_lists_components_is_64bit_and_reproducible(comps, tmp_path):
 
     head, names = _listing(a)
     assert "Type = Nsis" in head and "SubType = NSIS-3 Unicode 64-bit" in head
-    for expected in ("bin/docker.exe", "cli-plugins/docker-compose.exe", "bin/docker-compose.cmd", "bin/pymachine.cmd",
-                     "bin/pymachine-quickstart.cmd", "python/python.exe", "python/python311._pth",
-                     "lib/pymachine/machine/cli/main.py", "lib/pymachine/machine/cli/quickstart_cmd.py", "lib/pymachine/installer/quickstart.py",
-                     "$PLUGINSDIR/virtualbox.exe", "uninstall.exe",
-                     *(f"$PROFILE/.docker/machine/cache/images/{current_recipe()}/{name}" for name in
-                       ("manifest.json", "disk.qcow2", "disk.vdi", "vmlinuz", "initrd.img", "SHA256SUMS"))):
+    for expected in (
+        "bin/docker.exe",
+        "cli-plugins/docker-compose.exe",
+        "bin/docker-compose.cmd",
+        "bin/pymachine.cmd",
+        "bin/pymachine-quickstart.cmd",
+        "python/python.exe",
+        "python/python311._pth",
+        "lib/pymachine/machine/cli/main.py",
+        "lib/pymachine/machine/cli/quickstart_cmd.py",
+        "lib/pymachine/installer/quickstart.py",
+        "$PLUGINSDIR/virtualbox.exe",
+        "uninstall.exe",
+        *(
+            f"$PROFILE/.docker/machine/cache/images/{current_recipe()}/{name}"
+            for name in ("manifest.json", "disk.qcow2", "disk.vdi", "vmlinuz", "initrd.img", "SHA256SUMS")
+        ),
+    ):
         assert expected in names, f"{expected} missing from {names}"
     assert not [n for n in names if "boot2docker" in n]
 

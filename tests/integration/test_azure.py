@@ -148,9 +148,14 @@ PRECREATE_CASES = [
     ({"azure_image": "ubuntu"}, "must be publisher:offer:sku:version"),
     ({"azure_client_id": "00000000-0000-0000-0000-000000000bad"}, "AADSTS700016: Application with identifier"),
     ({"azure_tenant_id": "not-a-tenant"}, "tenant 'not-a-tenant' is unknown to https://127.0.0.1:"),
-    ({"azure_subscription_id": "00000000-0000-0000-0000-00000000dead"},
-     "subscription 00000000-0000-0000-0000-00000000dead was not found; check --azure-subscription-id"),
-    ({"azure_custom_data": "/nonexistent/cloud-init.yml"}, "custom data file '/nonexistent/cloud-init.yml' does not exist"),
+    (
+        {"azure_subscription_id": "00000000-0000-0000-0000-00000000dead"},
+        "subscription 00000000-0000-0000-0000-00000000dead was not found; check --azure-subscription-id",
+    ),
+    (
+        {"azure_custom_data": "/nonexistent/cloud-init.yml"},
+        "custom data file '/nonexistent/cloud-init.yml' does not exist",
+    ),
 ]
 
 
@@ -170,13 +175,20 @@ def test_precreate_checks_in_process(pm, fake, inproc):
     assert writes(fake) == []
 
 
-@pytest.mark.parametrize(("args", "env", "expect"), [
-    ([], {"AZURE_SUBSCRIPTION_ID": ""}, "requires the --azure-subscription-id option"),
-    (["--azure-environment", "MarsCloud"], {}, "--azure-environment 'MarsCloud' is not one of"),
-    (["--azure-subnet-prefix", "10.0.0.0/8", "--azure-private-ip-address", "192.168.1.9"], {}, "is not an address in 10.0.0.0/8"),
-    (["--azure-open-port", "http"], {}, "--azure-open-port 'http' must be PORT"),
-    (["--azure-no-public-ip"], {}, "--azure-no-public-ip requires --azure-use-private-ip"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "expect"),
+    [
+        ([], {"AZURE_SUBSCRIPTION_ID": ""}, "requires the --azure-subscription-id option"),
+        (["--azure-environment", "MarsCloud"], {}, "--azure-environment 'MarsCloud' is not one of"),
+        (
+            ["--azure-subnet-prefix", "10.0.0.0/8", "--azure-private-ip-address", "192.168.1.9"],
+            {},
+            "is not an address in 10.0.0.0/8",
+        ),
+        (["--azure-open-port", "http"], {}, "--azure-open-port 'http' must be PORT"),
+        (["--azure-no-public-ip"], {}, "--azure-no-public-ip requires --azure-use-private-ip"),
+    ],
+)
 def test_bad_flags_exit_1_before_any_call(pm, fake, args, env, expect):
     res = pm("create", "-d", "azure", *args, "bad", env=azure_env(fake, **env), timeout=60)
     assert res.returncode == 1
@@ -197,10 +209,16 @@ def test_default_credential_chain_without_client_id(pm, fake):
     # as the name clash with an existing VM of the same name.
     fake.managed_identity = True
     fake.add_group("docker-machine")
-    fake.resources[f"/subscriptions/{SUBSCRIPTION}/resourcegroups/docker-machine/providers/microsoft.compute/virtualmachines/noid"] = {
+    fake.resources[
+        f"/subscriptions/{SUBSCRIPTION}/resourcegroups/docker-machine/providers/microsoft.compute/virtualmachines/noid"
+    ] = {
         "id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/docker-machine/providers/Microsoft.Compute/virtualMachines/noid",
-        "name": "noid", "type": "Microsoft.Compute/virtualMachines", "location": "westus", "tags": {},
-        "properties": {"provisioningState": "Succeeded", "hardwareProfile": {"vmSize": "Standard_B1s"}}}
+        "name": "noid",
+        "type": "Microsoft.Compute/virtualMachines",
+        "location": "westus",
+        "tags": {},
+        "properties": {"provisioningState": "Succeeded", "hardwareProfile": {"vmSize": "Standard_B1s"}},
+    }
     res = pm("create", "-d", "azure", "noid", env=env, timeout=120)
     assert res.returncode == 3, res.stderr
     assert "a virtual machine named 'noid' already exists in resource group 'docker-machine'" in res.stderr
@@ -303,8 +321,11 @@ def test_lifecycle_secrets_throttling_and_ls_one_list_call(pm, fake, tmp_path, i
     res = pm.ok("rm", "-y", "a1", env=env)
     assert 'Keeping subnet "docker-machine": other resources use it' in res.stdout
     prefix = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/docker-machine"
-    assert set(fake.tagged("a1")) == {prefix, f"{prefix}/providers/Microsoft.Network/virtualNetworks/docker-machine-vnet",
-                                      f"{prefix}/providers/Microsoft.Compute/availabilitySets/docker-machine"}
+    assert set(fake.tagged("a1")) == {
+        prefix,
+        f"{prefix}/providers/Microsoft.Network/virtualNetworks/docker-machine-vnet",
+        f"{prefix}/providers/Microsoft.Compute/availabilitySets/docker-machine",
+    }
     # The last machine out removes what pymachine made: network, availability set, resource group.
     pm.ok("rm", "-y", "a2", env=env)
     assert fake.all_ids() == []

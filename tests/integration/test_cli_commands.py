@@ -7,7 +7,9 @@ import json
 
 def test_help_and_version(pm):
     res = pm.ok("--help")
-    assert res.stdout.startswith("Usage: pymachine [OPTIONS] COMMAND [arg...]\n\nCreate and manage machines running Docker.")
+    assert res.stdout.startswith(
+        "Usage: pymachine [OPTIONS] COMMAND [arg...]\n\nCreate and manage machines running Docker."
+    )
     for command in ("active", "config", "create", "env", "inspect", "ip", "kill", "ls", "mount", "provision",
                     "regenerate-certs", "restart", "rm", "ssh", "scp", "start", "status", "stop", "upgrade",
                     "url", "use", "version", "completion", "ssh-config"):

@@ -41,18 +41,25 @@ def populated(pm):
 
 
 BAD_INPUT = [
-    (["create", "-d", "none", "--url", "tcp://127.0.0.1:1", "bad_name"],
-     "Error creating machine: Invalid hostname specified. Allowed hostname chars are: 0-9a-zA-Z . -"),
+    (
+        ["create", "-d", "none", "--url", "tcp://127.0.0.1:1", "bad_name"],
+        "Error creating machine: Invalid hostname specified. Allowed hostname chars are: 0-9a-zA-Z . -",
+    ),
     (["create", "-d", "none", "--url", "tcp://127.0.0.1:1", "-x"], "flag provided but not defined: -x"),
     (["create", "-d", "bogus", "x"], 'Driver "bogus" not found'),
     (["create", "-d", "none", "--bogus-flag", "x"], "flag provided but not defined: --bogus-flag"),
     (["create", "-d", "none", "x"], "--url option is required when no driver is selected"),
     (["create", "-d", "none", "--url", "tcp://127.0.0.1:1", "first"], 'Docker machine "first" already exists'),
     (["create", "-d", "none", "--url", "tcp://127.0.0.1:1"], "Error: No machine name specified"),
-    (["create", "-d", "none", "--url", "tcp://127.0.0.1:1", "a", "b"], "Invalid command line. Found extra arguments ['b']"),
+    (
+        ["create", "-d", "none", "--url", "tcp://127.0.0.1:1", "a", "b"],
+        "Invalid command line. Found extra arguments ['b']",
+    ),
     (["create", "-d", "none", "--url", "not a url", "x"], "is not a URL"),
-    (["create", "-d", "none", "--url", "tcp://127.0.0.1:1", "--swarm-discovery", "nodiscovery", "x"],
-     "Swarm Discovery URL was in the wrong format"),
+    (
+        ["create", "-d", "none", "--url", "tcp://127.0.0.1:1", "--swarm-discovery", "nodiscovery", "x"],
+        "Swarm Discovery URL was in the wrong format",
+    ),
     (["inspect", "ghost"], 'Docker machine "ghost" does not exist. Use "pymachine ls" to list machines.'),
     (["inspect", "first", "ghost"], "Error: Expected one machine name as an argument"),
     (["url", "ghost"], 'Docker machine "ghost" does not exist'),

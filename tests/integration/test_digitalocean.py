@@ -205,7 +205,9 @@ def test_token_lives_in_the_secrets_file_only(pm, fake):
     config = (mdir / "config.json").read_text()
     assert TOKEN not in config
     cfg = json.loads(config)["Driver"]
-    assert cfg["AccessToken"] == "" and cfg["DropletID"] == driver.droplet_id and cfg["IPAddress"].startswith("127.77.0.")
+    assert (
+        cfg["AccessToken"] == "" and cfg["DropletID"] == driver.droplet_id and cfg["IPAddress"].startswith("127.77.0.")
+    )
     assert list(cfg)[:9] == ["IPAddress", "MachineName", "SSHUser", "SSHPort", "SSHKeyPath", "StorePath",
                              "SwarmMaster", "SwarmHost", "SwarmDiscovery"]
     secrets = mdir / "secrets.json"

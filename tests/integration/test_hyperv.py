@@ -95,14 +95,24 @@ def test_powershell_missing_is_exit_3(pm, tmp_path):
     assert "Powershell was not found in the path" in one_line_error(res)
 
 
-@pytest.mark.parametrize(("state", "flags", "expect"), [
-    ({"module": False}, [], "Hyper-V PowerShell Module is not available"),
-    ({"hyperv_admin": False, "admin": False}, [], "have to be run as an Administrator"),
-    ({}, ["--hyperv-virtual-switch", "Nope"], 'vswitch "Nope" not found'),
-    ({"switches": [{"Id": "x", "Name": "Private", "SwitchType": "Private"}]}, [], "no External vswitch nor Default Switch"),
-    ({"vms": {"hv1": {"Name": "hv1", "Id": "i", "State": "Off", "Generation": 2, "NetworkAdapters": []}}}, [],
-     'a Hyper-V VM named "hv1" already exists'),
-])
+@pytest.mark.parametrize(
+    ("state", "flags", "expect"),
+    [
+        ({"module": False}, [], "Hyper-V PowerShell Module is not available"),
+        ({"hyperv_admin": False, "admin": False}, [], "have to be run as an Administrator"),
+        ({}, ["--hyperv-virtual-switch", "Nope"], 'vswitch "Nope" not found'),
+        (
+            {"switches": [{"Id": "x", "Name": "Private", "SwitchType": "Private"}]},
+            [],
+            "no External vswitch nor Default Switch",
+        ),
+        (
+            {"vms": {"hv1": {"Name": "hv1", "Id": "i", "State": "Off", "Generation": 2, "NetworkAdapters": []}}},
+            [],
+            'a Hyper-V VM named "hv1" already exists',
+        ),
+    ],
+)
 def test_precreate_checks_exit_3_and_make_nothing(pm, fake, image, state, flags, expect):
     fake.update(**state)
     before = fake.state["vms"]
@@ -269,6 +279,8 @@ def test_own_vhdx_is_used_at_its_size_and_other_images_are_refused(pm, fake, tmp
 
     res = pm("create", "-d", "hyperv", "--hyperv-boot2docker-url", str(tmp_path / "b2d.iso"), "hv2", env=fake.env())
     assert res.returncode != 0 and "must name a .vhdx disk" in one_line_error(res)
-    res = pm("create", "-d", "hyperv", "--hyperv-boot2docker-url", str(tmp_path / "missing.vhdx"), "hv2", env=fake.env())
+    res = pm(
+        "create", "-d", "hyperv", "--hyperv-boot2docker-url", str(tmp_path / "missing.vhdx"), "hv2", env=fake.env()
+    )
     assert res.returncode == 3 and "does not exist" in one_line_error(res)
     assert "hv2" not in fake.state["vms"] and not (pm.store / "machines" / "hv2").exists()

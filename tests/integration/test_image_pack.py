@@ -226,7 +226,10 @@ def test_corrupt_or_missing_archive_and_bad_pack_arguments(packed, pm: PyMachine
 
     for args, message in [
         (("image", "load"), "pymachine image load needs one file: pymachine image load FILE"),
-        (("image", "pack", "--formats", "qcow3"), "unknown image format 'qcow3' in --formats: use vmdk,vdi,raw,vhdx or none"),
+        (
+            ("image", "pack", "--formats", "qcow3"),
+            "unknown image format 'qcow3' in --formats: use vmdk,vdi,raw,vhdx or none",
+        ),
         (("image", "ls", "-o", "x"), "-o/--output and --formats go with `pymachine image pack` only"),
     ]:
         res = pm(*args)

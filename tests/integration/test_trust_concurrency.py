@@ -69,7 +69,9 @@ def test_30_parallel_creates_and_removes_of_overlapping_names(pm):
         _check(res)
     created = sum(1 for op, res in zip(ops, results) if op[0] == "create" and res.returncode == 0)
     assert created >= 1
-    rows = {json.loads(x)["Name"]: json.loads(x) for x in run(pm, "ls", "--format", "{{json .}}").stdout.split("\n") if x}
+    rows = {
+        json.loads(x)["Name"]: json.loads(x) for x in run(pm, "ls", "--format", "{{json .}}").stdout.split("\n") if x
+    }
     for name, row in rows.items():  # nothing is left half-made after clean races
         assert row["State"] == "Running" and "rm -f" not in row["Error"], row
     settle_and_clean(pm)
@@ -88,7 +90,9 @@ def test_create_killed_at_each_write_is_removable(pm, tmp_path, point):
                          capture_output=True, text=True, timeout=120, check=False,
                          env={**pm.env, "INJECT_MODE": "sigkill", "INJECT_TARGET": point})
     assert res.returncode == -9, res.stderr
-    row = {json.loads(x)["Name"]: json.loads(x) for x in run(pm, "ls", "--format", "{{json .}}").stdout.split("\n") if x}["m"]
+    row = {
+        json.loads(x)["Name"]: json.loads(x) for x in run(pm, "ls", "--format", "{{json .}}").stdout.split("\n") if x
+    }["m"]
     assert row["State"] == "Error", row  # never a plain Running machine
     settle_and_clean(pm)
 

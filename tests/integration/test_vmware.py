@@ -333,8 +333,11 @@ def test_vmrun_missing_is_exit_3(pm, fake):
     os.unlink(fake.bin / "vmrun")
     res = pm(*ws_args(fake, "novm"), env={"PATH": f"{fake.bin}{os.pathsep}/usr/bin:/bin"})
     assert res.returncode == 3
-    assert res.stderr.strip() == "Error with pre-create check: vmrun not found: install VMware Workstation and put vmrun on PATH" \
-        or res.stderr.strip().endswith("vmrun not found: install VMware Workstation and put vmrun on PATH"), res.stderr
+    assert (
+        res.stderr.strip()
+        == "Error with pre-create check: vmrun not found: install VMware Workstation and put vmrun on PATH"
+        or res.stderr.strip().endswith("vmrun not found: install VMware Workstation and put vmrun on PATH")
+    ), res.stderr
     assert not (pm.store / "machines" / "novm").exists()
 
 

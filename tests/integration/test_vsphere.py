@@ -117,7 +117,10 @@ def test_driver_create_power_cycle_remove_checks_vcsim_after_each_step(vcsim, tm
     assert vm["power"] == "poweredOn" and vm["annotation"] == "pymachine-machine=pm-api"
     assert (vm["cpu"], vm["memory"]) == (1, 512)
     assert vm["extra"]["pm.test.key"] == "yes"
-    assert vm["extra"]["guestinfo.pymachine.ssh-authorized-key"] == Path(driver.config["SSHKeyPath"] + ".pub").read_text().strip()
+    assert (
+        vm["extra"]["guestinfo.pymachine.ssh-authorized-key"]
+        == Path(driver.config["SSHKeyPath"] + ".pub").read_text().strip()
+    )
     assert vm["cdrom"] == ["[LocalDS_0] pm-api/pm-boot.iso"] and vm["nics"] == ["VM Network"]
     assert (inv["root"] / "pm-api" / "pm-boot.iso").read_bytes() == ISO_BYTES
     assert driver.ip() == "127.0.0.1" and driver.url() == "tcp://127.0.0.1:2376"
@@ -348,7 +351,9 @@ def test_cli_default_image_unreachable_guest_rolls_back_every_upload(pm, vcsim, 
 
 def test_cli_default_image_unavailable_is_exit_3_naming_the_flag(pm, vcsim, iso):
     before = inventory(vcsim)
-    args = [a for a in cli_create_args(vcsim, iso, "pm-noimg") if a not in ("--vmwarevsphere-boot2docker-url", str(iso))]
+    args = [
+        a for a in cli_create_args(vcsim, iso, "pm-noimg") if a not in ("--vmwarevsphere-boot2docker-url", str(iso))
+    ]
     res = pm(*args, env={"PATH": fake_base_image.path_without_debootstrap()})
     assert res.returncode == 3
     line = one_line(res)

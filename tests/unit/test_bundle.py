@@ -441,7 +441,9 @@ def test_a_host_with_an_older_glibc_is_refused_before_anything_is_uploaded(glibc
     message = str(err.value)
     assert "\n" not in message and f"needs glibc {need} or newer" in message and "--from-static" in message
     assert ("glibc 2.17" if host_says == "glibc 2.17" else "no glibc") in message
-    assert [c.target for c in runner.calls] == ["getconf GNU_LIBC_VERSION 2>/dev/null || ldd --version 2>&1 | head -n 1"]
+    assert [c.target for c in runner.calls] == [
+        "getconf GNU_LIBC_VERSION 2>/dev/null || ldd --version 2>&1 | head -n 1"
+    ]
 
 
 def test_a_host_with_a_new_enough_glibc_gets_the_bundle(glibc_bundle, built):

@@ -286,7 +286,9 @@ def fake_host(
             return CommandResult(0, "/usr/bin/curl\n", "") if curl else FAIL
         if re.fullmatch(r"systemctl is-active --quiet docker\.service", cmd):
             return OK if state["active"] else CommandResult(3, "", "")
-        if re.search(r"^systemctl (re)?start docker\.service$|^(/etc/init\.d/docker|rc-service docker) (re)?start$", cmd):
+        if re.search(
+            r"^systemctl (re)?start docker\.service$|^(/etc/init\.d/docker|rc-service docker) (re)?start$", cmd
+        ):
             state["active"] = state["installed"]
         elif re.search(r"^systemctl stop docker\.service$|^(/etc/init\.d/docker|rc-service docker) stop", cmd):
             state["active"] = False
@@ -650,7 +652,10 @@ def test_failures_are_wrapped_with_the_step_name():
 @pytest.mark.parametrize(
     ("os_release", "pattern"),
     [
-        (DEBIAN_12, r"apt-get .* update && .* install -y --only-upgrade \$\(dpkg-query .* docker\.io docker-ce .*/ installed /"),
+        (
+            DEBIAN_12,
+            r"apt-get .* update && .* install -y --only-upgrade \$\(dpkg-query .* docker\.io docker-ce .*/ installed /",
+        ),
         (ROCKY_9, r"dnf -y upgrade docker-ce docker-ce-cli containerd\.io; else yum -y update"),
         (FEDORA_39, r"dnf -y upgrade moby-engine;"),
         (ARCH, r"^pacman -Sy --noconfirm --noprogressbar docker$"),

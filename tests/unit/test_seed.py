@@ -46,7 +46,11 @@ def test_seed_iso_without_proxy(tmp_path: Path) -> None:
 
 def test_seed_iso_with_proxy_writes_apt_environment_and_engine_files(tmp_path: Path) -> None:
     path = tmp_path / "seed.iso"
-    proxy = {"http_proxy": "http://10.0.2.2:3128", "HTTPS_PROXY": "http://10.0.2.2:3128", "no_proxy": "localhost,127.0.0.1"}
+    proxy = {
+        "http_proxy": "http://10.0.2.2:3128",
+        "HTTPS_PROXY": "http://10.0.2.2:3128",
+        "no_proxy": "localhost,127.0.0.1",
+    }
     write_seed_iso(path, hostname="web-1", user="docker", ssh_pubkey=KEY, proxy=proxy, instance_id="i-9")
     files = {f["path"]: f for f in cloud_config(read_seed_iso(path)["user-data"])["write_files"]}
     apt = files[APT_PROXY_PATH]["content"]
@@ -93,7 +97,12 @@ def test_seed_carries_pymachine_files_for_the_base_image(tmp_path: Path) -> None
     assert 'Environment="HTTP_PROXY=http://p:3128"' in files["pymachine/docker-proxy.conf"]
     no_proxy = tmp_path / "plain.iso"
     write_seed_iso(no_proxy, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1")
-    assert sorted(read_seed_iso(no_proxy)) == ["meta-data", "pymachine/authorized_keys", "pymachine/config", "user-data"]
+    assert sorted(read_seed_iso(no_proxy)) == [
+        "meta-data",
+        "pymachine/authorized_keys",
+        "pymachine/config",
+        "user-data",
+    ]
 
 
 def _write(path: Path, text: str) -> Path:

@@ -110,7 +110,9 @@ def test_unreachable_manager_fails_the_check(tmp_path):
     d = store.certs_dir
     certs.bootstrap_certificates(certs.CertPaths(d / "ca.pem", d / "ca-key.pem", d / "cert.pem", d / "key.pem"),
                                  log=lambda _m: None)
-    with pytest.raises(MachineError, match=f"cannot reach the Docker engine of tcp://127.0.0.1:{port}.*connection refused"):
+    with pytest.raises(
+        MachineError, match=f"cannot reach the Docker engine of tcp://127.0.0.1:{port}.*connection refused"
+    ):
         swarm.check_create(store, agent=True, master=False, discovery=f"tcp://127.0.0.1:{port}",
                            swarm_opts=[], join_opts=[])
 

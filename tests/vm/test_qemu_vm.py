@@ -41,8 +41,13 @@ def assert_current_engine(pm: PyMachine, name: str, env: dict[str, str]) -> None
         client, api = res.stdout.split()
         print(f"[engine] docker CLI {client} -> server API {api}")
         assert tuple(int(x) for x in api.split(".")) >= (1, 44)
-    out = pm("ssh", name, "--", "docker compose version && docker buildx version && command -v dockerd containerd docker",
-             timeout=120)
+    out = pm(
+        "ssh",
+        name,
+        "--",
+        "docker compose version && docker buildx version && command -v dockerd containerd docker",
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "Docker Compose version" in out.stdout and "github.com/docker/buildx" in out.stdout
     assert "/usr/sbin/dockerd" in out.stdout and "/usr/bin/containerd" in out.stdout
@@ -108,7 +113,9 @@ def docker_env(pm: PyMachine, name: str) -> dict[str, str]:
     return env
 
 
-def docker(env: dict[str, str], *args: str, timeout: float = 120, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def docker(
+    env: dict[str, str], *args: str, timeout: float = 120, stdin: bytes | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run([DOCKER, *args], env=env, capture_output=True, timeout=timeout, input=stdin, check=False)
 
 
@@ -210,8 +217,13 @@ def test_qemu_machine_lifecycle(vm_pm: PyMachine, image) -> None:
     seeded = read_seed_iso(machine_dir / "seed.iso")
     assert seeded["pymachine/docker-machine.conf"] == dropin.stdout
     assert seeded["pymachine/docker-ca.pem"] == (machine_dir / "ca.pem").read_text()
-    starts = pm("ssh", "dev", "--", "sudo journalctl -b -u docker.service --no-pager -o cat | grep -c '^Started docker'",
-                timeout=60)
+    starts = pm(
+        "ssh",
+        "dev",
+        "--",
+        "sudo journalctl -b -u docker.service --no-pager -o cat | grep -c '^Started docker'",
+        timeout=60,
+    )
     print(f"[timing] engine starts during create: {starts.stdout.strip()}")
     # -- stop / start ------------------------------------------------------------------------------
     t = time.monotonic()
