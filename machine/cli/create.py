@@ -40,37 +40,81 @@ def find_driver(args: Sequence[str], environ: dict[str, str]) -> str:
 
 
 def add_shared_flags(p: Parser, environ: dict[str, str]) -> None:
-    p.add_argument("--driver", "-d", default=default_driver(environ), help="Driver to create machine with. [$MACHINE_DRIVER]")
-    p.add_argument("--engine-install-url", default=environ.get("MACHINE_DOCKER_INSTALL_URL", hostoptions.DEFAULT_INSTALL_URL),
-                   help="Custom URL to use for engine installation [$MACHINE_DOCKER_INSTALL_URL]")
-    p.add_argument("--engine-opt", action="append", default=[], help="Specify arbitrary flags to include with the created engine in the form flag=value")
-    p.add_argument("--engine-insecure-registry", action="append", default=[], help="Specify insecure registries to allow with the created engine")
+    p.add_argument(
+        "--driver", "-d", default=default_driver(environ), help="Driver to create machine with. [$MACHINE_DRIVER]"
+    )
+    p.add_argument(
+        "--engine-install-url",
+        default=environ.get("MACHINE_DOCKER_INSTALL_URL", hostoptions.DEFAULT_INSTALL_URL),
+        help="Custom URL to use for engine installation [$MACHINE_DOCKER_INSTALL_URL]",
+    )
+    p.add_argument(
+        "--engine-opt",
+        action="append",
+        default=[],
+        help="Specify arbitrary flags to include with the created engine in the form flag=value",
+    )
+    p.add_argument(
+        "--engine-insecure-registry",
+        action="append",
+        default=[],
+        help="Specify insecure registries to allow with the created engine",
+    )
     mirror_env = [m for m in environ.get("ENGINE_REGISTRY_MIRROR", "").split(",") if m]
-    p.add_argument("--engine-registry-mirror", action="append", default=None, help="Specify registry mirrors to use [$ENGINE_REGISTRY_MIRROR]")
+    p.add_argument(
+        "--engine-registry-mirror",
+        action="append",
+        default=None,
+        help="Specify registry mirrors to use [$ENGINE_REGISTRY_MIRROR]",
+    )
     p.set_defaults(_mirror_env=mirror_env)
     p.add_argument("--engine-label", action="append", default=[], help="Specify labels for the created engine")
     p.add_argument("--engine-storage-driver", default="", help="Specify a storage driver to use with the engine")
-    p.add_argument("--engine-env", action="append", default=[], help="Specify environment variables to set in the engine")
+    p.add_argument(
+        "--engine-env", action="append", default=[], help="Specify environment variables to set in the engine"
+    )
     p.add_argument("--swarm", action="store_true", help="Configure Machine to join a Swarm cluster")
-    p.add_argument("--swarm-image", default=environ.get("MACHINE_SWARM_IMAGE", hostoptions.DEFAULT_SWARM_IMAGE), help="Specify Docker image to use for Swarm [$MACHINE_SWARM_IMAGE]")
+    p.add_argument(
+        "--swarm-image",
+        default=environ.get("MACHINE_SWARM_IMAGE", hostoptions.DEFAULT_SWARM_IMAGE),
+        help="Specify Docker image to use for Swarm [$MACHINE_SWARM_IMAGE]",
+    )
     p.add_argument("--swarm-master", action="store_true", help="Configure Machine to be a Swarm master")
     p.add_argument("--swarm-discovery", default="", help="Discovery service to use with Swarm")
     p.add_argument("--swarm-strategy", default="spread", help="Define a default scheduling strategy for Swarm")
     p.add_argument("--swarm-opt", action="append", default=[], help="Define arbitrary flags for Swarm master")
     p.add_argument("--swarm-join-opt", action="append", default=[], help="Define arbitrary flags for Swarm join")
-    p.add_argument("--swarm-host", default=hostoptions.DEFAULT_SWARM_HOST, help="ip/socket to listen on for Swarm master")
-    p.add_argument("--swarm-addr", default="", help="addr to advertise for Swarm (default: detect and use the machine IP)")
+    p.add_argument(
+        "--swarm-host", default=hostoptions.DEFAULT_SWARM_HOST, help="ip/socket to listen on for Swarm master"
+    )
+    p.add_argument(
+        "--swarm-addr", default="", help="addr to advertise for Swarm (default: detect and use the machine IP)"
+    )
     p.add_argument("--swarm-experimental", action="store_true", help="Enable Swarm experimental features")
     p.add_argument("--tls-san", action="append", default=[], help="Support extra SANs for TLS certs")
     # pymachine additions: proxy as a first-class setting, and where the engine comes from.
     p.add_argument("--http-proxy", default="", help="HTTP proxy for package installs, the engine and containers")
     p.add_argument("--https-proxy", default="", help="HTTPS proxy for package installs, the engine and containers")
-    p.add_argument("--no-proxy", default="", help="Comma-separated hosts that bypass the proxy (the machine's own address is always added)")
-    p.add_argument("--proxy-from-env", action="store_true", help="Copy HTTP_PROXY/HTTPS_PROXY/NO_PROXY from your environment")
-    p.add_argument("--engine-install-source", default="", choices=["", "packages", "script", "bundle", "preinstalled"],
-                   help="Where the engine comes from: distro packages (default), the install script at --engine-install-url, "
-                        "an uploaded --engine-bundle, or preinstalled (configure only)")
-    p.add_argument("--engine-bundle", default="", help="Engine bundle archive built by 'pymachine engine bundle'; installs with no network on the host")
+    p.add_argument(
+        "--no-proxy",
+        default="",
+        help="Comma-separated hosts that bypass the proxy (the machine's own address is always added)",
+    )
+    p.add_argument(
+        "--proxy-from-env", action="store_true", help="Copy HTTP_PROXY/HTTPS_PROXY/NO_PROXY from your environment"
+    )
+    p.add_argument(
+        "--engine-install-source",
+        default="",
+        choices=["", "packages", "script", "bundle", "preinstalled"],
+        help="Where the engine comes from: distro packages (default), the install script at --engine-install-url, "
+        "an uploaded --engine-bundle, or preinstalled (configure only)",
+    )
+    p.add_argument(
+        "--engine-bundle",
+        default="",
+        help="Engine bundle archive built by 'pymachine engine bundle'; installs with no network on the host",
+    )
 
 
 def add_driver_flags(p: Parser, flags: Sequence[Flag], environ: dict[str, str]) -> None:
