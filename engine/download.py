@@ -17,7 +17,6 @@ import hashlib
 import http.client
 import os
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +27,7 @@ from typing import IO
 from urllib.parse import unquote, urlsplit
 
 from pymachine.machine.errors import MachineError
+from pymachine.machine.progress import Task
 
 Log = Callable[[str], None]
 

@@ -116,6 +116,16 @@ def test_good_checksum_is_cached_and_reused_without_a_request(server: Server, tm
     assert [p.name for p in (tmp_path / "by-digest").iterdir()] == [sha256(BODY)]  # no partial left
 
 
+def test_download_progress_goes_to_stderr_only(server: Server, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    download.fetch(server.url("/img/disk.qcow2"), tmp_path, "sha256:" + sha256(BODY), lambda _: None)
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()  # not a terminal here: a start line and an end line with the size
+    assert lines[0] == "Downloading disk.qcow2..."
+    assert lines[1].startswith("Downloading disk.qcow2: done in ") and lines[1].endswith("(1.0 MB)")
+
+
 def test_sha512_digest_is_verified_and_aliased(server: Server, tmp_path: Path) -> None:
     digest = hashlib.sha512(BODY).hexdigest()
     path = download.fetch(server.url("/img/disk.qcow2"), tmp_path, digest, lambda _m: None)
