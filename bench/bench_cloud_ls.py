@@ -68,7 +68,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
 def rows_of(out: str) -> dict[str, str]:
     rows = {}
     for line in out.splitlines():
-        name, _driver, state, error = (line.split("|", 3) + ["", "", ""])[:4]
+        name, _driver, state, error = [*line.split("|", 3), "", "", ""][:4]
         rows[name] = f"{state}:Timeout" if "timeout" in error.lower() else state
     return rows
 

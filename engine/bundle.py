@@ -257,10 +257,7 @@ def _resolve_in_root(root: Path, rel: str) -> Path | None:
         if not path.is_symlink():
             return path if path.is_file() else None
         target = os.readlink(path)
-        if target.startswith("/"):
-            path = root / target.lstrip("/")
-        else:
-            path = path.parent / target
+        path = root / target.lstrip("/") if target.startswith("/") else path.parent / target
         try:
             path.resolve().relative_to(root.resolve())
         except ValueError:

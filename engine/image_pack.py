@@ -18,6 +18,7 @@ archive leaves the store as it was.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -256,10 +257,8 @@ def _make_dirs(path: Path) -> list[Path]:
 
 def _remove_created(created: list[Path]) -> None:
     for path in reversed(created):
-        try:
+        with contextlib.suppress(OSError):
             path.rmdir()
-        except OSError:
-            pass
 
 
 def _found(cache_dir: Path, recipe: str) -> images.ImageInfo | None:

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -484,6 +484,55 @@ def _run(argv: list[str], *, timeout: float, env: dict[str, str] | None = None, 
     return proc.stdout
 
 
+def _convert_with_progress(argv: list[str], *, total: int, label: str, timeout: float, what: str) -> None:
+    """Run ``qemu-img convert -p``, showing its percentage as bytes of the virtual disk
+    (machine.progress: live on a terminal, a start and an end line otherwise)."""
+    import re
+    import threading
+
+    from pymachine.machine.progress import Task
+
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise MachineError(f"{what}: {argv[0]} not found (install Debian's qemu-utils)") from None
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read() if proc.stderr else b""),
+                              daemon=True)
+    reader.start()
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        proc.kill()
+
+    killer = threading.Timer(timeout, expire)
+    killer.start()
+    percent = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+    try:
+        with Task(label, total) as task:
+            buffer = b""
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read1(4096):  # type: ignore[attr-defined]
+                buffer = (buffer + chunk)[-256:]
+                found = percent.findall(buffer)
+                if found:
+                    done = int(total * float(found[-1]) / 100)
+                    task.advance(max(0, done - task.done))
+            code = proc.wait()
+            if timed_out.is_set():
+                raise MachineError(f"{what}: timed out after {timeout:g}s")
+            if code != 0:
+                raise MachineError(f"{what} failed (exit {code}): "
+                                   + (b"".join(errors).decode(errors="replace").strip().splitlines() or [""])[-1])
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+
+
 def _debootstrap_command(root: Path, arch: str) -> list[str]:
     """A bare minbase: the real package set goes in with apt (below), which
     orders configuration correctly where debootstrap's --include does not
@@ -761,10 +810,8 @@ def _remove_tree(path: Path) -> None:
 
 def _keep_log(log_file: Path, cache_dir: Path) -> None:
     """Keep a failed build's log where the user can read it (the build dir is removed)."""
-    try:
+    with suppress(OSError):
         shutil.copyfile(log_file, cache_dir / "last-failed-build.log")
-    except OSError:
-        pass
 
 
 def _build_into(work: Path, final: Path, key: str, log: Log, arch: str) -> ImageInfo:
@@ -931,8 +978,9 @@ def export_image(info: ImageInfo, fmt: str, log: Log) -> Path:
         log(f"(image) converting {info.disk.name} to {fmt}...")
         partial = target.with_name(f".{target.name}.partial")
         try:
-            _run(["qemu-img", "convert", "-O", qemu_fmt, *options, str(info.disk), str(partial)],
-                 timeout=1200, what=f"qemu-img convert to {fmt}")
+            _convert_with_progress(["qemu-img", "convert", "-p", "-O", qemu_fmt, *options, str(info.disk),
+                                    str(partial)], total=info.virtual_size, label=f"Converting to {fmt}",
+                                   timeout=1200, what=f"qemu-img convert to {fmt}")
             os.chmod(partial, 0o644)
             os.rename(partial, target)
         except BaseException:

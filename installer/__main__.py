@@ -101,10 +101,7 @@ def _cli_plugins_cmd(ns: argparse.Namespace) -> int:
     from pymachine.machine.docker_context import docker_config_dir
 
     cfg = Path(ns.config_dir) if ns.config_dir else docker_config_dir()
-    if ns.remove:
-        changed = docker_config.remove_plugin_dir(ns.dir, cfg)
-    else:
-        changed = docker_config.add_plugin_dir(ns.dir, cfg)
+    changed = docker_config.remove_plugin_dir(ns.dir, cfg) if ns.remove else docker_config.add_plugin_dir(ns.dir, cfg)
     print(f"{cfg / 'config.json'}: {docker_config.KEY} {'updated' if changed else 'unchanged'}")
     return 0
 

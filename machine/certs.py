@@ -254,10 +254,8 @@ def check_sans(sans: Sequence[str]) -> None:
         if value.isascii() and all(c.isalnum() or c in "-.*_" for c in value):
             continue
         hint = ""
-        try:
+        with contextlib.suppress(UnicodeError):
             hint = f" (its IDNA form is {value.encode('idna').decode('ascii')!r})"
-        except UnicodeError:
-            pass
         raise MachineError(f"--tls-san {value!r} is not an IP address or an ASCII DNS name{hint}")
 
 

@@ -16,6 +16,7 @@ to ``hostagent.log`` in the machine directory (``pymachine logs NAME``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -300,14 +301,10 @@ def stop(machine_dir: Path) -> None:
 
     pid = _agent_pid(machine_dir)
     if pid is not None:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
-        except OSError:
-            pass
-    try:
+    with contextlib.suppress(OSError):
         (machine_dir / PID_NAME).unlink()
-    except OSError:
-        pass
 
 
 def log_lines(machine_dir: Path) -> list[str]:

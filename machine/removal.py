@@ -9,6 +9,7 @@ made for it, so the Docker CLI never points at a machine that is gone.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 
 from pymachine.machine.errors import MachineError
@@ -62,7 +63,5 @@ def forget_context(name: str, environ: Mapping[str, str] | None = None) -> None:
     """Delete the Docker context pymachine made for ``name``; a broken Docker config is not rm's problem."""
     from pymachine.machine import docker_context
 
-    try:
+    with contextlib.suppress(OSError, MachineError):
         docker_context.remove_context(name, environ=environ)
-    except (OSError, MachineError):
-        pass

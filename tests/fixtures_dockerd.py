@@ -10,6 +10,7 @@ kills it (and its managed containerd) and removes its short runtime dir.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -108,10 +109,8 @@ class DockerdHandle:
                 self._proc.kill()
                 self._proc.wait(timeout=10)
         for pid in _pids_mentioning(str(self.runtime_dir)):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for mount in _mounts_under(self.runtime_dir):
             subprocess.run(["umount", "-l", mount], check=False, capture_output=True, timeout=10)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)

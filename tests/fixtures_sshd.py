@@ -9,6 +9,7 @@ touching the host.  Every mount dies with the namespace when sshd and its sessio
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -199,10 +200,8 @@ class SSHD:
             proc.kill()
             proc.wait(timeout=5)
         for pid in stragglers:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     def restart(self, *, new_host_key: bool = False) -> None:
         self.stop()

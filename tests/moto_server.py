@@ -23,7 +23,7 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
@@ -96,10 +96,8 @@ def start_moto_server(env: dict[str, str] | None = None) -> Iterator[MotoServer]
             time.sleep(0.1)
         yield MotoServer(port, proc)
     finally:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:

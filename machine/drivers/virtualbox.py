@@ -45,6 +45,7 @@ VBoxManage, so ``VBoxManage`` must be installed either way.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -1166,10 +1167,8 @@ class VirtualBoxDriver(Driver):
 
     def _close_medium(self, path: str) -> None:
         """Drop a disk from VirtualBox's media registry (the file stays); gone already is fine."""
-        try:
+        with contextlib.suppress(MachineError):
             self.vbm("closemedium", "disk", path)
-        except MachineError:
-            pass
 
     def remove(self, log: Log) -> None:
         if getattr(self, "_unattached_disk", ""):  # a create that failed between clone and attach

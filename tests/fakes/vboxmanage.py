@@ -37,6 +37,7 @@ Knobs (environment):
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -773,10 +774,8 @@ def forward(listener, target: str) -> None:
             pass
         finally:
             for s in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     while True:
         conn, _ = listener.accept()
@@ -793,10 +792,8 @@ def forward(listener, target: str) -> None:
 def stop_forwarder(v: dict) -> None:
     pid = v.get("forwarder") or 0
     if pid:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         v["forwarder"] = 0
 
 
@@ -945,10 +942,8 @@ def cmd_unregistervm(state: dict, args: list[str]) -> str:
                     state["registered"].remove(medium)
         cfg = Path(v["cfg"])
         cfg.unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(OSError):
             cfg.parent.rmdir()
-        except OSError:
-            pass
     del state["vms"][v["uuid"]]
     return ""
 
@@ -1016,10 +1011,8 @@ def kill_forwarders(home: Path) -> None:
     for v in json.loads(path.read_text())["vms"].values():
         pid = v.get("forwarder") or 0
         if pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Layout of a running host (``<id>`` is 6 hex digits):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -320,10 +321,8 @@ class TestHost:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _kill_netns_members(name: str, timeout: float = 10) -> None:

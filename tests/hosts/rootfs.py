@@ -189,7 +189,7 @@ def _debootstrap(target: Path, log_path: Path) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             log_file.write(line)
-            tail = (tail + [line.rstrip()])[-20:]
+            tail = [*tail, line.rstrip()][-20:]
             words = line.split()
             # One progress line per kind of step (Retrieving, Extracting, ...).
             if len(words) > 1 and words[0] in ("I:", "W:", "E:") and words[1] not in seen:

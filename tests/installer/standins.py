@@ -27,7 +27,10 @@ def http_root(tmp_path: Path):
     """(directory, base_url) of a threaded HTTP server on 127.0.0.1 serving that directory."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = lambda *a, **kw: _Handler(*a, directory=str(root), **kw)
+
+    def handler(*a, **kw):
+        return _Handler(*a, directory=str(root), **kw)
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

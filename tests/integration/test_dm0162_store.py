@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -58,10 +58,8 @@ def private_netns() -> Iterator[str]:
         pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
                               timeout=10, check=False).stdout.split()
         for pid in pids:
-            try:
+            with suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10, check=False)
 
 

@@ -158,7 +158,7 @@ def test_create_in_progress_is_shown_as_such_then_completes(pm, tmp_path):
         assert row["Error"] == f"create in progress (pid {proc.pid})"
     finally:
         proc.send_signal(signal.SIGCONT)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     row = ls_rows(pm)["m"]
     assert row["State"] == "Running" and "create" not in row["Error"]

@@ -223,7 +223,8 @@ def host_runner(*, digest_override: str | None = None, systemd: bool = True,
                 check_fails: bool = False, glibc: str = "glibc 2.36") -> RecordingRunner:
     """A recorder whose `sha256sum FILE` hashes what was really uploaded."""
     # The bundle's own changes on the host; a healthy host completes them silently.
-    runner = RecordingRunner(accept=HOST_CHANGES + (
+    runner = RecordingRunner(accept=(
+        *HOST_CHANGES,
         r"^rm -rf /var/tmp/pymachine-engine\.d && mkdir -m 0700 -p /var/tmp/pymachine-engine\.d"
         r" && tar -xzf /var/tmp/pymachine-engine\.tar\.gz -C /var/tmp/pymachine-engine\.d$",
         r"^cd /var/tmp/pymachine-engine\.d && sha256sum -c -$",

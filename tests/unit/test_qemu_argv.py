@@ -110,9 +110,15 @@ def test_port_picking_keeps_free_previous_ports_and_replaces_taken_ones() -> Non
 
 
 def test_accel_choice() -> None:
-    yes = lambda: (True, "")
-    no = lambda: (False, "/dev/kvm: No such file or directory")
-    hang = lambda: (False, "a KVM test boot did not finish within 8s")
+    def yes() -> tuple[bool, str]:
+        return (True, "")
+
+    def no() -> tuple[bool, str]:
+        return (False, "/dev/kvm: No such file or directory")
+
+    def hang() -> tuple[bool, str]:
+        return (False, "a KVM test boot did not finish within 8s")
+
     assert qemu.choose_accel("tcg", kvm_check=no) == ("tcg", None)
     assert qemu.choose_accel("auto", platform="linux", kvm_check=yes, probe=yes, environ={}) == ("kvm", None)
     accel, warning = qemu.choose_accel("auto", platform="linux", kvm_check=yes, probe=hang, environ={})

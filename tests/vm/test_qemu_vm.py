@@ -8,6 +8,7 @@ emulated boot costs tens of seconds.  The bad-input tests need no boot.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -77,10 +78,8 @@ def qemu_pids_under(path: Path) -> list[int]:
 
 def kill_leftovers(path: Path) -> None:
     for pid in qemu_pids_under(path):
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def timed(pm: PyMachine, *args: str, timeout: float) -> tuple[Result, list[tuple[float, str]]]:
