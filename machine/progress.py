@@ -36,7 +36,7 @@ class Task:
     """One step: ``label``, optionally a byte total; ``advance(n)`` as work is done."""
 
     def __init__(self, label: str, total: int | None = None, *, stream: TextIO | None = None,
-                 live: bool | None = None, done: int = 0) -> None:
+                 live: bool | None = None, done: int = 0, lines: bool = True) -> None:
         self.label = label
         self.total = total if total and total > 0 else None
         self.done = done
@@ -45,9 +45,10 @@ class Task:
         self.started = time.monotonic()
         self._drawn = 0.0
         self._closed = False
+        self.lines = lines  # False: nothing at all off a terminal (the step is already logged)
         if self.live:
             self._draw(force=True)
-        else:
+        elif lines:
             self._line(f"{label}...")
 
     def _line(self, text: str) -> None:
@@ -102,7 +103,7 @@ class Task:
                 self.stream.flush()
             except (OSError, ValueError):
                 pass
-        else:
+        elif self.lines:
             self._line(summary)
 
     def __enter__(self) -> Task:

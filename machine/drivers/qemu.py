@@ -945,12 +945,16 @@ class QemuDriver(Driver):
         started = time.monotonic()
         deadline = started + timeout
         port = int(self.config.get("SSHPort") or 0)
-        while time.monotonic() < deadline:
-            if self._pid() is None:
-                raise MachineError(f"QEMU exited while the guest was booting; see {self._path(CONSOLE_LOG)}")
-            if ssh_banner(port):
-                return time.monotonic() - started
-            time.sleep(1.0)
+        from pymachine.machine.progress import Task
+
+        with Task(f"({self.machine_name}) Booting", lines=False) as waiting:  # elapsed, live on a terminal
+            while time.monotonic() < deadline:
+                if self._pid() is None:
+                    raise MachineError(f"QEMU exited while the guest was booting; see {self._path(CONSOLE_LOG)}")
+                if ssh_banner(port):
+                    return time.monotonic() - started
+                waiting.tick()
+                time.sleep(1.0)
         raise MachineError(f"the guest's SSH did not answer within {timeout:g}s; see {self._path(CONSOLE_LOG)}")
 
     def stop(self, log: Log) -> None:

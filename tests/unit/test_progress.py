@@ -70,3 +70,10 @@ def test_a_failed_step_says_so() -> None:
             "except RuntimeError:\n    pass\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert proc.stderr.splitlines()[-1].startswith("Converting: failed in ")
+
+
+def test_a_wait_that_is_already_logged_prints_nothing_off_a_terminal() -> None:
+    code = ("from pymachine.machine.progress import Task\n"
+            "with Task('Booting', lines=False) as t:\n    t.tick()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert proc.stderr == ""
