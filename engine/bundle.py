@@ -221,7 +221,10 @@ def glibc_needed(data: bytes) -> tuple[int, int] | None:
 def _glibc_of(paths: Iterable[Path]) -> str | None:
     """The glibc a set of binaries and libraries needs, as "2.38" (None: no glibc needed)."""
     needs = [v for v in (glibc_needed(p.read_bytes()) for p in paths) if v is not None]
-    return "%d.%d" % max(needs) if needs else None
+    if not needs:
+        return None
+    major, minor = max(needs)
+    return f"{major}.{minor}"
 
 
 # -- building -----------------------------------------------------------------

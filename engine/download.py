@@ -156,7 +156,9 @@ def fetch(url: str, dest_cache: str | os.PathLike[str], checksum: str, log: Log,
     got = Digest("sha256", sha256) if want is None or want.algo == "sha256" else Digest(want.algo, other or "")
     if want is not None and got != want:
         partial.unlink(missing_ok=True)
-        raise DownloadError(f"checksum mismatch for {url_file_name(url)}: expected {want}, got {got}; the download was discarded")
+        raise DownloadError(
+            f"checksum mismatch for {url_file_name(url)}: expected {want}, got {got}; the download was discarded"
+        )
     final = by / sha256
     os.chmod(partial, 0o644)
     os.replace(partial, final)

@@ -671,7 +671,8 @@ def _partition_table(boot_bytes: int, root_bytes: int) -> str:
     root_start = boot_start + boot_bytes // sector
     return (
         "label: dos\nlabel-id: 0x706d6163\nunit: sectors\n\n"
-        f"start={boot_start}, size={boot_bytes // sector}, type=ef, bootable\n"  # EFI System (FAT), active for SYSLINUX's MBR
+        # EFI System (FAT), active for SYSLINUX's MBR
+        f"start={boot_start}, size={boot_bytes // sector}, type=ef, bootable\n"
         f"start={root_start}, size={root_bytes // sector}, type=83\n"
     )
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import math
 
+from pymachine.machine.errors import MachineError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds on `pymachine ls`
     from collections.abc import Callable
     from typing import Any
-
-from pymachine.machine.errors import MachineError
 
 __all__ = ["Template", "TemplateError", "go_json", "go_sprint", "parse", "render"]
 

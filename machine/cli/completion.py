@@ -55,11 +55,12 @@ def command_flags(ctx: Context, command: str, args: Sequence[str] = ()) -> dict[
     from pymachine.machine.cli.main import dispatch
 
     out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        try:
-            dispatch(ctx, command, [*args, "--help"])
-        except (SystemExit, UsageError, Exception):  # noqa: BLE001 - help text is best effort
-            pass
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(io.StringIO()),
+        contextlib.suppress(SystemExit, UsageError, Exception),  # noqa: BLE001 - help text is best effort
+    ):
+        dispatch(ctx, command, [*args, "--help"])
     flags: dict[str, bool] = {}
     for line in out.getvalue().splitlines():
         stripped = line.strip()

@@ -156,7 +156,7 @@ def cmd_image(ctx: Context, args: list[str]) -> int:
                          str(m.get("built_at", "")), "*" if info.recipe in current else ""))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
-            ctx.out("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            ctx.out("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         return 0
     started = time.monotonic()
     cached = images.find_image(cache, ns.arch)

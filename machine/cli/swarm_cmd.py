@@ -14,7 +14,7 @@ USAGE = "ls [--nodes] [--format json|TEMPLATE]"
 def _table(ctx: Context, rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        ctx.out("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        ctx.out("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_swarm(ctx: Context, args: list[str]) -> int:

@@ -19,7 +19,7 @@ from pymachine.machine.errors import MachineError
 Log = Callable[[str], None]
 
 
-class State(str, enum.Enum):
+class State(str, enum.Enum):  # noqa: UP042 - StrEnum changes str()/format() of the members
     NONE = ""
     RUNNING = "Running"
     PAUSED = "Paused"

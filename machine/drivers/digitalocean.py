@@ -361,7 +361,8 @@ class DigitalOceanDriver(Driver):
     def _check_account(self, client: Client, account: Mapping[str, Any]) -> None:
         if account.get("status") not in (None, "active"):
             raise PreCreateError(
-                f"DigitalOcean account is {account.get('status')}: {account.get('status_message') or 'see the control panel'}"
+                f"DigitalOcean account is {account.get('status')}: "
+                f"{account.get('status_message') or 'see the control panel'}"
             )
         limit = account.get("droplet_limit")
         if isinstance(limit, int) and limit > 0:

@@ -18,6 +18,7 @@ as the machine's QEMU only if its command line names this machine's pidfile.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -1002,10 +1003,8 @@ class QemuDriver(Driver):
         """Published container ports answer on 127.0.0.1 (machine/hostagent.py); never waits."""
         from pymachine.machine import hostagent
 
-        try:
+        with contextlib.suppress(OSError):  # forwarding is a convenience: the machine works without it
             hostagent.launch(Path(self.machine_dir), int(self.config.get("EnginePort") or 0))
-        except OSError:
-            pass  # forwarding is a convenience: the machine works without it
 
     def _cleanup_runtime(self) -> None:
         from pymachine.machine import hostagent

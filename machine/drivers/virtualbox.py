@@ -1019,10 +1019,8 @@ class VirtualBoxDriver(Driver):
                 continue  # vanished meanwhile
             if any(k.startswith("hostonly-network") and v == netname for k, v in info.items()):
                 return
-        try:
+        with contextlib.suppress(MachineError):  # removed meanwhile
             self.vbm("hostonlynet", "remove", f"--name={netname}")
-        except MachineError:
-            pass  # removed meanwhile
 
     def _setup_dhcp(self, ifname: str, iface: ipaddress.IPv4Interface, live: set[str]) -> None:
         servers = {d.get("NetworkName", ""): d
@@ -1043,10 +1041,8 @@ class VirtualBoxDriver(Driver):
 
     def _forward_ssh(self) -> None:
         port = free_loopback_port(int(self.config.get("SSHPort") or 0))
-        try:
+        with contextlib.suppress(MachineError):  # no rule yet
             self.vbm("modifyvm", self.machine_name, "--natpf1", "delete", "ssh")
-        except MachineError:
-            pass  # no rule yet
         self.vbm("modifyvm", self.machine_name, "--natpf1", f"ssh,tcp,127.0.0.1,{port},,22")
         self.config["SSHPort"] = port
 

@@ -154,7 +154,8 @@ class VSphereDriver(Driver):
             "string",
             "",
             "VSPHERE_HOSTSYSTEM",
-            "vSphere compute resource where the docker VM will be instantiated. This can be omitted if using a cluster with DRS.",
+            "vSphere compute resource where the docker VM will be instantiated. "
+            "This can be omitted if using a cluster with DRS.",
         ),
         Flag(
             "vmwarevsphere-cfgparam",
@@ -772,10 +773,9 @@ class VSphereDriver(Driver):
             if self.config.get("DatastoreFolder"):
                 targets.append(str(self.config["DatastoreFolder"]))
             for path in targets:
-                try:
+                # vcsim (and an emptied folder) may already have removed it
+                with contextlib.suppress(vim.fault.FileNotFound):
                     wait_task(si, fm.DeleteDatastoreFile_Task(name=path, datacenter=dc), f"delete {path}")
-                except vim.fault.FileNotFound:
-                    pass  # vcsim (and an emptied folder) may already have removed it
                 uploaded = list(self.config.get("UploadedFiles") or [])
                 if path in uploaded:
                     uploaded.remove(path)

@@ -211,7 +211,8 @@ class FakeARM(HTTPSFake):
                 400,
                 {
                     "error": "invalid_tenant",
-                    "error_description": f"AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID.",
+                    "error_description": f"AADSTS90002: Tenant '{tenant}' not found. "
+                    "Check to make sure you have the correct tenant ID.",
                 },
                 {},
             )
@@ -284,7 +285,8 @@ class FakeARM(HTTPSFake):
                   *, location_header: bool) -> dict[str, str]:
         op = Operation(str(uuid.uuid4()), self.lro_polls, finish)
         self.operations[op.id] = op
-        url = f"{self.url}/subscriptions/{self.subscription}/providers/{namespace}/locations/{location}/operations/{op.id}"
+        url = (f"{self.url}/subscriptions/{self.subscription}/providers/{namespace}"
+               f"/locations/{location}/operations/{op.id}")
         op.url = f"{url}?api-version=2024-07-01"
         headers = {"Azure-AsyncOperation": op.url}
         if location_header:
@@ -333,7 +335,8 @@ class FakeARM(HTTPSFake):
         return 200, {"value": value}, {}
 
     def _images(self, rest: list[str], method: str) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
-        # providers/Microsoft.Compute/locations/{loc}/publishers/{p}/artifacttypes/vmimage/offers/{o}/skus/{s}/versions[/{v}]
+        # providers/Microsoft.Compute/locations/{loc}/publishers/{p}/artifacttypes/vmimage
+        #   /offers/{o}/skus/{s}/versions[/{v}]
         low = [p.lower() for p in rest]
         try:
             loc, pub, offer, sku = low[3], low[5], low[9], low[11]

@@ -24,7 +24,8 @@ State keys: ``module`` (Hyper-V module present), ``hyperv_admin``, ``admin``,
 ``switches`` [{Id, Name, SwitchType}], ``vms`` {key: {Name, Id, ...}} (the key is the name unless taken), ``guest_ip``
 (the IPv4 a started VM reports, after an IPv6 link-local one; none if unset),
 ``guest_hook`` (argv run on a gen 2 VM's start with the VM name and its DVD images; it plays the
-guest's first boot and prints the address the guest reports), ``ignore_shutdown`` (graceful Stop-VM fails), ``gen2`` (False: Server 2012's
+guest's first boot and prints the address the guest reports), ``ignore_shutdown`` (graceful
+Stop-VM fails), ``gen2`` (False: Server 2012's
 ``New-VM`` without ``-Generation``), ``fail`` {cmdlet: message} (fail on
 demand).  Every script is appended to ``calls.log`` beside the state file.
 """
@@ -471,10 +472,9 @@ def main(argv: list[str]) -> int:
     args = list(argv)
     while args and args[0] in ("-NoProfile", "-NonInteractive", "-NoLogo"):
         args.pop(0)
+    script = " ".join(args)  # powershell.exe joins trailing words into one command
     if args[:1] == ["-Command"]:
         script = args[1] if len(args) > 1 else ""
-    else:
-        script = " ".join(args)  # powershell.exe joins trailing words into one command
     with open(state_path.with_name("calls.log"), "a", encoding="utf-8") as log:
         log.write(json.dumps(script) + "\n")
     state = json.loads(state_path.read_text())

@@ -484,7 +484,8 @@ def cmd_convertfromraw(state: dict, args: list[str]) -> str:
     with open(dest, "wb") as fh:  # sparse stand-in: a header line and the first KiB of the raw data
         fh.write(f"# fake {fmt} disk, {size} bytes\n".encode() + head)
     state["media"].append({"path": dest, "size": size, "format": fmt, "head": head[:8192].hex()})
-    return f'Converting from raw image file="{a[0]}" to file="{dest}"...\nCreating dynamic image with size {size} bytes ({size >> 20}MB)...\n'
+    return (f'Converting from raw image file="{a[0]}" to file="{dest}"...\n'
+            f"Creating dynamic image with size {size} bytes ({size >> 20}MB)...\n")
 
 
 def cmd_clonemedium(state: dict, args: list[str]) -> str:
@@ -618,7 +619,8 @@ def cmd_hostonlyif(state: dict, args: list[str]) -> str:
         name = f"vboxnet{index}"
         state["hostonlyifs"][name] = {"name": name, "guid": new_uuid(), "ip": "0.0.0.0", "mask": "0.0.0.0",
                                       "index": index}
-        return f"0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\nInterface '{name}' was successfully created\n"
+        return ("0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\n"
+                f"Interface '{name}' was successfully created\n")
     if len(args) < 2:
         raise syntax("Not enough parameters")
     if args[1] not in state["hostonlyifs"]:

@@ -55,7 +55,7 @@ def netns_lock(timeout: float = 60) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not lock {_LOCK_PATH} within {timeout} s")
+                    raise TimeoutError(f"could not lock {_LOCK_PATH} within {timeout} s") from None
                 time.sleep(0.05)
         try:
             yield

@@ -147,7 +147,7 @@ class _locked:
                     announced = True
                 if time.monotonic() > deadline:
                     self.fh.close()
-                    raise TimeoutError(f"rootfs build lock {self.path} held too long")
+                    raise TimeoutError(f"rootfs build lock {self.path} held too long") from None
                 time.sleep(0.5)
 
     def __exit__(self, *exc: object) -> None:

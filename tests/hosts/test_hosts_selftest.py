@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hosts.fixtures import *  # fixtures: test_rootfs, make_test_host, ...
+from tests.hosts.fixtures import *  # noqa: F403 - pytest finds these fixtures by name: test_rootfs, make_test_host, ...
 from tests.hosts.fixtures import SshKeyPair
 from tests.hosts.host import TestHost
 from tests.hosts.netns import list_netns, list_test_links

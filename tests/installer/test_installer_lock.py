@@ -170,7 +170,7 @@ def test_build_refuses_an_image_of_another_recipe_or_without_the_vdi(tmp_path):
     assert "recipe 00000000000000aa" in msg and f"builds recipe {current_recipe()}" in msg and "\n" not in msg
     comps, root = _stage_image(tmp_path / "cur", packed_image())
     check_vm_image(comps, root, REPO, ("vdi",))
-    with pytest.raises(MachineError, match="needs .*disk.vmdk"):
+    with pytest.raises(MachineError, match=r"needs .*disk\.vmdk"):
         check_vm_image(comps, root, REPO, ("vdi", "vmdk"))
 
 

@@ -212,7 +212,8 @@ def test_default_credential_chain_without_client_id(pm, fake):
     fake.resources[
         f"/subscriptions/{SUBSCRIPTION}/resourcegroups/docker-machine/providers/microsoft.compute/virtualmachines/noid"
     ] = {
-        "id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/docker-machine/providers/Microsoft.Compute/virtualMachines/noid",
+        "id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/docker-machine"
+        "/providers/Microsoft.Compute/virtualMachines/noid",
         "name": "noid",
         "type": "Microsoft.Compute/virtualMachines",
         "location": "westus",

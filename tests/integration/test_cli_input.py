@@ -146,10 +146,10 @@ def test_concurrent_creates_leave_a_consistent_store(pm):
 
     with ThreadPoolExecutor(max_workers=25) as pool:
         results = list(pool.map(create, names))
-    same = [r for n, r in zip(names, results) if n == "same"]
+    same = [r for n, r in zip(names, results, strict=True) if n == "same"]
     assert sum(r.returncode == 0 for r in same) == 1
     assert all('Docker machine "same" already exists' in r.stderr for r in same if r.returncode)
-    assert all(r.returncode == 0 for n, r in zip(names, results) if n != "same")
+    assert all(r.returncode == 0 for n, r in zip(names, results, strict=True) if n != "same")
     res = pm.ok("ls", "-q")
     assert sorted(res.out_lines) == sorted(set(names))
     assert len(res.out_lines) == 21

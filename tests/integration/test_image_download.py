@@ -188,7 +188,7 @@ def test_sums_file_form(server: Server, tmp_path: Path) -> None:
     other = tmp_path / "other"
     assert download.fetch(url, other, "file:" + server.url("/img/SHA512SUMS"), lambda _m: None).read_bytes() == BODY
     server.files["/img/SHA256SUMS"] = f"{'1' * 64}  other.qcow2\n".encode()
-    with pytest.raises(MachineError, match="no entry for disk.qcow2"):
+    with pytest.raises(MachineError, match=r"no entry for disk\.qcow2"):
         download.fetch(url, tmp_path / "third", "sums:" + server.url("/img/SHA256SUMS"), lambda _m: None)
 
 

@@ -233,7 +233,7 @@ def test_silent_or_closing_server_gives_one_line_error_and_no_stderr_noise(tmp_p
         )
         assert time.monotonic() - started < 3
         target.port = closing.getsockname()[1]
-        with pytest.raises(MachineError, match="connection closed during the SSH handshake$"):
+        with pytest.raises(MachineError, match=r"connection closed during the SSH handshake$"):
             SSHClient.connect(target, timeout=5)
         closer.join(timeout=1)
     assert capfd.readouterr().err == ""

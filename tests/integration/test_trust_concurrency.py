@@ -67,7 +67,7 @@ def test_30_parallel_creates_and_removes_of_overlapping_names(pm):
     elapsed = time.monotonic() - started
     for res in results:
         _check(res)
-    created = sum(1 for op, res in zip(ops, results) if op[0] == "create" and res.returncode == 0)
+    created = sum(1 for op, res in zip(ops, results, strict=True) if op[0] == "create" and res.returncode == 0)
     assert created >= 1
     rows = {
         json.loads(x)["Name"]: json.loads(x) for x in run(pm, "ls", "--format", "{{json .}}").stdout.split("\n") if x

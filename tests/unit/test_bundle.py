@@ -212,7 +212,7 @@ def test_verify_reports_a_corrupt_archive_in_one_line(built, tmp_path):
     not_bundle = tmp_path / "plain.tar.gz"
     with tarfile.open(not_bundle, "w:gz") as tar:
         tar.addfile(tarfile.TarInfo("x"), io.BytesIO(b""))
-    with pytest.raises(bundle.BundleError, match="no manifest.json"):
+    with pytest.raises(bundle.BundleError, match=r"no manifest\.json"):
         bundle.read_manifest(not_bundle)
 
 
@@ -430,7 +430,8 @@ def test_bundle_records_the_glibc_its_binaries_need(built, glibc_bundle):
     assert bundle.read_manifest(built.path)["glibc"] is None  # static binaries run anywhere
     need = bundle.read_manifest(glibc_bundle.path)["glibc"]
     runc = shutil.which("runc") or "/usr/sbin/runc"
-    assert need == "%d.%d" % bundle.glibc_needed(Path(runc).read_bytes())
+    major, minor = bundle.glibc_needed(Path(runc).read_bytes())
+    assert need == f"{major}.{minor}"
 
 
 @pytest.mark.parametrize("host_says", ["glibc 2.17", "", "musl libc (x86_64)"])

@@ -47,10 +47,11 @@ def test_second_process_waits_then_times_out_with_the_message(tmp_path: Path) ->
     waits: list[str] = []
     try:
         started = time.monotonic()
-        with pytest.raises(MachineError, match="^it is busy$"):
-            with exclusive(lock, timeout=0.5, busy_message="it is busy",
-                           on_wait=lambda: waits.append("w")):
-                pytest.fail("acquired a lock another process holds")
+        with (
+            pytest.raises(MachineError, match=r"^it is busy$"),
+            exclusive(lock, timeout=0.5, busy_message="it is busy", on_wait=lambda: waits.append("w")),
+        ):
+            pytest.fail("acquired a lock another process holds")
         assert 0.4 < time.monotonic() - started < 5
         assert waits == ["w"]
     finally:
@@ -72,11 +73,13 @@ def test_lock_is_taken_once_the_holder_exits_or_dies(tmp_path: Path) -> None:
 
 def test_uncontended_lock_calls_no_wait_hook_file_is_0600_and_released_on_error(tmp_path: Path) -> None:
     lock = tmp_path / "x.lock"
-    with pytest.raises(RuntimeError):
-        with exclusive(lock, timeout=1, busy_message="busy", on_wait=lambda: pytest.fail("waited")):
-            if hasattr(os, "fchmod"):  # modes exist (not on Windows, nor in tests/windows)
-                assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
-            raise RuntimeError("body failed")
+    with (
+        pytest.raises(RuntimeError),
+        exclusive(lock, timeout=1, busy_message="busy", on_wait=lambda: pytest.fail("waited")),
+    ):
+        if hasattr(os, "fchmod"):  # modes exist (not on Windows, nor in tests/windows)
+            assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
+        raise RuntimeError("body failed")
     with exclusive(lock, timeout=0.2, busy_message="still held after an error"):
         pass
 
@@ -91,9 +94,11 @@ def test_store_lock_keeps_its_message(tmp_path: Path) -> None:
     assert other.returncode != 0 and "other process blocked" in other.stderr
     holder = _hold(tmp_path / "store" / "locks" / "m1.lock", 30)
     try:
-        with pytest.raises(MachineError, match='^machine "m1" is busy: another pymachine command holds its lock$'):
-            with store.lock("m1", timeout=0.3):
-                pass
+        with (
+            pytest.raises(MachineError, match=r'^machine "m1" is busy: another pymachine command holds its lock$'),
+            store.lock("m1", timeout=0.3),
+        ):
+            pass
     finally:
         holder.kill()
         holder.wait(timeout=10)
@@ -103,9 +108,11 @@ def test_cert_lock_keeps_its_message(tmp_path: Path) -> None:
     lock = tmp_path / ".lock"
     holder = _hold(lock, 30)
     try:
-        with pytest.raises(MachineError, match=r"^Timed out after 0s waiting for certificate lock .*\.lock$"):
-            with certs._exclusive_lock(lock, timeout=0.3):
-                pass
+        with (
+            pytest.raises(MachineError, match=r"^Timed out after 0s waiting for certificate lock .*\.lock$"),
+            certs._exclusive_lock(lock, timeout=0.3),
+        ):
+            pass
     finally:
         holder.kill()
         holder.wait(timeout=10)
@@ -116,9 +123,11 @@ def test_image_build_lock_logs_once_and_keeps_its_message(tmp_path: Path, monkey
     holder = _hold(tmp_path / ".k.lock", 30)
     logged: list[str] = []
     try:
-        with pytest.raises(MachineError, match=r"^timed out waiting for the image build lock .*\.k\.lock$"):
-            with images._build_lock(tmp_path, "k", logged.append):
-                pass
+        with (
+            pytest.raises(MachineError, match=r"^timed out waiting for the image build lock .*\.k\.lock$"),
+            images._build_lock(tmp_path, "k", logged.append),
+        ):
+            pass
         assert logged == ["Another process is building this image; waiting for it..."]
     finally:
         holder.kill()

@@ -88,8 +88,8 @@ def test_missing_firmware_or_emulator_refuses_before_anything_is_made(tmp_path: 
         with pytest.raises(PreCreateError, match="no UEFI firmware for arm64 guests found"):
             drv.pre_create_check()
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(PreCreateError, match="^qemu-system-aarch64 not found: install the Debian packages "
-                                             "qemu-system-arm qemu-utils$"):
+    with pytest.raises(PreCreateError, match=r"^qemu-system-aarch64 not found: install the Debian packages "
+                                             r"qemu-system-arm qemu-utils$"):
         drv.pre_create_check()
     assert not (tmp_path / "store" / "machines").exists()
 

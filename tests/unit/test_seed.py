@@ -141,7 +141,7 @@ def test_seed_carries_engine_files_and_the_first_boot_script_installs_them(tmp_p
         assert files[f"pymachine/{name}"] == engine[guest]
         assert f"$seed/pymachine/{name} {guest}" in FIRSTBOOT_SCRIPT
     assert oct(path.stat().st_mode & 0o777) == "0o600"  # it carries the server key
-    with pytest.raises(ValueError, match="/etc/docker/other.pem"):
+    with pytest.raises(ValueError, match=r"/etc/docker/other\.pem"):
         write_seed_iso(path, hostname="dev", user="docker", ssh_pubkey=KEY, proxy=None, instance_id="i-1",
                        engine_files={"/etc/docker/other.pem": "x"})
 

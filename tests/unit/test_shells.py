@@ -294,7 +294,7 @@ NASTY = [
     "';touch pwned;'",
     "semi;colon & amp | pipe < > redirect",
     "!bang !! !$ ^x",
-    "unicode ü 日本 “curly” ‘q’",
+    "unicode ü 日本 “curly” ‘q’",  # noqa: RUF001 - typographic quotes are the point
     "#hash ~tilde %PATH% {brace} (paren)",
     "C:\\Users\\me\\.docker\\machine",
 ]

@@ -161,7 +161,7 @@ def test_scp_delta_refuses_two_remote_sides():
 
 @pytest.mark.parametrize("sources,dest", [([], "m1:/x"), (["a"], "")])
 def test_scp_improper_number_of_arguments(sources, dest):
-    with pytest.raises(MachineError, match="^Improper number of arguments$"):
+    with pytest.raises(MachineError, match=r"^Improper number of arguments$"):
         scp(sources, dest)
 
 
@@ -190,7 +190,7 @@ def test_sshfs_escapes_commas_in_option_values():
 def test_require_tool_resolves_or_fails_with_docker_machine_message(monkeypatch):
     assert require_tool(["sh", "-c", "true"])[1:] == ["-c", "true"]
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(MachineError, match="^You must have a copy of the scp binary locally"):
+    with pytest.raises(MachineError, match=r"^You must have a copy of the scp binary locally"):
         require_tool(["scp", "a", "b"])
 
 

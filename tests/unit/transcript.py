@@ -56,7 +56,8 @@ HOST_CHANGES: tuple[str, ...] = (
     r"^/etc/init\.d/docker (start|stop|restart)( \|\| true)?$",
     r"^rc-service docker (start|stop|restart)$",
     r"^rc-update add docker default$",
-    r"^DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=\d+ .* (update|install -y --no-install-recommends [\w. -]+)$",
+    r"^DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=\d+ "
+    r".* (update|install -y --no-install-recommends [\w. -]+)$",
     r"^if command -v dnf >/dev/null 2>&1; then dnf -y install [\w. -]+; else yum -y install [\w. -]+; fi$",
     r"^zypper -n in docker$",
     r"^pacman -Sy --noconfirm --noprogressbar --needed docker$",
