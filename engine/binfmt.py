@@ -15,9 +15,10 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from pymachine.machine.errors import MachineError
 
@@ -81,7 +82,7 @@ def foreign_binaries(arch: str, host: str, binfmt_dir: Path = BINFMT_DIR) -> Ite
             signal.signal(signal.SIGTERM, previous)
 
 
-def _exit_on_sigterm():  # type: ignore[no-untyped-def]
+def _exit_on_sigterm() -> Callable[[int, FrameType | None], object] | int | None:
     """A killed build (``timeout``, CI cancelling) still restores the host: SIGTERM unwinds."""
     if threading.current_thread() is not threading.main_thread():
         return None

@@ -40,6 +40,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from pymachine.machine.errors import MachineError
 from pymachine.machine.runner import Runner
@@ -441,7 +442,7 @@ def render_manifest(staged: _Staged) -> bytes:
     """The manifest: no paths or times of the build machine, so it is reproducible."""
     from pymachine.machine import __version__
 
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "bundle_version": BUNDLE_VERSION,
         "builder": f"pymachine {__version__}",

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pymachine.engine.binfmt import BINFMT_CONF_DIRS, foreign_binaries
 from pymachine.machine.errors import MachineError
@@ -82,9 +82,19 @@ PACKAGES = (
 #: The architectures the image is built for (Debian's names).
 ARCHES = ("amd64", "arm64")
 _MACHINE_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+class _ArchSpec(TypedDict):
+    kernel: str
+    efi_debs: tuple[str, ...]
+    efi_files: dict[str, str]  # path in the .debs -> name on the EFI partition
+    console: str
+    qemu_arch: str
+
+
 #: Per arch: the kernel package, the packages holding the signed shim and GRUB, the
 #: files they ship (shim, its MOK manager, GRUB) and UEFI's removable-media name for shim.
-_ARCH = {
+_ARCH: dict[str, _ArchSpec] = {
     "amd64": {
         "kernel": "linux-image-amd64",
         "efi_debs": ("shim-signed", "shim-helpers-amd64-signed", "grub-efi-amd64-signed"),
@@ -778,7 +788,7 @@ def build_image(cache_dir: Path, log: Log, arch: str | None = None) -> ImageInfo
 
 def _mounts_under(path: Path) -> list[str]:
     prefix = str(path.resolve()).rstrip("/") + "/"
-    found = []
+    found: list[str] = []
     if not os.path.exists("/proc/self/mountinfo"):  # macOS, Windows: no build ever mounted anything
         return found
     with open("/proc/self/mountinfo") as fh:

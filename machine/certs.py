@@ -338,7 +338,8 @@ def validate_pair(cert_path: Path, key_path: Path) -> None:
     cert = _load_cert(cert_path)
     key = _load_key(key_path)
     # public numbers, not the key objects: keys compare equal only from cryptography 40 (Debian 12 has 38)
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    cert_key = cert.public_key()
+    if not isinstance(cert_key, rsa.RSAPublicKey) or cert_key.public_numbers() != key.public_key().public_numbers():
         raise MachineError(f"Certificate {cert_path} does not match private key {key_path}")
 
 
@@ -515,7 +516,7 @@ def bootstrap_certificates(paths: CertPaths, log: Callable[[str], None] = print,
 # --------------------------------------------------------------------------- ssh keys
 
 
-def generate_ssh_keypair(private_path: Path) -> None:
+def generate_ssh_keypair(private_path: str | Path) -> None:
     """``id_rsa`` (PKCS#1 PEM, 0600) and ``id_rsa.pub`` (one OpenSSH line, 0600 as Go wrote it)."""
     private_path = Path(private_path)
     key = _new_key()

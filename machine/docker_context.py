@@ -58,8 +58,8 @@ def docker_config_dir(environ: Mapping[str, str] | None = None, platform: str | 
     if (sys.platform if platform is None else platform).startswith("win"):
         home = env.get("USERPROFILE") or env.get("HOME") or str(Path.home())
         return Path(ntpath.join(home, ".docker"))
-    home = env.get("HOME") or env.get("USERPROFILE")
-    return (Path(home) if home else Path.home()) / ".docker"
+    unix_home = env.get("HOME") or env.get("USERPROFILE")
+    return (Path(unix_home) if unix_home else Path.home()) / ".docker"
 
 
 def context_name(machine: str) -> str:

@@ -23,10 +23,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import http.client
 
 LOG_NAME = "hostagent.log"
 PID_NAME = "hostagent.pid"
@@ -49,7 +52,7 @@ class Forward:
         return f"{LOOPBACK}:{self.port}/{self.proto}"
 
 
-def published(containers: list[Mapping[str, Any]]) -> dict[Forward, str]:
+def published(containers: Sequence[Mapping[str, Any]]) -> dict[Forward, str]:
     """The host ports ``docker ps`` shows as published, each with one container's name.
 
     Ports the engine bound to the guest's own loopback stay inside the guest."""
@@ -113,7 +116,7 @@ class EngineEvents:
         self.host, self.port = host, port
         self.context = client_tls_context(ca, cert, key)
 
-    def _connection(self, timeout: float):  # type: ignore[no-untyped-def]
+    def _connection(self, timeout: float) -> http.client.HTTPSConnection:
         import http.client
 
         return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=timeout)

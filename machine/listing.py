@@ -175,7 +175,7 @@ def batch_states(hosts: list[Host], deadline: float, store: Store | None = None)
     from pymachine.machine.drivers.base import Driver
     from pymachine.machine.drivers.registry import load_driver
 
-    groups: dict[type, list[Any]] = {}
+    groups: dict[type[Driver], list[Any]] = {}
     for host in hosts:
         try:
             driver = load_driver(host.driver_name, driver_config(store, host) if store else host.driver)
@@ -185,7 +185,8 @@ def batch_states(hosts: list[Host], deadline: float, store: Store | None = None)
     results: dict[str, State] = {}
     threads = []
     for cls, drivers in groups.items():
-        if len(drivers) < 2 or cls.batch_states.__func__ is Driver.batch_states.__func__:
+        # classmethods bound to their class: the same function underneath means "not overridden"
+        if len(drivers) < 2 or cls.batch_states.__func__ is Driver.batch_states.__func__:  # type: ignore[attr-defined]
             continue  # fewer than two machines, or a driver without a batch query
 
         def work(c: Any = cls, ds: list[Any] = drivers) -> None:
@@ -260,12 +261,12 @@ def gather(
     result: list[ListItem] = []
     by_name = {h.name: h for h in hosts}
     for name, item in items.items():
-        event = done.get(name)
-        if event is not None and (not event.wait(max(0.0, deadline - time.monotonic())) or item._timed_out):
+        waited = done.get(name)
+        if waited is not None and (not waited.wait(max(0.0, deadline - time.monotonic())) or item._timed_out):
             host = by_name[name]
             assert isinstance(host, Host)
             item = timed_out_item(store, host, item, deadline_s)
-        elif event is not None and item.State:
+        elif waited is not None and item.State:
             store.write_state(
                 name,
                 State=item.State,

@@ -169,6 +169,12 @@ def _literal(ch: str, icase: bool) -> Pred:
     return lambda c: c.lower() == low
 
 
+def _in_range(lo: int, hi: int, icase: bool) -> Pred:
+    if icase:
+        return lambda c: any(lo <= ord(x) <= hi for x in (c, c.lower(), c.upper()))
+    return lambda c: lo <= ord(c) <= hi
+
+
 _CATEGORIES: dict = {
     C.CATEGORY_DIGIT: str.isdecimal,
     C.CATEGORY_NOT_DIGIT: lambda c: not c.isdecimal(),
@@ -189,10 +195,7 @@ def _charset(items, icase: bool) -> Pred:
             preds.append(_literal(chr(av), icase))
         elif op is C.RANGE:
             lo, hi = av
-            if icase:
-                preds.append(lambda c, lo=lo, hi=hi: any(lo <= ord(x) <= hi for x in (c, c.lower(), c.upper())))
-            else:
-                preds.append(lambda c, lo=lo, hi=hi: lo <= ord(c) <= hi)
+            preds.append(_in_range(lo, hi, icase))
         elif op is C.CATEGORY:
             preds.append(_CATEGORIES[av])
         else:

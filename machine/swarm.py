@@ -479,8 +479,9 @@ def before_remove(machine: Machine, log: Log, confirm: Callable[[str], bool], as
         return True
     node_id = rec["NodeID"]
     control = _reachable(other_managers(machine))
+    me: Engine | None
     try:
-        me: Engine | None = engine_of(machine)
+        me = engine_of(machine)
         me.swarm_info(timeout=3)
     except MachineError as exc:
         me = None

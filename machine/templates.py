@@ -759,6 +759,7 @@ class _Lexer:
 
 class _Node:
     __slots__ = ("pos",)
+    pos: int
 
 
 class _Text(_Node):
@@ -832,7 +833,8 @@ class _Chain(_Node):
     __slots__ = ("fields", "node")
 
     def __init__(self, pos: int, node: _Node) -> None:
-        self.pos, self.node, self.fields = pos, node, []
+        self.pos, self.node = pos, node
+        self.fields: list[str] = []
 
     def __str__(self) -> str:
         base = f"({self.node})" if isinstance(self.node, _Pipe) else str(self.node)
@@ -865,7 +867,8 @@ class _List(_Node):
     __slots__ = ("nodes",)
 
     def __init__(self, pos: int) -> None:
-        self.pos, self.nodes = pos, []
+        self.pos = pos
+        self.nodes: list[_Node] = []
 
     def __str__(self) -> str:
         return "".join(map(str, self.nodes))
@@ -984,7 +987,7 @@ def _parse_number(tok: _Tok) -> Any:
 
 
 class _Parser:
-    def __init__(self, text: str, funcs: dict[str, Callable]) -> None:
+    def __init__(self, text: str, funcs: dict[str, tuple[Callable[..., Any], int, int]]) -> None:
         self.toks = _Lexer(text).run()
         self.i = 0
         self.seen = 0  # furthest token handed out; its line is Go's t.token[0].line

@@ -52,7 +52,7 @@ class RedHatProvisioner(Provisioner):
     name = "redhat"
     os_ids = ("rhel",)
     repo_os: ClassVar[str | None] = "rhel"
-    engine_packages = ("docker-ce", "docker-ce-cli", "containerd.io")
+    engine_packages: ClassVar[tuple[str, ...]] = ("docker-ce", "docker-ce-cli", "containerd.io")
 
     def packages_install(self, names: Iterable[str]) -> str:
         pkgs = " ".join(shlex.quote(n) for n in names)

@@ -15,4 +15,4 @@ _here = os.path.dirname(os.path.abspath(__file__))
 if not os.path.isdir(os.path.join(_here, "machine")):
     _checkout = os.path.dirname(_here)
     if os.path.isfile(os.path.join(_checkout, "machine", "__init__.py")):
-        __path__.append(_checkout)  # type: ignore[name-defined]
+        __path__.append(_checkout)

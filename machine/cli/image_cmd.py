@@ -17,21 +17,27 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from pymachine.machine.cli.common import Context, UsageError, parse, parser
+
+if TYPE_CHECKING:  # the image modules load only for the image commands
+    from pathlib import Path
+
+    from pymachine.engine.images import ImageInfo
 
 USAGE = ("build [--arch amd64|arm64] | ls | prune | export vmdk|vdi|raw|vhdx [--arch A] | "
          "pack [-o FILE] [--formats vdi,vmdk] [--arch A] | load FILE")
 
 
-def _summary(info) -> str:  # type: ignore[no-untyped-def]
+def _summary(info: ImageInfo) -> str:
     m = info.manifest
     size_mb = int(m.get("disk_bytes", 0)) / 1e6
     return (f"{info.recipe}  {info.arch}  {m.get('suite', '')}  kernel {m.get('kernel_version', '')}  "
             f"engine {m.get('engine_version', '')}  {size_mb:.0f} MB  built {m.get('built_at', '')}")
 
 
-def _used_by_a_machine(ctx: Context, image_dir) -> bool:  # type: ignore[no-untyped-def]
+def _used_by_a_machine(ctx: Context, image_dir: Path) -> bool:
     """Whether any machine's config names a file in ``image_dir`` (a qemu overlay's base, say).
 
     A config that cannot be read counts as using it: pruning must never break a machine.
@@ -67,8 +73,7 @@ def _formats(value: str | None) -> list[str]:
     return names
 
 
-def _pack(ctx: Context, cache, output: str | None, formats: str | None,  # type: ignore[no-untyped-def]
-          arch: str | None) -> int:
+def _pack(ctx: Context, cache: Path, output: str | None, formats: str | None, arch: str | None) -> int:
     import os
     from pathlib import Path
 
@@ -88,7 +93,7 @@ def _pack(ctx: Context, cache, output: str | None, formats: str | None,  # type:
     return 0
 
 
-def _load(ctx: Context, cache, rest: list[str]) -> int:  # type: ignore[no-untyped-def]
+def _load(ctx: Context, cache: Path, rest: list[str]) -> int:
     from pathlib import Path
 
     from pymachine.engine import image_pack, images
@@ -134,15 +139,14 @@ def cmd_image(ctx: Context, args: list[str]) -> int:
             flag = f" --arch {ns.arch}" if ns.arch else ""
             raise UsageError(f"pymachine's {images.check_arch(ns.arch)} base image is not built yet: "
                              f"run `pymachine image build{flag}` first")
-        ctx.out(str(images.export_image(info, ns.rest[0], lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush()))))
+        ctx.out(str(images.export_image(info, ns.rest[0], _stderr_log)))
         return 0
     if ns.rest:
         raise UsageError(f"Invalid command line. Found extra arguments {ns.rest}")
     if ns.action == "pack":
         return _pack(ctx, cache, ns.output, ns.formats, ns.arch)
     if ns.action == "prune":
-        removed = images.prune_images(cache, lambda d: _used_by_a_machine(ctx, d),
-                                      lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush()))
+        removed = images.prune_images(cache, lambda d: _used_by_a_machine(ctx, d), _stderr_log)
         for path in removed:
             ctx.out(f"Removed {path}")
         return 0

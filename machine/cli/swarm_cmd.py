@@ -6,12 +6,18 @@ counts and readiness come live from the first manager of each that answers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from pymachine.machine.cli.common import Context, UsageError, parse, parser
+
+if TYPE_CHECKING:  # swarm loads only for the swarm commands
+    from pymachine.machine.swarm import ClusterView
 
 USAGE = "ls [--nodes] [--format json|TEMPLATE]"
 
 
-def _table(ctx: Context, rows: list[tuple[str, ...]]) -> None:
+def _table(ctx: Context, rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         ctx.out("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -41,7 +47,7 @@ def cmd_swarm(ctx: Context, args: list[str]) -> int:
             emit([_cluster_record(v) for v in views], ns.format, CLUSTER_HEADERS)
         return 0
     if not ns.nodes:
-        rows = [("CLUSTER", "MANAGERS", "MACHINES", "NODES", "READY", "HEALTH")]
+        rows: list[tuple[str, ...]] = [("CLUSTER", "MANAGERS", "MACHINES", "NODES", "READY", "HEALTH")]
         for v in views:
             rows.append((v.cluster_id[:12], ",".join(v.managers) or "-", str(len(v.machines)),
                          str(len(v.nodes)) if v.reached else "?", str(v.ready) if v.reached else "?",
@@ -62,7 +68,7 @@ NODE_HEADERS = {"ClusterID": "CLUSTER", "Node": "NODE", "Machine": "MACHINE", "R
                 "Availability": "AVAILABILITY", "ManagerStatus": "MANAGER STATUS", "Address": "ADDRESS"}
 
 
-def _cluster_record(view) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _cluster_record(view: ClusterView) -> dict[str, object]:
     """A cluster for ``--format``: full ids and lists, counts as numbers (None when unreachable)."""
     return {"ClusterID": view.cluster_id, "Managers": list(view.managers), "Machines": list(view.machines),
             "Nodes": len(view.nodes) if view.reached else None, "Ready": view.ready if view.reached else None,
@@ -70,7 +76,7 @@ def _cluster_record(view) -> dict[str, object]:  # type: ignore[no-untyped-def]
             "Error": view.error}
 
 
-def _node_records(ctx: Context, views) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+def _node_records(ctx: Context, views: Sequence[ClusterView]) -> list[dict[str, object]]:
     records = []
     for v in views:
         by_node = _machines_by_node(ctx, v.machines)

@@ -252,7 +252,8 @@ class AmazonEC2Driver(Driver):
         cached = self._clients.get(key)
         if cached is not None:
             return cached
-        retries = int(self.config.get("RetryCount") if self.config.get("RetryCount") is not None else 5)
+        retry_count = self.config.get("RetryCount")
+        retries = int(retry_count if retry_count is not None else 5)
         config = Config(
             retries={"total_max_attempts": attempts or max(1, retries + 1), "mode": "standard"},
             connect_timeout=min(timeout or 20.0, 20.0), read_timeout=min(timeout or 60.0, 60.0),

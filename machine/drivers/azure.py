@@ -380,12 +380,19 @@ class AzureDriver(Driver):
             raise MachineError(f"{POLL_ENV} must be a number of seconds") from None
         kw = {"base_url": arm, "credential_scopes": [scope], "polling_interval": interval, **self._verify()}
         sub = str(self.config.get("SubscriptionID"))
+        cls: type
         if kind == "resource":
-            from azure.mgmt.resource.resources import ResourceManagementClient as cls
+            from azure.mgmt.resource.resources import ResourceManagementClient
+
+            cls = ResourceManagementClient
         elif kind == "compute":
-            from azure.mgmt.compute import ComputeManagementClient as cls  # type: ignore[no-redef]
+            from azure.mgmt.compute import ComputeManagementClient
+
+            cls = ComputeManagementClient
         else:
-            from azure.mgmt.network import NetworkManagementClient as cls  # type: ignore[no-redef]
+            from azure.mgmt.network import NetworkManagementClient
+
+            cls = NetworkManagementClient
         self._clients[kind] = cls(self._clients["credential"], sub, **kw)
         return self._clients[kind]
 
@@ -599,7 +606,7 @@ class AzureDriver(Driver):
             lambda: compute.virtual_machines.begin_create_or_update(self.group, names["vm"], vm_body),
             keep=True,
         )
-        disk = (((vm.storage_profile or {}).os_disk if vm.storage_profile else None) or None)
+        disk = (vm.storage_profile.os_disk if vm.storage_profile else None) or None
         if disk is not None and disk.managed_disk is not None and disk.managed_disk.id:
             self.config["OSDiskID"] = disk.managed_disk.id
         self._refresh_ip(log)

@@ -384,7 +384,7 @@ class DigitalOceanDriver(Driver):
         region, size, image = (str(self.config.get(k)) for k in ("Region", "Size", "Image"))
         regions = {r.get("slug"): r for r in client.list_all("/v2/regions", "regions")}
         if region not in regions or not regions[region].get("available", True):
-            known = ", ".join(sorted(s for s, r in regions.items() if r.get("available", True)))
+            known = ", ".join(sorted(s for s, r in regions.items() if s is not None and r.get("available", True)))
             raise PreCreateError(f'digitalocean requires a valid region: "{region}" is not available '
                                  f"(--digitalocean-region; one of: {known})")
         sizes = {s.get("slug"): s for s in client.list_all("/v2/sizes", "sizes")}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def check_firmware(value: str, arch: str) -> str:
     return firmware
 
 
-def find_uefi(arch: str, exists=os.path.isfile) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def find_uefi(arch: str, exists: Callable[[str], bool] = os.path.isfile) -> tuple[str, str]:
     """(code, vars template) of an edk2 build for ``arch``; a one-line error naming the package."""
     for code, variables in SPECS[arch].uefi:
         if exists(code) and exists(variables):

@@ -8,7 +8,7 @@ that are not built in, since reading entry points costs start-up time).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, ClassVar
 
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, Flag, State
@@ -92,7 +92,7 @@ class UnavailableDriver(Driver):
     """
 
     provisionable = False
-    flags: tuple[Flag, ...] = ()
+    flags: ClassVar[tuple[Flag, ...]] = ()
 
     def __init__(self, config: dict[str, Any], name: str, reason: str) -> None:
         super().__init__(config)

@@ -70,7 +70,7 @@ from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateErro
 VBOXMANAGE = "VBoxManage"
 INSTALL_HINT = "VBoxManage not found: install VirtualBox (https://www.virtualbox.org) and put VBoxManage on PATH"
 DEFAULT_CIDR = "192.168.56.1/24"
-ALLOWED_DEFAULT = (ipaddress.ip_network("192.168.56.0/21"),)
+ALLOWED_DEFAULT: tuple[ipaddress.IPv4Network, ...] = (ipaddress.IPv4Network("192.168.56.0/21"),)
 NETWORKS_CONF = "/etc/vbox/networks.conf"
 NETWORKS_CONF_ENV = "PYMACHINE_VBOX_NETWORKS_CONF"  # where networks.conf is read (tests, odd installs)
 DHCP_PREFIX = "HostInterfaceNetworking-"

@@ -526,7 +526,7 @@ class VMwareDriver(Driver):
         self.config["SSHKeyPath"] = str(key)
         pub = Path(str(key) + ".pub").read_bytes()
         log(f"({name}) Creating disk image...")
-        if is_iso:
+        if is_iso and source is not None:
             iso = self._path("boot2docker.iso")
             self._fetch(source, iso)
             self.make_disk()

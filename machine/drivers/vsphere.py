@@ -468,9 +468,9 @@ class VSphereDriver(Driver):
         if not self.config.get("ISO"):
             from pymachine.engine import images
 
-            raw, _info = images.disk_for_driver(images.default_cache_dir(self.store_path), "raw",
-                                                lambda m: log(f"({name}) {m}"))
-            base = (str(raw), os.path.getsize(raw))
+            disk, _info = images.disk_for_driver(images.default_cache_dir(self.store_path), "raw",
+                                                 lambda m: log(f"({name}) {m}"))
+            base = (str(disk), os.path.getsize(disk))
             seed.write_seed_iso(os.path.join(self.machine_dir, SEED_ISO), hostname=name, user=user,
                                 ssh_pubkey=pubkey, proxy=None, instance_id=str(uuid.uuid4()))
         with self.session() as si:
@@ -531,7 +531,7 @@ class VSphereDriver(Driver):
         want_kb = max(int(self.config["DiskSize"]) * 1024, -(-image_bytes // 1024))
         if want_kb > int(disk.capacityInKB or 0):
             disk.capacityInKB = want_kb
-            disk.capacityInBytes = want_kb * 1024
+            disk.capacityInBytes = want_kb * 1024  # type: ignore[assignment]  # pyVmomi's stubs type this long as None
             change.deviceChange = [*change.deviceChange, vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)]
         change.bootOptions = vim.vm.BootOptions(
             bootOrder=[vim.vm.BootOptions.BootableDiskDevice(deviceKey=disk.key)])
@@ -588,7 +588,9 @@ class VSphereDriver(Driver):
             if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
                 backing: Any = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
                     port=vim.dvs.PortConnection(
-                        switchUuid=net.config.distributedVirtualSwitch.uuid, portgroupKey=net.key
+                        # pyVmomi's stubs make the switch optional; a distributed portgroup always has one
+                        switchUuid=net.config.distributedVirtualSwitch.uuid,  # type: ignore[union-attr]
+                        portgroupKey=net.key,
                     )
                 )
             else:
@@ -835,7 +837,8 @@ def wait_task(si: Any, task: Any, what: str, timeout: float = TASK_WAIT) -> Any:
         fault = err if isinstance(err, BaseException) else getattr(err, "fault", None)
         if isinstance(fault, BaseException):
             if not getattr(fault, "msg", None):
-                fault.msg = f"{what}: {getattr(err, 'localizedMessage', '') or type(fault).__name__}"
+                # a vmodl fault (pyVmomi's exceptions carry msg; BaseException's stub does not)
+                fault.msg = f"{what}: {getattr(err, 'localizedMessage', '') or type(fault).__name__}"  # type: ignore[attr-defined]
             raise fault
         raise MachineError(f"vSphere task {what} failed: {getattr(err, 'localizedMessage', '') or err}")
     return props.get(path)
