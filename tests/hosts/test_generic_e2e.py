@@ -70,7 +70,7 @@ def test_generic_create_through_proxy_then_day_two(
     back = tmp_path / "down.txt"
     pm.ok("scp", "gen1:/tmp/up.txt", str(back))
     assert back.read_text() == "payload-123\n"
-    _ssh_config_and_forwarding(pm, tmp_path)
+    _ssh_config_and_forwarding(pm, tmp_path, host.ip)
 
     # Day two: change a label in config.json (as users did with docker-machine) and re-provision.
     cfg_path = pm.store / "machines" / "gen1" / "config.json"
@@ -147,7 +147,7 @@ def test_generic_create_with_engine_bundle_and_no_network(pm, make_test_host, ss
     pm.ok("rm", "-y", "bun1")
 
 
-def _ssh_config_and_forwarding(pm, tmp_path) -> None:
+def _ssh_config_and_forwarding(pm, tmp_path, host_ip: str) -> None:
     """Other tools reach the machine through ``ssh-config``'s Host block (pinned key, strict
     checking), and ``pymachine ssh NAME -L ... -N`` forwards a port as OpenSSH does."""
     import socket
@@ -172,7 +172,7 @@ def _ssh_config_and_forwarding(pm, tmp_path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     forward = subprocess.Popen(
-        [shutil.which("pymachine", path=pm.env["PATH"]), "ssh", "gen1", "-L", f"127.0.0.1:{port}:127.0.0.1:22", "-N"],
+        [shutil.which("pymachine", path=pm.env["PATH"]), "ssh", "gen1", "-L", f"127.0.0.1:{port}:{host_ip}:22", "-N"],
         env=pm.env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
