@@ -679,12 +679,9 @@ def _partition_table(boot_bytes: int, root_bytes: int) -> str:
     sector = 512
     boot_start = PART_ALIGN // sector
     root_start = boot_start + boot_bytes // sector
-    return (
-        "label: dos\nlabel-id: 0x706d6163\nunit: sectors\n\n"
-        # EFI System (FAT), active for SYSLINUX's MBR
-        f"start={boot_start}, size={boot_bytes // sector}, type=ef, bootable\n"
-        f"start={root_start}, size={root_bytes // sector}, type=83\n"
-    )
+    return ("label: dos\nlabel-id: 0x706d6163\nunit: sectors\n\n"
+            f"start={boot_start}, size={boot_bytes // sector}, type=ef, bootable\n"  # EFI System (FAT), active for SYSLINUX's MBR
+            f"start={root_start}, size={root_bytes // sector}, type=83\n")
 
 
 def _make_disk(root: Path, raw: Path, qcow2: Path, kernel: Path, initrd: Path, efi: Path, arch: str) -> int:
@@ -694,9 +691,7 @@ def _make_disk(root: Path, raw: Path, qcow2: Path, kernel: Path, initrd: Path, e
     filesystem grow to the machine's disk size at first boot.
     """
     if arch == "amd64" and not os.path.isfile(SYSLINUX_MBR):
-        raise MachineError(
-            f"{SYSLINUX_MBR} not found (install Debian's syslinux, syslinux-common, mtools, dosfstools, fdisk)"
-        )
+        raise MachineError(f"{SYSLINUX_MBR} not found (install Debian's syslinux, syslinux-common, mtools, dosfstools, fdisk)")
     used = int(_run(["du", "-sxb", str(root)], timeout=300, what="du").split()[0])
     root_bytes = ((int(used * 1.3) + (768 << 20)) // (256 << 20) + 1) * (256 << 20)
     root_offset = PART_ALIGN + BOOT_PART_BYTES
