@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pymachine.machine.cli.common import Context, one_target, parse, parser
+from pymachine.machine.cli.common import Context, UsageError, one_target, parse, parser
 
 
 def cmd_logs(ctx: Context, args: list[str]) -> int:
@@ -12,6 +12,8 @@ def cmd_logs(ctx: Context, args: list[str]) -> int:
     p.add_argument("--tail", "-n", type=int, default=0, help="Only the last N lines")
     p.add_argument("names", nargs="*")
     ns = parse(p, args)
+    if ns.tail < 0:
+        raise UsageError(f"--tail must be 0 (all lines) or a positive number of lines, not {ns.tail}")
     name = one_target(ctx, [*ns.names, *ns.rest])
     ctx.store.load(name)  # an unknown machine is the usual one-line error
     lines = log_lines(ctx.store.machine_dir(name))

@@ -135,6 +135,8 @@ def _cases() -> list[Case]:
         ("engine[unknown]", ["engine", TOKEN]),
         ("engine-bundle[flag]", ["engine", "bundle", "--bogus"]),
         ("completion[unknown]", ["completion", TOKEN]),
+        ("logs[tail-negative]", ["logs", "-n", "-1", "alpha"]),
+        ("logs[tail-word]", ["logs", "--tail", "many", "alpha"]),
         ("swarm[unknown]", ["swarm", TOKEN]),
         ("quickstart[flag]", ["quickstart", "--bogus"]),
         ("use[u-and-name]", ["use", "-u", "alpha"]),
