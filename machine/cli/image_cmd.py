@@ -110,6 +110,19 @@ def _load(ctx: Context, cache: Path, rest: list[str]) -> int:
     return 0
 
 
+IMAGE_HEADERS = {"Recipe": "RECIPE", "Arch": "ARCH", "Suite": "SUITE", "Kernel": "KERNEL", "Engine": "ENGINE",
+                 "DiskBytes": "SIZE", "Built": "BUILT", "Current": "CURRENT", "Directory": "DIRECTORY"}
+
+
+def _image_record(info, current: bool) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """One cached image for ``image ls --format``: the table's columns, sizes in bytes."""
+    m = info.manifest
+    return {"Recipe": info.recipe, "Arch": info.arch, "Suite": str(m.get("suite", "")),
+            "Kernel": str(m.get("kernel_version", "")), "Engine": str(m.get("engine_version", "")),
+            "DiskBytes": int(m.get("disk_bytes", 0)), "Built": str(m.get("built_at", "")), "Current": current,
+            "Directory": str(info.directory)}
+
+
 def cmd_image(ctx: Context, args: list[str]) -> int:
     from pymachine.engine import images
 
@@ -118,7 +131,10 @@ def cmd_image(ctx: Context, args: list[str]) -> int:
     p.add_argument("-o", "--output", default=None, help="pack: the file (or directory) to write")
     p.add_argument("--formats", default=None, help="pack: exports to include, e.g. vdi,vmdk (default vdi; none)")
     p.add_argument("--arch", default=None, help="build, export, pack: amd64 or arm64 (default: this host's)")
+    p.add_argument("--format", "-f", default="", help="ls: 'json', or a Go template (prefix 'table' for headers)")
     ns = parse(p, args)
+    if ns.format and ns.action != "ls":
+        raise UsageError("--format goes with `pymachine image ls` only")
     if not ns.action:
         raise UsageError(f"pymachine image needs a subcommand: {USAGE}")
     if ns.action != "pack" and (ns.output is not None or ns.formats is not None):
@@ -152,6 +168,12 @@ def cmd_image(ctx: Context, args: list[str]) -> int:
         return 0
     if ns.action == "ls":
         current = {images.recipe_hash(arch) for arch in images.ARCHES}
+        if ns.format:
+            from pymachine.machine.cli.listformat import emit
+
+            emit([_image_record(info, info.recipe in current) for info in images.list_images(cache)],
+                 ns.format, IMAGE_HEADERS)
+            return 0
         rows = [("RECIPE", "ARCH", "SUITE", "KERNEL", "ENGINE", "SIZE", "BUILT", "CURRENT")]
         for info in images.list_images(cache):
             m = info.manifest

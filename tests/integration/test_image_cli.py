@@ -139,6 +139,13 @@ def test_each_arch_has_its_own_current_image_and_ls_shows_the_arch(pm: PyMachine
     assert rows[amd64.recipe][1] == "amd64" and rows[amd64.recipe][-1] == "*"
     assert rows[arm64.recipe][1] == "arm64" and rows[arm64.recipe][-1] == "*"
     assert rows["0000000000000005"][1] == "amd64" and rows["0000000000000005"][-1] != "*"
+    listed = {r["Recipe"]: r for r in json.loads(pm.ok("image", "ls", "--format", "json").stdout)}
+    assert listed[arm64.recipe]["Arch"] == "arm64" and listed[arm64.recipe]["Current"] is True
+    assert listed["0000000000000005"]["Current"] is False
+    assert listed[amd64.recipe]["Directory"] == str(amd64.directory)
+    table = pm.ok("image", "ls", "--format", "table {{.Arch}}\t{{.Current}}").stdout.splitlines()
+    assert table[0].split() == ["ARCH", "CURRENT"] and sorted(table[1:])[0].split()[0] == "amd64"
+    assert pm("image", "prune", "--format", "json").returncode == 1
     path = Path(pm.ok("image", "export", "raw", "--arch", "arm64").stdout.strip())
     assert path == arm64.exported("raw") and not amd64.exported("raw").exists()
     # Prune keeps both arches' current images and removes the older recipe nobody uses.
