@@ -132,6 +132,8 @@ def engine_seed_files(by_guest_path: Mapping[str, str]) -> dict[str, str]:
 SHARE_TYPES = {
     "vboxsf": "defaults,nofail,uid={uid},gid={gid}",  # VirtualBox (kernel vboxsf + vboxguest)
     "fuse.vmhgfs-fuse": "defaults,nofail,allow_other,uid={uid},gid={gid}",  # VMware (open-vm-tools)
+    # QEMU -virtfs (9p over virtio): files keep the host user's ownership (security_model=none)
+    "9p": "trans=virtio,version=9p2000.L,msize=512000,nofail",
 }
 
 
@@ -140,7 +142,28 @@ SYSTEM_DIRS = frozenset({"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", 
                          "/run", "/sbin", "/sys", "/tmp", "/usr", "/var"})
 
 
-def shares_fstab(shares: Sequence[tuple[str, str, str]]) -> str:
+#: System directories below which a same-path share of a host folder may still go (a host
+#: user's home is /home/NAME; a test's or a CI job's may sit under /tmp).
+_USER_AREAS = frozenset({"/home", "/tmp"})
+
+
+def check_share_target(target: str, guest_home: str = "/home/docker") -> None:
+    """Refuse a guest mount point that would cover a system directory or the guest user's
+    home (its SSH key); ``/home/alice`` and ``/tmp/x`` are fine, ``/home`` and ``/etc/x`` are not."""
+    import posixpath
+
+    norm = posixpath.normpath(target)
+    if norm != target.rstrip("/") and target != "/":
+        raise ValueError(f"a shared folder's guest path must be normalised: {target!r}")
+    parts = norm.strip("/").split("/")
+    top = "/" + parts[0]
+    if norm == "/" or (top in SYSTEM_DIRS and (top not in _USER_AREAS or len(parts) < 2)):
+        raise ValueError(f"a shared folder cannot be mounted over the guest's {top}: {target!r}")
+    if norm == guest_home or guest_home.startswith(norm + "/") or norm.startswith(guest_home + "/.ssh"):
+        raise ValueError(f"a shared folder cannot be mounted over the guest user's home {guest_home}: {target!r}")
+
+
+def shares_fstab(shares: Sequence[tuple[str, str, str]], guest_home: str = "/home/docker") -> str:
     """fstab lines (``nofail``: a missing share never blocks boot) for (type, source, guest dir).
 
     The owner is written as @UID@/@GID@ and filled in by the first-boot
@@ -155,9 +178,7 @@ def shares_fstab(shares: Sequence[tuple[str, str, str]]) -> str:
                 raise ValueError(f"shared-folder names may not be empty or contain spaces or '#': {value!r}")
         if not target.startswith("/"):
             raise ValueError(f"a shared folder's guest path must be absolute: {target!r}")
-        top = "/" + target.strip("/").split("/")[0]
-        if top in SYSTEM_DIRS:
-            raise ValueError(f"a shared folder cannot be mounted over the guest's {top}: {target!r}")
+        check_share_target(target, guest_home)
         options = SHARE_TYPES[fstype].format(uid="@UID@", gid="@GID@")
         lines.append(f"{source} {target} {fstype} {options} 0 0\n")
     return "".join(lines)

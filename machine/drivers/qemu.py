@@ -112,6 +112,61 @@ class VMSpec:
     #: UEFI: the read-only edk2 code and this machine's own copy of its variable store.
     firmware_code: str = ""
     firmware_vars: str = ""
+    #: Host folders shared into the guest over 9p: (host dir, mount tag).
+    shares: tuple[tuple[str, str], ...] = ()
+
+
+def share_tag(index: int) -> str:
+    """The 9p mount tag of a machine's ``index``-th share (what the seed's fstab names)."""
+    return f"pmshare{index}"
+
+
+def _shares_from_flags(folders: list[str], no_share: bool) -> list[list[str]]:
+    """[[host dir, guest dir], ...] from ``--qemu-share-folder HOST[:GUEST]`` (GUEST defaults to
+    the same path, so ``docker run -v $PWD:/src`` works from anywhere under it); with neither
+    flag, the user's home at the same path, unless that path is one the guest needs."""
+    from pymachine.machine.seed import check_share_target
+
+    if no_share:
+        if folders:
+            raise MachineError("--qemu-no-share and --qemu-share-folder exclude each other")
+        return []
+    shares: list[list[str]] = []
+    for spec in folders:
+        drive = spec[:2] if _looks_like_drive(spec) else ""
+        host, sep, guest = spec[len(drive):].partition(":")
+        host = os.path.abspath(os.path.expanduser(drive + host)) if host else ""
+        if not host:
+            raise MachineError(f"--qemu-share-folder needs HOST[:GUEST], got {spec!r}")
+        guest = guest if sep else _same_path_in_guest(host)
+        try:
+            check_share_target(guest)
+        except ValueError as exc:
+            raise MachineError(f"--qemu-share-folder {spec}: {exc}") from None
+        if any(c.isspace() or c in "#," for c in host + guest):
+            raise MachineError(f"--qemu-share-folder {spec}: no spaces, '#' or ',' in shared paths")
+        shares.append([host, guest])
+    if folders:
+        return shares
+    home = os.path.expanduser("~")
+    try:
+        check_share_target(_same_path_in_guest(home))
+    except ValueError:
+        return []  # e.g. root's /root: the guest needs it; share folders explicitly instead
+    if any(c.isspace() or c in "#," for c in home) or not os.path.isdir(home):
+        return []
+    return [[home, _same_path_in_guest(home)]]
+
+
+def _same_path_in_guest(host: str) -> str:
+    """Where a host folder appears in the guest: the same path (C:\\Users\\me as /c/Users/me)."""
+    if _looks_like_drive(host):
+        return "/" + host[0].lower() + host[2:].replace("\\", "/")
+    return host
+
+
+def _looks_like_drive(spec: str) -> bool:
+    return len(spec) > 2 and spec[1] == ":" and spec[0].isalpha() and spec[2] in "\\/"
 
 
 def qemu_argv(spec: VMSpec) -> list[str]:
@@ -145,6 +200,10 @@ def qemu_argv(spec: VMSpec) -> list[str]:
         "-pidfile", os.path.join(d, PIDFILE),
         "-daemonize",
     ]
+    for host_dir, tag in spec.shares:
+        # 9p is built into QEMU on Linux and macOS; security_model=none keeps the host user's
+        # ownership on files the guest writes (QEMU runs as that user, never as root for it).
+        argv += ["-virtfs", f"local,path={host_dir},mount_tag={tag},security_model=none,id={tag}"]
     if spec.firmware_code:
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={spec.firmware_code}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={spec.firmware_vars}"]
@@ -547,6 +606,14 @@ class QemuDriver(Driver):
             "Loopback port forwarded to the guest's engine (0: pick a free one)",
         ),
         Flag(
+            "qemu-share-folder",
+            "list",
+            [],
+            None,
+            "HOST[:GUEST] folder shared into the guest over 9p (repeatable; default: your home at the same path)",
+        ),
+        Flag("qemu-no-share", "bool", False, "QEMU_NO_SHARE", "Share no host folder (not even your home)"),
+        Flag(
             "qemu-restrict-network",
             "bool",
             False,
@@ -562,7 +629,7 @@ class QemuDriver(Driver):
             "Accel": "auto", "AccelUsed": "", "EnginePort": 0, "FixedSSHPort": 0, "FixedEnginePort": 0,
             "RestrictNetwork": False, "BaseDisk": "", "BaseFormat": "", "Kernel": "", "Initrd": "",
             "KernelAppend": "", "QemuBinary": QEMU, "GuestEnginePort": 0, "EngineSeeded": False,
-            "Arch": "", "Firmware": "", "Machine": "", "FirmwareCode": "",
+            "Arch": "", "Firmware": "", "Machine": "", "FirmwareCode": "", "Shares": [],
         }
 
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
@@ -596,6 +663,8 @@ class QemuDriver(Driver):
             SSHPort=int(values.get("qemu-ssh-port", 0)),
             EnginePort=int(values.get("qemu-engine-port", 0)),
             RestrictNetwork=bool(values.get("qemu-restrict-network", False)),
+            Shares=_shares_from_flags(list(values.get("qemu-share-folder") or []),
+                                      bool(values.get("qemu-no-share", False))),
         )
 
     # -- paths ---------------------------------------------------------------------------
@@ -649,6 +718,9 @@ class QemuDriver(Driver):
         if self.config.get("Firmware") == "uefi":
             fw.find_uefi(arch)
         fw.accel_for(arch, str(self.config.get("Accel") or "auto"))
+        for host_dir, _guest in self.config.get("Shares") or []:
+            if not os.path.isdir(str(host_dir)):
+                raise PreCreateError(f"--qemu-share-folder: {host_dir} is not a directory on this host")
         memory = int(self.config.get("Memory") or 0)
         if memory < MIN_MEMORY_MB:
             raise PreCreateError(f"--qemu-memory must be at least {MIN_MEMORY_MB} MB, got {memory}")
@@ -818,6 +890,7 @@ class QemuDriver(Driver):
             ssh_pubkey=Path(str(key) + ".pub").read_text(), proxy=self._proxy(),
             instance_id=f"pymachine-{self.machine_name}-{uuid.uuid4().hex[:12]}",
             engine_files=engine_files, host_key=host_key,
+            shares=[("9p", share_tag(i), str(guest)) for i, (_host, guest) in enumerate(self.config.get("Shares") or [])],
         )
         log(f"({self.machine_name}) Creating a {self.config['DiskSize']} MB disk backed by {image.disk}...")
         self._run_img(["create", "-q", "-f", "qcow2", "-F", image.format, "-b", image.disk,
@@ -852,6 +925,7 @@ class QemuDriver(Driver):
             cpu=_cpu_model(str(c.get("Arch") or "amd64"), str(c.get("AccelUsed") or "tcg")),
             firmware_code=str(c.get("FirmwareCode") or ""),
             firmware_vars=self._path(UEFI_VARS) if c.get("FirmwareCode") else "",
+            shares=tuple((str(host), share_tag(i)) for i, (host, _guest) in enumerate(c.get("Shares") or [])),
         )
 
     def launch(self, log: Log) -> None:

@@ -190,6 +190,7 @@ def test_qemu_machine_lifecycle(vm_pm: PyMachine, image) -> None:
     assert run.stdout.decode().startswith("hello from ")
     assert_current_engine(pm, "dev", env)
     assert_published_ports_reach_the_host(pm, env)
+    assert_home_is_shared(pm, env)
     # Containers stay confined by docker-default although apparmor.service is masked on this path.
     confined = pm("ssh", "dev", "--", f"sudo docker run --rm --network none {IMAGE_NAME} cat /proc/self/attr/current",
                   timeout=300)
@@ -462,3 +463,19 @@ def assert_published_ports_reach_the_host(pm: PyMachine, env: dict[str, str]) ->
         time.sleep(0.25)
     assert _http_get(port, timeout=1.0) is None, "the forward goes away with the container"
     assert f"stopped forwarding 127.0.0.1:{port}/tcp" in pm.ok("logs", "dev").stdout
+
+
+def assert_home_is_shared(pm: PyMachine, env: dict[str, str]) -> None:
+    """The user's home is in the guest at the same path (9p): ``docker run -v`` of a folder under
+    it sees the host's files, and a file written back belongs to the host user."""
+    proj = pm.home / "proj"
+    proj.mkdir(exist_ok=True)
+    (proj / "in.txt").write_text("from-the-host\n")
+    read = docker(env, "run", "--rm", "--network", "none", "-v", f"{proj}:/src", IMAGE_NAME, "cat", "/src/in.txt",
+                  timeout=300)
+    assert read.returncode == 0 and read.stdout.decode() == "from-the-host\n", read.stderr
+    wrote = docker(env, "run", "--rm", "--network", "none", "-v", f"{proj}:/src", IMAGE_NAME, "sh", "-c",
+                   "echo back > /src/out.txt", timeout=300)
+    assert wrote.returncode == 0, wrote.stderr
+    out = proj / "out.txt"
+    assert out.read_text() == "back\n" and out.stat().st_uid == os.getuid()
