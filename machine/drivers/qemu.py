@@ -890,7 +890,8 @@ class QemuDriver(Driver):
             ssh_pubkey=Path(str(key) + ".pub").read_text(), proxy=self._proxy(),
             instance_id=f"pymachine-{self.machine_name}-{uuid.uuid4().hex[:12]}",
             engine_files=engine_files, host_key=host_key,
-            shares=[("9p", share_tag(i), str(guest)) for i, (_host, guest) in enumerate(self.config.get("Shares") or [])],
+            shares=[("9p", share_tag(i), str(guest))
+                    for i, (_host, guest) in enumerate(self.config.get("Shares") or [])],
         )
         log(f"({self.machine_name}) Creating a {self.config['DiskSize']} MB disk backed by {image.disk}...")
         self._run_img(["create", "-q", "-f", "qcow2", "-F", image.format, "-b", image.disk,

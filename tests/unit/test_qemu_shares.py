@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pymachine.machine.drivers.qemu import VMSpec, _same_path_in_guest, _shares_from_flags, qemu_argv
 from pymachine.machine.errors import MachineError
 from pymachine.machine.seed import check_share_target, shares_fstab
