@@ -114,7 +114,7 @@ IMAGE_HEADERS = {"Recipe": "RECIPE", "Arch": "ARCH", "Suite": "SUITE", "Kernel":
                  "DiskBytes": "SIZE", "Built": "BUILT", "Current": "CURRENT", "Directory": "DIRECTORY"}
 
 
-def _image_record(info, current: bool) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _image_record(info: ImageInfo, current: bool) -> dict[str, object]:
     """One cached image for ``image ls --format``: the table's columns, sizes in bytes."""
     m = info.manifest
     return {"Recipe": info.recipe, "Arch": info.arch, "Suite": str(m.get("suite", "")),
