@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 from pymachine.machine.filemodes import set_fd_mode
@@ -46,6 +45,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *
     target = Path(path)
     if dir_mode is not None:
         target.parent.mkdir(mode=dir_mode, parents=True, exist_ok=True)
+    import tempfile  # here, not at import: ls and env load this module and rarely write
+
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
