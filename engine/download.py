@@ -232,7 +232,8 @@ def _transfer(url: str, partial: Path, *, timeout: float) -> bool:
             have, mode = 0, "wb"
         length = resp.headers.get("Content-Length")
         expected = have + int(length) if length and length.isdigit() else None
-        progress = Task(f"Downloading {url_file_name(url)}", expected, done=have)
+        # live on a terminal; off one, fetch's own log lines already say each step
+        progress = Task(f"Downloading {url_file_name(url)}", expected, done=have, lines=False)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC), 0o600)
         with progress, os.fdopen(fd, mode) as out:
             _copy(resp, out, progress)

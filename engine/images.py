@@ -520,7 +520,7 @@ def _convert_with_progress(argv: list[str], *, total: int, label: str, timeout: 
     killer.start()
     percent = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
     try:
-        with Task(label, total) as task:
+        with Task(label, total, lines=False) as task:  # off a terminal the step is already logged
             buffer = b""
             assert proc.stdout is not None
             while chunk := proc.stdout.read1(4096):  # type: ignore[attr-defined]
