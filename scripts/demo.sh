@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a local default, offline: a real local VM with a TLS Docker engine.
 #   1. install pymachine and its tools (scripts/setup.sh)
-#   2. pymachine create -d qemu dev   (builds pymachine's base image on first use: Debian 12
+#   2. pymachine create -d qemu dev   (builds pymachine's base image on first use: Debian 13
 #      with the engine preinstalled, cached by recipe hash; then boots it under QEMU)
 #   3. eval $(pymachine env dev); docker version   -> the docker CLI talks TLS to the VM
 # Without KVM (nested VMs, CI) QEMU emulates the CPU: expect a few minutes.
