@@ -319,11 +319,11 @@ def test_image_build_reuses_the_cache_and_ls_lists_it(pm: PyMachine, image) -> N
     assert out[0] == str(cache / image.recipe)
     assert image.manifest["disk_sha256"] in out[2] and out[2].endswith("(cached)")
     listing = pm.ok("image", "ls").stdout.splitlines()
-    assert listing[0].split() == ["RECIPE", "SUITE", "KERNEL", "ENGINE", "SIZE", "BUILT", "CURRENT"]
+    assert listing[0].split() == ["RECIPE", "ARCH", "SUITE", "KERNEL", "ENGINE", "SIZE", "BUILT", "CURRENT"]
     assert listing[1].split()[0] == image.recipe and listing[1].split()[-1] == "*"
     assert image.manifest["kernel_version"] in listing[1]
     bad = pm("image")
-    assert bad.returncode == 1 and "build | ls" in bad.stderr
+    assert bad.returncode == 1 and "needs a subcommand: build" in bad.stderr and "| ls |" in bad.stderr
 
 
 @pytest.mark.vm
