@@ -39,7 +39,7 @@ def test_quickstart_creates_then_reuses_the_default_qemu_machine(pm: PyMachine, 
         version = subprocess.run([DOCKER, "version", "--format", "{{.Server.Version}}"], capture_output=True,
                                  text=True, timeout=300, env={**pm.env, **variables}, check=False)
         assert version.returncode == 0, version.stderr
-        assert version.stdout.strip().startswith("20.10")
+        assert int(version.stdout.strip().split(".")[0]) >= 26  # the image's engine (API 1.45)
 
         second = pm("quickstart", "--no-shell", env=env, timeout=600)
         assert second.returncode == 0, second.stdout + second.stderr
