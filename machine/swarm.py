@@ -482,7 +482,9 @@ def before_remove(machine: Machine, log: Log, confirm: Callable[[str], bool], as
     me: Engine | None
     try:
         me = engine_of(machine)
-        me.swarm_info(timeout=3)
+        # Generous: a live engine that answers slowly (a loaded CI host) must still
+        # leave its swarm; a dead one fails fast (refused or unreachable).
+        me.swarm_info(timeout=10)
     except MachineError as exc:
         me = None
         log(f"Warning: {exc}; the swarm forgets {machine.name} without draining it")
