@@ -256,6 +256,7 @@ def test_three_node_swarm(pm, make_test_host, ssh_keypair, busybox_image, tmp_pa
         assert docker(m2_env, "node", "ls", "--format", "{{.Hostname}}").split() == ["m2"]
         res = pm.ok("rm", "-y", "m2", timeout=120)
         assert "last swarm manager" not in res.stdout  # nobody is left behind
+        assert "Warning" not in res.stdout, res.stdout  # its live engine was reached and left
         assert hosts[1].run("docker info --format '{{.Swarm.LocalNodeState}}'").stdout.strip() == "inactive"
         assert not list(Path(pm.store / "machines").iterdir())
     assert lan.netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
