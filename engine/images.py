@@ -26,10 +26,17 @@ on each; ``export_image`` converts it to VMDK or VDI for those hypervisors.
 The kernel and initrd are also copied next to the disk so QEMU can boot them
 directly (faster under emulation than going through the firmware).
 
-Images are cached under ``<store>/cache/images/<recipe hash>/``: the hash
+Images are cached under ``<cache>/images/<recipe hash>/``: the hash
 covers everything that decides the content, so changing the recipe rebuilds
-and an unchanged recipe reuses.  Builds happen in a temp dir under a lock
-and are renamed into place, so a half-built image is never visible.
+and an unchanged recipe reuses.  ``<cache>`` is the user's cache directory
+(machine/cachedir.py: XDG on Linux, ``~/Library/Caches`` on macOS,
+``%LOCALAPPDATA%`` on Windows, ``PYMACHINE_CACHE_DIR``), shared by every store:
+one build serves them all.  Images a store kept in its own ``cache/images``
+before (or that an installer seeded there) are still found there, read in
+place, never moved: a qemu overlay names its base image by path.  Builds
+happen in a temp dir under a lock in the shared directory and are renamed
+into place, so a half-built image is never visible and two stores creating
+at once build once.
 """
 
 from __future__ import annotations
@@ -372,8 +379,51 @@ class ImageInfo:
         return str(self.manifest.get("arch", "amd64"))
 
 
-def default_cache_dir(store_path: str | os.PathLike[str]) -> Path:
+@dataclass(frozen=True)
+class ImageCache:
+    """Where a store finds images: ``directory`` (the user's, shared; builds, loads and
+    downloads go there) first, then the store's own older ``legacy`` directory (read only)."""
+
+    directory: Path
+    legacy: Path | None = None
+
+    @property
+    def dirs(self) -> tuple[Path, ...]:
+        """The directories searched, shared first; one directory reached two ways counts once."""
+        if self.legacy is None or os.path.realpath(self.legacy) == os.path.realpath(self.directory):
+            return (self.directory,)
+        return (self.directory, self.legacy)
+
+
+def _as_cache(cache: ImageCache | str | os.PathLike[str]) -> ImageCache:
+    """A bare directory (the test harness's image cache, say) is a cache of its own."""
+    return cache if isinstance(cache, ImageCache) else ImageCache(Path(cache))
+
+
+def store_cache_dir(store_path: str | os.PathLike[str]) -> Path:
+    """A store's own image directory: where images lived before the user's cache (still read)."""
     return Path(store_path) / "cache" / "images"
+
+
+def user_image_dir() -> Path:
+    """The user's image directory, shared by every store."""
+    from pymachine.machine.cachedir import user_cache_dir
+
+    return user_cache_dir() / "images"
+
+
+def default_cache_dir(store_path: str | os.PathLike[str]) -> ImageCache:
+    """The image cache a store's creates and ``image`` commands use: the user's, then the store's own.
+
+    The store is noted in the user's cache (``stores.json``) so ``image prune``
+    consults its machines; a cache that cannot be written only skips the note.
+    """
+    from pymachine.machine.cachedir import record_store, user_cache_dir
+
+    root = user_cache_dir()
+    with suppress(OSError, MachineError):
+        record_store(root, store_path)
+    return ImageCache(root / "images", store_cache_dir(store_path))
 
 
 def host_arch() -> str:
@@ -438,16 +488,23 @@ def _read_manifest(directory: Path) -> ImageInfo | None:
     return info
 
 
-def find_image(cache_dir: Path, arch: str | None = None) -> ImageInfo | None:
+def find_image(cache: ImageCache | Path, arch: str | None = None) -> ImageInfo | None:
     """The cached image for the current recipe on ``arch`` (default: the host's), or None."""
-    return _read_manifest(Path(cache_dir) / recipe_hash(arch))
+    key = recipe_hash(arch)
+    for directory in _as_cache(cache).dirs:
+        found = _read_manifest(directory / key)
+        if found is not None:
+            return found
+    return None
 
 
-def list_images(cache_dir: Path) -> list[ImageInfo]:
-    cache_dir = Path(cache_dir)
-    if not cache_dir.is_dir():
-        return []
-    found = [_read_manifest(d) for d in sorted(cache_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+def list_images(cache: ImageCache | Path) -> list[ImageInfo]:
+    """Every complete image in the cache's directories (shared first; a recipe in both is listed twice)."""
+    found: list[ImageInfo | None] = []
+    for directory in _as_cache(cache).dirs:
+        if directory.is_dir():
+            found += [_read_manifest(d) for d in sorted(directory.iterdir())
+                      if d.is_dir() and not d.name.startswith(".")]
     return [i for i in found if i is not None]
 
 
@@ -746,16 +803,16 @@ def _build_lock(cache_dir: Path, key: str, log: Log) -> Iterator[None]:
         yield
 
 
-def build_image(cache_dir: Path, log: Log, arch: str | None = None) -> ImageInfo:
+def build_image(cache: ImageCache | Path, log: Log, arch: str | None = None) -> ImageInfo:
     """Return the image for the current recipe on ``arch`` (default: the host's), building it
-    first if it is not cached."""
-    cache_dir = Path(cache_dir)
+    first (into the shared directory) if no directory of the cache has it."""
     arch = check_arch(arch)
-    key = recipe_hash(arch)
-    final = cache_dir / key
-    cached = _read_manifest(final)
+    cached = find_image(cache, arch)
     if cached:
         return cached
+    cache_dir = _as_cache(cache).directory
+    key = recipe_hash(arch)
+    final = cache_dir / key
     if os.geteuid() != 0:
         raise MachineError(
             "building the base image needs root (debootstrap, chroot); run `pymachine image build` as root"
@@ -911,7 +968,7 @@ def why_not_buildable(arch: str | None = None) -> str | None:
     return None
 
 
-def image_for_driver(cache_dir: Path, flag: str, arch: str | None = None) -> ImageInfo | None:
+def image_for_driver(cache_dir: ImageCache | Path, flag: str, arch: str | None = None) -> ImageInfo | None:
     """Pre-create check for drivers that default to this image: the cached
     image for ``arch`` (default: the host's), or None when it can be built at
     create; otherwise a one-line error naming the driver's own image flag."""
@@ -943,7 +1000,7 @@ def stderr_log(message: str) -> None:
     sys.stderr.flush()
 
 
-def check_for_driver(cache_dir: Path, fmt: str, flag: str, arch: str | None = None) -> None:
+def check_for_driver(cache_dir: ImageCache | Path, fmt: str, flag: str, arch: str | None = None) -> None:
     """Pre-create check of drivers that boot this image as ``fmt``: it is cached and exportable,
     or buildable at create; otherwise a one-line MachineError naming the driver's image ``flag``."""
     problem = export_problem(image_for_driver(cache_dir, flag, arch), fmt)
@@ -951,7 +1008,7 @@ def check_for_driver(cache_dir: Path, fmt: str, flag: str, arch: str | None = No
         raise MachineError(f"{problem}, or pass {flag}")
 
 
-def disk_for_driver(cache_dir: Path, fmt: str, announce: Log,
+def disk_for_driver(cache_dir: ImageCache | Path, fmt: str, announce: Log,
                     arch: str | None = None) -> tuple[Path, ImageInfo]:
     """The image's disk for ``arch`` (default: the host's) as ``fmt`` for a driver's create: built
     on first use (``announce`` says so first), exported once; progress goes to stderr."""
@@ -995,34 +1052,36 @@ def export_image(info: ImageInfo, fmt: str, log: Log) -> Path:
     return target
 
 
-def prune_images(cache_dir: Path, in_use: Callable[[Path], bool], log: Log) -> list[Path]:
+def prune_images(cache: ImageCache | Path, in_use: Callable[[Path], bool], log: Log) -> list[Path]:
     """Remove cached images other than the current recipe's (of any arch) that no machine uses.
 
     A qemu machine's overlay is backed by the image it was created from, so an
     image a machine still names is kept whatever its recipe.  Returns what was
     removed.  Each image is removed under its build lock, so a build or export
-    in progress is never pulled from under a create.
+    in progress is never pulled from under a create.  Every directory of the
+    cache is pruned (the shared one and the store's own).
     """
     current = {recipe_hash(arch) for arch in ARCHES}
     removed = []
-    for info in list_images(cache_dir):
+    for info in list_images(cache):
         if info.recipe in current or info.directory.name in current or in_use(info.directory):
             continue
-        with _build_lock(Path(cache_dir), info.directory.name, log):
+        with _build_lock(info.directory.parent, info.directory.name, log):
             _remove_tree(info.directory)
         removed.append(info.directory)
-    for stale in Path(cache_dir).glob(".build-*"):  # a crashed build's leftovers (a live one holds the lock)
-        key = stale.name[len(".build-"):].rsplit("-", 1)[0]
-        if key not in current:
-            with _build_lock(Path(cache_dir), key, log):
+    for cache_dir in _as_cache(cache).dirs:
+        for stale in cache_dir.glob(".build-*"):  # a crashed build's leftovers (a live one holds the lock)
+            key = stale.name[len(".build-"):].rsplit("-", 1)[0]
+            if key not in current:
+                with _build_lock(cache_dir, key, log):
+                    _remove_tree(stale)
+                removed.append(stale)
+        for stale in cache_dir.glob(".load-*"):  # an interrupted `image load` (a live one is minutes old)
+            try:
+                old = time.time() - stale.stat().st_mtime > STALE_LOAD_SECONDS
+            except OSError:
+                continue
+            if old:
                 _remove_tree(stale)
-            removed.append(stale)
-    for stale in Path(cache_dir).glob(".load-*"):  # an interrupted `image load` (a live one is minutes old)
-        try:
-            old = time.time() - stale.stat().st_mtime > STALE_LOAD_SECONDS
-        except OSError:
-            continue
-        if old:
-            _remove_tree(stale)
-            removed.append(stale)
+                removed.append(stale)
     return removed

@@ -20,7 +20,8 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 BIN_DIR = Path(sys.executable).parent
 PYMACHINE = str(BIN_DIR / "pymachine") if (BIN_DIR / "pymachine").exists() else shutil.which("pymachine")
 CLEARED = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME", "DOCKER_CONTEXT",
-           "MACHINE_STORAGE_PATH", "MACHINE_DRIVER", "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+           "MACHINE_STORAGE_PATH", "MACHINE_DRIVER", "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+           "PYMACHINE_CACHE_DIR", "XDG_CACHE_HOME")  # the image cache: under the test's own HOME
 
 
 @dataclass
@@ -70,4 +71,13 @@ class PyMachine:
 @pytest.fixture
 def pm(tmp_path: Path) -> PyMachine:
     return PyMachine(tmp_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_user_cache(tmp_path_factory: pytest.TempPathFactory):
+    """In-process tests get a user image cache of their own, never the runner's ~/.cache/pymachine
+    (the ``pm`` fixture's commands clear it and use their own HOME's)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYMACHINE_CACHE_DIR", str(tmp_path_factory.mktemp("user-cache")))
+        yield
 

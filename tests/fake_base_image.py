@@ -30,10 +30,11 @@ def qemu_img_available() -> bool:
 
 def make_fake_image(store: str | os.PathLike[str], size_mb: int = DEFAULT_SIZE_MB,
                     arch: str | None = None) -> images.ImageInfo:
-    """Put a fake current-recipe image for ``arch`` (default: the host's) into ``store``'s image
-    cache and return it as found there."""
+    """Put a fake current-recipe image for ``arch`` (default: the host's) into ``store``'s own
+    image directory (``<store>/cache/images``, which the store still reads before the user's
+    cache was shared) and return it as found there."""
     arch = images.check_arch(arch)
-    directory = images.default_cache_dir(store) / images.recipe_hash(arch)
+    directory = images.store_cache_dir(store) / images.recipe_hash(arch)
     directory.mkdir(parents=True, exist_ok=True)
     raw = directory / "disk.raw.tmp"
     with open(raw, "wb") as fh:  # sparse, with marker sectors so copies can be compared to the image
@@ -48,7 +49,7 @@ def make_fake_image(store: str | os.PathLike[str], size_mb: int = DEFAULT_SIZE_M
     (directory / images.INITRD_NAME).write_bytes(b"fake initrd\n")
     manifest = {"recipe": images.recipe_hash(arch), "arch": arch, "virtual_size": size_mb << 20, "fake": True}
     (directory / images.MANIFEST_NAME).write_text(json.dumps(manifest) + "\n")
-    found = images.find_image(images.default_cache_dir(store), arch)
+    found = images.find_image(images.store_cache_dir(store), arch)
     assert found is not None, f"find_image does not accept the fake image in {directory}"
     return found
 
@@ -66,7 +67,16 @@ def path_without_debootstrap(*front: str | os.PathLike[str]) -> str:
     return os.pathsep.join([*(str(p) for p in front), "/usr/bin", "/bin"])
 
 
+def user_image_dir(store: str | os.PathLike[str]) -> Path:
+    """The image directory of the user's cache as the ``pm`` fixture's pymachine sees it (its
+    HOME is ``<store>/../home``; tests/conftest.py clears XDG_CACHE_HOME and PYMACHINE_CACHE_DIR)."""
+    from pymachine.machine.cachedir import user_cache_dir
+
+    return user_cache_dir(environ={}, platform="linux", home=Path(store).parent / "home") / "images"
+
+
 def assert_no_image_built(store: str | os.PathLike[str]) -> None:
-    """Nothing (not even a build lock or a half-built tree) was made in the store's image cache."""
-    cache = Path(images.default_cache_dir(store))
-    assert not cache.exists() or not any(cache.iterdir()), sorted(p.name for p in cache.iterdir())
+    """Nothing (not even a build lock or a half-built tree) was made in the store's image
+    directory or in the user's shared cache."""
+    for cache in (images.store_cache_dir(store), user_image_dir(store)):
+        assert not cache.exists() or not any(cache.iterdir()), sorted(p.name for p in cache.iterdir())

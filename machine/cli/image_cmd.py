@@ -9,8 +9,10 @@ cached), for hypervisors other than QEMU.  ``pack`` writes the current
 image (with its VDI export by default) as one reproducible .tar.gz and
 ``load FILE`` verifies such a file and puts it in the cache: that is how
 hosts that cannot build the image (Windows, macOS) get it, and what the
-installers ship.  All use the store's cache directory, so
-``-s``/``MACHINE_STORAGE_PATH`` select which cache.
+installers ship.  All use the user's image cache (machine/cachedir.py; shared
+by every store, ``PYMACHINE_CACHE_DIR`` moves it), then the store's own older
+``cache/images``; ``ls`` says where they are on stderr.  ``prune`` keeps images
+a machine of any store that used the cache names, and says which stores it could not read.
 """
 
 from __future__ import annotations
@@ -22,9 +24,7 @@ from typing import TYPE_CHECKING
 from pymachine.machine.cli.common import Context, UsageError, parse, parser
 
 if TYPE_CHECKING:  # the image modules load only for the image commands
-    from pathlib import Path
-
-    from pymachine.engine.images import ImageInfo
+    from pymachine.engine.images import ImageCache, ImageInfo
 
 USAGE = ("build [--arch amd64|arm64] | ls | prune | export vmdk|vdi|raw|vhdx [--arch A] | "
          "pack [-o FILE] [--formats vdi,vmdk] [--arch A] | load FILE")
@@ -35,24 +35,6 @@ def _summary(info: ImageInfo) -> str:
     size_mb = int(m.get("disk_bytes", 0)) / 1e6
     return (f"{info.recipe}  {info.arch}  {m.get('suite', '')}  kernel {m.get('kernel_version', '')}  "
             f"engine {m.get('engine_version', '')}  {size_mb:.0f} MB  built {m.get('built_at', '')}")
-
-
-def _used_by_a_machine(ctx: Context, image_dir: Path) -> bool:
-    """Whether any machine's config names a file in ``image_dir`` (a qemu overlay's base, say).
-
-    A config that cannot be read counts as using it: pruning must never break a machine.
-    """
-    import os
-
-    needles = {str(image_dir), os.path.realpath(image_dir)}  # a store reached through a symlink, or not
-    for name in ctx.store.list_names():
-        try:
-            text = ctx.store.config_path(name).read_text(errors="replace")
-        except OSError:
-            return True
-        if any(needle in text for needle in needles):
-            return True
-    return False
 
 
 def _stderr_log(message: str) -> None:
@@ -73,7 +55,7 @@ def _formats(value: str | None) -> list[str]:
     return names
 
 
-def _pack(ctx: Context, cache: Path, output: str | None, formats: str | None, arch: str | None) -> int:
+def _pack(ctx: Context, cache: ImageCache, output: str | None, formats: str | None, arch: str | None) -> int:
     import os
     from pathlib import Path
 
@@ -93,14 +75,14 @@ def _pack(ctx: Context, cache: Path, output: str | None, formats: str | None, ar
     return 0
 
 
-def _load(ctx: Context, cache: Path, rest: list[str]) -> int:
+def _load(ctx: Context, cache: ImageCache, rest: list[str]) -> int:
     from pathlib import Path
 
     from pymachine.engine import image_pack, images
 
     if len(rest) != 1:
         raise UsageError("pymachine image load needs one file: pymachine image load FILE")
-    info = image_pack.unpack_image(Path(rest[0]), cache, _stderr_log)
+    info = image_pack.unpack_image(Path(rest[0]), cache.directory, _stderr_log)
     current = images.recipe_hash(info.arch)
     if info.directory.name != current:
         _stderr_log(f"Note: this {info.arch} image's recipe {info.directory.name} is not this pymachine's ({current}): "
@@ -162,11 +144,20 @@ def cmd_image(ctx: Context, args: list[str]) -> int:
     if ns.action == "pack":
         return _pack(ctx, cache, ns.output, ns.formats, ns.arch)
     if ns.action == "prune":
-        removed = images.prune_images(cache, lambda d: _used_by_a_machine(ctx, d), _stderr_log)
+        from pymachine.machine.cachedir import store_usage, user_cache_dir
+
+        usage = store_usage(user_cache_dir(), ctx.store.path)
+        for store in usage.forgotten:
+            _stderr_log(f"Forgot the store {store}: it no longer exists")
+        for store, why in usage.unseen:
+            _stderr_log(f"Could not see the machines of the store {store} ({why}): keeping every image it might use")
+        removed = images.prune_images(cache, usage.might_use, _stderr_log)
         for path in removed:
             ctx.out(f"Removed {path}")
         return 0
     if ns.action == "ls":
+        _stderr_log(f"Image cache: {cache.directory}"
+                    + "".join(f" (also read: {d})" for d in cache.dirs[1:] if d.is_dir()))
         current = {images.recipe_hash(arch) for arch in images.ARCHES}
         if ns.format:
             from pymachine.machine.cli.listformat import emit

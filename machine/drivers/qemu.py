@@ -32,13 +32,16 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pymachine.machine import urls
 from pymachine.machine.atomic import write_atomic
-from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
+
+if TYPE_CHECKING:  # the image module loads only when a create needs it
+    from pymachine.engine.images import ImageCache
 
 QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
@@ -290,35 +293,6 @@ def probe_kvm(kernel: str, qemu: str = QEMU, timeout: float = KVM_PROBE_TIMEOUT)
     return False, f"a KVM test boot failed: {tail[-1] if tail else f'exit {proc.returncode}'}"
 
 
-#: What ``stat -f -c %T /var/lib/docker`` prints on the image's ext4 root.
-IMAGE_ROOT_FS = "ext2/ext3"
-#: Where docker.io puts dockerd (what the provisioner's ``command -v dockerd`` finds).
-IMAGE_DOCKERD = "/usr/sbin/dockerd"
-
-
-def render_engine_files(plan: Any) -> dict[str, str]:
-    """{guest path: content} of the certs and drop-in the Debian provisioner
-    writes for ``plan`` on pymachine's image (systemd, docker.io, ext4 root).
-
-    Rendering goes through the provisioner's own code, so the bytes match
-    what the provisioning pass compares against and it finds nothing changed.
-    """
-    from pymachine.engine import config as engine_config
-    from pymachine.provisioners.debian import DebianProvisioner
-
-    prov = DebianProvisioner()
-    prov.init_system = "systemd"
-    prov.dockerd_path = IMAGE_DOCKERD
-    prov.storage_driver = plan.engine.storage_driver or engine_config.default_storage_driver(IMAGE_ROOT_FS)
-    dropin = prov.render_daemon_config(prov.daemon_args(plan), prov.daemon_env(plan))
-    return {
-        f"{prov.cert_dir}/ca.pem": plan.ca_pem.decode(),
-        f"{prov.cert_dir}/server.pem": plan.server_pem.decode(),
-        f"{prov.cert_dir}/server-key.pem": plan.server_key_pem.decode(),
-        prov.options_file_path(): dropin,
-    }
-
-
 def kvm_probe_cache(store_path: str = "") -> Path:
     """Where the KVM probe's answer is kept: one file per user whatever the store
     (``store_path`` is not used), in the runtime dir (emptied at boot) or else the
@@ -546,7 +520,8 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 class QemuDriver(Driver):
     name = "qemu"
     default_ssh_user = "docker"
-    #: The base image has the engine: provisioning only configures it.
+    capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True, seed=True, shares=True,
+                                      port_forwards=True, own_engine_url=True, install_source="preinstalled")
 
     @property
     def default_install_source(self) -> str:
@@ -699,7 +674,7 @@ class QemuDriver(Driver):
         return int(self.config.get("GuestEnginePort") or 0) or self.engine_port or GUEST_ENGINE_PORT
 
     # -- checks --------------------------------------------------------------------------
-    def _default_cache(self) -> Path:
+    def _default_cache(self) -> ImageCache:
         from pymachine.engine.images import default_cache_dir
 
         return default_cache_dir(self.store_path)
@@ -785,7 +760,7 @@ class QemuDriver(Driver):
         if source and _is_url(source):
             from pymachine.engine.download import fetch
 
-            path = fetch(source, self._default_cache(), str(self.config.get("ImageChecksum") or ""),
+            path = fetch(source, self._default_cache().directory, str(self.config.get("ImageChecksum") or ""),
                          lambda m: log(f"({self.machine_name}) {m}"))
             return image_from_path(str(path))
         if source:
@@ -796,44 +771,14 @@ class QemuDriver(Driver):
         built = build_image(self._default_cache(), stderr_log, self._arch())
         return BaseImage(str(built.disk), "qcow2", built.virtual_size, str(built.kernel), str(built.initrd), True)
 
-    def _proxy(self) -> dict[str, str] | None:
-        """Proxy settings from the machine's saved engine options (the Host saved them first)."""
-        try:
-            data = json.loads(Path(self._path("config.json")).read_text())
-            from pymachine.engine.options import EngineOptions
-            from pymachine.machine.secrets import engine_with_secrets
-
-            engine = engine_with_secrets(
-                self.machine_dir, EngineOptions.from_json(data["HostOptions"]["EngineOptions"])
-            )
-            proxy = engine.effective_proxy(LOOPBACK, "localhost")
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if not proxy.is_set:
-            return None
-        return {"http_proxy": proxy.http_proxy, "https_proxy": proxy.https_proxy, "no_proxy": proxy.no_proxy}
-
-    def _engine_files(self) -> dict[str, str]:
-        """The engine files provisioning will write, rendered now, keyed by guest path.
-
-        Issues the server certificate for 127.0.0.1 (what provisioning would)
-        and renders the systemd drop-in through the Debian provisioner with
-        the facts of pymachine's image, so the first engine start is the final
-        one.  Empty when the machine's record cannot be read (no pre-seeding).
-        """
-        from pymachine.machine.host import Machine, copy_client_certs, issue_server_cert
-        from pymachine.machine.provision import build_plan
-        from pymachine.machine.store import Store
-
-        store = Store(self.store_path)
-        try:
-            machine = Machine(store, store.load(self.machine_name))
-        except (MachineError, OSError, ValueError, KeyError):
-            return {}
-        machine.driver = self
-        copy_client_certs(machine)
-        issue_server_cert(machine)
-        return render_engine_files(build_plan(machine))
+    def seed_addresses(self) -> list[str]:
+        """Picks the SSH and engine ports now: the guest engine port goes into the
+        first-boot drop-in and the server certificate is for 127.0.0.1."""
+        if not self.config.get("SSHPort") or not self.config.get("EnginePort"):
+            ssh_port, engine_port = pick_ports(int(self.config.get("FixedSSHPort") or 0),
+                                               int(self.config.get("FixedEnginePort") or 0))
+            self.config.update(SSHPort=ssh_port, EnginePort=engine_port, GuestEnginePort=engine_port)
+        return [LOOPBACK]
 
     def create(self, log: Log) -> None:
         from pymachine.machine import certs
@@ -869,11 +814,7 @@ class QemuDriver(Driver):
         key = Path(self._path(SSH_KEY))
         certs.generate_ssh_keypair(key)
         self.config["SSHKeyPath"] = str(key)
-        # Ports first: the guest engine port goes into the pre-rendered drop-in.
-        ssh_port, engine_port = pick_ports(int(self.config.get("FixedSSHPort") or 0),
-                                           int(self.config.get("FixedEnginePort") or 0))
-        self.config.update(SSHPort=ssh_port, EnginePort=engine_port, GuestEnginePort=engine_port)
-        engine_files: dict[str, str] = {}
+        self.seed_addresses()  # the ports (already picked when the host rendered the first-boot plan)
         host_key = None
         if image.pymachine:  # pymachine's image installs the seeded host key: pin it before any connection
             from pymachine.machine.seed import new_host_key
@@ -881,15 +822,15 @@ class QemuDriver(Driver):
             host_key = new_host_key()
             write_atomic(self._path(HOST_KEY_PUB), (host_key[1].strip() + "\n").encode(), 0o600)
             self._pin_host_key()
-        if image.pymachine:
-            log(f"({self.machine_name}) Rendering the engine's TLS files and configuration for the first boot...")
-            engine_files = self._engine_files()
-        self.config["EngineSeeded"] = bool(engine_files)
+        # The host's first-boot plan: its engine files only where pymachine's first-boot script
+        # installs them (a cloud image gets the proxy through cloud-init's user-data).
+        plan = self.first_boot
+        self.config["EngineSeeded"] = bool(plan and image.pymachine)
         write_seed_iso(
             self._path(SEED), hostname=self.machine_name, user=str(self.config.get("SSHUser") or "docker"),
-            ssh_pubkey=Path(str(key) + ".pub").read_text(), proxy=self._proxy(),
+            ssh_pubkey=Path(str(key) + ".pub").read_text(), proxy=plan.proxy_settings() if plan else None,
             instance_id=f"pymachine-{self.machine_name}-{uuid.uuid4().hex[:12]}",
-            engine_files=engine_files, host_key=host_key,
+            first_boot=plan if image.pymachine else None, host_key=host_key,
             shares=[("9p", share_tag(i), str(guest))
                     for i, (_host, guest) in enumerate(self.config.get("Shares") or [])],
         )

@@ -234,7 +234,7 @@ def test_download_goes_through_http_proxy(server: Server, tmp_path: Path, monkey
 
 def test_qemu_driver_downloads_a_url_image_and_boots_it_through_the_firmware(
         server: Server, tmp_path: Path) -> None:
-    """``--qemu-image URL``: the driver fetches into the store's image cache and,
+    """``--qemu-image URL``: the driver fetches into the user's image cache and,
     with no kernel beside the disk, builds a firmware-boot command line."""
     import shutil
     import subprocess
@@ -256,7 +256,9 @@ def test_qemu_driver_downloads_a_url_image_and_boots_it_through_the_firmware(
     drv.pre_create_check()
     assert server.requests == []  # pre-create checks never download
     image = drv._resolve_image(lambda _m: None)
-    assert Path(image.disk) == tmp_path / "store" / "cache" / "images" / "by-digest" / sha256(disk.read_bytes())
+    from pymachine.machine.cachedir import user_cache_dir  # the user's shared cache (tests: a private one)
+
+    assert Path(image.disk) == user_cache_dir() / "images" / "by-digest" / sha256(disk.read_bytes())
     assert (image.format, image.kernel, image.pymachine) == ("qcow2", "", False)
     drv._resolve_image(lambda _m: None)
     assert len(server.requests) == 1  # the second create reuses the cached file

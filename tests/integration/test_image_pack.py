@@ -20,7 +20,7 @@ import pytest
 from pymachine.engine import image_pack, images
 
 from tests.conftest import PYMACHINE, PyMachine
-from tests.fake_base_image import make_fake_image, qemu_img_available
+from tests.fake_base_image import make_fake_image, qemu_img_available, user_image_dir
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not qemu_img_available(), reason="qemu-img not installed")]
@@ -84,8 +84,8 @@ def test_pack_then_load_into_a_fresh_store_is_current_and_exports_without_qemu_i
 
     fresh = _other(tmp_path / "other")
     loaded = Path(fresh.ok("image", "load", str(archive)).stdout.strip())
-    assert loaded == images.default_cache_dir(fresh.store) / recipe
-    found = images.find_image(images.default_cache_dir(fresh.store))
+    assert loaded == user_image_dir(fresh.store) / recipe  # loads go to the user's shared cache
+    found = images.find_image(user_image_dir(fresh.store))
     assert found is not None and found.directory == loaded
     for name in ("disk.qcow2", "disk.vdi", "vmlinuz", "initrd.img", "manifest.json"):
         assert (loaded / name).read_bytes() == (source.directory / name).read_bytes(), name
@@ -156,7 +156,7 @@ def test_tampered_member_is_refused_naming_both_digests(packed, tmp_path: Path) 
 
     # the same into a store that already has other content: still untouched
     make_fake_image(fresh.store)
-    shutil.rmtree(images.default_cache_dir(fresh.store) / images.recipe_hash())
+    shutil.rmtree(images.store_cache_dir(fresh.store) / images.recipe_hash())
     _refused(fresh, tampered, expected, actual)
 
 
@@ -248,12 +248,12 @@ def test_an_image_of_another_recipe_loads_with_a_note_and_is_not_current(pm: PyM
                                 lambda _m: None)
     fresh = _other(tmp_path / "fresh")
     res = fresh.ok("image", "load", str(out))
-    assert Path(res.stdout.strip()) == images.default_cache_dir(fresh.store) / old.name
+    assert Path(res.stdout.strip()) == user_image_dir(fresh.store) / old.name
     assert "is not this pymachine's" in res.stderr and "--virtualbox-boot2docker-url" in res.stderr
-    assert images.find_image(images.default_cache_dir(fresh.store)) is None
+    assert images.find_image(user_image_dir(fresh.store)) is None
     ls = fresh.ok("image", "ls").stdout.splitlines()
     assert ls[1].split()[0] == old.name and not ls[1].rstrip().endswith("*")
-    assert os.access(images.default_cache_dir(fresh.store) / old.name / "disk.qcow2", os.R_OK)
+    assert os.access(user_image_dir(fresh.store) / old.name / "disk.qcow2", os.R_OK)
 
 
 def test_archive_unpacking_past_the_size_limit_is_refused(packed, tmp_path: Path) -> None:

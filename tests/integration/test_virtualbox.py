@@ -878,8 +878,10 @@ def test_arm_host_without_an_arm64_image_or_with_old_virtualbox_is_exit_3(pm, vb
     assert_nothing_left(pm, vbox, "noarm")
     from pymachine.engine import images
 
-    cache = images.default_cache_dir(pm.store)
+    cache = images.store_cache_dir(pm.store)
     assert sorted(p.name for p in cache.iterdir()) == [images.recipe_hash("amd64")], "no arm64 build begun"
+    shared = fake_base_image.user_image_dir(pm.store)
+    assert not shared.exists() or not any(shared.iterdir()), "no arm64 build begun in the user's cache"
 
 
 @pytest.mark.skipif(not fake_base_image.qemu_img_available(), reason="qemu-img (qemu-utils) not installed")
