@@ -15,7 +15,8 @@ README says which to download.
 Product layout: ``Distribution`` (choices; VirtualBox offered only when it is
 missing or older; refuses to install while VirtualBox runs), ``Resources/``,
 ``pymachine.pkg/{PackageInfo,Payload,Scripts,Bom}`` and, when bundled,
-VirtualBox's own component packages copied verbatim.  Payload and Scripts
+VirtualBox's own component packages copied verbatim (lifted out of Oracle's
+``.dmg`` first, see ``dmg.py``).  Payload and Scripts
 are gzip'd odc cpio archives (uid 0, gid 80 "admin"), made deterministic.
 Installation on a real Mac is not tested here: no macOS host.
 """
@@ -29,7 +30,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from pymachine.installer import bom, xar
+from pymachine.installer import bom, dmg, xar
 from pymachine.installer.lock import Component, packaging_file
 from pymachine.installer.sources import copy_sources, default_source
 from pymachine.installer.stage import check_vm_image, stage
@@ -133,6 +134,14 @@ def _vbox_members(src: Path) -> tuple[list[xar.Member], list[tuple[str, str, str
     return members, refs
 
 
+def _vbox_package(vbox: Component, fetched: Path, work: Path) -> Path:
+    """The flat VirtualBox.pkg: the fetched file itself, or lifted out of Oracle's .dmg (UDIF) with 7z."""
+    named_dmg = any(str(x).lower().endswith(".dmg") for x in (vbox.url, vbox.dest))
+    if named_dmg or dmg.is_udif(fetched):
+        return dmg.extract_pkg(fetched, work, label=f"VirtualBox {vbox.version} ({vbox.url.rsplit('/', 1)[-1]})")
+    return fetched
+
+
 ARCH_TITLES = {"x86_64": "Intel", "arm64": "Apple Silicon"}
 MIN_OS = {"x86_64": "10.13", "arm64": "11.0"}  # the first macOS on Apple Silicon is 11
 
@@ -180,7 +189,7 @@ def build_pkg(out_dir: Path, components: list[Component], cache: Path | None = N
         if vbox is not None:
             from pymachine.installer.fetch import fetch
 
-            vmembers, refs = _vbox_members(fetch(vbox, cache))
+            vmembers, refs = _vbox_members(_vbox_package(vbox, fetch(vbox, cache), Path(tmp) / "vbox"))
             members += vmembers
             ids = "\n".join(f'    <pkg-ref id="{ident}"/>' for _d, ident, _v in refs)
             values.update(
