@@ -27,6 +27,7 @@ __all__ = ["build_plan", "connect", "engine_url", "provision_over", "reprovision
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymachine.machine.drivers.base import Driver
+    from pymachine.machine.firstboot import FirstBoot
     from pymachine.machine.host import Machine
     from pymachine.machine.ssh import SSHClient
     from pymachine.provisioners.base import ProvisionPlan
@@ -56,21 +57,13 @@ def ssh_wait(environ: dict[str, str] | None = None) -> float:
 
 
 def engine_url(driver: Driver) -> str:
-    """The engine URL without a state query (drivers that have ``engine_url``), else ``url()``."""
-    return driver.engine_url() if hasattr(driver, "engine_url") else driver.url()
+    """The engine URL without a state query where the driver knows it (``Driver.engine_url``)."""
+    return driver.engine_url()
 
 
 def engine_port(machine: Machine) -> int:
     """The port dockerd listens on inside the host (not a host-side forward)."""
-    from urllib.parse import urlsplit
-
-    from pymachine.machine.urls import ENGINE_PORT
-
-    driver = machine.driver
-    guest_port = getattr(driver, "guest_engine_port", None)
-    if callable(guest_port):
-        return int(guest_port())
-    return urlsplit(engine_url(driver)).port or ENGINE_PORT
+    return machine.driver.guest_engine_port()
 
 
 def wait_for_engine(machine: Machine, timeout: float = ENGINE_WAIT) -> str:
@@ -138,8 +131,32 @@ def build_plan(machine: Machine, log: Log | None = None) -> ProvisionPlan:
     )
 
 
+def first_boot_plan(machine: Machine, log: Log) -> FirstBoot:
+    """The first-boot plan for a driver that carries a seed: the provisioner of
+    pymachine's base image renders the engine's TLS files, drop-in and proxy.
+
+    The driver first fixes the addresses its engine will be reached at (a port it
+    picks, a DHCP pool); the server certificate covers them all, so provisioning
+    keeps it (``server_cert_reusable``) and finds nothing to change.
+    """
+    from pymachine.machine.tls import copy_client_certs, issue_server_cert
+    from pymachine.provisioners.debian import DebianProvisioner
+
+    addresses = machine.driver.seed_addresses()
+    log("Rendering the engine's TLS files and configuration for the first boot...")
+    copy_client_certs(machine)
+    issue_server_cert(machine, extra_sans=addresses)
+    return DebianProvisioner.first_boot(build_plan(machine))
+
+
+def seed_first_boot(machine: Machine, log: Log) -> None:
+    """Hand the first-boot plan to a driver that declares it can carry a seed (before its create)."""
+    if machine.driver.capabilities.seed:
+        machine.driver.first_boot = first_boot_plan(machine, log)
+
+
 def _plan(machine: Machine, log: Log, new_certs: bool = True) -> ProvisionPlan:
-    from pymachine.machine.host import copy_client_certs, issue_server_cert
+    from pymachine.machine.tls import copy_client_certs, issue_server_cert
 
     log("Copying certs to the local machine directory...")
     copy_client_certs(machine)
@@ -198,8 +215,8 @@ def after_create(machine: Machine, log: Log) -> None:
         _record(machine, "ssh", str(exc))
         raise
     with client:
-        # new_certs=False: a server cert the driver already issued (qemu puts it on the
-        # seed so the engine starts configured) is kept when it is valid; others get one.
+        # new_certs=False: the server cert issued for the first-boot seed (the engine
+        # started configured with it) is kept when it covers the address; others get one.
         provision_over(machine, client, log, new_certs=False)
 
 
@@ -212,7 +229,7 @@ def server_cert_reusable(machine: Machine) -> bool:
     from datetime import timedelta
 
     from pymachine.machine import certs
-    from pymachine.machine.host import server_cert_sans
+    from pymachine.machine.tls import server_cert_sans
 
     path = machine.tls().server_cert
     try:

@@ -30,16 +30,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pymachine.machine.atomic import write_atomic
+from pymachine.machine.firstboot import CA_PATH, DAEMON_CONFIG_PATH, SERVER_CERT_PATH, SERVER_KEY_PATH, FirstBoot
 
 VOLUME_ID = "cidata"
 SUDO_RULE = "ALL=(ALL) NOPASSWD:ALL"
 APT_PROXY_PATH = "/etc/apt/apt.conf.d/90pymachine-proxy"
 #: Seed file name (under ``pymachine/``) -> where the first-boot unit installs it.
 ENGINE_SEED_FILES = {
-    "docker-ca.pem": "/etc/docker/ca.pem",
-    "docker-server.pem": "/etc/docker/server.pem",
-    "docker-server-key.pem": "/etc/docker/server-key.pem",
-    "docker-machine.conf": "/etc/systemd/system/docker.service.d/10-machine.conf",
+    "docker-ca.pem": CA_PATH,
+    "docker-server.pem": SERVER_CERT_PATH,
+    "docker-server-key.pem": SERVER_KEY_PATH,
+    "docker-machine.conf": DAEMON_CONFIG_PATH,
 }
 ENGINE_PROXY_PATH = "/etc/systemd/system/docker.service.d/10-pymachine-proxy.conf"
 
@@ -248,10 +249,20 @@ def write_seed_iso(
     engine_files: Mapping[str, str] | None = None,
     shares: Sequence[tuple[str, str, str]] = (),
     host_key: tuple[str, str] | None = None,
+    first_boot: FirstBoot | None = None,
 ) -> None:
     """Write the seed ISO atomically (temp file + rename); mode 0600: it names the
-    user's key and may carry the engine's server key."""
+    user's key and may carry the engine's server key.
+
+    ``first_boot`` (the host's plan) puts the engine's TLS files, drop-in and
+    proxy on the seed; a ``proxy`` given as well wins over the plan's.
+    """
     import pycdlib
+
+    if first_boot is not None:
+        engine_files = {**first_boot.engine_files(), **(engine_files or {})}
+        if proxy is None:
+            proxy = first_boot.proxy_settings()
 
     files = [
         ("/USERDATA.;1", "user-data", user_data(hostname=hostname, user=user, ssh_pubkey=ssh_pubkey, proxy=proxy)),

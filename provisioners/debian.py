@@ -10,6 +10,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 
+from pymachine.engine import config as engine_config
+from pymachine.machine.firstboot import CA_PATH, DAEMON_CONFIG_PATH, SERVER_CERT_PATH, SERVER_KEY_PATH, FirstBoot
 from pymachine.machine.runner import Runner
 from pymachine.provisioners.base import Provisioner, ProvisionPlan
 
@@ -41,6 +43,12 @@ def apt_lock_probe(paths: Iterable[str] = APT_LOCK_FILES) -> str:
 
 APT_LOCK_PROBE = apt_lock_probe()
 
+#: Facts of pymachine's base image (engine/images.py), which the provisioning pass
+#: finds there: systemd, Debian's docker.io, an ext4 root.
+BASE_IMAGE_DOCKERD = "/usr/sbin/dockerd"
+#: What ``stat -f -c %T /var/lib/docker`` prints on the image's ext4 root.
+BASE_IMAGE_ROOT_FS = "ext2/ext3"
+
 
 class DebianProvisioner(Provisioner):
     name = "debian"
@@ -66,6 +74,29 @@ class DebianProvisioner(Provisioner):
             " | awk '/ installed /{print $4}'"
         )
         return f'{_APT} update && {_APT} install -y --only-upgrade $({installed})'
+
+    @classmethod
+    def first_boot(cls, plan: ProvisionPlan) -> FirstBoot:
+        """The engine files this provisioner writes for ``plan`` on pymachine's base image,
+        for the seed: rendered by the same code the provisioning pass compares with, so
+        on the booted machine it finds every file equal and restarts nothing."""
+        prov = cls({"ID": "debian"})
+        prov.init_system = "systemd"
+        prov.dockerd_path = BASE_IMAGE_DOCKERD
+        prov.storage_driver = plan.engine.storage_driver or engine_config.default_storage_driver(BASE_IMAGE_ROOT_FS)
+        slots = (f"{prov.cert_dir}/ca.pem", f"{prov.cert_dir}/server.pem", f"{prov.cert_dir}/server-key.pem",
+                 prov.options_file_path())
+        if slots != (CA_PATH, SERVER_CERT_PATH, SERVER_KEY_PATH, DAEMON_CONFIG_PATH):  # the image's fixed layout
+            raise AssertionError(f"the first-boot seed has no slot for {slots}")
+        proxy = plan.effective_proxy()
+        return FirstBoot(
+            ca_pem=plan.ca_pem.decode(),
+            server_pem=plan.server_pem.decode(),
+            server_key_pem=plan.server_key_pem.decode(),
+            daemon_config=prov.render_daemon_config(prov.daemon_args(plan), prov.daemon_env(plan)),
+            proxy={"http_proxy": proxy.http_proxy, "https_proxy": proxy.https_proxy, "no_proxy": proxy.no_proxy}
+            if proxy.is_set else {},
+        )
 
     def configure_package_proxy(self, runner: Runner, plan: ProvisionPlan) -> None:
         """apt runs under sudo, which drops proxy variables: give it a file.

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pymachine.machine import urls
-from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.errors import MachineError, PreCreateError
 
 ENGINE_PORT = 2376
@@ -58,6 +58,7 @@ SECRET_KEYS = ("AccessKey", "SecretKey", "SessionToken")
 
 class AmazonEC2Driver(Driver):
     name = "amazonec2"
+    capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True, own_engine_url=True)
     default_ssh_user = "ubuntu"
     rollback_unreachable = True
     flags = (

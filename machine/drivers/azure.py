@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pymachine.machine import urls
-from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.errors import MachineError, PreCreateError
 
 TAG = "pymachine-machine"
@@ -104,6 +104,7 @@ def _is_missing(exc: BaseException) -> bool:
 
 class AzureDriver(Driver):
     name = "azure"
+    capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True)
     default_ssh_user = "docker-user"
     rollback_unreachable = True
     flags = (

@@ -12,9 +12,13 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pymachine.machine.errors import MachineError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymachine.machine.firstboot import FirstBoot
 
 Log = Callable[[str], None]
 
@@ -80,11 +84,39 @@ BASE_FIELDS = (
 )
 
 
+@dataclass(frozen=True)
+class DriverCapabilities:
+    """What a driver can do, declared as data on its class (never found by ``hasattr``).
+
+    tests/unit/test_firstboot_capabilities.py checks each built-in driver's
+    declaration against what its class implements.
+    """
+
+    start: bool = False
+    stop: bool = False
+    restart: bool = False
+    kill: bool = False
+    #: Boots a seed volume whose first-boot script installs ``Driver.first_boot``
+    #: (the engine's TLS files, drop-in and proxy) before the engine first starts.
+    seed: bool = False
+    #: Shares host folders into the machine.
+    shares: bool = False
+    #: Reaches the machine through host-side port forwards on 127.0.0.1 (SSH, engine).
+    port_forwards: bool = False
+    #: Knows its engine URL without asking its hypervisor or cloud (overrides ``engine_url``).
+    own_engine_url: bool = False
+    #: The engine install source when the user names none (``--engine-install-source``).
+    install_source: str = "packages"
+
+
 class Driver:
     """Base class: docker-machine's BaseDriver fields plus the lifecycle interface."""
 
     name: ClassVar[str] = ""
     flags: ClassVar[tuple[Flag, ...]] = ()
+    capabilities: ClassVar[DriverCapabilities] = DriverCapabilities()
+    #: Set by the host before ``create`` for a driver with ``capabilities.seed``.
+    first_boot: FirstBoot | None = None
     #: False for drivers whose hosts are never provisioned over SSH (none).
     provisionable: ClassVar[bool] = True
     default_ssh_user: ClassVar[str] = "root"
@@ -150,6 +182,30 @@ class Driver:
     def running_url(self) -> str:
         """The URL when the caller has just seen the state Running (skips a second check)."""
         return self.url()
+
+    def engine_url(self) -> str:
+        """The engine URL without a state query where the driver knows it
+        (``capabilities.own_engine_url``); else ``url()``."""
+        return self.url()
+
+    def guest_engine_port(self) -> int:
+        """The port the engine listens on inside the machine (not a host-side forward)."""
+        from urllib.parse import urlsplit
+
+        from pymachine.machine.urls import ENGINE_PORT
+
+        return urlsplit(self.engine_url()).port or ENGINE_PORT
+
+    @property
+    def default_install_source(self) -> str:
+        """The engine install source when the user names none."""
+        return self.capabilities.install_source
+
+    def seed_addresses(self) -> list[str]:
+        """Addresses the engine may be reached at once booted, known before the first boot
+        (``capabilities.seed``): the seed's server certificate covers them all.  A driver
+        that picks an address or port at create fixes it here, before the seed is rendered."""
+        return []
 
     def state(self, timeout: float = 10.0) -> State:
         raise NotImplementedError

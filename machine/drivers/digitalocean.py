@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from pymachine.machine import urls
-from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.errors import MachineError, PreCreateError
 
 DEFAULT_API_URL = "https://api.digitalocean.com"
@@ -197,6 +197,7 @@ def public_ipv4(droplet: Mapping[str, Any]) -> str:
 
 class DigitalOceanDriver(Driver):
     name = "digitalocean"
+    capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True, own_engine_url=True)
     rollback_unreachable = True
     flags = (
         Flag("digitalocean-access-token", "string", "", TOKEN_ENV, "Digital Ocean access token", secret=True),

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pymachine.machine import urls
-from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 # Files pymachine itself keeps in a machine dir: a user's key must never land on (or
@@ -46,6 +46,7 @@ def _copy_private(src: str, dest: str) -> None:
 
 class GenericDriver(Driver):
     name = "generic"
+    capabilities = DriverCapabilities(restart=True, own_engine_url=True)
     flags = (
         Flag("generic-engine-port", "int", 2376, "GENERIC_ENGINE_PORT", "Docker engine port"),
         Flag("generic-ip-address", "string", "", "GENERIC_IP_ADDRESS", "IP Address of machine"),

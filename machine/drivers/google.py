@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from pymachine.machine import urls
-from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.restclient import HTTPError, RestClient, seconds_from_env
 from pymachine.machine.errors import MachineError, PreCreateError
 
@@ -170,6 +170,7 @@ def instance_ip(instance: Mapping[str, Any], internal: bool) -> str:
 
 class GoogleDriver(Driver):
     name = "google"
+    capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True)
     rollback_unreachable = True
     default_ssh_user = "docker-user"
     flags = (

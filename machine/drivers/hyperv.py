@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pymachine.machine import urls
-from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.powershell import PowerShell, find_powershell, quote
 from pymachine.machine.drivers.restclient import seconds_from_env
 from pymachine.machine.errors import MachineError, PreCreateError
@@ -74,6 +74,7 @@ def first_ipv4(addresses: Any) -> str:
 
 class HyperVDriver(Driver):
     name = "hyperv"
+    capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True)
     default_ssh_user = B2D_USER
     #: The host OS whose PowerShell is looked for (tests run the Windows lookup anywhere).
     platform: str = sys.platform

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.errors import MachineError
 
 
@@ -35,6 +35,7 @@ def _check_url(url: str):
 
 class NoneDriver(Driver):
     name = "none"
+    capabilities = DriverCapabilities()
     provisionable = False
     flags = (Flag("url", "string", "", None, "URL of host when no driver is selected"),)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pymachine.machine import urls
-from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.openstack_api import Credentials, Session, session
 from pymachine.machine.drivers.restclient import HTTPError
 from pymachine.machine.errors import MachineError, PreCreateError
@@ -51,6 +51,7 @@ def _s(name: str, env: str, help: str, default: Any = "", kind: str = "string", 
 
 class OpenStackDriver(Driver):
     name = "openstack"
+    capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True)
     rollback_unreachable = True
     flags = (
         _s("auth-url", "OS_AUTH_URL", "OpenStack authentication URL"),

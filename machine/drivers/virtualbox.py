@@ -63,7 +63,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pymachine.machine import urls
-from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.hostplatform import HostPlatform
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
@@ -465,6 +465,8 @@ def userdata_tar(pubkey: bytes) -> bytes:
 
 class VirtualBoxDriver(Driver):
     name = "virtualbox"
+    capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True, seed=True, shares=True,
+                                      port_forwards=True, own_engine_url=True)
     default_ssh_user = "docker"
     flags = (
         Flag("virtualbox-memory", "int", 1024, "VIRTUALBOX_MEMORY_SIZE", "Size of memory for host in MB"),
@@ -814,7 +816,7 @@ class VirtualBoxDriver(Driver):
             # Never smaller than the image: VirtualBox cannot shrink a disk.
             self.vbm("modifymedium", "disk", disk, "--resize", str(max(size_mb, -(-base_size // (1 << 20)))))
             dvd = self._path("seed.iso")
-            self._write_seed(dvd, pub.decode(), share)
+            self._write_seed(dvd, pub.decode(), share, pymachine_image=source is None)
         arch = self.vm_arch()
         self.config["PlatformArchitecture"] = arch
         # 7.1+: the platform is explicit (without it an Apple Silicon host makes an ARM VM, reference a3);
@@ -923,11 +925,24 @@ class VirtualBoxDriver(Driver):
                 f"VBoxManage convertfromraw stdin {disk} {size} --format VMDK failed: {error_line(text)}"
             )
 
-    def _write_seed(self, path: str, pubkey: str, share: tuple[str, str] | None) -> None:
+    def _write_seed(self, path: str, pubkey: str, share: tuple[str, str] | None, pymachine_image: bool) -> None:
+        """The seed, with the host's first-boot plan (engine TLS files, drop-in) where pymachine's
+        image installs it; the proxy for any image (cloud-init's user-data too)."""
         from pymachine.machine import seed
 
+        plan = self.first_boot
         seed.write_seed_iso(path, hostname=self.machine_name, user=self.default_ssh_user, ssh_pubkey=pubkey,
-                            proxy=None, instance_id=str(uuid.uuid4()), shares=guest_shares(share))
+                            proxy=plan.proxy_settings() if plan else None, instance_id=str(uuid.uuid4()),
+                            shares=guest_shares(share), first_boot=plan if pymachine_image else None)
+
+    def seed_addresses(self) -> list[str]:
+        """The host-only network's DHCP pool: the guest's address is one of them (at most 256)."""
+        if self.uses_hostonly_nets():
+            net = parse_cidr(str(self.config.get("HostOnlyCIDR") or DEFAULT_CIDR)).network
+            return [str(a) for a in net.hosts()] if net.num_addresses <= 256 else []
+        _server, lower, upper = dhcp_settings(parse_cidr(str(self.config.get("HostOnlyCIDR") or DEFAULT_CIDR)))
+        first, last = int(ipaddress.IPv4Address(lower)), int(ipaddress.IPv4Address(upper))
+        return [str(ipaddress.IPv4Address(i)) for i in range(first, last + 1)] if last - first < 256 else []
 
     def _seed_shares(self) -> list[tuple[str, str, str]]:
         """The seed's shared-folder lines, checked (pre-create): names the guest's fstab can hold."""

@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from pymachine.machine import urls
-from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.hostplatform import HostPlatform
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
@@ -282,6 +282,8 @@ class VMwareDriver(Driver):
     """What Workstation and Fusion share; subclasses name the flags and vmrun's host type."""
 
     default_ssh_user = B2D_USER
+    capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True, seed=True, shares=True,
+                                      own_engine_url=True)
     prefix: ClassVar[str] = ""
     host_type: ClassVar[str] = ""  # vmrun -T
     product: ClassVar[str] = ""
@@ -542,9 +544,11 @@ class VMwareDriver(Driver):
             iso = self._path("seed.iso")
             from pymachine.machine import seed
 
+            plan = self.first_boot if base is not None else None  # its engine files: pymachine's image only
             seed.write_seed_iso(iso, hostname=name, user=str(self.config.get("SSHUser") or B2D_USER),
-                                ssh_pubkey=pub.decode(), proxy=None, instance_id=str(uuid.uuid4()),
-                                shares=self.seed_shares())
+                                ssh_pubkey=pub.decode(), instance_id=str(uuid.uuid4()), shares=self.seed_shares(),
+                                proxy=self.first_boot.proxy_settings() if self.first_boot else None,
+                                first_boot=plan)
         self.config["ISO"] = iso
         drive = ""
         if self.config.get("ConfigDriveURL"):
@@ -610,6 +614,14 @@ class VMwareDriver(Driver):
                 raise MachineError(f"the VM reported no IP address within {timeout:g}s "
                                    "(neither VMware Tools nor a vmnet DHCP lease named one)")
             time.sleep(1.0)
+
+    def seed_addresses(self) -> list[str]:
+        """vmnet8's NAT subnet (from its dhcpd.conf; at most 256 addresses): the guest's
+        address is one of them, and the seed's server certificate covers them all."""
+        subnet = nat_subnet(dhcp_conf_files(self.host.os))
+        if subnet is None or subnet.num_addresses > 256:
+            return []
+        return [str(a) for a in subnet.hosts() if plausible_guest_ip(str(a), subnet)]
 
     def lease_ip(self) -> str:
         """The vmnet DHCP lease of the MAC VMware generated for ethernet0 ('' when none)."""

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from pymachine.machine import urls
-from pymachine.machine.drivers.base import Driver, Flag, Log, State
+from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 
@@ -107,6 +107,7 @@ def fault_text(exc: BaseException) -> str:
 
 class VSphereDriver(Driver):
     name = "vmwarevsphere"
+    capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True, seed=True)
     default_ssh_user = "docker"
     rollback_unreachable = True
     flags = (
@@ -471,8 +472,9 @@ class VSphereDriver(Driver):
             disk, _info = images.disk_for_driver(images.default_cache_dir(self.store_path), "raw",
                                                  lambda m: log(f"({name}) {m}"))
             base = (str(disk), os.path.getsize(disk))
+            plan = self.first_boot  # the host's first-boot plan: engine TLS files, drop-in, proxy
             seed.write_seed_iso(os.path.join(self.machine_dir, SEED_ISO), hostname=name, user=user,
-                                ssh_pubkey=pubkey, proxy=None, instance_id=str(uuid.uuid4()))
+                                ssh_pubkey=pubkey, proxy=None, instance_id=str(uuid.uuid4()), first_boot=plan)
         with self.session() as si:
             inv = self._find(si)
             ds = inv["datastore"].name

@@ -12,10 +12,10 @@ import os
 import stat
 
 import pytest
-from pymachine.machine.drivers.qemu import render_engine_files
 from pymachine.machine.host import Machine
 from pymachine.machine.provision import build_plan
 from pymachine.machine.store import Store
+from pymachine.provisioners.debian import DebianProvisioner
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ def test_the_engine_still_gets_the_real_proxy_urls(px):
     assert plan.engine.proxy.http_proxy == HTTP
     assert plan.engine.proxy.https_proxy == HTTPS
     assert f"FTP_PROXY={ENV}" in plan.engine.env
-    rendered = "\n".join(render_engine_files(plan).values())
+    rendered = "\n".join(DebianProvisioner.first_boot(plan).engine_files().values())
     assert HTTP in rendered and HTTPS in rendered
     assert "****" not in rendered
 

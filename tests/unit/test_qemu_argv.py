@@ -276,7 +276,7 @@ def test_pre_rendered_engine_files_are_what_provisioning_writes() -> None:
     plan = ProvisionPlan(hostname="dev", engine=engine, driver_name="qemu", ca_pem=b"CA\n",
                          server_pem=b"CERT\n", server_key_pem=b"KEY\n", machine_ip="127.0.0.1",
                          engine_port=42376, install_source="preinstalled")
-    rendered = qemu.render_engine_files(plan)
+    rendered = DebianProvisioner.first_boot(plan).engine_files()
     dropin = rendered["/etc/systemd/system/docker.service.d/10-machine.conf"]
     assert "/usr/sbin/dockerd -H tcp://0.0.0.0:42376" in dropin and "--storage-driver overlay2" in dropin
     assert "--label provider=qemu" in dropin and "HTTP_PROXY=http://10.0.2.2:3128" in dropin
