@@ -1,34 +1,23 @@
-"""A machine's lifecycle: create, start/stop/restart/kill, remove, state.
+"""A stored machine with its driver loaded, and its lifecycle: start/stop/restart/kill, remove, state.
 
-The Host layer sits between the CLI and the drivers: it owns the order of
-steps and saves to the store after each one, so an interrupted create is
-visible (and removable) rather than silently lost.  A failure while the
-driver makes the box rolls back what was made; a failure while provisioning
-keeps the machine, marked with the failing step, so ``provision`` can retry.
+The Host layer sits between the CLI and the drivers and saves to the store after
+each step.  What a new machine is made of (its HostOptions, its validated driver)
+is built here too; the create's orchestration (certificates, driver create,
+provisioning, rollback) is ``machine.creation``, which builds on this module.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pymachine.machine import hostoptions
-from pymachine.machine.atomic import write_atomic
 from pymachine.machine.authpaths import MachineTLS, machine_tls
 from pymachine.machine.drivers.base import Driver, State
 from pymachine.machine.drivers.registry import driver_class, load_driver
 from pymachine.machine.errors import MachineError
-from pymachine.machine.store import (
-    Host,
-    MachineRemoved,
-    Store,
-    StoreError,
-    check_new_name,
-    describe_os_error,
-    driver_config,
-)
+from pymachine.machine.store import Host, Store, check_new_name, driver_config
 
 Log = Callable[[str], None]
 
@@ -162,161 +151,3 @@ def prepare_driver(store: Store, name: str, driver_name: str, values: Mapping[st
 
         check_ssh_value("SSH user", str(driver.config["SSHUser"]))
     return driver
-
-
-def cert_paths(store: Store, opts: CreateOptions) -> tuple[Any, set[Path]]:
-    """The CA and client files for a create, and which of them are the user's own."""
-    from pymachine.machine import certs
-
-    given = {"ca_cert": opts.ca_cert, "ca_key": opts.ca_key,
-             "client_cert": opts.client_cert, "client_key": opts.client_key}
-    default = certs.CertPaths.in_dir(store.certs_dir)
-    paths = certs.CertPaths(**{k: Path(v).expanduser().absolute() if v else getattr(default, k)
-                               for k, v in given.items()})
-    user = {getattr(paths, k) for k, v in given.items() if v}
-    return paths, user
-
-
-def create(
-    store: Store,
-    name: str,
-    driver: Driver,
-    opts: CreateOptions,
-    log: Log,
-    argv0: str = "pymachine",
-) -> Machine:
-    """All or nothing: any failure or interrupt before the machine is usable rolls it back.
-
-    ``Pymachine.Creating`` (this PID) is in the config from the first save to the
-    last, so a create killed midway shows as interrupted in ``ls``.  Provisioning
-    runs without the machine's lock so an ``rm`` can win: the store then refuses
-    the create's next save (the directory is never re-made) and the create stops.
-    """
-    from pymachine.machine import certs  # heavy (cryptography): only on create
-
-    check_new_name(name)
-    certs.check_sans(opts.tls_sans)
-    store.ensure()
-    paths, user_files = cert_paths(store, opts)
-    certs.bootstrap_certificates(paths, log=log, lock_dir=store.certs_dir, user_files=user_files)
-    log("Running pre-create checks...")
-    driver.pre_create_check()
-    store.reserve(name)
-    try:
-        with store.lock(name):
-            machine = Machine(store, new_host(store, name, driver, opts))
-            machine.driver = driver
-            machine.host.extra.setdefault("Pymachine", {})["Creating"] = {"Pid": os.getpid()}
-            machine.save()
-            log("Creating machine...")
-            driver.create(log)
-            machine.save()
-            copy_client_certs(machine)
-            if not driver.provisionable:
-                issue_server_cert(machine)
-                finish_create(machine)
-    except MachineRemoved:
-        raise _removed_meanwhile(name) from None
-    except BaseException as exc:
-        _rollback(store, name, driver, log)
-        if isinstance(exc, OSError):
-            raise StoreError(f"Error creating machine {name!r}: {describe_os_error(exc, store.machine_dir(name))}; "
-                             "nothing was kept") from None
-        raise
-    if not driver.provisionable:
-        return machine
-    from pymachine.machine import provision  # paramiko and the provisioners: only when needed
-
-    try:
-        provision.after_create(machine, log)
-    except MachineRemoved:
-        raise _removed_meanwhile(name) from None
-    except MachineError:
-        if not store.exists(name):
-            raise _removed_meanwhile(name) from None
-        last = (machine.host.extra.get("Pymachine") or {}).get("LastError") or {}
-        if driver.rollback_unreachable and last.get("Step") == "ssh":
-            log(f"Removing {name}: the host never answered over SSH")
-            _rollback(store, name, driver, log)
-            raise
-        finish_create(machine)  # kept for 'provision' to retry; LastError says why
-        raise
-    except BaseException:  # an interrupt while provisioning: nothing half-made is kept
-        if store.exists(name):
-            _rollback(store, name, driver, log)
-        raise
-    finish_create(machine)
-    log(
-        "To see how to connect your Docker Client to the Docker Engine running on this "
-        f"virtual machine, run: {argv0} env {name}"
-    )
-    return machine
-
-
-def finish_create(machine: Machine) -> None:
-    """Clear the create's in-progress mark; a concurrent rm makes this raise MachineRemoved."""
-    ext = machine.host.extra.get("Pymachine")
-    if isinstance(ext, dict):
-        ext.pop("Creating", None)
-        if not ext:
-            machine.host.extra.pop("Pymachine")
-    try:
-        machine.save()
-    except MachineRemoved:
-        raise _removed_meanwhile(machine.name) from None
-
-
-def _removed_meanwhile(name: str) -> MachineError:
-    return MachineError(f'create of "{name}" stopped: the machine was removed while it was being created')
-
-
-def _rollback(store: Store, name: str, driver: Driver, log: Log) -> None:
-    try:
-        driver.remove(log)
-    except Exception as exc:  # noqa: BLE001 -- the original error matters more; say what may be left
-        log(f"Warning: could not remove what the driver made for {name}: {exc}")
-    try:
-        store.remove(name)
-    except MachineError as exc:
-        log(f"Warning: {exc}")
-
-
-def copy_client_certs(machine: Machine) -> None:
-    """Put ca.pem, cert.pem and key.pem in the machine dir: it is DOCKER_CERT_PATH."""
-    tls = machine.tls()
-    for src, dst, mode in (
-        (tls.ca_cert, "ca.pem", 0o600),
-        (tls.client_cert, "cert.pem", 0o600),
-        (tls.client_key, "key.pem", 0o600),
-    ):
-        # A new file renamed into place: a symlink planted at the target is replaced, not
-        # followed (copyfile would write the client key wherever it points).
-        write_atomic(machine.dir / dst, Path(src).read_bytes(), mode=mode)
-
-
-def server_cert_sans(machine: Machine) -> list[str]:
-    from urllib.parse import urlsplit
-
-    sans = list(machine.host.auth_options.get("ServerCertSANs") or [])
-    url = machine.driver.url() if machine.driver.name == "none" else ""
-    host = urlsplit(url).hostname if url else machine.driver.ip()
-    if host:
-        sans.append(host)
-    return sans
-
-
-def issue_server_cert(machine: Machine) -> None:
-    """(Re)issue the machine's server certificate for its current address.
-
-    docker-machine gave ``none`` machines no server cert; pymachine issues one
-    so a user can start their own engine with it and ``env`` just works.
-    """
-    from pymachine.machine import certs
-
-    tls = machine.tls()
-    paths = certs.CertPaths(tls.ca_cert, tls.ca_key, tls.client_cert, tls.client_key)
-    org = f"{certs.current_user_org()}.{machine.name}"
-    certs.generate_server_cert(
-        paths, machine.dir / "server.pem", machine.dir / "server-key.pem", org,
-        server_cert_sans(machine), swarm_master=bool(machine.host.swarm_options.get("Master")),
-    )

@@ -1,21 +1,22 @@
-"""``pymachine create``: docker-machine's two-phase parse, then Host.create.
+"""``pymachine create``: docker-machine's two-phase parse, then the library's create_machine.
 
 Phase one finds the driver (``-d``/``--driver``, else ``$MACHINE_DRIVER``);
 phase two parses the shared flags together with that driver's own flags,
-which each driver declares as data.
+which each driver declares as data.  Everything after parsing (validation, swarm
+checks, certificates, rollback, provisioning) is ``machine.creation``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pymachine.machine import hostoptions
 from pymachine.machine.cli.argparsing import Parser
 from pymachine.machine.cli.common import ARGV0, Context, UsageError, parser
+from pymachine.machine.creation import CreateRequest
 from pymachine.machine.drivers.base import Flag
 from pymachine.machine.errors import MachineError
 
@@ -145,64 +146,30 @@ def driver_values(ns: argparse.Namespace, flags: Sequence[Flag]) -> dict[str, An
     return values
 
 
-def options_from(ns: argparse.Namespace, ctx: Context, driver_default_source: str = "packages") -> Any:
-    from pymachine.machine.host import CreateOptions
-
-    mirrors = ns.engine_registry_mirror if ns.engine_registry_mirror is not None else ns._mirror_env
-    engine = hostoptions.engine_options(
-        arbitrary_flags=ns.engine_opt, env=ns.engine_env, insecure_registry=ns.engine_insecure_registry,
-        labels=ns.engine_label, storage_driver=ns.engine_storage_driver, registry_mirror=mirrors,
-        install_url=ns.engine_install_url,
-    )
-    engine = with_engine_extras(engine, ns, ctx, driver_default_source)
-    swarm = hostoptions.swarm_options(
-        is_swarm=ns.swarm or ns.swarm_master, address=ns.swarm_addr, discovery=ns.swarm_discovery,
-        master=ns.swarm_master, host=ns.swarm_host, image=ns.swarm_image, strategy=ns.swarm_strategy,
-        arbitrary_flags=ns.swarm_opt, arbitrary_join_flags=ns.swarm_join_opt,
-        env=(ns.engine_env or None) if ns.swarm or ns.swarm_master else None,  # docker-machine 0.16.2: null off swarm
-        experimental=ns.swarm_experimental,
-    )
-    return CreateOptions(
-        engine=engine, swarm=swarm, tls_sans=ns.tls_san,
-        ca_cert=ctx.tls_ca_cert, ca_key=ctx.tls_ca_key,
-        client_cert=ctx.tls_client_cert, client_key=ctx.tls_client_key,
+def request_from(ns: argparse.Namespace, ctx: Context, name: str, flags: Sequence[Flag],
+                 explicit_install_url: bool) -> CreateRequest:
+    """The parsed flags as the library's typed request (the global --tls-* flags included)."""
+    return CreateRequest(
+        name=name, driver=ns.driver, driver_options=driver_values(ns, flags),
+        engine_install_url=ns.engine_install_url if explicit_install_url else None,
+        engine_opt=ns.engine_opt, engine_insecure_registry=ns.engine_insecure_registry,
+        engine_registry_mirror=ns.engine_registry_mirror if ns.engine_registry_mirror is not None else ns._mirror_env,
+        engine_label=ns.engine_label, engine_storage_driver=ns.engine_storage_driver, engine_env=ns.engine_env,
+        engine_install_source=ns.engine_install_source, engine_bundle=ns.engine_bundle,
+        swarm=ns.swarm, swarm_image=ns.swarm_image, swarm_master=ns.swarm_master,
+        swarm_discovery=ns.swarm_discovery, swarm_strategy=ns.swarm_strategy, swarm_opt=ns.swarm_opt,
+        swarm_join_opt=ns.swarm_join_opt, swarm_host=ns.swarm_host, swarm_addr=ns.swarm_addr,
+        swarm_experimental=ns.swarm_experimental, tls_san=ns.tls_san,
+        http_proxy=ns.http_proxy, https_proxy=ns.https_proxy, no_proxy=ns.no_proxy,
+        proxy_from_env=ns.proxy_from_env,
+        tls_ca_cert=ctx.tls_ca_cert, tls_ca_key=ctx.tls_ca_key,
+        tls_client_cert=ctx.tls_client_cert, tls_client_key=ctx.tls_client_key,
     )
 
 
-def with_engine_extras(engine: dict[str, Any], ns: argparse.Namespace, ctx: Context,
-                       driver_default_source: str = "packages") -> dict[str, Any]:
-    """Fold pymachine's proxy and install-source settings into EngineOptions."""
-    import os
-
-    from pymachine.engine.options import EngineOptions
-    from pymachine.engine.proxy import ProxySettings
-
-    opts = EngineOptions.from_json(engine)
-    proxy = ProxySettings(ns.http_proxy, ns.https_proxy, ns.no_proxy)
-    if ns.proxy_from_env:
-        proxy = ProxySettings.merged(proxy, ProxySettings.from_user_environment(ctx.environ))
-    opts.proxy = proxy
-    source = ns.engine_install_source
-    if ns.engine_bundle:
-        bundle = os.path.abspath(os.path.expanduser(ns.engine_bundle))
-        if not os.path.isfile(bundle):
-            raise MachineError(f"engine bundle not found: {ns.engine_bundle}")
-        if source not in ("", "bundle"):
-            raise MachineError("--engine-bundle needs --engine-install-source bundle (or none)")
-        source, opts.bundle_path = "bundle", bundle
-    elif source == "bundle":
-        raise MachineError("--engine-install-source bundle needs --engine-bundle FILE")
-    if not source:
-        explicit_url = getattr(ns, "explicit_install_url", False) or "MACHINE_DOCKER_INSTALL_URL" in ctx.environ
-        source = "script" if explicit_url else driver_default_source
-    opts.install_source = source
-    return opts.to_json()
-
-
-def cmd_create(ctx: Context, args: list[str]) -> int:
-    from pymachine.machine import host as hostmod
+def parse_create(ctx: Context, args: Sequence[str]) -> CreateRequest:
+    """argv -> CreateRequest: docker-machine's two-phase parse (the driver's flags need the driver)."""
     from pymachine.machine.drivers.registry import driver_class
-    from pymachine.machine.store import check_new_name
 
     driver_name = find_driver(args, ctx.environ)
     p = parser("create", "Create a machine.", "[arg...]")
@@ -217,7 +184,7 @@ def cmd_create(ctx: Context, args: list[str]) -> int:
     if cls is not None:
         add_driver_flags(p, cls.flags, ctx.environ)
     p.add_argument("name", nargs="*")
-    ns, extra = p.parse_known_args(args)
+    ns, extra = p.parse_known_args(list(args))
     bad = [a for a in extra if a.startswith("-")]
     if bad:
         raise UsageError(f"flag provided but not defined: {bad[0]}")
@@ -226,44 +193,15 @@ def cmd_create(ctx: Context, args: list[str]) -> int:
         raise UsageError(f"Invalid command line. Found extra arguments {names[1:]}")
     if not names:
         raise UsageError("Error: No machine name specified")
-    name = names[0]
-    check_new_name(name)  # before anything touches the disk
-    if ctx.store.exists(name):
-        raise MachineError(f'Docker machine "{name}" already exists')
-    from pymachine.machine.provision import ssh_wait
-
-    ssh_wait(ctx.environ)  # a bad PYMACHINE_SSH_WAIT fails now, before anything is made
-    from pymachine.machine import swarm  # swarm mode: discovery is a manager's NAME or engine URL
-
-    ns.swarm_discovery = swarm.check_create(ctx.store, agent=ns.swarm, master=ns.swarm_master,
-                                            discovery=ns.swarm_discovery, swarm_opts=ns.swarm_opt,
-                                            join_opts=ns.swarm_join_opt)
     assert cls is not None
-    ns.explicit_install_url = any(a.split("=", 1)[0] == "--engine-install-url" for a in args)
-    driver = hostmod.prepare_driver(ctx.store, name, driver_name, driver_values(ns, cls.flags))
-    # A driver whose image carries the engine (qemu) defaults to configuring it only.
-    default_source = getattr(driver, "default_install_source", "packages")
-    opts = options_from(ns, ctx, default_source)
-    with terminate_as_interrupt():
-        hostmod.create(ctx.store, name, driver, opts, ctx.out, argv0=ARGV0)
+    explicit_url = (any(a.split("=", 1)[0] == "--engine-install-url" for a in args)
+                    or "MACHINE_DOCKER_INSTALL_URL" in ctx.environ)
+    return request_from(ns, ctx, names[0], cls.flags, explicit_url)
+
+
+def cmd_create(ctx: Context, args: list[str]) -> int:
+    from pymachine.machine.creation import create_machine
+
+    request = parse_create(ctx, args)
+    create_machine(ctx.store, request, ctx.out, environ=ctx.environ, argv0=ARGV0)
     return 0
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM during a create raises KeyboardInterrupt, so the create rolls back like on Ctrl-C."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -135,7 +135,7 @@ def _over_ssh(ctx: Context, names: list[str], operation: str) -> None:
 
             getattr(provision, operation)(machine, ctx.out)
             if operation == "reprovision" and "Creating" in (machine.host.extra.get("Pymachine") or {}):
-                from pymachine.machine.host import finish_create
+                from pymachine.machine.creation import finish_create
 
                 finish_create(machine)  # a provision that succeeds finishes an interrupted create
 
@@ -171,7 +171,7 @@ def cmd_regenerate_certs(ctx: Context, args: list[str]) -> int:
 
                 provision.reprovision(machine, ctx.out, new_certs=True)
             else:
-                from pymachine.machine.host import copy_client_certs, issue_server_cert
+                from pymachine.machine.tls import copy_client_certs, issue_server_cert
 
                 copy_client_certs(machine)
                 issue_server_cert(machine)

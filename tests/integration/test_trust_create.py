@@ -196,8 +196,8 @@ def test_killed_rm_is_finished_by_the_next_command(pm, tmp_path):
 
 def test_rm_during_provisioning_wins_and_the_create_stops(pm, monkeypatch):
     """A real ``pymachine rm`` runs while create provisions; the create's next save must not undo it."""
+    from pymachine.machine import creation, provision
     from pymachine.machine import host as hostmod
-    from pymachine.machine import provision
     from pymachine.machine.errors import MachineError
     from pymachine.machine.store import Store
 
@@ -216,7 +216,7 @@ def test_rm_during_provisioning_wins_and_the_create_stops(pm, monkeypatch):
 
     monkeypatch.setattr(provision, "after_create", provisioning)
     with pytest.raises(MachineError, match="removed while it was being created"):
-        hostmod.create(store, "m", driver, hostmod.CreateOptions(), log=lambda _m: None)
+        creation.create_with_driver(store, "m", driver, hostmod.CreateOptions(), log=lambda _m: None)
     assert seen["rm"] == 0
     assert machines(pm) == []
 
