@@ -2,7 +2,8 @@
 
 Modules: ``lock`` (the lock file and its refresh from upstream metadata),
 ``fetch`` (verified, digest-addressed downloads), ``linux`` (.deb and .pyz),
-``windows`` (NSIS .exe), ``sums`` (SHA256SUMS + signature), ``quickstart``
-(the Docker Quickstart Terminal logic, used by ``pymachine quickstart``).
+``windows`` (NSIS .exe), ``sums`` (SHA256SUMS + signature).  The Docker
+Quickstart Terminal logic is the runtime's (``machine/quickstart.py``): nothing in
+the runtime imports this package.
 Run ``python -m pymachine.installer --help``.
 """

@@ -97,7 +97,7 @@ def _verify_cmd(ns: argparse.Namespace) -> int:
 
 
 def _cli_plugins_cmd(ns: argparse.Namespace) -> int:
-    from pymachine.installer import docker_config
+    from pymachine.machine import cli_plugins as docker_config
     from pymachine.machine.docker_context import docker_config_dir
 
     cfg = Path(ns.config_dir) if ns.config_dir else docker_config_dir()

@@ -16,7 +16,7 @@ from pymachine.installer.template import walk_sorted
 
 import pymachine
 
-SUBPACKAGES = ("machine", "engine", "provisioners", "installer", "packaging")  # installer: quickstart
+SUBPACKAGES = ("machine", "engine", "provisioners", "installer", "packaging")  # installer: cli-plugins (postinstall)
 
 
 def default_source() -> Path:

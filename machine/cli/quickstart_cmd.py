@@ -1,13 +1,24 @@
-"""``quickstart``: create or start the default machine and open a shell wired to it."""
+"""``quickstart``: create or start the default machine and open a shell wired to it.
+
+Parses, calls the library's ``machine.quickstart.quickstart``, prints the
+environment and the banner, then hands the terminal to a shell (or a command)
+with that environment.  Progress goes to stderr, so
+``eval "$(pymachine quickstart --no-shell)"`` works.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+
 from pymachine.machine.cli.common import Context, parse, parser
+from pymachine.machine.errors import MachineError
 
 
 def cmd_quickstart(ctx: Context, args: list[str]) -> int:
-    from pymachine.installer import quickstart
-    from pymachine.machine.cli.main import dispatch
+    from pymachine.machine import quickstart, shells
+    from pymachine.machine.cli.create import parse_create
+    from pymachine.machine.cli.env import invoked_argv
 
     p = parser("quickstart", "Create or start the default machine and open a shell wired to it",
                "[-- COMMAND [ARG...]]")
@@ -28,9 +39,25 @@ def cmd_quickstart(ctx: Context, args: list[str]) -> int:
         i = args.index("--")
         head, tail = list(args[:i]), list(args[i + 1:])
     ns = parse(p, head)
-    extra = list(ns.create_opt)
+    create_args = ["-d", ns.driver, *ns.create_opt]
     if ns.url:
-        extra += ["--url", ns.url]
-    opts = quickstart.Options(name=ns.name, driver=ns.driver, create_args=extra, shell=ns.shell,
-                              no_shell=ns.no_shell, command=tail + ns.rest)
-    return quickstart.run(ctx, opts, dispatch)
+        create_args += ["--url", ns.url]
+    request = parse_create(ctx, [*create_args, ns.name])  # create's own flags, checked as create does
+    session = quickstart.quickstart(ctx.store, request, ctx.err, environ=ctx.environ)
+    try:
+        shell_name, _note = shells.detect_shell(ctx.environ)
+    except shells.UnknownShell:
+        shell_name = "cmd" if os.name == "nt" else "bash"
+    sys.stdout.write(shells.env_output(shell_name, session.variables, [*invoked_argv()[:1], "env", session.name]))
+    sys.stdout.write(quickstart.banner(session.name, session.ip))
+    sys.stdout.flush()
+    if ns.no_shell:
+        return 0
+    env = quickstart.child_environment(ctx.environ, session.variables)
+    argv = [*tail, *ns.rest] or quickstart.shell_argv(ns.shell or quickstart.user_shell(ctx.environ))
+    sys.stderr.flush()
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        raise MachineError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    return 0  # pragma: no cover -- exec does not return

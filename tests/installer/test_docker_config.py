@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from pymachine.installer import docker_config
-from pymachine.installer.docker_config import add_plugin_dir, bundled_plugin_dir, remove_plugin_dir
+from pymachine.machine import cli_plugins as docker_config
+from pymachine.machine.cli_plugins import add_plugin_dir, bundled_plugin_dir, remove_plugin_dir
 from pymachine.machine.errors import MachineError
 
 PLUGINS = "/usr/local/pymachine/cli-plugins"
@@ -112,7 +112,7 @@ def test_cli_entry_prints_and_fails_in_one_line(tmp_path):
 
 
 def test_quickstart_registers_the_bundled_plugin_for_its_user(tmp_path, monkeypatch):
-    from pymachine.installer import quickstart
+    from pymachine.machine import quickstart
 
     prefix = tmp_path / "pymachine"
     (prefix / "lib").mkdir(parents=True)

@@ -278,7 +278,7 @@ def test_pkg_refuses_components_of_the_other_arch(mac_lock, src_snapshot, tmp_pa
 def test_docker_compose_answers_from_the_staged_mac_tree(mac_lock, src_snapshot, tmp_path):
     """What postinstall does, with the real docker CLI: the Compose plugin in the installed tree is
     registered in the user's existing config.json (merged) and `docker compose` finds it."""
-    from pymachine.installer import docker_config
+    from pymachine.machine import cli_plugins as docker_config
 
     lock, _www, cache = mac_lock
     pkg = build_pkg(tmp_path / "pkg", lock.components("macos", "x86_64"), cache=cache, epoch=EPOCH,

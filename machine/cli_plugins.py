@@ -9,7 +9,8 @@ home would leave stale binaries behind.  The docker CLI (>= 20.10) searches
 
 One implementation, run by the macOS postinstall (as the console user), the
 Windows installer, and every ``pymachine quickstart`` (for users who did not
-run the installer).  The config is read and written by machine.docker_context's
+run the installer): a runtime module, so quickstart needs nothing from the
+installer builder.  The config is read and written by machine.docker_context's
 rules (``$DOCKER_CONFIG`` or ``~/.docker``, a symlinked config.json followed,
 tab-indented, atomic, mode kept).  A config that is not a JSON object, or whose
 ``cliPluginsExtraDirs`` is not a list of strings, is left untouched: the user
