@@ -462,8 +462,9 @@ class VSphereDriver(Driver):
         raw = str(self.config.get("Boot2DockerURL") or "")
         if _is_download(raw):
             from pymachine.engine.download import fetch, url_file_name
+            from pymachine.machine.cachedir import user_cache_dir
 
-            cache = Path(self.store_path) / "cache" / "downloads"
+            cache = user_cache_dir() / "downloads"  # the user's, shared by every store
             self.config["ISO"] = str(fetch(raw, cache, "", lambda m: log(f"({name}) {m}")))
             self.config["ISOName"] = url_file_name(raw)
         if not self.config.get("ISO"):

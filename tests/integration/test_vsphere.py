@@ -423,7 +423,9 @@ def test_boot2docker_url_takes_file_and_http_urls(vcsim, tmp_path, iso, monkeypa
     finally:
         server.shutdown()
         server.server_close()
-    cached = tmp_path / "store" / "cache" / "downloads" / "by-digest" / hashlib.sha256(ISO_BYTES).hexdigest()
+    from pymachine.machine.cachedir import user_cache_dir  # the user's, shared (tests: a private one)
+
+    cached = user_cache_dir() / "downloads" / "by-digest" / hashlib.sha256(ISO_BYTES).hexdigest()
     assert cached.read_bytes() == ISO_BYTES
     bad = make_driver(vcsim, tmp_path / "store", "pm-ftp", iso, boot2docker_url="ftp://127.0.0.1/b2d.iso")
     with pytest.raises(PreCreateError, match="must be a local path, file:// or http"):
