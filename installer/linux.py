@@ -39,6 +39,7 @@ import zipfile
 from pathlib import Path
 
 from pymachine.installer.lock import Component, packaging_file
+from pymachine.installer.project import project_info
 from pymachine.installer.sources import default_source, iter_sources
 from pymachine.installer.stage import check_vm_image, stage
 from pymachine.installer.template import normalise_tree, render, source_date_epoch, walk_sorted
@@ -59,9 +60,7 @@ MAIN = (
 )
 COMPOSE_PLUGIN = "usr/lib/docker/cli-plugins/docker-compose"
 DEB_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
-HOMEPAGE = "https://github.com/pymachine/pymachine"
-MAINTAINER_ENV = "PYMACHINE_DEB_MAINTAINER"
-DEFAULT_MAINTAINER = "pymachine maintainers <maintainers@pymachine.dev>"
+MAINTAINER_ENV = "PYMACHINE_DEB_MAINTAINER"  # the Maintainer and Homepage otherwise come from pyproject.toml
 COPYRIGHT = """\
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: pymachine
@@ -138,12 +137,27 @@ def build_pyz(out: Path, epoch: int | None = None, shebang: bytes = SHEBANG, sou
     return out
 
 
-def maintainer(environ: dict[str, str] | None = None) -> str:
-    """The .deb's Maintainer: $PYMACHINE_DEB_MAINTAINER (a release sets its own), else the project's."""
-    value = (os.environ if environ is None else environ).get(MAINTAINER_ENV, "").strip() or DEFAULT_MAINTAINER
+def maintainer(environ: dict[str, str] | None = None, source: Path | None = None) -> str:
+    """The .deb's Maintainer: $PYMACHINE_DEB_MAINTAINER (a release may set its own), else the
+    project's own, pyproject.toml's ``[project] maintainers`` (or ``authors``)."""
+    value = (os.environ if environ is None else environ).get(MAINTAINER_ENV, "").strip()
+    where = MAINTAINER_ENV
+    if not value:
+        value, where = project_info(source).maintainer, "pyproject.toml [project] maintainers"
+        if not value:
+            raise MachineError(f"no Maintainer for the .deb: set {MAINTAINER_ENV}='Name <address>' or "
+                               "pyproject.toml's [project] maintainers")
     if not re.fullmatch(r"[^<>@\n]+ <[^<>@\s]+@[^<>@\s]+\.[a-z]{2,}>", value) or "localhost" in value:
-        raise MachineError(f"{MAINTAINER_ENV}: {value!r} is not 'Name <address@domain>'")
+        raise MachineError(f"{where}: {value!r} is not 'Name <address@domain>' (set {MAINTAINER_ENV})")
     return value
+
+
+def homepage(source: Path | None = None) -> str:
+    """The .deb's Homepage: pyproject.toml's ``[project.urls] Homepage``."""
+    url = project_info(source).homepage
+    if not re.fullmatch(r"https://[^\s/]+\.[a-z]{2,}(/\S*)?", url) or "localhost" in url:
+        raise MachineError(f"no usable Homepage for the .deb: pyproject.toml's [project.urls] Homepage is {url!r}")
+    return url
 
 
 def _changelog(version: str, who: str, epoch: int) -> bytes:
@@ -169,10 +183,10 @@ def build_deb(out_dir: Path, components: list[Component], cache: Path | None = N
     foreign = sorted({c.name for c in components if c.arch not in ("", arch)})
     if foreign:
         raise MachineError(f"components built for another arch than {arch}: {', '.join(foreign)}")
-    who = maintainer()
+    source = source or default_source()
+    who, home = maintainer(source=source), homepage(source)
     deb_arch = DEB_ARCH[arch] if any(c.arch for c in components) else "all"
     epoch = source_date_epoch() if epoch is None else epoch
-    source = source or default_source()
     out_dir.mkdir(parents=True, exist_ok=True)
     deb = out_dir / f"pymachine_{version}_{deb_arch}.deb"
     with tempfile.TemporaryDirectory(prefix="pm-deb-") as tmp:
@@ -183,7 +197,7 @@ def build_deb(out_dir: Path, components: list[Component], cache: Path | None = N
         check_vm_image(components, root, source, ())  # the repo lock ships none: Linux hosts build it
         doc = root / "usr" / "share" / "doc" / "pymachine"
         doc.mkdir(parents=True)
-        (doc / "copyright").write_text(COPYRIGHT.format(homepage=HOMEPAGE))
+        (doc / "copyright").write_text(COPYRIGHT.format(homepage=home))
         (doc / "changelog.gz").write_bytes(_changelog(version, who, epoch))
         plugin = root / COMPOSE_PLUGIN
         if plugin.is_file():  # Compose is a static Go binary upstream, like Debian's own Go packages
@@ -195,7 +209,7 @@ def build_deb(out_dir: Path, components: list[Component], cache: Path | None = N
         control_dir.mkdir()
         template = packaging_file("deb", "control.in").read_text()
         control = render(template, {"VERSION": version, "INSTALLED_SIZE": str(size_kb), "ARCH": deb_arch,
-                                    "MAINTAINER": who, "HOMEPAGE": HOMEPAGE}, "control.in")
+                                    "MAINTAINER": who, "HOMEPAGE": home}, "control.in")
         (control_dir / "control").write_text(control)
         for path in walk_sorted(root):
             if path.is_dir():
