@@ -99,6 +99,23 @@ def _record(machine: Machine, step: str | None, message: str | None) -> None:
     machine.save()
 
 
+def seed_network(driver: Driver) -> str:
+    """The smallest IPv4 network holding every seed address of a driver that carries a seed
+    (a single address as itself); "" for other drivers or none known before boot."""
+    import ipaddress
+
+    if not driver.capabilities.seed:
+        return ""
+    addresses = [ipaddress.IPv4Address(a) for a in driver.seed_addresses() if ":" not in a]
+    if not addresses:
+        return ""
+    low, high = min(addresses), max(addresses)
+    net = ipaddress.IPv4Network(low)
+    while high not in net:
+        net = net.supernet()
+    return str(low) if net.num_addresses == 1 else str(net)
+
+
 def build_plan(machine: Machine, log: Log | None = None) -> ProvisionPlan:
     """The one ProvisionPlan builder: the machine's engine options, its TLS files
     as they are on disk now, its address and the engine's port inside the host.
@@ -126,6 +143,7 @@ def build_plan(machine: Machine, log: Log | None = None) -> ProvisionPlan:
         server_pem=tls.server_cert.read_bytes(),
         server_key_pem=tls.server_key.read_bytes(),
         machine_ip=machine.driver.ip(),
+        machine_network=seed_network(machine.driver),
         engine_port=engine_port(machine),
         install_bundle=bundle_hook,
     )
@@ -155,7 +173,9 @@ def seed_first_boot(machine: Machine, log: Log) -> None:
         machine.driver.first_boot = first_boot_plan(machine, log)
 
 
-def _plan(machine: Machine, log: Log, new_certs: bool = True) -> ProvisionPlan:
+def provision_plan(machine: Machine, log: Log, new_certs: bool = True) -> ProvisionPlan:
+    """The plan provisioning runs: client certs copied, the server cert kept when still good
+    (``new_certs=False``: the one the first-boot seed carried) or issued anew."""
     from pymachine.machine.tls import copy_client_certs, issue_server_cert
 
     log("Copying certs to the local machine directory...")
@@ -178,7 +198,7 @@ def provision_over(machine: Machine, client: SSHClient, log: Log, new_certs: boo
         raise
     log(f"Provisioning with {provisioner.name}...")
     try:
-        plan = _plan(machine, log, new_certs)
+        plan = provision_plan(machine, log, new_certs)
         provisioner.provision(client, plan, log)
     except ProvisionError as exc:
         _record(machine, exc.step, str(exc))

@@ -58,6 +58,10 @@ class ProvisionPlan:
     server_pem: bytes
     server_key_pem: bytes
     machine_ip: str = ""
+    #: Where a seeded machine's address may lie (comma-separated addresses/CIDRs, known before
+    #: it boots): NO_PROXY names these instead of ``machine_ip``, so the engine's drop-in on the
+    #: first-boot seed and the one provisioning renders after boot are the same bytes.
+    machine_network: str = ""
     engine_port: int = 2376
     # Overrides engine.proxy when given; --engine-env proxies fill the gaps.
     proxy: ProxySettings | None = None
@@ -81,7 +85,8 @@ class ProvisionPlan:
             ProxySettings.from_engine_env(self.engine.env),
         )
         if merged.is_set:
-            merged = merged.with_no_proxy_hosts(self.machine_ip, *self.extra_no_proxy)
+            own = self.machine_network.split(",") if self.machine_network else [self.machine_ip]
+            merged = merged.with_no_proxy_hosts(*own, *self.extra_no_proxy)
         return merged
 
 

@@ -1069,6 +1069,9 @@ class VirtualBoxDriver(Driver):
     def engine_url(self) -> str:
         return urls.engine_url(self.ip(), ENGINE_PORT, self.machine_name)
 
+    def guest_engine_port(self) -> int:
+        return ENGINE_PORT  # fixed: known before the guest has an address (the first-boot seed)
+
     def url(self) -> str:
         if self.state(timeout=5.0) != State.RUNNING:
             raise HostNotRunning()

@@ -695,6 +695,9 @@ class VSphereDriver(Driver):
             raise HostNotRunning("IP address is not set")
         return urls.engine_url(ip, urls.ENGINE_PORT, self.machine_name)
 
+    def guest_engine_port(self) -> int:
+        return urls.ENGINE_PORT  # fixed: known before the guest has an address (the first-boot seed)
+
     # State and lifecycle -------------------------------------------------------------------
     def state(self, timeout: float = 10.0) -> State:
         with self.session(timeout=timeout) as si:
