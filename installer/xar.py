@@ -5,11 +5,15 @@ builds differ; this writer emits only what Installer needs, in sorted order,
 with fixed times.  Layout: 28-byte big-endian header, zlib-compressed TOC
 XML, then the heap whose first 20 bytes are the SHA-1 of the compressed TOC.
 Members are stored uncompressed (Toolbox: "--compression=none is mandatory").
+The reader also decodes gzip/bzip2/xz members and SHA-256/MD5 checksums: Apple's
+pkgbuild/productbuild (Oracle's VirtualBox.pkg) and bsdtar compress small members.
 """
 
 from __future__ import annotations
 
+import bz2
 import hashlib
+import lzma
 import struct
 import time
 import zlib
@@ -94,7 +98,30 @@ class Entry:
     gid: int
     offset: int = 0
     length: int = 0
-    sha1: str = ""
+    sha1: str = ""  # the extracted (decoded) data's checksum, in ``style``
+    encoding: str = "application/octet-stream"
+    style: str = "sha1"
+    archived: str = ""  # the stored bytes' checksum, in ``archived_style``
+    archived_style: str = "sha1"
+
+
+# Member encodings other xar writers use (xar's own, bsdtar, Apple's pkgbuild/productbuild, which
+# store small members such as Distribution and PackageInfo gzip'd): decoded on read.
+_DECODERS = {
+    "application/octet-stream": lambda b: b,
+    "application/x-gzip": zlib.decompress,  # a zlib stream, despite the name (xar's zlib module)
+    "application/x-bzip2": bz2.decompress,
+    "application/x-lzma": lzma.decompress,
+    "application/x-xz": lzma.decompress,
+}
+_HASHES = {"sha1", "md5", "sha256", "sha512"}
+_TOC_ALGS = {1: "sha1", 2: "md5"}  # 3: named after the 28-byte header (e.g. "sha256")
+
+
+def _hexdigest(style: str, data: bytes) -> str:
+    if style not in _HASHES:
+        raise MachineError(f"xar: unsupported checksum style {style!r}")
+    return hashlib.new(style, data).hexdigest()
 
 
 class Reader:
@@ -115,10 +142,12 @@ class Reader:
         if self.toc is None:
             raise MachineError("xar: no <toc>")
         ck = self.toc.find("checksum")
-        if alg != CKSUM_SHA1 or ck is None or ck.get("style") != "sha1":
-            raise MachineError("xar: only SHA-1 TOC checksums are supported")
+        name = _TOC_ALGS.get(alg) or (blob[HEADER.size:hsize].split(b"\0", 1)[0].decode("ascii", "replace").lower()
+                                      if alg == 3 else "")
+        if name not in _HASHES or ck is None or (ck.get("style") or "").lower() != name:
+            raise MachineError("xar: only SHA-1, MD5, SHA-256 and SHA-512 TOC checksums are supported")
         off, size = int(ck.findtext("offset", "0")), int(ck.findtext("size", "0"))
-        if self.heap[off:off + size] != hashlib.sha1(toc_z).digest():
+        if self.heap[off:off + size] != hashlib.new(name, toc_z).digest():
             raise MachineError("xar: TOC checksum does not match")
         self.entries: dict[str, Entry] = {}
         self._walk(self.toc, "")
@@ -131,17 +160,29 @@ class Reader:
             d = f.find("data")
             if d is not None:
                 e.offset, e.length = int(d.findtext("offset", "0")), int(d.findtext("length", "0"))
-                if (
-                    d.find("encoding").get("style") if d.find("encoding") is not None else ""
-                ) != "application/octet-stream":
-                    raise MachineError(f"xar: {path}: compressed members are not supported")
-                e.sha1 = d.findtext("extracted-checksum", "")
+                enc = d.find("encoding")
+                e.encoding = (enc.get("style") if enc is not None else None) or "application/octet-stream"
+                if e.encoding not in _DECODERS:
+                    raise MachineError(f"xar: {path}: member encoding {e.encoding!r} is not supported")
+                extracted, archived = d.find("extracted-checksum"), d.find("archived-checksum")
+                if extracted is not None:
+                    e.sha1, e.style = (extracted.text or "").strip(), (extracted.get("style") or "sha1").lower()
+                if archived is not None:
+                    e.archived = (archived.text or "").strip()
+                    e.archived_style = (archived.get("style") or "sha1").lower()
             self.entries[path] = e
             self._walk(f, path + "/")
 
     def read(self, path: str) -> bytes:
+        """The member's data, decoded; its stored and extracted checksums both checked."""
         e = self.entries[path]
         data = self.heap[e.offset:e.offset + e.length]
-        if hashlib.sha1(data).hexdigest() != e.sha1:
+        if e.archived and _hexdigest(e.archived_style, data) != e.archived:
+            raise MachineError(f"xar: {path}: checksum does not match")
+        try:
+            data = _DECODERS[e.encoding](data)
+        except Exception as exc:  # zlib/bz2/lzma errors alike
+            raise MachineError(f"xar: {path}: cannot decode {e.encoding} data ({exc})") from None
+        if _hexdigest(e.style, data) != e.sha1:
             raise MachineError(f"xar: {path}: checksum does not match")
         return data

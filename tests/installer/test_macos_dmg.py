@@ -127,9 +127,9 @@ def hfsplus_disk(files: dict[str, bytes], tmp: Path, volume: str = "VirtualBox")
     return parts
 
 
-def vbox_product_pkg(tmp: Path, arch: str = "arm64") -> bytes:
+def vbox_product_pkg(tmp: Path, arch: str = "arm64", compression: str = "gzip") -> bytes:
     """A stand-in of Oracle's VirtualBox.pkg: a product archive (Distribution + component
-    packages), written by bsdtar's xar writer, not ours."""
+    packages), written by bsdtar's xar writer, not ours; gzip'd members, as Apple's tools write."""
     root = tmp / "vbox-product"
     for comp, ident in (("VirtualBox.pkg", "org.virtualbox.pkg.virtualbox"),
                         ("VirtualBoxCLI.pkg", "org.virtualbox.pkg.virtualboxcli")):
@@ -139,7 +139,7 @@ def vbox_product_pkg(tmp: Path, arch: str = "arm64") -> bytes:
         (root / comp / "Payload").write_bytes(f"stand-in payload of {comp} for {arch}\n".encode() * 50)
     (root / "Distribution").write_text('<installer-gui-script minSpecVersion="2"/>\n')
     out = tmp / "VirtualBox-inner.pkg"
-    subprocess.run(["bsdtar", "--format", "xar", "--options", "xar:compression=none", "-cf", str(out),
+    subprocess.run(["bsdtar", "--format", "xar", "--options", f"xar:compression={compression}", "-cf", str(out),
                     "Distribution", "VirtualBox.pkg", "VirtualBoxCLI.pkg"], cwd=root, check=True, timeout=60)
     return out.read_bytes()
 
@@ -189,6 +189,19 @@ def _vbox_lock(tmp_path: Path, http_root, dmg_bytes: bytes, arch: str = "arm64")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"schema": 1, "product": {}, "platforms": {"macos": [comp]}}))
     return Lock.load(path)
+
+
+def test_xar_reader_decodes_compressed_members_and_checks_both_checksums(tmp_path):
+    plain, packed = vbox_product_pkg(tmp_path / "a", compression="none"), vbox_product_pkg(tmp_path / "b")
+    a, b = xar.Reader(plain), xar.Reader(packed)
+    assert b.entries["VirtualBox.pkg/Payload"].encoding == "application/x-gzip"
+    files = [p for p, e in a.entries.items() if e.kind == "file"]
+    assert files and all(a.read(p) == b.read(p) for p in files)
+    member = b.entries["VirtualBox.pkg/Payload"]
+    heap_at = len(packed) - len(b.heap) + member.offset
+    damaged = packed[:heap_at + 3] + bytes([packed[heap_at + 3] ^ 1]) + packed[heap_at + 4:]
+    with pytest.raises(MachineError, match="VirtualBox.pkg/Payload: checksum does not match"):
+        xar.Reader(damaged).read("VirtualBox.pkg/Payload")
 
 
 def test_build_pkg_takes_virtualbox_from_oracles_dmg(http_root, src_snapshot, tmp_path):
