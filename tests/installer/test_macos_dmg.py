@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import plistlib
 import shutil
 import struct
 import subprocess
+import sys
 import uuid
 import zlib
 from pathlib import Path
@@ -200,7 +202,7 @@ def test_xar_reader_decodes_compressed_members_and_checks_both_checksums(tmp_pat
     member = b.entries["VirtualBox.pkg/Payload"]
     heap_at = len(packed) - len(b.heap) + member.offset
     damaged = packed[:heap_at + 3] + bytes([packed[heap_at + 3] ^ 1]) + packed[heap_at + 4:]
-    with pytest.raises(MachineError, match="VirtualBox.pkg/Payload: checksum does not match"):
+    with pytest.raises(MachineError, match=r"VirtualBox\.pkg/Payload: checksum does not match"):
         xar.Reader(damaged).read("VirtualBox.pkg/Payload")
 
 
@@ -273,3 +275,28 @@ def test_a_dmg_without_virtualbox_pkg_or_with_a_non_xar_one_is_refused(http_root
             build_pkg(out, lock.components("macos", "arm64"), cache=case / "cache", epoch=EPOCH,
                       source=src_snapshot, arch="arm64")
         assert _one_line_and_nothing_written(exc, out).endswith(want)
+
+
+def _build_cli(lock_dir: Path, out: Path, src: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    """What a release manager runs (README's release section), for the lock ``_vbox_lock`` wrote."""
+    env = {**os.environ, "PYMACHINE_DOWNLOAD_CACHE": str(cache), "SOURCE_DATE_EPOCH": str(EPOCH)}
+    return subprocess.run([sys.executable, "-m", "pymachine.installer", "build", "--platform", "macos",
+                           "--lock", str(lock_dir / "mac.lock.json"), "--out", str(out), "--source", str(src)],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def test_the_build_command_lifts_virtualbox_from_the_dmg_or_fails_in_one_line(http_root, src_snapshot, tmp_path):
+    image, inner = vbox_dmg(tmp_path)
+    _vbox_lock(tmp_path / "good", http_root, image)
+    good = _build_cli(tmp_path / "good", tmp_path / "dist", src_snapshot, tmp_path / "cache")
+    assert good.returncode == 0, good.stderr
+    (pkg,) = (tmp_path / "dist").glob("*.pkg")
+    assert pkg.name == "pymachine-toolbox-0.1.0-arm64.pkg"
+    product, vbox = xar.Reader(pkg.read_bytes()), xar.Reader(inner)
+    assert product.read("VirtualBoxCLI.pkg/Payload") == vbox.read("VirtualBoxCLI.pkg/Payload")
+    _vbox_lock(tmp_path / "bad", http_root, image[: len(image) // 3])
+    bad = _build_cli(tmp_path / "bad", tmp_path / "dist-bad", src_snapshot, tmp_path / "cache")
+    assert bad.returncode != 0
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr, bad.stderr
+    assert "not a readable disk image" in bad.stderr
+    assert not (tmp_path / "dist-bad").exists() or not any((tmp_path / "dist-bad").iterdir())
