@@ -3,11 +3,12 @@
 The disk images here are real UDIF files made in this test: an HFS+ volume written by
 xorriso (``-hfsplus``, a real HFS+ implementation; hfsprogs' mkfs.hfsplus is not in
 Debian 12), laid out as its Apple Partition Map says, and wrapped in UDIF by
-``write_udif`` below, with raw or zlib chunks.  7-Zip reads them as any .dmg.
+``write_udif`` below, with raw, zlib or bzip2 chunks.  7-Zip reads them as any .dmg.
 """
 
 from __future__ import annotations
 
+import bz2
 import hashlib
 import json
 import os
@@ -43,7 +44,9 @@ SECTOR = 512
 # partition, then the 512-byte big-endian "koly" trailer pointing at both.  All
 # checksums are CRC32 (type 2, 32 bits): each mish's over its partition's sectors, the
 # koly's data checksum over the data fork, its master checksum over the mish CRCs.
-RUN_ZERO, RUN_RAW, RUN_ZLIB, RUN_END = 0x00000000, 0x00000001, 0x80000005, 0xFFFFFFFF
+RUN_ZERO, RUN_RAW, RUN_ZLIB, RUN_BZIP2, RUN_END = 0x00000000, 0x00000001, 0x80000005, 0x80000006, 0xFFFFFFFF
+CODECS = {"raw": (RUN_RAW, lambda b: b), "zlib": (RUN_ZLIB, lambda b: zlib.compress(b, 9)),  # UDRW/UDZO
+          "bzip2": (RUN_BZIP2, lambda b: bz2.compress(b, 9))}  # UDBZ
 CKSUM_CRC32 = 2
 
 
@@ -52,7 +55,7 @@ def _udif_checksum(crc: int) -> bytes:
     return struct.pack(">II", CKSUM_CRC32, 32) + struct.pack(">I", crc) + b"\0" * 124
 
 
-def _mish(first_sector: int, data: bytes, fork_offset: int, chunk: int, compress: bool) -> tuple[bytes, bytes]:
+def _mish(first_sector: int, data: bytes, fork_offset: int, chunk: int, codec: str) -> tuple[bytes, bytes]:
     """(BLKXTable, its chunk bytes for the data fork) for one partition."""
     sectors = len(data) // SECTOR
     runs: list[tuple[int, int, int, int, int]] = []
@@ -63,8 +66,9 @@ def _mish(first_sector: int, data: bytes, fork_offset: int, chunk: int, compress
         if not piece.strip(b"\0"):  # all zeros: a zero-fill run stores nothing
             runs.append((RUN_ZERO, start, count, fork_offset + len(blob), 0))
             continue
-        stored = zlib.compress(piece, 9) if compress else piece
-        runs.append((RUN_ZLIB if compress else RUN_RAW, start, count, fork_offset + len(blob), len(stored)))
+        kind, pack = CODECS[codec]
+        stored = pack(piece)
+        runs.append((kind, start, count, fork_offset + len(blob), len(stored)))
         blob += stored
     runs.append((RUN_END, sectors, 0, fork_offset + len(blob), 0))
     head = struct.pack(">4sIQQQII24x", b"mish", 1, first_sector, sectors, 0, chunk, 0)
@@ -73,13 +77,13 @@ def _mish(first_sector: int, data: bytes, fork_offset: int, chunk: int, compress
     return head, bytes(blob)
 
 
-def write_udif(partitions: list[tuple[str, bytes]], compress: bool = True, chunk: int = 64) -> bytes:
+def write_udif(partitions: list[tuple[str, bytes]], codec: str = "zlib", chunk: int = 64) -> bytes:
     """A UDIF image of consecutive ``partitions`` (name as hdiutil writes it, sector-aligned bytes)."""
     fork = bytearray()
     blkx, crcs, first = [], b"", 0
     for n, (name, data) in enumerate(partitions):
         assert len(data) % SECTOR == 0, name
-        mish, blob = _mish(first, data, len(fork), chunk, compress)
+        mish, blob = _mish(first, data, len(fork), chunk, codec)
         fork += blob
         first += len(data) // SECTOR
         crcs += struct.pack(">I", zlib.crc32(data))
@@ -146,12 +150,12 @@ def vbox_product_pkg(tmp: Path, arch: str = "arm64", compression: str = "gzip") 
     return out.read_bytes()
 
 
-def vbox_dmg(tmp: Path, compress: bool = True, extra: dict[str, bytes] | None = None) -> tuple[bytes, bytes]:
+def vbox_dmg(tmp: Path, codec: str = "zlib", extra: dict[str, bytes] | None = None) -> tuple[bytes, bytes]:
     """(dmg bytes, the VirtualBox.pkg inside) laid out as Oracle's: the package beside other files."""
     pkg = vbox_product_pkg(tmp)
     files = {"VirtualBox.pkg": pkg, "VirtualBox_Uninstall.tool": b"#!/bin/sh\necho uninstall\n"}
     files.update(extra or {})
-    return write_udif(hfsplus_disk(files, tmp), compress=compress), pkg
+    return write_udif(hfsplus_disk(files, tmp), codec=codec), pkg
 
 
 # ----------------------------------------------------------------------------- tests
@@ -160,15 +164,15 @@ def _7z(*args: str) -> str:
     return subprocess.run(["7z", *args], capture_output=True, text=True, check=True, timeout=120).stdout
 
 
-@pytest.mark.parametrize("compress", [True, False], ids=["zlib", "raw"])
-def test_7z_reads_our_udif_and_extract_pkg_returns_the_package(compress, tmp_path):
-    image, pkg = vbox_dmg(tmp_path, compress=compress)
+@pytest.mark.parametrize("codec", ["zlib", "raw", "bzip2"])
+def test_7z_reads_our_udif_and_extract_pkg_returns_the_package(codec, tmp_path):
+    image, pkg = vbox_dmg(tmp_path, codec=codec)
     dmg = tmp_path / "VirtualBox-7.1.4-165100-macOSArm64.dmg"
     dmg.write_bytes(image)
     assert is_udif(dmg) and not is_udif(tmp_path / "VirtualBox-inner.pkg")
     listing = _7z("l", "-slt", dmg.as_posix())
     assert "Type = Dmg" in listing
-    assert ("Method = ZLIB CRC" if compress else "Method = Copy CRC") in listing
+    assert {"zlib": "Method = ZLIB CRC", "raw": "Method = Copy CRC", "bzip2": "Method = BZip2 CRC"}[codec] in listing
     assert "Comment = HFSPLUS_Hybrid (Apple_HFS : " in listing
     # independently of extract_pkg: 7z takes the HFS+ partition out, then the package out of it
     _7z("x", "-y", f"-o{tmp_path / 'manual'}", dmg.as_posix(), "*.hfs")
