@@ -11,7 +11,10 @@ no root needed.
 It is started (detached) when the VM starts and ends by itself when the VM's monitor
 goes away; ``stop`` signals it without waiting, and ``ls``/``env`` never touch it.  What it
 does, including ports it could not take because something on the host holds them, goes
-to ``hostagent.log`` in the machine directory (``pymachine logs NAME``).
+to ``hostagent.log`` in the machine directory (``pymachine logs NAME``).  The command
+that started the VM (``start``, ``create``) also echoes on stderr the conflicts the agent met on
+its first look at the engine (:func:`report_conflicts`, a bounded wait); a conflict that comes
+later, with a container started afterwards, is in ``logs``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ SYNC_INTERVAL = 30.0  # a full resync at least this often (missed events cannot 
 ENGINE_RETRY = 1.0  # while the engine is not up yet
 LOOPBACK = "127.0.0.1"
 _LOG_LIMIT = 1 << 20  # the log is cut back to its last half past 1 MiB
+STARTED = "host agent started"
+SYNCED = "following the engine's container events"
+CONFLICT = "CONFLICT: "
 
 Log = Callable[[str], None]
 
@@ -191,7 +197,7 @@ class PortSync:
                 self.log(f"forwarding {forward} to container {name}")
             elif self.conflicts.get(forward) != name:
                 self.conflicts[forward] = name
-                self.log(f"CONFLICT: cannot forward {forward} for container {name}: {reason}")
+                self.log(f"{CONFLICT}cannot forward {forward} for container {name}: {reason}")
 
 
 def _vm_alive(machine_dir: Path, qmp_path: str) -> bool:
@@ -217,7 +223,7 @@ def run(machine_dir: Path, engine_port: int, log: Log, *, max_runtime: float | N
     sync = PortSync(QemuForwarder(qmp_path), log)
     engine: EngineEvents | None = None
     started = time.monotonic()
-    log(f"host agent started (pid {os.getpid()}): forwarding published ports to {LOOPBACK}")
+    log(f"{STARTED} (pid {os.getpid()}): forwarding published ports to {LOOPBACK}")
     waiting_logged = reached = False
     while max_runtime is None or time.monotonic() - started < max_runtime:
         if not _vm_alive(machine_dir, qmp_path):
@@ -229,7 +235,7 @@ def run(machine_dir: Path, engine_port: int, log: Log, *, max_runtime: float | N
                                       machine_dir / "key.pem")
             sync.apply(published(engine.containers()))
             if waiting_logged or not reached:
-                log(f"following the engine's container events at {LOOPBACK}:{engine_port}")
+                log(f"{SYNCED} at {LOOPBACK}:{engine_port}")
                 waiting_logged, reached = False, True
             for _event in engine.follow(SYNC_INTERVAL):
                 sync.apply(published(engine.containers()))
@@ -262,11 +268,20 @@ def _file_log(path: Path) -> Log:
 
 
 # -- process management (used by the driver; never waits) --------------------------------------
-def _agent_pid(machine_dir: Path) -> int | None:
+def _pid_file(machine_dir: Path) -> tuple[int, int] | None:
+    """(agent pid, size of the log when it was launched) from the pid file."""
     try:
-        pid = int((machine_dir / PID_NAME).read_text().strip())
-    except (OSError, ValueError):
+        fields = (machine_dir / PID_NAME).read_text().split()
+        return int(fields[0]), int(fields[1]) if len(fields) > 1 else 0
+    except (OSError, ValueError, IndexError):
         return None
+
+
+def _agent_pid(machine_dir: Path) -> int | None:
+    found = _pid_file(machine_dir)
+    if found is None:
+        return None
+    pid = found[0]
     cmdline = Path(f"/proc/{pid}/cmdline")
     if cmdline.exists():  # Linux: make sure the pid is still our agent, not a reused number
         try:
@@ -285,6 +300,10 @@ def launch(machine_dir: Path, engine_port: int) -> int | None:
     existing = _agent_pid(machine_dir)
     if existing is not None:
         return existing
+    try:
+        offset = (machine_dir / LOG_NAME).stat().st_size  # where this run's lines begin
+    except OSError:
+        offset = 0
     kwargs: dict[str, Any] = {}
     if os.name == "nt":
         kwargs["creationflags"] = 0x00000008 | 0x00000200  # DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP
@@ -294,8 +313,43 @@ def launch(machine_dir: Path, engine_port: int) -> int | None:
         proc = subprocess.Popen([sys.executable, "-m", "pymachine.machine.hostagent", str(machine_dir),
                                  str(engine_port)],
                                 stdin=devnull, stdout=logfile, stderr=logfile, close_fds=True, **kwargs)
-    (machine_dir / PID_NAME).write_text(f"{proc.pid}\n")
+    (machine_dir / PID_NAME).write_text(f"{proc.pid} {offset}\n")
     return proc.pid
+
+
+def _lines_since(machine_dir: Path, offset: int) -> list[str]:
+    try:
+        with open(machine_dir / LOG_NAME, "rb") as fh:
+            if fh.seek(0, os.SEEK_END) < offset:  # cut back since: this run's lines are all that is left
+                offset = 0
+            fh.seek(offset)
+            data = fh.read(_LOG_LIMIT)
+    except OSError:
+        return []
+    return data.decode("utf-8", errors="replace").splitlines()
+
+
+def report_conflicts(machine_dir: Path, wait: float, echo: Log) -> list[str]:
+    """Echo the ports this run of the agent could not forward, as they are in its log.
+
+    Waits (at most ``wait`` seconds, polling the log) for the agent's first look at
+    the engine, when containers the engine restarted at boot have been seen; returns
+    at once when no agent runs.  Returns the messages echoed.
+    """
+    found = _pid_file(machine_dir)
+    if found is None:
+        return []
+    deadline = time.monotonic() + wait
+    while True:
+        lines = _lines_since(machine_dir, found[1])
+        if (any(SYNCED in line for line in lines) or time.monotonic() >= deadline
+                or _agent_pid(machine_dir) is None):
+            break
+        time.sleep(0.2)
+    messages = [line[line.index(CONFLICT):] for line in lines if CONFLICT in line]
+    for message in messages:
+        echo(message)
+    return messages
 
 
 def stop(machine_dir: Path) -> None:

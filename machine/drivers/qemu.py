@@ -47,6 +47,8 @@ QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
 DEBIAN_PACKAGES = "qemu-system-x86 qemu-utils"
 LOOPBACK = "127.0.0.1"
+#: How long ``start`` waits for the host agent's first look at the engine, to echo its port conflicts.
+FORWARD_REPORT_WAIT = 15.0
 #: Where the guest's engine listens unless told otherwise (see guest_engine_port()).
 GUEST_ENGINE_PORT = 2376
 #: The root by label: pymachine images from before the bootable layout (a bare ext4 disk) carry the
@@ -955,6 +957,7 @@ class QemuDriver(Driver):
             raise MachineError(f"the machine's disk is missing: {self._path(OVERLAY)}")
         self.launch(log)
         self.wait_for_ssh(log)
+        self._report_forward_conflicts(wait=FORWARD_REPORT_WAIT)  # containers the engine restarts at boot
 
     def wait_for_ssh(self, log: Log, timeout: float = SSH_BOOT_TIMEOUT) -> float:
         """Wait (bounded) until the guest's sshd answers; returns the seconds waited."""
@@ -1021,6 +1024,17 @@ class QemuDriver(Driver):
 
         with contextlib.suppress(OSError):  # forwarding is a convenience: the machine works without it
             hostagent.launch(Path(self.machine_dir), int(self.config.get("EnginePort") or 0))
+
+    def _report_forward_conflicts(self, wait: float) -> None:
+        """Ports the host agent could not forward (taken on the host), on stderr of the command
+        that started the VM as well as in ``pymachine logs``; waits at most ``wait`` seconds."""
+        from pymachine.machine import hostagent
+
+        def echo(message: str) -> None:
+            sys.stderr.write(f"({self.machine_name}) {message}\n")
+            sys.stderr.flush()
+
+        hostagent.report_conflicts(Path(self.machine_dir), wait, echo)
 
     def _cleanup_runtime(self) -> None:
         from pymachine.machine import hostagent
