@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
-from pymachine.machine.drivers import virtualbox as vb  # attribute access only: safe in either import order
+from pymachine.machine.drivers import vboxmanage as vb  # the VBoxManage backend and the lock both share
 from pymachine.machine.errors import MachineError
 
 ENV = "PYMACHINE_VBOX_BACKEND"
@@ -175,7 +175,7 @@ class VBoxAPIBackend:
         op = self._operation(argv) if stdin is None else None
         if op is None:
             return self.cli.run(argv, stdin)
-        with vb._LOCK:  # docker-machine's SerialDriver, whichever backend answers
+        with vb.LOCK:  # docker-machine's SerialDriver, whichever backend answers
             return self._call(op, argv), ""
 
     def _operation(self, a: list[str]) -> Op | None:

@@ -54,30 +54,34 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.hostplatform import HostPlatform
+from pymachine.machine.drivers.vboxmanage import (
+    CALL_TIMEOUT,
+    INSTALL_HINT,
+    LOCK,
+    VBOXMANAGE,
+    MachineMissing,
+    VBoxBackend,
+    VBoxManageCLI,
+    error_line,
+    find_vboxmanage,
+)
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
-VBOXMANAGE = "VBoxManage"
-INSTALL_HINT = "VBoxManage not found: install VirtualBox (https://www.virtualbox.org) and put VBoxManage on PATH"
 DEFAULT_CIDR = "192.168.56.1/24"
 ALLOWED_DEFAULT: tuple[ipaddress.IPv4Network, ...] = (ipaddress.IPv4Network("192.168.56.0/21"),)
 NETWORKS_CONF = "/etc/vbox/networks.conf"
 NETWORKS_CONF_ENV = "PYMACHINE_VBOX_NETWORKS_CONF"  # where networks.conf is read (tests, odd installs)
 DHCP_PREFIX = "HostInterfaceNetworking-"
-NOT_READY = "error: The object is not ready"
-RETRIES = 5
-RETRY_DELAY = 0.1
-CALL_TIMEOUT = 600.0
 STOP_TIMEOUT = 90.0
 IP_WAIT = 120.0
 MIN_IP_WAIT = 20.0  # even when PYMACHINE_SSH_WAIT is tiny: a loaded host answers slowly
@@ -113,88 +117,6 @@ HOST_ENV = "PYMACHINE_VBOX_HOST"  # "<os>/<arch>", e.g. darwin/arm64: what a dri
 #: ARM64 guest type: Debian's is documented (reference a3/a11: EFI, VirtIO-SCSI, VMSVGA defaults);
 #: a Debian13_arm64 id is not in the source read there.
 ARM_OSTYPE = "Debian12_arm64"
-
-
-class MachineMissing(MachineError):
-    """VirtualBox has no VM of this name (``machine does not exist``)."""
-
-    def __init__(self) -> None:
-        super().__init__("machine does not exist")
-
-
-# ----------------------------------------------------------------------------- backend
-
-
-class VBoxBackend(Protocol):
-    """What the driver needs from VirtualBox: run one VBoxManage command."""
-
-    def run(self, args: Sequence[str], stdin: bytes | None = None) -> tuple[str, str]: ...
-
-
-#: docker-machine's SerialDriver: VBoxManage calls never overlap within a process.
-_LOCK = threading.RLock()
-
-
-def find_vboxmanage(environ: Mapping[str, str] | None = None) -> str | None:
-    """VBoxManage on PATH, or in VirtualBox's install dir on Windows/macOS."""
-    env = os.environ if environ is None else environ
-    found = shutil.which(VBOXMANAGE, path=env.get("PATH"))
-    if found:
-        return found
-    candidates = []
-    for var in ("VBOX_INSTALL_PATH", "VBOX_MSI_INSTALL_PATH"):
-        if env.get(var):
-            candidates.append(os.path.join(env[var], "VBoxManage.exe"))
-    if sys.platform == "darwin":
-        candidates.append("/Applications/VirtualBox.app/Contents/MacOS/VBoxManage")
-    return next((c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)), None)
-
-
-class VBoxManageCLI:
-    """Runs ``VBoxManage``: serialised, retried while the object is not ready,
-    and any stderr containing ``error:`` is a failure, as in docker-machine's vbm.go."""
-
-    def __init__(self, path: str | None = None) -> None:
-        self._path = path
-
-    @property
-    def path(self) -> str:
-        if not self._path:
-            self._path = find_vboxmanage()
-            if not self._path:
-                raise MachineError(INSTALL_HINT)
-        return self._path
-
-    def run(self, args: Sequence[str], stdin: bytes | None = None) -> tuple[str, str]:
-        argv = [self.path, *args]
-        with _LOCK:
-            for attempt in range(RETRIES):
-                try:
-                    proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=CALL_TIMEOUT, check=False)
-                except OSError as exc:
-                    raise MachineError(f"cannot run {self.path}: {exc.strerror}") from None
-                except subprocess.TimeoutExpired:
-                    raise MachineError(f"VBoxManage {' '.join(args)} did not finish within {CALL_TIMEOUT:g}s") from None
-                out = proc.stdout.decode(errors="replace")
-                err = proc.stderr.decode(errors="replace")
-                if NOT_READY in err and attempt < RETRIES - 1:
-                    time.sleep(RETRY_DELAY)
-                    continue
-                break
-        if "error:" in err or proc.returncode != 0:
-            if "Could not find a registered machine named" in err:
-                raise MachineMissing()
-            raise MachineError(f"VBoxManage {' '.join(args)} failed: {error_line(err or out)}")
-        return out, err
-
-
-def error_line(text: str) -> str:
-    """The first line that says what went wrong, without the ``VBoxManage: error:`` prefix."""
-    for line in text.splitlines():
-        if "error:" in line:
-            return re.sub(r"^(VBoxManage(\.exe)?: )?error: ", "", line.strip()) or line.strip()
-    lines = [x.strip() for x in text.splitlines() if x.strip()]
-    return lines[-1] if lines else "no output"
 
 
 # ----------------------------------------------------------------------------- parsing helpers
@@ -898,7 +820,7 @@ class VirtualBoxDriver(Driver):
             raise MachineError(f"disk size {size} bytes is smaller than the userdata tar")
         path = getattr(self.backend, "path", VBOXMANAGE)
         argv = [path, "convertfromraw", "stdin", disk, str(size), "--format", "VMDK"]
-        with _LOCK:
+        with LOCK:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 assert proc.stdin is not None

@@ -21,12 +21,8 @@ import pytest
 from pymachine.machine.drivers import vbox_api
 from pymachine.machine.drivers.base import State
 from pymachine.machine.drivers.vbox_api import VBoxAPIBackend, select_backend
-from pymachine.machine.drivers.virtualbox import (
-    MachineMissing,
-    VBoxManageCLI,
-    VirtualBoxDriver,
-    parse_machinereadable,
-)
+from pymachine.machine.drivers.vboxmanage import MachineMissing, VBoxManageCLI
+from pymachine.machine.drivers.virtualbox import VirtualBoxDriver, parse_machinereadable
 from pymachine.machine.errors import MachineError
 
 from tests.fakes import vboxmanage
@@ -284,7 +280,7 @@ def test_start_through_the_api_mixes_both_paths(vbox, binding):
     """driver.start: networking set up by VBoxManage, state/start/IP through the API."""
     vbox.make_vm("vb1", hostonly=False)
     d = vbox.driver("vb1", api_backend(vbox))
-    d.config["HostOnlyAllowAnyRange"] = True
+    d.settings.host_only_allow_any_range = True
     before = len(vbox.calls())
     d.start(quiet)
     cli_cmds = {c[0] for c in vbox.calls()[before:]}

@@ -942,7 +942,8 @@ def test_macos_guest_ip_read_in_the_guest_over_the_nat_ssh_forward(vbox, tmp_pat
     on 127.0.0.1 stands in for the guest behind the NAT forward; the CIDR is loopback's, so its answer
     (this machine's 127.0.0.1/8) is the "guest" address and nothing outside this machine is dialled."""
     from pymachine.machine.drivers.hostplatform import HostPlatform
-    from pymachine.machine.drivers.virtualbox import VBoxManageCLI, VirtualBoxDriver
+    from pymachine.machine.drivers.vboxmanage import VBoxManageCLI
+    from pymachine.machine.drivers.virtualbox import VirtualBoxDriver
 
     from tests.fixtures_sshd import SSHD, unavailable_reason
 
