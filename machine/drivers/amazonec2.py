@@ -19,6 +19,7 @@ boto3 is imported only inside the methods that talk to AWS: ``env`` and
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import threading
@@ -29,6 +30,7 @@ from typing import Any
 
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
+from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import MachineError, PreCreateError
 
 ENGINE_PORT = 2376
@@ -56,7 +58,54 @@ CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, pass --ama
 SECRET_KEYS = ("AccessKey", "SecretKey", "SessionToken")
 
 
+@dataclasses.dataclass
+class AmazonEC2Settings(Settings):
+    id: str = setting("Id", "")
+    access_key: str = setting("AccessKey", "")
+    secret_key: str = setting("SecretKey", "")
+    session_token: str = setting("SessionToken", "")
+    region: str = setting("Region", "us-east-1")
+    ami: str = setting("AMI", "")
+    ssh_key_id: int = setting("SSHKeyID", 0)
+    existing_key: bool = setting("ExistingKey", False)
+    key_name: str = setting("KeyName", "")
+    instance_id: str = setting("InstanceId", "")
+    instance_type: str = setting("InstanceType", "t2.micro")
+    private_ip_address: str = setting("PrivateIPAddress", "")
+    security_group_id: str = setting("SecurityGroupId", "")
+    security_group_ids: list[str] | None = setting("SecurityGroupIds", None, kind=list, item=str)
+    security_group_name: str = setting("SecurityGroupName", "")
+    security_group_names: list[str] = setting("SecurityGroupNames", ["docker-machine"], item=str)
+    security_group_read_only: bool = setting("SecurityGroupReadOnly", False)
+    open_ports: list[str] | None = setting("OpenPorts", None, kind=list, item=str)
+    tags: str = setting("Tags", "")
+    reservation_id: str = setting("ReservationId", "")
+    device_name: str = setting("DeviceName", "/dev/sda1")
+    root_size: int = setting("RootSize", 16)
+    volume_type: str = setting("VolumeType", "gp2")
+    iam_instance_profile: str = setting("IamInstanceProfile", "")
+    vpc_id: str = setting("VpcId", "")
+    subnet_id: str = setting("SubnetId", "")
+    zone: str = setting("Zone", "a")
+    request_spot_instance: bool = setting("RequestSpotInstance", False)
+    spot_price: str = setting("SpotPrice", "0.50")
+    block_duration_minutes: int = setting("BlockDurationMinutes", 0)
+    private_ip_only: bool = setting("PrivateIPOnly", False)
+    use_private_ip: bool = setting("UsePrivateIP", False)
+    use_ebs_optimized_instance: bool = setting("UseEbsOptimizedInstance", False)
+    monitoring: bool = setting("Monitoring", False)
+    ssh_private_key_path: str = setting("SSHPrivateKeyPath", "")
+    retry_count: int = setting("RetryCount", 5)
+    endpoint: str = setting("Endpoint", "")
+    disable_ssl: bool = setting("DisableSSL", False)
+    user_data_file: str = setting("UserDataFile", "")
+    requested_private_ip_address: str = setting("RequestedPrivateIPAddress", "")
+    pymachine_created: dict[str, Any] = setting("PymachineCreated", {"KeyPair": False, "SecurityGroupIds": []})
+
+
 class AmazonEC2Driver(Driver):
+    settings_class = AmazonEC2Settings
+    settings: AmazonEC2Settings
     name = "amazonec2"
     capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True, own_engine_url=True)
     default_ssh_user = "ubuntu"
@@ -136,22 +185,6 @@ class AmazonEC2Driver(Driver):
         self._flag_secrets: dict[str, str] = {}
         self._clients: dict[tuple[float | None, int | None], Any] = {}
 
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        return {
-            "Id": "", "AccessKey": "", "SecretKey": "", "SessionToken": "", "Region": "us-east-1", "AMI": "",
-            "SSHKeyID": 0, "ExistingKey": False, "KeyName": "", "InstanceId": "", "InstanceType": "t2.micro",
-            "PrivateIPAddress": "", "SecurityGroupId": "", "SecurityGroupIds": None, "SecurityGroupName": "",
-            "SecurityGroupNames": ["docker-machine"], "SecurityGroupReadOnly": False, "OpenPorts": None,
-            "Tags": "", "ReservationId": "", "DeviceName": "/dev/sda1", "RootSize": 16, "VolumeType": "gp2",
-            "IamInstanceProfile": "", "VpcId": "", "SubnetId": "", "Zone": "a", "RequestSpotInstance": False,
-            "SpotPrice": "0.50", "BlockDurationMinutes": 0, "PrivateIPOnly": False, "UsePrivateIP": False,
-            "UseEbsOptimizedInstance": False, "Monitoring": False, "SSHPrivateKeyPath": "", "RetryCount": 5,
-            "Endpoint": "", "DisableSSL": False, "UserDataFile": "",
-            "RequestedPrivateIPAddress": "",
-            "PymachineCreated": {"KeyPair": False, "SecurityGroupIds": []},
-        }
-
     # Configuration -----------------------------------------------------------------------
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
         def s(flag: str) -> str:
@@ -174,29 +207,29 @@ class AmazonEC2Driver(Driver):
         self._flag_secrets = {
             k: s(f) for k, f in zip(SECRET_KEYS, ("access-key", "secret-key", "session-token"), strict=True) if s(f)
         }
-        self.config.update(
-            Region=region, Zone=zone, AMI=s("ami"), InstanceType=s("instance-type") or "t2.micro",
-            VpcId=s("vpc-id"), SubnetId=s("subnet-id"),
-            SecurityGroupNames=groups, SecurityGroupName=groups[0] if len(groups) == 1 else "",
-            SecurityGroupReadOnly=bool(values.get("amazonec2-security-group-readonly")),
-            OpenPorts=[p for p in (values.get("amazonec2-open-port") or []) if p] or None,
-            Tags=s("tags"), DeviceName=s("device-name") or "/dev/sda1", RootSize=n("root-size", 16),
-            VolumeType=s("volume-type") or "gp2", IamInstanceProfile=s("iam-instance-profile"),
-            SSHPort=ssh_port, SSHUser=s("ssh-user") or "ubuntu",
-            RequestSpotInstance=bool(values.get("amazonec2-request-spot-instance")),
-            SpotPrice=s("spot-price") or "0.50", BlockDurationMinutes=n("block-duration-minutes", 0),
-            PrivateIPOnly=bool(values.get("amazonec2-private-address-only")),
-            UsePrivateIP=bool(values.get("amazonec2-use-private-address")),
-            RequestedPrivateIPAddress=s("private-ip-address"),
-            Monitoring=bool(values.get("amazonec2-monitoring")),
-            UseEbsOptimizedInstance=bool(values.get("amazonec2-use-ebs-optimized-instance")),
-            SSHPrivateKeyPath=os.path.expanduser(s("ssh-keypath")) if s("ssh-keypath") else "",
-            KeyName=s("keypair-name"), ExistingKey=bool(s("keypair-name")),
-            RetryCount=n("retries", 5), Endpoint=s("endpoint"),
-            DisableSSL=bool(values.get("amazonec2-insecure-transport")),
-            UserDataFile=os.path.expanduser(s("userdata")) if s("userdata") else "",
+        self.settings.update(
+            region=region, zone=zone, ami=s("ami"), instance_type=s("instance-type") or "t2.micro",
+            vpc_id=s("vpc-id"), subnet_id=s("subnet-id"),
+            security_group_names=groups, security_group_name=groups[0] if len(groups) == 1 else "",
+            security_group_read_only=bool(values.get("amazonec2-security-group-readonly")),
+            open_ports=[p for p in (values.get("amazonec2-open-port") or []) if p] or None,
+            tags=s("tags"), device_name=s("device-name") or "/dev/sda1", root_size=n("root-size", 16),
+            volume_type=s("volume-type") or "gp2", iam_instance_profile=s("iam-instance-profile"),
+            ssh_port=ssh_port, ssh_user=s("ssh-user") or "ubuntu",
+            request_spot_instance=bool(values.get("amazonec2-request-spot-instance")),
+            spot_price=s("spot-price") or "0.50", block_duration_minutes=n("block-duration-minutes", 0),
+            private_ip_only=bool(values.get("amazonec2-private-address-only")),
+            use_private_ip=bool(values.get("amazonec2-use-private-address")),
+            requested_private_ip_address=s("private-ip-address"),
+            monitoring=bool(values.get("amazonec2-monitoring")),
+            use_ebs_optimized_instance=bool(values.get("amazonec2-use-ebs-optimized-instance")),
+            ssh_private_key_path=os.path.expanduser(s("ssh-keypath")) if s("ssh-keypath") else "",
+            key_name=s("keypair-name"), existing_key=bool(s("keypair-name")),
+            retry_count=n("retries", 5), endpoint=s("endpoint"),
+            disable_ssl=bool(values.get("amazonec2-insecure-transport")),
+            user_data_file=os.path.expanduser(s("userdata")) if s("userdata") else "",
         )
-        open_ports = self.config["OpenPorts"] or []
+        open_ports = self.settings.open_ports or []
         for spec in open_ports:
             _parse_port(spec)
 
@@ -208,8 +241,8 @@ class AmazonEC2Driver(Driver):
         return self.engine_url()
 
     def ssh_address(self) -> tuple[str, int, str, str]:
-        key = str(self.config.get("SSHKeyPath") or "")
-        return self.ip(), int(self.config.get("SSHPort") or 22), str(self.config.get("SSHUser") or "ubuntu"), key
+        key = self.settings.ssh_key_path
+        return self.ip(), int(self.settings.ssh_port or 22), str(self.settings.ssh_user or "ubuntu"), key
 
     # AWS clients ---------------------------------------------------------------------------
     def _secret(self, key: str) -> str:
@@ -223,12 +256,12 @@ class AmazonEC2Driver(Driver):
 
     def credential_key(self) -> tuple[str, ...]:
         """What selects an account: calls with equal keys may share one client."""
-        return (str(self.config.get("Endpoint") or ""), self.region, self._secret("AccessKey"),
+        return (self.settings.endpoint, self.region, self._secret("AccessKey"),
                 self._secret("SecretKey"), self._secret("SessionToken"))
 
     @property
     def region(self) -> str:
-        return str(self.config.get("Region") or "us-east-1")
+        return str(self.settings.region or "us-east-1")
 
     def _credentials(self) -> dict[str, str]:
         """Keys given by flag (or saved from them); empty means boto3's credential chain."""
@@ -253,20 +286,20 @@ class AmazonEC2Driver(Driver):
         cached = self._clients.get(key)
         if cached is not None:
             return cached
-        retry_count = self.config.get("RetryCount")
+        retry_count = self.settings.retry_count
         retries = int(retry_count if retry_count is not None else 5)
         config = Config(
             retries={"total_max_attempts": attempts or max(1, retries + 1), "mode": "standard"},
             connect_timeout=min(timeout or 20.0, 20.0), read_timeout=min(timeout or 60.0, 60.0),
             user_agent_extra="pymachine",
         )
-        endpoint = str(self.config.get("Endpoint") or "")
+        endpoint = self.settings.endpoint
         if endpoint and "://" not in endpoint:
-            endpoint = ("http://" if self.config.get("DisableSSL") else "https://") + endpoint
+            endpoint = ("http://" if self.settings.disable_ssl else "https://") + endpoint
         with _SESSION_LOCK:
             client = _boto_session().client(
                 "ec2", region_name=self.region, endpoint_url=endpoint or None,
-                use_ssl=not self.config.get("DisableSSL"), config=config, **self._credentials(),
+                use_ssl=not self.settings.disable_ssl, config=config, **self._credentials(),
             )
         self._clients[key] = client
         return client
@@ -285,14 +318,14 @@ class AmazonEC2Driver(Driver):
         for partition in session.get_available_partitions():
             known.update(session.get_available_regions("ec2", partition_name=partition))
         known_region = self.region in known
-        if not known_region and not self.config.get("Endpoint"):
+        if not known_region and not self.settings.endpoint:
             raise PreCreateError(f"unknown AWS region {self.region!r}: choose one with --amazonec2-region")
-        if self.config.get("KeyName") and not self.config.get("SSHPrivateKeyPath"):
+        if self.settings.key_name and not self.settings.ssh_private_key_path:
             raise PreCreateError("using --amazonec2-keypair-name also requires --amazonec2-ssh-keypath")
-        key_path = self.config.get("SSHPrivateKeyPath")
+        key_path = self.settings.ssh_private_key_path
         if key_path and not os.path.isfile(key_path):
             raise PreCreateError(f"SSH key does not exist: {key_path!r} (--amazonec2-ssh-keypath)")
-        userdata = self.config.get("UserDataFile")
+        userdata = self.settings.user_data_file
         if userdata and not os.path.isfile(userdata):
             raise PreCreateError(f"user data file does not exist: {userdata!r} (--amazonec2-userdata)")
         try:
@@ -329,7 +362,7 @@ class AmazonEC2Driver(Driver):
     def _check_image(self, ec2: Any) -> None:
         from botocore.exceptions import ClientError
 
-        ami = str(self.config.get("AMI") or "")
+        ami = self.settings.ami
         if not ami:
             images = ec2.describe_images(Owners=[UBUNTU_OWNER], Filters=[
                 {"Name": "name", "Values": [UBUNTU_LTS_PATTERN]}, {"Name": "state", "Values": ["available"]},
@@ -338,7 +371,7 @@ class AmazonEC2Driver(Driver):
                 raise PreCreateError(
                     f"no Ubuntu 24.04 LTS image found in {self.region}: choose one with --amazonec2-ami"
                 )
-            self.config["AMI"] = max(images, key=lambda i: i.get("CreationDate") or "")["ImageId"]
+            self.settings.ami = max(images, key=lambda i: i.get("CreationDate") or "")["ImageId"]
             return
         try:
             found = ec2.describe_images(ImageIds=[ami])["Images"]
@@ -353,7 +386,7 @@ class AmazonEC2Driver(Driver):
     def _check_instance_type(self, ec2: Any) -> None:
         from botocore.exceptions import ClientError
 
-        kind = str(self.config.get("InstanceType"))
+        kind = self.settings.instance_type
         try:
             ec2.describe_instance_types(InstanceTypes=[kind])
         except ClientError as exc:
@@ -365,16 +398,16 @@ class AmazonEC2Driver(Driver):
     def _check_key_pair(self, ec2: Any) -> None:
         from botocore.exceptions import ClientError
 
-        name = str(self.config.get("KeyName") or "") or self.machine_name
+        name = self.settings.key_name or self.machine_name
         try:
             exists = bool(ec2.describe_key_pairs(KeyNames=[name])["KeyPairs"])
         except ClientError as exc:
             if error_code(exc) != "InvalidKeyPair.NotFound":
                 raise
             exists = False
-        if self.config.get("ExistingKey") and not exists:
+        if self.settings.existing_key and not exists:
             raise PreCreateError(f"key pair {name!r} does not exist in {self.region} (--amazonec2-keypair-name)")
-        if not self.config.get("ExistingKey") and exists:
+        if not self.settings.existing_key and exists:
             raise PreCreateError(f"There is already a keypair with the name {name}. "
                                  "Please either remove that keypair or use a different machine name.")
 
@@ -384,8 +417,8 @@ class AmazonEC2Driver(Driver):
 
         from botocore.exceptions import ClientError
 
-        zone = self.region + str(self.config.get("Zone") or "a")
-        subnet_id, vpc_id = str(self.config.get("SubnetId") or ""), str(self.config.get("VpcId") or "")
+        zone = self.region + str(self.settings.zone or "a")
+        subnet_id, vpc_id = self.settings.subnet_id, self.settings.vpc_id
         try:
             if subnet_id:
                 subnets = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
@@ -410,7 +443,7 @@ class AmazonEC2Driver(Driver):
         subnet = subnets[0]
         if vpc_id and subnet["VpcId"] != vpc_id:
             raise PreCreateError(f"subnet {subnet['SubnetId']} is not in VPC {vpc_id}")
-        pinned = str(self.config.get("RequestedPrivateIPAddress") or "")
+        pinned = self.settings.requested_private_ip_address
         if pinned:
             try:
                 inside = ipaddress.ip_address(pinned) in ipaddress.ip_network(subnet["CidrBlock"])
@@ -419,8 +452,8 @@ class AmazonEC2Driver(Driver):
             if not inside:
                 raise PreCreateError(f"--amazonec2-private-ip-address {pinned} is outside subnet "
                                      f"{subnet['SubnetId']} ({subnet['CidrBlock']})")
-        self.config.update(SubnetId=subnet["SubnetId"], VpcId=subnet["VpcId"],
-                           Zone=str(subnet.get("AvailabilityZone") or zone)[len(self.region):] or self.config["Zone"])
+        self.settings.update(subnet_id=subnet["SubnetId"], vpc_id=subnet["VpcId"],
+                           zone=str(subnet.get("AvailabilityZone") or zone)[len(self.region):] or self.settings.zone)
 
     # Create ----------------------------------------------------------------------------------
     def create(self, log: Log) -> None:
@@ -444,45 +477,46 @@ class AmazonEC2Driver(Driver):
         from pymachine.machine import certs
 
         dest = os.path.join(self.machine_dir, "id_rsa")
-        if self.config.get("ExistingKey"):
-            log(f"({self.machine_name}) Using existing key pair {self.config['KeyName']}")
-            shutil.copyfile(self.config["SSHPrivateKeyPath"], dest)
+        if self.settings.existing_key:
+            log(f"({self.machine_name}) Using existing key pair {self.settings.key_name}")
+            shutil.copyfile(self.settings.ssh_private_key_path, dest)
             os.chmod(dest, 0o600)
-            self.config["SSHKeyPath"] = dest
+            self.settings.ssh_key_path = dest
             return
         log(f"({self.machine_name}) Creating key pair...")
         certs.generate_ssh_keypair(dest)
-        self.config["SSHKeyPath"] = dest
+        self.settings.ssh_key_path = dest
         with open(dest + ".pub", "rb") as fh:
             public = fh.read()
         ec2.import_key_pair(KeyName=self.machine_name, PublicKeyMaterial=public, TagSpecifications=[
             {"ResourceType": "key-pair", "Tags": [{"Key": TAG_MACHINE, "Value": self.machine_name}]}])
-        self.config["KeyName"] = self.machine_name
+        self.settings.key_name = self.machine_name
         self._created()["KeyPair"] = True
 
     def _created(self) -> dict[str, Any]:
-        created = self.config.get("PymachineCreated")
+        created = self.settings.pymachine_created
         if not isinstance(created, dict):
-            created = self.config["PymachineCreated"] = {}
+            created = {}
         created.setdefault("KeyPair", False)
         created.setdefault("SecurityGroupIds", [])
+        self.settings.pymachine_created = created  # stored from now on, also in a config from before it
         return created
 
     def _create_security_groups(self, ec2: Any, log: Log) -> None:
         ids: list[str] = []
-        for name in self.config.get("SecurityGroupNames") or ["docker-machine"]:
+        for name in self.settings.security_group_names or ["docker-machine"]:
             found = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]},
-                                                          {"Name": "vpc-id", "Values": [self.config["VpcId"]]}])
+                                                          {"Name": "vpc-id", "Values": [self.settings.vpc_id]}])
             groups = found["SecurityGroups"]
             if groups:
                 group = groups[0]
                 log(f"({self.machine_name}) Using security group {name} ({group['GroupId']})")
             else:
-                log(f"({self.machine_name}) Creating security group {name} in {self.config['VpcId']}")
+                log(f"({self.machine_name}) Creating security group {name} in {self.settings.vpc_id}")
                 gid = ec2.create_security_group(
                     GroupName=name,
                     Description="Docker Machine",
-                    VpcId=self.config["VpcId"],
+                    VpcId=self.settings.vpc_id,
                     TagSpecifications=[
                         {"ResourceType": "security-group", "Tags": [{"Key": TAG_MACHINE, "Value": self.machine_name}]}
                     ],
@@ -490,16 +524,16 @@ class AmazonEC2Driver(Driver):
                 self._created()["SecurityGroupIds"].append(gid)
                 group = {"GroupId": gid, "IpPermissions": []}
             ids.append(group["GroupId"])
-            self.config.update(SecurityGroupIds=list(ids), SecurityGroupId=ids[0])
-            if not self.config.get("SecurityGroupReadOnly"):
+            self.settings.update(security_group_ids=list(ids), security_group_id=ids[0])
+            if not self.settings.security_group_read_only:
                 self._authorize(ec2, group)
 
     def wanted_ports(self) -> list[tuple[int, str]]:
-        ports = [(int(self.config.get("SSHPort") or 22), "tcp"), (ENGINE_PORT, "tcp")]
-        if self.config.get("SwarmMaster"):
+        ports = [(int(self.settings.ssh_port or 22), "tcp"), (ENGINE_PORT, "tcp")]
+        if self.settings.swarm_master:
             ports.append((SWARM_MASTER_PORT, "tcp"))
         ports += list(SWARM_PORTS)
-        ports += [_parse_port(p) for p in self.config.get("OpenPorts") or []]
+        ports += [_parse_port(p) for p in self.settings.open_ports or []]
         return list(dict.fromkeys(ports))
 
     def _authorize(self, ec2: Any, group: dict[str, Any]) -> None:
@@ -512,57 +546,57 @@ class AmazonEC2Driver(Driver):
 
     def _tags(self) -> list[dict[str, str]]:
         tags = {"Name": self.machine_name, TAG_MACHINE: self.machine_name}
-        parts = [p.strip() for p in str(self.config.get("Tags") or "").split(",")] if self.config.get("Tags") else []
+        parts = [p.strip() for p in self.settings.tags.split(",")] if self.settings.tags else []
         for key, value in zip(parts[::2], parts[1::2], strict=True):
             tags[key] = value
         return [{"Key": k, "Value": v} for k, v in tags.items()]
 
     def _run_instance(self, ec2: Any, log: Log) -> None:
-        c = self.config
-        nic: dict[str, Any] = {"DeviceIndex": 0, "SubnetId": c["SubnetId"], "Groups": list(c["SecurityGroupIds"]),
-                               "AssociatePublicIpAddress": not c.get("PrivateIPOnly"), "DeleteOnTermination": True}
-        if c.get("RequestedPrivateIPAddress"):
-            nic["PrivateIpAddress"] = c["RequestedPrivateIPAddress"]
+        c = self.settings
+        nic: dict[str, Any] = {"DeviceIndex": 0, "SubnetId": c.subnet_id, "Groups": list(c.security_group_ids or []),
+                               "AssociatePublicIpAddress": not c.private_ip_only, "DeleteOnTermination": True}
+        if c.requested_private_ip_address:
+            nic["PrivateIpAddress"] = c.requested_private_ip_address
         params: dict[str, Any] = {
-            "ImageId": c["AMI"], "MinCount": 1, "MaxCount": 1, "InstanceType": c["InstanceType"],
-            "KeyName": c["KeyName"], "Placement": {"AvailabilityZone": self.region + str(c.get("Zone") or "a")},
-            "NetworkInterfaces": [nic], "Monitoring": {"Enabled": bool(c.get("Monitoring"))},
-            "EbsOptimized": bool(c.get("UseEbsOptimizedInstance")),
-            "BlockDeviceMappings": [{"DeviceName": c.get("DeviceName") or "/dev/sda1", "Ebs": {
-                "VolumeSize": int(c.get("RootSize") or 16), "VolumeType": c.get("VolumeType") or "gp2",
+            "ImageId": c.ami, "MinCount": 1, "MaxCount": 1, "InstanceType": c.instance_type,
+            "KeyName": c.key_name, "Placement": {"AvailabilityZone": self.region + str(c.zone or "a")},
+            "NetworkInterfaces": [nic], "Monitoring": {"Enabled": bool(c.monitoring)},
+            "EbsOptimized": bool(c.use_ebs_optimized_instance),
+            "BlockDeviceMappings": [{"DeviceName": c.device_name or "/dev/sda1", "Ebs": {
+                "VolumeSize": int(c.root_size or 16), "VolumeType": c.volume_type or "gp2",
                 "DeleteOnTermination": True}}],
             "TagSpecifications": [{"ResourceType": "instance", "Tags": self._tags()}],
             # One token per create: botocore's retries of this call never start a second instance.
             "ClientToken": uuid.uuid4().hex,
         }
-        if c.get("IamInstanceProfile"):
-            params["IamInstanceProfile"] = {"Name": c["IamInstanceProfile"]}
-        if c.get("UserDataFile"):
-            with open(c["UserDataFile"], encoding="utf-8") as fh:
+        if c.iam_instance_profile:
+            params["IamInstanceProfile"] = {"Name": c.iam_instance_profile}
+        if c.user_data_file:
+            with open(c.user_data_file, encoding="utf-8") as fh:
                 params["UserData"] = fh.read()
-        if c.get("RequestSpotInstance"):
-            spot: dict[str, Any] = {"MaxPrice": str(c.get("SpotPrice") or "0.50"), "SpotInstanceType": "one-time"}
-            if c.get("BlockDurationMinutes"):
-                spot["BlockDurationMinutes"] = int(c["BlockDurationMinutes"])
+        if c.request_spot_instance:
+            spot: dict[str, Any] = {"MaxPrice": str(c.spot_price or "0.50"), "SpotInstanceType": "one-time"}
+            if c.block_duration_minutes:
+                spot["BlockDurationMinutes"] = int(c.block_duration_minutes)
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
         log(f"({self.machine_name}) Launching instance...")
         reservation = ec2.run_instances(**params)
         instance = reservation["Instances"][0]
-        c.update(InstanceId=instance["InstanceId"], ReservationId=reservation.get("ReservationId", ""))
+        c.update(instance_id=instance["InstanceId"], reservation_id=reservation.get("ReservationId", ""))
         self._update_addresses(instance)
 
     def _update_addresses(self, instance: dict[str, Any]) -> None:
         private = str(instance.get("PrivateIpAddress") or "")
         public = str(instance.get("PublicIpAddress") or "")
-        self.config["PrivateIPAddress"] = private
-        use_private = self.config.get("UsePrivateIP") or self.config.get("PrivateIPOnly")
-        self.config["IPAddress"] = private if use_private else public
+        self.settings.private_ip_address = private
+        use_private = self.settings.use_private_ip or self.settings.private_ip_only
+        self.settings.ip_address = private if use_private else public
 
     def _describe(self, ec2: Any) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
 
         try:
-            found = ec2.describe_instances(InstanceIds=[self.config["InstanceId"]])
+            found = ec2.describe_instances(InstanceIds=[self.settings.instance_id])
         except ClientError as exc:
             if error_code(exc) == "InvalidInstanceID.NotFound":
                 return None
@@ -584,18 +618,18 @@ class AmazonEC2Driver(Driver):
             if seen == wanted or (wanted == "terminated" and instance is None):
                 if instance is not None and wanted == "running":
                     self._update_addresses(instance)
-                    if not self.config.get("IPAddress"):
+                    if not self.settings.ip_address:
                         raise MachineError(
-                            f"instance {self.config['InstanceId']} has no public IP address: "
+                            f"instance {self.settings.instance_id} has no public IP address: "
                             "use --amazonec2-use-private-address or a subnet that assigns public addresses")
                 return instance
             if wanted == "running" and seen in ("terminated", "shutting-down", "gone"):
                 reason = ((instance or {}).get("StateReason") or {}).get("Message", "")
                 raise MachineError(
-                    f"instance {self.config['InstanceId']} is {seen}" + (f": {reason}" if reason else "")
+                    f"instance {self.settings.instance_id} is {seen}" + (f": {reason}" if reason else "")
                 )
             if time.monotonic() + delay > deadline:
-                raise MachineError(f"instance {self.config['InstanceId']} is still {seen} after {timeout:g}s "
+                raise MachineError(f"instance {self.settings.instance_id} is still {seen} after {timeout:g}s "
                                    f"(waiting for {wanted}; ${WAIT_ENV} sets the bound)")
             time.sleep(delay)
             delay = min(delay * 1.5, 5.0)
@@ -604,7 +638,7 @@ class AmazonEC2Driver(Driver):
     def state(self, timeout: float = 10.0) -> State:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if not self.config.get("InstanceId"):
+        if not self.settings.instance_id:
             return State.ERROR
         try:
             instance = self._describe(self.client(timeout=max(1.0, timeout)))
@@ -621,7 +655,7 @@ class AmazonEC2Driver(Driver):
         """One DescribeInstances per (endpoint, region, credentials), filtered by instance id."""
         groups: dict[tuple[str, ...], list[AmazonEC2Driver]] = {}
         for d in drivers:
-            if isinstance(d, AmazonEC2Driver) and d.config.get("InstanceId"):
+            if isinstance(d, AmazonEC2Driver) and d.settings.instance_id:
                 groups.setdefault(d.credential_key(), []).append(d)
         states: dict[str, State] = {}
         for members in groups.values():
@@ -634,7 +668,7 @@ class AmazonEC2Driver(Driver):
     @classmethod
     def _group_states(cls, members: list[AmazonEC2Driver], timeout: float) -> dict[str, State]:
         """One account and region: DescribeInstances by instance id, at most 200 ids per call."""
-        by_id = {str(d.config["InstanceId"]): d.machine_name for d in members}
+        by_id = {str(d.settings.instance_id): d.machine_name for d in members}
         ec2 = members[0].client(timeout=max(1.0, timeout))
         states: dict[str, State] = {}
         ids = sorted(by_id)
@@ -658,11 +692,11 @@ class AmazonEC2Driver(Driver):
     def _lifecycle(self, action: str, log: Log, wait_for: str | None, **kwargs: Any) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if not self.config.get("InstanceId"):
+        if not self.settings.instance_id:
             raise MachineError(f"{self.machine_name} has no instance id")
         ec2 = self.client()
         try:
-            getattr(ec2, action)(InstanceIds=[self.config["InstanceId"]], **kwargs)
+            getattr(ec2, action)(InstanceIds=[self.settings.instance_id], **kwargs)
             if wait_for:
                 self._wait_for(ec2, wait_for, log)
         except ClientError as exc:
@@ -688,20 +722,20 @@ class AmazonEC2Driver(Driver):
         from botocore.exceptions import BotoCoreError, ClientError
 
         created = self._created()
-        if not (self.config.get("InstanceId") or created["KeyPair"] or created["SecurityGroupIds"]):
+        if not (self.settings.instance_id or created["KeyPair"] or created["SecurityGroupIds"]):
             return
         try:
             ec2 = self.client()
-            if self.config.get("InstanceId"):
-                log(f"({self.machine_name}) Terminating instance {self.config['InstanceId']}...")
+            if self.settings.instance_id:
+                log(f"({self.machine_name}) Terminating instance {self.settings.instance_id}...")
                 try:
-                    ec2.terminate_instances(InstanceIds=[self.config["InstanceId"]])
+                    ec2.terminate_instances(InstanceIds=[self.settings.instance_id])
                 except ClientError as exc:
                     if error_code(exc) != "InvalidInstanceID.NotFound":
                         raise
                 self._wait_for(ec2, "terminated", log)
-            if created["KeyPair"] and self.config.get("KeyName"):
-                ec2.delete_key_pair(KeyName=self.config["KeyName"])
+            if created["KeyPair"] and self.settings.key_name:
+                ec2.delete_key_pair(KeyName=self.settings.key_name)
                 created["KeyPair"] = False
             for gid in list(created["SecurityGroupIds"]):
                 if self._delete_group(ec2, gid, log):
@@ -717,7 +751,7 @@ class AmazonEC2Driver(Driver):
 
         # Network interfaces carry a VPC instance's groups: any but this instance's own means in use.
         found = ec2.describe_network_interfaces(Filters=[{"Name": "group-id", "Values": [gid]}])
-        mine = self.config.get("InstanceId")
+        mine = self.settings.instance_id
         others = [(eni.get("Attachment") or {}).get("InstanceId") or eni["NetworkInterfaceId"]
                   for eni in found["NetworkInterfaces"] if (eni.get("Attachment") or {}).get("InstanceId") != mine]
         if others:

@@ -8,7 +8,7 @@ discovered from the subscription's 401 challenge, as docker-machine did) and
 ``--azure-ca-file`` (a CA bundle the SDK trusts, passed as ``connection_verify``).
 
 Every resource is tagged ``pymachine-machine=<name>`` and its id is recorded in
-``self.config`` before its long-running operation starts, so ``remove`` (also
+``self.settings`` before its long-running operation starts, so ``remove`` (also
 the rollback of a failed create) deletes whatever exists, in dependency order,
 and deletes shared things (resource group, vnet, subnet, availability set)
 only when this machine made them and nothing else uses them.  The client
@@ -19,6 +19,7 @@ The Azure SDK is imported only inside the methods that call the API.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import os
 import re
@@ -28,6 +29,7 @@ from typing import Any
 
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
+from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import MachineError, PreCreateError
 
 TAG = "pymachine-machine"
@@ -61,9 +63,9 @@ KIND_LABELS = {
 }
 
 # Resource id fields, in the order remove() deletes them.
-OWN_IDS = ("VMID", "OSDiskID", "NICID", "PublicIPID", "NSGID")
-SHARED_IDS = (("SubnetID", "SubnetCreated"), ("VNetID", "VNetCreated"),
-              ("AvailabilitySetID", "AvailabilitySetCreated"))
+OWN_IDS = ("vm_id", "os_disk_id", "nic_id", "public_ip_id", "nsg_id")
+SHARED_IDS = (("subnet_id", "subnet_created"), ("vnet_id", "vnet_created"),
+              ("availability_set_id", "availability_set_created"))
 
 
 def describe(exc: BaseException) -> str:
@@ -102,7 +104,50 @@ def _is_missing(exc: BaseException) -> bool:
         "ResourceNotFound", "ResourceGroupNotFound", "NotFound")
 
 
+@dataclasses.dataclass
+class AzureSettings(Settings):
+    client_id: str = setting("ClientID", "")
+    client_secret: str = setting("ClientSecret", "")
+    environment: str = setting("Environment", "AzurePublicCloud")
+    subscription_id: str = setting("SubscriptionID", "")
+    resource_group: str = setting("ResourceGroup", "docker-machine")
+    docker_port: int = setting("DockerPort", 2376)
+    location: str = setting("Location", "westus")
+    size: str = setting("Size", "Standard_D2s_v3")
+    image: str = setting("Image", "canonical:ubuntu-24_04-lts:server:latest")
+    virtual_network: str = setting("VirtualNetwork", "docker-machine-vnet")
+    subnet_name: str = setting("SubnetName", "docker-machine")
+    subnet_prefix: str = setting("SubnetPrefix", "192.168.0.0/16")
+    availability_set: str = setting("AvailabilitySet", "docker-machine")
+    storage_type: str = setting("StorageType", "Standard_LRS")
+    open_ports: list[str] = setting("OpenPorts", [], item=str)
+    private_ip_addr: str = setting("PrivateIPAddr", "")
+    use_private_ip: bool = setting("UsePrivateIP", False)
+    no_public_ip: bool = setting("NoPublicIP", False)
+    dns_label: str = setting("DNSLabel", "")
+    static_public_ip: bool = setting("StaticPublicIP", False)
+    custom_data_file: str = setting("CustomDataFile", "")
+    tenant_id: str = setting("TenantID", "")
+    arm_endpoint: str = setting("ArmEndpoint", "")
+    authority_host: str = setting("AuthorityHost", "")
+    ca_file: str = setting("CAFile", "")
+    resource_group_created: bool = setting("ResourceGroupCreated", False)
+    vnet_created: bool = setting("VNetCreated", False)
+    subnet_created: bool = setting("SubnetCreated", False)
+    availability_set_created: bool = setting("AvailabilitySetCreated", False)
+    vm_id: str = setting("VMID", "")
+    os_disk_id: str = setting("OSDiskID", "")
+    nic_id: str = setting("NICID", "")
+    public_ip_id: str = setting("PublicIPID", "")
+    nsg_id: str = setting("NSGID", "")
+    subnet_id: str = setting("SubnetID", "")
+    vnet_id: str = setting("VNetID", "")
+    availability_set_id: str = setting("AvailabilitySetID", "")
+
+
 class AzureDriver(Driver):
+    settings_class = AzureSettings
+    settings: AzureSettings
     name = "azure"
     capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True)
     default_ssh_user = "docker-user"
@@ -221,22 +266,6 @@ class AzureDriver(Driver):
         ),
     )
 
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        return {
-            "ClientID": "", "ClientSecret": "", "Environment": "AzurePublicCloud", "SubscriptionID": "",
-            "ResourceGroup": "docker-machine", "DockerPort": 2376, "Location": "westus", "Size": DEFAULT_SIZE,
-            "Image": DEFAULT_IMAGE, "VirtualNetwork": "docker-machine-vnet", "SubnetName": "docker-machine",
-            "SubnetPrefix": "192.168.0.0/16", "AvailabilitySet": "docker-machine", "StorageType": "Standard_LRS",
-            "OpenPorts": [], "PrivateIPAddr": "", "UsePrivateIP": False, "NoPublicIP": False, "DNSLabel": "",
-            "StaticPublicIP": False, "CustomDataFile": "",
-            # pymachine additions
-            "TenantID": "", "ArmEndpoint": "", "AuthorityHost": "", "CAFile": "",
-            "ResourceGroupCreated": False, "VNetCreated": False, "SubnetCreated": False,
-            "AvailabilitySetCreated": False, "VMID": "", "OSDiskID": "", "NICID": "", "PublicIPID": "",
-            "NSGID": "", "SubnetID": "", "VNetID": "", "AvailabilitySetID": "",
-        }
-
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self._secret_from_flag: str | None = None
@@ -283,49 +312,49 @@ class AzureDriver(Driver):
         if values.get("azure-no-public-ip") and (values.get("azure-static-public-ip") or s("azure-dns")):
             raise MachineError("--azure-static-public-ip and --azure-dns need a public IP (drop --azure-no-public-ip)")
         self._secret_from_flag = s("azure-client-secret") or None
-        self.config.update(
-            ClientID=s("azure-client-id"), Environment=env, SubscriptionID=sub,
-            ResourceGroup=s("azure-resource-group") or "docker-machine", DockerPort=port,
-            Location=(s("azure-location") or "westus").lower(), Size=s("azure-size") or DEFAULT_SIZE,
-            Image=s("azure-image") or DEFAULT_IMAGE, VirtualNetwork=s("azure-vnet") or "docker-machine-vnet",
-            SubnetName=s("azure-subnet") or "docker-machine", SubnetPrefix=prefix,
-            AvailabilitySet=s("azure-availability-set"), StorageType=s("azure-storage-type") or "Standard_LRS",
-            OpenPorts=open_ports, PrivateIPAddr=private, UsePrivateIP=bool(values.get("azure-use-private-ip")),
-            NoPublicIP=bool(values.get("azure-no-public-ip")), DNSLabel=s("azure-dns"),
-            StaticPublicIP=bool(values.get("azure-static-public-ip")),
-            CustomDataFile=os.path.expanduser(s("azure-custom-data")) if s("azure-custom-data") else "",
-            TenantID=s("azure-tenant-id"), ArmEndpoint=s("azure-arm-endpoint").rstrip("/"),
-            AuthorityHost=s("azure-authority-host").rstrip("/"),
-            CAFile=os.path.abspath(os.path.expanduser(s("azure-ca-file"))) if s("azure-ca-file") else "",
-            SSHUser=s("azure-ssh-user") or "docker-user", SSHPort=22,
+        self.settings.update(
+            client_id=s("azure-client-id"), environment=env, subscription_id=sub,
+            resource_group=s("azure-resource-group") or "docker-machine", docker_port=port,
+            location=(s("azure-location") or "westus").lower(), size=s("azure-size") or DEFAULT_SIZE,
+            image=s("azure-image") or DEFAULT_IMAGE, virtual_network=s("azure-vnet") or "docker-machine-vnet",
+            subnet_name=s("azure-subnet") or "docker-machine", subnet_prefix=prefix,
+            availability_set=s("azure-availability-set"), storage_type=s("azure-storage-type") or "Standard_LRS",
+            open_ports=open_ports, private_ip_addr=private, use_private_ip=bool(values.get("azure-use-private-ip")),
+            no_public_ip=bool(values.get("azure-no-public-ip")), dns_label=s("azure-dns"),
+            static_public_ip=bool(values.get("azure-static-public-ip")),
+            custom_data_file=os.path.expanduser(s("azure-custom-data")) if s("azure-custom-data") else "",
+            tenant_id=s("azure-tenant-id"), arm_endpoint=s("azure-arm-endpoint").rstrip("/"),
+            authority_host=s("azure-authority-host").rstrip("/"),
+            ca_file=os.path.abspath(os.path.expanduser(s("azure-ca-file"))) if s("azure-ca-file") else "",
+            ssh_user=s("azure-ssh-user") or "docker-user", ssh_port=22,
         )
 
     @property
     def group(self) -> str:
-        return str(self.config.get("ResourceGroup") or "docker-machine")
+        return str(self.settings.resource_group or "docker-machine")
 
     @property
     def docker_port(self) -> int:
-        return int(self.config.get("DockerPort") or 2376)
+        return int(self.settings.docker_port or 2376)
 
     def _names(self) -> dict[str, str]:
         n = self.machine_name
         return {"vm": n, "nsg": f"{n}-firewall", "ip": f"{n}-ip", "nic": f"{n}-nic", "disk": f"{n}-os-disk"}
 
     def _image(self) -> tuple[str, str, str, str]:
-        parts = str(self.config.get("Image") or "").split(":")
+        parts = self.settings.image.split(":")
         if len(parts) != 4 or not all(parts):
-            raise PreCreateError(f"--azure-image {self.config.get('Image')!r} must be publisher:offer:sku:version "
+            raise PreCreateError(f"--azure-image {self.settings.image!r} must be publisher:offer:sku:version "
                                  f"(e.g. {DEFAULT_IMAGE})")
         return parts[0], parts[1], parts[2], parts[3]
 
     # -- SDK plumbing -----------------------------------------------------------------------
     def _endpoints(self) -> tuple[str, str, str]:
-        arm, authority, scope = ENVIRONMENTS.get(str(self.config.get("Environment")), ENVIRONMENTS["AzurePublicCloud"])
-        return (str(self.config.get("ArmEndpoint") or arm), str(self.config.get("AuthorityHost") or authority), scope)
+        arm, authority, scope = ENVIRONMENTS.get(self.settings.environment, ENVIRONMENTS["AzurePublicCloud"])
+        return (str(self.settings.arm_endpoint or arm), str(self.settings.authority_host or authority), scope)
 
     def _verify(self) -> dict[str, Any]:
-        ca = str(self.config.get("CAFile") or "")
+        ca = self.settings.ca_file
         return {"connection_verify": ca} if ca else {}
 
     def _client_secret(self) -> str | None:
@@ -340,30 +369,30 @@ class AzureDriver(Driver):
         import requests
 
         arm, _, _ = self._endpoints()
-        url = f"{arm}/subscriptions/{self.config['SubscriptionID']}?api-version=2022-12-01"
-        verify: Any = self.config.get("CAFile") or True
+        url = f"{arm}/subscriptions/{self.settings.subscription_id}?api-version=2022-12-01"
+        verify: Any = self.settings.ca_file or True
         try:
             resp = requests.get(url, timeout=15, verify=verify)
         except requests.RequestException as exc:
             raise PreCreateError(f"cannot reach Azure Resource Manager at {arm}: {describe(exc)}") from None
         match = re.search(r'authorization_uri="[^"]*/([^/"]+)"', resp.headers.get("WWW-Authenticate", ""))
         if resp.status_code != 401 or not match:
-            raise PreCreateError(f"cannot find the tenant of subscription {self.config['SubscriptionID']} "
+            raise PreCreateError(f"cannot find the tenant of subscription {self.settings.subscription_id} "
                                  f"(HTTP {resp.status_code}); pass --azure-tenant-id")
         return match.group(1)
 
     def _credential(self) -> Any:
         _, authority, _ = self._endpoints()
         kw: dict[str, Any] = {"authority": authority, **self._verify()}
-        if self.config.get("AuthorityHost"):
+        if self.settings.authority_host:
             kw["disable_instance_discovery"] = True  # never ask login.microsoftonline.com about a private host
-        client_id, secret = str(self.config.get("ClientID") or ""), self._client_secret()
+        client_id, secret = self.settings.client_id, self._client_secret()
         if client_id and secret:
             from azure.identity import ClientSecretCredential
 
-            if not self.config.get("TenantID"):
-                self.config["TenantID"] = self._discover_tenant()
-            return ClientSecretCredential(str(self.config["TenantID"]), client_id, secret, **kw)
+            if not self.settings.tenant_id:
+                self.settings.tenant_id = self._discover_tenant()
+            return ClientSecretCredential(self.settings.tenant_id, client_id, secret, **kw)
         from azure.identity import DefaultAzureCredential
 
         return DefaultAzureCredential(**kw)
@@ -380,7 +409,7 @@ class AzureDriver(Driver):
         except ValueError:
             raise MachineError(f"{POLL_ENV} must be a number of seconds") from None
         kw = {"base_url": arm, "credential_scopes": [scope], "polling_interval": interval, **self._verify()}
-        sub = str(self.config.get("SubscriptionID"))
+        sub = self.settings.subscription_id
         cls: type
         if kind == "resource":
             from azure.mgmt.resource.resources import ResourceManagementClient
@@ -422,7 +451,7 @@ class AzureDriver(Driver):
         if match:
             return match.group(1)
         if "Unable to get authority configuration" in text:
-            return (f"tenant {self.config.get('TenantID')!r} is unknown to {self._endpoints()[1]}")
+            return (f"tenant {self.settings.tenant_id!r} is unknown to {self._endpoints()[1]}")
         unreachable = re.search(r"Failed to establish a new connection: (?:\[Errno -?\d+\] )?([^')\]]+)", text)
         if unreachable:
             return f"cannot reach the authority {self._endpoints()[1]}: {unreachable.group(1).strip().lower()}"
@@ -433,11 +462,11 @@ class AzureDriver(Driver):
 
     # -- pre-create -------------------------------------------------------------------------
     def pre_create_check(self) -> None:
-        custom = str(self.config.get("CustomDataFile") or "")
+        custom = self.settings.custom_data_file
         if custom and not os.path.isfile(custom):
             raise PreCreateError(f"custom data file {custom!r} does not exist (--azure-custom-data)")
         publisher, offer, sku, version = self._image()
-        sub, location, size = self.config["SubscriptionID"], self.config["Location"], self.config["Size"]
+        sub, location, size = self.settings.subscription_id, self.settings.location, self.settings.size
         resource = self._client("resource")
         with self._api("checking the subscription", PreCreateError):
             from azure.core.exceptions import HttpResponseError
@@ -483,7 +512,7 @@ class AzureDriver(Driver):
             except ResourceNotFoundError:
                 found = []
         if not found:
-            raise PreCreateError(f"image {self.config['Image']!r} was not found in {location}; check --azure-image "
+            raise PreCreateError(f"image {self.settings.image!r} was not found in {location}; check --azure-image "
                                  "(az vm image list --all -p PUBLISHER shows the choices)")
         with self._api("checking the resource group", PreCreateError):
             if resource.resource_groups.check_existence(self.group):
@@ -509,28 +538,28 @@ class AzureDriver(Driver):
         key_path = Path(self.machine_dir) / "id_rsa"
         log(f"{prefix} Generating SSH keypair...")
         certs.generate_ssh_keypair(key_path)
-        self.config["SSHKeyPath"] = str(key_path)
+        self.settings.ssh_key_path = str(key_path)
         public_key = Path(str(key_path) + ".pub").read_text().strip()
-        names, location = self._names(), str(self.config["Location"])
+        names, location = self._names(), self.settings.location
         resource, network, compute = self._client("resource"), self._client("network"), self._client("compute")
 
         with self._api("creating the resource group"):
             if not resource.resource_groups.check_existence(self.group):
                 log(f'{prefix} Creating resource group "{self.group}" in {location}...')
-                self.config["ResourceGroupCreated"] = True
+                self.settings.resource_group_created = True
                 resource.resource_groups.create_or_update(self.group, {"location": location, "tags": self._tags()})
         avset_id = None
-        if self.config.get("AvailabilitySet"):
+        if self.settings.availability_set:
             avset_id = self._ensure_shared(
-                log, "availability set", "AvailabilitySetID", "AvailabilitySetCreated",
-                lambda: compute.availability_sets.get(self.group, self.config["AvailabilitySet"]),
-                lambda: compute.availability_sets.create_or_update(self.group, self.config["AvailabilitySet"], {
+                log, "availability set", "availability_set_id", "availability_set_created",
+                lambda: compute.availability_sets.get(self.group, self.settings.availability_set),
+                lambda: compute.availability_sets.create_or_update(self.group, self.settings.availability_set, {
                     "location": location, "tags": self._tags(), "sku": {"name": "Aligned"},
                     "properties": {"platformFaultDomainCount": 2, "platformUpdateDomainCount": 5}}),
-                self.config["AvailabilitySet"])
+                self.settings.availability_set)
         log(f'{prefix} Configuring network security group "{names["nsg"]}" in {location}...')
         nsg_id = self._put(
-            "NSGID",
+            "nsg_id",
             "network security group",
             self._rid("Microsoft.Network", "networkSecurityGroups", names["nsg"]),
             lambda: network.network_security_groups.begin_create_or_update(
@@ -539,31 +568,31 @@ class AzureDriver(Driver):
                 {"location": location, "tags": self._tags(), "properties": {"securityRules": self._rules()}},
             ),
         )
-        vnet = self.config["VirtualNetwork"]
+        vnet = self.settings.virtual_network
         vnet_group, _, vnet_name = vnet.rpartition(":")
         vnet_group = vnet_group or self.group
         self._ensure_shared(
-            log, "virtual network", "VNetID", "VNetCreated",
+            log, "virtual network", "vnet_id", "vnet_created",
             lambda: network.virtual_networks.get(vnet_group, vnet_name),
             lambda: network.virtual_networks.begin_create_or_update(vnet_group, vnet_name, {
                 "location": location, "tags": self._tags(),
-                "properties": {"addressSpace": {"addressPrefixes": [self.config["SubnetPrefix"]]}}}).result(),
+                "properties": {"addressSpace": {"addressPrefixes": [self.settings.subnet_prefix]}}}).result(),
             vnet_name)
         subnet_id = self._ensure_shared(
-            log, "subnet", "SubnetID", "SubnetCreated",
-            lambda: network.subnets.get(vnet_group, vnet_name, self.config["SubnetName"]),
-            lambda: network.subnets.begin_create_or_update(vnet_group, vnet_name, self.config["SubnetName"], {
-                "properties": {"addressPrefix": self.config["SubnetPrefix"]}}).result(),
-            self.config["SubnetName"])
+            log, "subnet", "subnet_id", "subnet_created",
+            lambda: network.subnets.get(vnet_group, vnet_name, self.settings.subnet_name),
+            lambda: network.subnets.begin_create_or_update(vnet_group, vnet_name, self.settings.subnet_name, {
+                "properties": {"addressPrefix": self.settings.subnet_prefix}}).result(),
+            self.settings.subnet_name)
         ip_id = None
-        if not self.config.get("NoPublicIP"):
-            static = bool(self.config.get("StaticPublicIP"))
+        if not self.settings.no_public_ip:
+            static = self.settings.static_public_ip
             log(f'{prefix} Creating public IP address "{names["ip"]}" (static={str(static).lower()})...')
             props: dict[str, Any] = {"publicIPAllocationMethod": "Static" if static else "Dynamic"}
-            if self.config.get("DNSLabel"):
-                props["dnsSettings"] = {"domainNameLabel": self.config["DNSLabel"]}
+            if self.settings.dns_label:
+                props["dnsSettings"] = {"domainNameLabel": self.settings.dns_label}
             ip_id = self._put(
-                "PublicIPID",
+                "public_ip_id",
                 "public IP address",
                 self._rid("Microsoft.Network", "publicIPAddresses", names["ip"]),
                 lambda: network.public_ip_addresses.begin_create_or_update(
@@ -574,14 +603,14 @@ class AzureDriver(Driver):
             )
         log(f'{prefix} Creating network interface "{names["nic"]}"...')
         ip_config: dict[str, Any] = {"subnet": {"id": subnet_id}}
-        if self.config.get("PrivateIPAddr"):
-            ip_config.update(privateIPAllocationMethod="Static", privateIPAddress=self.config["PrivateIPAddr"])
+        if self.settings.private_ip_addr:
+            ip_config.update(privateIPAllocationMethod="Static", privateIPAddress=self.settings.private_ip_addr)
         else:
             ip_config["privateIPAllocationMethod"] = "Dynamic"
         if ip_id:
             ip_config["publicIPAddress"] = {"id": ip_id}
         nic_id = self._put(
-            "NICID",
+            "nic_id",
             "network interface",
             self._rid("Microsoft.Network", "networkInterfaces", names["nic"]),
             lambda: network.network_interfaces.begin_create_or_update(
@@ -597,11 +626,11 @@ class AzureDriver(Driver):
                 },
             ),
         )
-        log(f'{prefix} Creating virtual machine "{names["vm"]}" ({self.config["Size"]}) in {location}...')
+        log(f'{prefix} Creating virtual machine "{names["vm"]}" ({self.settings.size}) in {location}...')
         vm_body = self._vm_body(location, public_key, nic_id, avset_id)
-        self.config["OSDiskID"] = self._rid("Microsoft.Compute", "disks", names["disk"])
+        self.settings.os_disk_id = self._rid("Microsoft.Compute", "disks", names["disk"])
         vm = self._put(
-            "VMID",
+            "vm_id",
             "virtual machine",
             self._rid("Microsoft.Compute", "virtualMachines", names["vm"]),
             lambda: compute.virtual_machines.begin_create_or_update(self.group, names["vm"], vm_body),
@@ -609,21 +638,21 @@ class AzureDriver(Driver):
         )
         disk = (vm.storage_profile.os_disk if vm.storage_profile else None) or None
         if disk is not None and disk.managed_disk is not None and disk.managed_disk.id:
-            self.config["OSDiskID"] = disk.managed_disk.id
+            self.settings.os_disk_id = disk.managed_disk.id
         self._refresh_ip(log)
 
     def _rid(self, provider: str, kind: str, name: str) -> str:
-        return (f"/subscriptions/{self.config['SubscriptionID']}/resourceGroups/{self.group}"
+        return (f"/subscriptions/{self.settings.subscription_id}/resourceGroups/{self.group}"
                 f"/providers/{provider}/{kind}/{name}")
 
     def _put(self, field: str, what: str, expected_id: str, call: Any, *, keep: bool = False) -> Any:
         """Record the resource id, then run its create LRO; return the id (or the model with keep)."""
         # Recorded before the PUT: a create whose operation fails (or is interrupted) still
         # leaves an id that remove() deletes; deleting what never existed is a no-op.
-        self.config[field] = expected_id
+        setattr(self.settings, field, expected_id)
         with self._api(f"creating the {what}"):
             result = call().result()
-        self.config[field] = result.id
+        setattr(self.settings, field, result.id)
         return result if keep else result.id
 
     def _ensure_shared(self, log: Log, what: str, id_field: str, made_field: str, get: Any, make: Any,
@@ -634,14 +663,14 @@ class AzureDriver(Driver):
         with self._api(f"configuring the {what}"):
             try:
                 found = get()
-                self.config[id_field] = found.id
+                setattr(self.settings, id_field, found.id)
                 return str(found.id)
             except ResourceNotFoundError:
                 pass
             log(f'({self.machine_name}) Creating {what} "{label}"...')
-            self.config[made_field] = True
+            setattr(self.settings, made_field, True)
             made = make()
-        self.config[id_field] = made.id
+        setattr(self.settings, id_field, made.id)
         return str(made.id)
 
     def _rules(self) -> list[dict[str, Any]]:
@@ -653,7 +682,7 @@ class AzureDriver(Driver):
 
         rules = [rule("SSHAllowAny", 22, 300), rule("DockerAllowAny", self.docker_port, 1000),
                  rule("DockerSwarmAllowAny", SWARM_PORT, 1001)]
-        for i, item in enumerate(self.config.get("OpenPorts") or []):
+        for i, item in enumerate(self.settings.open_ports or []):
             num, _, proto = str(item).partition("/")
             proto = {"": "Tcp", "tcp": "Tcp", "udp": "Udp", "*": "*"}[proto.lower()]
             label = "Any" if proto == "*" else proto
@@ -662,21 +691,21 @@ class AzureDriver(Driver):
 
     def _vm_body(self, location: str, public_key: str, nic_id: str, avset_id: str | None) -> dict[str, Any]:
         publisher, offer, sku, version = self._image()
-        user = str(self.config.get("SSHUser") or "docker-user")
+        user = str(self.settings.ssh_user or "docker-user")
         os_profile: dict[str, Any] = {
             "computerName": self.machine_name, "adminUsername": user,
             "linuxConfiguration": {"disablePasswordAuthentication": True, "ssh": {"publicKeys": [
                 {"path": f"/home/{user}/.ssh/authorized_keys" if user != "root" else "/root/.ssh/authorized_keys",
                  "keyData": public_key}]}}}
-        if self.config.get("CustomDataFile"):
-            with open(self.config["CustomDataFile"], "rb") as fh:
+        if self.settings.custom_data_file:
+            with open(self.settings.custom_data_file, "rb") as fh:
                 os_profile["customData"] = base64.b64encode(fh.read()).decode()
         props: dict[str, Any] = {
-            "hardwareProfile": {"vmSize": self.config["Size"]},
+            "hardwareProfile": {"vmSize": self.settings.size},
             "storageProfile": {
                 "imageReference": {"publisher": publisher, "offer": offer, "sku": sku, "version": version},
                 "osDisk": {"name": self._names()["disk"], "createOption": "FromImage", "caching": "ReadWrite",
-                           "managedDisk": {"storageAccountType": self.config.get("StorageType") or "Standard_LRS"}}},
+                           "managedDisk": {"storageAccountType": self.settings.storage_type or "Standard_LRS"}}},
             "osProfile": os_profile,
             "networkProfile": {"networkInterfaces": [{"id": nic_id, "properties": {"primary": True}}]},
         }
@@ -689,26 +718,26 @@ class AzureDriver(Driver):
         network = self._client("network")
         names = self._names()
         with self._api("reading the machine's address"):
-            if self.config.get("UsePrivateIP") or self.config.get("NoPublicIP"):
+            if self.settings.use_private_ip or self.settings.no_public_ip:
                 nic = network.network_interfaces.get(self.group, names["nic"])
                 address = nic.ip_configurations[0].private_ip_address
             else:
                 address = network.public_ip_addresses.get(self.group, names["ip"]).ip_address
         if not address:
             raise MachineError(f"Azure assigned no IP address to {self.machine_name}")
-        self.config["IPAddress"] = str(address)
+        self.settings.ip_address = str(address)
 
     # -- addresses ------------------------------------------------------------------------------
     def ssh_address(self) -> tuple[str, int, str, str]:
-        return self.ip(), int(self.config.get("SSHPort") or 22), str(self.config.get("SSHUser") or "docker-user"), \
-            str(self.config.get("SSHKeyPath") or "")
+        return self.ip(), int(self.settings.ssh_port or 22), str(self.settings.ssh_user or "docker-user"), \
+            self.settings.ssh_key_path
 
     def url(self) -> str:
         return urls.engine_url(self.ip(), self.docker_port, self.machine_name)
 
     # -- state ------------------------------------------------------------------------------------
     def state(self, timeout: float = 10.0) -> State:
-        if not self.config.get("VMID"):
+        if not self.settings.vm_id:
             return State.ERROR
         compute = self._client("compute")
         from azure.core.exceptions import ResourceNotFoundError
@@ -728,9 +757,9 @@ class AzureDriver(Driver):
         """One ``virtualMachines?$expand=instanceView`` list call per subscription + resource group."""
         groups: dict[tuple[str, ...], list[AzureDriver]] = {}
         for d in drivers:
-            if isinstance(d, AzureDriver) and d.config.get("VMID"):
-                key = (str(d.config.get("SubscriptionID")), d.group.lower(), *d._endpoints(),
-                       str(d.config.get("ClientID")), str(d.config.get("CAFile")))
+            if isinstance(d, AzureDriver) and d.settings.vm_id:
+                key = (str(d.settings.subscription_id), d.group.lower(), *d._endpoints(),
+                       str(d.settings.client_id), str(d.settings.ca_file))
                 groups.setdefault(key, []).append(d)
         found: dict[str, State] = {}
         for members in groups.values():
@@ -778,20 +807,20 @@ class AzureDriver(Driver):
     # -- remove -------------------------------------------------------------------------------------
     def remove(self, log: Log) -> None:
         """Delete the machine's own resources, then shared ones pymachine made that nothing else uses."""
-        shared = [str(self.config.get(f) or "") for f, _ in SHARED_IDS]
-        if not any(self.config.get(f) for f in OWN_IDS) and not any(shared) \
-                and not self.config.get("ResourceGroupCreated"):
+        shared = [str(getattr(self.settings, f) or "") for f, _ in SHARED_IDS]
+        if not any(getattr(self.settings, f) for f in OWN_IDS) and not any(shared) \
+                and not self.settings.resource_group_created:
             return  # create failed before anything was requested from Azure
         resource = self._client("resource")
         failures: list[str] = []
         for field in OWN_IDS:
-            rid = str(self.config.get(field) or "")
+            rid = str(getattr(self.settings, field) or "")
             if rid and self._delete(resource, rid, log, shared=False, failures=failures):
-                self.config[field] = ""
+                setattr(self.settings, field, "")
         for (field, made), rid in zip(SHARED_IDS, shared, strict=True):
-            if rid and (self.config.get(made) or self._made_by_pymachine(resource, rid)) \
+            if rid and (getattr(self.settings, made) or self._made_by_pymachine(resource, rid)) \
                     and self._delete(resource, rid, log, shared=True, failures=failures):
-                self.config[field], self.config[made] = "", False
+                self.settings.update(**{field: "", made: False})
         if not failures:
             self._delete_group(resource, log, failures)
         if failures:
@@ -841,7 +870,7 @@ class AzureDriver(Driver):
 
         try:
             group = resource.resource_groups.get(self.group)
-            if not self.config.get("ResourceGroupCreated") and TAG not in (group.tags or {}):
+            if not self.settings.resource_group_created and TAG not in (group.tags or {}):
                 return
             left = [r.id for r in resource.resources.list_by_resource_group(self.group)]
             if left:
@@ -849,10 +878,10 @@ class AzureDriver(Driver):
                 return
             log(f'({self.machine_name}) Removing resource group "{self.group}"...')
             resource.resource_groups.begin_delete(self.group).result()
-            self.config["ResourceGroupCreated"] = False
+            self.settings.resource_group_created = False
         except AzureError as exc:
             if _is_missing(exc):
-                self.config["ResourceGroupCreated"] = False
+                self.settings.resource_group_created = False
                 return
             failures.append(f"resource group {self.group}: {describe(exc)}")
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pymachine.machine.drivers.settings import Settings
 from pymachine.machine.errors import MachineError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,11 +126,25 @@ class Driver:
     #: hosts keep the machine, marked with the failing step, for ``provision`` to retry.
     rollback_unreachable: ClassVar[bool] = False
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
+    #: The driver's typed settings (a Settings subclass with its own fields).
+    settings_class: ClassVar[type[Settings] | None] = None
+    settings: Settings
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        if self.settings_class is None:
+            self._legacy: dict[str, Any] = config if isinstance(config, dict) else dict(config)
+        else:
+            self.settings = self.settings_class.from_json(config)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The settings as config.json's ``Driver`` object (a new dict: change ``settings``)."""
+        return self._legacy if self.settings_class is None else self.settings.to_json()
 
     @classmethod
     def new(cls, machine_name: str, store_path: str) -> Driver:
+        if cls.settings_class is not None:
+            return cls(cls.settings_class.fresh(machine_name, store_path).to_json())
         config: dict[str, Any] = {k: v for k, v in BASE_FIELDS}
         config.update(MachineName=machine_name, StorePath=store_path)
         config.update(cls.extra_fields())

@@ -30,6 +30,7 @@ shutdown before power_off, default 60 s).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -41,6 +42,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
+from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import MachineError, PreCreateError
 
 DEFAULT_API_URL = "https://api.digitalocean.com"
@@ -195,7 +197,31 @@ def public_ipv4(droplet: Mapping[str, Any]) -> str:
     return ""
 
 
+@dataclasses.dataclass
+class DigitalOceanSettings(Settings):
+    access_token: str = setting("AccessToken", "")
+    droplet_id: int = setting("DropletID", 0)
+    droplet_name: str = setting("DropletName", "")
+    image: str = setting("Image", "ubuntu-24-04-x64")
+    region: str = setting("Region", "nyc3")
+    ssh_key_id: int = setting("SSHKeyID", 0)
+    ssh_key_fingerprint: str = setting("SSHKeyFingerprint", "")
+    ssh_key: str = setting("SSHKey", "")
+    size: str = setting("Size", "s-1vcpu-1gb")
+    ipv6: bool = setting("IPv6", False)
+    backups: bool = setting("Backups", False)
+    private_networking: bool = setting("PrivateNetworking", False)
+    user_data_file: str = setting("UserDataFile", "")
+    monitoring: bool = setting("Monitoring", False)
+    tags: str = setting("Tags", "")
+    api_url: str = setting("APIURL", "https://api.digitalocean.com")
+    ca_cert: str = setting("CACert", "")
+    create_tag: str = setting("CreateTag", "", absent=True)
+
+
 class DigitalOceanDriver(Driver):
+    settings_class = DigitalOceanSettings
+    settings: DigitalOceanSettings
     name = "digitalocean"
     capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True, own_engine_url=True)
     rollback_unreachable = True
@@ -248,13 +274,6 @@ class DigitalOceanDriver(Driver):
         super().__init__(config)
         self._token = ""
 
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        return {"AccessToken": "", "DropletID": 0, "DropletName": "", "Image": DEFAULT_IMAGE, "Region": "nyc3",
-                "SSHKeyID": 0, "SSHKeyFingerprint": "", "SSHKey": "", "Size": "s-1vcpu-1gb", "IPv6": False,
-                "Backups": False, "PrivateNetworking": False, "UserDataFile": "", "Monitoring": False,
-                "Tags": "", "APIURL": DEFAULT_API_URL, "CACert": ""}
-
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
         port = values.get("digitalocean-ssh-port", 22)
         if not isinstance(port, int) or not 0 < port < 65536:
@@ -266,22 +285,22 @@ class DigitalOceanDriver(Driver):
             return os.path.abspath(os.path.expanduser(str(values[key]))) if values.get(key) else ""
 
         self._token = str(values.get("digitalocean-access-token") or "").strip()
-        self.config.update(
-            Image=str(values.get("digitalocean-image") or DEFAULT_IMAGE),
-            Region=str(values.get("digitalocean-region") or "nyc3"),
-            Size=str(values.get("digitalocean-size") or "s-1vcpu-1gb"),
-            IPv6=bool(values.get("digitalocean-ipv6")),
-            PrivateNetworking=bool(values.get("digitalocean-private-networking")),
-            Backups=bool(values.get("digitalocean-backups")),
-            UserDataFile=path("digitalocean-userdata"),
-            SSHUser=str(values.get("digitalocean-ssh-user") or "root"),
-            SSHPort=port,
-            SSHKeyFingerprint=str(values.get("digitalocean-ssh-key-fingerprint") or ""),
-            SSHKey=path("digitalocean-ssh-key-path"),
-            Monitoring=bool(values.get("digitalocean-monitoring")),
-            Tags=str(values.get("digitalocean-tags") or ""),
-            APIURL=api_url.rstrip("/"),
-            CACert=path("digitalocean-ca-cert"),
+        self.settings.update(
+            image=str(values.get("digitalocean-image") or DEFAULT_IMAGE),
+            region=str(values.get("digitalocean-region") or "nyc3"),
+            size=str(values.get("digitalocean-size") or "s-1vcpu-1gb"),
+            ipv6=bool(values.get("digitalocean-ipv6")),
+            private_networking=bool(values.get("digitalocean-private-networking")),
+            backups=bool(values.get("digitalocean-backups")),
+            user_data_file=path("digitalocean-userdata"),
+            ssh_user=str(values.get("digitalocean-ssh-user") or "root"),
+            ssh_port=port,
+            ssh_key_fingerprint=str(values.get("digitalocean-ssh-key-fingerprint") or ""),
+            ssh_key=path("digitalocean-ssh-key-path"),
+            monitoring=bool(values.get("digitalocean-monitoring")),
+            tags=str(values.get("digitalocean-tags") or ""),
+            api_url=api_url.rstrip("/"),
+            ca_cert=path("digitalocean-ca-cert"),
         )
 
     # -- API access --------------------------------------------------------------------
@@ -294,25 +313,25 @@ class DigitalOceanDriver(Driver):
             saved = load_secret(self.machine_dir, SECRET_KEY)
             if saved:
                 return saved
-        return str(self.config.get("AccessToken") or "") or os.environ.get(TOKEN_ENV, "").strip()
+        return self.settings.access_token or os.environ.get(TOKEN_ENV, "").strip()
 
     def client(self, timeout: float = 30.0) -> Client:
         token = self.access_token()
         if not token:
             raise MachineError(f'no DigitalOcean access token for "{self.machine_name}": set {TOKEN_ENV}')
-        return Client(token, self.api_url, str(self.config.get("CACert") or ""), timeout=timeout)
+        return Client(token, self.api_url, self.settings.ca_cert, timeout=timeout)
 
     @property
     def api_url(self) -> str:
-        return str(self.config.get("APIURL") or DEFAULT_API_URL)
+        return str(self.settings.api_url or DEFAULT_API_URL)
 
     @property
     def droplet_id(self) -> int:
-        return int(self.config.get("DropletID") or 0)
+        return self.settings.droplet_id
 
     def tags(self) -> list[str]:
-        user = [t.strip() for t in str(self.config.get("Tags") or "").split(",") if t.strip()]
-        own = [str(self.config["CreateTag"])] if self.config.get("CreateTag") else []
+        user = [t.strip() for t in self.settings.tags.split(",") if t.strip()]
+        own = [self.settings.create_tag] if self.settings.create_tag else []
         return [LIST_TAG, machine_tag(self.machine_name), *own, *[t for t in user if t != LIST_TAG]]
 
     # -- create ------------------------------------------------------------------------
@@ -346,16 +365,16 @@ class DigitalOceanDriver(Driver):
             raise PreCreateError(str(exc)) from None
 
     def _check_local_files(self) -> None:
-        userdata = str(self.config.get("UserDataFile") or "")
+        userdata = self.settings.user_data_file
         if userdata and not os.path.isfile(userdata):
             raise PreCreateError(f"user-data file {userdata} could not be found")
-        key = str(self.config.get("SSHKey") or "")
+        key = self.settings.ssh_key
         if key:
             if not os.path.isfile(key):
                 raise PreCreateError(f"SSH key does not exist: {key!r}")
-            if not self.config.get("SSHKeyFingerprint") and not os.path.isfile(key + ".pub"):
+            if not self.settings.ssh_key_fingerprint and not os.path.isfile(key + ".pub"):
                 raise PreCreateError(f"SSH public key does not exist: {key + '.pub'!r}")
-        ca = str(self.config.get("CACert") or "")
+        ca = self.settings.ca_cert
         if ca and not os.path.isfile(ca):
             raise PreCreateError(f"--digitalocean-ca-cert file not found: {ca}")
 
@@ -371,7 +390,7 @@ class DigitalOceanDriver(Driver):
             if isinstance(total, int) and total >= limit:
                 raise PreCreateError(f"You have reached the droplet limit ({total} of {limit}): remove a droplet "
                                      "or ask DigitalOcean for a higher limit")
-        fingerprint = str(self.config.get("SSHKeyFingerprint") or "")
+        fingerprint = self.settings.ssh_key_fingerprint
         if fingerprint:
             try:
                 client.call("GET", f"/v2/account/keys/{fingerprint}")
@@ -382,7 +401,7 @@ class DigitalOceanDriver(Driver):
                 raise
 
     def _check_placement(self, client: Client) -> None:
-        region, size, image = (str(self.config.get(k)) for k in ("Region", "Size", "Image"))
+        region, size, image = self.settings.region, self.settings.size, self.settings.image
         regions = {r.get("slug"): r for r in client.list_all("/v2/regions", "regions")}
         if region not in regions or not regions[region].get("available", True):
             known = ", ".join(sorted(s for s, r in regions.items() if s is not None and r.get("available", True)))
@@ -408,34 +427,34 @@ class DigitalOceanDriver(Driver):
         token = self.access_token()
         if self._token:
             save_secrets(self.machine_dir, **{SECRET_KEY: self._token})
-        client = Client(token, self.api_url, str(self.config.get("CACert") or ""))
+        client = Client(token, self.api_url, self.settings.ca_cert)
         userdata = ""
-        if self.config.get("UserDataFile"):
-            with open(str(self.config["UserDataFile"]), encoding="utf-8") as fh:
+        if self.settings.user_data_file:
+            with open(self.settings.user_data_file, encoding="utf-8") as fh:
                 userdata = fh.read()
         ssh_key_ref: int | str
-        if not self.config.get("SSHKeyFingerprint"):
+        if not self.settings.ssh_key_fingerprint:
             log(f"({self.machine_name}) Creating SSH key...")
             ssh_key_ref = self._create_ssh_key(client)
         else:
-            ssh_key_ref = str(self.config["SSHKeyFingerprint"])
+            ssh_key_ref = self.settings.ssh_key_fingerprint
             self._import_user_key(log)
         log(f"({self.machine_name}) Creating Digital Ocean droplet...")
         # A tag no other droplet has: if the create's answer is lost (timeout,
         # dropped connection) the droplet may still exist, and rm finds it by this.
-        self.config["CreateTag"] = CREATE_TAG_PREFIX + os.urandom(8).hex()
+        self.settings.create_tag = CREATE_TAG_PREFIX + os.urandom(8).hex()
         request = {
-            "name": self.machine_name, "region": self.config["Region"], "size": self.config["Size"],
-            "image": self.config["Image"], "ssh_keys": [ssh_key_ref], "backups": bool(self.config.get("Backups")),
-            "ipv6": bool(self.config.get("IPv6")), "private_networking": bool(self.config.get("PrivateNetworking")),
-            "monitoring": bool(self.config.get("Monitoring")), "user_data": userdata or None, "tags": self.tags(),
+            "name": self.machine_name, "region": self.settings.region, "size": self.settings.size,
+            "image": self.settings.image, "ssh_keys": [ssh_key_ref], "backups": self.settings.backups,
+            "ipv6": self.settings.ipv6, "private_networking": self.settings.private_networking,
+            "monitoring": self.settings.monitoring, "user_data": userdata or None, "tags": self.tags(),
         }
         droplet = (client.call("POST", "/v2/droplets", body=request) or {}).get("droplet") or {}
-        self.config.update(DropletID=int(droplet.get("id") or 0), DropletName=str(droplet.get("name") or ""))
+        self.settings.update(droplet_id=int(droplet.get("id") or 0), droplet_name=str(droplet.get("name") or ""))
         if not self.droplet_id:
             raise MachineError("DigitalOcean answered the droplet create without a droplet id")
         log(f"({self.machine_name}) Waiting for IP address to be assigned to the Droplet...")
-        self.config["IPAddress"] = self._wait_active(client)
+        self.settings.ip_address = self._wait_active(client)
 
     def _create_ssh_key(self, client: Client) -> int:
         from pathlib import Path
@@ -444,17 +463,17 @@ class DigitalOceanDriver(Driver):
 
         private = Path(self.machine_dir) / "id_rsa"
         generate_ssh_keypair(private)
-        self.config["SSHKeyPath"] = str(private)
+        self.settings.ssh_key_path = str(private)
         public = private.with_name("id_rsa.pub").read_text().strip()
         key = (client.call("POST", "/v2/account/keys", body={"name": self.machine_name, "public_key": public})
                or {}).get("ssh_key") or {}
-        self.config.update(SSHKeyID=int(key.get("id") or 0), SSHKeyFingerprint=str(key.get("fingerprint") or ""))
-        return self.config["SSHKeyID"]
+        self.settings.update(ssh_key_id=int(key.get("id") or 0), ssh_key_fingerprint=str(key.get("fingerprint") or ""))
+        return self.settings.ssh_key_id
 
     def _import_user_key(self, log: Log) -> None:
-        key = str(self.config.get("SSHKey") or "")
+        key = self.settings.ssh_key
         if not key:
-            log(f"({self.machine_name}) Using SSH key {self.config['SSHKeyFingerprint']}; "
+            log(f"({self.machine_name}) Using SSH key {self.settings.ssh_key_fingerprint}; "
                 "no --digitalocean-ssh-key-path, assuming the key is loaded or at the default location")
             return
         dest = os.path.join(self.machine_dir, "id_rsa")
@@ -463,7 +482,7 @@ class DigitalOceanDriver(Driver):
         if os.path.exists(key + ".pub"):
             shutil.copyfile(key + ".pub", dest + ".pub")
             os.chmod(dest + ".pub", 0o600)
-        self.config["SSHKeyPath"] = dest
+        self.settings.ssh_key_path = dest
 
     def _wait_active(self, client: Client) -> str:
         limit = _seconds(WAIT_ENV, 300.0)
@@ -509,7 +528,7 @@ class DigitalOceanDriver(Driver):
         groups: dict[tuple[str, str, str], list[DigitalOceanDriver]] = {}
         for drv in drivers:
             if isinstance(drv, DigitalOceanDriver) and drv.droplet_id and drv.access_token():
-                key = (drv.access_token(), drv.api_url, str(drv.config.get("CACert") or ""))
+                key = (drv.access_token(), drv.api_url, str(drv.settings.ca_cert or ""))
                 groups.setdefault(key, []).append(drv)
         found: dict[str, State] = {}
         for (token, api_url, ca), members in groups.items():
@@ -577,17 +596,17 @@ class DigitalOceanDriver(Driver):
         Without a droplet id (the create's answer never arrived) the droplet
         is looked up by the create's own unique tag, so none is leaked.
         """
-        if not self.droplet_id and not int(self.config.get("SSHKeyID") or 0) and not self.config.get("CreateTag"):
+        if not self.droplet_id and not self.settings.ssh_key_id and not self.settings.create_tag:
             return
         client = self.client()
-        if not self.droplet_id and self.config.get("CreateTag"):
-            found = client.list_all("/v2/droplets", "droplets", query={"tag_name": str(self.config["CreateTag"])})
+        if not self.droplet_id and self.settings.create_tag:
+            found = client.list_all("/v2/droplets", "droplets", query={"tag_name": self.settings.create_tag})
             for droplet in found:
                 if droplet.get("name") == self.machine_name and droplet.get("id"):
                     log(f"({self.machine_name}) Found droplet {droplet['id']} from the interrupted create; deleting it")
-                    self.config["DropletID"] = int(droplet["id"])
+                    self.settings.droplet_id = int(droplet["id"])
                     break
-        key_id = int(self.config.get("SSHKeyID") or 0)
+        key_id = self.settings.ssh_key_id
         if key_id:
             try:
                 client.call("DELETE", f"/v2/account/keys/{key_id}")
@@ -602,11 +621,11 @@ class DigitalOceanDriver(Driver):
                 if exc.status != 404:
                     raise
                 log(f"({self.machine_name}) Digital Ocean droplet doesn't exist, assuming it is already deleted")
-        create_tag = str(self.config.get("CreateTag") or "")
+        create_tag = self.settings.create_tag
         if create_tag:  # DigitalOcean keeps a tag after its droplets are gone
             try:
                 client.call("DELETE", f"/v2/tags/{quote(create_tag, safe='')}")
             except APIError as exc:
                 if exc.status != 404:
                     raise
-            self.config["CreateTag"] = ""
+            self.settings.create_tag = ""

@@ -8,6 +8,7 @@ host alone.  Provisioning over SSH is the Host layer's job, not this one's.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from typing import Any
 
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
+from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 # Files pymachine itself keeps in a machine dir: a user's key must never land on (or
@@ -44,7 +46,15 @@ def _copy_private(src: str, dest: str) -> None:
         write_atomic(Path(dest), fh.read(), mode=0o600)
 
 
+@dataclasses.dataclass
+class GenericSettings(Settings):
+    engine_port: int = setting("EnginePort", 2376)
+    ssh_key: str = setting("SSHKey", "")
+
+
 class GenericDriver(Driver):
+    settings_class = GenericSettings
+    settings: GenericSettings
     name = "generic"
     capabilities = DriverCapabilities(restart=True, own_engine_url=True)
     flags = (
@@ -60,10 +70,6 @@ class GenericDriver(Driver):
         ),
         Flag("generic-ssh-port", "int", 22, "GENERIC_SSH_PORT", "SSH port"),
     )
-
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        return {"EnginePort": 2376, "SSHKey": ""}
 
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
         ip = str(values.get("generic-ip-address") or "")
@@ -81,25 +87,25 @@ class GenericDriver(Driver):
         check_ssh_value("--generic-ssh-user", user)
         if key:
             check_ssh_value("--generic-ssh-key", key, path=True)
-        self.config.update(
-            IPAddress=ip,
-            SSHUser=user,
-            SSHPort=int(values["generic-ssh-port"]),
-            EnginePort=int(values["generic-engine-port"]),
-            SSHKey=os.path.expanduser(str(values.get("generic-ssh-key") or "")),
+        self.settings.update(
+            ip_address=ip,
+            ssh_user=user,
+            ssh_port=int(values["generic-ssh-port"]),
+            engine_port=int(values["generic-engine-port"]),
+            ssh_key=os.path.expanduser(str(values.get("generic-ssh-key") or "")),
         )
 
     @property
     def engine_port(self) -> int:
-        return int(self.config.get("EnginePort") or 2376)
+        return int(self.settings.engine_port or 2376)
 
     def pre_create_check(self) -> None:
-        key = self.config.get("SSHKey")
+        key = self.settings.ssh_key
         if key and not os.path.isfile(key):
             raise PreCreateError(f"SSH key does not exist: {key!r}")
 
     def create(self, log: Log) -> None:
-        key = self.config.get("SSHKey")
+        key = self.settings.ssh_key
         if not key:
             log(f"({self.machine_name}) No SSH key specified. Assuming an existing key at the default location.")
             return
@@ -108,16 +114,16 @@ class GenericDriver(Driver):
         _copy_private(key, dest)
         if os.path.exists(key + ".pub"):
             _copy_private(key + ".pub", dest + ".pub")
-        self.config["SSHKeyPath"] = dest
+        self.settings.ssh_key_path = dest
 
     def ssh_address(self) -> tuple[str, int, str, str]:
-        key = str(self.config.get("SSHKeyPath") or "")
-        return self.ip(), int(self.config.get("SSHPort") or 22), str(self.config.get("SSHUser") or "root"), key
+        key = self.settings.ssh_key_path
+        return self.ip(), int(self.settings.ssh_port or 22), str(self.settings.ssh_user or "root"), key
 
     def state(self, timeout: float = 10.0) -> State:
         try:
             with socket.create_connection(
-                (self.ip(), int(self.config.get("SSHPort") or 22)), timeout=min(timeout, 15.0)
+                (self.ip(), int(self.settings.ssh_port or 22)), timeout=min(timeout, 15.0)
             ):
                 return State.RUNNING
         except OSError:

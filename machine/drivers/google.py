@@ -32,6 +32,7 @@ instances whose disk it cannot resolve.  The driver needs about twelve calls.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -45,6 +46,7 @@ from typing import Any
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.restclient import HTTPError, RestClient, seconds_from_env
+from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import MachineError, PreCreateError
 
 DEFAULT_API_URL = "https://compute.googleapis.com/compute/v1"
@@ -168,7 +170,38 @@ def instance_ip(instance: Mapping[str, Any], internal: bool) -> str:
     return str(configs[0].get("natIP") or "")
 
 
+@dataclasses.dataclass
+class GoogleSettings(Settings):
+    zone: str = setting("Zone", "us-central1-a")
+    machine_type: str = setting("MachineType", "n1-standard-1")
+    machine_image: str = setting("MachineImage", "debian-cloud/global/images/family/debian-12")
+    disk_type: str = setting("DiskType", "pd-standard")
+    network: str = setting("Network", "default")
+    subnetwork: str = setting("Subnetwork", "")
+    address: str = setting("Address", "")
+    preemptible: bool = setting("Preemptible", False)
+    use_internal_ip: bool = setting("UseInternalIP", False)
+    use_internal_ip_only: bool = setting("UseInternalIPOnly", False)
+    scopes: str = setting("Scopes", "https://www.googleapis.com/auth/devstorage.read_only,https://www.googleapis.com/auth/logging.write,https://www.googleapis.com/auth/monitoring.write")
+    disk_size: int = setting("DiskSize", 10)
+    project: str = setting("Project", "")
+    tags: str = setting("Tags", "")
+    use_existing: bool = setting("UseExisting", False)
+    open_ports: list[str] = setting("OpenPorts", [], item=str)
+    service_account: str = setting("ServiceAccount", "default")
+    api_url: str = setting("APIURL", "https://compute.googleapis.com/compute/v1")
+    ca_cert: str = setting("CACert", "")
+    instance_id: str = setting("InstanceID", "")
+    disk_name: str = setting("DiskName", "")
+    firewall_created: bool = setting("FirewallCreated", False)
+    create_token: str = setting("CreateToken", "", absent=True)
+    instance_created: bool = setting("InstanceCreated", False, absent=True)
+    added_network_tag: bool = setting("AddedNetworkTag", False, absent=True)
+
+
 class GoogleDriver(Driver):
+    settings_class = GoogleSettings
+    settings: GoogleSettings
     name = "google"
     capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True)
     rollback_unreachable = True
@@ -247,15 +280,6 @@ class GoogleDriver(Driver):
         self._creds_text = ""
         self._creds_path = ""  # --google-credentials: read at pre-create (exit 3 when unreadable)
 
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        return {"Zone": "us-central1-a", "MachineType": "n1-standard-1", "MachineImage": DEFAULT_IMAGE,
-                "DiskType": "pd-standard", "Network": "default", "Subnetwork": "", "Address": "",
-                "Preemptible": False, "UseInternalIP": False, "UseInternalIPOnly": False, "Scopes": DEFAULT_SCOPES,
-                "DiskSize": 10, "Project": "", "Tags": "", "UseExisting": False, "OpenPorts": [],
-                "ServiceAccount": "default", "APIURL": DEFAULT_API_URL, "CACert": "", "InstanceID": "",
-                "DiskName": "", "FirewallCreated": False}
-
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
         size = values.get("google-disk-size", 10)
         if not isinstance(size, int) or not 10 <= size <= 65536:
@@ -273,19 +297,19 @@ class GoogleDriver(Driver):
         self._creds_path = str(values.get("google-credentials") or "")
         ca = str(values.get("google-ca-cert") or "")
         only_internal = bool(values.get("google-use-internal-ip-only"))
-        self.config.update(
-            Project=str(values.get("google-project") or ""), Zone=str(values.get("google-zone") or "us-central1-a"),
-            MachineType=str(values.get("google-machine-type") or "n1-standard-1"), MachineImage=image,
-            SSHUser=str(values.get("google-username") or "docker-user"), SSHPort=22,
-            ServiceAccount=str(values.get("google-service-account") or "default"),
-            Scopes=str(values.get("google-scopes") or DEFAULT_SCOPES), DiskSize=size,
-            DiskType=str(values.get("google-disk-type") or "pd-standard"),
-            Network=str(values.get("google-network") or "default"),
-            Subnetwork=str(values.get("google-subnetwork") or ""), Address=str(values.get("google-address") or ""),
-            Preemptible=bool(values.get("google-preemptible")), Tags=str(values.get("google-tags") or ""),
-            UseInternalIP=bool(values.get("google-use-internal-ip")) or only_internal,
-            UseInternalIPOnly=only_internal, UseExisting=bool(values.get("google-use-existing")),
-            OpenPorts=ports, APIURL=api_url, CACert=os.path.abspath(os.path.expanduser(ca)) if ca else "",
+        self.settings.update(
+            project=str(values.get("google-project") or ""), zone=str(values.get("google-zone") or "us-central1-a"),
+            machine_type=str(values.get("google-machine-type") or "n1-standard-1"), machine_image=image,
+            ssh_user=str(values.get("google-username") or "docker-user"), ssh_port=22,
+            service_account=str(values.get("google-service-account") or "default"),
+            scopes=str(values.get("google-scopes") or DEFAULT_SCOPES), disk_size=size,
+            disk_type=str(values.get("google-disk-type") or "pd-standard"),
+            network=str(values.get("google-network") or "default"),
+            subnetwork=str(values.get("google-subnetwork") or ""), address=str(values.get("google-address") or ""),
+            preemptible=bool(values.get("google-preemptible")), tags=str(values.get("google-tags") or ""),
+            use_internal_ip=bool(values.get("google-use-internal-ip")) or only_internal,
+            use_internal_ip_only=only_internal, use_existing=bool(values.get("google-use-existing")),
+            open_ports=ports, api_url=api_url, ca_cert=os.path.abspath(os.path.expanduser(ca)) if ca else "",
         )
 
     # -- credentials and API access ----------------------------------------------------------
@@ -330,53 +354,53 @@ class GoogleDriver(Driver):
 
     @property
     def project(self) -> str:
-        return str(self.config.get("Project") or "")
+        return self.settings.project
 
     @property
     def zone(self) -> str:
-        return str(self.config.get("Zone") or "")
+        return self.settings.zone
 
     @property
     def api_url(self) -> str:
-        return str(self.config.get("APIURL") or DEFAULT_API_URL)
+        return str(self.settings.api_url or DEFAULT_API_URL)
 
     @property
     def ca_cert(self) -> str:
-        return str(self.config.get("CACert") or "")
+        return self.settings.ca_cert
 
     @property
     def disk_name(self) -> str:
-        return str(self.config.get("DiskName") or f"{self.machine_name}-disk")
+        return str(self.settings.disk_name or f"{self.machine_name}-disk")
 
     def _instance_path(self) -> str:
         return f"/zones/{self.zone}/instances/{self.machine_name}"
 
     def _image_path(self) -> str:
-        image = str(self.config.get("MachineImage") or DEFAULT_IMAGE)
+        image = str(self.settings.machine_image or DEFAULT_IMAGE)
         if "/global/images/" not in image:  # a bare image name: in the machine's own project
             return f"/projects/{self.project}/global/images/{image}"
         return f"/projects/{image}"
 
     def _labels(self) -> dict[str, str]:
         labels = {LABEL: "machine", MACHINE_LABEL: label_value(self.machine_name)}
-        if self.config.get("CreateToken"):
-            labels[CREATE_LABEL] = str(self.config["CreateToken"])
+        if self.settings.create_token:
+            labels[CREATE_LABEL] = self.settings.create_token
         return labels
 
     def _made_by_this_create(self, resource: Mapping[str, Any] | None) -> bool:
         """Ours by id, or by the label only this create used (never just by name: another store may share it)."""
         if resource is None:
             return False
-        if self.config.get("InstanceID") and str(resource.get("id")) == self.config["InstanceID"]:
+        if self.settings.instance_id and str(resource.get("id")) == self.settings.instance_id:
             return True
-        token = self.config.get("CreateToken")
+        token = self.settings.create_token
         return bool(token) and (resource.get("labels") or {}).get(CREATE_LABEL) == token
 
     def _ports(self) -> list[tuple[str, str]]:
         ports = [("tcp", "2376")]
-        if self.config.get("SwarmMaster"):
+        if self.settings.swarm_master:
             ports.append(("tcp", "3376"))
-        for spec in self.config.get("OpenPorts") or []:
+        for spec in self.settings.open_ports or []:
             number, _, proto = str(spec).partition("/")
             ports.append((proto, number))
         return ports
@@ -388,7 +412,7 @@ class GoogleDriver(Driver):
         if not NAME_RE.match(self.machine_name):
             raise PreCreateError(f'"{self.machine_name}" is not a valid Compute Engine instance name: lowercase '
                                  "letters, digits and '-', starting with a letter, at most 63 characters")
-        for tag in [t for t in str(self.config.get("Tags") or "").split(",") if t]:
+        for tag in [t for t in self.settings.tags.split(",") if t]:
             if not NAME_RE.match(tag):
                 raise PreCreateError(
                     f"invalid --google-tags {tag!r}: lowercase letters, digits and '-', starting with a letter"
@@ -414,29 +438,29 @@ class GoogleDriver(Driver):
             raise PreCreateError(
                 f'Compute Engine zone "{self.zone}" does not exist in project {self.project} (--google-zone)'
             )
-        mtype = api.get(f"/zones/{self.zone}/machineTypes/{self.config['MachineType']}")
+        mtype = api.get(f"/zones/{self.zone}/machineTypes/{self.settings.machine_type}")
         if mtype is None:
-            raise PreCreateError(f'machine type "{self.config["MachineType"]}" does not exist in zone "{self.zone}" '
+            raise PreCreateError(f'machine type "{self.settings.machine_type}" does not exist in zone "{self.zone}" '
                                  "(--google-machine-type)")
-        if api.get(f"/zones/{self.zone}/diskTypes/{self.config['DiskType']}") is None:
+        if api.get(f"/zones/{self.zone}/diskTypes/{self.settings.disk_type}") is None:
             raise PreCreateError(
-                f'disk type "{self.config["DiskType"]}" does not exist in zone "{self.zone}" (--google-disk-type)'
+                f'disk type "{self.settings.disk_type}" does not exist in zone "{self.zone}" (--google-disk-type)'
             )
-        if api.get(f"/global/networks/{self.config['Network']}") is None:
+        if api.get(f"/global/networks/{self.settings.network}") is None:
             raise PreCreateError(
-                f'network "{self.config["Network"]}" does not exist in project {self.project} (--google-network)'
+                f'network "{self.settings.network}" does not exist in project {self.project} (--google-network)'
             )
         instance = api.get(self._instance_path())
-        if self.config.get("UseExisting"):
+        if self.settings.use_existing:
             if instance is None:
                 raise PreCreateError(f'unable to find instance "{self.machine_name}" in zone "{self.zone}"')
             return
         if instance is not None:
             raise PreCreateError(f'instance "{self.machine_name}" already exists in zone "{self.zone}"')
         if api.get(self._image_path()) is None:
-            raise PreCreateError(f'image "{self.config["MachineImage"]}" not found (--google-machine-image; '
+            raise PreCreateError(f'image "{self.settings.machine_image}" not found (--google-machine-image; '
                                  f"e.g. {DEFAULT_IMAGE})")
-        address = str(self.config.get("Address") or "")
+        address = self.settings.address
         if address and not _is_ip(address) and api.get(f"/regions/{region_of(self.zone)}/addresses/{address}") is None:
             raise PreCreateError(
                 f'static address "{address}" not found in region {region_of(self.zone)} (--google-address)'
@@ -461,12 +485,12 @@ class GoogleDriver(Driver):
         public = self._ssh_key()
         log(f"({self.machine_name}) Opening firewall ports")
         self._ensure_firewall(api, limit)
-        if self.config.get("UseExisting"):
+        if self.settings.use_existing:
             log(f"({self.machine_name}) Using existing instance")
             self._adopt(api, public, limit)
         else:
             log(f"({self.machine_name}) Creating instance")
-            self.config["CreateToken"] = os.urandom(8).hex()
+            self.settings.create_token = os.urandom(8).hex()
             self._insert(api, public, limit)
         log(f"({self.machine_name}) Waiting for Instance")
         self._wait_ip(api, limit)
@@ -476,11 +500,11 @@ class GoogleDriver(Driver):
 
         private = Path(self.machine_dir) / "id_rsa"
         generate_ssh_keypair(private)
-        self.config["SSHKeyPath"] = str(private)
+        self.settings.ssh_key_path = str(private)
         return private.with_name("id_rsa.pub").read_text().strip()
 
     def _ssh_keys_entry(self, public: str) -> str:
-        user = str(self.config.get("SSHUser") or "docker-user")
+        user = str(self.settings.ssh_user or "docker-user")
         return f"{user}:{' '.join(public.split()[:2])} {user}"
 
     def _ensure_firewall(self, api: Compute, limit: float) -> None:
@@ -491,11 +515,11 @@ class GoogleDriver(Driver):
             for proto, port in wanted:
                 allowed.setdefault(proto, []).append(port)
             body = {"name": FIREWALL, "description": FIREWALL_DESCRIPTION,
-                    "network": f"{GOOGLE_PREFIX}{self.project}/global/networks/{self.config['Network']}",
+                    "network": f"{GOOGLE_PREFIX}{self.project}/global/networks/{self.settings.network}",
                     "allowed": [{"IPProtocol": p, "ports": ports} for p, ports in allowed.items()],
                     "sourceRanges": ["0.0.0.0/0"], "targetTags": [NETWORK_TAG]}
             api.wait(api.call("POST", "/global/firewalls", body), limit)
-            self.config["FirewallCreated"] = True
+            self.settings.firewall_created = True
             return
         have = {(a.get("IPProtocol"), p) for a in fw.get("allowed") or [] for p in a.get("ports") or []}
         missing = [w for w in wanted if w not in have]
@@ -515,36 +539,36 @@ class GoogleDriver(Driver):
     def _insert(self, api: Compute, public: str, limit: float) -> None:
         zone, project, name = self.zone, self.project, self.machine_name
         base = f"{GOOGLE_PREFIX}{project}"
-        nic: dict[str, Any] = {"network": f"{base}/global/networks/{self.config['Network']}"}
-        if self.config.get("Subnetwork"):
-            nic["subnetwork"] = f"projects/{project}/regions/{region_of(zone)}/subnetworks/{self.config['Subnetwork']}"
-        if not self.config.get("UseInternalIPOnly"):
+        nic: dict[str, Any] = {"network": f"{base}/global/networks/{self.settings.network}"}
+        if self.settings.subnetwork:
+            nic["subnetwork"] = f"projects/{project}/regions/{region_of(zone)}/subnetworks/{self.settings.subnetwork}"
+        if not self.settings.use_internal_ip_only:
             access: dict[str, Any] = {"type": "ONE_TO_ONE_NAT", "name": "External NAT"}
-            address = str(self.config.get("Address") or "")
+            address = self.settings.address
             if address:
                 access["natIP"] = address if _is_ip(address) else str(
                     (api.get(f"/regions/{region_of(zone)}/addresses/{address}") or {}).get("address") or "")
             nic["accessConfigs"] = [access]
         image = self._image_path()
-        user_tags = [t for t in str(self.config.get("Tags") or "").split(",") if t and t != NETWORK_TAG]
+        user_tags = [t for t in self.settings.tags.split(",") if t and t != NETWORK_TAG]
         body = {
             "name": name, "description": "docker host vm", "labels": self._labels(),
-            "machineType": f"{base}/zones/{zone}/machineTypes/{self.config['MachineType']}",
+            "machineType": f"{base}/zones/{zone}/machineTypes/{self.settings.machine_type}",
             "disks": [{"boot": True, "autoDelete": True, "type": "PERSISTENT", "mode": "READ_WRITE",
-                       "initializeParams": {"diskName": self.disk_name, "diskSizeGb": int(self.config["DiskSize"]),
+                       "initializeParams": {"diskName": self.disk_name, "diskSizeGb": self.settings.disk_size,
                                             "sourceImage": GOOGLE_PREFIX[:-len("/projects/")] + image,
-                                            "diskType": f"{base}/zones/{zone}/diskTypes/{self.config['DiskType']}",
+                                            "diskType": f"{base}/zones/{zone}/diskTypes/{self.settings.disk_type}",
                                             "labels": self._labels()}}],
             "networkInterfaces": [nic], "tags": {"items": [NETWORK_TAG, *user_tags]},
             "metadata": {"items": [{"key": "ssh-keys", "value": self._ssh_keys_entry(public)}]},
-            "serviceAccounts": [{"email": str(self.config.get("ServiceAccount") or "default"),
-                                 "scopes": [s for s in str(self.config["Scopes"]).split(",") if s]}],
-            "scheduling": {"preemptible": bool(self.config.get("Preemptible"))},
+            "serviceAccounts": [{"email": str(self.settings.service_account or "default"),
+                                 "scopes": [s for s in self.settings.scopes.split(",") if s]}],
+            "scheduling": {"preemptible": self.settings.preemptible},
         }
-        self.config["DiskName"] = self.disk_name
+        self.settings.disk_name = self.disk_name
         # From here on rm looks for the instance (by this create's label), even if the
         # insert's answer is lost or the operation wait fails.
-        self.config["InstanceCreated"] = True
+        self.settings.instance_created = True
         op = api.call("POST", f"/zones/{zone}/instances", body)
         api.wait(op, limit)
 
@@ -553,7 +577,7 @@ class GoogleDriver(Driver):
         instance = api.get(self._instance_path()) or {}
         tags = instance.get("tags") or {}
         if NETWORK_TAG not in (tags.get("items") or []):
-            self.config["AddedNetworkTag"] = True
+            self.settings.added_network_tag = True
             api.wait(api.call("POST", f"{self._instance_path()}/setTags",
                               {"items": [*(tags.get("items") or []), NETWORK_TAG],
                                "fingerprint": tags.get("fingerprint")}), limit)
@@ -571,16 +595,16 @@ class GoogleDriver(Driver):
     def _wait_ip(self, api: Compute, limit: float) -> None:
         deadline = time.monotonic() + limit
         delay, status = 0.2, "unknown"
-        internal = bool(self.config.get("UseInternalIP"))
+        internal = self.settings.use_internal_ip
         while True:
             instance = api.get(self._instance_path())
             if instance is None:
                 raise MachineError(f'instance "{self.machine_name}" disappeared while starting')
-            self.config["InstanceID"] = str(instance.get("id") or "")
+            self.settings.instance_id = str(instance.get("id") or "")
             status = str(instance.get("status") or "unknown")
             ip = instance_ip(instance, internal)
             if status == "RUNNING" and ip:
-                self.config["IPAddress"] = ip
+                self.settings.ip_address = ip
                 return
             if status in ("TERMINATED", "STOPPED", "SUSPENDED"):
                 raise MachineError(f'instance "{self.machine_name}" is {status}, not running')
@@ -605,7 +629,7 @@ class GoogleDriver(Driver):
         """One ``aggregated/instances`` listing (label ``pymachine``) per project and credentials."""
         groups: dict[tuple[str, str, str], list[GoogleDriver]] = {}
         for drv in drivers:
-            if isinstance(drv, GoogleDriver) and drv.project and not drv.config.get("UseExisting"):
+            if isinstance(drv, GoogleDriver) and drv.project and not drv.settings.use_existing:
                 try:
                     creds = drv.credentials()
                 except MachineError:
@@ -652,10 +676,10 @@ class GoogleDriver(Driver):
             return
         api = self.compute()
         limit = seconds_from_env(WAIT_ENV, 300.0)
-        if self.config.get("UseExisting"):
+        if self.settings.use_existing:
             log(f"({self.machine_name}) Leaving the existing instance in place (--google-use-existing)")
             self._release_existing(api, limit)
-        elif self.config.get("InstanceCreated") or self.config.get("InstanceID"):
+        elif self.settings.instance_created or self.settings.instance_id:
             instance = api.get(self._instance_path())
             if self._made_by_this_create(instance):
                 try:
@@ -694,7 +718,7 @@ class GoogleDriver(Driver):
                 api.wait(api.call("POST", f"{self._instance_path()}/setMetadata",
                                   {"fingerprint": meta.get("fingerprint"), "items": items}), limit)
         tags = instance.get("tags") or {}
-        if self.config.get("AddedNetworkTag") and NETWORK_TAG in (tags.get("items") or []):
+        if self.settings.added_network_tag and NETWORK_TAG in (tags.get("items") or []):
             api.wait(api.call("POST", f"{self._instance_path()}/setTags",
                               {"items": [t for t in tags.get("items") or [] if t != NETWORK_TAG],
                                "fingerprint": tags.get("fingerprint")}), limit)

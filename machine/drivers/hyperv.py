@@ -29,6 +29,7 @@ process (each start costs about a second on real hosts).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -44,6 +45,7 @@ from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.powershell import PowerShell, find_powershell, quote
 from pymachine.machine.drivers.restclient import seconds_from_env
+from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import MachineError, PreCreateError
 
 DEFAULT_SWITCH_ID = "c08cb7b8-9b3c-408e-8e30-5e16a3aeb444"
@@ -72,7 +74,25 @@ def first_ipv4(addresses: Any) -> str:
     return ""
 
 
+@dataclasses.dataclass
+class HyperVSettings(Settings):
+    boot2docker_url: str = setting("Boot2DockerURL", "")
+    vswitch: str = setting("VSwitch", "")
+    disk_size: int = setting("DiskSize", 20000)
+    mem_size: int = setting("MemSize", 1024)
+    cpu: int = setting("CPU", 1)
+    mac_addr: str = setting("MacAddr", "")
+    vlan_id: int = setting("VLanID", 0)
+    disable_dynamic_memory: bool = setting("DisableDynamicMemory", False)
+    wait_for_ip_timeout: int = setting("WaitForIPTimeout", 240)
+    switch_used: str = setting("SwitchUsed", "")
+    vm_id: str = setting("VMId", "")
+    vm_created: bool = setting("VMCreated", False)
+
+
 class HyperVDriver(Driver):
+    settings_class = HyperVSettings
+    settings: HyperVSettings
     name = "hyperv"
     capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True)
     default_ssh_user = B2D_USER
@@ -122,12 +142,6 @@ class HyperVDriver(Driver):
         ),
     )
 
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        return {"Boot2DockerURL": "", "VSwitch": "", "DiskSize": 20000, "MemSize": 1024, "CPU": 1, "MacAddr": "",
-                "VLanID": 0, "DisableDynamicMemory": False, "WaitForIPTimeout": 240, "SwitchUsed": "",
-                "VMId": "", "VMCreated": False}
-
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
         def number(flag: str, low: int, high: int) -> int:
             value = values.get(f"hyperv-{flag}", 0)
@@ -142,13 +156,14 @@ class HyperVDriver(Driver):
         if url and not url.lower().endswith(".vhdx"):
             raise MachineError(f"--hyperv-boot2docker-url must name a .vhdx disk (generation 2 VMs boot no ISO "
                                f"from pymachine), got {url!r}")
-        self.config.update(
-            Boot2DockerURL=os.path.abspath(os.path.expanduser(url)) if url else "",
-            VSwitch=str(values.get("hyperv-virtual-switch") or ""),
-            DiskSize=number("disk-size", 1024, 64 << 20), MemSize=number("memory", 32, 1 << 20),
-            CPU=number("cpu-count", 1, 240), MacAddr=mac.replace(":", "").replace("-", "").upper(),
-            VLanID=number("vlan-id", 0, 4094), DisableDynamicMemory=bool(values.get("hyperv-disable-dynamic-memory")),
-            WaitForIPTimeout=number("wait-for-ip-timeout", 1, 86400), SSHUser=B2D_USER, SSHPort=22,
+        self.settings.update(
+            boot2docker_url=os.path.abspath(os.path.expanduser(url)) if url else "",
+            vswitch=str(values.get("hyperv-virtual-switch") or ""),
+            disk_size=number("disk-size", 1024, 64 << 20), mem_size=number("memory", 32, 1 << 20),
+            cpu=number("cpu-count", 1, 240), mac_addr=mac.replace(":", "").replace("-", "").upper(),
+            vlan_id=number("vlan-id", 0, 4094),
+            disable_dynamic_memory=bool(values.get("hyperv-disable-dynamic-memory")),
+            wait_for_ip_timeout=number("wait-for-ip-timeout", 1, 86400), ssh_user=B2D_USER, ssh_port=22,
         )
 
     # -- PowerShell ------------------------------------------------------------------------
@@ -166,14 +181,14 @@ class HyperVDriver(Driver):
 
     def _pick(self, vms: list[dict[str, Any]]) -> dict[str, Any] | None:
         """Ours among ``vms``: by the recorded VMId only (Hyper-V allows duplicate names), else by name."""
-        vm_id = str(self.config.get("VMId") or "").lower()
+        vm_id = self.settings.vm_id.lower()
         if vm_id:
             return next((v for v in vms if str(v.get("Id")).lower() == vm_id), None)
         return next((v for v in vms if v.get("Name") == self.machine_name), None)
 
     def _on_vm(self, cmdlet: str, args: str = "") -> str:
         """``cmdlet`` applied to our VM alone: ``-Name`` would act on every VM of that name."""
-        vm_id = str(self.config.get("VMId") or "")
+        vm_id = self.settings.vm_id
         if vm_id:
             return f"Hyper-V\\Get-VM -Id {quote(vm_id)} | Hyper-V\\{cmdlet}{args}"
         return f"Hyper-V\\{cmdlet} -Name {quote(self.machine_name)}{args}"
@@ -188,7 +203,7 @@ class HyperVDriver(Driver):
             if ps.run(IS_HYPERV_ADMIN).strip() != "True" and ps.run(IS_ADMIN).strip() != "True":
                 raise PreCreateError("Hyper-v commands have to be run as an Administrator "
                                      "(or a member of Hyper-V Administrators)")
-            self.config["SwitchUsed"] = self._choose_switch(ps)
+            self.settings.switch_used = self._choose_switch(ps)
             if any(v.get("Name") == self.machine_name for v in self.list_vms(ps)):
                 raise PreCreateError(f'a Hyper-V VM named "{self.machine_name}" already exists')
             self._check_image()
@@ -199,7 +214,7 @@ class HyperVDriver(Driver):
 
     def _choose_switch(self, ps: PowerShell) -> str:
         switches = ps.json(SWITCH_LIST)
-        wanted = str(self.config.get("VSwitch") or "")
+        wanted = self.settings.vswitch
         if wanted:
             if not any(s.get("Name") == wanted for s in switches):
                 raise PreCreateError(f'vswitch "{wanted}" not found (--hyperv-virtual-switch; have: '
@@ -214,7 +229,7 @@ class HyperVDriver(Driver):
         return str(chosen.get("Name"))
 
     def _check_image(self) -> None:
-        url = str(self.config.get("Boot2DockerURL") or "")
+        url = self.settings.boot2docker_url
         if url:
             if not os.path.isfile(url):
                 raise PreCreateError(f"--hyperv-boot2docker-url: {url!r} does not exist")
@@ -233,9 +248,9 @@ class HyperVDriver(Driver):
 
         name = self.machine_name
         ps = self.ps()
-        switch = str(self.config.get("SwitchUsed") or self._choose_switch(ps))
+        switch = str(self.settings.switch_used or self._choose_switch(ps))
         log(f"({name}) Using switch \"{switch}\"")
-        source = str(self.config.get("Boot2DockerURL") or "")
+        source = self.settings.boot2docker_url
         grow = False  # your own disk is used at its own size
         if not source:
             from pymachine.engine import images
@@ -243,42 +258,42 @@ class HyperVDriver(Driver):
             vhdx, info = images.disk_for_driver(images.default_cache_dir(self.store_path), "vhdx",
                                                 lambda m: log(f"({name}) {m}"), arch="amd64")
             source = str(vhdx)
-            grow = int(self.config["DiskSize"]) << 20 > info.virtual_size  # Resize-VHD refuses to shrink
+            grow = self.settings.disk_size << 20 > info.virtual_size  # Resize-VHD refuses to shrink
         key = Path(self._path("id_rsa"))
         log(f"({name}) Creating SSH key...")
         certs.generate_ssh_keypair(key)
-        self.config["SSHKeyPath"] = str(key)
+        self.settings.ssh_key_path = str(key)
         log(f"({name}) Creating the seed ISO and the disk...")
         iso, disk = self._path("seed.iso"), self._path("disk.vhdx")
         seed.write_seed_iso(iso, hostname=name, user=B2D_USER, ssh_pubkey=Path(str(key) + ".pub").read_text(),
                             proxy=None, instance_id=str(uuid.uuid4()))
         shutil.copyfile(source, disk)
-        self.config["VMCreated"] = True  # from here on rm/rollback looks for the VM
+        self.settings.vm_created = True  # from here on rm/rollback looks for the VM
         log(f"({name}) Creating VM...")
         ps.run(self._create_script(switch, disk, iso, grow))
         vm = self._vm(ps)
-        self.config["VMId"] = str((vm or {}).get("Id") or "")
+        self.settings.vm_id = str((vm or {}).get("Id") or "")
         log(f"({name}) Starting VM...")
         ps.run(self._on_vm("Start-VM"))
         log(f"({name}) Waiting for host to start...")
-        self.config["IPAddress"] = self.wait_for_ip(ps)
+        self.settings.ip_address = self.wait_for_ip(ps)
 
     def _create_script(self, switch: str, disk: str, iso: str, grow: bool) -> str:
         name = quote(self.machine_name)
-        steps = [f"Hyper-V\\Resize-VHD -Path {quote(disk)} -SizeBytes {int(self.config['DiskSize'])}MB"] if grow else []
-        steps += [(f"Hyper-V\\New-VM -Name {name} -Generation 2 -MemoryStartupBytes {int(self.config['MemSize'])}MB "
+        steps = [f"Hyper-V\\Resize-VHD -Path {quote(disk)} -SizeBytes {self.settings.disk_size}MB"] if grow else []
+        steps += [(f"Hyper-V\\New-VM -Name {name} -Generation 2 -MemoryStartupBytes {self.settings.mem_size}MB "
                  f"-SwitchName {quote(switch)} -VHDPath {quote(disk)} -Path {quote(self.machine_dir)}")]
-        if self.config.get("DisableDynamicMemory"):
+        if self.settings.disable_dynamic_memory:
             steps.append(f"Hyper-V\\Set-VMMemory -VMName {name} -DynamicMemoryEnabled $false")
-        if int(self.config.get("CPU") or 1) > 1:
-            steps.append(f"Hyper-V\\Set-VMProcessor -VMName {name} -Count {int(self.config['CPU'])}")
-        if self.config.get("MacAddr"):
+        if int(self.settings.cpu or 1) > 1:
+            steps.append(f"Hyper-V\\Set-VMProcessor -VMName {name} -Count {self.settings.cpu}")
+        if self.settings.mac_addr:
             steps.append(
-                f"Hyper-V\\Set-VMNetworkAdapter -VMName {name} -StaticMacAddress {quote(self.config['MacAddr'])}"
+                f"Hyper-V\\Set-VMNetworkAdapter -VMName {name} -StaticMacAddress {quote(self.settings.mac_addr)}"
             )
-        if int(self.config.get("VLanID") or 0) > 0:
+        if self.settings.vlan_id > 0:
             steps.append(
-                f"Hyper-V\\Set-VMNetworkAdapterVlan -VMName {name} -Access -VlanId {int(self.config['VLanID'])}"
+                f"Hyper-V\\Set-VMNetworkAdapterVlan -VMName {name} -Access -VlanId {self.settings.vlan_id}"
             )
         steps += [
             f"Hyper-V\\Set-VMFirmware -VMName {name} -EnableSecureBoot On -SecureBootTemplate {SECURE_BOOT_TEMPLATE}",
@@ -289,7 +304,7 @@ class HyperVDriver(Driver):
 
     def wait_for_ip(self, ps: PowerShell | None = None) -> str:
         ps = ps or self.ps()
-        limit = float(self.config.get("WaitForIPTimeout") or 240)
+        limit = float(self.settings.wait_for_ip_timeout or 240)
         deadline = time.monotonic() + limit
         delay = 0.5
         while True:
@@ -332,7 +347,7 @@ class HyperVDriver(Driver):
     def start(self, log: Log) -> None:
         ps = self.ps()
         ps.run(self._on_vm("Start-VM"))
-        self.config["IPAddress"] = self.wait_for_ip(ps)  # the Default Switch may hand out another one
+        self.settings.ip_address = self.wait_for_ip(ps)  # the Default Switch may hand out another one
 
     def stop(self, log: Log) -> None:
         ps = self.ps()
@@ -352,14 +367,14 @@ class HyperVDriver(Driver):
 
     def remove(self, log: Log) -> None:
         """Turn the VM off and remove it; its disk and seed live in the machine dir the store removes."""
-        if not self.config.get("VMCreated"):
+        if not self.settings.vm_created:
             return
         ps = self.ps()
         vm = self._vm(ps)
         if vm is None:
             log(f"({self.machine_name}) Hyper-V VM does not exist, assuming it is already deleted")
             return
-        self.config["VMId"] = str(vm.get("Id") or "")  # a machine from before VMId was kept: this one only
+        self.settings.vm_id = str(vm.get("Id") or "")  # a machine from before VMId was kept: this one only
         if vm.get("State") != "Off":
             ps.run(self._on_vm("Stop-VM", " -TurnOff"))
         ps.run(self._on_vm("Remove-VM", " -Force"))

@@ -7,10 +7,12 @@ its port, as docker-machine stored it (so ``ip`` prints ``127.0.0.1:2376``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
+from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import MachineError
 
 
@@ -33,29 +35,32 @@ def _check_url(url: str):
     return parts
 
 
+@dataclasses.dataclass
+class NoneSettings(Settings):
+    url: str = setting("URL", "")
+
+
 class NoneDriver(Driver):
+    settings_class = NoneSettings
+    settings: NoneSettings
     name = "none"
     capabilities = DriverCapabilities()
     provisionable = False
     flags = (Flag("url", "string", "", None, "URL of host when no driver is selected"),)
-
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        return {"URL": ""}
 
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
         url = str(values.get("url") or "")
         if not url:
             raise MachineError("--url option is required when no driver is selected")
         parts = _check_url(url)
-        self.config["URL"] = url
-        self.config["IPAddress"] = parts.netloc
+        self.settings.url = url
+        self.settings.ip_address = parts.netloc
 
     def create(self, log: Log) -> None:
         return None
 
     def url(self) -> str:
-        return str(self.config.get("URL", ""))
+        return self.settings.url
 
     def state(self, timeout: float = 10.0) -> State:
         return State.RUNNING

@@ -26,6 +26,7 @@ without it the driver falls back to ``$OS_PASSWORD``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import shutil
 import time
@@ -37,6 +38,7 @@ from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.openstack_api import Credentials, Session, session
 from pymachine.machine.drivers.restclient import HTTPError
+from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import MachineError, PreCreateError
 
 SECRET_KEY = "OpenStackPassword"
@@ -49,7 +51,47 @@ def _s(name: str, env: str, help: str, default: Any = "", kind: str = "string", 
     return Flag(f"openstack-{name}", kind, default, env, help, secret=secret)
 
 
+@dataclasses.dataclass
+class OpenStackSettings(Settings):
+    auth_url: str = setting("AuthUrl", "")
+    active_timeout: int = setting("ActiveTimeout", 200)
+    insecure: bool = setting("Insecure", False)
+    ca_cert: str = setting("CaCert", "")
+    domain_id: str = setting("DomainID", "")
+    domain_name: str = setting("DomainName", "")
+    username: str = setting("Username", "")
+    password: str = setting("Password", "")
+    tenant_name: str = setting("TenantName", "")
+    tenant_id: str = setting("TenantID", "")
+    region: str = setting("Region", "")
+    availability_zone: str = setting("AvailabilityZone", "")
+    endpoint_type: str = setting("EndpointType", "")
+    flavor_name: str = setting("FlavorName", "")
+    flavor_id: str = setting("FlavorId", "")
+    image_name: str = setting("ImageName", "")
+    image_id: str = setting("ImageId", "")
+    key_pair_name: str = setting("KeyPairName", "")
+    network_name: str = setting("NetworkName", "")
+    network_id: str = setting("NetworkId", "")
+    user_data: str = setting("UserData", "")
+    private_key_file: str = setting("PrivateKeyFile", "")
+    security_groups: list[str] = setting("SecurityGroups", [], item=str)
+    floating_ip_pool: str = setting("FloatingIpPool", "")
+    floating_ip_pool_id: str = setting("FloatingIpPoolId", "")
+    ip_version: int = setting("IpVersion", 4)
+    config_drive: bool = setting("ConfigDrive", False)
+    metadata: str = setting("Metadata", "")
+    machine_id: str = setting("MachineId", "")
+    floating_ip_id: str = setting("FloatingIpId", "")
+    security_group_id: str = setting("SecurityGroupId", "")
+    key_pair_created: bool = setting("KeyPairCreated", False)
+    create_token: str = setting("CreateToken", "", absent=True)
+    security_group_name: str = setting("SecurityGroupName", "", absent=True)
+
+
 class OpenStackDriver(Driver):
+    settings_class = OpenStackSettings
+    settings: OpenStackSettings
     name = "openstack"
     capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True)
     rollback_unreachable = True
@@ -93,15 +135,6 @@ class OpenStackDriver(Driver):
         super().__init__(config)
         self._password = ""
 
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        return {"AuthUrl": "", "ActiveTimeout": 200, "Insecure": False, "CaCert": "", "DomainID": "", "DomainName": "",
-                "Username": "", "Password": "", "TenantName": "", "TenantID": "", "Region": "", "AvailabilityZone": "",
-                "EndpointType": "", "FlavorName": "", "FlavorId": "", "ImageName": "", "ImageId": "", "KeyPairName": "",
-                "NetworkName": "", "NetworkId": "", "UserData": "", "PrivateKeyFile": "", "SecurityGroups": [],
-                "FloatingIpPool": "", "FloatingIpPoolId": "", "IpVersion": 4, "ConfigDrive": False, "Metadata": "",
-                "MachineId": "", "FloatingIpId": "", "SecurityGroupId": "", "KeyPairCreated": False}
-
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
         def get(name: str) -> Any:
             return values.get(f"openstack-{name}")
@@ -121,20 +154,21 @@ class OpenStackDriver(Driver):
         if len(meta) % 2:
             raise MachineError(f"--openstack-metadata must be key,value pairs: {len(meta)} elements found")
         self._password = str(get("password") or "")
-        self.config.update(
-            AuthUrl=str(get("auth-url") or ""), Insecure=bool(get("insecure")), CaCert=path("cacert"),
-            DomainID=str(get("domain-id") or ""), DomainName=str(get("domain-name") or ""),
-            Username=str(get("username") or ""), TenantName=str(get("tenant-name") or ""),
-            TenantID=str(get("tenant-id") or ""), Region=str(get("region") or ""),
-            AvailabilityZone=str(get("availability-zone") or ""), EndpointType=str(get("endpoint-type") or ""),
-            FlavorId=str(get("flavor-id") or ""), FlavorName=str(get("flavor-name") or ""),
-            ImageId=str(get("image-id") or ""), ImageName=str(get("image-name") or ""),
-            KeyPairName=str(get("keypair-name") or ""), NetworkId=str(get("net-id") or ""),
-            NetworkName=str(get("net-name") or ""), PrivateKeyFile=path("private-key-file"),
-            UserData=path("user-data-file"),
-            SecurityGroups=[g.strip() for g in str(get("sec-groups") or "").split(",") if g.strip()],
-            FloatingIpPool=str(get("floatingip-pool") or ""), IpVersion=version, SSHUser=str(get("ssh-user") or "root"),
-            SSHPort=port, ActiveTimeout=timeout, ConfigDrive=bool(get("config-drive")), Metadata=",".join(meta),
+        self.settings.update(
+            auth_url=str(get("auth-url") or ""), insecure=bool(get("insecure")), ca_cert=path("cacert"),
+            domain_id=str(get("domain-id") or ""), domain_name=str(get("domain-name") or ""),
+            username=str(get("username") or ""), tenant_name=str(get("tenant-name") or ""),
+            tenant_id=str(get("tenant-id") or ""), region=str(get("region") or ""),
+            availability_zone=str(get("availability-zone") or ""), endpoint_type=str(get("endpoint-type") or ""),
+            flavor_id=str(get("flavor-id") or ""), flavor_name=str(get("flavor-name") or ""),
+            image_id=str(get("image-id") or ""), image_name=str(get("image-name") or ""),
+            key_pair_name=str(get("keypair-name") or ""), network_id=str(get("net-id") or ""),
+            network_name=str(get("net-name") or ""), private_key_file=path("private-key-file"),
+            user_data=path("user-data-file"),
+            security_groups=[g.strip() for g in str(get("sec-groups") or "").split(",") if g.strip()],
+            floating_ip_pool=str(get("floatingip-pool") or ""), ip_version=version,
+            ssh_user=str(get("ssh-user") or "root"),
+            ssh_port=port, active_timeout=timeout, config_drive=bool(get("config-drive")), metadata=",".join(meta),
         )
 
     # -- session -------------------------------------------------------------------------
@@ -150,55 +184,55 @@ class OpenStackDriver(Driver):
         return os.environ.get("OS_PASSWORD", "")
 
     def credentials(self) -> Credentials:
-        c = self.config
-        return Credentials(auth_url=str(c.get("AuthUrl") or ""), username=str(c.get("Username") or ""),
-                           password=self.password(), tenant_id=str(c.get("TenantID") or ""),
-                           tenant_name=str(c.get("TenantName") or ""), domain_id=str(c.get("DomainID") or ""),
-                           domain_name=str(c.get("DomainName") or ""), region=str(c.get("Region") or ""),
-                           endpoint_type=str(c.get("EndpointType") or ""), cacert=str(c.get("CaCert") or ""),
-                           insecure=bool(c.get("Insecure")))
+        c = self.settings
+        return Credentials(auth_url=str(c.auth_url or ""), username=str(c.username or ""),
+                           password=self.password(), tenant_id=str(c.tenant_id or ""),
+                           tenant_name=str(c.tenant_name or ""), domain_id=str(c.domain_id or ""),
+                           domain_name=str(c.domain_name or ""), region=str(c.region or ""),
+                           endpoint_type=str(c.endpoint_type or ""), cacert=str(c.ca_cert or ""),
+                           insecure=bool(c.insecure))
 
     def session(self, timeout: float = 30.0) -> Session:
         return session(self.credentials(), timeout)
 
     @property
     def server_id(self) -> str:
-        return str(self.config.get("MachineId") or "")
+        return self.settings.machine_id
 
     # -- pre-create ----------------------------------------------------------------------
     def _check_flags(self) -> None:
-        c = self.config
-        for what, key, env, flag in (("Authentication URL", "AuthUrl", "OS_AUTH_URL", "--openstack-auth-url"),
-                                     ("Username", "Username", "OS_USERNAME", "--openstack-username")):
-            if not c.get(key):
+        c = self.settings
+        for what, key, env, flag in (("Authentication URL", "auth_url", "OS_AUTH_URL", "--openstack-auth-url"),
+                                     ("Username", "username", "OS_USERNAME", "--openstack-username")):
+            if not getattr(c, key):
                 raise PreCreateError(f"{what} must be specified either using the environment variable {env} "
                                      f"or the CLI option {flag}")
         if not self.password():
             raise PreCreateError("Password must be specified either using the environment variable OS_PASSWORD "
                                  "or the CLI option --openstack-password")
-        if not c.get("TenantName") and not c.get("TenantID"):
+        if not c.tenant_name and not c.tenant_id:
             raise PreCreateError("Tenant id or name must be provided either using one of the environment variables "
                                  "OS_TENANT_ID and OS_TENANT_NAME or one of the CLI options --openstack-tenant-id "
                                  "and --openstack-tenant-name")
-        for a, b, what in (("FlavorId", "FlavorName", "flavor"), ("ImageId", "ImageName", "image"),
-                           ("NetworkId", "NetworkName", "net")):
-            if c.get(a) and c.get(b):
+        for a, b, what in (("flavor_id", "flavor_name", "flavor"), ("image_id", "image_name", "image"),
+                           ("network_id", "network_name", "net")):
+            if getattr(c, a) and getattr(c, b):
                 raise PreCreateError(
                     f"Either --openstack-{what}-id or --openstack-{what}-name must be specified, not both"
                 )
-            if what != "net" and not c.get(a) and not c.get(b):
+            if what != "net" and not getattr(c, a) and not getattr(c, b):
                 raise PreCreateError(f"{what.capitalize()} id or name must be specified using the CLI option "
                                      f"--openstack-{what}-id or --openstack-{what}-name")
-        if bool(c.get("KeyPairName")) != bool(c.get("PrivateKeyFile")):
+        if bool(c.key_pair_name) != bool(c.private_key_file):
             raise PreCreateError("Both --openstack-keypair-name and --openstack-private-key-file must be specified")
         for key, flag in (
-            ("PrivateKeyFile", "--openstack-private-key-file"),
-            ("UserData", "--openstack-user-data-file"),
-            ("CaCert", "--openstack-cacert"),
+            ("private_key_file", "--openstack-private-key-file"),
+            ("user_data", "--openstack-user-data-file"),
+            ("ca_cert", "--openstack-cacert"),
         ):
-            if c.get(key) and not os.path.isfile(str(c[key])):
-                raise PreCreateError(f"{flag} file not found: {c[key]}")
-        if c.get("UserData") and os.path.getsize(str(c["UserData"])) > 49152:
+            if getattr(c, key) and not os.path.isfile(getattr(c, key)):
+                raise PreCreateError(f"{flag} file not found: {getattr(c, key)}")
+        if c.user_data and os.path.getsize(str(c.user_data)) > 49152:
             raise PreCreateError("--openstack-user-data-file is larger than Nova's 64 KiB (base64) limit")
 
     def pre_create_check(self) -> None:
@@ -214,49 +248,49 @@ class OpenStackDriver(Driver):
 
     def _resolve(self, api: Session) -> None:
         """Names to ids (docker-machine's resolveIds) and the checks that need the cloud; nothing is made."""
-        c = self.config
-        if c.get("FlavorName"):
+        c = self.settings
+        if c.flavor_name:
             flavors = api.call("compute", "GET", "/flavors/detail").get("flavors") or []
-            match = next((f for f in flavors if f.get("name") == c["FlavorName"]), None)
+            match = next((f for f in flavors if f.get("name") == c.flavor_name), None)
             if match is None:
-                raise PreCreateError(f"Unable to find flavor named {c['FlavorName']} (--openstack-flavor-name)")
-            c["FlavorId"] = str(match["id"])
-        flavor = api.get("compute", f"/flavors/{c['FlavorId']}")
+                raise PreCreateError(f"Unable to find flavor named {c.flavor_name} (--openstack-flavor-name)")
+            c.flavor_id = str(match["id"])
+        flavor = api.get("compute", f"/flavors/{c.flavor_id}")
         if flavor is None:
-            raise PreCreateError(f"Flavor {c['FlavorId']} could not be found (--openstack-flavor-id)")
+            raise PreCreateError(f"Flavor {c.flavor_id} could not be found (--openstack-flavor-id)")
         flavor = flavor.get("flavor") or {}
-        if c.get("ImageName"):
-            images = api.call("image", "GET", "/v2/images", query={"name": c["ImageName"]}).get("images") or []
+        if c.image_name:
+            images = api.call("image", "GET", "/v2/images", query={"name": c.image_name}).get("images") or []
             if not images:
-                raise PreCreateError(f"Unable to find image named {c['ImageName']} (--openstack-image-name)")
-            c["ImageId"] = str(images[0]["id"])
-        elif api.get("image", f"/v2/images/{c['ImageId']}") is None:
-            raise PreCreateError(f"Image {c['ImageId']} could not be found (--openstack-image-id)")
-        if c.get("NetworkName"):
-            nets = api.call("network", "GET", "/v2.0/networks", query={"name": c["NetworkName"]}).get("networks") or []
+                raise PreCreateError(f"Unable to find image named {c.image_name} (--openstack-image-name)")
+            c.image_id = str(images[0]["id"])
+        elif api.get("image", f"/v2/images/{c.image_id}") is None:
+            raise PreCreateError(f"Image {c.image_id} could not be found (--openstack-image-id)")
+        if c.network_name:
+            nets = api.call("network", "GET", "/v2.0/networks", query={"name": c.network_name}).get("networks") or []
             if not nets:
-                raise PreCreateError(f"Unable to find network named {c['NetworkName']} (--openstack-net-name)")
-            c["NetworkId"] = str(nets[0]["id"])
-        elif c.get("NetworkId") and api.get("network", f"/v2.0/networks/{c['NetworkId']}") is None:
-            raise PreCreateError(f"Network {c['NetworkId']} could not be found (--openstack-net-id)")
-        for group in c.get("SecurityGroups") or []:
+                raise PreCreateError(f"Unable to find network named {c.network_name} (--openstack-net-name)")
+            c.network_id = str(nets[0]["id"])
+        elif c.network_id and api.get("network", f"/v2.0/networks/{c.network_id}") is None:
+            raise PreCreateError(f"Network {c.network_id} could not be found (--openstack-net-id)")
+        for group in c.security_groups or []:
             if not api.call("network", "GET", "/v2.0/security-groups", query={"name": group}).get("security_groups"):
                 raise PreCreateError(f"Security group {group} not found (--openstack-sec-groups)")
-        if c.get("FloatingIpPool"):
+        if c.floating_ip_pool:
             pools = api.call("network", "GET", "/v2.0/networks",
-                             query={"name": c["FloatingIpPool"], "router:external": "True"}).get("networks") or []
+                             query={"name": c.floating_ip_pool, "router:external": "True"}).get("networks") or []
             if not pools:
-                raise PreCreateError(f"Unable to find floating IP pool (external network) named {c['FloatingIpPool']} "
+                raise PreCreateError(f"Unable to find floating IP pool (external network) named {c.floating_ip_pool} "
                                      "(--openstack-floatingip-pool)")
-            c["FloatingIpPoolId"] = str(pools[0]["id"])
-        if c.get("AvailabilityZone"):
+            c.floating_ip_pool_id = str(pools[0]["id"])
+        if c.availability_zone:
             zones = api.call("compute", "GET", "/os-availability-zone").get("availabilityZoneInfo") or []
-            if not any(z.get("zoneName") == c["AvailabilityZone"] and (z.get("zoneState") or {}).get("available")
+            if not any(z.get("zoneName") == c.availability_zone and (z.get("zoneState") or {}).get("available")
                        for z in zones):
-                raise PreCreateError(f"The requested availability zone {c['AvailabilityZone']} is not available "
+                raise PreCreateError(f"The requested availability zone {c.availability_zone} is not available "
                                      "(--openstack-availability-zone)")
-        if c.get("KeyPairName") and api.get("compute", f"/os-keypairs/{c['KeyPairName']}") is None:
-            raise PreCreateError(f"Keypair {c['KeyPairName']} not found (--openstack-keypair-name)")
+        if c.key_pair_name and api.get("compute", f"/os-keypairs/{c.key_pair_name}") is None:
+            raise PreCreateError(f"Keypair {c.key_pair_name} not found (--openstack-keypair-name)")
         limits = (api.call("compute", "GET", "/limits").get("limits") or {}).get("absolute") or {}
         for what, used, most, need in (("instances", "totalInstancesUsed", "maxTotalInstances", 1),
                                        ("cores", "totalCoresUsed", "maxTotalCores", int(flavor.get("vcpus") or 1)),
@@ -275,71 +309,71 @@ class OpenStackDriver(Driver):
         api = self.session()
         suffix = os.urandom(4).hex()
         # Unique to this create: a resource whose create answer is lost is still found (and removed) by it.
-        self.config["CreateToken"] = os.urandom(8).hex()
+        self.settings.create_token = os.urandom(8).hex()
         self._key_pair(api, suffix, log)
         log(f"({self.machine_name}) Creating security group for SSH and the engine port...")
         self._security_group(api, suffix)
         log(f"({self.machine_name}) Creating machine...")
         self._server(api)
         self._wait_active(api, log)
-        if self.config.get("FloatingIpPoolId"):
-            log(f"({self.machine_name}) Assigning floating IP from pool {self.config['FloatingIpPool']}...")
+        if self.settings.floating_ip_pool_id:
+            log(f"({self.machine_name}) Assigning floating IP from pool {self.settings.floating_ip_pool}...")
             self._floating_ip(api)
         log(f"({self.machine_name}) Waiting for the IP address to be assigned to the instance...")
         self._wait_ip(api)
 
     def _key_pair(self, api: Session, suffix: str, log: Log) -> None:
         private = Path(self.machine_dir) / "id_rsa"
-        if self.config.get("KeyPairName"):
-            shutil.copyfile(str(self.config["PrivateKeyFile"]), private)
+        if self.settings.key_pair_name:
+            shutil.copyfile(self.settings.private_key_file, private)
             os.chmod(private, 0o600)
-            self.config["SSHKeyPath"] = str(private)
+            self.settings.ssh_key_path = str(private)
             return
         from pymachine.machine.certs import generate_ssh_keypair
 
         log(f"({self.machine_name}) Creating key pair...")
         generate_ssh_keypair(private)
-        self.config["SSHKeyPath"] = str(private)
+        self.settings.ssh_key_path = str(private)
         name = f"{MARK}-{self.machine_name.replace('.', '_')}-{suffix}"
         public = private.with_name("id_rsa.pub").read_text().strip()
-        self.config.update(KeyPairName=name, KeyPairCreated=True)  # a unique name: safe to delete by it
+        self.settings.update(key_pair_name=name, key_pair_created=True)  # a unique name: safe to delete by it
         api.call("compute", "POST", "/os-keypairs", {"keypair": {"name": name, "public_key": public}})
 
     def _security_group(self, api: Session, suffix: str) -> None:
         name = f"{MARK}-{self.machine_name}-{suffix}"
-        self.config["SecurityGroupName"] = name
+        self.settings.security_group_name = name
         group = api.call("network", "POST", "/v2.0/security-groups", {"security_group": {
             "name": name, "description": f"{MARK}: SSH and Docker engine for machine {self.machine_name}"}})
-        self.config["SecurityGroupId"] = str((group.get("security_group") or {}).get("id") or "")
-        ports = [int(self.config.get("SSHPort") or 22), 2376] + ([3376] if self.config.get("SwarmMaster") else [])
+        self.settings.security_group_id = str((group.get("security_group") or {}).get("id") or "")
+        ports = [int(self.settings.ssh_port or 22), 2376] + ([3376] if self.settings.swarm_master else [])
         for port in ports:
             api.call("network", "POST", "/v2.0/security-group-rules", {"security_group_rule": {
-                "security_group_id": self.config["SecurityGroupId"], "direction": "ingress", "protocol": "tcp",
+                "security_group_id": self.settings.security_group_id, "direction": "ingress", "protocol": "tcp",
                 "port_range_min": port, "port_range_max": port,
-                "ethertype": "IPv6" if self.config.get("IpVersion") == 6 else "IPv4"}})
-        self.config["SecurityGroupName"] = name
+                "ethertype": "IPv6" if self.settings.ip_version == 6 else "IPv4"}})
+        self.settings.security_group_name = name
 
     def _server(self, api: Session) -> None:
-        c = self.config
-        meta = str(c.get("Metadata") or "").split(",") if c.get("Metadata") else []
+        c = self.settings
+        meta = str(c.metadata or "").split(",") if c.metadata else []
         metadata = {meta[i]: meta[i + 1] for i in range(0, len(meta), 2)}
         metadata.update({MARK: "machine", f"{MARK}-machine": self.machine_name,
-                         f"{MARK}-create": str(c.get("CreateToken") or "")})
+                         f"{MARK}-create": str(c.create_token or "")})
         server: dict[str, Any] = {
-            "name": self.machine_name, "flavorRef": c["FlavorId"], "imageRef": c["ImageId"],
-            "key_name": c["KeyPairName"], "metadata": metadata,
-            "security_groups": [{"name": g} for g in [*(c.get("SecurityGroups") or []), c["SecurityGroupName"]]],
+            "name": self.machine_name, "flavorRef": c.flavor_id, "imageRef": c.image_id,
+            "key_name": c.key_pair_name, "metadata": metadata,
+            "security_groups": [{"name": g} for g in [*(c.security_groups or []), c.security_group_name]],
         }
-        if c.get("NetworkId"):
-            server["networks"] = [{"uuid": c["NetworkId"]}]
-        if c.get("AvailabilityZone"):
-            server["availability_zone"] = c["AvailabilityZone"]
-        if c.get("ConfigDrive"):
+        if c.network_id:
+            server["networks"] = [{"uuid": c.network_id}]
+        if c.availability_zone:
+            server["availability_zone"] = c.availability_zone
+        if c.config_drive:
             server["config_drive"] = True
-        if c.get("UserData"):
-            server["user_data"] = base64.b64encode(Path(str(c["UserData"])).read_bytes()).decode()
+        if c.user_data:
+            server["user_data"] = base64.b64encode(Path(str(c.user_data)).read_bytes()).decode()
         created = api.call("compute", "POST", "/servers", {"server": server})
-        self.config["MachineId"] = str((created.get("server") or {}).get("id") or "")
+        self.settings.machine_id = str((created.get("server") or {}).get("id") or "")
         if not self.server_id:
             raise MachineError("Nova answered the server create without a server id")
 
@@ -350,7 +384,7 @@ class OpenStackDriver(Driver):
         return found.get("server") or {}
 
     def _wait_for(self, api: Session, done, what: str) -> dict[str, Any]:
-        limit = float(self.config.get("ActiveTimeout") or 200)
+        limit = float(self.settings.active_timeout or 200)
         deadline = time.monotonic() + limit
         delay = 0.2
         while True:
@@ -375,17 +409,17 @@ class OpenStackDriver(Driver):
         if not ports:
             raise MachineError(f"instance {self.server_id} has no Neutron port to bind a floating IP to")
         fip = api.call("network", "POST", "/v2.0/floatingips", {"floatingip": {
-            "floating_network_id": self.config["FloatingIpPoolId"], "port_id": ports[0]["id"],
+            "floating_network_id": self.settings.floating_ip_pool_id, "port_id": ports[0]["id"],
             "description": self._fip_description()}})
-        self.config["FloatingIpId"] = str((fip.get("floatingip") or {}).get("id") or "")
+        self.settings.floating_ip_id = str((fip.get("floatingip") or {}).get("id") or "")
 
     def _fip_description(self) -> str:
-        return f"{MARK}: machine {self.machine_name} ({self.config.get('CreateToken')})"
+        return f"{MARK}: machine {self.machine_name} ({self.settings.create_token})"
 
     def _find_lost(self, api: Session) -> None:
         """Ids of resources whose create answer never arrived, found by this create's unique marks."""
-        c = self.config
-        token = str(c.get("CreateToken") or "")
+        c = self.settings
+        token = str(c.create_token or "")
         if not token:
             return
         if not self.server_id:
@@ -394,21 +428,21 @@ class OpenStackDriver(Driver):
             )
             mine = [s for s in servers if (s.get("metadata") or {}).get(f"{MARK}-create") == token]
             if mine:
-                c["MachineId"] = str(mine[0]["id"])
-        if not c.get("SecurityGroupId") and c.get("SecurityGroupName"):
+                c.machine_id = str(mine[0]["id"])
+        if not c.security_group_id and c.security_group_name:
             groups = api.call("network", "GET", "/v2.0/security-groups",
-                              query={"name": c["SecurityGroupName"]}).get("security_groups") or []
+                              query={"name": c.security_group_name}).get("security_groups") or []
             if groups:
-                c["SecurityGroupId"] = str(groups[0]["id"])
-        if not c.get("FloatingIpId") and c.get("FloatingIpPoolId"):
+                c.security_group_id = str(groups[0]["id"])
+        if not c.floating_ip_id and c.floating_ip_pool_id:
             fips = api.call("network", "GET", "/v2.0/floatingips",
                             query={"description": self._fip_description()}).get("floatingips") or []
             if fips:
-                c["FloatingIpId"] = str(fips[0]["id"])
+                c.floating_ip_id = str(fips[0]["id"])
 
     def _address(self, server: Mapping[str, Any]) -> str:
-        want = "floating" if self.config.get("FloatingIpPoolId") else "fixed"
-        version = int(self.config.get("IpVersion") or 4)
+        want = "floating" if self.settings.floating_ip_pool_id else "fixed"
+        version = int(self.settings.ip_version or 4)
         for entries in (server.get("addresses") or {}).values():
             for entry in entries:
                 if entry.get("OS-EXT-IPS:type", "fixed") == want and int(entry.get("version") or 4) == version:
@@ -417,7 +451,7 @@ class OpenStackDriver(Driver):
 
     def _wait_ip(self, api: Session) -> None:
         server = self._wait_for(api, lambda s: bool(self._address(s)), "got no address")
-        self.config["IPAddress"] = self._address(server)
+        self.settings.ip_address = self._address(server)
 
     # -- addresses and state -------------------------------------------------------------
     def url(self) -> str:
@@ -466,9 +500,9 @@ class OpenStackDriver(Driver):
 
     def remove(self, log: Log) -> None:
         """Delete what this machine's create made, by recorded id; 404 means already gone."""
-        c = self.config
-        if not (self.server_id or c.get("FloatingIpId") or c.get("SecurityGroupId") or c.get("KeyPairCreated")
-                or c.get("CreateToken")):
+        c = self.settings
+        if not (self.server_id or c.floating_ip_id or c.security_group_id or c.key_pair_created
+                or c.create_token):
             return
         api = self.session()
         self._find_lost(api)
@@ -481,27 +515,27 @@ class OpenStackDriver(Driver):
                     raise
                 log(f"({self.machine_name}) {what} does not exist, assuming it is already deleted")
 
-        if c.get("FloatingIpId"):
-            delete("network", f"/v2.0/floatingips/{c['FloatingIpId']}", "Floating IP")
-            c["FloatingIpId"] = ""
+        if c.floating_ip_id:
+            delete("network", f"/v2.0/floatingips/{c.floating_ip_id}", "Floating IP")
+            c.floating_ip_id = ""
         if self.server_id:
             delete("compute", f"/servers/{self.server_id}", "Remote instance")
             self._wait_gone(api)
-            c["MachineId"] = ""
-        if c.get("SecurityGroupId"):
-            delete("network", f"/v2.0/security-groups/{c['SecurityGroupId']}", "Security group")
-            c["SecurityGroupId"] = ""
-        if c.get("KeyPairCreated") and c.get("KeyPairName"):
-            delete("compute", f"/os-keypairs/{c['KeyPairName']}", "Keypair")
-            c["KeyPairCreated"] = False
+            c.machine_id = ""
+        if c.security_group_id:
+            delete("network", f"/v2.0/security-groups/{c.security_group_id}", "Security group")
+            c.security_group_id = ""
+        if c.key_pair_created and c.key_pair_name:
+            delete("compute", f"/os-keypairs/{c.key_pair_name}", "Keypair")
+            c.key_pair_created = False
 
     def _wait_gone(self, api: Session) -> None:
         """A group in use by the server's port cannot be deleted: wait (bounded) for the server to go."""
-        deadline = time.monotonic() + float(self.config.get("ActiveTimeout") or 200)
+        deadline = time.monotonic() + float(self.settings.active_timeout or 200)
         delay = 0.2
         while api.get("compute", f"/servers/{self.server_id}") is not None:
             if time.monotonic() + delay > deadline:
                 raise MachineError(f"instance {self.server_id} was still being deleted after "
-                                   f"{self.config.get('ActiveTimeout')}s")
+                                   f"{self.settings.active_timeout}s")
             time.sleep(delay)
             delay = min(delay * 1.5, 4.0)

@@ -210,7 +210,7 @@ def test_rollback_never_deletes_a_same_named_instance_it_did_not_make(pm, fake, 
     driver.set_config_from_flags({**{f.name: f.default for f in GoogleDriver.flags}, "google-project": PROJECT,
                                   "google-credentials": str(sa_file), "google-api-url": fake.url + "/compute/v1",
                                   "google-ca-cert": str(fake.ca_cert)})
-    driver.config.update(InstanceCreated=True, CreateToken="0123456789abcdef")
+    driver.settings.update(instance_created=True, create_token="0123456789abcdef")
     (pm.store / "machines" / "g1").mkdir(parents=True)
     lines: list[str] = []
     driver.remove(lines.append)
