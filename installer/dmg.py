@@ -75,7 +75,7 @@ def _posix(path: str) -> PurePosixPath:
 
 
 def _check_flat_package(pkg: Path, what: str) -> None:
-    """A flat package is a xar archive whose TOC checks out (our reader verifies its SHA-1)."""
+    """A flat package is a xar archive whose TOC checks out (our reader verifies its checksum)."""
     data = pkg.read_bytes()
     if not data.startswith(xar.MAGIC):
         raise MachineError(f"{what} is not a flat (xar) installer package")
@@ -101,7 +101,8 @@ def extract_pkg(dmg: Path, work: Path, label: str | None = None) -> Path:
             members = _listing(_run(["l", "-slt", "-ba", str(volume)], what))
         except MachineError:
             continue  # a partition 7z cannot read: try the next one
-        found = sorted((p for p, folder in members if not folder and _posix(p).name == PKG_NAME),
+        found = sorted((p for p, folder in members if not folder and _posix(p).name == PKG_NAME
+                        and ".." not in _posix(p).parts and not _posix(p).is_absolute()),
                        key=lambda p: (len(_posix(p).parts), p))
         if not found:
             continue
