@@ -19,6 +19,7 @@ as the machine's QEMU only if its command line names this machine's pidfile.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit
 from pymachine.machine import urls
 from pymachine.machine.atomic import write_atomic
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
+from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 if TYPE_CHECKING:  # the image module loads only when a create needs it
@@ -519,7 +521,37 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 # ----------------------------------------------------------------------------- the driver
 
 
+@dataclasses.dataclass
+class QemuSettings(Settings):
+    cpu: int = setting("CPU", 1)
+    memory: int = setting("Memory", 1024)
+    disk_size: int = setting("DiskSize", 20000)
+    image_source: str = setting("ImageSource", "")
+    image_checksum: str = setting("ImageChecksum", "")
+    accel: str = setting("Accel", "auto")
+    accel_used: str = setting("AccelUsed", "")
+    engine_port: int = setting("EnginePort", 0)
+    fixed_ssh_port: int = setting("FixedSSHPort", 0)
+    fixed_engine_port: int = setting("FixedEnginePort", 0)
+    restrict_network: bool = setting("RestrictNetwork", False)
+    base_disk: str = setting("BaseDisk", "")
+    base_format: str = setting("BaseFormat", "")
+    kernel: str = setting("Kernel", "")
+    initrd: str = setting("Initrd", "")
+    kernel_append: str = setting("KernelAppend", "")
+    qemu_binary: str = setting("QemuBinary", QEMU)
+    guest_engine_port: int = setting("GuestEnginePort", 0)
+    engine_seeded: bool = setting("EngineSeeded", False)
+    arch: str = setting("Arch", "")
+    firmware: str = setting("Firmware", "")
+    machine: str = setting("Machine", "")
+    firmware_code: str = setting("FirmwareCode", "")
+    shares: list[list[str]] = setting("Shares", [], item=list)
+
+
 class QemuDriver(Driver):
+    settings_class = QemuSettings
+    settings: QemuSettings
     name = "qemu"
     default_ssh_user = "docker"
     capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True, seed=True, shares=True,
@@ -528,7 +560,7 @@ class QemuDriver(Driver):
     @property
     def default_install_source(self) -> str:
         """pymachine's own image carries the engine; a foreign cloud image needs it installed."""
-        source = str(self.config.get("ImageSource") or "")
+        source = self.settings.image_source
         if not source:
             return "preinstalled"
         if "://" in source:
@@ -599,16 +631,6 @@ class QemuDriver(Driver):
         ),
     )
 
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        return {
-            "CPU": 1, "Memory": 1024, "DiskSize": 20000, "ImageSource": "", "ImageChecksum": "",
-            "Accel": "auto", "AccelUsed": "", "EnginePort": 0, "FixedSSHPort": 0, "FixedEnginePort": 0,
-            "RestrictNetwork": False, "BaseDisk": "", "BaseFormat": "", "Kernel": "", "Initrd": "",
-            "KernelAppend": "", "QemuBinary": QEMU, "GuestEnginePort": 0, "EngineSeeded": False,
-            "Arch": "", "Firmware": "", "Machine": "", "FirmwareCode": "", "Shares": [],
-        }
-
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
         for flag in ("qemu-ssh-port", "qemu-engine-port"):
             port = values.get(flag, 0)
@@ -625,22 +647,22 @@ class QemuDriver(Driver):
         arch = fw.check_arch(str(values.get("qemu-arch") or ""))
         firmware = fw.check_firmware(str(values.get("qemu-firmware") or ""), arch)
         spec = fw.SPECS[arch]
-        self.config.update(
-            Arch=arch, Firmware=firmware, Machine=spec.machine, QemuBinary=spec.binary,
-            IPAddress=LOOPBACK,
-            SSHUser=self.default_ssh_user,
-            CPU=int(values.get("qemu-cpu-count", 1)),
-            Memory=int(values.get("qemu-memory", 1024)),
-            DiskSize=int(values.get("qemu-disk-size", 20000)),
-            ImageSource=str(values.get("qemu-image") or ""),
-            ImageChecksum=str(values.get("qemu-image-checksum") or ""),
-            Accel=accel,
-            FixedSSHPort=int(values.get("qemu-ssh-port", 0)),
-            FixedEnginePort=int(values.get("qemu-engine-port", 0)),
-            SSHPort=int(values.get("qemu-ssh-port", 0)),
-            EnginePort=int(values.get("qemu-engine-port", 0)),
-            RestrictNetwork=bool(values.get("qemu-restrict-network", False)),
-            Shares=_shares_from_flags(list(values.get("qemu-share-folder") or []),
+        self.settings.update(
+            arch=arch, firmware=firmware, machine=spec.machine, qemu_binary=spec.binary,
+            ip_address=LOOPBACK,
+            ssh_user=self.default_ssh_user,
+            cpu=int(values.get("qemu-cpu-count", 1)),
+            memory=int(values.get("qemu-memory", 1024)),
+            disk_size=int(values.get("qemu-disk-size", 20000)),
+            image_source=str(values.get("qemu-image") or ""),
+            image_checksum=str(values.get("qemu-image-checksum") or ""),
+            accel=accel,
+            fixed_ssh_port=int(values.get("qemu-ssh-port", 0)),
+            fixed_engine_port=int(values.get("qemu-engine-port", 0)),
+            ssh_port=int(values.get("qemu-ssh-port", 0)),
+            engine_port=int(values.get("qemu-engine-port", 0)),
+            restrict_network=bool(values.get("qemu-restrict-network", False)),
+            shares=_shares_from_flags(list(values.get("qemu-share-folder") or []),
                                       bool(values.get("qemu-no-share", False))),
         )
 
@@ -656,12 +678,12 @@ class QemuDriver(Driver):
         return LOOPBACK
 
     def ssh_address(self) -> tuple[str, int, str, str]:
-        return (LOOPBACK, int(self.config.get("SSHPort") or 0), str(self.config.get("SSHUser") or "docker"),
-                str(self.config.get("SSHKeyPath") or self._path(SSH_KEY)))
+        return (LOOPBACK, self.settings.ssh_port, str(self.settings.ssh_user or "docker"),
+                str(self.settings.ssh_key_path or self._path(SSH_KEY)))
 
     @property
     def engine_port(self) -> int:
-        return int(self.config.get("EnginePort") or 0)
+        return self.settings.engine_port
 
     def engine_url(self) -> str:
         return urls.engine_url(LOOPBACK, self.engine_port, self.machine_name)
@@ -673,7 +695,7 @@ class QemuDriver(Driver):
         port is fixed to the host port chosen at create; if the host port
         must change on a later start, only the forward's host side moves.
         """
-        return int(self.config.get("GuestEnginePort") or 0) or self.engine_port or GUEST_ENGINE_PORT
+        return self.settings.guest_engine_port or self.engine_port or GUEST_ENGINE_PORT
 
     # -- checks --------------------------------------------------------------------------
     def _default_cache(self) -> ImageCache:
@@ -682,36 +704,36 @@ class QemuDriver(Driver):
         return default_cache_dir(self.store_path)
 
     def _arch(self) -> str:
-        return str(self.config.get("Arch") or "amd64")  # machines from before arm64 are amd64
+        return str(self.settings.arch or "amd64")  # machines from before arm64 are amd64
 
     def pre_create_check(self) -> None:
         from pymachine.machine.drivers import qemu_firmware as fw
 
         arch = self._arch()
         packages = fw.SPECS[arch].debian_packages
-        for tool in (str(self.config.get("QemuBinary") or QEMU), QEMU_IMG):
+        for tool in (str(self.settings.qemu_binary or QEMU), QEMU_IMG):
             if shutil.which(tool) is None:
                 raise PreCreateError(f"{tool} not found: install the Debian packages {packages}")
-        if self.config.get("Firmware") == "uefi":
+        if self.settings.firmware == "uefi":
             fw.find_uefi(arch)
-        fw.accel_for(arch, str(self.config.get("Accel") or "auto"))
-        for host_dir, _guest in self.config.get("Shares") or []:
+        fw.accel_for(arch, str(self.settings.accel or "auto"))
+        for host_dir, _guest in self.settings.shares or []:
             if not os.path.isdir(str(host_dir)):
                 raise PreCreateError(f"--qemu-share-folder: {host_dir} is not a directory on this host")
-        memory = int(self.config.get("Memory") or 0)
+        memory = self.settings.memory
         if memory < MIN_MEMORY_MB:
             raise PreCreateError(f"--qemu-memory must be at least {MIN_MEMORY_MB} MB, got {memory}")
         if len(self._path(QMP_SOCKET)) > SOCKET_PATH_MAX:
             raise PreCreateError(
                 f"the machine directory path is too long for QEMU's monitor socket: {self.machine_dir}"
             )
-        source = str(self.config.get("ImageSource") or "")
+        source = self.settings.image_source
         image = None
         if source and _is_url(source):
             # Downloaded (and verified) at create; here only the checksum's form is checked.
             from pymachine.engine.download import parse_digest, sums_url
 
-            checksum = str(self.config.get("ImageChecksum") or "")
+            checksum = self.settings.image_checksum
             if checksum and sums_url(checksum) is None:
                 try:
                     parse_digest(checksum)
@@ -735,34 +757,33 @@ class QemuDriver(Driver):
                                          f"`pymachine image build{flag}` as root, or pass --qemu-image")
         if image is not None:
             self._check_disk_size(image)
-            checksum = str(self.config.get("ImageChecksum") or "")
+            checksum = self.settings.image_checksum
             if checksum:
                 verify_local_image(image.disk, checksum)
-        elif self.config.get("ImageChecksum") and not _is_url(source):
-            parse_checksum(str(self.config["ImageChecksum"]))
-        accel = str(self.config.get("Accel") or "auto")
+        elif self.settings.image_checksum and not _is_url(source):
+            parse_checksum(self.settings.image_checksum)
+        accel = str(self.settings.accel or "auto")
         if accel in ("kvm", "hvf") and arch == fw.host_arch():
             choose_accel(accel)
-        for key, what in (("FixedSSHPort", "SSH"), ("FixedEnginePort", "engine")):
-            port = int(self.config.get(key) or 0)
+        for port, what in ((self.settings.fixed_ssh_port, "SSH"), (self.settings.fixed_engine_port, "engine")):
             if port and not port_is_free(port):
                 raise PreCreateError(f"the {what} port {LOOPBACK}:{port} is already in use")
-        if self.config.get("FixedSSHPort") and self.config.get("FixedSSHPort") == self.config.get("FixedEnginePort"):
+        if self.settings.fixed_ssh_port and self.settings.fixed_ssh_port == self.settings.fixed_engine_port:
             raise PreCreateError("--qemu-ssh-port and --qemu-engine-port must differ")
 
     def _check_disk_size(self, image: BaseImage) -> None:
-        want = int(self.config.get("DiskSize") or 0) * 1024 * 1024
+        want = self.settings.disk_size * 1024 * 1024
         if want < image.virtual_size:
             need = -(-image.virtual_size // (1024 * 1024))
             raise PreCreateError(f"--qemu-disk-size must be at least the image's size, {need} MB")
 
     # -- create ---------------------------------------------------------------------------
     def _resolve_image(self, log: Log) -> BaseImage:
-        source = str(self.config.get("ImageSource") or "")
+        source = self.settings.image_source
         if source and _is_url(source):
             from pymachine.engine.download import fetch
 
-            path = fetch(source, self._default_cache().directory, str(self.config.get("ImageChecksum") or ""),
+            path = fetch(source, self._default_cache().directory, self.settings.image_checksum,
                          lambda m: log(f"({self.machine_name}) {m}"))
             return image_from_path(str(path))
         if source:
@@ -776,10 +797,10 @@ class QemuDriver(Driver):
     def seed_addresses(self) -> list[str]:
         """Picks the SSH and engine ports now: the guest engine port goes into the
         first-boot drop-in and the server certificate is for 127.0.0.1."""
-        if not self.config.get("SSHPort") or not self.config.get("EnginePort"):
-            ssh_port, engine_port = pick_ports(int(self.config.get("FixedSSHPort") or 0),
-                                               int(self.config.get("FixedEnginePort") or 0))
-            self.config.update(SSHPort=ssh_port, EnginePort=engine_port, GuestEnginePort=engine_port)
+        if not self.settings.ssh_port or not self.settings.engine_port:
+            ssh_port, engine_port = pick_ports(self.settings.fixed_ssh_port,
+                                               self.settings.fixed_engine_port)
+            self.settings.update(ssh_port=ssh_port, engine_port=engine_port, guest_engine_port=engine_port)
         return [LOOPBACK]
 
     def create(self, log: Log) -> None:
@@ -793,29 +814,29 @@ class QemuDriver(Driver):
         arch = self._arch()
         # Direct kernel boot is the fast path under SeaBIOS; through UEFI the disk's own
         # shim and GRUB boot it (the path VirtualBox, VMware and Macs take).
-        direct = bool(image.kernel) and self.config.get("Firmware") != "uefi"
-        self.config.update(BaseDisk=image.disk, BaseFormat=image.format, Kernel=image.kernel if direct else "",
-                           Initrd=image.initrd if direct else "", KernelAppend=KERNEL_APPEND if direct else "")
-        accel, warning = fw.accel_for(arch, str(self.config.get("Accel") or "auto")), None
+        direct = bool(image.kernel) and self.settings.firmware != "uefi"
+        self.settings.update(base_disk=image.disk, base_format=image.format, kernel=image.kernel if direct else "",
+                           initrd=image.initrd if direct else "", kernel_append=KERNEL_APPEND if direct else "")
+        accel, warning = fw.accel_for(arch, str(self.settings.accel or "auto")), None
         if accel is None:
             accel, warning = choose_accel(
-                str(self.config.get("Accel") or "auto"),
+                str(self.settings.accel or "auto"),
                 probe=lambda: cached_probe(kvm_probe_cache(), image.kernel,
-                                           str(self.config.get("QemuBinary") or QEMU)),
+                                           str(self.settings.qemu_binary or QEMU)),
             )
         if warning:
             log(f"({self.machine_name}) Warning: {warning}")
-        self.config["AccelUsed"] = accel
+        self.settings.accel_used = accel
         os.makedirs(self.machine_dir, mode=0o700, exist_ok=True)
-        if self.config.get("Firmware") == "uefi":
+        if self.settings.firmware == "uefi":
             code, variables = fw.find_uefi(arch)
             shutil.copyfile(variables, self._path(UEFI_VARS))  # the machine's own boot entries
             os.chmod(self._path(UEFI_VARS), 0o600)
-            self.config["FirmwareCode"] = code
+            self.settings.firmware_code = code
         log(f"({self.machine_name}) Creating SSH key...")
         key = Path(self._path(SSH_KEY))
         certs.generate_ssh_keypair(key)
-        self.config["SSHKeyPath"] = str(key)
+        self.settings.ssh_key_path = str(key)
         self.seed_addresses()  # the ports (already picked when the host rendered the first-boot plan)
         host_key = None
         if image.pymachine:  # pymachine's image installs the seeded host key: pin it before any connection
@@ -827,24 +848,24 @@ class QemuDriver(Driver):
         # The host's first-boot plan: its engine files only where pymachine's first-boot script
         # installs them (a cloud image gets the proxy through cloud-init's user-data).
         plan = self.first_boot
-        self.config["EngineSeeded"] = bool(plan and image.pymachine)
+        self.settings.engine_seeded = bool(plan and image.pymachine)
         write_seed_iso(
-            self._path(SEED), hostname=self.machine_name, user=str(self.config.get("SSHUser") or "docker"),
+            self._path(SEED), hostname=self.machine_name, user=str(self.settings.ssh_user or "docker"),
             ssh_pubkey=Path(str(key) + ".pub").read_text(), proxy=plan.proxy_settings() if plan else None,
             instance_id=f"pymachine-{self.machine_name}-{uuid.uuid4().hex[:12]}",
             first_boot=plan if image.pymachine else None, host_key=host_key,
             shares=[("9p", share_tag(i), str(guest))
-                    for i, (_host, guest) in enumerate(self.config.get("Shares") or [])],
+                    for i, (_host, guest) in enumerate(self.settings.shares or [])],
         )
-        log(f"({self.machine_name}) Creating a {self.config['DiskSize']} MB disk backed by {image.disk}...")
+        log(f"({self.machine_name}) Creating a {self.settings.disk_size} MB disk backed by {image.disk}...")
         self._run_img(["create", "-q", "-f", "qcow2", "-F", image.format, "-b", image.disk,
-                       self._path(OVERLAY), f"{int(self.config['DiskSize'])}M"])
+                       self._path(OVERLAY), f"{self.settings.disk_size}M"])
         prep = time.monotonic() - t0
-        log(f"({self.machine_name}) Starting the VM ({accel}, {self.config['CPU']} CPU, {self.config['Memory']} MB)...")
+        log(f"({self.machine_name}) Starting the VM ({accel}, {self.settings.cpu} CPU, {self.settings.memory} MB)...")
         self.launch(log)
         boot = self.wait_for_ssh(log)
         log(f"({self.machine_name}) VM up: prepare {prep:.1f}s, boot to SSH {boot:.1f}s; "
-            f"SSH on {LOOPBACK}:{self.config['SSHPort']}, engine on {LOOPBACK}:{self.engine_port}")
+            f"SSH on {LOOPBACK}:{self.settings.ssh_port}, engine on {LOOPBACK}:{self.engine_port}")
 
     def _run_img(self, args: list[str]) -> None:
         try:
@@ -857,19 +878,19 @@ class QemuDriver(Driver):
 
     # -- process -----------------------------------------------------------------------
     def spec(self) -> VMSpec:
-        c = self.config
+        c = self.settings
         return VMSpec(
-            machine_dir=self.machine_dir, cpus=int(c.get("CPU") or 1), memory_mb=int(c.get("Memory") or 1024),
-            accel=str(c.get("AccelUsed") or "tcg"), overlay=self._path(OVERLAY), seed=self._path(SEED),
-            ssh_port=int(c.get("SSHPort") or 0), engine_port=int(c.get("EnginePort") or 0),
-            kernel=str(c.get("Kernel") or ""), initrd=str(c.get("Initrd") or ""),
-            append=str(c.get("KernelAppend") or KERNEL_APPEND), restrict_network=bool(c.get("RestrictNetwork")),
-            qemu=str(c.get("QemuBinary") or QEMU), guest_engine_port=self.guest_engine_port(),
-            machine=str(c.get("Machine") or ""),
-            cpu=_cpu_model(str(c.get("Arch") or "amd64"), str(c.get("AccelUsed") or "tcg")),
-            firmware_code=str(c.get("FirmwareCode") or ""),
-            firmware_vars=self._path(UEFI_VARS) if c.get("FirmwareCode") else "",
-            shares=tuple((str(host), share_tag(i)) for i, (host, _guest) in enumerate(c.get("Shares") or [])),
+            machine_dir=self.machine_dir, cpus=int(c.cpu or 1), memory_mb=int(c.memory or 1024),
+            accel=str(c.accel_used or "tcg"), overlay=self._path(OVERLAY), seed=self._path(SEED),
+            ssh_port=int(c.ssh_port or 0), engine_port=int(c.engine_port or 0),
+            kernel=str(c.kernel or ""), initrd=str(c.initrd or ""),
+            append=str(c.kernel_append or KERNEL_APPEND), restrict_network=bool(c.restrict_network),
+            qemu=str(c.qemu_binary or QEMU), guest_engine_port=self.guest_engine_port(),
+            machine=str(c.machine or ""),
+            cpu=_cpu_model(str(c.arch or "amd64"), str(c.accel_used or "tcg")),
+            firmware_code=str(c.firmware_code or ""),
+            firmware_vars=self._path(UEFI_VARS) if c.firmware_code else "",
+            shares=tuple((str(host), share_tag(i)) for i, (host, _guest) in enumerate(c.shares or [])),
         )
 
     def launch(self, log: Log) -> None:
@@ -877,15 +898,15 @@ class QemuDriver(Driver):
         for path in (self.pidfile, self._path(QMP_SOCKET)):
             if os.path.lexists(path):
                 os.unlink(path)
-        fixed = (int(self.config.get("FixedSSHPort") or 0), int(self.config.get("FixedEnginePort") or 0))
-        previous = (int(self.config.get("SSHPort") or 0), int(self.config.get("EnginePort") or 0))
+        fixed = (self.settings.fixed_ssh_port, self.settings.fixed_engine_port)
+        previous = (self.settings.ssh_port, self.settings.engine_port)
         for attempt in range(3):
             ssh_port, engine_port = pick_ports(*fixed, previous=previous)
             if (ssh_port, engine_port) != previous and any(previous):
                 log(f"({self.machine_name}) Ports changed: SSH {LOOPBACK}:{ssh_port}, engine {LOOPBACK}:{engine_port}")
-            self.config.update(SSHPort=ssh_port, EnginePort=engine_port)
-            if not self.config.get("GuestEnginePort"):
-                self.config["GuestEnginePort"] = engine_port
+            self.settings.update(ssh_port=ssh_port, engine_port=engine_port)
+            if not self.settings.guest_engine_port:
+                self.settings.guest_engine_port = engine_port
             self._pin_host_key()
             error = self._spawn()
             if error is None:
@@ -904,7 +925,7 @@ class QemuDriver(Driver):
             public = Path(self._path(HOST_KEY_PUB)).read_text().strip()
         except OSError:
             return  # a foreign image makes its own keys: pinned on first use
-        port = int(self.config.get("SSHPort") or 0)
+        port = self.settings.ssh_port
         if not public or not port:
             return
         name = f"[{LOOPBACK}]:{port}"
@@ -961,10 +982,10 @@ class QemuDriver(Driver):
 
     def wait_for_ssh(self, log: Log, timeout: float = SSH_BOOT_TIMEOUT) -> float:
         """Wait (bounded) until the guest's sshd answers; returns the seconds waited."""
-        log(f"({self.machine_name}) Waiting for the guest to boot (SSH on {LOOPBACK}:{self.config['SSHPort']})...")
+        log(f"({self.machine_name}) Waiting for the guest to boot (SSH on {LOOPBACK}:{self.settings.ssh_port})...")
         started = time.monotonic()
         deadline = started + timeout
-        port = int(self.config.get("SSHPort") or 0)
+        port = self.settings.ssh_port
         from pymachine.machine.progress import Task
 
         with Task(f"({self.machine_name}) Booting", lines=False) as waiting:  # elapsed, live on a terminal
@@ -1023,7 +1044,7 @@ class QemuDriver(Driver):
         from pymachine.machine import hostagent
 
         with contextlib.suppress(OSError):  # forwarding is a convenience: the machine works without it
-            hostagent.launch(Path(self.machine_dir), int(self.config.get("EnginePort") or 0))
+            hostagent.launch(Path(self.machine_dir), self.settings.engine_port)
 
     def _report_forward_conflicts(self, wait: float) -> None:
         """Ports the host agent could not forward (taken on the host), on stderr of the command

@@ -38,6 +38,7 @@ is kept in the machine's secrets file, not in config.json.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import shutil
@@ -53,6 +54,7 @@ from urllib.parse import urlsplit
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.hostplatform import HostPlatform
+from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 B2D_USER = "docker"
@@ -278,9 +280,27 @@ def _flags(prefix: str, env: str, fusion: bool) -> tuple[Flag, ...]:
     return tuple(flags)
 
 
+@dataclasses.dataclass
+class VMwareSettings(Settings):
+    memory: int = setting("Memory", 1024)
+    disk_size: int = setting("DiskSize", 20000)
+    cpu: int = setting("CPU", 1)
+    iso: str = setting("ISO", "")
+    boot2docker_url: str = setting("Boot2DockerURL", "")
+    ssh_password: str = setting("SSHPassword", "")
+    config_drive_iso: str = setting("ConfigDriveISO", "")
+    config_drive_url: str = setting("ConfigDriveURL", "")
+    no_share: bool = setting("NoShare", False)
+    firmware: str = setting("Firmware", "bios")
+    arch: str = setting("Arch", "", absent=True)
+    vm_created: bool = setting("VMCreated", False, absent=True)
+
+
 class VMwareDriver(Driver):
     """What Workstation and Fusion share; subclasses name the flags and vmrun's host type."""
 
+    settings_class = VMwareSettings
+    settings: VMwareSettings
     default_ssh_user = B2D_USER
     capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True, seed=True, shares=True,
                                       own_engine_url=True)
@@ -297,13 +317,7 @@ class VMwareDriver(Driver):
 
     def vm_arch(self) -> str:
         """arm on Apple Silicon (Fusion runs no x86 VMs there, reference c2), else x86."""
-        return str(self.config.get("Arch") or self.host.vm_arch)
-
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        return {"Memory": 1024, "DiskSize": 20000, "CPU": 1, "ISO": "", "Boot2DockerURL": "",
-                "SSHPassword": "", "ConfigDriveISO": "", "ConfigDriveURL": "", "NoShare": False,
-                "Firmware": "bios"}
+        return str(self.settings.arch or self.host.vm_arch)
 
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
         def get(name: str, default: Any = None) -> Any:
@@ -323,11 +337,11 @@ class VMwareDriver(Driver):
             raise MachineError(f"--{self.prefix}-firmware must be bios or efi, got {firmware!r}")
         if arm and firmware != "efi":
             raise MachineError(f"--{self.prefix}-firmware bios: arm VMs on Apple Silicon boot EFI only")
-        self.config.update(Firmware=firmware, Arch=self.host.vm_arch)
-        self.config.update(
-            CPU=cpu, Memory=memory, DiskSize=disk,
-            Boot2DockerURL=str(get("boot2docker-url", "")), ConfigDriveURL=str(get("configdrive-url", "")),
-            SSHUser=str(get("ssh-user", B2D_USER) or B2D_USER), SSHPort=22, NoShare=bool(get("no-share", False)),
+        self.settings.update(firmware=firmware, arch=self.host.vm_arch)
+        self.settings.update(
+            cpu=cpu, memory=memory, disk_size=disk,
+            boot2docker_url=str(get("boot2docker-url", "")), config_drive_url=str(get("configdrive-url", "")),
+            ssh_user=str(get("ssh-user", B2D_USER) or B2D_USER), ssh_port=22, no_share=bool(get("no-share", False)),
         )
         self._password = str(get("ssh-password", B2D_PASSWORD) or B2D_PASSWORD)
 
@@ -361,7 +375,7 @@ class VMwareDriver(Driver):
         """Run vmrun; vmrun reports errors on stdout as ``Error: ...`` with exit status 255."""
         argv = [self.vmrun_path(), "-T", self.host_type]
         if guest:
-            argv += ["-gu", str(self.config.get("SSHUser") or B2D_USER), "-gp", self.password()]
+            argv += ["-gu", str(self.settings.ssh_user or B2D_USER), "-gp", self.password()]
         argv += list(args)
         shown = " ".join(args)  # never the guest password
         try:
@@ -393,7 +407,7 @@ class VMwareDriver(Driver):
             raise PreCreateError(
                 f"neither vmware-vdiskmanager nor qemu-img found: install {self.product} or qemu-utils"
             )
-        source = self._image_source("Boot2DockerURL", required=False)
+        source = self._image_source("boot2docker_url", required=False)
         if self.vm_arch() == "arm":
             if self.host_type != "fusion":
                 raise PreCreateError(f"{self.product} runs on x86_64 hosts only: on Apple Silicon use -d vmwarefusion")
@@ -402,8 +416,8 @@ class VMwareDriver(Driver):
                                      f"pass --{self.prefix}-boot2docker-url with an arm64 EFI .vmdk")
         if source is None:
             self._check_base_image()
-        if self.config.get("ConfigDriveURL"):
-            self._image_source("ConfigDriveURL", required=True)
+        if self.settings.config_drive_url:
+            self._image_source("config_drive_url", required=True)
 
     def _check_base_image(self) -> None:
         from pymachine.engine import images
@@ -427,8 +441,8 @@ class VMwareDriver(Driver):
 
     def _image_source(self, field: str, required: bool) -> str | None:
         """The flag's image (checked); None when not given and not ``required`` (pymachine's image)."""
-        url = str(self.config.get(field) or "")
-        flag = f"--{self.prefix}-{'boot2docker-url' if field == 'Boot2DockerURL' else 'configdrive-url'}"
+        url = str(getattr(self.settings, field) or "")
+        flag = f"--{self.prefix}-{'boot2docker-url' if field == 'boot2docker_url' else 'configdrive-url'}"
         if not url:
             if not required:
                 return None
@@ -440,7 +454,7 @@ class VMwareDriver(Driver):
             path = os.path.expanduser(parts.path if parts.scheme == "file" else url)
             if not os.path.isfile(path):
                 raise PreCreateError(f"{flag}: {path!r} does not exist")
-        allowed = (".iso",) if field == "ConfigDriveURL" else IMAGE_SUFFIXES
+        allowed = (".iso",) if field == "config_drive_url" else IMAGE_SUFFIXES
         if not path.lower().endswith(allowed):
             raise PreCreateError(f"{flag} must name a {' or '.join(allowed)} image, got {url!r}")
         return url if parts.scheme in ("http", "https") else path
@@ -470,7 +484,7 @@ class VMwareDriver(Driver):
         """The machine's disk: empty, or ``source_vmdk`` converted into the machine dir, at
         --*-disk-size (a copied image is never shrunk below its own size)."""
         kind, tool = self.disk_tool() or ("", "")
-        size_mb = int(self.config.get('DiskSize') or 20000)
+        size_mb = int(self.settings.disk_size or 20000)
         if kind == "vdiskmanager":
             if source_vmdk:
                 self._run_tool([tool, "-r", source_vmdk, "-t", "0", self.disk_path])
@@ -494,7 +508,7 @@ class VMwareDriver(Driver):
             raise MachineError(f"neither vmware-vdiskmanager nor qemu-img found: install {self.product} or qemu-utils")
 
     def share(self) -> tuple[str, str] | None:
-        if self.config.get("NoShare"):
+        if self.settings.no_share:
             return None
         name, path = share_default(self.host.os)
         return (name, path) if os.path.isdir(path) else None
@@ -512,7 +526,7 @@ class VMwareDriver(Driver):
         name = self.machine_name
         if self.password() != B2D_PASSWORD:
             save_secrets(self.machine_dir, SSHPassword=self.password())
-        source = self._image_source("Boot2DockerURL", required=False)
+        source = self._image_source("boot2docker_url", required=False)
         base = None
         if source is None:
             from pymachine.engine import images
@@ -525,7 +539,7 @@ class VMwareDriver(Driver):
         key = Path(self._path("id_rsa"))
         log(f"({name}) Creating SSH key...")
         certs.generate_ssh_keypair(key)
-        self.config["SSHKeyPath"] = str(key)
+        self.settings.ssh_key_path = str(key)
         pub = Path(str(key) + ".pub").read_bytes()
         log(f"({name}) Creating disk image...")
         if is_iso and source is not None:
@@ -545,26 +559,26 @@ class VMwareDriver(Driver):
             from pymachine.machine import seed
 
             plan = self.first_boot if base is not None else None  # its engine files: pymachine's image only
-            seed.write_seed_iso(iso, hostname=name, user=str(self.config.get("SSHUser") or B2D_USER),
+            seed.write_seed_iso(iso, hostname=name, user=str(self.settings.ssh_user or B2D_USER),
                                 ssh_pubkey=pub.decode(), instance_id=str(uuid.uuid4()), shares=self.seed_shares(),
                                 proxy=self.first_boot.proxy_settings() if self.first_boot else None,
                                 first_boot=plan)
-        self.config["ISO"] = iso
+        self.settings.iso = iso
         drive = ""
-        if self.config.get("ConfigDriveURL"):
+        if self.settings.config_drive_url:
             drive = self._path("configdrive.iso")
-            self._fetch(str(self._image_source("ConfigDriveURL", required=True)), drive)
-            self.config["ConfigDriveISO"] = drive
-        vmx = render_vmx(name=name, cpu=int(self.config["CPU"]), memory=int(self.config["Memory"]),
+            self._fetch(str(self._image_source("config_drive_url", required=True)), drive)
+            self.settings.config_drive_iso = drive
+        vmx = render_vmx(name=name, cpu=self.settings.cpu, memory=self.settings.memory,
                          disk=os.path.basename(self.disk_path), iso=iso, config_drive=drive, share=self.share(),
                          boot_order="cdrom,hdd" if is_iso else "hdd,cdrom", arch=self.vm_arch(),
-                         firmware=str(self.config.get("Firmware") or "bios"))
+                         firmware=str(self.settings.firmware or "bios"))
         fd = os.open(self.vmx_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(vmx)
         log(f"({name}) Starting {name}...")
         self.vmrun("start", self.vmx_path, "nogui")
-        self.config["VMCreated"] = True
+        self.settings.vm_created = True
         log(f"({name}) Waiting for VM to come online...")
         self.wait_for_ip()
         if is_iso:
@@ -587,7 +601,7 @@ class VMwareDriver(Driver):
 
     def _mount_share(self) -> None:
         share = self.share()
-        if not share or not str(self.config.get("ISO", "")).endswith("boot2docker.iso"):
+        if not share or not self.settings.iso.endswith("boot2docker.iso"):
             return
         share_name, share_dir = share
         self.vmrun("runScriptInGuest", self.vmx_path, "/bin/sh",
@@ -608,7 +622,7 @@ class VMwareDriver(Driver):
             if not plausible_guest_ip(ip, nat_subnet(dhcp_conf_files(self.host.os))):
                 ip = self.lease_ip()
             if ip:
-                self.config["IPAddress"] = ip
+                self.settings.ip_address = ip
                 return ip
             if time.monotonic() > deadline:
                 raise MachineError(f"the VM reported no IP address within {timeout:g}s "
@@ -690,7 +704,7 @@ class VMwareDriver(Driver):
         except MachineError as exc:
             log(f"({self.machine_name}) Soft stop failed ({exc}); powering off")
             self.vmrun("stop", self.vmx_path, "hard")
-        self.config["IPAddress"] = ""
+        self.settings.ip_address = ""
 
     def restart(self, log: Log) -> None:
         self.stop(log)
@@ -698,7 +712,7 @@ class VMwareDriver(Driver):
 
     def kill(self, log: Log) -> None:
         self.vmrun("stop", self.vmx_path, "hard")
-        self.config["IPAddress"] = ""
+        self.settings.ip_address = ""
 
     def remove(self, log: Log) -> None:
         if not os.path.exists(self.vmx_path):

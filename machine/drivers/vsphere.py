@@ -5,7 +5,7 @@ the password lives in the machine's secrets file, never in config.json.  Create
 makes ``[<datastore>] <machine>/``, uploads the boot ISO there with an HTTP PUT
 carrying the session cookie (as docker-machine did), creates and powers on the
 VM and waits (bounded) for the guest IP.  Every object made is recorded in
-``self.config`` as soon as it exists, so ``remove`` -- also the rollback of a
+``self.settings`` as soon as it exists, so ``remove`` -- also the rollback of a
 failed create -- deletes exactly what pymachine made and nothing else.
 
 Without ``--vmwarevsphere-boot2docker-url`` the VM runs pymachine's own base
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -53,6 +54,7 @@ from typing import Any
 
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
+from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
 
@@ -105,7 +107,38 @@ def fault_text(exc: BaseException) -> str:
     return " ".join(str(msg).split())
 
 
+@dataclasses.dataclass
+class VSphereSettings(Settings):
+    memory: int = setting("Memory", 2048)
+    disk_size: int = setting("DiskSize", 20480)
+    cpu: int = setting("CPU", 2)
+    iso: str = setting("ISO", "")
+    boot2docker_url: str = setting("Boot2DockerURL", "")
+    cpus: int = setting("CPUS", 0)
+    ip: str = setting("IP", "")
+    port: int = setting("Port", 443)
+    username: str = setting("Username", "")
+    password: str = setting("Password", "")
+    networks: list[str] = setting("Networks", [], item=str)
+    datastore: str = setting("Datastore", "")
+    datacenter: str = setting("Datacenter", "")
+    folder: str = setting("Folder", "")
+    pool: str = setting("Pool", "")
+    host_system: str = setting("HostSystem", "")
+    cfg_params: list[str] = setting("CfgParams", [], item=str)
+    cloud_init: str = setting("CloudInit", "")
+    ssh_password: str = setting("SSHPassword", "")
+    ca_cert: str = setting("CACert", "")
+    insecure: bool = setting("Insecure", False)
+    vm_ref: str = setting("VMRef", "")
+    datastore_folder: str = setting("DatastoreFolder", "")
+    uploaded_files: list[str] = setting("UploadedFiles", [], item=str)
+    iso_name: str = setting("ISOName", "", absent=True)
+
+
 class VSphereDriver(Driver):
+    settings_class = VSphereSettings
+    settings: VSphereSettings
     name = "vmwarevsphere"
     capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True, seed=True)
     default_ssh_user = "docker"
@@ -195,17 +228,6 @@ class VSphereDriver(Driver):
         super().__init__(config)
         self._password: str | None = None
 
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        # docker-machine 0.16's vsphere Driver fields, in its order; then pymachine's.
-        return {
-            "Memory": 2048, "DiskSize": 20480, "CPU": 2, "ISO": "", "Boot2DockerURL": "", "CPUS": 0,
-            "IP": "", "Port": 443, "Username": "", "Password": "", "Networks": [], "Datastore": "",
-            "Datacenter": "", "Folder": "", "Pool": "", "HostSystem": "", "CfgParams": [], "CloudInit": "",
-            "SSHPassword": "", "CACert": "", "Insecure": False, "VMRef": "", "DatastoreFolder": "",
-            "UploadedFiles": [],
-        }
-
     # Flags ---------------------------------------------------------------------------------
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
         def s(flag: str) -> str:
@@ -234,29 +256,29 @@ class VSphereDriver(Driver):
         iso = s("boot2docker-url")
         ca = s("ca-cert")
         cloudinit = s("cloudinit")
-        self.config.update(
-            Memory=n("memory-size", 1),
-            DiskSize=n("disk-size", 1),
-            CPU=n("cpu-count", 1),
-            Boot2DockerURL=iso,
-            ISO=_local_iso(iso),
-            IP=s("vcenter"),
-            Port=port,
-            Username=s("username"),
-            Networks=[x for x in (values.get("vmwarevsphere-network") or []) if x],
-            Datastore=s("datastore"),
-            Datacenter=s("datacenter"),
-            Folder=s("folder"),
-            Pool=s("pool"),
-            HostSystem=s("hostsystem"),
-            CfgParams=cfg,
-            CloudInit=cloudinit
+        self.settings.update(
+            memory=n("memory-size", 1),
+            disk_size=n("disk-size", 1),
+            cpu=n("cpu-count", 1),
+            boot2docker_url=iso,
+            iso=_local_iso(iso),
+            ip=s("vcenter"),
+            port=port,
+            username=s("username"),
+            networks=[x for x in (values.get("vmwarevsphere-network") or []) if x],
+            datastore=s("datastore"),
+            datacenter=s("datacenter"),
+            folder=s("folder"),
+            pool=s("pool"),
+            host_system=s("hostsystem"),
+            cfg_params=cfg,
+            cloud_init=cloudinit
             if "://" in cloudinit or not cloudinit
             else os.path.abspath(os.path.expanduser(cloudinit)),
-            CACert=os.path.abspath(os.path.expanduser(ca)) if ca else "",
-            Insecure=bool(values.get("vmwarevsphere-insecure")),
-            SSHUser=s("ssh-user") or self.default_ssh_user,
-            SSHPort=ssh_port,
+            ca_cert=os.path.abspath(os.path.expanduser(ca)) if ca else "",
+            insecure=bool(values.get("vmwarevsphere-insecure")),
+            ssh_user=s("ssh-user") or self.default_ssh_user,
+            ssh_port=ssh_port,
         )
 
     # Connection ----------------------------------------------------------------------------
@@ -273,12 +295,12 @@ class VSphereDriver(Driver):
     def _ssl_context(self) -> Any:
         import ssl
 
-        if self.config.get("Insecure"):
+        if self.settings.insecure:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             return ctx
-        ca = str(self.config.get("CACert") or "")
+        ca = self.settings.ca_cert
         return ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
 
     @contextlib.contextmanager
@@ -289,14 +311,14 @@ class VSphereDriver(Driver):
         from pyVim.connect import Disconnect, SmartConnect
         from pyVmomi import vim, vmodl
 
-        host, port = str(self.config.get("IP")), int(self.config.get("Port") or 443)
+        host, port = self.settings.ip, int(self.settings.port or 443)
         where = f"vCenter {host}:{port}"
         try:
-            si = SmartConnect(host=host, port=port, user=str(self.config.get("Username")), pwd=self.password(),
+            si = SmartConnect(host=host, port=port, user=self.settings.username, pwd=self.password(),
                               sslContext=self._ssl_context(), httpConnectionTimeout=max(1, int(timeout)),
                               )
         except vim.fault.InvalidLogin:
-            raise error(f"login to {where} failed for user {self.config.get('Username')!r}: "
+            raise error(f"login to {where} failed for user {self.settings.username!r}: "
                         "check --vmwarevsphere-username and --vmwarevsphere-password") from None
         except ssl.SSLCertVerificationError as exc:
             raise error(f"cannot verify the TLS certificate of {where} ({exc.verify_message}): "
@@ -318,7 +340,7 @@ class VSphereDriver(Driver):
 
         content = si.RetrieveContent()
         dcs = _walk_datacenters(content.rootFolder)
-        want = str(self.config.get("Datacenter") or "")
+        want = self.settings.datacenter
         if want:
             matches = [d for path, d in dcs if d.name == want or path == want.strip("/")]
             if not matches:
@@ -339,12 +361,12 @@ class VSphereDriver(Driver):
                 return items[0]
             raise error(f"datacenter {dc.name!r} has {len(items)} {kind}s: choose one with --vmwarevsphere-{flag}")
 
-        datastore = one("datastore", "datastore", list(dc.datastore), str(self.config.get("Datastore") or ""))
-        networks = [one("network", "network", list(dc.network), n) for n in (self.config.get("Networks") or [""])]
+        datastore = one("datastore", "datastore", list(dc.datastore), self.settings.datastore)
+        networks = [one("network", "network", list(dc.network), n) for n in (self.settings.networks or [""])]
         computes = _walk_computes(dc.hostFolder)
         host = None
         compute = None
-        hs = str(self.config.get("HostSystem") or "")
+        hs = self.settings.host_system
         if hs:
             cluster, _, hname = hs.rpartition("/")
             for cr in computes:
@@ -361,7 +383,7 @@ class VSphereDriver(Driver):
                     break
             if compute is None:
                 raise error(f"host system {hs!r} not found in datacenter {dc.name!r}")
-        pool_name = str(self.config.get("Pool") or "")
+        pool_name = self.settings.pool
         if pool_name:
             pools = [p for cr in computes for p in _walk_pools(cr.resourcePool)]
             rel = pool_name.strip("/")
@@ -379,7 +401,7 @@ class VSphereDriver(Driver):
             raise error(f"datacenter {dc.name!r} has several compute resources: "
                         "choose one with --vmwarevsphere-pool or --vmwarevsphere-hostsystem")
         folder = dc.vmFolder
-        fname = str(self.config.get("Folder") or "").strip("/")
+        fname = self.settings.folder.strip("/")
         if fname:
             prefix = f"{dc.name}/vm/"
             rel = fname.removeprefix(prefix)
@@ -394,7 +416,7 @@ class VSphereDriver(Driver):
     def _vm(self, si: Any) -> Any:
         from pyVmomi import vim
 
-        ref = str(self.config.get("VMRef") or "")
+        ref = self.settings.vm_ref
         if not ref:
             raise MachineError(f"machine {self.machine_name} has no VM recorded")
         return vim.VirtualMachine(ref, si._stub)
@@ -406,13 +428,13 @@ class VSphereDriver(Driver):
             return str(self._vm(si).runtime.powerState)
         except vmodl.fault.ManagedObjectNotFound:
             raise MachineError(
-                f"VM {self.config.get('VMRef')} of machine {self.machine_name} not found on vCenter"
+                f"VM {self.settings.vm_ref} of machine {self.machine_name} not found on vCenter"
             ) from None
 
     # Checks --------------------------------------------------------------------------------
     def pre_create_check(self) -> None:
-        iso = str(self.config.get("ISO") or "")
-        raw = str(self.config.get("Boot2DockerURL") or "")
+        iso = self.settings.iso
+        raw = self.settings.boot2docker_url
         if not raw:
             self._check_base_image()
         elif _is_download(raw):
@@ -423,10 +445,10 @@ class VSphereDriver(Driver):
             )
         elif not os.path.isfile(iso):
             raise PreCreateError(f"boot ISO not found: {raw}")
-        ci = str(self.config.get("CloudInit") or "")
+        ci = self.settings.cloud_init
         if ci and "://" not in ci and not os.path.isfile(ci):
             raise PreCreateError(f"cloud-init file not found: {ci}")
-        ca = str(self.config.get("CACert") or "")
+        ca = self.settings.ca_cert
         if ca and not os.path.isfile(ca):
             raise PreCreateError(f"CA certificate not found: {ca}")
         with self.session(timeout=30, error=PreCreateError) as si:
@@ -450,24 +472,24 @@ class VSphereDriver(Driver):
         key = os.path.join(self.machine_dir, "id_rsa")
         log(f"({name}) Creating SSH key...")
         certs.generate_ssh_keypair(key)
-        self.config["SSHKeyPath"] = key
+        self.settings.ssh_key_path = key
         save_secrets(self.machine_dir, **{SECRET_KEY: self.password()})
-        if self.config.get("CACert"):
+        if self.settings.ca_cert:
             dest = os.path.join(self.machine_dir, CA_FILE)
-            shutil.copyfile(str(self.config["CACert"]), dest)
-            self.config["CACert"] = dest
+            shutil.copyfile(self.settings.ca_cert, dest)
+            self.settings.ca_cert = dest
         pubkey = Path(key + ".pub").read_text().strip()
-        user = str(self.config.get("SSHUser") or self.default_ssh_user)
+        user = str(self.settings.ssh_user or self.default_ssh_user)
         base: tuple[str, int] | None = None
-        raw = str(self.config.get("Boot2DockerURL") or "")
+        raw = self.settings.boot2docker_url
         if _is_download(raw):
             from pymachine.engine.download import fetch, url_file_name
             from pymachine.machine.cachedir import user_cache_dir
 
             cache = user_cache_dir() / "downloads"  # the user's, shared by every store
-            self.config["ISO"] = str(fetch(raw, cache, "", lambda m: log(f"({name}) {m}")))
-            self.config["ISOName"] = url_file_name(raw)
-        if not self.config.get("ISO"):
+            self.settings.iso = str(fetch(raw, cache, "", lambda m: log(f"({name}) {m}")))
+            self.settings.iso_name = url_file_name(raw)
+        if not self.settings.iso:
             from pymachine.engine import images
 
             disk, _info = images.disk_for_driver(images.default_cache_dir(self.store_path), "raw",
@@ -488,11 +510,11 @@ class VSphereDriver(Driver):
                 raise MachineError(
                     f"datastore folder [{ds}] {name} already exists: remove it or pick another machine name"
                 ) from None
-            self.config["DatastoreFolder"] = f"[{ds}] {name}"
-            self.config["UploadedFiles"] = []
+            self.settings.datastore_folder = f"[{ds}] {name}"
+            self.settings.uploaded_files = []
             if base is None:
-                iso_name = str(self.config.get("ISOName") or os.path.basename(str(self.config["ISO"])))
-                self._upload_file(si, log, dc.name, ds, iso_name, str(self.config["ISO"]))
+                iso_name = str(self.settings.iso_name or os.path.basename(self.settings.iso))
+                self._upload_file(si, log, dc.name, ds, iso_name, self.settings.iso)
             else:
                 iso_name = SEED_ISO
                 self._upload_disk(si, log, dc.name, ds, *base)
@@ -502,20 +524,20 @@ class VSphereDriver(Driver):
                                  existing_disk_bytes=base[1] if base else 0)
             task = inv["folder"].CreateVM_Task(config=spec, pool=inv["pool"], host=inv["host"])
             vm = wait_task(si, task, "create VM")
-            self.config["VMRef"] = vm._moId
+            self.settings.vm_ref = vm._moId
             change = self._cdrom_spec(vm, inv["datastore"], iso_name)
             if base is not None:
                 self._boot_from_grown_disk(vm, change, base[1])
             wait_task(si, vm.ReconfigVM_Task(spec=change), "attach ISO")
             log(f"({name}) Powering on VM...")
             wait_task(si, vm.PowerOnVM_Task(), "power on")
-            self.config["IPAddress"] = self._wait_ip(si, log)
+            self.settings.ip_address = self._wait_ip(si, log)
 
     def _upload_file(self, si: Any, log: Log, dc: str, ds: str, remote_name: str, local: str) -> None:
         """Upload into ``[ds] <machine>/``, recorded first so a failed create removes it."""
         name = self.machine_name
         log(f"({name}) Uploading {remote_name} to [{ds}] {name}/...")
-        self.config["UploadedFiles"] = [*self.config.get("UploadedFiles", []), f"[{ds}] {name}/{remote_name}"]
+        self.settings.uploaded_files = [*self.settings.uploaded_files, f"[{ds}] {name}/{remote_name}"]
         self._upload(si, dc, ds, f"{name}/{remote_name}", local)
 
     def _upload_disk(self, si: Any, log: Log, dc: str, ds: str, raw: str, size: int) -> None:
@@ -531,7 +553,7 @@ class VSphereDriver(Driver):
         from pyVmomi import vim
 
         disk = next(d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
-        want_kb = max(int(self.config["DiskSize"]) * 1024, -(-image_bytes // 1024))
+        want_kb = max(self.settings.disk_size * 1024, -(-image_bytes // 1024))
         if want_kb > int(disk.capacityInKB or 0):
             disk.capacityInKB = want_kb
             disk.capacityInBytes = want_kb * 1024  # type: ignore[assignment]  # pyVmomi's stubs type this long as None
@@ -547,7 +569,7 @@ class VSphereDriver(Driver):
         url = f"/folder/{urllib.parse.quote(path)}?{query}"
         cookie = si._stub.cookie.split(";", 1)[0]
         size = os.path.getsize(local)
-        conn = http.client.HTTPSConnection(str(self.config["IP"]), int(self.config.get("Port") or 443),
+        conn = http.client.HTTPSConnection(self.settings.ip, int(self.settings.port or 443),
                                            context=self._ssl_context(), timeout=120)
         try:
             with open(local, "rb") as fh:
@@ -569,7 +591,7 @@ class VSphereDriver(Driver):
 
         name, ds = self.machine_name, inv["datastore"].name
         extra = [
-            vim.option.OptionValue(key=k, value=v) for k, v in parse_cfgparams(list(self.config.get("CfgParams") or []))
+            vim.option.OptionValue(key=k, value=v) for k, v in parse_cfgparams(list(self.settings.cfg_params or []))
         ]
         extra += self._guestinfo(pubkey, userdata)
         devices: list[Any] = []
@@ -583,7 +605,7 @@ class VSphereDriver(Driver):
             devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=disk))
         else:
             disk = vim.vm.device.VirtualDisk(
-                key=-200, controllerKey=-100, unitNumber=0, capacityInKB=int(self.config["DiskSize"]) * 1024,
+                key=-200, controllerKey=-100, unitNumber=0, capacityInKB=self.settings.disk_size * 1024,
                 backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
                     fileName=f"[{ds}] {name}/{name}.vmdk", diskMode="persistent", thinProvisioned=True))
             devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk))
@@ -603,9 +625,9 @@ class VSphereDriver(Driver):
                 connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, allowGuestControl=True))
             devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=nic))
         return vim.vm.ConfigSpec(
-            name=name, guestId="otherLinux64Guest", numCPUs=int(self.config["CPU"]),
+            name=name, guestId="otherLinux64Guest", numCPUs=self.settings.cpu,
             firmware="bios",  # the image boots through its MBR (SYSLINUX); newer hardware versions may default to EFI
-            memoryMB=int(self.config["Memory"]), annotation=f"{ANNOTATION_KEY}={name}",
+            memoryMB=self.settings.memory, annotation=f"{ANNOTATION_KEY}={name}",
             files=vim.vm.FileInfo(vmPathName=f"[{ds}] {name}/"),
             deviceChange=devices, extraConfig=extra)
 
@@ -658,7 +680,7 @@ class VSphereDriver(Driver):
             return base64.b64encode(data).decode()
 
         out = [("guestinfo.pymachine.machine", self.machine_name), ("guestinfo.pymachine.ssh-authorized-key", pubkey)]
-        ci = str(self.config.get("CloudInit") or "")
+        ci = self.settings.cloud_init
         if ci and "://" in ci:
             out.append(("guestinfo.cloud-init.config.url", ci))
             out += [("guestinfo.userdata", b64(userdata.encode())), ("guestinfo.userdata.encoding", "base64")]
@@ -708,9 +730,9 @@ class VSphereDriver(Driver):
         """One login and one property-collector retrieval per vCenter (address, port, user)."""
         groups: dict[tuple[Any, ...], list[VSphereDriver]] = {}
         for d in drivers:
-            if isinstance(d, VSphereDriver) and d.config.get("VMRef"):
-                c = d.config
-                groups.setdefault((c.get("IP"), c.get("Port"), c.get("Username")), []).append(d)
+            if isinstance(d, VSphereDriver) and d.settings.vm_ref:
+                c = d.settings
+                groups.setdefault((c.ip, c.port, c.username), []).append(d)
         out: dict[str, State] = {}
         for members in groups.values():
             try:
@@ -719,14 +741,14 @@ class VSphereDriver(Driver):
             except MachineError:
                 continue
             for d in members:
-                if str(d.config["VMRef"]) in states:
-                    out[d.machine_name] = POWER_STATES.get(states[str(d.config["VMRef"])], State.NONE)
+                if str(d.settings.vm_ref) in states:
+                    out[d.machine_name] = POWER_STATES.get(states[str(d.settings.vm_ref)], State.NONE)
         return out
 
     def start(self, log: Log) -> None:
         with self.session() as si:
             wait_task(si, self._vm(si).PowerOnVM_Task(), "power on")
-            self.config["IPAddress"] = self._wait_ip(si, log)
+            self.settings.ip_address = self._wait_ip(si, log)
 
     def stop(self, log: Log) -> None:
         """Guest shutdown through VMware tools; power off if that is refused or takes too long."""
@@ -761,10 +783,10 @@ class VSphereDriver(Driver):
         """Power off and destroy the VM, then delete the files and folder pymachine put on the datastore."""
         from pyVmomi import vim, vmodl
 
-        if not (self.config.get("VMRef") or self.config.get("UploadedFiles") or self.config.get("DatastoreFolder")):
+        if not (self.settings.vm_ref or self.settings.uploaded_files or self.settings.datastore_folder):
             return
         with self.session() as si:
-            if self.config.get("VMRef"):
+            if self.settings.vm_ref:
                 vm = self._vm(si)
                 try:
                     if str(vm.runtime.powerState) != "poweredOff":
@@ -773,23 +795,23 @@ class VSphereDriver(Driver):
                     log(f"({self.machine_name}) Destroying VM...")
                     wait_task(si, vm.Destroy_Task(), "destroy VM")
                 except vmodl.fault.ManagedObjectNotFound:
-                    log(f"({self.machine_name}) VM {self.config['VMRef']} is already gone")
-                self.config["VMRef"] = ""
-            dc = _datacenter_named(si, str(self.config.get("Datacenter") or ""))
+                    log(f"({self.machine_name}) VM {self.settings.vm_ref} is already gone")
+                self.settings.vm_ref = ""
+            dc = _datacenter_named(si, self.settings.datacenter)
             fm = si.RetrieveContent().fileManager
-            targets = list(self.config.get("UploadedFiles") or [])
-            if self.config.get("DatastoreFolder"):
-                targets.append(str(self.config["DatastoreFolder"]))
+            targets = list(self.settings.uploaded_files or [])
+            if self.settings.datastore_folder:
+                targets.append(self.settings.datastore_folder)
             for path in targets:
                 # vcsim (and an emptied folder) may already have removed it
                 with contextlib.suppress(vim.fault.FileNotFound):
                     wait_task(si, fm.DeleteDatastoreFile_Task(name=path, datacenter=dc), f"delete {path}")
-                uploaded = list(self.config.get("UploadedFiles") or [])
+                uploaded = list(self.settings.uploaded_files or [])
                 if path in uploaded:
                     uploaded.remove(path)
-                    self.config["UploadedFiles"] = uploaded
+                    self.settings.uploaded_files = uploaded
                 else:
-                    self.config["DatastoreFolder"] = ""
+                    self.settings.datastore_folder = ""
 
 
 def vmfs_descriptor(extent: str, size: int) -> str:

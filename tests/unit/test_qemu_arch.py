@@ -130,7 +130,7 @@ def test_real_aarch64_qemu_accepts_the_argv_with_uefi(tmp_path: Path) -> None:
                    proxy=None, instance_id="i-1")
     code, variables = fw.find_uefi("arm64")
     shutil.copyfile(variables, drv._path(qemu.UEFI_VARS))
-    drv.config.update(AccelUsed="tcg", FirmwareCode=code)
+    drv.settings.update(accel_used="tcg", firmware_code=code)
     try:
         drv.launch(lambda _m: None)
         assert drv.local_state() == State.RUNNING
@@ -146,7 +146,7 @@ def test_seeded_host_key_is_pinned_for_every_port_the_forward_uses(tmp_path: Pat
     drv = new_driver(tmp_path)
     os.makedirs(drv.machine_dir)
     known = Path(drv._path(qemu.KNOWN_HOSTS))
-    drv.config["SSHPort"] = 40022
+    drv.settings.ssh_port = 40022
     drv._pin_host_key()
     assert not known.exists()  # no seeded key (a foreign image): nothing pinned ahead
     Path(drv._path(qemu.HOST_KEY_PUB)).write_text("ssh-ed25519 AAAAkey\n")
@@ -156,7 +156,7 @@ def test_seeded_host_key_is_pinned_for_every_port_the_forward_uses(tmp_path: Pat
     drv._pin_host_key()
     assert known.read_text() == "[127.0.0.1]:40022 ssh-ed25519 AAAAkey\n"  # idempotent
     known.write_text(known.read_text() + "[127.0.0.1]:40100 ssh-rsa AAAAother\n")
-    drv.config["SSHPort"] = 40100  # a restart on another port: that port's stale pin is replaced
+    drv.settings.ssh_port = 40100  # a restart on another port: that port's stale pin is replaced
     drv._pin_host_key()
     assert known.read_text().splitlines() == ["[127.0.0.1]:40022 ssh-ed25519 AAAAkey",
                                               "[127.0.0.1]:40100 ssh-ed25519 AAAAkey"]
@@ -166,10 +166,11 @@ def test_a_machine_created_before_arches_keeps_its_command_line(tmp_path: Path) 
     """A bookworm-era qemu machine's config has no Arch/Firmware/Machine keys: it still runs
     qemu-system-x86_64 with SeaBIOS and its base image's kernel, exactly as before."""
     drv = new_driver(tmp_path)
-    for key in ("Arch", "Firmware", "Machine", "FirmwareCode"):
-        drv.config.pop(key, None)
-    drv.config.update(QemuBinary="qemu-system-x86_64", AccelUsed="tcg", SSHPort=40022, EnginePort=42376,
-                      Kernel="/old/vmlinuz", Initrd="/old/initrd.img", KernelAppend=qemu.KERNEL_APPEND)
+    old = {k: v for k, v in drv.config.items() if k not in ("Arch", "Firmware", "Machine", "FirmwareCode")}
+    drv = qemu.QemuDriver(old)
+    drv.settings.update(qemu_binary="qemu-system-x86_64", accel_used="tcg", ssh_port=40022, engine_port=42376,
+                        kernel="/old/vmlinuz", initrd="/old/initrd.img", kernel_append=qemu.KERNEL_APPEND)
+    assert "Arch" not in drv.config
     argv = qemu.qemu_argv(drv.spec())
     assert argv[0] == "qemu-system-x86_64" and opt(argv, "-kernel") == ["/old/vmlinuz"]
     assert "-machine" not in argv and "-cpu" not in argv and not any("pflash" in d for d in opt(argv, "-drive"))

@@ -76,7 +76,7 @@ def test_real_qemu_accepts_the_argv_and_qmp_state_and_kill_work(tmp_path: Path) 
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", drv._path(qemu.OVERLAY), "16M"], check=True, timeout=30)
     write_seed_iso(drv._path(qemu.SEED), hostname="dev", user="docker", ssh_pubkey="ssh-rsa AAAA x",
                    proxy=None, instance_id="i-1")
-    drv.config["AccelUsed"] = "tcg"
+    drv.settings.accel_used = "tcg"
     try:
         drv.launch(lambda _m: None)
         assert drv.local_state() == State.RUNNING
@@ -173,12 +173,12 @@ def test_flags_config_and_addresses(tmp_path: Path) -> None:
     host, port, user, key = drv.ssh_address()
     assert (host, port, user) == ("127.0.0.1", 2222, "docker")
     assert key.endswith("/machines/dev/id_rsa")
-    drv.config["EnginePort"] = 45000
+    drv.settings.engine_port = 45000
     assert drv.engine_url() == "tcp://127.0.0.1:45000"
     assert drv.default_install_source == "preinstalled"  # pymachine's own image carries the engine
-    drv.config["ImageSource"] = "https://images.example/cloud.qcow2"
+    drv.settings.image_source = "https://images.example/cloud.qcow2"
     assert drv.default_install_source == "packages"  # a foreign cloud image needs it installed
-    drv.config["ImageSource"] = str(tmp_path / "disk.qcow2")
+    drv.settings.image_source = str(tmp_path / "disk.qcow2")
     assert drv.default_install_source == "packages"
     flags = {f.name: f for f in qemu.QemuDriver.flags}
     assert flags["qemu-memory"].env_default({"QEMU_MEMORY": "768"}) == 768
