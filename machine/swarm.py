@@ -120,9 +120,7 @@ class Engine:
 
 
 def engine_of(machine: Machine) -> Engine:
-    from pymachine.machine.provision import engine_url
-
-    url = engine_url(machine.driver)
+    url = machine.driver.engine_url()  # without a state query where the driver knows it
     if not url:
         raise MachineError(f'Host "{machine.name}" is not running')
     tls = machine.tls()
