@@ -138,7 +138,7 @@ def test_pkg_structure_is_read_the_same_by_us_bsdtar_and_7z(arch, mac_lock, src_
     assert "./usr/local/pymachine/lib/pycparser/__init__.py" in names
     vbox_payload = read_cpio_odc(gzip.decompress(reader.read("VirtualBox.pkg/Payload")))
     assert [d for n, *_r, d in vbox_payload if n.endswith("VirtualBox.app")] == [f"stand-in app {arch}".encode()]
-    assert "./usr/local/pymachine/lib/pymachine/installer/quickstart.py" in names
+    assert "./usr/local/pymachine/lib/pymachine/machine/quickstart.py" in names
     # pymachine's image (with its VDI) as cache/images/<recipe>/ under the prefix, which postinstall seeds
     # into the console user's ~/.docker/machine/cache
     image_dir = f"./usr/local/pymachine/cache/images/{current_recipe(arch)}"

@@ -71,7 +71,7 @@ def test_exe_lists_components_is_64bit_and_reproducible(comps, tmp_path):
         "python/python311._pth",
         "lib/pymachine/machine/cli/main.py",
         "lib/pymachine/machine/cli/quickstart_cmd.py",
-        "lib/pymachine/installer/quickstart.py",
+        "lib/pymachine/machine/quickstart.py",
         "$PLUGINSDIR/virtualbox.exe",
         "uninstall.exe",
         *(
