@@ -10,7 +10,9 @@ overrides all of them.  :func:`user_cache_dir` is the one place that decides it.
 A machine's disk can stay backed by a cached image (a qemu overlay), so
 ``image prune`` must consult the machines of every store that took images
 from here: each such store is listed in ``stores.json`` in the cache
-(:func:`record_store`, atomic and under the project's one lock).
+(:func:`record_store`, atomic and under the project's one lock); reading
+those stores is machine/cacheusers.py's job (drivers use this module and
+must not reach the store).
 
 Nothing here imports more than the standard library until a store is
 recorded: the CLI's hot path (``env``, ``ls``) never calls it.
@@ -18,12 +20,10 @@ recorded: the CLI's hot path (``env``, ``ls``) never calls it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_OVERRIDE = "PYMACHINE_CACHE_DIR"
@@ -101,55 +101,3 @@ def forget_stores(cache_root: Path, stores: list[Path]) -> None:
     """Drop ``stores`` (gone from disk) from the list."""
     if stores:
         _update_stores(Path(cache_root), None, frozenset(os.path.abspath(s) for s in stores))
-
-
-@dataclass
-class StoreUsage:
-    """What the stores that use a cache hold: their machines' configs, and the stores not seen."""
-
-    configs: list[str] = field(default_factory=list)
-    unseen: list[tuple[Path, str]] = field(default_factory=list)  # (store, why)
-    forgotten: list[Path] = field(default_factory=list)  # stores gone from disk, dropped from the list
-
-    def might_use(self, image_dir: Path) -> bool:
-        """Whether a machine might name a file in ``image_dir`` (a qemu overlay's base, say).
-
-        A store that could not be read might use any image: then every one is kept."""
-        if self.unseen:
-            return True
-        needles = {str(image_dir), os.path.realpath(image_dir)}  # a path reached through a symlink, or not
-        return any(needle in text for text in self.configs for needle in needles)
-
-
-def _read_configs(store_path: Path) -> list[str]:
-    """Every machine config's text in the store; OSError/StoreError when any cannot be read."""
-    from pymachine.machine.store import Store
-
-    store = Store(store_path)
-    return [store.config_path(name).read_text(errors="replace") for name in store.list_names()]
-
-
-def store_usage(cache_root: Path, current_store: str | os.PathLike[str]) -> StoreUsage:
-    """Read the machines of ``current_store`` and of every store recorded in ``cache_root``.
-
-    A recorded store whose directory is gone is dropped from the record; one that
-    exists but cannot be read (a machine dir or config unreadable) is reported as unseen.
-    """
-    from pymachine.machine.errors import MachineError
-
-    usage = StoreUsage()
-    current = os.path.abspath(current_store)
-    stores = [Path(current), *(s for s in known_stores(cache_root) if str(s) != current)]
-    for store in stores:
-        if str(store) != current and not store.exists():
-            usage.forgotten.append(store)
-            continue
-        try:
-            usage.configs += _read_configs(store)
-        except OSError as exc:
-            usage.unseen.append((store, exc.strerror or exc.__class__.__name__))
-        except MachineError as exc:
-            usage.unseen.append((store, str(exc)))
-    with contextlib.suppress(OSError, MachineError):
-        forget_stores(cache_root, usage.forgotten)
-    return usage

@@ -144,7 +144,8 @@ def cmd_image(ctx: Context, args: list[str]) -> int:
     if ns.action == "pack":
         return _pack(ctx, cache, ns.output, ns.formats, ns.arch)
     if ns.action == "prune":
-        from pymachine.machine.cachedir import store_usage, user_cache_dir
+        from pymachine.machine.cachedir import user_cache_dir
+        from pymachine.machine.cacheusers import store_usage
 
         usage = store_usage(user_cache_dir(), ctx.store.path)
         for store in usage.forgotten:

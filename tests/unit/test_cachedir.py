@@ -11,7 +11,8 @@ from pathlib import Path, PureWindowsPath
 import pytest
 from pymachine.engine import images
 from pymachine.machine import cachedir
-from pymachine.machine.cachedir import known_stores, record_store, store_usage, user_cache_dir
+from pymachine.machine.cachedir import known_stores, record_store, user_cache_dir
+from pymachine.machine.cacheusers import store_usage
 
 HOME = "/home/ada"
 
