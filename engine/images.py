@@ -26,6 +26,12 @@ on each; ``export_image`` converts it to VMDK or VDI for those hypervisors.
 The kernel and initrd are also copied next to the disk so QEMU can boot them
 directly (faster under emulation than going through the firmware).
 
+A normal user on Linux builds it too, without root: mmdebstrap's unshare mode
+and a user namespace run these same steps (``engine.userns_build``).  Its
+root filesystem comes from mmdebstrap rather than debootstrap, so such a
+build has a recipe hash of its own (a ``mode`` part added only then; root
+builds keep theirs): a root build never serves as a user's image or the reverse.
+
 Images are cached under ``<cache>/images/<recipe hash>/``: the hash
 covers everything that decides the content, so changing the recipe rebuilds
 and an unchanged recipe reuses.  ``<cache>`` is the user's cache directory
@@ -57,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+from pymachine.engine import userns_build
 from pymachine.engine.binfmt import BINFMT_CONF_DIRS, foreign_binaries
 from pymachine.machine.errors import MachineError
 
@@ -445,9 +452,11 @@ def kernel_cmdline(arch: str | None = None) -> str:
     return f"root=LABEL={ROOT_LABEL} rw {_ARCH[check_arch(arch)]['console']}"
 
 
-def recipe_hash(arch: str | None = None) -> str:
-    """Hash of everything that decides the image's content for ``arch`` (default: the host's)."""
+def recipe_hash(arch: str | None = None, mode: str | None = None) -> str:
+    """Hash of everything that decides the image's content for ``arch`` (default: the host's),
+    built in ``mode`` (default: this process's, ``userns_build.build_mode``)."""
     arch = check_arch(arch)
+    mode = mode or userns_build.build_mode()
     digest = hashlib.sha256()
     for part in (
         "pymachine-image-v2",
@@ -471,6 +480,7 @@ def recipe_hash(arch: str | None = None) -> str:
         inspect.getsource(_partition_table),
         inspect.getsource(_fetch_efi_loaders),
         inspect.getsource(_initrd_modules),
+        *(userns_build.recipe_parts() if mode == userns_build.MODE_USER else ()),
     ):
         digest.update(part.encode())
         digest.update(b"\0")
@@ -813,7 +823,12 @@ def build_image(cache: ImageCache | Path, log: Log, arch: str | None = None) -> 
     cache_dir = _as_cache(cache).directory
     key = recipe_hash(arch)
     final = cache_dir / key
-    if os.geteuid() != 0:
+    mode = userns_build.build_mode()
+    if mode == userns_build.MODE_USER:  # a normal user on Linux: checked before anything is made
+        problem = userns_build.why_not(arch, host_arch(), BUILD_TOOLS)
+        if problem:
+            raise MachineError(problem)
+    elif not userns_build.is_root():
         raise MachineError(
             "building the base image needs root (debootstrap, chroot); run `pymachine image build` as root"
         )
@@ -831,6 +846,8 @@ def build_image(cache: ImageCache | Path, log: Log, arch: str | None = None) -> 
         global _failure_log
         _failure_log = cache_dir / "last-failed-build.log"
         try:
+            if mode == userns_build.MODE_USER:
+                return _build_unprivileged(work, final, key, log, arch)
             with foreign_binaries(arch, host_arch()):
                 return _build_into(work, final, key, log, arch)
         finally:
@@ -867,6 +884,8 @@ def _remove_tree(path: Path) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", str(path)], capture_output=True, timeout=600, check=False)
     else:  # no GNU rm there, and nothing can be mounted below an image directory
         shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path) and userns_build.build_mode() == userns_build.MODE_USER:
+        userns_build.remove_tree(path)  # a killed unprivileged build's tree: files of subordinate ids
     if os.path.lexists(path):
         raise MachineError(f"could not remove {path}")
 
@@ -914,9 +933,26 @@ def _build_into(work: Path, final: Path, key: str, log: Log, arch: str) -> Image
     log(f"(image) making the bootable disk (ESP with {loaders}, ext4 root) and compressing it...")
     size = _make_disk(root, work / "disk.raw", out / DISK_NAME, out / KERNEL_NAME, out / INITRD_NAME, efi, arch)
     done("disk")
+    return _publish(out, final, key, arch, packages, kernel_version, size, started, log)
+
+
+def _build_unprivileged(work: Path, final: Path, key: str, log: Log, arch: str) -> ImageInfo:
+    """The same image built by a normal user (``engine.userns_build``), published as a root build is."""
+    started = time.monotonic()
+    result = userns_build.build(work, arch=arch, host=host_arch(), suite=SUITE, mirror=MIRROR,
+                                packages=(*PACKAGES, _ARCH[arch]["kernel"]), env=_apt_proxy_env(), log=log, run=_run,
+                                timeout=DEBOOTSTRAP_TIMEOUT, failure_log=final.parent / "last-failed-build.log")
+    return _publish(work / "image", final, key, arch, result.packages, result.kernel_version, result.size, started,
+                    log, {"build_mode": userns_build.MODE_USER})
+
+
+def _publish(out: Path, final: Path, key: str, arch: str, packages: dict[str, str], kernel_version: str,
+             size: int, started: float, log: Log, extra: dict[str, str] | None = None) -> ImageInfo:
+    """Write the manifest of the image built in ``out`` and rename it into place as ``final``."""
     from pymachine.machine import __version__
 
     manifest = {
+        **(extra or {}),
         "recipe": key,
         "arch": arch,
         "suite": SUITE,
@@ -956,7 +992,9 @@ BUILD_TOOLS = ("debootstrap", "mke2fs", "mkfs.fat", "mcopy", "mmd", "syslinux", 
 def why_not_buildable(arch: str | None = None) -> str | None:
     """Why the image for ``arch`` (default: the host's) cannot be built on this host (None when it can)."""
     arch = check_arch(arch)
-    if os.geteuid() != 0:
+    if userns_build.build_mode() == userns_build.MODE_USER:
+        return userns_build.why_not(arch, host_arch(), BUILD_TOOLS)
+    if not userns_build.is_root():
         return "building it needs root (debootstrap, chroot)"
     if arch != host_arch() and not any((d / f"qemu-{_ARCH[arch]['qemu_arch']}.conf").is_file()
                                        for d in BINFMT_CONF_DIRS):
@@ -978,6 +1016,8 @@ def image_for_driver(cache_dir: ImageCache | Path, flag: str, arch: str | None =
     reason = why_not_buildable(arch)
     if reason:
         arch_flag = "" if check_arch(arch) == host_arch() else f" --arch {arch}"
+        if userns_build.build_mode() == userns_build.MODE_USER:  # sudo would build into root's cache
+            raise MachineError(f"pymachine's base image is not built yet and {reason}, or pass {flag}")
         raise MachineError(f"pymachine's base image is not built yet and {reason}: run "
                            f"`sudo pymachine image build{arch_flag}` once, or pass {flag}")
     return None

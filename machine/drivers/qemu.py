@@ -752,9 +752,13 @@ class QemuDriver(Driver):
             else:
                 reason = why_not_buildable(arch)
                 if reason:
+                    from pymachine.engine.userns_build import MODE_USER, build_mode
+
                     flag = "" if arch == fw.host_arch() else f" --arch {arch}"
-                    raise PreCreateError(f"pymachine's {arch} base image is not built yet and {reason}: run "
-                                         f"`pymachine image build{flag}` as root, or pass --qemu-image")
+                    # A normal user's fix is in the reason: root's build would land in root's cache.
+                    how = "" if build_mode() == MODE_USER else f": run `pymachine image build{flag}` as root"
+                    raise PreCreateError(f"pymachine's {arch} base image is not built yet and {reason}{how}, "
+                                         "or pass --qemu-image")
         if image is not None:
             self._check_disk_size(image)
             checksum = self.settings.image_checksum
