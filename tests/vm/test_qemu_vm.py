@@ -225,7 +225,12 @@ def test_qemu_machine_lifecycle(vm_pm: PyMachine, image) -> None:
         timeout=60,
     )
     print(f"[timing] engine starts during create: {starts.stdout.strip()}")
-    # -- stop / start ------------------------------------------------------------------------------
+    # -- stop / start (a container the engine restarts at boot publishes a port now taken on the
+    #    host: `start` says so on stderr, as `logs` does) ----------------------------------------------
+    held = _free_loopback_port()
+    keeper = docker(env, "run", "-d", "--restart", "always", "--name", "keeper", "-p", f"{held}:8080", IMAGE_NAME,
+                    "/bin/busybox", "sleep", "3600", timeout=300)
+    assert keeper.returncode == 0, keeper.stderr
     t = time.monotonic()
     pm.ok("stop", "dev", timeout=180)
     print(f"[timing] stop: {time.monotonic() - t:.1f}s")
@@ -233,10 +238,18 @@ def test_qemu_machine_lifecycle(vm_pm: PyMachine, image) -> None:
     assert qemu_pids_under(machine_dir) == []
     assert not os.path.exists(f"/proc/{pid}") or b"qemu" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     t = time.monotonic()
-    pm.ok("start", "dev", timeout=400)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", held))
+        holder.listen()
+        started = pm.ok("start", "dev", timeout=400)
+    print(f"[timing] start (with its look at the forwards): {time.monotonic() - t:.1f}s")
+    conflict = f"(dev) CONFLICT: cannot forward 127.0.0.1:{held}/tcp for container keeper"
+    assert conflict in started.stderr, started.stderr + pm.ok("logs", "dev").stdout
+    assert conflict[len("(dev) "):] in pm.ok("logs", "dev").stdout
     ps = wait_docker_ps(env)
     print(f"[timing] start to docker ps: {time.monotonic() - t:.1f}s")
     assert ps.returncode == 0, ps.stderr  # same 127.0.0.1 certificate: no TLS error
+    assert docker(env, "rm", "-f", "keeper", timeout=120).returncode == 0
     assert ls_state(pm, "dev") == "Running"
     # -- fault: QEMU killed from outside ------------------------------------------------------------
     (pid,) = qemu_pids_under(machine_dir)
