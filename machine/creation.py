@@ -37,8 +37,9 @@ INSTALL_SOURCES = ("", "packages", "script", "bundle", "preinstalled")
 class CreateRequest:
     """What ``pymachine create`` takes, as data; field names follow the flags.
 
-    ``driver_options`` holds the driver's own flags by name without the
-    ``--`` (``{"url": "tcp://..."}`` for ``none``); an option left out takes its
+    ``driver_options`` holds the driver's own flags by name without the ``--``
+    (``{"url": "tcp://..."}`` for ``none``, ``{"generic-ip-address": ...}`` for
+    ``generic``); an option left out takes its
     default, or its environment variable from ``environ`` as the command does.
     ``engine_install_url`` None means the default URL, with the driver's default
     install source; a URL given means the install script at that URL.
@@ -100,7 +101,7 @@ def create_machine(
         raise MachineError(f'Docker machine "{name}" already exists')
     from pymachine.machine.provision import ssh_wait
 
-    ssh_wait(env)  # a bad PYMACHINE_SSH_WAIT fails now, before anything is made
+    wait = ssh_wait(env)  # a bad PYMACHINE_SSH_WAIT fails now, before anything is made
     from pymachine.machine import swarm  # swarm mode: discovery is a manager's NAME or engine URL
 
     discovery = swarm.check_create(store, agent=request.swarm, master=request.swarm_master,
@@ -112,7 +113,7 @@ def create_machine(
     driver = prepare_driver(store, name, request.driver, values)
     opts = create_options(request, discovery, env, default_install_source(driver))
     with terminate_as_interrupt(sigterm_rolls_back):
-        return create_with_driver(store, name, driver, opts, log, argv0=argv0)
+        return create_with_driver(store, name, driver, opts, log, argv0=argv0, ssh_wait=wait)
 
 
 def driver_values(flags: list[Flag] | tuple[Flag, ...], given: Mapping[str, Any],
@@ -239,9 +240,11 @@ def create_with_driver(
     opts: CreateOptions,
     log: Log,
     argv0: str = "pymachine",
+    ssh_wait: float | None = None,
 ) -> Machine:
     """The create's steps for a validated driver; all or nothing: any failure or interrupt
-    before the machine is usable rolls it back.
+    before the machine is usable rolls it back.  ``ssh_wait``: seconds to wait for SSH
+    (default: ``$PYMACHINE_SSH_WAIT`` of this process, else 120).
 
     ``Pymachine.Creating`` (this PID) is in the config from the first save to the
     last, so a create killed midway shows as interrupted in ``ls``.  Provisioning
@@ -288,7 +291,7 @@ def create_with_driver(
     from pymachine.machine import provision  # paramiko and the provisioners: only when needed
 
     try:
-        provision.after_create(machine, log)
+        provision.after_create(machine, log, wait=ssh_wait)
     except MachineRemoved:
         raise _removed_meanwhile(name) from None
     except MachineError:

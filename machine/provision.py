@@ -225,12 +225,13 @@ def provision_over(machine: Machine, client: SSHClient, log: Log, new_certs: boo
     return version
 
 
-def after_create(machine: Machine, log: Log) -> None:
+def after_create(machine: Machine, log: Log, wait: float | None = None) -> None:
+    """Reach the new machine over SSH (``wait`` seconds, default ``ssh_wait()``) and provision it."""
     log("Waiting for machine to be running, this may take a few minutes...")
     log("Detecting operating system of created instance...")
     log("Waiting for SSH to be available...")
     try:
-        client = connect(machine.driver, wait=ssh_wait())
+        client = connect(machine.driver, wait=ssh_wait() if wait is None else wait)
     except MachineError as exc:
         _record(machine, "ssh", str(exc))
         raise

@@ -207,7 +207,7 @@ def test_rm_during_provisioning_wins_and_the_create_stops(pm, monkeypatch):
     driver.provisionable = True  # the create takes the provisioning path, without the machine's lock
     seen = {}
 
-    def provisioning(machine, log):
+    def provisioning(machine, log, wait=None):
         res = subprocess.run([*pm_cmd(pm), "rm", "-f", "m"], capture_output=True, text=True, timeout=60,
                              env=pm.env, check=False)
         seen["rm"] = res.returncode
