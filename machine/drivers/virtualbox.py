@@ -46,6 +46,7 @@ VBoxManage, so ``VBoxManage`` must be installed either way.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import re
@@ -64,6 +65,7 @@ from urllib.parse import urlsplit
 from pymachine.machine import urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.hostplatform import HostPlatform
+from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.drivers.vboxmanage import (
     CALL_TIMEOUT,
     INSTALL_HINT,
@@ -385,7 +387,35 @@ def userdata_tar(pubkey: bytes) -> bytes:
 # ----------------------------------------------------------------------------- driver
 
 
+@dataclasses.dataclass
+class VirtualBoxSettings(Settings):
+    vbox_manager: dict[str, Any] = setting("VBoxManager", {})
+    host_interfaces: dict[str, Any] = setting("HostInterfaces", {})
+    cpu: int = setting("CPU", 1)
+    memory: int = setting("Memory", 1024)
+    disk_size: int = setting("DiskSize", 20000)
+    nat_nic_type: str = setting("NatNicType", "82540EM")
+    boot2docker_url: str = setting("Boot2DockerURL", "")
+    boot2docker_import_vm: str = setting("Boot2DockerImportVM", "")
+    host_dns_resolver: bool = setting("HostDNSResolver", False)
+    host_only_cidr: str = setting("HostOnlyCIDR", DEFAULT_CIDR)
+    host_only_nic_type: str = setting("HostOnlyNicType", "82540EM")
+    host_only_promisc_mode: str = setting("HostOnlyPromiscMode", "deny")
+    ui_type: str = setting("UIType", "headless")
+    host_only_no_dhcp: bool = setting("HostOnlyNoDHCP", False)
+    no_share: bool = setting("NoShare", False)
+    dns_proxy: bool = setting("DNSProxy", True)
+    no_vtx_check: bool = setting("NoVTXCheck", False)
+    share_folder: str = setting("ShareFolder", "")
+    platform_architecture: str = setting("PlatformArchitecture", "", absent=True)
+    vm_registered: bool = setting("VMRegistered", False, absent=True)
+    host_only_network: str = setting("HostOnlyNetwork", "", absent=True)
+    host_only_allow_any_range: bool = setting("HostOnlyAllowAnyRange", False, absent=True)
+
+
 class VirtualBoxDriver(Driver):
+    settings_class = VirtualBoxSettings
+    settings: VirtualBoxSettings
     name = "virtualbox"
     capabilities = DriverCapabilities(start=True, stop=True, restart=True, kill=True, seed=True, shares=True,
                                       port_forwards=True, own_engine_url=True)
@@ -500,16 +530,6 @@ class VirtualBoxDriver(Driver):
         self.host = host or HostPlatform.current(HOST_ENV)
         self._version: tuple[int, int] | None = None
 
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        return {
-            "VBoxManager": {}, "HostInterfaces": {}, "CPU": 1, "Memory": 1024, "DiskSize": 20000,
-            "NatNicType": "82540EM", "Boot2DockerURL": "", "Boot2DockerImportVM": "", "HostDNSResolver": False,
-            "HostOnlyCIDR": DEFAULT_CIDR, "HostOnlyNicType": "82540EM", "HostOnlyPromiscMode": "deny",
-            "UIType": "headless", "HostOnlyNoDHCP": False, "NoShare": False, "DNSProxy": True,
-            "NoVTXCheck": False, "ShareFolder": "",
-        }
-
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:
         def get(name: str) -> Any:
             return values.get(f"virtualbox-{name}")
@@ -533,24 +553,24 @@ class VirtualBoxDriver(Driver):
             raise MachineError(
                 f"--virtualbox-hostonly-nicpromisc must be deny, allow-vms or allow-all, got {promisc!r}"
             )
-        self.config.update(
-            SSHUser=self.default_ssh_user, CPU=cpu, Memory=memory, DiskSize=disk,
-            NatNicType=str(get("nat-nictype") or "82540EM"),
-            Boot2DockerURL=str(get("boot2docker-url") or ""),
-            Boot2DockerImportVM=str(get("import-boot2docker-vm") or ""),
-            HostDNSResolver=bool(get("host-dns-resolver")),
-            HostOnlyCIDR=str(get("hostonly-cidr") or DEFAULT_CIDR),
-            HostOnlyNicType=str(get("hostonly-nictype") or "82540EM"),
-            HostOnlyPromiscMode=promisc,
-            UIType=str(get("ui-type") or "headless"),
-            HostOnlyNoDHCP=bool(get("hostonly-no-dhcp")),
-            NoShare=bool(get("no-share")),
-            DNSProxy=not bool(get("no-dns-proxy")),
-            NoVTXCheck=bool(get("no-vtx-check")),
-            ShareFolder=share,
+        self.settings.update(
+            ssh_user=self.default_ssh_user, cpu=cpu, memory=memory, disk_size=disk,
+            nat_nic_type=str(get("nat-nictype") or "82540EM"),
+            boot2docker_url=str(get("boot2docker-url") or ""),
+            boot2docker_import_vm=str(get("import-boot2docker-vm") or ""),
+            host_dns_resolver=bool(get("host-dns-resolver")),
+            host_only_cidr=str(get("hostonly-cidr") or DEFAULT_CIDR),
+            host_only_nic_type=str(get("hostonly-nictype") or "82540EM"),
+            host_only_promisc_mode=promisc,
+            ui_type=str(get("ui-type") or "headless"),
+            host_only_no_dhcp=bool(get("hostonly-no-dhcp")),
+            no_share=bool(get("no-share")),
+            dns_proxy=not bool(get("no-dns-proxy")),
+            no_vtx_check=bool(get("no-vtx-check")),
+            share_folder=share,
         )
         if get("hostonly-allow-any-range"):
-            self.config["HostOnlyAllowAnyRange"] = True
+            self.settings.host_only_allow_any_range = True
 
     # VBoxManage ------------------------------------------------------------------------
     def vbm(self, *args: str, stdin: bytes | None = None) -> str:
@@ -568,7 +588,7 @@ class VirtualBoxDriver(Driver):
 
     def vm_arch(self) -> str:
         """x86 or arm: recorded at create, else what this host runs."""
-        return str(self.config.get("PlatformArchitecture") or self.host.vm_arch)
+        return str(self.settings.platform_architecture or self.host.vm_arch)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.machine_dir, name)
@@ -590,7 +610,7 @@ class VirtualBoxDriver(Driver):
                 f'We support Virtualbox starting with version 5. Your VirtualBox install is "{version}". '
                 "Please upgrade at https://www.virtualbox.org"
             )
-        if not self.config.get("Boot2DockerURL") and parse_version(version) < (6, 1):
+        if not self.settings.boot2docker_url and parse_version(version) < (6, 1):
             raise PreCreateError(
                 f"pymachine's base image needs VirtualBox 6.1 or later (its IP is read from VirtualBox's DHCP "
                 f'leases); your VirtualBox install is "{version}": upgrade, or pass --virtualbox-boot2docker-url'
@@ -600,7 +620,7 @@ class VirtualBoxDriver(Driver):
                 f'VirtualBox runs VMs on an arm64 host from 7.1 on; your VirtualBox install is "{version}": '
                 "upgrade to VirtualBox 7.1 or later (the macOSArm64 build on Apple Silicon)"
             )
-        if not self.config.get("NoVTXCheck"):
+        if not self.settings.no_vtx_check:
             if hyperv_running(self.host.os):
                 raise PreCreateError(
                     "This computer is running Hyper-V. VirtualBox won't boot a 64bits VM when Hyper-V is "
@@ -612,7 +632,7 @@ class VirtualBoxDriver(Driver):
                     "This computer doesn't have VT-X/AMD-v enabled. Enabling it in the BIOS is mandatory "
                     "(To skip this check, use --virtualbox-no-vtx-check)"
                 )
-        if self.config.get("Boot2DockerImportVM"):
+        if self.settings.boot2docker_import_vm:
             raise PreCreateError("--virtualbox-import-boot2docker-vm is not supported by pymachine: "
                                  "pass --virtualbox-boot2docker-url instead")
         source = self._image_source()  # raises PreCreateError on a bad image
@@ -654,7 +674,7 @@ class VirtualBoxDriver(Driver):
 
     def _image_source(self) -> str | None:
         """The flag's image (checked), or None: pymachine's base image."""
-        url = str(self.config.get("Boot2DockerURL") or "")
+        url = self.settings.boot2docker_url
         if not url:
             return None
         parts = urlsplit(url)
@@ -688,8 +708,8 @@ class VirtualBoxDriver(Driver):
                 own.append(ipaddress.IPv4Interface(f"{i['IPAddress']}/{i['NetworkMask']}").network)
             except (KeyError, ValueError):
                 continue
-        return check_cidr(str(self.config.get("HostOnlyCIDR") or DEFAULT_CIDR),
-                          bool(self.config.get("HostOnlyAllowAnyRange")), own, host_networks(),
+        return check_cidr(str(self.settings.host_only_cidr or DEFAULT_CIDR),
+                          self.settings.host_only_allow_any_range, own, host_networks(),
                           host_os=self.host.os)
 
     # Create ----------------------------------------------------------------------------
@@ -718,10 +738,10 @@ class VirtualBoxDriver(Driver):
         key = Path(self._path("id_rsa"))
         log(f"({name}) Creating SSH key...")
         certs.generate_ssh_keypair(key)
-        self.config["SSHKeyPath"] = str(key)
+        self.settings.ssh_key_path = str(key)
         pub = Path(str(key) + ".pub").read_bytes()
         log(f"({name}) Creating VirtualBox VM...")
-        size_mb = int(self.config.get("DiskSize") or 20000)
+        size_mb = int(self.settings.disk_size or 20000)
         if is_iso:
             disk = self._path("disk.vmdk")
             self._make_b2d_disk(disk, size_mb << 20, pub)
@@ -740,15 +760,15 @@ class VirtualBoxDriver(Driver):
             dvd = self._path("seed.iso")
             self._write_seed(dvd, pub.decode(), share, pymachine_image=source is None)
         arch = self.vm_arch()
-        self.config["PlatformArchitecture"] = arch
+        self.settings.platform_architecture = arch
         # 7.1+: the platform is explicit (without it an Apple Silicon host makes an ARM VM, reference a3);
         # earlier versions know no such option.
         platform_arg = ("--platform-architecture", arch) if self.version() >= (7, 1) else ()
         self.vbm("createvm", "--basefolder", self.machine_dir, "--name", name, *platform_arg, "--register")
-        self.config["VMRegistered"] = True
-        log(f"({name}) Creating VirtualBox VM with CPUs: {self.config['CPU']}, Memory: {self.config['Memory']}MB...")
+        self.settings.vm_registered = True
+        log(f"({name}) Creating VirtualBox VM with CPUs: {self.settings.cpu}, Memory: {self.settings.memory}MB...")
         self.vbm("modifyvm", name, *self._machine_settings(arch, is_iso))
-        self.vbm("modifyvm", name, "--nic1", "nat", "--nictype1", str(self.config.get("NatNicType") or "82540EM"),
+        self.vbm("modifyvm", name, "--nic1", "nat", "--nictype1", str(self.settings.nat_nic_type or "82540EM"),
                  "--cableconnected1", "on")
         ctl = self._add_storage_controller(arch)
         self.vbm("storageattach", name, "--storagectl", ctl, "--port", "0", "--device", "0",
@@ -771,9 +791,9 @@ class VirtualBoxDriver(Driver):
         takes - one x86-only option (--pae, --hpet, --hwvirtex, --nestedpaging, --largepages,
         --vtxvpid, --longmode) fails the whole call and nothing of it is saved (reference a2)."""
         onoff = {True: "on", False: "off"}
-        dns = ["--natdnshostresolver1", onoff[bool(self.config.get("HostDNSResolver"))],
-               "--natdnsproxy1", onoff[bool(self.config.get("DNSProxy"))]]
-        cpus, memory = str(self.config["CPU"]), str(self.config["Memory"])
+        dns = ["--natdnshostresolver1", onoff[self.settings.host_dns_resolver],
+               "--natdnsproxy1", onoff[self.settings.dns_proxy]]
+        cpus, memory = str(self.settings.cpu), str(self.settings.memory)
         if arch == "arm":  # EFI, ARMv8 virtual chipset, ARM64 guest type (reference a11, b step 2)
             return ["--firmware", "efi", "--chipset", "armv8virtual", "--ostype", ARM_OSTYPE, "--cpus", cpus,
                     "--memory", memory, "--acpi", "on", "--rtcuseutc", "on", *dns, "--boot1", "disk"]
@@ -860,9 +880,9 @@ class VirtualBoxDriver(Driver):
     def seed_addresses(self) -> list[str]:
         """The host-only network's DHCP pool: the guest's address is one of them (at most 256)."""
         if self.uses_hostonly_nets():
-            net = parse_cidr(str(self.config.get("HostOnlyCIDR") or DEFAULT_CIDR)).network
+            net = parse_cidr(str(self.settings.host_only_cidr or DEFAULT_CIDR)).network
             return [str(a) for a in net.hosts()] if net.num_addresses <= 256 else []
-        _server, lower, upper = dhcp_settings(parse_cidr(str(self.config.get("HostOnlyCIDR") or DEFAULT_CIDR)))
+        _server, lower, upper = dhcp_settings(parse_cidr(str(self.settings.host_only_cidr or DEFAULT_CIDR)))
         first, last = int(ipaddress.IPv4Address(lower)), int(ipaddress.IPv4Address(upper))
         return [str(ipaddress.IPv4Address(i)) for i in range(first, last + 1)] if last - first < 256 else []
 
@@ -878,9 +898,9 @@ class VirtualBoxDriver(Driver):
         return shares
 
     def _share(self) -> tuple[str, str] | None:
-        if self.config.get("NoShare"):
+        if self.settings.no_share:
             return None
-        folder = str(self.config.get("ShareFolder") or "")
+        folder = self.settings.share_folder
         if folder:
             share_dir, _, share_name = folder.rpartition(":")
         else:
@@ -915,8 +935,8 @@ class VirtualBoxDriver(Driver):
             self.vbm("hostonlyif", "ipconfig", ifname, "--ip", ip, "--netmask", mask)
         self._setup_dhcp(ifname, iface, {i.get("Name", "") for i in ifs} | {ifname})
         self.vbm("modifyvm", self.machine_name, "--nic2", "hostonly",
-                 "--nictype2", str(self.config.get("HostOnlyNicType") or "82540EM"),
-                 "--nicpromisc2", str(self.config.get("HostOnlyPromiscMode") or "deny"),
+                 "--nictype2", str(self.settings.host_only_nic_type or "82540EM"),
+                 "--nicpromisc2", str(self.settings.host_only_promisc_mode or "deny"),
                  "--hostonlyadapter2", ifname, "--cableconnected2", "on")
         return ifname
 
@@ -934,16 +954,16 @@ class VirtualBoxDriver(Driver):
                 raise MachineError(f"host-only cidr {iface} is too small for a host and a guest")
             self.vbm("hostonlynet", "add", f"--name={netname}", f"--netmask={iface.netmask}",
                      f"--lower-ip={iface.ip}", f"--upper-ip={hosts[-1]}", "--enable")
-        self.config["HostOnlyNetwork"] = netname
+        self.settings.host_only_network = netname
         self.vbm("modifyvm", self.machine_name, "--nic2", "hostonlynet",
-                 "--nictype2", str(self.config.get("HostOnlyNicType") or "82540EM"),
-                 "--nicpromisc2", str(self.config.get("HostOnlyPromiscMode") or "deny"),
+                 "--nictype2", str(self.settings.host_only_nic_type or "82540EM"),
+                 "--nicpromisc2", str(self.settings.host_only_promisc_mode or "deny"),
                  "--host-only-net2", netname, "--cableconnected2", "on")
         return netname
 
     def _remove_own_hostonly_net(self) -> None:
         """After rm: drop the host-only network pymachine added when no other VM is attached to it."""
-        netname = str(self.config.get("HostOnlyNetwork") or "")
+        netname = self.settings.host_only_network
         if not netname.startswith(HOSTONLYNET_PREFIX):
             return
         for line in self.vbm("list", "vms").splitlines():
@@ -969,7 +989,7 @@ class VirtualBoxDriver(Driver):
         current = servers.get(netname)
         fields = dhcp_server_fields(current) if current else ("", "", "", "", False)
         server_ip, lower, upper = dhcp_settings(iface, fields[0])
-        enabled = not self.config.get("HostOnlyNoDHCP")
+        enabled = not self.settings.host_only_no_dhcp
         mask = str(iface.netmask)
         if current and fields == (server_ip, mask, lower, upper, enabled):
             return
@@ -977,16 +997,16 @@ class VirtualBoxDriver(Driver):
                  "--netmask", mask, "--lowerip", lower, "--upperip", upper, "--enable" if enabled else "--disable")
 
     def _forward_ssh(self) -> None:
-        port = free_loopback_port(int(self.config.get("SSHPort") or 0))
+        port = free_loopback_port(self.settings.ssh_port)
         with contextlib.suppress(MachineError):  # no rule yet
             self.vbm("modifyvm", self.machine_name, "--natpf1", "delete", "ssh")
         self.vbm("modifyvm", self.machine_name, "--natpf1", f"ssh,tcp,127.0.0.1,{port},,22")
-        self.config["SSHPort"] = port
+        self.settings.ssh_port = port
 
     # Addresses -------------------------------------------------------------------------
     def ssh_address(self) -> tuple[str, int, str, str]:
-        return "127.0.0.1", int(self.config.get("SSHPort") or 22), str(self.config.get("SSHUser") or "docker"), \
-            str(self.config.get("SSHKeyPath") or "")
+        return "127.0.0.1", int(self.settings.ssh_port or 22), str(self.settings.ssh_user or "docker"), \
+            self.settings.ssh_key_path
 
     def engine_url(self) -> str:
         return urls.engine_url(self.ip(), ENGINE_PORT, self.machine_name)
@@ -1030,9 +1050,9 @@ class VirtualBoxDriver(Driver):
         needs no Guest Additions, reference b): its address inside the host-only CIDR, or ""."""
         from pymachine.machine.sshconnect import connect
 
-        if not self.config.get("SSHKeyPath") or not self.config.get("SSHPort"):
+        if not self.settings.ssh_key_path or not self.settings.ssh_port:
             return ""
-        network = parse_cidr(str(self.config.get("HostOnlyCIDR") or DEFAULT_CIDR)).network
+        network = parse_cidr(str(self.settings.host_only_cidr or DEFAULT_CIDR)).network
         try:
             with connect(self, wait=0.0) as client:
                 out = client.run("ip -4 -o addr show", check=False, timeout=10).stdout
@@ -1045,7 +1065,7 @@ class VirtualBoxDriver(Driver):
         while True:
             ip = self.guest_ip()
             if ip:
-                self.config["IPAddress"] = ip
+                self.settings.ip_address = ip
                 return ip
             if time.monotonic() > deadline:
                 raise MachineError(f"the guest reported no IP address on its host-only network within {timeout:g}s")
@@ -1075,23 +1095,23 @@ class VirtualBoxDriver(Driver):
             self.setup_hostonly_network()
         if current in (State.STOPPED, State.SAVED, State.NONE):
             self._forward_ssh()
-            self.vbm("startvm", name, "--type", str(self.config.get("UIType") or "headless"))
+            self.vbm("startvm", name, "--type", str(self.settings.ui_type or "headless"))
         elif current == State.PAUSED:
-            self.vbm("controlvm", name, "resume", "--type", str(self.config.get("UIType") or "headless"))
+            self.vbm("controlvm", name, "resume", "--type", str(self.settings.ui_type or "headless"))
         log(f"({name}) Waiting for an IP...")
         self.wait_for_ip(wait_budget())
 
     def stop(self, log: Log) -> None:
         name = self.machine_name
         if self.state() == State.PAUSED:
-            self.vbm("controlvm", name, "resume", "--type", str(self.config.get("UIType") or "headless"))
+            self.vbm("controlvm", name, "resume", "--type", str(self.settings.ui_type or "headless"))
         self.vbm("controlvm", name, "acpipowerbutton")
         deadline = time.monotonic() + STOP_TIMEOUT
         while self.state() == State.RUNNING:
             if time.monotonic() > deadline:
                 raise MachineError(f"{name} did not power off within {STOP_TIMEOUT:g}s: use kill")
             time.sleep(1.0)
-        self.config["IPAddress"] = ""
+        self.settings.ip_address = ""
 
     def restart(self, log: Log) -> None:
         self.stop(log)
@@ -1099,7 +1119,7 @@ class VirtualBoxDriver(Driver):
 
     def kill(self, log: Log) -> None:
         self.vbm("controlvm", self.machine_name, "poweroff")
-        self.config["IPAddress"] = ""
+        self.settings.ip_address = ""
 
     def _close_medium(self, path: str) -> None:
         """Drop a disk from VirtualBox's media registry (the file stays); gone already is fine."""

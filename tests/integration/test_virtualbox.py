@@ -962,10 +962,10 @@ def test_macos_guest_ip_read_in_the_guest_over_the_nat_ssh_forward(vbox, tmp_pat
     driver.backend, driver.host = cli, HostPlatform("darwin", "arm64")
     os.makedirs(driver.machine_dir)
     with SSHD(tmp_path / "sshd") as sshd:
-        driver.config.update(SSHPort=sshd.port, SSHKeyPath=str(sshd.client_key), SSHUser="root",
-                             HostOnlyCIDR="127.0.0.2/8")
+        driver.settings.update(ssh_port=sshd.port, ssh_key_path=str(sshd.client_key), ssh_user="root",
+                               host_only_cidr="127.0.0.2/8")
         assert driver.guest_ip() == "127.0.0.1"
-        driver.config["HostOnlyCIDR"] = "192.168.56.1/24"
+        driver.settings.host_only_cidr = "192.168.56.1/24"
         assert driver.guest_ip() == "", "no address of the guest lies in that network"
     assert driver.guest_ip() == "", "the guest's sshd is not up (yet): no answer, wait_for_ip asks again"
     assert not any(c[:2] == ["dhcpserver", "findlease"] for c in vbox.calls())
