@@ -146,8 +146,8 @@ def prepare_driver(store: Store, name: str, driver_name: str, values: Mapping[st
     cls = driver_class(driver_name)
     driver = cls.new(name, str(store.path))
     driver.set_config_from_flags(values)
-    if driver.provisionable and driver.config.get("SSHUser") is not None:
+    if driver.provisionable:
         from pymachine.machine.sshcommands import check_ssh_value  # no "-oProxyCommand=" user
 
-        check_ssh_value("SSH user", str(driver.config["SSHUser"]))
+        check_ssh_value("SSH user", driver.settings.ssh_user)
     return driver

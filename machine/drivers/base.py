@@ -1,9 +1,9 @@
 """The small interface every driver implements, and flags declared as data.
 
 As libmachine did, a driver's state is the JSON object stored under
-``Driver`` in ``config.json``; pymachine keeps it as a dict (``self.config``)
-so fields it does not know survive a load/save round trip unchanged, and
-exposes the common fields as properties.  Drivers never run provisioning
+``Driver`` in ``config.json``; pymachine keeps it as the driver's typed
+settings (``self.settings``, machine/drivers/settings.py), which keep fields
+they do not know and the key order, so a load/save round trip changes nothing.  Drivers never run provisioning
 commands: they create, start and stop the box and say how to reach it.
 """
 
@@ -72,19 +72,6 @@ class Flag:
         return raw
 
 
-BASE_FIELDS = (
-    ("IPAddress", ""),
-    ("MachineName", ""),
-    ("SSHUser", ""),
-    ("SSHPort", 0),
-    ("SSHKeyPath", ""),
-    ("StorePath", ""),
-    ("SwarmMaster", False),
-    ("SwarmHost", ""),
-    ("SwarmDiscovery", ""),
-)
-
-
 @dataclass(frozen=True)
 class DriverCapabilities:
     """What a driver can do, declared as data on its class (never found by ``hasattr``).
@@ -127,59 +114,42 @@ class Driver:
     rollback_unreachable: ClassVar[bool] = False
 
     #: The driver's typed settings (a Settings subclass with its own fields).
-    settings_class: ClassVar[type[Settings] | None] = None
+    settings_class: ClassVar[type[Settings]] = Settings
     settings: Settings
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        if self.settings_class is None:
-            self._legacy: dict[str, Any] = config if isinstance(config, dict) else dict(config)
-        else:
-            self.settings = self.settings_class.from_json(config)
+        """``config`` is the stored ``Driver`` object; a wrongly typed field raises SettingsError."""
+        self.settings = self.settings_class.from_json(config)
 
     @property
     def config(self) -> dict[str, Any]:
         """The settings as config.json's ``Driver`` object (a new dict: change ``settings``)."""
-        return self._legacy if self.settings_class is None else self.settings.to_json()
+        return self.settings.to_json()
 
     @classmethod
     def new(cls, machine_name: str, store_path: str) -> Driver:
-        if cls.settings_class is not None:
-            return cls(cls.settings_class.fresh(machine_name, store_path).to_json())
-        config: dict[str, Any] = {k: v for k, v in BASE_FIELDS}
-        config.update(MachineName=machine_name, StorePath=store_path)
-        config.update(cls.extra_fields())
-        return cls(config)
-
-    @classmethod
-    def extra_fields(cls) -> dict[str, Any]:
-        """Driver-specific fields with their zero values, in docker-machine's order."""
-        return {}
+        return cls(cls.settings_class.fresh(machine_name, store_path).to_json())
 
     # Common fields -----------------------------------------------------------------------
     @property
     def machine_name(self) -> str:
-        return str(self.config.get("MachineName", ""))
+        return self.settings.machine_name
 
     @property
     def store_path(self) -> str:
-        return str(self.config.get("StorePath", ""))
+        return self.settings.store_path
 
     @property
     def machine_dir(self) -> str:
         return os.path.join(self.store_path, "machines", self.machine_name)
 
     def ip(self) -> str:
-        return str(self.config.get("IPAddress", ""))
+        return self.settings.ip_address
 
     def ssh_address(self) -> tuple[str, int, str, str]:
         """(host, port, user, key path) to reach the machine over SSH."""
-        key = str(self.config.get("SSHKeyPath") or "")
-        return (
-            self.ip(),
-            int(self.config.get("SSHPort") or 22),
-            str(self.config.get("SSHUser") or self.default_ssh_user),
-            key,
-        )
+        s = self.settings
+        return self.ip(), s.ssh_port or 22, s.ssh_user or self.default_ssh_user, s.ssh_key_path
 
     # Interface ---------------------------------------------------------------------------
     def set_config_from_flags(self, values: Mapping[str, Any]) -> None:

@@ -39,12 +39,18 @@ def _typed() -> list[str]:
             cls = getattr(importlib.import_module(module), attr)
         except ImportError:
             continue
-        if cls.settings_class is not None:
+        if issubclass(cls.settings_class, Settings):
             out.append(name)
     return out
 
 
 TYPED = _typed()
+
+
+def test_every_builtin_driver_declares_its_own_settings():
+    assert TYPED == sorted(BUILTIN)
+    for name in TYPED:
+        assert _driver_class(name).settings_class is not Settings, f"{name} declares no fields of its own"
 
 
 def _wrong_value(kind: type):
@@ -164,3 +170,27 @@ def test_settings_base_is_a_dataclass_of_docker_machines_base_driver():
     assert [f.metadata["key"] for f in dataclasses.fields(Settings)] == [
         "IPAddress", "MachineName", "SSHUser", "SSHPort", "SSHKeyPath", "StorePath",
         "SwarmMaster", "SwarmHost", "SwarmDiscovery"]
+
+
+@pytest.mark.integration
+def test_ls_shows_a_wrongly_typed_driver_field_as_one_error_row(pm):
+    """Through the CLI: the bad machine is one row naming the field, the good one still lists,
+    and ``rm -f`` removes the bad one."""
+    pm.ok("create", "-d", "none", "--url", "tcp://127.0.0.1:2", "good")
+    pm.ok("create", "-d", "none", "--url", "tcp://127.0.0.1:2", "bad")
+    config = pm.store / "machines" / "bad" / "config.json"
+    data = json.loads(config.read_text())
+    data["Driver"]["SSHPort"] = "22"
+    config.write_text(json.dumps(data))
+
+    res = pm("ls", "--format", "{{.Name}}|{{.State}}|{{.Error}}")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    rows = dict(line.split("|", 1) for line in res.stdout.splitlines())
+    assert rows["bad"] == 'Error|config.json field Driver.SSHPort must be a whole number, not "22"'
+    assert not rows["good"].startswith("Error")
+    assert '"SSHPort": "22"' in pm.ok("inspect", "bad").stdout  # inspect shows what is stored
+    res = pm("url", "bad")
+    assert res.returncode == 1 and res.stderr.strip().endswith('must be a whole number, not "22"'), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    pm.ok("rm", "-f", "bad")
+    assert not (pm.store / "machines" / "bad").exists()
