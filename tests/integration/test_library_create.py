@@ -63,6 +63,12 @@ def test_library_create_matches_the_command(pm, engine):
     assert f"lib none Running {engine.url}" in rows
     env = pm.ok("env", "lib").stdout
     assert f'export DOCKER_HOST="{engine.url}"' in env and 'export DOCKER_MACHINE_NAME="lib"' in env
+    # and the library removes it as ``rm -y`` does
+    from pymachine.machine.removal import remove_machine
+
+    remove_machine(Store(pm.store), "lib", assume_yes=True)
+    assert not (pm.store / "machines" / "lib").exists()
+    assert "lib" not in pm.ok("ls", "-q").out_lines
 
 
 def test_library_defaults_come_from_the_environment_as_the_commands_do(pm, tmp_path):
