@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from pymachine.machine import layout
 from pymachine.machine.store import Host, Store
 
 
@@ -28,7 +29,7 @@ class MachineTLS(NamedTuple):
     cert_dir: Path  # DOCKER_CERT_PATH: a directory holding ca.pem/cert.pem/key.pem
 
 
-CLIENT_FILES = ("ca.pem", "cert.pem", "key.pem")
+CLIENT_FILES = layout.CLIENT_FILES
 
 
 def _client_dir(mdir: Path, recorded: str | None, certs: Path) -> Path:
@@ -52,13 +53,13 @@ def machine_tls(store: Store, host: Host) -> MachineTLS:
     certs = store.certs_dir
     mdir = store.machine_dir(host.name)
     return MachineTLS(
-        ca_cert=_pick(auth.get("CaCertPath"), certs / "ca.pem"),
-        ca_key=_pick(auth.get("CaPrivateKeyPath"), certs / "ca-key.pem"),
-        client_cert=_pick(auth.get("ClientCertPath"), certs / "cert.pem"),
-        client_key=_pick(auth.get("ClientKeyPath"), certs / "key.pem"),
+        ca_cert=_pick(auth.get("CaCertPath"), certs / layout.CA_CERT),
+        ca_key=_pick(auth.get("CaPrivateKeyPath"), certs / layout.CA_KEY),
+        client_cert=_pick(auth.get("ClientCertPath"), certs / layout.CLIENT_CERT),
+        client_key=_pick(auth.get("ClientKeyPath"), certs / layout.CLIENT_KEY),
         # The server pair is always the machine directory's own (docker-machine never put it
         # elsewhere): a ServerKeyPath edited to name another file is never read and uploaded.
-        server_cert=mdir / "server.pem",
-        server_key=mdir / "server-key.pem",
+        server_cert=mdir / layout.SERVER_CERT,
+        server_key=mdir / layout.SERVER_KEY,
         cert_dir=_client_dir(mdir, auth.get("CertDir"), certs),
     )

@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pymachine.machine import layout
 from pymachine.machine.atomic import write_atomic
 from pymachine.machine.errors import MachineError
 from pymachine.machine.locking import exclusive
@@ -72,10 +73,10 @@ class CertPaths:
     def in_dir(cls, certs_dir: Path) -> CertPaths:
         certs_dir = Path(certs_dir)
         return cls(
-            ca_cert=certs_dir / "ca.pem",
-            ca_key=certs_dir / "ca-key.pem",
-            client_cert=certs_dir / "cert.pem",
-            client_key=certs_dir / "key.pem",
+            ca_cert=certs_dir / layout.CA_CERT,
+            ca_key=certs_dir / layout.CA_KEY,
+            client_cert=certs_dir / layout.CLIENT_CERT,
+            client_key=certs_dir / layout.CLIENT_KEY,
         )
 
 

@@ -32,13 +32,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pymachine.machine import layout
 from pymachine.machine.atomic import write_atomic
 from pymachine.machine.errors import MachineError
 
 DEFAULT_CONTEXT = "default"
 OWNER_KEY = "pymachine.machine"
 PREVIOUS_KEY = "pymachine.previous"
-TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
+TLS_FILES = layout.CLIENT_FILES
 # The docker CLI's own name check, minus its 2-character minimum: a
 # one-letter machine name works when written directly (verified with the CLI).
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.+-]*$")

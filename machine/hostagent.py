@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pymachine.machine import layout
+
 if TYPE_CHECKING:
     import http.client
 
-LOG_NAME = "hostagent.log"
-PID_NAME = "hostagent.pid"
+LOG_NAME = layout.HOSTAGENT_LOG
+PID_NAME = layout.HOSTAGENT_PID
 SYNC_INTERVAL = 30.0  # a full resync at least this often (missed events cannot last)
 ENGINE_RETRY = 1.0  # while the engine is not up yet
 LOOPBACK = "127.0.0.1"
@@ -205,7 +207,7 @@ def _vm_alive(machine_dir: Path, qmp_path: str) -> bool:
     if not os.path.exists(qmp_path):
         return False
     try:
-        pid = int((machine_dir / "qemu.pid").read_text().strip())
+        pid = int((machine_dir / layout.QEMU_PID).read_text().strip())
     except (OSError, ValueError):
         return True  # written by QEMU a moment after the socket
     try:
@@ -219,7 +221,7 @@ def _vm_alive(machine_dir: Path, qmp_path: str) -> bool:
 
 def run(machine_dir: Path, engine_port: int, log: Log, *, max_runtime: float | None = None) -> int:
     """The agent's loop: until the VM is gone (or ``max_runtime``)."""
-    qmp_path = str(machine_dir / "qmp.sock")
+    qmp_path = str(machine_dir / layout.QMP_SOCKET)
     sync = PortSync(QemuForwarder(qmp_path), log)
     engine: EngineEvents | None = None
     started = time.monotonic()
@@ -231,8 +233,8 @@ def run(machine_dir: Path, engine_port: int, log: Log, *, max_runtime: float | N
             return 0
         try:
             if engine is None:  # the machine's client certificates arrive during create
-                engine = EngineEvents(LOOPBACK, engine_port, machine_dir / "ca.pem", machine_dir / "cert.pem",
-                                      machine_dir / "key.pem")
+                engine = EngineEvents(LOOPBACK, engine_port, machine_dir / layout.CA_CERT,
+                                      machine_dir / layout.CLIENT_CERT, machine_dir / layout.CLIENT_KEY)
             sync.apply(published(engine.containers()))
             if waiting_logged or not reached:
                 log(f"{SYNCED} at {LOOPBACK}:{engine_port}")

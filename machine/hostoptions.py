@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from pymachine.engine.options import DEFAULT_INSTALL_URL, EngineOptions
+from pymachine.machine import layout
 
 DEFAULT_SWARM_HOST = "tcp://0.0.0.0:3376"
 DEFAULT_SWARM_IMAGE = "swarm:latest"
@@ -82,15 +83,15 @@ def auth_options(
     mdir = os.path.join(store_path, "machines", name)
     return {
         "CertDir": certs,
-        "CaCertPath": ca_cert or os.path.join(certs, "ca.pem"),
-        "CaPrivateKeyPath": ca_key or os.path.join(certs, "ca-key.pem"),
+        "CaCertPath": ca_cert or os.path.join(certs, layout.CA_CERT),
+        "CaPrivateKeyPath": ca_key or os.path.join(certs, layout.CA_KEY),
         "CaCertRemotePath": "",
-        "ServerCertPath": os.path.join(mdir, "server.pem"),
-        "ServerKeyPath": os.path.join(mdir, "server-key.pem"),
-        "ClientKeyPath": client_key or os.path.join(certs, "key.pem"),
+        "ServerCertPath": os.path.join(mdir, layout.SERVER_CERT),
+        "ServerKeyPath": os.path.join(mdir, layout.SERVER_KEY),
+        "ClientKeyPath": client_key or os.path.join(certs, layout.CLIENT_KEY),
         "ServerCertRemotePath": "",
         "ServerKeyRemotePath": "",
-        "ClientCertPath": client_cert or os.path.join(certs, "cert.pem"),
+        "ClientCertPath": client_cert or os.path.join(certs, layout.CLIENT_CERT),
         "ServerCertSANs": list(sans or []),
         "StorePath": mdir,
     }

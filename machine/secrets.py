@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pymachine.machine import layout
 from pymachine.machine.atomic import write_atomic
 
-FILE = "secrets.json"
+FILE = layout.SECRETS
 
 
 def load_secrets(machine_dir: str | Path) -> dict[str, str]:

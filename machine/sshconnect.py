@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pymachine.machine import layout
 from pymachine.machine.errors import MachineError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,7 +28,7 @@ def ssh_target(driver: Driver) -> SSHTarget:
     host, port, user, key = driver.ssh_address()
     if not host:
         raise MachineError(f'Host "{driver.machine_name}" has no address yet')
-    known = Path(driver.machine_dir) / "known_hosts"
+    known = Path(driver.machine_dir) / layout.KNOWN_HOSTS
     return SSHTarget(host=host, port=port, user=user, key_path=Path(key) if key else None, known_hosts=known)
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pymachine.machine import layout
 from pymachine.machine.atomic import write_atomic
 from pymachine.machine.errors import MachineError, MachineNotFound
 
@@ -40,7 +41,7 @@ INVALID_NAME = (
     "Allowed hostname chars are: 0-9a-zA-Z . -"
 )
 NAME_TOO_LONG = f"Error creating machine: Invalid hostname specified. A name has at most {MAX_NAME} characters"
-STATE_FILE = "pymachine-state.json"
+STATE_FILE = layout.STATE
 TOMB_PREFIX = ".removing-"
 #: Deeper JSON than this in a config.json is refused (one error row), never recursed into.
 MAX_CONFIG_DEPTH = 32
@@ -284,7 +285,7 @@ class Store:
         return self.machines_dir / name
 
     def config_path(self, name: str) -> Path:
-        return self.machine_dir(name) / "config.json"
+        return self.machine_dir(name) / layout.CONFIG
 
     # Reading -------------------------------------------------------------------------------
     def list_names(self) -> list[str]:

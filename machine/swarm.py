@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pymachine.machine import layout
 from pymachine.machine.errors import MachineError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -181,7 +182,7 @@ def resolve_manager(store: Store, discovery: str, exclude: str = "") -> Engine:
             except MachineError:
                 continue
         certs = store.certs_dir
-        return Engine(url, certs / "ca.pem", certs / "cert.pem", certs / "key.pem")
+        return Engine(url, certs / layout.CA_CERT, certs / layout.CLIENT_CERT, certs / layout.CLIENT_KEY)
     from pymachine.machine.store import valid_name
 
     if not valid_name(discovery) or not store.exists(discovery):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pymachine.machine import layout
 from pymachine.machine.atomic import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,9 +23,9 @@ def copy_client_certs(machine: Machine) -> None:
     """Put ca.pem, cert.pem and key.pem in the machine dir: it is DOCKER_CERT_PATH."""
     tls = machine.tls()
     for src, dst, mode in (
-        (tls.ca_cert, "ca.pem", 0o600),
-        (tls.client_cert, "cert.pem", 0o600),
-        (tls.client_key, "key.pem", 0o600),
+        (tls.ca_cert, layout.CA_CERT, 0o600),
+        (tls.client_cert, layout.CLIENT_CERT, 0o600),
+        (tls.client_key, layout.CLIENT_KEY, 0o600),
     ):
         # A new file renamed into place: a symlink planted at the target is replaced, not
         # followed (copyfile would write the client key wherever it points).
@@ -57,6 +58,6 @@ def issue_server_cert(machine: Machine, extra_sans: Sequence[str] = ()) -> None:
     paths = certs.CertPaths(tls.ca_cert, tls.ca_key, tls.client_cert, tls.client_key)
     org = f"{certs.current_user_org()}.{machine.name}"
     certs.generate_server_cert(
-        paths, machine.dir / "server.pem", machine.dir / "server-key.pem", org,
+        paths, machine.dir / layout.SERVER_CERT, machine.dir / layout.SERVER_KEY, org,
         [*server_cert_sans(machine), *extra_sans], swarm_master=bool(machine.host.swarm_options.get("Master")),
     )

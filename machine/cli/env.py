@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pymachine.machine import layout
 from pymachine.machine.cli.common import ARGV0, Context, UsageError, one_target, parse, parser
 from pymachine.machine.errors import MachineError
 
@@ -138,9 +139,9 @@ def go_quote(text: str) -> str:
 def config_lines(cert_dir: str, url: str) -> list[str]:
     return [
         "--tlsverify",
-        f"--tlscacert={go_quote(os.path.join(cert_dir, 'ca.pem'))}",
-        f"--tlscert={go_quote(os.path.join(cert_dir, 'cert.pem'))}",
-        f"--tlskey={go_quote(os.path.join(cert_dir, 'key.pem'))}",
+        f"--tlscacert={go_quote(os.path.join(cert_dir, layout.CA_CERT))}",
+        f"--tlscert={go_quote(os.path.join(cert_dir, layout.CLIENT_CERT))}",
+        f"--tlskey={go_quote(os.path.join(cert_dir, layout.CLIENT_KEY))}",
         f"-H={url}",
     ]
 

@@ -8,6 +8,7 @@ the context that was current before.
 
 from __future__ import annotations
 
+from pymachine.machine import layout
 from pymachine.machine.cli.common import Context, UsageError, one_target, parse, parser
 
 
@@ -30,7 +31,7 @@ def cmd_use(ctx: Context, args: list[str]) -> int:
     machine, url = check_connection(ctx.store, name, log=ctx.err)
     d = machine.dir
     context = docker_context.use_machine(
-        name, url, d / "ca.pem", d / "cert.pem", d / "key.pem",
+        name, url, d / layout.CA_CERT, d / layout.CLIENT_CERT, d / layout.CLIENT_KEY,
         environ=ctx.environ, description=f"pymachine machine {name} ({machine.driver.name})",
     )
     ctx.out(f'Current context is now "{context}"')

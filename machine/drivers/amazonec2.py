@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from pymachine.machine import urls
+from pymachine.machine import layout, urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import MachineError, PreCreateError
@@ -476,7 +476,7 @@ class AmazonEC2Driver(Driver):
     def _create_key_pair(self, ec2: Any, log: Log) -> None:
         from pymachine.machine import certs
 
-        dest = os.path.join(self.machine_dir, "id_rsa")
+        dest = os.path.join(self.machine_dir, layout.SSH_KEY)
         if self.settings.existing_key:
             log(f"({self.machine_name}) Using existing key pair {self.settings.key_name}")
             shutil.copyfile(self.settings.ssh_private_key_path, dest)

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from pymachine.machine import urls
+from pymachine.machine import layout, urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import MachineError, PreCreateError
@@ -535,7 +535,7 @@ class AzureDriver(Driver):
         prefix = f"({self.machine_name})"
         if self._secret_from_flag:
             save_secrets(self.machine_dir, **{SECRET_KEY: self._secret_from_flag})
-        key_path = Path(self.machine_dir) / "id_rsa"
+        key_path = Path(self.machine_dir) / layout.SSH_KEY
         log(f"{prefix} Generating SSH keypair...")
         certs.generate_ssh_keypair(key_path)
         self.settings.ssh_key_path = str(key_path)

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from pymachine.machine import urls
+from pymachine.machine import layout, urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import MachineError, PreCreateError
@@ -461,10 +461,10 @@ class DigitalOceanDriver(Driver):
 
         from pymachine.machine.certs import generate_ssh_keypair
 
-        private = Path(self.machine_dir) / "id_rsa"
+        private = Path(self.machine_dir) / layout.SSH_KEY
         generate_ssh_keypair(private)
         self.settings.ssh_key_path = str(private)
-        public = private.with_name("id_rsa.pub").read_text().strip()
+        public = private.with_name(layout.SSH_PUBLIC_KEY).read_text().strip()
         key = (client.call("POST", "/v2/account/keys", body={"name": self.machine_name, "public_key": public})
                or {}).get("ssh_key") or {}
         self.settings.update(ssh_key_id=int(key.get("id") or 0), ssh_key_fingerprint=str(key.get("fingerprint") or ""))
@@ -476,7 +476,7 @@ class DigitalOceanDriver(Driver):
             log(f"({self.machine_name}) Using SSH key {self.settings.ssh_key_fingerprint}; "
                 "no --digitalocean-ssh-key-path, assuming the key is loaded or at the default location")
             return
-        dest = os.path.join(self.machine_dir, "id_rsa")
+        dest = os.path.join(self.machine_dir, layout.SSH_KEY)
         shutil.copyfile(key, dest)
         os.chmod(dest, 0o600)
         if os.path.exists(key + ".pub"):

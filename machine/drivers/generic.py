@@ -14,17 +14,14 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from pymachine.machine import urls
+from pymachine.machine import layout, urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
 
-# Files pymachine itself keeps in a machine dir: a user's key must never land on (or
-# later be overwritten by) one of them, e.g. a key called key.pem by the TLS client key.
-RESERVED_NAMES = frozenset({
-    "ca.pem", "cert.pem", "key.pem", "server.pem", "server-key.pem",
-    "config.json", "secrets.json", "known_hosts", "state.json",
-})
+# A user's key must never land on (or later be overwritten by) a file pymachine keeps in the
+# machine dir, e.g. a key called key.pem by the TLS client key.
+RESERVED_NAMES = layout.OWN_FILES
 
 
 def key_file_name(key: str) -> str:

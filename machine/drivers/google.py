@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pymachine.machine import urls
+from pymachine.machine import layout, urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.restclient import HTTPError, RestClient, seconds_from_env
 from pymachine.machine.drivers.settings import Settings, setting
@@ -498,10 +498,10 @@ class GoogleDriver(Driver):
     def _ssh_key(self) -> str:
         from pymachine.machine.certs import generate_ssh_keypair
 
-        private = Path(self.machine_dir) / "id_rsa"
+        private = Path(self.machine_dir) / layout.SSH_KEY
         generate_ssh_keypair(private)
         self.settings.ssh_key_path = str(private)
-        return private.with_name("id_rsa.pub").read_text().strip()
+        return private.with_name(layout.SSH_PUBLIC_KEY).read_text().strip()
 
     def _ssh_keys_entry(self, public: str) -> str:
         user = str(self.settings.ssh_user or "docker-user")
@@ -700,7 +700,7 @@ class GoogleDriver(Driver):
     def _release_existing(self, api: Compute, limit: float) -> None:
         """Take back what ``--google-use-existing`` added: our ``ssh-keys`` line and the network tag."""
         instance = api.get(self._instance_path())
-        pub = Path(self.machine_dir, "id_rsa.pub")
+        pub = Path(self.machine_dir, layout.SSH_PUBLIC_KEY)
         if instance is None:
             return
         meta = instance.get("metadata") or {}

@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pymachine.machine import urls
+from pymachine.machine import layout, urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.powershell import PowerShell, find_powershell, quote
 from pymachine.machine.drivers.restclient import seconds_from_env
@@ -259,12 +259,12 @@ class HyperVDriver(Driver):
                                                 lambda m: log(f"({name}) {m}"), arch="amd64")
             source = str(vhdx)
             grow = self.settings.disk_size << 20 > info.virtual_size  # Resize-VHD refuses to shrink
-        key = Path(self._path("id_rsa"))
+        key = Path(self._path(layout.SSH_KEY))
         log(f"({name}) Creating SSH key...")
         certs.generate_ssh_keypair(key)
         self.settings.ssh_key_path = str(key)
         log(f"({name}) Creating the seed ISO and the disk...")
-        iso, disk = self._path("seed.iso"), self._path("disk.vhdx")
+        iso, disk = self._path(layout.SEED_ISO), self._path(layout.HYPERV_DISK)
         seed.write_seed_iso(iso, hostname=name, user=B2D_USER, ssh_pubkey=Path(str(key) + ".pub").read_text(),
                             proxy=None, instance_id=str(uuid.uuid4()))
         shutil.copyfile(source, disk)

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pymachine.machine import urls
+from pymachine.machine import layout, urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.openstack_api import Credentials, Session, session
 from pymachine.machine.drivers.restclient import HTTPError
@@ -323,7 +323,7 @@ class OpenStackDriver(Driver):
         self._wait_ip(api)
 
     def _key_pair(self, api: Session, suffix: str, log: Log) -> None:
-        private = Path(self.machine_dir) / "id_rsa"
+        private = Path(self.machine_dir) / layout.SSH_KEY
         if self.settings.key_pair_name:
             shutil.copyfile(self.settings.private_key_file, private)
             os.chmod(private, 0o600)
@@ -335,7 +335,7 @@ class OpenStackDriver(Driver):
         generate_ssh_keypair(private)
         self.settings.ssh_key_path = str(private)
         name = f"{MARK}-{self.machine_name.replace('.', '_')}-{suffix}"
-        public = private.with_name("id_rsa.pub").read_text().strip()
+        public = private.with_name(layout.SSH_PUBLIC_KEY).read_text().strip()
         self.settings.update(key_pair_name=name, key_pair_created=True)  # a unique name: safe to delete by it
         api.call("compute", "POST", "/os-keypairs", {"keypair": {"name": name, "public_key": public}})
 

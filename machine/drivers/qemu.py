@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pymachine.machine import urls
+from pymachine.machine import layout, urls
 from pymachine.machine.atomic import write_atomic
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.settings import Settings, setting
@@ -73,17 +73,17 @@ ACCELS = ("auto", "kvm", "hvf", "tcg")
 SOCKET_PATH_MAX = 104  # sun_path is 108 bytes on Linux, 104 on macOS
 TRUST_KVM_ENV = "PYMACHINE_QEMU_TRUST_KVM"
 
-OVERLAY = "disk.qcow2"
-SEED = "seed.iso"
-PIDFILE = "qemu.pid"
-QMP_SOCKET = "qmp.sock"
-CONSOLE_LOG = "console.log"
-QEMU_LOG = "qemu.log"
-SSH_KEY = "id_rsa"
-UEFI_VARS = "efivars.fd"
+OVERLAY = layout.QEMU_DISK
+SEED = layout.SEED_ISO
+PIDFILE = layout.QEMU_PID
+QMP_SOCKET = layout.QMP_SOCKET
+CONSOLE_LOG = layout.CONSOLE_LOG
+QEMU_LOG = layout.QEMU_LOG
+SSH_KEY = layout.SSH_KEY
+UEFI_VARS = layout.UEFI_VARS
 #: The guest's SSH host public key (made by pymachine, delivered on the seed, pinned in known_hosts).
 HOST_KEY_PUB = "ssh_host_ed25519_key.pub"
-KNOWN_HOSTS = "known_hosts"
+KNOWN_HOSTS = layout.KNOWN_HOSTS
 
 
 def _cpu_model(arch: str, accel: str) -> str:
@@ -435,13 +435,15 @@ def image_from_path(path: str) -> BaseImage:
     A disk file with ``vmlinuz``/``initrd.img`` beside it boots them directly;
     one without boots through the firmware (its own boot loader).
     """
+    from pymachine.engine.images import DISK_NAME
+
     p = Path(path).expanduser()
     if not p.exists():
         raise PreCreateError(f"QEMU image not found: {path}")
     if p.is_dir():
-        directory, disk = p, p / "disk.qcow2"
+        directory, disk = p, p / DISK_NAME
         if not disk.is_file():
-            raise PreCreateError(f"QEMU image directory has no disk.qcow2: {path}")
+            raise PreCreateError(f"QEMU image directory has no {DISK_NAME}: {path}")
     else:
         directory, disk = p.parent, p
     kernel, initrd = directory / "vmlinuz", directory / "initrd.img"
@@ -450,7 +452,7 @@ def image_from_path(path: str) -> BaseImage:
         disk=str(disk.resolve()), format=fmt, virtual_size=size,
         kernel=str(kernel.resolve()) if kernel.is_file() else "",
         initrd=str(initrd.resolve()) if kernel.is_file() and initrd.is_file() else "",
-        pymachine=(directory / "manifest.json").is_file() and disk.name == "disk.qcow2",
+        pymachine=(directory / "manifest.json").is_file() and disk.name == DISK_NAME,
     )
 
 

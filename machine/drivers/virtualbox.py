@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pymachine.machine import urls
+from pymachine.machine import layout, urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.hostplatform import HostPlatform
 from pymachine.machine.drivers.settings import Settings, setting
@@ -735,7 +735,7 @@ class VirtualBoxDriver(Driver):
             is_iso = self._fetch_image(source)
             if not is_iso:
                 base = self._path("image" + image_suffix(source))
-        key = Path(self._path("id_rsa"))
+        key = Path(self._path(layout.SSH_KEY))
         log(f"({name}) Creating SSH key...")
         certs.generate_ssh_keypair(key)
         self.settings.ssh_key_path = str(key)
@@ -743,9 +743,9 @@ class VirtualBoxDriver(Driver):
         log(f"({name}) Creating VirtualBox VM...")
         size_mb = int(self.settings.disk_size or 20000)
         if is_iso:
-            disk = self._path("disk.vmdk")
+            disk = self._path(layout.VBOX_DISK)
             self._make_b2d_disk(disk, size_mb << 20, pub)
-            dvd = self._path("boot2docker.iso")
+            dvd = self._path(layout.BOOT2DOCKER_ISO)
         else:
             assert base is not None
             disk = self._path("disk.vdi")
@@ -757,7 +757,7 @@ class VirtualBoxDriver(Driver):
             self._unattached_disk = disk
             # Never smaller than the image: VirtualBox cannot shrink a disk.
             self.vbm("modifymedium", "disk", disk, "--resize", str(max(size_mb, -(-base_size // (1 << 20)))))
-            dvd = self._path("seed.iso")
+            dvd = self._path(layout.SEED_ISO)
             self._write_seed(dvd, pub.decode(), share, pymachine_image=source is None)
         arch = self.vm_arch()
         self.settings.platform_architecture = arch
@@ -820,7 +820,7 @@ class VirtualBoxDriver(Driver):
     def _fetch_image(self, source: str) -> bool:
         """Copy or download the image into the machine dir; True for an ISO."""
         suffix = image_suffix(source)
-        target = self._path("boot2docker.iso" if suffix == ".iso" else "image" + suffix)
+        target = self._path(layout.BOOT2DOCKER_ISO if suffix == ".iso" else "image" + suffix)
         if urlsplit(source).scheme in ("http", "https"):
             import urllib.request
 

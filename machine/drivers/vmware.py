@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from pymachine.machine import urls
+from pymachine.machine import layout, urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.hostplatform import HostPlatform
 from pymachine.machine.drivers.settings import Settings, setting
@@ -536,14 +536,14 @@ class VMwareDriver(Driver):
             base = str(vmdk)
         is_iso = source is not None and (
             urlsplit(source).path.lower().endswith(".iso") if "://" in source else source.lower().endswith(".iso"))
-        key = Path(self._path("id_rsa"))
+        key = Path(self._path(layout.SSH_KEY))
         log(f"({name}) Creating SSH key...")
         certs.generate_ssh_keypair(key)
         self.settings.ssh_key_path = str(key)
         pub = Path(str(key) + ".pub").read_bytes()
         log(f"({name}) Creating disk image...")
         if is_iso and source is not None:
-            iso = self._path("boot2docker.iso")
+            iso = self._path(layout.BOOT2DOCKER_ISO)
             self._fetch(source, iso)
             self.make_disk()
         else:
@@ -551,11 +551,11 @@ class VMwareDriver(Driver):
                 self.make_disk(base)  # straight from the cache: no copy of the image
             else:
                 assert source is not None
-                image = self._path("image.vmdk")
+                image = self._path(layout.VMWARE_IMAGE)
                 self._fetch(source, image)
                 self.make_disk(image)
                 os.unlink(image)
-            iso = self._path("seed.iso")
+            iso = self._path(layout.SEED_ISO)
             from pymachine.machine import seed
 
             plan = self.first_boot if base is not None else None  # its engine files: pymachine's image only
@@ -566,7 +566,7 @@ class VMwareDriver(Driver):
         self.settings.iso = iso
         drive = ""
         if self.settings.config_drive_url:
-            drive = self._path("configdrive.iso")
+            drive = self._path(layout.CONFIG_DRIVE_ISO)
             self._fetch(str(self._image_source("config_drive_url", required=True)), drive)
             self.settings.config_drive_iso = drive
         vmx = render_vmx(name=name, cpu=self.settings.cpu, memory=self.settings.memory,
@@ -601,7 +601,7 @@ class VMwareDriver(Driver):
 
     def _mount_share(self) -> None:
         share = self.share()
-        if not share or not self.settings.iso.endswith("boot2docker.iso"):
+        if not share or not self.settings.iso.endswith(layout.BOOT2DOCKER_ISO):
             return
         share_name, share_dir = share
         self.vmrun("runScriptInGuest", self.vmx_path, "/bin/sh",

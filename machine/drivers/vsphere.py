@@ -52,7 +52,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pymachine.machine import urls
+from pymachine.machine import layout, urls
 from pymachine.machine.drivers.base import Driver, DriverCapabilities, Flag, Log, State
 from pymachine.machine.drivers.settings import Settings, setting
 from pymachine.machine.errors import HostNotRunning, MachineError, PreCreateError
@@ -78,7 +78,7 @@ DEFAULT_STOP_WAIT = 60.0
 TASK_WAIT = 600.0
 CA_FILE = "vcenter-ca.pem"
 SECRET_KEY = "vsphere-password"
-SEED_ISO = "seed.iso"
+SEED_ISO = layout.SEED_ISO
 POWER_STATES = {"poweredOn": State.RUNNING, "poweredOff": State.STOPPED, "suspended": State.PAUSED}
 
 
@@ -469,7 +469,7 @@ class VSphereDriver(Driver):
         from pyVmomi import vim
 
         name = self.machine_name
-        key = os.path.join(self.machine_dir, "id_rsa")
+        key = os.path.join(self.machine_dir, layout.SSH_KEY)
         log(f"({name}) Creating SSH key...")
         certs.generate_ssh_keypair(key)
         self.settings.ssh_key_path = key
