@@ -48,7 +48,7 @@ TYPED = _typed()
 
 
 def test_every_builtin_driver_declares_its_own_settings():
-    assert TYPED == sorted(BUILTIN)
+    assert sorted(BUILTIN) == TYPED
     for name in TYPED:
         assert _driver_class(name).settings_class is not Settings, f"{name} declares no fields of its own"
 
