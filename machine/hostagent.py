@@ -331,6 +331,22 @@ def _lines_since(machine_dir: Path, offset: int) -> list[str]:
     return data.decode("utf-8", errors="replace").splitlines()
 
 
+def _exists(pid: int) -> bool:
+    """The process is there (just launched, it may not show the agent's command line yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    if not os.path.isdir("/proc/self"):
+        return True  # macOS, Windows: alive is all we can tell
+    try:
+        return b") Z " not in Path(f"/proc/{pid}/stat").read_bytes()  # a zombie has ended
+    except OSError:
+        return False
+
+
 def report_conflicts(machine_dir: Path, wait: float, echo: Log) -> list[str]:
     """Echo the ports this run of the agent could not forward, as they are in its log.
 
@@ -344,8 +360,7 @@ def report_conflicts(machine_dir: Path, wait: float, echo: Log) -> list[str]:
     deadline = time.monotonic() + wait
     while True:
         lines = _lines_since(machine_dir, found[1])
-        if (any(SYNCED in line for line in lines) or time.monotonic() >= deadline
-                or _agent_pid(machine_dir) is None):
+        if any(SYNCED in line for line in lines) or time.monotonic() >= deadline or not _exists(found[0]):
             break
         time.sleep(0.2)
     messages = [line[line.index(CONFLICT):] for line in lines if CONFLICT in line]
