@@ -135,6 +135,8 @@ SHARE_TYPES = {
     "fuse.vmhgfs-fuse": "defaults,nofail,allow_other,uid={uid},gid={gid}",  # VMware (open-vm-tools)
     # QEMU -virtfs (9p over virtio): files keep the host user's ownership (security_model=none)
     "9p": "trans=virtio,version=9p2000.L,msize=512000,nofail",
+    # virtiofs (a virtiofsd per share, machine/drivers/virtiofs.py): ownership as on the host
+    "virtiofs": "defaults,nofail",
 }
 
 

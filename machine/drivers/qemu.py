@@ -121,6 +121,8 @@ class VMSpec:
     firmware_vars: str = ""
     #: Host folders shared into the guest over 9p: (host dir, mount tag).
     shares: tuple[tuple[str, str], ...] = ()
+    #: "9p" (QEMU's -virtfs) or "virtiofs" (a virtiofsd per share: machine/drivers/virtiofs.py).
+    share_transport: str = "9p"
 
 
 def share_tag(index: int) -> str:
@@ -207,10 +209,15 @@ def qemu_argv(spec: VMSpec) -> list[str]:
         "-pidfile", os.path.join(d, PIDFILE),
         "-daemonize",
     ]
-    for host_dir, tag in spec.shares:
-        # 9p is built into QEMU on Linux and macOS; security_model=none keeps the host user's
-        # ownership on files the guest writes (QEMU runs as that user, never as root for it).
-        argv += ["-virtfs", f"local,path={host_dir},mount_tag={tag},security_model=none,id={tag}"]
+    if spec.shares and spec.share_transport == "virtiofs":
+        from pymachine.machine.drivers import virtiofs
+
+        argv += virtiofs.qemu_args(d, spec.shares, spec.memory_mb)
+    else:
+        for host_dir, tag in spec.shares:
+            # 9p is built into QEMU on Linux and macOS; security_model=none keeps the host user's
+            # ownership on files the guest writes (QEMU runs as that user, never as root for it).
+            argv += ["-virtfs", f"local,path={host_dir},mount_tag={tag},security_model=none,id={tag}"]
     if spec.firmware_code:
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={spec.firmware_code}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={spec.firmware_vars}"]
@@ -549,6 +556,8 @@ class QemuSettings(Settings):
     machine: str = setting("Machine", "")
     firmware_code: str = setting("FirmwareCode", "")
     shares: list[list[str]] = setting("Shares", [], item=list)
+    #: How the shares reach the guest, chosen at create (the guest's fstab names it): "9p" or "virtiofs".
+    share_transport: str = setting("ShareTransport", "9p", absent=True)
 
 
 class QemuDriver(Driver):
@@ -860,7 +869,7 @@ class QemuDriver(Driver):
             ssh_pubkey=Path(str(key) + ".pub").read_text(), proxy=plan.proxy_settings() if plan else None,
             instance_id=f"pymachine-{self.machine_name}-{uuid.uuid4().hex[:12]}",
             first_boot=plan if image.pymachine else None, host_key=host_key,
-            shares=[("9p", share_tag(i), str(guest))
+            shares=[(self._choose_share_transport(), share_tag(i), str(guest))
                     for i, (_host, guest) in enumerate(self.settings.shares or [])],
         )
         log(f"({self.machine_name}) Creating a {self.settings.disk_size} MB disk backed by {image.disk}...")
@@ -897,7 +906,36 @@ class QemuDriver(Driver):
             firmware_code=str(c.firmware_code or ""),
             firmware_vars=self._path(UEFI_VARS) if c.firmware_code else "",
             shares=tuple((str(host), share_tag(i)) for i, (host, _guest) in enumerate(c.shares or [])),
+            share_transport=str(c.share_transport or "9p"),
         )
+
+    def _choose_share_transport(self) -> str:
+        """virtiofs where virtiofsd is found, else 9p; kept, as the guest's fstab will name it."""
+        from pymachine.machine.drivers import virtiofs
+
+        self.settings.share_transport = virtiofs.choose_transport(self.settings.shares or [])
+        return self.settings.share_transport
+
+    def _stop_share_daemons(self) -> None:
+        if self.settings.share_transport == "virtiofs":
+            from pymachine.machine.drivers import virtiofs
+
+            virtiofs.stop_daemons(self.machine_dir, [share_tag(i) for i in range(len(self.settings.shares or []))])
+
+    def _start_share_daemons(self, spec: VMSpec) -> VMSpec:
+        """A virtiofsd per share before QEMU connects to it; without virtiofsd now (uninstalled
+        since create), the VM boots without its shares (the guest's fstab has ``nofail``)."""
+        if spec.share_transport != "virtiofs" or not spec.shares:
+            return spec
+        from pymachine.machine.drivers import virtiofs
+
+        binary = virtiofs.find_virtiofsd()
+        if binary is None:
+            sys.stderr.write(f"({self.machine_name}) virtiofsd is not installed any more: the shared folders "
+                             "are not mounted this time (install it, or re-create the machine to share over 9p)\n")
+            return dataclasses.replace(spec, shares=())
+        virtiofs.start_daemons(self.machine_dir, spec.shares, binary)
+        return spec
 
     def launch(self, log: Log) -> None:
         """Start QEMU (daemonized) on the saved ports, or new ones if those are taken; no wait."""
@@ -944,7 +982,18 @@ class QemuDriver(Driver):
         write_atomic(path, ("\n".join([*kept, wanted]) + "\n").encode(), 0o600)
 
     def _spawn(self) -> str | None:
-        argv = qemu_argv(self.spec())
+        spec = self._start_share_daemons(self.spec())
+        try:
+            error = self._spawn_qemu(spec)
+        except BaseException:
+            self._stop_share_daemons()
+            raise
+        if error is not None:
+            self._stop_share_daemons()  # they would wait for a QEMU that never came
+        return error
+
+    def _spawn_qemu(self, spec: VMSpec) -> str | None:
+        argv = qemu_argv(spec)
         with open(self._path(QEMU_LOG), "wb") as logf:
             try:
                 proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
@@ -1067,6 +1116,7 @@ class QemuDriver(Driver):
         from pymachine.machine import hostagent
 
         hostagent.stop(Path(self.machine_dir))
+        self._stop_share_daemons()  # they end with QEMU; any left over end here
         for name in (PIDFILE, QMP_SOCKET):
             path = self._path(name)
             if os.path.lexists(path):

@@ -4,7 +4,8 @@
 (``npm install``, ``git status``); virtiofs is a vhost-user device served by a separate
 daemon and is much faster.  It is used where a ``virtiofsd`` binary is found (PATH,
 ``/usr/libexec/virtiofsd``: Debian's and Fedora's package, ``/usr/lib/qemu/virtiofsd``:
-the C one QEMU shipped up to 7.x) on Linux; elsewhere, or without it, shares stay on 9p.
+the C one QEMU shipped up to 7.x, or ``PYMACHINE_VIRTIOFSD``) on Linux; elsewhere, without
+it, or with ``PYMACHINE_VIRTIOFSD=none``, shares stay on 9p.
 The choice is made at create and kept in the machine's config, because the guest's fstab
 (written once, from the seed) names the file system type.
 
@@ -22,6 +23,10 @@ root the daemon keeps its default namespace sandbox; as a normal user it runs wi
 build the namespace sandbox unless uid maps are set up), so, like 9p with
 ``security_model=none``, it touches files as that user only.  One daemon serves one
 connection and ends when QEMU closes it; :func:`stop_daemons` ends any left over.
+
+QEMU's own C virtiofsd (``/usr/lib/qemu/virtiofsd``, Debian 12's qemu-system-common) takes the
+shared directory as ``-o source=DIR`` (its ``--help``) and runs only as root: it is told apart
+by its ``--help`` and used as root only; a normal user with only that one shares over 9p.
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pymachine.machine.errors import MachineError
 
 #: Where distributions install virtiofsd outside PATH.
 CANDIDATES = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
+ENV_OVERRIDE = "PYMACHINE_VIRTIOFSD"  # a virtiofsd to use, or "none" for 9p
 TRANSPORT_9P = "9p"
 TRANSPORT_VIRTIOFS = "virtiofs"
 SOCKET_WAIT = 10.0  # seconds for a daemon to listen
@@ -47,19 +53,47 @@ QUEUE_SIZE = 1024
 MEMORY_ID = "pmmem"
 
 
-def find_virtiofsd(path: str | None = None, platform: str | None = None) -> str | None:
-    """The virtiofsd to use, or None (not Linux, or none installed)."""
+def find_virtiofsd(path: str | None = None, platform: str | None = None,
+                   environ: Mapping[str, str] | None = None) -> str | None:
+    """The virtiofsd to use, or None (not Linux, none installed, or ``PYMACHINE_VIRTIOFSD=none``;
+    ``PYMACHINE_VIRTIOFSD=PATH`` names one)."""
     if (platform or sys.platform) != "linux":
         return None
+    chosen = (os.environ if environ is None else environ).get(ENV_OVERRIDE, "")
+    if chosen:
+        return chosen if chosen != "none" and os.path.isfile(chosen) and os.access(chosen, os.X_OK) else None
     found = shutil.which("virtiofsd", path=path)
     if found:
         return found
     return next((c for c in CANDIDATES if os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
+_FLAVOURS: dict[str, bool] = {}
+
+
+def is_legacy(binary: str) -> bool:
+    """Whether ``binary`` is QEMU's C virtiofsd (``-o source=DIR``, root only) rather than the
+    Rust one (``--shared-dir``); asked once per binary through ``--help``."""
+    if binary not in _FLAVOURS:
+        try:
+            out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10, check=False)
+            text = out.stdout + out.stderr
+        except (OSError, subprocess.SubprocessError):
+            text = ""
+        _FLAVOURS[binary] = "--shared-dir" not in text and "source=PATH" in text
+    return _FLAVOURS[binary]
+
+
+def _as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def choose_transport(shares: Sequence[object], path: str | None = None) -> str:
-    """virtiofs when there is something to share and virtiofsd is found; else 9p."""
-    return TRANSPORT_VIRTIOFS if shares and find_virtiofsd(path) else TRANSPORT_9P
+    """virtiofs when there is something to share and a virtiofsd this user can run is found; else 9p."""
+    binary = find_virtiofsd(path) if shares else None
+    if binary is None or (is_legacy(binary) and not _as_root()):
+        return TRANSPORT_9P
+    return TRANSPORT_VIRTIOFS
 
 
 def socket_path(machine_dir: str, tag: str) -> str:
@@ -70,8 +104,10 @@ def _pid_path(machine_dir: str, tag: str) -> str:
     return os.path.join(machine_dir, f"{tag}.vfsd.pid")
 
 
-def daemon_argv(binary: str, sock: str, host_dir: str, as_root: bool) -> list[str]:
-    """One share's virtiofsd command line."""
+def daemon_argv(binary: str, sock: str, host_dir: str, as_root: bool, legacy: bool = False) -> list[str]:
+    """One share's virtiofsd command line (``legacy``: QEMU's C virtiofsd)."""
+    if legacy:
+        return [binary, f"--socket-path={sock}", "-o", f"source={host_dir}"]
     argv = [binary, f"--socket-path={sock}", f"--shared-dir={host_dir}"]
     if not as_root:
         argv.append("--sandbox=none")
@@ -94,7 +130,7 @@ def start_daemons(machine_dir: str, shares: Sequence[tuple[str, str]], binary: s
     bounded, until each listens; on any failure the ones started are stopped and a one-line
     MachineError names the share."""
     stop_daemons(machine_dir, [tag for _host, tag in shares])
-    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    as_root, legacy = _as_root(), is_legacy(binary)
     pids: list[int] = []
     try:
         for host_dir, tag in shares:
@@ -102,7 +138,7 @@ def start_daemons(machine_dir: str, shares: Sequence[tuple[str, str]], binary: s
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(sock)
             with open(os.devnull, "rb") as devnull, open(os.path.join(machine_dir, f"{tag}.vfsd.log"), "ab") as log:
-                proc = subprocess.Popen(daemon_argv(binary, sock, host_dir, as_root), stdin=devnull, stdout=log,
+                proc = subprocess.Popen(daemon_argv(binary, sock, host_dir, as_root, legacy), stdin=devnull, stdout=log,
                                         stderr=log, close_fds=True, start_new_session=True)
             Path(_pid_path(machine_dir, tag)).write_text(f"{proc.pid}\n")
             pids.append(proc.pid)

@@ -166,6 +166,7 @@ def vm_pm(pm: PyMachine):
 def test_qemu_machine_lifecycle(vm_pm: PyMachine, image) -> None:
     pm = vm_pm
     assert DOCKER, "docker CLI not installed"
+    pm.env["PYMACHINE_VIRTIOFSD"] = "none"  # the home share over 9p here; virtiofs: test_home_share_over_virtiofs
     # -- create ----------------------------------------------------------------------------
     res, lines = timed(pm, "create", "-d", "qemu", "--qemu-image", str(image.directory),
                        "--qemu-restrict-network", "--qemu-memory", "1024",
@@ -492,3 +493,39 @@ def assert_home_is_shared(pm: PyMachine, env: dict[str, str]) -> None:
     assert wrote.returncode == 0, wrote.stderr
     out = proj / "out.txt"
     assert out.read_text() == "back\n" and out.stat().st_uid == os.getuid()
+
+
+@pytest.mark.vm
+@pytest.mark.timeout(1500)
+def test_home_share_over_virtiofs(vm_pm: PyMachine, image) -> None:
+    """Where a virtiofsd this user can run is found (here QEMU's own /usr/lib/qemu/virtiofsd, as
+    root), the home share is virtiofs: the guest mounts it so, ``docker run -v`` reads and writes
+    through it, and its daemon lives while the VM runs and ends with it."""
+    import json
+
+    from pymachine.machine.drivers import virtiofs
+
+    if virtiofs.choose_transport([["share"]]) != "virtiofs":
+        pytest.skip("no virtiofsd this user can run (9p is tested in test_qemu_machine_lifecycle)")
+    pm = vm_pm
+    res, lines = timed(pm, "create", "-d", "qemu", "--qemu-image", str(image.directory), "--qemu-restrict-network",
+                       "--qemu-memory", "1024", "dev", timeout=900)
+    for t, line in lines:
+        print(f"[create virtiofs +{t:6.1f}s] {line}")
+    assert res.returncode == 0, res.stdout
+    machine_dir = pm.store / "machines" / "dev"
+    assert json.loads((machine_dir / "config.json").read_text())["Driver"]["ShareTransport"] == "virtiofs"
+    mounts = pm.ok("ssh", "dev", "--", "cat /proc/mounts", timeout=60).stdout
+    assert f"pmshare0 {pm.home} virtiofs " in mounts, mounts
+    env = docker_env(pm, "dev")
+    imported = docker(env, "import", "-", IMAGE_NAME, stdin=busybox_image_tar().read_bytes(), timeout=300)
+    assert imported.returncode == 0, imported.stderr
+    assert_home_is_shared(pm, env)
+    pid = int((machine_dir / "pmshare0.vfsd.pid").read_text())
+    assert b"virtiofsd" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    pm.ok("stop", "dev", timeout=180)
+    deadline = time.monotonic() + 20
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{pid}") or b"virtiofsd" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert not (machine_dir / "pmshare0.vfsd.sock").exists()
