@@ -90,6 +90,8 @@ def test_build_mode_follows_the_user_and_the_platform(monkeypatch: pytest.Monkey
     monkeypatch.delattr(userns_build.os, "geteuid", raising=False)  # Windows has none
     monkeypatch.setattr(sys, "platform", "win32")
     assert userns_build.build_mode() == userns_build.MODE_ROOT
+    monkeypatch.setattr(sys, "platform", "linux")  # tests/windows: Linux without the uid calls
+    assert userns_build.build_mode() == userns_build.MODE_ROOT
 
 
 @pytest.mark.parametrize("arch", images.ARCHES)
