@@ -393,6 +393,8 @@ class ImageCache:
 
     directory: Path
     legacy: Path | None = None
+    #: The store using the cache: noted in the cache's list of stores when it takes an image.
+    store: Path | None = None
 
     @property
     def dirs(self) -> tuple[Path, ...]:
@@ -420,17 +422,20 @@ def user_image_dir() -> Path:
 
 
 def default_cache_dir(store_path: str | os.PathLike[str]) -> ImageCache:
-    """The image cache a store's creates and ``image`` commands use: the user's, then the store's own.
+    """The image cache a store's creates and ``image`` commands use: the user's, then the store's own."""
+    from pymachine.machine.cachedir import user_cache_dir
 
-    The store is noted in the user's cache (``stores.json``) so ``image prune``
-    consults its machines; a cache that cannot be written only skips the note.
-    """
-    from pymachine.machine.cachedir import record_store, user_cache_dir
+    return ImageCache(user_cache_dir() / "images", store_cache_dir(store_path), Path(store_path))
 
-    root = user_cache_dir()
-    with suppress(OSError, MachineError):
-        record_store(root, store_path)
-    return ImageCache(root / "images", store_cache_dir(store_path))
+
+def _note_store(cache: ImageCache | Path) -> None:
+    """Note the cache's store in the user's cache (``stores.json``) when it takes an image from it,
+    so ``image prune`` consults its machines; a cache that cannot be written only skips the note."""
+    if isinstance(cache, ImageCache) and cache.store is not None:
+        from pymachine.machine.cachedir import record_store
+
+        with suppress(OSError, MachineError):
+            record_store(cache.directory.parent, cache.store)
 
 
 def host_arch() -> str:
@@ -504,6 +509,7 @@ def find_image(cache: ImageCache | Path, arch: str | None = None) -> ImageInfo |
     for directory in _as_cache(cache).dirs:
         found = _read_manifest(directory / key)
         if found is not None:
+            _note_store(cache)
             return found
     return None
 
@@ -820,6 +826,7 @@ def build_image(cache: ImageCache | Path, log: Log, arch: str | None = None) -> 
     cached = find_image(cache, arch)
     if cached:
         return cached
+    _note_store(cache)  # about to build for this store: its machines will name the image
     cache_dir = _as_cache(cache).directory
     key = recipe_hash(arch)
     final = cache_dir / key

@@ -134,10 +134,10 @@ def test_prune_considers_every_store_and_names_those_it_could_not_see(tmp_path: 
     home = tmp_path / "home"
     home.mkdir()
     here, other, broken, gone = (_user(tmp_path / n, home) for n in ("here", "other", "broken", "gone"))
-    for pm in (here, other, broken, gone):
-        pm.ok("image", "ls")  # each store uses the user's cache once: recorded
     shared = _shared(home)
     current = _image(shared, images.recipe_hash())
+    for pm in (here, other, broken, gone):
+        assert pm.ok("image", "build").stdout.rstrip().endswith("(cached)")  # each store takes the image once
     used_elsewhere = _image(shared, "00000000000000b1")
     unused = _image(shared, "00000000000000b2")
     # a qemu machine of the *other* store whose overlay is backed by the older image
@@ -165,3 +165,13 @@ def test_prune_considers_every_store_and_names_those_it_could_not_see(tmp_path: 
     assert used_elsewhere.is_dir() and current.is_dir() and not unused.exists()
     stores = json.loads((shared.parent / "stores.json").read_text())["stores"]
     assert stores == [str(here.store), str(other.store), str(broken.store)]
+
+
+def test_listing_or_a_failed_command_leaves_the_users_cache_untouched(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    pm = _user(tmp_path / "one", home)
+    assert pm.ok("image", "ls").stdout.splitlines()[1:] == []
+    res = pm("image", "export", "vdi")
+    assert res.returncode == 1 and "not built yet" in res.stderr
+    assert not (home / ".cache").exists() and not pm.store.exists()

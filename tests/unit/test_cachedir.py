@@ -57,6 +57,13 @@ def test_a_store_uses_the_shared_dir_first_then_its_own(tmp_path: Path, monkeypa
     cache = images.default_cache_dir(tmp_path / "store")
     assert cache.directory == tmp_path / "cache" / "images"
     assert cache.dirs == (tmp_path / "cache" / "images", tmp_path / "store" / "cache" / "images")
+    assert known_stores(tmp_path / "cache") == []  # not a user of the cache until it takes an image
+    assert images.find_image(cache) is None and known_stores(tmp_path / "cache") == []
+    current = cache.directory / images.recipe_hash()
+    current.mkdir(parents=True)
+    for name in (images.DISK_NAME, images.KERNEL_NAME, images.INITRD_NAME, images.MANIFEST_NAME):
+        (current / name).write_text("{}")
+    assert images.find_image(cache) is not None
     assert known_stores(tmp_path / "cache") == [tmp_path / "store"]  # noted, for prune
     # the override pointing at the store's own directory: one directory, searched once
     monkeypatch.setenv("PYMACHINE_CACHE_DIR", str(tmp_path / "store" / "cache"))
