@@ -38,6 +38,19 @@ class SettingsError(MachineError):
     """A stored (or assigned) driver setting of the wrong type."""
 
 
+class DriverJSON(dict[str, Any]):
+    """``to_json``'s answer: a plain dict to read and serialise, refusing changes, so code
+    that still writes ``driver.config[...]`` fails instead of losing the write."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a driver's config is its settings' JSON: change driver.settings instead")
+
+    __setitem__ = __delitem__ = update = pop = popitem = setdefault = clear = __ior__ = _refuse
+
+    def __reduce__(self) -> Any:  # copies and pickles are plain (writable) dicts
+        return (dict, (dict(self),))
+
+
 def setting(key: str, default: Any, *, kind: type | None = None, item: type | None = None,
             absent: bool = False) -> Any:
     """A field stored under ``key``.  Its type is the default's (``kind`` when the default
@@ -157,7 +170,7 @@ class Settings:
         object.__setattr__(obj, "_order", list(data))
         return obj
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> DriverJSON:
         """The ``Driver`` object to store: known and unknown keys in their original order."""
         by_key = _specs(type(self))[1]
         extra: dict[str, Any] = self.__dict__["_extra"]
@@ -169,7 +182,7 @@ class Settings:
                 continue
             value = getattr(self, by_key[key].name)
             out[key] = None if key in nulls and not value else value
-        return out
+        return DriverJSON(out)
 
     def update(self, **values: Any) -> None:
         """Set several fields by their Python names (each checked as an assignment is)."""

@@ -123,6 +123,13 @@ def test_assignment_is_checked_and_unknown_names_refused():
     with pytest.raises(AttributeError, match="no setting 'ssh_prot'"):
         settings.update(ssh_prot=22)
     assert settings.to_json()["SSHPort"] == 2222
+    # the JSON view refuses writes: a write there would be lost, never seen by the settings
+    driver = load_driver("generic", settings.to_json())
+    with pytest.raises(TypeError, match=r"change driver\.settings"):
+        driver.config["SSHPort"] = 22
+    with pytest.raises(TypeError, match=r"change driver\.settings"):
+        driver.config.update(SSHPort=22)
+    assert driver.settings.ssh_port == 2222 and json.loads(json.dumps(driver.config))["SSHPort"] == 2222
 
 
 def test_absent_fields_are_written_only_once_set_and_then_last():
