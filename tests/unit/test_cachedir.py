@@ -138,3 +138,18 @@ def test_store_usage_of_an_unreadable_config(tmp_path: Path) -> None:
     usage = store_usage(root, here)
     assert [s for s, _ in usage.unseen] == [here]
     assert os.path.isdir(here)  # reading never changes the store
+
+
+@pytest.mark.parametrize("platform, expected", [
+    ("win32", PureWindowsPath(r"C:\Users\ada\AppData\Local", "pymachine", "Cache")),
+    ("darwin", PureWindowsPath("/Users/ada/Library/Caches/pymachine")),
+])
+def test_other_platforms_through_this_process_values(platform: str, expected: PureWindowsPath,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The no-argument call, as the CLI makes it, with sys.platform and the environment of that OS."""
+    monkeypatch.setattr(cachedir.sys, "platform", platform)
+    monkeypatch.delenv("PYMACHINE_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("LOCALAPPDATA", r"C:\Users\ada\AppData\Local")
+    monkeypatch.setenv("HOME", "/Users/ada")
+    assert PureWindowsPath(str(user_cache_dir())) == expected
