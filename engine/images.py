@@ -826,10 +826,6 @@ def build_image(cache: ImageCache | Path, log: Log, arch: str | None = None) -> 
     cached = find_image(cache, arch)
     if cached:
         return cached
-    _note_store(cache)  # about to build for this store: its machines will name the image
-    cache_dir = _as_cache(cache).directory
-    key = recipe_hash(arch)
-    final = cache_dir / key
     mode = userns_build.build_mode()
     if mode == userns_build.MODE_USER:  # a normal user on Linux: checked before anything is made
         problem = userns_build.why_not(arch, host_arch(), BUILD_TOOLS)
@@ -839,6 +835,10 @@ def build_image(cache: ImageCache | Path, log: Log, arch: str | None = None) -> 
         raise MachineError(
             "building the base image needs root (debootstrap, chroot); run `pymachine image build` as root"
         )
+    _note_store(cache)  # about to build for this store: its machines will name the image
+    cache_dir = _as_cache(cache).directory
+    key = recipe_hash(arch)
+    final = cache_dir / key
     cache_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cache_dir, 0o755)
     with _build_lock(cache_dir, key, log):
