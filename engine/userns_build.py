@@ -63,6 +63,8 @@ OWNER_ID = 65536
 SUBID_HINT = "sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}"
 #: Host tools of the unprivileged path beyond the ones the disk needs (``images.BUILD_TOOLS``).
 USER_TOOLS = ("mmdebstrap", "newuidmap", "newgidmap", "unshare")
+#: mke2fs, sfdisk, mkfs.fat, chroot live here, off a normal Debian user's PATH.
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 FINISH_MODULE = "pymachine.engine.userns_finish"
 #: The finishing step: EFI loaders, customisation, initrd, the disk and its qcow2 (minutes under emulation).
 FINISH_TIMEOUT = 3600.0
@@ -184,9 +186,16 @@ def _userns_works() -> str | None:
             f"({detail[-1] if detail else f'unshare exit {proc.returncode}'}): build as root")
 
 
+def tool_path() -> str:
+    """The user's PATH and the sbin directories: the build's tools are found there, as root's are."""
+    parts = [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p]
+    return os.pathsep.join([*parts, *(d for d in SBIN_DIRS if d not in parts)])
+
+
 def why_not(arch: str, host: str, disk_tools: Sequence[str]) -> str | None:
     """Why this normal user cannot build the ``arch`` image here (None when they can)."""
-    missing = [t for t in (*USER_TOOLS, *(t for t in disk_tools if t != "debootstrap")) if shutil.which(t) is None]
+    tools = (*USER_TOOLS, *(t for t in disk_tools if t != "debootstrap"))
+    missing = [t for t in tools if shutil.which(t, path=tool_path()) is None]
     if missing:
         return (f"building it as a normal user needs {', '.join(missing)} (Debian packages mmdebstrap, uidmap, "
                 "util-linux, e2fsprogs, dosfstools, mtools, syslinux, syslinux-common, fdisk, qemu-utils)")
@@ -232,7 +241,7 @@ def remove_tree(path: Path) -> None:
 def _python_env() -> dict[str, str]:
     """The finishing step runs this same pymachine: this interpreter and its import path."""
     paths = [p for p in sys.path if p]
-    return {"PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1"}
+    return {"PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1", "PATH": tool_path()}
 
 
 def _finish(root: Path, work: Path, arch: str, log: Log) -> Built:
@@ -282,7 +291,7 @@ def build(work: Path, *, arch: str, host: str, suite: str, mirror: str, packages
     try:
         log(f"(image) mmdebstrap --mode=unshare {suite} {arch} with {len(packages)} packages (as a normal user)...")
         run(namespace_command(mmdebstrap_command(root, arch, host, suite, mirror, packages)), timeout=timeout,
-            env={**env, "TMPDIR": str(work / "tmp")}, what="mmdebstrap")
+            env={**env, "TMPDIR": str(work / "tmp"), "PATH": tool_path()}, what="mmdebstrap")
         log("(image) in the user namespace: EFI loaders, customising, initrd, the bootable disk...")
         try:
             return _finish(root, work, arch, log)

@@ -134,8 +134,16 @@ def test_build_image_refuses_before_making_anything(tmp_path: Path, monkeypatch:
     """A normal user without subordinate ids: one line, and no cache directory is created."""
     monkeypatch.setattr(userns_build, "build_mode", lambda: userns_build.MODE_USER)
     monkeypatch.setattr(userns_build, "missing_subids", lambda: "no subordinate ids: add them")
-    monkeypatch.setattr(userns_build.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(userns_build.shutil, "which", lambda tool, path=None: f"/usr/bin/{tool}")
     cache = tmp_path / "cache" / "images"
     with pytest.raises(MachineError, match="no subordinate ids: add them"):
         images.build_image(cache, print, "amd64")
     assert not (tmp_path / "cache").exists()
+
+
+def test_tools_are_found_in_sbin_off_a_normal_users_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's users have no sbin on PATH; mke2fs, sfdisk, mkfs.fat and chroot live there."""
+    monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
+    assert userns_build.tool_path().split(":") == ["/usr/local/bin", "/usr/bin", "/bin", *userns_build.SBIN_DIRS]
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin")
+    assert userns_build.tool_path().split(":").count("/usr/sbin") == 1
