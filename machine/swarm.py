@@ -163,6 +163,7 @@ def clusters(store: Store) -> dict[str, list[Host]]:
 def resolve_manager(store: Store, discovery: str, exclude: str = "") -> Engine:
     """The engine named by ``--swarm-discovery``: a machine NAME or an engine URL."""
     from pymachine.machine.host import Machine
+    from pymachine.machine.store import BrokenHost
 
     if discovery.startswith("token://"):
         raise MachineError(TOKEN_GONE)
@@ -173,10 +174,10 @@ def resolve_manager(store: Store, discovery: str, exclude: str = "") -> Engine:
                                "pass the NAME or engine URL (tcp://IP:PORT) of a pymachine swarm manager")
         url = "tcp://" + rest.split("/", 1)[0]
         for host in store.load_all():
-            if host.name == exclude or not hasattr(host, "driver"):
+            if host.name == exclude or isinstance(host, BrokenHost):
                 continue
             try:
-                machine = Machine(store, host)  # type: ignore[arg-type]
+                machine = Machine(store, host)
                 if machine.driver.url() == url:
                     return engine_of(machine)
             except MachineError:
