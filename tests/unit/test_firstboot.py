@@ -105,7 +105,7 @@ def qemu_without_a_vm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setattr(qemu.QemuDriver, "_run_img", lambda self, args: None)
     monkeypatch.setattr(qemu.QemuDriver, "launch", lambda self, log: None)
     monkeypatch.setattr(qemu.QemuDriver, "wait_for_ssh", lambda self, log, timeout=0.0: 0.0)
-    monkeypatch.setattr(provision, "after_create", lambda machine, log: booted.append(machine.name))
+    monkeypatch.setattr(provision, "after_create", lambda machine, log, **_kw: booted.append(machine.name))
     return booted
 
 
