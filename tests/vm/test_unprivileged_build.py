@@ -35,7 +35,7 @@ from pymachine.engine import images, userns_build
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT = 2400.0  # about 10 min idle; much more on a loaded 2-core host
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PATH = "/usr/local/bin:/usr/bin:/bin"  # a Debian user's: no sbin (the build finds its tools there itself)
 
 
 @dataclass
