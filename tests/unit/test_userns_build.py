@@ -147,3 +147,14 @@ def test_tools_are_found_in_sbin_off_a_normal_users_path(monkeypatch: pytest.Mon
     assert userns_build.tool_path().split(":") == ["/usr/local/bin", "/usr/bin", "/bin", *userns_build.SBIN_DIRS]
     monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin")
     assert userns_build.tool_path().split(":").count("/usr/sbin") == 1
+
+
+def test_drivers_tell_a_normal_user_the_fix_not_sudo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sudo pymachine image build`` would build into root's cache, which this user never reads."""
+    monkeypatch.setattr(userns_build, "build_mode", lambda: userns_build.MODE_USER)
+    monkeypatch.setattr(userns_build, "why_not", lambda *_: f"building the image ... `{HINT}`, or build as root")
+    with pytest.raises(MachineError) as err:
+        images.image_for_driver(tmp_path / "images", "--virtualbox-boot2docker-url", "amd64")
+    message = str(err.value)
+    assert HINT in message and message.endswith("or pass --virtualbox-boot2docker-url")
+    assert "sudo pymachine image build" not in message and "\n" not in message
