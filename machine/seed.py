@@ -137,6 +137,9 @@ SHARE_TYPES = {
     "9p": "trans=virtio,version=9p2000.L,msize=512000,nofail",
     # virtiofs (a virtiofsd per share, machine/drivers/virtiofs.py): ownership as on the host
     "virtiofs": "defaults,nofail",
+    # The user's home again at its host path, bound from a share's mount (same_path_bind);
+    # written with fstab type "none", after the share it needs (systemd orders it so at boot)
+    "bind": "bind,nofail,x-systemd.requires-mounts-for={source}",
 }
 
 
@@ -182,9 +185,37 @@ def shares_fstab(shares: Sequence[tuple[str, str, str]], guest_home: str = "/hom
         if not target.startswith("/"):
             raise ValueError(f"a shared folder's guest path must be absolute: {target!r}")
         check_share_target(target, guest_home)
-        options = SHARE_TYPES[fstype].format(uid="@UID@", gid="@GID@")
-        lines.append(f"{source} {target} {fstype} {options} 0 0\n")
+        options = SHARE_TYPES[fstype].format(uid="@UID@", gid="@GID@", source=source)
+        lines.append(f"{source} {target} {'none' if fstype == 'bind' else fstype} {options} 0 0\n")
     return "".join(lines)
+
+
+def same_path_bind(mount_point: str, host_dir: str, host_home: str,
+                   guest_home: str = "/home/docker") -> list[tuple[str, str, str]]:
+    """The host user's home at its own path in the guest, bound from the share's mount point.
+
+    docker-machine mounted the shared host folder at ``/<share name>`` (``/home`` as
+    ``/hosthome`` on Linux), so ``docker run -v $PWD:/src`` from a Linux home found nothing.
+    Keeping that mount point and binding ``/hosthome/alice`` at ``/home/alice`` makes both
+    work.  Nothing when the paths already agree (macOS ``/Users``), when the host path is not
+    POSIX (Windows: the Docker Toolbox convention ``/c/Users`` is the mount point itself), when
+    the home is outside the share, or when the target would cover a guest system directory.
+    """
+    import posixpath
+
+    if not (host_dir.startswith("/") and host_home.startswith("/")):
+        return []
+    host_dir, host_home = posixpath.normpath(host_dir), posixpath.normpath(host_home)
+    if host_home != host_dir and not host_home.startswith(host_dir.rstrip("/") + "/"):
+        return []
+    source = posixpath.normpath(mount_point.rstrip("/") + "/" + posixpath.relpath(host_home, host_dir))
+    if source == host_home or any(c.isspace() or c == "#" for c in host_home):
+        return []
+    try:
+        check_share_target(host_home, guest_home)
+    except ValueError:
+        return []
+    return [("bind", source, host_home)]
 
 
 def pymachine_files(*, hostname: str, user: str, ssh_pubkey: str, instance_id: str,

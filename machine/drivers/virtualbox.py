@@ -1174,13 +1174,18 @@ def image_suffix(source: str) -> str:
     return Path(urlsplit(source).path if "://" in source else source).suffix.lower()
 
 
-def guest_shares(share: tuple[str, str] | None) -> list[tuple[str, str, str]]:
+def guest_shares(share: tuple[str, str] | None, host_home: str | None = None) -> list[tuple[str, str, str]]:
     """The seed's vboxsf mount for a (share name, host dir): at ``/<name>`` as boot2docker mounted
-    it (Users -> /Users, c/Users -> /c/Users, hosthome -> /hosthome)."""
+    it (Users -> /Users, c/Users -> /c/Users, hosthome -> /hosthome), plus the user's home bound
+    at its host path when that differs (seed.same_path_bind: /hosthome/alice at /home/alice)."""
+    from pymachine.machine.seed import same_path_bind
+
     if share is None:
         return []
-    name = share[0]
-    return [("vboxsf", name, "/" + name.strip("/"))]
+    name, host_dir = share
+    mount_point = "/" + name.strip("/")
+    home = host_home if host_home is not None else str(Path.home())
+    return [("vboxsf", name, mount_point), *same_path_bind(mount_point, host_dir, home)]
 
 
 def wait_budget() -> float:

@@ -515,9 +515,16 @@ class VMwareDriver(Driver):
 
     def seed_shares(self) -> list[tuple[str, str, str]]:
         """The seed's hgfs mount for pymachine's image: ``.host:/<share>`` at ``/<share>`` (not over
-        the guest's own /home, where the host dir is on Linux)."""
+        the guest's own /home, where the host dir is on Linux), plus the user's home bound at its
+        host path (seed.same_path_bind)."""
+        from pymachine.machine.seed import same_path_bind
+
         share = self.share()
-        return [("fuse.vmhgfs-fuse", f".host:/{share[0]}", "/" + share[0])] if share else []
+        if not share:
+            return []
+        mount_point = "/" + share[0]
+        return [("fuse.vmhgfs-fuse", f".host:/{share[0]}", mount_point),
+                *same_path_bind(mount_point, share[1], str(Path.home()))]
 
     def create(self, log: Log) -> None:
         from pymachine.machine import certs

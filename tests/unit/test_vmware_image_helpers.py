@@ -62,11 +62,19 @@ def test_vmfs_descriptor_names_the_extent_with_its_sectors_and_geometry() -> Non
     assert 'ddb.adapterType = "lsilogic"' in lines
 
 
-@pytest.mark.parametrize("share, expected", [
-    (("hosthome", "/home"), [("vboxsf", "hosthome", "/hosthome")]),
-    (("Users", "/Users"), [("vboxsf", "Users", "/Users")]),
-    (("c/Users", "\\\\?\\c:\\Users"), [("vboxsf", "c/Users", "/c/Users")]),
-    (None, []),
+@pytest.mark.parametrize("share, home, expected", [
+    # Linux: docker-machine's /hosthome stays, and the user's home is bound at its own path
+    (("hosthome", "/home"), "/home/alice",
+     [("vboxsf", "hosthome", "/hosthome"), ("bind", "/hosthome/alice", "/home/alice")]),
+    # a home outside the share, or one that would cover the guest user's: the share only
+    (("hosthome", "/home"), "/srv/alice", [("vboxsf", "hosthome", "/hosthome")]),
+    (("hosthome", "/home"), "/home/docker", [("vboxsf", "hosthome", "/hosthome")]),
+    (("hosthome", "/home"), "/root", [("vboxsf", "hosthome", "/hosthome")]),
+    # macOS: /Users is already the same path; Windows: /c/Users is Toolbox's convention
+    (("Users", "/Users"), "/Users/alice", [("vboxsf", "Users", "/Users")]),
+    (("c/Users", "\\\\?\\c:\\Users"), "C:\\Users\\alice", [("vboxsf", "c/Users", "/c/Users")]),
+    (None, "/home/alice", []),
 ])
-def test_virtualbox_shares_mount_where_boot2docker_mounted_them(share, expected) -> None:
-    assert guest_shares(share) == expected
+def test_virtualbox_shares_mount_where_boot2docker_mounted_them_and_at_the_homes_own_path(
+        share, home, expected) -> None:
+    assert guest_shares(share, host_home=home) == expected
