@@ -30,9 +30,11 @@ import tempfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO, cast
 
 from pymachine.engine import images
 from pymachine.machine.errors import MachineError
+from pymachine.machine.progress import Task, TaskReader
 
 Log = Callable[[str], None]
 
@@ -109,7 +111,10 @@ def pack_image(info: images.ImageInfo, out: Path, formats: Sequence[str], log: L
     if missing:
         raise ImagePackError(f"the image is incomplete: {missing[0]} is missing")
     log(f"(image) hashing {len(files)} files...")
-    digests = {name: images._sha256(path) for name, path in files.items()}
+    sizes = {name: path.stat().st_size for name, path in files.items()}
+    # Bytes on a terminal; off one the step is already logged (machine.progress).
+    with Task(f"Hashing {len(files)} files", sum(sizes.values()), lines=False) as task:
+        digests = {name: _sha256(path, task) for name, path in files.items()}
     sums = _sums_text(digests)
     epoch = _epoch()
     out = Path(out)
@@ -120,19 +125,28 @@ def pack_image(info: images.ImageInfo, out: Path, formats: Sequence[str], log: L
     try:
         with os.fdopen(fd, "wb") as raw, \
                 gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf:
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf, \
+                Task(f"Packing {out.name}", sum(sizes.values()), lines=False) as task:
             tf.addfile(_tar_info(f"{recipe}/", 0, 0o755, epoch, tarfile.DIRTYPE))
             tf.addfile(_tar_info(f"{recipe}/{SUMS_NAME}", len(sums), 0o644, epoch), _BytesReader(sums))
             for name in sorted(files):
-                size = files[name].stat().st_size
                 with open(files[name], "rb") as fh:
-                    tf.addfile(_tar_info(f"{recipe}/{name}", size, 0o644, epoch), fh)
+                    tf.addfile(_tar_info(f"{recipe}/{name}", sizes[name], 0o644, epoch), TaskReader(fh, task))
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+def _sha256(path: Path, task: Task) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        reader = TaskReader(fh, task)
+        while block := reader.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class _BytesReader:
@@ -190,7 +204,10 @@ def _extract(tar_path: Path, work: Path) -> tuple[str, dict[str, str], bytes]:
         budget = int(os.environ.get(MAX_BYTES_ENV) or MAX_IMAGE_BYTES)
     except ValueError:
         raise ImagePackError(f"{MAX_BYTES_ENV} must be a number of bytes") from None
-    with tarfile.open(tar_path, mode="r|*") as tf:
+    # Bytes of the archive read, on a terminal; off one the step is already logged (machine.progress).
+    with open(tar_path, "rb") as fh, \
+            Task(f"Loading {tar_path.name}", os.fstat(fh.fileno()).st_size, lines=False) as task, \
+            tarfile.open(fileobj=cast("IO[bytes]", reader := TaskReader(fh, task)), mode="r|*") as tf:  # reads only
         for member in tf:
             top, name = _member_file(member, where)
             if recipe is None:
@@ -219,6 +236,7 @@ def _extract(tar_path: Path, work: Path) -> tuple[str, dict[str, str], bytes]:
                     dst.write(block)
             os.chmod(work / name, 0o644)
             digests[name] = digest.hexdigest()
+        reader.drain()  # the tar's end blocks and padding: the bar ends at the file's size
     if recipe is None:
         raise ImagePackError(f"{where}: the archive is empty")
     if sums is None:

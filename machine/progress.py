@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 _REDRAW = 0.1  # seconds between redraws of a live line
 
@@ -111,3 +111,25 @@ class Task:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.finish("done" if exc_type is None else "failed")
+
+
+class TaskReader:
+    """A binary file read through ``task``: each ``read`` advances it by the bytes returned.
+
+    For consumers that pull from a file object (``tarfile``, ``http.client`` bodies), so
+    their bytes show on the task without copying the data loop into each caller.
+    """
+
+    def __init__(self, raw: BinaryIO, task: Task) -> None:
+        self.raw = raw
+        self.task = task
+
+    def read(self, n: int = -1) -> bytes:
+        block = self.raw.read(n)
+        self.task.advance(len(block))
+        return block
+
+    def drain(self, chunk: int = 1 << 20) -> None:
+        """Read what is left (a tar's trailing padding), so the task ends at the file's size."""
+        while self.read(chunk):
+            pass

@@ -565,25 +565,29 @@ class VSphereDriver(Driver):
         """HTTP PUT to /folder/<path>?dcPath=&dsName= with the session cookie, streamed from disk."""
         import http.client
 
+        from pymachine.machine.progress import Task, TaskReader
+
         query = urllib.parse.urlencode({"dcPath": dc, "dsName": ds})
         url = f"/folder/{urllib.parse.quote(path)}?{query}"
         cookie = si._stub.cookie.split(";", 1)[0]
         size = os.path.getsize(local)
         conn = http.client.HTTPSConnection(self.settings.ip, int(self.settings.port or 443),
                                            context=self._ssl_context(), timeout=120)
-        try:
-            with open(local, "rb") as fh:
-                conn.request("PUT", url, body=fh, headers={
-                    "Cookie": cookie, "Content-Type": "application/octet-stream", "Content-Length": str(size)})
-            resp = conn.getresponse()
-            body = resp.read(500)
-        except OSError as exc:
-            raise MachineError(f"uploading {os.path.basename(local)} failed: {exc}") from None
-        finally:
-            conn.close()
-        if resp.status not in (200, 201, 204):
-            raise MachineError(f"uploading {os.path.basename(local)} failed: HTTP {resp.status} "
-                               f"{body.decode(errors='replace').strip()[:200]}")
+        # Bytes on a terminal; off one the step is already logged (machine.progress).
+        with Task(f"Uploading {os.path.basename(path)}", size, lines=False) as task:
+            try:
+                with open(local, "rb") as fh:
+                    conn.request("PUT", url, body=TaskReader(fh, task), headers={
+                        "Cookie": cookie, "Content-Type": "application/octet-stream", "Content-Length": str(size)})
+                resp = conn.getresponse()
+                body = resp.read(500)
+            except OSError as exc:
+                raise MachineError(f"uploading {os.path.basename(local)} failed: {exc}") from None
+            finally:
+                conn.close()
+            if resp.status not in (200, 201, 204):
+                raise MachineError(f"uploading {os.path.basename(local)} failed: HTTP {resp.status} "
+                                   f"{body.decode(errors='replace').strip()[:200]}")
 
     def _vm_spec(self, inv: dict[str, Any], pubkey: str, userdata: str, existing_disk_bytes: int = 0) -> Any:
         """The new VM: a new thin disk, or (``existing_disk_bytes``) the uploaded <machine>.vmdk."""
