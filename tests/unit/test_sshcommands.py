@@ -267,3 +267,22 @@ def test_sshcommands_does_not_import_paramiko():
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=30
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client not installed")
+def test_scp_remote_to_remote_on_windows_paths_reach_ssh_intact():
+    """Two machines on one address (Windows paths, a space in the user's folder): ``ssh -G``
+    (which parses options without connecting) reads both pin files and both keys back."""
+    base = "C:\\Users\\Jane Doe\\.docker\\machine\\machines\\"
+    w1 = SSHTarget("127.0.0.1", 50022, "docker", Path(base + "m1\\id_rsa"), Path(base + "m1\\known_hosts"))
+    w2 = SSHTarget("127.0.0.1", 50023, "docker", Path(base + "m2\\id_rsa"), Path(base + "m2\\known_hosts"))
+    argv = scp_argv(["m1:/etc/hostname"], "m2:/tmp/x", resolve={"m1": w1, "m2": w2}.__getitem__, windows=True)
+    end = argv.index("--")
+    assert "-3" in argv[:end]
+    assert argv[end:] == ["--", "scp://docker@127.0.0.1:50022//etc/hostname", "scp://docker@127.0.0.1:50023//tmp/x"]
+    options = [arg for i, a in enumerate(argv[:end]) if a == "-o" for arg in ("-o", argv[i + 1])]
+    out = subprocess.run(["ssh", "-G", "-F", "/dev/null", *options, "-p", "50023", "127.0.0.1"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert f"userknownhostsfile {w1.known_hosts} {w2.known_hosts}\n" in out
+    assert f"identityfile {w1.key_path}\n" in out and f"identityfile {w2.key_path}\n" in out
+    assert "stricthostkeychecking true\n" in out and "identitiesonly yes\n" in out
