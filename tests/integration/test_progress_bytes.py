@@ -128,12 +128,13 @@ def _stderr_on_pty(monkeypatch: pytest.MonkeyPatch) -> Iterator[_PtyReader]:
     """This process's ``sys.stderr`` on a pty (machine.progress reads it when a step starts)."""
     reader = _PtyReader()
     stream = open(os.dup(reader.slave), "w", encoding="utf-8")  # noqa: SIM115 -- closed below
+    saved = sys.stderr
     monkeypatch.setenv("TERM", "xterm")
     monkeypatch.setattr(sys, "stderr", stream)
     try:
         yield reader
     finally:
-        monkeypatch.setattr(sys, "stderr", sys.__stderr__)
+        monkeypatch.setattr(sys, "stderr", saved)
         stream.close()
 
 
