@@ -255,10 +255,17 @@ def scp_argv(
             argv.append(loc.path)
         elif third_party:
             # In an scp URI the path after the first "/" is relative to the login's home.
-            argv.append(f"scp://{loc.login}:{loc.target.port}/{loc.path}")
+            user = _uri_escape(loc.user or loc.target.user)
+            argv.append(f"scp://{user}@{_bracket(loc.target.host)}:{loc.target.port}/{_uri_escape(loc.path)}")
         else:
             argv.append(f"{loc.login}:{loc.path}")
     return argv
+
+
+def _uri_escape(text: str) -> str:
+    """Escape what OpenSSH's ``urldecode`` changes in an ``scp://`` URI's user and path: ``%XX``
+    and ``+`` (read as a space), so ``50%off`` or ``a+b`` name the file they name outside a URI."""
+    return text.replace("%", "%25").replace("+", "%2B")
 
 
 def _unique_targets(remotes: Sequence[_Location]) -> list[SSHTarget]:

@@ -67,6 +67,14 @@ def test_scp_copies_between_two_machines_on_one_address(pm, tmp_path, two_machin
         other = two if server is one else one
         assert f":{other.port} " not in pins
 
+    # names an scp:// URI would decode ('%XX', '+' as a space) arrive as they are named
+    for name in ("50%off.txt", "a+b.txt", "a%20b.txt"):
+        (src.parent / name).write_text(name)
+        res = pm("scp", f"m1:{src.parent / name}", f"m2:{dest_dir}/{name}", timeout=90)
+        assert res.returncode == 0, res.stderr
+        assert (dest_dir / name).read_text() == name
+    assert sorted(p.name for p in dest_dir.iterdir()) == ["50%off.txt", "a%20b.txt", "a+b.txt", "copy.bin"]
+
     # and back the other way, with a user given on the command line
     back = tmp_path / "back.bin"
     res = pm("scp", f"root@m2:{dest_dir}/copy.bin", f"m1:{back}", timeout=90)

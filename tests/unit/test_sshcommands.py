@@ -132,6 +132,12 @@ def test_scp_remote_to_remote_uses_3_and_per_machine_ports_and_known_hosts():
     ]
 
 
+def test_scp_uris_escape_what_openssh_would_url_decode():
+    """OpenSSH url-decodes an scp:// URI's user and path ('%XX', '+' as a space)."""
+    argv = scp(["m1:/srv/50%off a+b"], "m2:%2Fx")
+    assert argv[-2:] == ["scp://docker@10.0.0.5:22//srv/50%25off a%2Bb", "scp://ubuntu@127.0.0.1:2222/%252Fx"]
+
+
 def test_scp_agent_allowed_when_a_machine_has_no_key():
     nokey = SSHTarget("10.0.0.9", 22, "core", None, Path("/kh9"))
     argv = scp_argv(["a"], "n:b", resolve=lambda name: nokey)
