@@ -16,6 +16,7 @@ the build itself fetches Debian's packages from the archive, as a root build doe
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import re
@@ -205,10 +206,11 @@ def test_a_normal_user_builds_and_boots_the_image() -> None:
         # -- boot it, as the user ------------------------------------------------------------------
         try:
             t = time.monotonic()
-            # No home share: Debian 12's C virtiofsd (/usr/lib/qemu/virtiofsd) cannot run as a normal
-            # user, and the share is not what this test is about.
+            # The default home share: Debian 12's C virtiofsd (/usr/lib/qemu/virtiofsd) runs as root
+            # only, so a normal user's machine shares the home over 9p, and create still works.
+            (user.home / "from-the-host").write_text("shared\n")
             create = user.pymachine("create", "-d", "qemu", "--qemu-restrict-network", "--qemu-memory", "1024",
-                                    "--qemu-no-share", "dev", timeout=900)
+                                    "dev", timeout=900)
             print(f"[timing] create on the user's image: {time.monotonic() - t:.0f}s")
             assert create.returncode == 0, create.stdout[-2000:] + create.stderr[-2000:]
             assert "Docker is up and running!" in create.stdout
@@ -225,6 +227,10 @@ def test_a_normal_user_builds_and_boots_the_image() -> None:
             assert version.returncode == 0, version.stderr
             api = version.stdout.strip()
             assert tuple(int(x) for x in api.split(".")) >= (1, 44), api
+            config = json.loads((user.home / "store/machines/dev/config.json").read_text())
+            assert config["Driver"].get("ShareTransport", "9p") == "9p", config["Driver"]
+            seen = user.pymachine("ssh", "dev", "--", f"cat {user.home}/from-the-host", timeout=120)
+            assert seen.stdout.strip() == "shared", seen.stdout + seen.stderr  # the home at its own path
         finally:
             removed = user.pymachine("rm", "-f", "-y", "dev", timeout=180)
         assert removed.returncode == 0, removed.stderr
