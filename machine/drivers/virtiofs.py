@@ -80,7 +80,10 @@ def is_legacy(binary: str) -> bool:
             text = out.stdout + out.stderr
         except (OSError, subprocess.SubprocessError):
             text = ""
-        _FLAVOURS[binary] = "--shared-dir" not in text and "source=PATH" in text
+        # Only the Rust daemon is known to run without root, and it names --shared-dir in its
+        # help.  QEMU's C one cannot even print its help as a normal user (setgroups fails
+        # first, nothing printed), so anything that does not say --shared-dir counts as legacy.
+        _FLAVOURS[binary] = "--shared-dir" not in text
     return _FLAVOURS[binary]
 
 

@@ -53,6 +53,25 @@ def test_virtiofsd_is_found_on_path_or_where_distributions_put_it(tmp_path: Path
     assert not virtiofs.is_legacy(fake)  # the Rust one's --help names --shared-dir
 
 
+def test_a_normal_user_with_only_qemus_c_virtiofsd_shares_over_9p(tmp_path: Path, monkeypatch) -> None:
+    """QEMU's C virtiofsd cannot even print its help as a normal user: it calls setgroups()
+    first, prints only that error and exits 1 (Debian 12's /usr/lib/qemu/virtiofsd run by
+    runuser -u nobody).  That must read as "not the Rust daemon", so the user's machine shares
+    over 9p instead of failing at start (a create that died on this before the fix)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    c_daemon_as_user = bin_dir / "virtiofsd"
+    c_daemon_as_user.write_text("#!/bin/sh\necho 'setgroups() failed with error=1:Operation not permitted' >&2\n"
+                                "exit 1\n")
+    c_daemon_as_user.chmod(0o755)
+    monkeypatch.setattr(virtiofs, "_FLAVOURS", {})
+    monkeypatch.setattr(virtiofs, "_as_root", lambda: False)
+    assert virtiofs.is_legacy(str(c_daemon_as_user))
+    assert virtiofs.choose_transport([["/home/a", "/home/a"]], path=str(bin_dir)) == "9p"
+    monkeypatch.setattr(virtiofs, "_FLAVOURS", {})  # the Rust one stays usable by a normal user
+    assert virtiofs.choose_transport([["/home/a", "/home/a"]], path=str(FAKES)) == "virtiofs"
+
+
 def test_qemu_side_follows_the_readme() -> None:
     args = virtiofs.qemu_args("/m", [("/home/ada", "pmshare0"), ("/srv/data", "pmshare1")], 2048)
     assert args == [
