@@ -157,6 +157,8 @@ def first_boot_plan(machine: Machine, log: Log) -> FirstBoot:
     picks, a DHCP pool); the server certificate covers them all, so provisioning
     keeps it (``server_cert_reusable``) and finds nothing to change.
     """
+    from dataclasses import replace
+
     from pymachine.machine.tls import copy_client_certs, issue_server_cert
     from pymachine.provisioners.debian import DebianProvisioner
 
@@ -164,7 +166,10 @@ def first_boot_plan(machine: Machine, log: Log) -> FirstBoot:
     log("Rendering the engine's TLS files and configuration for the first boot...")
     copy_client_certs(machine)
     issue_server_cert(machine, extra_sans=addresses)
-    return DebianProvisioner.first_boot(build_plan(machine))
+    plan = DebianProvisioner.first_boot(build_plan(machine))
+    # No address known before boot (vSphere's DHCP): the certificate cannot name the guest,
+    # so the engine waits for provisioning's certificate and starts once, configured.
+    return replace(plan, hold_engine=not addresses)
 
 
 def seed_first_boot(machine: Machine, log: Log) -> None:

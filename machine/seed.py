@@ -293,7 +293,7 @@ def write_seed_iso(
     import pycdlib
 
     if first_boot is not None:
-        engine_files = {**first_boot.engine_files(), **(engine_files or {})}
+        engine_files = {**first_boot.seed_files(), **(engine_files or {})}
         if proxy is None:
             proxy = first_boot.proxy_settings()
 

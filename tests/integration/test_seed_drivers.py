@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,54 @@ def test_vmware_seed_starts_the_engine_configured_and_provisioning_restarts_noth
     seed = assert_seed_carries_the_plan(mdir, pm.store, guest_ip)
     assert_provisioning_restarts_nothing(pm.store, "wsseed", seed)
     pm.ok("rm", "-y", "wsseed")
+
+
+def test_a_guest_whose_address_cannot_be_known_before_boot_starts_its_engine_once(pm, tmp_path, monkeypatch):
+    """VMware without a readable vmnet8 dhcpd.conf (and vSphere, whose network is the datacenter's):
+    no address is known before boot, so the seed's certificate cannot name the guest.  The seeded
+    drop-in then holds docker.service back (a condition on a path nothing creates: systemd skips
+    the unit); provisioning delivers the certificate for the address the guest got, replaces the
+    drop-in with the final one and starts the engine: one start, already configured, no restart
+    of a running engine."""
+    from pymachine.machine.firstboot import HOLD_UNTIL_PROVISIONED
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    vmrun.install(bin_dir)
+    guest_ip = "127.0.0.9"  # loopback: nothing is dialled outside this machine
+    missing = tmp_path / "no-such-dhcpd.conf"
+    pm.env.update(PATH=f"{bin_dir}{os.pathsep}{pm.env['PATH']}", FAKE_VMRUN_HOME=str(tmp_path / "vmrun"),
+                  FAKE_VMRUN_GUEST_IP=guest_ip, PYMACHINE_SSH_WAIT="1", PYMACHINE_VMWARE_DHCP_CONF=str(missing))
+    monkeypatch.setenv("PYMACHINE_VMWARE_DHCP_CONF", str(missing))
+    fake_base_image.make_fake_image(pm.store)
+    res = pm("create", "-d", "vmwareworkstation", "--vmwareworkstation-no-share", "wshold")
+    assert res.returncode == 1 and f"Unable to connect to {guest_ip}:22" in res.stderr, res.stdout + res.stderr
+    mdir = pm.store / "machines" / "wshold"
+    seed = read_seed_iso(mdir / "seed.iso")
+    dropin = seed["pymachine/docker-machine.conf"]
+    assert dropin.endswith(HOLD_UNTIL_PROVISIONED) and "--tlsverify" in dropin
+
+    # systemd reads the held drop-in as valid unit syntax (systemd-analyze verify, offline).
+    units = tmp_path / "units"
+    (units / "docker.service.d").mkdir(parents=True)
+    (units / "docker.service").write_text("[Unit]\nDescription=stand-in\n[Service]\nExecStart=/bin/true\n")
+    (units / "docker.service.d" / "10-machine.conf").write_text(dropin.replace("/usr/sbin/dockerd", "/bin/true"))
+    verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(units / "docker.service")],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"})
+    assert "Unknown key" not in verify.stderr and "Unknown section" not in verify.stderr, verify.stderr
+
+    # The booted guest: the seed's files installed, docker.service skipped by the condition.
+    installed = first_boot_installs(seed)
+    guest = booted_image(installed)
+    guest.responses = {**guest.responses,
+                       r"^systemctl is-active --quiet docker\.service$": CommandResult(3, "", "")}
+    assert provision_booted(pm.store, "wshold", guest) is True
+    from pymachine.machine import certs
+
+    assert certs.cert_covers_host(mdir / "server.pem", guest_ip)  # the certificate came after boot
+    final = guest.files["/etc/systemd/system/docker.service.d/10-machine.conf"].decode()
+    assert final == dropin[:-len(HOLD_UNTIL_PROVISIONED)]  # the seeded drop-in, released
+    assert "ConditionPathExists" not in final
+    assert len(guest.find(r"systemctl restart docker\.service")) == 1  # the engine's one start
+    pm.ok("rm", "-y", "wshold")

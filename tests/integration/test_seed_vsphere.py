@@ -58,6 +58,9 @@ def test_vsphere_seed_carries_the_first_boot_plan(vcsim, tmp_path):
     fake_base_image.make_fake_image(store, 32)
     driver = vsphere_driver(vcsim, store, "pm-fb")
     assert driver.capabilities.seed
+    # The datacenter's DHCP gives the address: none is known before boot, so the host's plan
+    # holds the engine until provisioning (test_seed_drivers.py: ...cannot_be_known_before_boot...).
+    assert driver.seed_addresses() == []
     plan = ProvisionPlan(hostname="pm-fb", engine=EngineOptions(env=[f"HTTP_PROXY={PROXY}"]),
                          driver_name=driver.name, ca_pem=b"CA PEM\n", server_pem=b"SERVER PEM\n",
                          server_key_pem=b"SERVER KEY\n", engine_port=driver.guest_engine_port())
