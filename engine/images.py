@@ -603,6 +603,7 @@ def _convert_with_progress(argv: list[str], *, total: int, label: str, timeout: 
                     done = int(total * float(found[-1]) / 100)
                     task.advance(max(0, done - task.done))
             code = proc.wait()
+            reader.join(timeout=10)  # its stderr is read to the end before it is quoted
             if timed_out.is_set():
                 raise MachineError(f"{what}: timed out after {timeout:g}s")
             if code != 0:
