@@ -7,7 +7,15 @@ The repository keeps the design card's top-level folders (``machine/``, ``engine
 finds those folders beside itself: the one place that knows the two layouts.
 """
 
+import importlib.util  # noqa: F401 -- bound for every importer, see below
 import os
+
+# ``import importlib`` alone does not bind ``importlib.util``: CPython's own start-up or
+# site (a .pth file) usually loads it, but a venv on Linux, an embedded or Windows start
+# may not.  Code (ours, a caller's, a plugin's) that writes ``importlib.util.find_spec``
+# after importing pymachine then fails with AttributeError.  Loading it here, the first
+# module of every pymachine import, makes that hold everywhere (it is a frozen module:
+# no file is read).
 
 __version__ = "0.1.0"
 

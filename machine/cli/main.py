@@ -7,7 +7,7 @@ never pays for the SDKs, paramiko or cryptography that ``create`` needs.
 
 from __future__ import annotations
 
-import importlib.util  # also binds importlib.util, which the driver registry and callers use
+import importlib
 import os
 import sys
 from collections.abc import Sequence

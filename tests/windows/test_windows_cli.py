@@ -77,6 +77,22 @@ def test_the_blocker_is_in_force_for_the_cli(pm: PyMachine) -> None:
     assert out.stdout.strip() == "1 []"
 
 
+def test_importing_pymachine_binds_importlib_util(pm: PyMachine) -> None:
+    """``import importlib`` does not bind ``importlib.util`` by itself (this venv's Python does
+    not load it at start-up, nor need a Windows one): a caller that imports pymachine, or only
+    its package, and then writes ``importlib.util.find_spec`` must find it bound."""
+    for first in ("pymachine", "pymachine.machine.cli", "pymachine.machine.cli.main"):
+        probe = (
+            "import importlib, sys\n"
+            "assert 'fcntl' not in sys.modules\n"
+            f"importlib.import_module({first!r})\n"
+            "print(importlib.util.find_spec('pymachine.machine.cli.main') is not None)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", probe], env=pm.env, capture_output=True, text=True,
+                             timeout=120, check=False)
+        assert out.returncode == 0 and out.stdout.strip() == "True", (first, out.stderr)
+
+
 class TLSEngine:
     """A loopback TLS endpoint with the machine's server certificate, answering any request 200."""
 
