@@ -384,15 +384,26 @@ class Provisioner:
                 q = shlex.quote
                 runner.run(f"chown {q(user)}: {q(home + '/.docker')} {q(path)}", sudo=True)
 
+    def enable_engine(self, runner: Runner) -> None:
+        """Start the engine at boot.  Asked first: on Debian ``systemctl enable`` also runs
+        the SysV compatibility script (update-rc.d, Perl) and reloads systemd, seconds
+        under emulation, for an engine the image or package already enabled."""
+        if runner.run("systemctl is-enabled --quiet docker.service", sudo=True, check=False).exit_status != 0:
+            runner.run("systemctl enable docker.service", sudo=True, check=False)
+
     def restart_engine(self, runner: Runner) -> None:
         """Start the engine with the new configuration, once, and enable it at boot.
         Without systemd, docker.io's install does not start the engine: we must.
-        Nothing changed and the engine is up: leave it (and its containers) alone."""
+        Nothing changed and the engine is up: leave it (and its containers) alone.
+        Nothing changed and it is still starting (a seeded first boot: sshd answers
+        before the engine is up): ``systemctl start`` joins the boot's start job and
+        returns when it is done, so the engine starts once instead of twice."""
         if not self.changed and self.engine_running(runner):
             return
         if self.init_system == "systemd":
-            runner.run("systemctl restart docker.service", sudo=True)
-            runner.run("systemctl enable docker.service", sudo=True, check=False)
+            verb = "start" if not self.changed else "restart"
+            runner.run(f"systemctl {verb} docker.service", sudo=True)
+            self.enable_engine(runner)
         elif self.init_system == "sysv":
             runner.run("/etc/init.d/docker stop || true", sudo=True, check=False)
             runner.run("/etc/init.d/docker start", sudo=True)

@@ -56,6 +56,7 @@ def booted_image(files: dict[str, bytes]) -> RecordingRunner:
         r"^stat -f": CommandResult(0, "ext2/ext3\n", ""),
         r"^id -un": CommandResult(0, "docker\n/home/docker\n", ""),
         r"^systemctl is-active --quiet docker\.service$": CommandResult(0, "", ""),
+        r"^systemctl is-enabled --quiet docker\.service$": CommandResult(0, "", ""),  # the image enables it
     }
     return RecordingRunner(answers, files={"/etc/hosts": b"127.0.0.1 localhost\n", **files}, accept=HOST_CHANGES)
 

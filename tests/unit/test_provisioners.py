@@ -261,8 +261,9 @@ def fake_host(
     files: dict[str, bytes] | None = None,
 ) -> RecordingRunner:
     """A host answering the provisioners' probes from its facts; changes (HOST_CHANGES)
-    succeed, and engine starts/stops are tracked so ``is-active`` answers truly."""
-    state = {"installed": installed, "active": False}
+    succeed, and engine starts/stops are tracked so ``is-active`` answers truly; so is
+    ``is-enabled``: Debian's docker.io postinst enables the unit, the other distros' packages do not."""
+    state = {"installed": installed, "active": False, "enabled": installed}
 
     def answer(cmd: str) -> CommandResult | None:
         for pattern, answer_ in (extra or {}).items():
@@ -286,6 +287,12 @@ def fake_host(
             return CommandResult(0, "/usr/bin/curl\n", "") if curl else FAIL
         if re.fullmatch(r"systemctl is-active --quiet docker\.service", cmd):
             return OK if state["active"] else CommandResult(3, "", "")
+        if re.fullmatch(r"systemctl is-enabled --quiet docker\.service", cmd):
+            return OK if state["enabled"] else CommandResult(1, "", "")
+        if re.fullmatch(r"systemctl enable docker\.service", cmd):
+            state["enabled"] = True
+        if re.search(r"apt-get .* install .*docker", cmd):
+            state["enabled"] = True
         if re.search(
             r"^systemctl (re)?start docker\.service$|^(/etc/init\.d/docker|rc-service docker) (re)?start$", cmd
         ):
@@ -362,6 +369,10 @@ def test_systemd_transcript(case):
     restart = r.index(r"^systemctl restart docker\.service$")
     assert pkg < socket < dropin < reload_ < restart
     assert len(r.find(r"systemctl restart")) == 1
+    # Enabled at boot afterwards, and only where the package did not already (update-rc.d is slow).
+    enabled_by_package = r.find(r"apt-get .* install")
+    assert r.index(r"^systemctl is-enabled --quiet docker\.service$") > restart
+    assert bool(r.find(r"^systemctl enable docker\.service$")) == (not enabled_by_package)
     text = r.put_text(DROPIN)
     assert "ExecStart=/usr/bin/dockerd -H tcp://0.0.0.0:2376" in text
     assert 'Environment="NO_PROXY=192.168.99.100,localhost,127.0.0.1"' in text
@@ -399,7 +410,7 @@ def test_debian_systemd_full_transcript():
         f"put {DROPIN}",
         "systemctl daemon-reload",
         "systemctl restart docker.service",
-        "systemctl enable docker.service",
+        "systemctl is-enabled --quiet docker.service",  # docker.io's postinst enabled it: no enable
     ]
     assert "command -v dockerd" in r.transcript[5] and "command -v dockerd" in r.transcript[8]
     assert r.put_text(DROPIN) == (
@@ -771,6 +782,22 @@ def test_reprovisioning_an_unchanged_host_rewrites_and_restarts_nothing():
     assert "/etc/docker/server.pem" not in puts and DROPIN not in puts
     assert not any("systemctl restart" in t or "systemctl stop" in t for t in r.transcript)
     assert "systemctl is-active --quiet docker.service" in r.transcript
+
+
+def test_an_unchanged_engine_still_starting_is_joined_not_restarted():
+    """A seeded first boot: sshd answers while docker.service is still starting with the
+    seed's files.  Nothing differs, so provisioning joins that start (``systemctl start``
+    waits for the running job) instead of restarting an engine that never finished starting."""
+    plan = make_plan()
+    prov, r, _ = provision(DEBIAN_12, plan, dockerd="/usr/sbin/dockerd")
+    r.run("systemctl stop docker.service", sudo=True)  # the fake's engine: not active yet
+    again = type(prov)(prov.info, sleep=lambda _s: None)
+    r.calls.clear()
+    again.provision(r, plan)
+    assert not again.changed
+    assert r.find(r"^systemctl start docker\.service$")
+    assert not any(re.search(r"systemctl (restart|stop)|disable --now", t) for t in r.transcript)
+    assert r.run("systemctl is-active --quiet docker.service", check=False).ok  # and it ends up running
 
 
 def test_the_recording_runner_is_strict():

@@ -259,6 +259,7 @@ def _image_host(files: dict[str, bytes]):
         r"^id -un": CommandResult(0, "docker\n/home/docker\n", ""),
         r"^test -d /run/systemd/system$": CommandResult(0, "", ""),
         r"^systemctl is-active --quiet docker\.service$": CommandResult(0, "", ""),
+        r"^systemctl is-enabled --quiet docker\.service$": CommandResult(0, "", ""),  # the image enables it
     }
     return RecordingRunner(answers, files={"/etc/hosts": b"127.0.0.1 localhost\n", **files}, accept=HOST_CHANGES)
 
