@@ -11,7 +11,8 @@ beyond the guest's own boot.  Variants, measured in the same run:
 * ``seeded``    -- the code as it is: certs + drop-in on the seed;
 * ``seeded+keep-cert`` -- ``seeded`` with ``after_create`` keeping the server
   certificate the driver already issued (``provision_over(new_certs=False)``),
-  i.e. the one-line change to machine/provision.py this depends on.
+  i.e. the one-line change to machine/provision.py this depends on;
+* ``1-vcpu``    -- ``seeded`` with ``--qemu-cpu-count 1`` (the default before it became 2).
 
 ls: five qemu machine directories whose pidfiles point at live QEMU processes
 (``-machine none``, paused) or dead pids; ``ls`` answers from pidfiles and
@@ -42,7 +43,9 @@ import time
 from pathlib import Path
 
 PYMACHINE = str(Path(sys.executable).parent / "pymachine")
-VARIANTS = ("baseline", "seeded", "seeded+keep-cert")
+VARIANTS = ("baseline", "seeded", "seeded+keep-cert", "1-vcpu")
+#: Flags a variant adds to ``create``.
+VARIANT_ARGS = {"1-vcpu": ["--qemu-cpu-count", "1"]}
 LS_GOAL = 0.3
 _VM_UP = re.compile(r"VM up: prepare (?P<prep>[0-9.]+)s, boot to SSH (?P<boot>[0-9.]+)s")
 
@@ -66,7 +69,7 @@ def child(variant: str, argv: list[str]) -> int:
                 provision.provision_over(machine, client, log, new_certs=False)
 
         provision.after_create = after_create  # type: ignore[assignment]
-    elif variant != "seeded":
+    elif variant not in ("seeded", *VARIANT_ARGS):
         raise SystemExit(f"unknown variant {variant!r}")
     return cli.main(argv)
 
@@ -100,7 +103,7 @@ def bench_create(variant: str, image: Path, env: dict[str, str], arch: str = "")
     name = "bench-" + re.sub(r"[^a-z]", "", variant)
     argv = [sys.executable, "-m", "bench.bench_qemu", "--child", variant, "--",
             "create", "-d", "qemu", "--qemu-image", str(image), "--qemu-restrict-network",
-            *(["--qemu-arch", arch] if arch else []), name]
+            *(["--qemu-arch", arch] if arch else []), *VARIANT_ARGS.get(variant, []), name]
     code, lines, total = _run_stamped(argv, env, timeout=1800)
     try:
         if code != 0:

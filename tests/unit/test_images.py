@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,47 @@ def test_binfmt_registration_comes_from_debian_with_the_fix_binary_flag(tmp_path
     interp.unlink()  # qemu-user-static removed: one line saying what to install
     with pytest.raises(MachineError, match="qemu-user-static"):
         binfmt.registration_line("aarch64", (tmp_path,))
+
+
+def test_the_image_stamps_etc_and_var_as_updated_with_usr(tmp_path: Path) -> None:
+    """systemd runs ConditionNeedsUpdate= units (ldconfig, sysusers, the journal catalog) when
+    /usr is newer than /etc/.updated or /var/.updated: after the stamp it is not, even on a
+    filesystem that drops nanoseconds; a later change to /usr makes it newer again."""
+    for sub in ("usr", "etc", "var"):
+        (tmp_path / sub).mkdir()
+    os.utime(tmp_path / "usr", ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    images._stamp_updated(tmp_path)
+    usr = (tmp_path / "usr").stat()
+    for sub in ("etc", "var"):
+        stamp = tmp_path / sub / ".updated"
+        assert stamp.stat().st_mtime_ns // 10**9 > usr.st_mtime_ns // 10**9  # newer to the second
+        assert f"TIMESTAMP_NSEC={usr.st_mtime_ns}\n" in stamp.read_text()
+    (tmp_path / "usr" / "new-dir").mkdir()  # what an upgrade adding to /usr does
+    assert (tmp_path / "usr").stat().st_mtime_ns > (tmp_path / "etc" / ".updated").stat().st_mtime_ns
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_the_image_units_and_drop_ins_are_valid_for_systemd(tmp_path: Path) -> None:
+    """Every unit and drop-in the image writes, read by systemd's own parser (offline):
+    a typo in a key would otherwise only show as a unit doing nothing at the guest's boot."""
+    units = tmp_path / "units"
+    names = []
+    for rel, (content, _mode) in images._FILES.items():
+        if not rel.startswith("etc/systemd/system/"):
+            continue
+        path = units / rel[len("etc/systemd/system/"):]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(re.sub(r"ExecStart=/usr/local/sbin/\S+", "ExecStart=/bin/true", content))
+        if path.parent == units:
+            names.append(path.name)
+    for dropin_dir in units.glob("*.service.d"):  # stand-ins for the packaged units the drop-ins extend
+        unit = units / dropin_dir.name[:-2]
+        if not unit.exists():
+            unit.write_text("[Unit]\nDescription=stand-in\n[Service]\nExecStart=/bin/true\n")
+            names.append(unit.name)
+    assert {"pymachine-firstboot.service", "pymachine-growroot.service"} <= set(names)
+    verify = subprocess.run(["systemd-analyze", "verify", "--man=no", *(str(units / n) for n in sorted(names))],
+                            capture_output=True, text=True, timeout=120, check=False,
+                            env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"})
+    assert verify.returncode == 0, verify.stderr
+    assert "Unknown key" not in verify.stderr and "Unknown section" not in verify.stderr, verify.stderr

@@ -226,6 +226,20 @@ def test_qemu_machine_lifecycle(vm_pm: PyMachine, image) -> None:
         timeout=60,
     )
     print(f"[timing] engine starts during create: {starts.stdout.strip()}")
+    # sshd answered before the engine was up (nothing orders it after docker.service), and
+    # provisioning joined that start: the engine started once, never restarted.
+    assert starts.stdout.strip() == "1", starts.stdout + starts.stderr
+    boot = pm("ssh", "dev", "--",
+              "systemctl show -p After --value ssh.service; "
+              "systemctl show -p ConditionResult --value ldconfig.service systemd-sysusers.service "
+              "systemd-journal-catalog-update.service; "
+              "systemctl is-active pymachine-growroot.service; test -e /var/lib/pymachine/root-grown && echo grown",
+              timeout=60)
+    after, *rest = boot.stdout.splitlines()
+    assert "docker.service" not in after.split() and "pymachine-firstboot.service" in after.split(), after
+    # The image's build stamped /etc and /var: the first boot skipped what the build already did.
+    assert rest[:3] == ["no", "no", "no"], boot.stdout
+    assert rest[3:] == ["active", "grown"], boot.stdout
     # -- stop / start (a container the engine restarts at boot publishes a port now taken on the
     #    host: `start` says so on stderr, as `logs` does) ----------------------------------------------
     held = _free_loopback_port()
