@@ -55,7 +55,7 @@ def finish(root: Path, work: Path, arch: str) -> None:
     packages = images._packages(root)
     done("customise")
     loaders = "shim+GRUB and SYSLINUX" if arch == "amd64" else "shim+GRUB"
-    _say(f"(image) making the bootable disk (ESP with {loaders}, ext4 root) and compressing it...")
+    _say(f"(image) making the bootable disk (ESP with {loaders}, ext4 root) as qcow2...")
     size = images._make_disk(root, work / "disk.raw", out / images.DISK_NAME, out / images.KERNEL_NAME,
                              out / images.INITRD_NAME, efi, arch)
     done("disk")
