@@ -369,6 +369,17 @@ def report_conflicts(machine_dir: Path, wait: float, echo: Log) -> list[str]:
     return messages
 
 
+def is_running(machine_dir: Path) -> bool:
+    """This machine's agent process is alive."""
+    return _agent_pid(machine_dir) is not None
+
+
+def synced(machine_dir: Path) -> bool:
+    """This run of the agent has reached the engine (its first look at the containers)."""
+    found = _pid_file(machine_dir)
+    return found is not None and any(SYNCED in line for line in _lines_since(machine_dir, found[1]))
+
+
 def stop(machine_dir: Path) -> None:
     """Signal the agent to end (it also ends by itself once the VM is gone); never waits."""
     import signal

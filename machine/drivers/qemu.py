@@ -49,8 +49,11 @@ QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
 DEBIAN_PACKAGES = "qemu-system-x86 qemu-utils"
 LOOPBACK = "127.0.0.1"
-#: How long ``start`` waits for the host agent's first look at the engine, to echo its port conflicts.
-FORWARD_REPORT_WAIT = 15.0
+#: How long ``start`` waits for the engine, as docker-machine's start did (``WaitForDocker``):
+#: the host agent's first look at it, whose port conflicts ``start`` echoes.  sshd no longer
+#: waits for the engine in the image, so SSH alone does not mean the engine is up; the image
+#: gives docker.service 150 s to start.
+ENGINE_START_WAIT = 150.0
 #: Where the guest's engine listens unless told otherwise (see guest_engine_port()).
 GUEST_ENGINE_PORT = 2376
 #: The root by label: pymachine images from before the bootable layout (a bare ext4 disk) carry the
@@ -1039,7 +1042,7 @@ class QemuDriver(Driver):
             raise MachineError(f"the machine's disk is missing: {self._path(OVERLAY)}")
         self.launch(log)
         self.wait_for_ssh(log)
-        self._report_forward_conflicts(wait=FORWARD_REPORT_WAIT)  # containers the engine restarts at boot
+        self._report_forward_conflicts(wait=ENGINE_START_WAIT)  # containers the engine restarts at boot
 
     def wait_for_ssh(self, log: Log, timeout: float = SSH_BOOT_TIMEOUT) -> float:
         """Wait (bounded) until the guest's sshd answers; returns the seconds waited."""
@@ -1116,7 +1119,11 @@ class QemuDriver(Driver):
             sys.stderr.write(f"({self.machine_name}) {message}\n")
             sys.stderr.flush()
 
-        hostagent.report_conflicts(Path(self.machine_dir), wait, echo)
+        machine_dir = Path(self.machine_dir)
+        hostagent.report_conflicts(machine_dir, wait, echo)
+        if hostagent.is_running(machine_dir) and not hostagent.synced(machine_dir):
+            echo(f"Warning: the Docker engine did not answer within {wait:g}s; "
+                 f"see `pymachine logs {self.machine_name}`")
 
     def _cleanup_runtime(self) -> None:
         from pymachine.machine import hostagent

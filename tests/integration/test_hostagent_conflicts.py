@@ -115,6 +115,7 @@ def test_the_starting_command_echoes_this_runs_conflicts_once_the_agent_looked(m
     assert echoed == messages == [
         f"CONFLICT: cannot forward 127.0.0.1:{taken}/tcp for container clash: the port is already in use on the host"]
     assert waited < 15, f"returned {waited:.1f}s after launch: it should end at the agent's first look"
+    assert hostagent.is_running(machine_dir) and hostagent.synced(machine_dir)  # `start` then warns of nothing
     log = "\n".join(hostagent.log_lines(machine_dir))
     assert f"forwarding 127.0.0.1:{free}/tcp to container web" in log  # the free one is forwarded
     assert messages[0] in log  # and the conflict stays in `pymachine logs`
@@ -151,4 +152,5 @@ def test_no_agent_or_an_agent_that_never_reaches_the_engine_is_a_bounded_wait(ma
     waited = clock.now - 1000.0
     assert 1.5 <= waited < 1.5 + max(clock.sleeps), clock.sleeps
     assert hostagent.SYNCED not in "\n".join(hostagent.log_lines(machine_dir))
+    assert hostagent.is_running(machine_dir) and not hostagent.synced(machine_dir)  # what `start` warns of
     os.kill(pid, 0)  # still running: the wait ended on its deadline, not on the agent's exit
