@@ -171,7 +171,7 @@ def _make_ls_store(root: Path, live: int, dead: int) -> list[subprocess.Popen]:
     for i in range(live + dead):
         name = f"vm{i}"
         driver = prepare_driver(store, name, "qemu", {})
-        driver.config.update(SSHPort=20000 + i, EnginePort=21000 + i, AccelUsed="tcg")
+        driver.settings.update(ssh_port=20000 + i, engine_port=21000 + i, accel_used="tcg")
         store.reserve(name)
         store.save(new_host(store, name, driver, CreateOptions()))
         pidfile = store.machine_dir(name) / PIDFILE
