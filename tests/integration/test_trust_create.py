@@ -51,6 +51,9 @@ def replace(src, dst, *args, **kwargs):
 
 
 os.replace = replace
+# Ctrl-C as at a terminal: a run started in the background (nohup ... &) inherits SIGINT
+# ignored, and Python then installs no KeyboardInterrupt handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pymachine.machine.cli.main import main
 
 sys.exit(main(sys.argv[1:]))
