@@ -40,6 +40,12 @@ if .venv/bin/pip show -q pymachine >/dev/null 2>&1; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check --config-settings editable_mode=compat \
   -e '.[test,all]'
+# The venv starts as this machine's own python3 does, with importlib.util loaded (a .pth
+# of the system site-packages loads it there; a venv reads none of those): a script that
+# blocks POSIX-only modules and then calls importlib.util before importing pymachine
+# behaves the same in both.  pymachine/__init__.py binds it for every importer as well.
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+printf 'import importlib.util\n' > "$SITE/pymachine-importlib-util.pth"
 # tests/packaging installs the built wheel offline: dependency wheels, downloaded once.
 WHEELHOUSE="${PYMACHINE_TEST_CACHE:-/var/tmp/pymachine-test-cache}/wheelhouse"
 if ! ls "$WHEELHOUSE"/installer-*.whl >/dev/null 2>&1; then

@@ -93,6 +93,23 @@ def test_importing_pymachine_binds_importlib_util(pm: PyMachine) -> None:
         assert out.returncode == 0 and out.stdout.strip() == "True", (first, out.stderr)
 
 
+def test_the_cli_imports_with_posix_modules_blocked_when_importlib_util_comes_first(pm: PyMachine) -> None:
+    """A script that blocks POSIX-only modules (as on Windows) and reaches for
+    ``importlib.util`` before importing anything of pymachine: the venv's start-up has it
+    bound (scripts/setup.sh), as this machine's python3 does, and the CLI then imports."""
+    probe = (
+        "import importlib, sys\n"
+        "for name in ('fcntl', 'termios', 'pwd', 'grp', 'resource', 'pty', 'tty'): sys.modules[name] = None\n"
+        "spec = importlib.util.find_spec('pymachine.machine.cli.main')\n"
+        "module = importlib.import_module(spec.name)\n"
+        "print(callable(module.main), sorted(n for n in ('fcntl', 'termios', 'pwd', 'grp') if sys.modules[n]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=pm.env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True []"
+
+
 class TLSEngine:
     """A loopback TLS endpoint with the machine's server certificate, answering any request 200."""
 
