@@ -298,44 +298,25 @@ resize2fs "$root" >/dev/null 2>&1 || echo "pymachine-growroot: could not grow th
 mkdir -p /var/lib/pymachine
 touch /var/lib/pymachine/root-grown
 """
-#: Both first-boot units run early, beside systemd's own early boot (as cloud-init's local
-#: stage does), not after basic.target: measured under TCG with 2 vCPUs this takes the
-#: first boot off the way to the engine (create to "Docker is up" 46 s -> 40 s).  sshd
-#: waits for them (its host key, the user's key, a grown disk); the engine waits for its
-#: seeded TLS files; networking does not wait (the hostname it sends is not used).
-FIRSTBOOT_UNIT = """[Unit]
-Description=pymachine first boot (user, SSH key, hostname from the cidata seed)
-DefaultDependencies=no
-After=systemd-remount-fs.service local-fs.target
-Before=ssh.service docker.service shutdown.target
-Conflicts=shutdown.target
+# Both first-boot units run early, beside systemd's own early boot (as cloud-init's local
+# stage does), not after basic.target: measured under TCG with 2 vCPUs this takes the
+# first boot off the way to the engine (create to "Docker is up" 46 s -> 40 s).  sshd
+# waits for them (its host key, the user's key, a grown disk); the engine waits for its
+# seeded TLS files; networking does not wait (the hostname it sends is not used).
+def _early_oneshot_unit(description: str, script: str, condition: str = "") -> str:
+    """A first-boot unit that runs once, early, before sshd and the engine (see above)."""
+    return (f"[Unit]\nDescription={description}\nDefaultDependencies=no\n"
+            "After=systemd-remount-fs.service local-fs.target\n"
+            "Before=ssh.service docker.service shutdown.target\nConflicts=shutdown.target\n"
+            f"{condition}\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart={script}\n"
+            "TimeoutStartSec=120\n\n[Install]\nWantedBy=sysinit.target\n")
 
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/local/sbin/pymachine-firstboot
-TimeoutStartSec=120
 
-[Install]
-WantedBy=sysinit.target
-"""
-GROWROOT_UNIT = """[Unit]
-Description=pymachine: grow the root filesystem to the disk (first boot)
-DefaultDependencies=no
-After=systemd-remount-fs.service local-fs.target
-Before=ssh.service docker.service shutdown.target
-Conflicts=shutdown.target
-ConditionPathExists=!/var/lib/pymachine/root-grown
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/local/sbin/pymachine-growroot
-TimeoutStartSec=120
-
-[Install]
-WantedBy=sysinit.target
-"""
+FIRSTBOOT_UNIT = _early_oneshot_unit("pymachine first boot (user, SSH key, hostname from the cidata seed)",
+                                     "/usr/local/sbin/pymachine-firstboot")
+GROWROOT_UNIT = _early_oneshot_unit("pymachine: grow the root filesystem to the disk (first boot)",
+                                    "/usr/local/sbin/pymachine-growroot",
+                                    "ConditionPathExists=!/var/lib/pymachine/root-grown\n")
 
 _FILES: dict[str, tuple[str, int]] = {
     "etc/systemd/network/80-pymachine-dhcp.network": (
